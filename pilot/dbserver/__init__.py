@@ -1,0 +1,1 @@
+"""Embedded LaunchPad server: the MongoDB wire protocol over mongomock, journaled to disk."""

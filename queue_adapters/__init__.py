@@ -1,0 +1,1 @@
+"""Pure scheduler adapters: build argument lists, parse outputs. No I/O."""

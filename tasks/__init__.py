@@ -1,0 +1,1 @@
+"""FireTasks for segmented MD runs, staging and pull."""

@@ -1,0 +1,1 @@
+"""Jinja2 pilot job templates, installed as the package ``pilot.templates``."""

@@ -1,0 +1,129 @@
+"""Shared fixtures: the LaunchPad (embedded server or MONGODB_URI) and the real test clusters."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import INFRA_STATE, REPO, ClusterInfo, EmbeddedServer, load_clusters
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _need_infra() -> None:
+    """Skip (or, in CI, fail) when the real test services are not there."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test clusters are started by `bash tests/infra/services.sh up` as root")
+    if not (INFRA_STATE / "clusters.json").exists():
+        msg = (f"the test services are not running ({INFRA_STATE}/clusters.json missing): "
+               "run `bash tests/infra/services.sh up` as root, or use tests/run.sh")
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+# --------------------------------------------------------------------------- LaunchPad
+@pytest.fixture(scope="session")
+def mongo_uri():
+    """A MongoDB URI for the whole session: ``MONGODB_URI`` when set, else a session-wide embedded server."""
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="pilot-lpserver-"))
+    os.chmod(tmp, 0o755)
+    server = EmbeddedServer(tmp / "data").start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def launchpad(mongo_uri):
+    """A FireWorks LaunchPad on a fresh database, dropped after the test."""
+    from fireworks import LaunchPad
+
+    name = f"pilottest_{uuid.uuid4().hex[:12]}"
+    lp = LaunchPad(host=mongo_uri, name=name, uri_mode=True, logdir=None, strm_lvl="ERROR")
+    lp.reset("", require_password=False, max_reset_wo_password=1000)
+    try:
+        yield lp
+    finally:
+        lp.connection.drop_database(name)
+
+
+# --------------------------------------------------------------------------- clusters
+@pytest.fixture(scope="session")
+def clusters() -> dict[str, ClusterInfo]:
+    _need_infra()
+    return load_clusters()
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    for top in ("pilot", "queue_adapters", "tasks", "templates"):
+        for p in sorted((REPO / top).rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                h.update(str(p.relative_to(REPO)).encode())
+                h.update(p.read_bytes())
+    h.update((REPO / "pyproject.toml").read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def cluster_venv(clusters) -> str:
+    """The venv the test user's batch jobs use, holding this very source tree (reinstalled when it changed)."""
+    venv = next(iter(clusters.values())).venv
+    stamp = Path(venv) / ".pilot-source-digest"
+    digest = _source_digest()
+    with open("/tmp/pilot-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists() or stamp.read_text() != digest:
+            subprocess.run([f"{venv}/bin/pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO)],
+                           check=True, capture_output=True)
+            subprocess.run(["chmod", "-R", "a+rX", venv], check=True)
+            stamp.write_text(digest)
+    return venv
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(clusters) -> ClusterInfo:
+    return clusters["pilotci"]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster2(clusters) -> ClusterInfo:
+    return clusters["pilotci2"]
+
+
+@pytest.fixture(scope="session")
+def pbs_cluster(clusters) -> ClusterInfo:
+    return clusters["emupbs"]
+
+
+@pytest.fixture(scope="session")
+def lsf_cluster(clusters) -> ClusterInfo:
+    return clusters["emulsf"]
+
+
+@pytest.fixture
+def remote_tmp(clusters):
+    """A fresh directory owned by the test user (the clusters' user), removed after the test."""
+    user = next(iter(clusters.values())).user
+    path = Path(tempfile.mkdtemp(prefix="pilot-remote-", dir="/tmp"))
+    shutil.chown(path, user, user)
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one command that runs the whole suite on a fresh Debian 12 machine (README: "Run the tests").
+#   - as root: installs the system packages (GROMACS, SLURM, munge, MariaDB, OpenSSH) and starts the real test
+#     services (tests/infra/services.sh), then stops them by PID when pytest ends;
+#   - installs this package with its test extra (and the md extra: OpenMM, matplotlib);
+#   - runs pytest with any arguments you pass (e.g. tests/run.sh -k dbserver -x).
+# Set MONGODB_URI=mongodb://host:port to run the LaunchPad tests against a real MongoDB instead of the
+# embedded server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+log() { printf '[run.sh %s] %s\n' "$(date +%T)" "$*"; }
+
+if [[ $(id -u) == 0 ]]; then
+  SYS_PKGS=(gromacs)
+  missing=()
+  for p in "${SYS_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+  if ((${#missing[@]})); then
+    log "installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/pilot-apt.log 2>&1 \
+      || { tail -30 /tmp/pilot-apt.log; exit 1; }
+  fi
+else
+  log "not root: the SLURM/SSH/emulated-cluster tests will be skipped (they need tests/infra/services.sh as root)"
+fi
+
+log "installing fireworks-pilot with its test and md extras"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,md]"
+
+started=0
+if [[ $(id -u) == 0 && ${PILOT_NO_SERVICES:-0} != 1 ]]; then
+  log "starting the test services (tests/infra/services.sh up)"
+  bash tests/infra/services.sh up
+  started=1
+fi
+stop() { ((started)) && { log "stopping the test services"; bash tests/infra/services.sh down; }; }
+trap stop EXIT
+
+log "running pytest"
+"$PY" -m pytest "$@"
