@@ -83,11 +83,24 @@ status() {
   done
 }
 
+install_emulators() { # copy tests/infra/emulators/{pbs,lsf} to $EMU (the PATH of sshd #3 and #4)
+  local kind
+  for kind in pbs lsf; do
+    if [[ -d $REPO/tests/infra/emulators/$kind ]]; then
+      rm -rf "${EMU:?}/$kind"; install -d -m 755 "$EMU/$kind"
+      cp -r "$REPO/tests/infra/emulators/$kind/." "$EMU/$kind/"
+      chmod -R a+rX "$EMU/$kind"; chmod a+rx "$EMU/$kind"/bin/* 2>/dev/null || true
+    fi
+    install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"
+  done
+}
+
 case "${1:-up}" in
   down) down; exit 0 ;;
+  emulators) install_emulators; exit 0 ;;
   status) status; exit 0 ;;
   up) ;;
-  *) die "usage: $0 [up|down|status]" ;;
+  *) die "usage: $0 [up|down|status|emulators]" ;;
 esac
 [[ $(id -u) == 0 ]] || die "must run as root"
 T0=$(now)
@@ -277,14 +290,7 @@ if ((SECOND_CLUSTER)); then
   echo "[127.0.0.2]:$SSH_PORT $hk" >>"$ST/ssh/known_hosts"
 fi
 # emulated PBS (127.0.0.3) and LSF (127.0.0.4): the emulators come first on PATH
-for kind in pbs lsf; do
-  if [[ -d $REPO/tests/infra/emulators/$kind ]]; then
-    rm -rf "${EMU:?}/$kind"; install -d -m 755 "$EMU/$kind"
-    cp -r "$REPO/tests/infra/emulators/$kind/." "$EMU/$kind/"
-    chmod -R a+rX "$EMU/$kind"; chmod a+rx "$EMU/$kind"/bin/* 2>/dev/null || true
-  fi
-  install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"
-done
+install_emulators
 EPATH=/usr/local/bin:/usr/bin:/bin
 write_sshd_conf "$ST/sshd3_config" 127.0.0.3 "$ST/sshd3.pid" \
   "SetEnv PATH=$EMU/pbs/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-pbs"
