@@ -36,14 +36,16 @@ class CategoryDemand:
         READY Fireworks of the category.
     running : int
         RUNNING Fireworks of the category (for the log line; the pilots already hold them).
-    durations : tuple[float, ...]
-        Expected durations (``spec._pilot.walltime``, seconds) of the READY Fireworks that give one;
-        READY Fireworks without a duration are ``ready - len(durations)``.
+    with_duration : int
+        How many of the READY Fireworks give an expected duration (``spec._pilot.walltime``).
+    mean_duration : float | None
+        The mean of those durations in seconds (None when none gives one).
     """
 
     ready: int
     running: int = 0
-    durations: tuple[float, ...] = ()
+    with_duration: int = 0
+    mean_duration: float | None = None
 
 
 @dataclass(frozen=True)
@@ -138,16 +140,16 @@ def fireworks_per_pilot(cluster: ClusterView, demand: CategoryDemand) -> int:
     configured ``fireworks_per_pilot`` stands for the ones without, weighted by their share.
     """
     configured = max(1, cluster.fireworks_per_pilot)
-    known = [d for d in demand.durations if d > 0]
-    if not known:
+    known = min(demand.with_duration, demand.ready)
+    mean = demand.mean_duration
+    if known <= 0 or mean is None or mean <= 0:
         return configured
-    mean = sum(known) / len(known)
-    by_duration = max(1, int(cluster.usable_seconds // mean)) if mean > 0 else configured
-    unknown = max(0, demand.ready - len(known))
+    by_duration = max(1, int(cluster.usable_seconds // mean))
+    unknown = demand.ready - known
     if unknown == 0:
         return by_duration
-    # weighted harmonic blend: pilots needed = known/by_duration + unknown/configured
-    pilots = len(known) / by_duration + unknown / configured
+    # blend by share: pilots needed = known/by_duration + unknown/configured
+    pilots = known / by_duration + unknown / configured
     return max(1, int(round(demand.ready / pilots)))
 
 

@@ -130,19 +130,19 @@ def test_unknown_queue_wait_is_tried_last_and_names_break_ties():
 def test_fireworks_per_pilot_from_durations():
     k = cluster(usable=3600.0, fpp=7)
     # all READY Fireworks give 900 s -> 4 fit in 3600 s
-    assert fireworks_per_pilot(k, CategoryDemand(ready=3, durations=(900.0, 900.0, 900.0))) == 4
+    assert fireworks_per_pilot(k, CategoryDemand(ready=3, with_duration=3, mean_duration=900.0)) == 4
     # longer than a pilot: still one pilot each
-    assert fireworks_per_pilot(k, CategoryDemand(ready=2, durations=(7200.0, 7200.0))) == 1
+    assert fireworks_per_pilot(k, CategoryDemand(ready=2, with_duration=2, mean_duration=7200.0)) == 1
     # none given: the configured number
     assert fireworks_per_pilot(k, CategoryDemand(ready=5)) == 7
     # 4 known at 1800 s (2 per pilot -> 2 pilots) + 7 unknown at 7 per pilot (1 pilot) = 3 pilots for 11
-    assert fireworks_per_pilot(k, CategoryDemand(ready=11, durations=(1800.0,) * 4)) == round(11 / 3)
+    assert fireworks_per_pilot(k, CategoryDemand(ready=11, with_duration=4, mean_duration=1800.0)) == round(11 / 3)
 
 
 def test_durations_drive_the_pilot_count():
     # 8 Fireworks of 1 h each on a 4 h (usable) pilot: 4 per pilot -> 2 pilots, whatever fpp says
     k = cluster(usable=4 * 3600.0, fpp=1)
-    d = plan({"md": CategoryDemand(ready=8, durations=(3600.0,) * 8)}, [k], {})[0]
+    d = plan({"md": CategoryDemand(ready=8, with_duration=8, mean_duration=3600.0)}, [k], {})[0]
     assert (d.submit, d.fireworks_per_pilot) == (2, 4)
 
 
@@ -163,9 +163,9 @@ def scenarios(draw):
     demand = {}
     for c in cats:
         ready = draw(st.integers(0, 300))
-        n_known = draw(st.integers(0, min(ready, 20)))
-        demand[c] = CategoryDemand(ready=ready, durations=tuple(draw(st.lists(
-            st.floats(1, 100000), min_size=n_known, max_size=n_known))))
+        n_known = draw(st.integers(0, ready))
+        demand[c] = CategoryDemand(ready=ready, with_duration=n_known,
+                                   mean_duration=draw(st.floats(1, 100000)) if n_known else None)
     pilots = {}
     for k in clusters:
         for c in k.categories:
