@@ -19,6 +19,7 @@ from pilot import __version__
 #: command name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
     "launchpad": "pilot.dbserver.cli:launchpad",
+    "manager": "pilot.cli_manager:manager",
 }
 
 
