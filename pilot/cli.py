@@ -20,6 +20,8 @@ from pilot import __version__
 COMMANDS: dict[str, str] = {
     "launchpad": "pilot.dbserver.cli:launchpad",
     "manager": "pilot.cli_manager:manager",
+    "submit": "pilot.cli_pilots:submit_cmd",
+    "cancel": "pilot.cli_pilots:cancel_cmd",
 }
 
 

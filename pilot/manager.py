@@ -99,7 +99,7 @@ class Manager:
     dry_run : bool
         Query and decide, but submit, record and rerun nothing.
     transport_factory : callable, optional
-        ``f(name, cluster_config) -> Transport``; defaults to :func:`pilot.transport.transport_for`.
+        ``f(name, cluster_config) -> Transport``; defaults to :func:`pilot.clusters.transport_for`.
     clock : callable
         Time source (epoch seconds).
     """
@@ -117,7 +117,7 @@ class Manager:
         if not dry_run:
             self.records.ensure_indexes()
         if transport_factory is None:
-            from pilot.transport import transport_for
+            from pilot.clusters import transport_for
             transport_factory = transport_for
         self._transport_factory = transport_factory
         self.clusters: dict[str, ClusterRuntime] = {}

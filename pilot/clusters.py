@@ -1,0 +1,36 @@
+"""From a cluster's config to the things that talk to it: its transport and its queue adapter."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def transport_for(name: str, cluster: Any) -> Any:
+    """The transport for one cluster config: SSH, or local for ``scheduler: local`` / ``host: localhost``
+    without a user.
+
+    Parameters
+    ----------
+    name : str
+        The cluster's name (for messages).
+    cluster : pilot.config.ClusterConfig
+        Its configuration.
+    """
+    from pilot.transport import LocalTransport, SSHTransport
+
+    if cluster.scheduler == "local" or not cluster.host:
+        return LocalTransport()
+    return SSHTransport(
+        host=cluster.host, user=cluster.user, port=cluster.port,
+        identity_file=os.path.expanduser(cluster.identity_file) if cluster.identity_file else None,
+        known_hosts=os.path.expanduser(cluster.known_hosts) if cluster.known_hosts else None,
+        strict_host_key_checking=cluster.strict_host_key_checking, proxy_jump=cluster.proxy_jump,
+        use_ssh_config=getattr(cluster, "use_ssh_config", False), name=name)
+
+
+def adapter_for(cluster: Any) -> Any:
+    """The queue adapter for a cluster config's scheduler."""
+    from queue_adapters import get_adapter
+
+    return get_adapter(cluster.scheduler)
