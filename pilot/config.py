@@ -40,9 +40,9 @@ CLUSTERS_DIR = "clusters"
 
 #: A cluster name (file stem) or a category: it becomes part of job names and of the worker's name.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: The job-name prefix: starts with a letter (PBS requires job names to start with a letter), no '-'
-#: (the '-' separates prefix, category and id in job names).
-PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,15}$")
+#: The job-name prefix: a letter then up to 7 letters or digits (PBS requires job names to start with a
+#: letter; queue_adapters.base.job_name builds PREFIX.CATEGORY.UID and accepts exactly this).
+PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,7}$")
 #: A job name as rendered into a directive: printable, no whitespace, no shell metacharacters.
 JOB_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,199}$")
 #: Partition/queue, account and QOS values: they land in directive lines.
@@ -363,8 +363,8 @@ class PilotConfig(BaseModel):
     max_reruns: int = Field(3, ge=0, description="How many times a Firework whose pilot died under it "
                             "(lost run) is put back to READY before it is left FIZZLED.", examples=[3])
     job_name_prefix: str = Field("fwp", description="First part of every pilot job name "
-                                 "(PREFIX-CATEGORY-ID): how the manager recognises its own jobs in the queue. "
-                                 "A letter, then up to 15 letters, digits or '_'.", examples=["fwp"])
+                                 "(PREFIX.CATEGORY.ID): how the manager recognises its own jobs in the queue. "
+                                 "A letter, then up to 7 letters or digits.", examples=["fwp"])
 
     @field_validator("launchpad_file", "log_dir")
     @classmethod
@@ -375,8 +375,8 @@ class PilotConfig(BaseModel):
     @classmethod
     def _prefix(cls, v: str) -> str:
         if not PREFIX_RE.match(v):
-            raise _err(f"{v!r} is not a usable job-name prefix: write a letter followed by up to 15 letters, "
-                       "digits or '_' (no '-': it separates prefix, category and id), e.g. fwp")
+            raise _err(f"{v!r} is not a usable job-name prefix: write a letter followed by up to 7 letters "
+                       "or digits (no '.', '-' or '_'), e.g. fwp")
         return v
 
 
@@ -1283,14 +1283,6 @@ def load_config(config_dir: Path | str) -> Config:
         if cluster is not None:
             clusters[path.stem] = cluster
 
-    if isinstance(pilot_obj, PilotConfig):
-        prefix = pilot_obj.job_name_prefix
-        for name, cl in clusters.items():
-            for i, cat in enumerate(cl.categories):
-                # PREFIX-CATEGORY-ID must stay a valid job name (ids are short: 8 characters is plenty)
-                if len(prefix) + len(cat) + 10 > 200:
-                    problems.append(ConfigProblem(_shown(cdir / f"{name}.yaml"), f"categories[{i}]",
-                                                  f"category {cat!r} makes job names too long: shorten it"))
     if problems:
         raise ConfigError(problems)
     assert isinstance(pilot_obj, PilotConfig)

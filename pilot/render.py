@@ -1,0 +1,231 @@
+"""Render pilot job scripts from the Jinja2 templates (``templates/*.sh.j2``, installed as ``pilot.templates``).
+
+The built-in templates are read with :mod:`importlib.resources`, so they work from a wheel as well as from
+the source tree. A cluster's own template (``template:`` in its file) is loaded by its path and can
+``{% extends "slurm.sh.j2" %}`` and override blocks. The Environment uses ``StrictUndefined``: a variable the
+template uses but the context lacks is an error, never an empty gap in a script.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import jinja2
+
+from pilot import __version__
+from pilot.config import ClusterConfig, Scheduler, format_walltime, validate_job_name, validate_name
+
+__all__ = ["RenderError", "builtin_template_names", "exit_file_path", "get_environment", "remote_path",
+           "render_pilot_script", "template_context", "template_name_for"]
+
+TEMPLATE_PACKAGE = "pilot.templates"
+
+
+class RenderError(ValueError):
+    """A pilot script could not be rendered: the message names the cluster file, the template and the fix."""
+
+
+def shell_quote(value: Any) -> str:
+    """The ``quote`` filter: ``value`` as one shell word (shlex.quote of its text)."""
+    return shlex.quote(str(value))
+
+
+def remote_path(value: Any) -> str:
+    """The ``remote_path`` filter: a path as a shell word, with a leading ``~`` left to the job's shell.
+
+    ``~/x y`` becomes ``"$HOME"/'x y'``, so that ``~`` means the home directory of the user the job runs as.
+    """
+    text = str(value)
+    if text == "~":
+        return '"$HOME"'
+    if text.startswith("~/"):
+        rest = text[2:]
+        return '"$HOME"/' + shlex.quote(rest) if rest else '"$HOME"/'
+    return shlex.quote(text)
+
+
+class _Loader(jinja2.BaseLoader):
+    """Built-in templates from the package ``pilot.templates``; a cluster's template by its absolute path,
+    and files next to it (for its own ``{% include %}``s)."""
+
+    def __init__(self, user_template: Path | None = None) -> None:
+        self.user_template = user_template.resolve() if user_template else None
+
+    def get_source(self, environment: jinja2.Environment,
+                   template: str) -> tuple[str, str | None, Callable[[], bool] | None]:
+        if self.user_template is not None and template == str(self.user_template):
+            return self._file(self.user_template, template)
+        res = resources.files(TEMPLATE_PACKAGE).joinpath(template)
+        if "/" not in template and "\\" not in template and res.is_file():
+            return res.read_text(encoding="utf-8"), f"{TEMPLATE_PACKAGE}/{template}", lambda: True
+        if self.user_template is not None:
+            beside = (self.user_template.parent / template).resolve()
+            if beside.is_file() and self.user_template.parent in beside.parents:
+                return self._file(beside, template)
+        raise jinja2.TemplateNotFound(template)
+
+    @staticmethod
+    def _file(path: Path, name: str) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise jinja2.TemplateNotFound(name) from None
+        mtime = path.stat().st_mtime
+
+        def uptodate() -> bool:
+            try:
+                return path.stat().st_mtime == mtime
+            except OSError:
+                return False
+        return text, str(path), uptodate
+
+    def list_templates(self) -> list[str]:
+        return builtin_template_names()
+
+
+def builtin_template_names() -> list[str]:
+    """The template files shipped in ``pilot.templates``."""
+    return sorted(p.name for p in resources.files(TEMPLATE_PACKAGE).iterdir() if p.name.endswith(".j2"))
+
+
+def get_environment(user_template: Path | None = None) -> jinja2.Environment:
+    """The Jinja2 Environment for pilot scripts.
+
+    Parameters
+    ----------
+    user_template : Path | None
+        A cluster's own template file, loadable under its absolute path (``str(path)``).
+
+    Returns
+    -------
+    jinja2.Environment
+        ``StrictUndefined``, no autoescaping, ``trim_blocks``/``lstrip_blocks``, the filters ``quote``
+        (one shell word) and ``remote_path`` (a path whose ``~`` the job's shell expands).
+    """
+    env = jinja2.Environment(loader=_Loader(user_template), undefined=jinja2.StrictUndefined,
+                             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["quote"] = shell_quote
+    env.filters["remote_path"] = remote_path
+    return env
+
+
+def template_name_for(scheduler: Scheduler | str) -> str:
+    """The built-in template of a scheduler: ``slurm.sh.j2`` and so on."""
+    return f"{Scheduler(scheduler).value}.sh.j2"
+
+
+def template_context(cluster: ClusterConfig, cluster_name: str, category: str, job_name: str,
+                     job_id_hint: str | None = None) -> dict[str, Any]:
+    """The variables a pilot template sees (documented in docs/configuration.md)."""
+    sched = cluster.scheduler
+    return {
+        "version": __version__,
+        "cluster": cluster,
+        "cluster_name": cluster_name,
+        "category": category,
+        "job_name": job_name,
+        "job_id_hint": job_id_hint,
+        "scheduler": sched.value,
+        "work_dir": cluster.work_dir,
+        "launchpad_file": cluster.launchpad_file,
+        "walltime_seconds": cluster.walltime_seconds,
+        "walltime": format_walltime(cluster.walltime_seconds, sched),
+        "walltime_margin": cluster.walltime_margin,
+        "warning_minutes": max(1, math.ceil(cluster.walltime_margin / 60)),
+        "idle_timeout": cluster.idle_timeout,
+        "grace": cluster.grace,
+        "nodes": cluster.pilot.nodes,
+        "cores": cluster.pilot.cores,
+        "memory_mb": cluster.memory_mb,
+        "gpus": cluster.pilot.gpus,
+        "partition": cluster.pilot.partition,
+        "account": cluster.pilot.account,
+        "qos": cluster.pilot.qos,
+        "extra_directives": cluster.directive_lines(),
+        "setup": cluster.setup.strip("\n"),
+        "env": dict(cluster.env),
+        "worker_argv": cluster.worker_argv,
+    }
+
+
+def _where(cluster: ClusterConfig, cluster_name: str) -> str:
+    return str(cluster.source_file) if cluster.source_file else f"cluster {cluster_name!r}"
+
+
+def render_pilot_script(cluster: ClusterConfig, cluster_name: str, category: str, job_name: str,
+                        job_id_hint: str | None = None) -> str:
+    """Render the job script of one pilot.
+
+    Parameters
+    ----------
+    cluster : ClusterConfig
+        The cluster's validated settings.
+    cluster_name : str
+        Its name (the cluster file's stem); the worker is named ``CLUSTER-JOBID``.
+    category : str
+        The FireWorks category this pilot serves; one of ``cluster.categories``.
+    job_name : str
+        The batch job name (``queue_adapters.base.job_name(category, uid, prefix)``).
+    job_id_hint : str | None
+        For ``scheduler: local`` only: the job id to use when the local scheduler does not set
+        ``PILOT_LOCAL_JOBID`` (default: the script's PID).
+
+    Returns
+    -------
+    str
+        The script text.
+
+    Raises
+    ------
+    RenderError
+        Unknown category, unsafe job name, missing or broken template, a variable the template needs and
+        the context lacks; the message names the cluster file and the template.
+    """
+    where = _where(cluster, cluster_name)
+    try:
+        validate_name(cluster_name, "cluster name")
+        validate_job_name(job_name)
+    except ValueError as e:
+        raise RenderError(f"{where}: {e}") from None
+    if category not in cluster.categories:
+        raise RenderError(f"{where}: categories: cluster {cluster_name!r} does not serve category {category!r}; "
+                          f"its categories are: {', '.join(cluster.categories)} (add it to categories: to "
+                          "serve it here)")
+    if job_id_hint is not None and (not job_id_hint or any(c in job_id_hint for c in "\n\r\0")):
+        raise RenderError(f"{where}: job id hint {job_id_hint!r} is not usable: pass one line of text")
+
+    user = cluster.template
+    env = get_environment(user)
+    name = str(user.resolve()) if user else template_name_for(cluster.scheduler)
+    try:
+        tmpl = env.get_template(name)
+        return tmpl.render(template_context(cluster, cluster_name, category, job_name, job_id_hint))
+    except jinja2.TemplateNotFound as e:
+        missing = e.name or name
+        if user is not None and missing == name:
+            raise RenderError(f"{where}: template: file not found: {user}; write the path of an existing "
+                              "Jinja2 template (relative paths are relative to the clusters/ folder), or "
+                              "null for the built-in one") from None
+        raise RenderError(f"{where}: template: {name} refers to {missing!r}, which is neither a built-in "
+                          f"template ({', '.join(builtin_template_names())}) nor a file next to it") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise RenderError(f"{where}: template: syntax error in {e.filename or e.name}, line {e.lineno}: "
+                          f"{e.message}; fix the template") from None
+    except jinja2.UndefinedError as e:
+        known = ", ".join(sorted(template_context(cluster, cluster_name, category, job_name, job_id_hint)))
+        raise RenderError(f"{where}: template {name}: {e.message}; a pilot template can use: {known}") from None
+    except jinja2.TemplateError as e:
+        raise RenderError(f"{where}: template {name}: {e}; fix the template") from None
+
+
+def exit_file_path(cluster: ClusterConfig, job_id: str) -> str:
+    """Where the pilot script of job ``job_id`` writes its exit-code file (on the cluster).
+
+    Same rule as ``queue_adapters.base.exit_file_name``: ``<work_dir>/pilot-<jobid>.exit`` with ``/``
+    replaced by ``_``.
+    """
+    return f"{cluster.work_dir}/pilot-{job_id.replace('/', '_')}.exit"
