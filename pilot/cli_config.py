@@ -1,0 +1,279 @@
+"""``pilot init``, ``pilot config check|show`` and ``pilot render``: the configuration on the command line."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import yaml
+
+from pilot.config import (CLUSTERS_DIR, PILOT_FILE, ClusterConfig, Config, ConfigError, ConfigProblem,
+                          load_cluster, load_config, load_pilot_config)
+
+EXAMPLE_PILOT_YAML = """\
+# fireworks-pilot: settings of the manager. Every field is optional; the values below are the defaults.
+# Reference: docs/configuration.md.  Check with: pilot config check
+
+# Where the manager finds the FireWorks LaunchPad (my_launchpad.yaml). A relative path is relative to
+# this directory.
+launchpad_file: ~/.pilot/my_launchpad.yaml
+
+# Seconds between two manager cycles (each cycle: one LaunchPad query, one queue query per cluster).
+poll_interval: 60
+
+# The manager's log files.
+log_dir: ~/.pilot/logs
+
+# A cluster whose commands fail (SSH down, scheduler error) is left alone for `initial` seconds, then
+# twice as long after every further failure, up to `max`.
+backoff:
+  initial: 60
+  max: 1800
+  factor: 2
+
+# A Firework whose pilot died under it is put back to READY at most this many times.
+max_reruns: 3
+
+# Pilot jobs are named PREFIX.CATEGORY.ID; the manager counts only jobs with this prefix as its own.
+job_name_prefix: fwp
+"""
+
+EXAMPLE_CLUSTER_YAML = """\
+# One cluster. Its name is this file's name ("example"); copy the file to clusters/NAME.yaml per cluster.
+# Reference: docs/configuration.md.  Check with: pilot config check;  see the job script: pilot render NAME
+
+# --- reaching the cluster over SSH (scheduler: local needs none of these)
+host: login.cluster.example.org
+user: alice                       # null: from ~/.ssh/config, else your local user name
+port: 22                          # null: from ~/.ssh/config, else 22
+identity_file: null               # e.g. ~/.ssh/id_ed25519; null: SSH agent / ~/.ssh/config
+proxy_jump: null                  # or "alice@gateway.example.org:22"
+strict_host_key_checking: true    # the host key must be in known_hosts (ssh-keyscan, check the fingerprint)
+known_hosts: ~/.ssh/known_hosts
+use_ssh_config: true              # fill null fields from ~/.ssh/config
+command_timeout: 120              # seconds one remote command may take
+
+# --- the batch system: slurm | pbs | lsf | local
+scheduler: slurm
+
+# FireWorks _category values this cluster serves (one pilot serves one category).
+categories: [md]
+
+# Paths as the pilot ON THE CLUSTER sees them.
+launchpad_file: ~/.pilot/my_launchpad.yaml   # absolute, or ~/ for the cluster user's home
+work_dir: /scratch/alice/pilot               # absolute: scripts, pilot output, exit-code files
+
+# Shell lines run before the worker starts (with set -e: a failing line ends the pilot).
+setup: |
+  module load gromacs/2022
+  source ~/venvs/pilot/bin/activate
+
+# Extra environment variables for the pilot job.
+env: {}
+
+# What every pilot job asks for.
+pilot:
+  walltime: "24:00:00"            # the scheduler's format; quote it (SLURM: "D-HH:MM:SS" too)
+  nodes: 1
+  cores: 16                       # per node
+  memory: null                    # per node, e.g. 64G
+  gpus: null                      # per node
+  partition: null                 # SLURM partition / PBS or LSF queue; null: the default
+  account: null
+  qos: null                       # SLURM only
+  extra_directives: []            # e.g. ["--constraint=knl"] or ["#SBATCH --exclusive"]
+
+walltime_margin: 600              # seconds before the wall time at which the pilot stops taking work
+grace: 60                         # seconds a task gets after SIGTERM before it is killed
+idle_timeout: 300                 # seconds a pilot waits for work before it exits
+fireworks_per_pilot: 1            # READY Fireworks per pilot when Fireworks give no expected duration
+limits: {max_queued: 10, max_running: 20, min_pilots: 0}
+template: null                    # a custom Jinja2 template, e.g. my-slurm.sh.j2 (next to this file)
+"""
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+@click.command("init")
+@click.option("--force", is_flag=True, help="Overwrite existing pilot.yaml / clusters/example.yaml.")
+@click.pass_obj
+def init(app: Any, force: bool) -> None:
+    """Write a commented example pilot.yaml and clusters/example.yaml into the config directory."""
+    cdir: Path = app.config_dir
+    targets = [(cdir / PILOT_FILE, EXAMPLE_PILOT_YAML), (cdir / CLUSTERS_DIR / "example.yaml", EXAMPLE_CLUSTER_YAML)]
+    existing = [p for p, _ in targets if p.exists()]
+    if existing and not force:
+        raise click.ClickException(
+            f"{', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "nothing written. Use --force to overwrite, or --config-dir for another directory.")
+    (cdir / CLUSTERS_DIR).mkdir(parents=True, exist_ok=True)
+    for path, text in targets:
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}")
+    click.echo(f"next: edit {cdir / CLUSTERS_DIR / 'example.yaml'} (rename it to your cluster's name), "
+               "then run `pilot config check`")
+
+
+@click.group("config")
+def config() -> None:
+    """Check or show the configuration (pilot.yaml and clusters/*.yaml)."""
+
+
+def _script_problems(cfg: Config) -> list[ConfigProblem]:
+    """Render every cluster's script for each category and check it with ``bash -n``."""
+    from pilot.render import RenderError, render_pilot_script
+
+    out: list[ConfigProblem] = []
+    bash = shutil.which("bash")
+    for name, cl in cfg.clusters.items():
+        shown = str(cl.source_file or name)
+        for cat in cl.categories:
+            job = f"{cfg.pilot.job_name_prefix}.{cat}.check"
+            try:
+                script = render_pilot_script(cl, name, cat, _job_name(cat, cfg.pilot.job_name_prefix, job))
+            except RenderError as e:
+                text = str(e)
+                prefix = f"{shown}: "
+                out.append(ConfigProblem(shown, "template", text[len(prefix):] if text.startswith(prefix) else text))
+                break
+            if bash:
+                res = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True, timeout=30)
+                if res.returncode != 0:
+                    err = res.stderr.strip().splitlines()[-1:] or ["(no message)"]
+                    out.append(ConfigProblem(shown, "template" if cl.template else "setup",
+                                             f"the rendered job script is not valid bash: {err[0]}; "
+                                             "see it with `pilot render " + name + "` and fix the lines"))
+                    break
+    return out
+
+
+def _job_name(category: str, prefix: str, fallback: str) -> str:
+    try:
+        from queue_adapters.base import job_name
+    except ImportError:
+        return fallback
+    return job_name(category, secrets.token_hex(3), prefix=prefix)
+
+
+@config.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-render", is_flag=True, help="Do not render the job scripts (and check them with bash -n).")
+@click.pass_obj
+def check(app: Any, as_json: bool, no_render: bool) -> None:
+    """Validate every file; print each problem as FILE: FIELD: what is wrong, what to write instead.
+
+    Exit code 0 when all is well, 1 on any problem.
+    """
+    problems: list[ConfigProblem] = []
+    cfg: Config | None = None
+    try:
+        cfg = load_config(app.config_dir)
+    except ConfigError as e:
+        problems = e.problems
+    if cfg is not None:
+        lp = cfg.pilot.launchpad_file
+        if not lp.is_file():
+            problems.append(ConfigProblem(str(app.config_dir / PILOT_FILE), "launchpad_file",
+                                          f"file not found: {lp}; write the LaunchPad file there "
+                                          "(`lpad init`, or `pilot launchpad` for the embedded server) or point "
+                                          "launchpad_file at yours"))
+        if not no_render:
+            problems.extend(_script_problems(cfg))
+    summary = (f"{_plural(len(cfg.clusters), 'cluster')}, {_plural(len(cfg.categories), 'category', 'categories')}"
+               if cfg is not None else "")
+    ok = not problems
+    if as_json:
+        click.echo(json.dumps({
+            "ok": ok, "config_dir": str(app.config_dir),
+            "clusters": sorted(cfg.clusters) if cfg else [], "categories": cfg.categories if cfg else [],
+            "problems": [p.as_dict() for p in problems],
+            "summary": f"{summary}: OK" if ok else _plural(len(problems), "problem"),
+        }, indent=2))
+    else:
+        for p in problems:
+            click.echo(str(p))
+        if ok:
+            click.echo(f"{summary}: OK")
+        else:
+            click.echo(f"{_plural(len(problems), 'problem')} in {app.config_dir}", err=True)
+    sys.exit(0 if ok else 1)
+
+
+@config.command("show")
+@click.argument("cluster", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.pass_obj
+def show(app: Any, cluster: str | None, as_json: bool) -> None:
+    """Print the effective settings (defaults filled in) of pilot.yaml and every cluster, or of CLUSTER."""
+    try:
+        cfg = load_config(app.config_dir)
+    except ConfigError as e:
+        _fail_problems(e)
+    if cluster:
+        try:
+            data: Any = cfg.cluster(cluster).model_dump(mode="json")
+        except KeyError as e:
+            raise click.ClickException(str(e.args[0])) from None
+    else:
+        data = {"pilot": cfg.pilot.model_dump(mode="json"),
+                "clusters": {n: c.model_dump(mode="json") for n, c in cfg.clusters.items()}}
+    click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False), nl=as_json)
+
+
+def _fail_problems(e: ConfigError) -> NoReturn:
+    for p in e.problems:
+        click.echo(str(p), err=True)
+    sys.exit(1)
+
+
+def _cluster_file(config_dir: Path, name: str) -> Path:
+    cdir = config_dir / CLUSTERS_DIR
+    for ext in (".yaml", ".yml"):
+        if (cdir / f"{name}{ext}").is_file():
+            return cdir / f"{name}{ext}"
+    known = sorted(p.stem for p in [*cdir.glob("*.yaml"), *cdir.glob("*.yml")]) if cdir.is_dir() else []
+    import difflib
+    close = difflib.get_close_matches(name, known, n=1)
+    did = f" (did you mean {close[0]!r}?)" if close else ""
+    raise click.ClickException(f"no cluster {name!r}{did}: {cdir / (name + '.yaml')} does not exist; "
+                               f"known clusters: {', '.join(known) or 'none (run `pilot init`)'}")
+
+
+@click.command("render")
+@click.argument("cluster")
+@click.option("--category", "-c", help="Category the pilot serves (default: the cluster's first category).")
+@click.option("--job-name", help="Batch job name (default: PREFIX.CATEGORY.<random id>, as the manager names them).")
+@click.option("--job-id", "job_id", help="scheduler local only: the job id used when the local scheduler sets none.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
+@click.pass_obj
+def render(app: Any, cluster: str, category: str | None, job_name: str | None, job_id: str | None,
+           output: Path | None) -> None:
+    """Print the job script of one pilot of CLUSTER (what the manager would submit)."""
+    from pilot.render import RenderError, render_pilot_script
+
+    path = _cluster_file(app.config_dir, cluster)
+    try:
+        ccfg: ClusterConfig = load_cluster(path)
+        pilot_path = app.config_dir / PILOT_FILE
+        prefix = load_pilot_config(pilot_path).job_name_prefix if pilot_path.exists() else "fwp"
+    except ConfigError as e:
+        _fail_problems(e)
+    cat = category or ccfg.categories[0]
+    name = job_name or _job_name(cat, prefix, f"{prefix}.{cat}.render")
+    try:
+        script = render_pilot_script(ccfg, cluster, cat, name, job_id_hint=job_id)
+    except RenderError as e:
+        raise click.ClickException(str(e)) from None
+    if output:
+        output.write_text(script, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(script, nl=False)
