@@ -1276,7 +1276,18 @@ class SSHTransport(Transport):
                 delay = min(delay * 2, 0.02)
         if pgid is None:
             self._strip_marker(err, marker)
-        rc = chan.recv_exit_status() if chan.exit_status_ready() else -1
+        if chan.exit_status == -1:
+            # No exit-status: the command was killed by a signal (sshd then sends "exit-signal", which
+            # paramiko does not parse) -- or the connection died, which closes every channel shortly before
+            # the transport reports itself inactive. Tell the two apart.
+            waited = 0.0
+            while transport.is_active() and waited < (0.05 if chan.eof_received else 0.5):
+                time.sleep(0.01)
+                waited += 0.01
+            if not transport.is_active():
+                conn.invalidate(transport)
+                raise self._lost("the command did not complete", EOFError("connection closed"), argv, True)
+        rc = chan.exit_status
         return CompletedCommand(argv, rc, _decode(out), _decode(err), self.host, time.monotonic() - start)
 
     @staticmethod

@@ -1,0 +1,469 @@
+"""SSHTransport against real OpenSSH servers on loopback: host keys, authentication, connection pooling,
+ProxyJump, ssh config aliases, reconnects after an sshd restart, and a SLURM smoke test.
+
+The shared sshds of tests/infra/services.sh are never stopped here: the restart tests start their own sshd
+(same host key, ``AllowUsers pilot``) on 127.0.0.9 and a free port, and stop it by its PID.
+TCP connections are counted with psutil (the kernel's socket table), not by asking the code under test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pilot.transport import (
+    AuthenticationError,
+    ConnectError,
+    HostKeyError,
+    SSHTransport,
+    TransportConfigError,
+    close_all_connections,
+)
+from tests.helpers import INFRA_STATE, wait_for
+
+pytestmark = pytest.mark.slurm
+
+SSH_STATE = INFRA_STATE / "ssh"
+HOST_PUB = SSH_STATE / "ssh_host_ed25519_key.pub"
+
+
+def _tcp_conns_to(host: str, port: int) -> list[tuple[str, int]]:
+    """Local addresses of this process's established TCP connections to host:port."""
+    out = []
+    for c in psutil.Process().net_connections(kind="tcp"):
+        if c.raddr and (c.raddr.ip, c.raddr.port) == (host, port) and c.status == psutil.CONN_ESTABLISHED:
+            out.append((c.laddr.ip, c.laddr.port))
+    return out
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _openssh_fingerprint(pub: Path) -> str:
+    """The SHA256 fingerprint as OpenSSH's ssh-keygen prints it."""
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], check=True, capture_output=True, text=True).stdout
+    return out.split()[1]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    """Each test starts and ends without pooled connections (the pool is module-level)."""
+    close_all_connections()
+    yield
+    close_all_connections()
+
+
+# --------------------------------------------------------------------------- our own sshd
+class OwnSshd:
+    """An sshd on 127.0.0.9:<free port> modelled on the shared sshd1_config, started and stopped by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.host = "127.0.0.9"
+        self.port = _free_port(self.host)
+        self.workdir = workdir
+        self.config = workdir / "sshd_config"
+        lines = []
+        for line in (INFRA_STATE / "sshd1_config").read_text().splitlines():
+            key = line.split(" ", 1)[0]
+            if key in ("ListenAddress", "PidFile"):
+                continue
+            lines.append(line)
+        lines += [f"ListenAddress {self.host}:{self.port}", f"PidFile {workdir / 'sshd.pid'}"]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.known_hosts = workdir / "known_hosts"
+        key_type, key_b64 = HOST_PUB.read_text().split()[:2]
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {key_type} {key_b64}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(self.config)], check=True, capture_output=True)
+
+    def start(self) -> None:
+        # -D: stay in the foreground, so self.proc.pid is the listener's PID
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.config), "-E",
+                                      str(self.workdir / "sshd.log")])
+
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, (self.workdir / "sshd.log").read_text()
+            with socket.socket() as s:
+                return s.connect_ex((self.host, self.port)) == 0
+
+        wait_for(listening, timeout=10, interval=0.05, what=f"own sshd on {self.host}:{self.port}")
+
+    def stop(self) -> None:
+        """Stop the listener and every per-connection sshd it forked (by PID): existing sessions die too."""
+        if self.proc is None:
+            return
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        for child in children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(children, timeout=5)
+        self.proc = None
+
+    def transport(self, **kw) -> SSHTransport:
+        return SSHTransport(self.host, user="pilot", port=self.port, identity_file=str(SSH_STATE / "id_ed25519"),
+                            known_hosts=str(self.known_hosts), **kw)
+
+
+@pytest.fixture
+def own_sshd(tmp_path, slurm_cluster):
+    sshd = OwnSshd(tmp_path)
+    sshd.start()
+    try:
+        yield sshd
+    finally:
+        sshd.stop()
+
+
+# --------------------------------------------------------------------------- host keys
+def test_unknown_host_key_is_rejected(slurm_cluster, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    t = SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
+                     identity_file=slurm_cluster.key, known_hosts=str(empty), name="pilotci")
+    with pytest.raises(HostKeyError) as ei:
+        t.run(["true"])
+    e = ei.value
+    assert e.retryable is False
+    msg = str(e)
+    assert _openssh_fingerprint(HOST_PUB) in msg  # the same fingerprint `ssh-keygen -l` shows
+    assert f"ssh-keyscan -p {slurm_cluster.port} {slurm_cluster.host}" in msg
+    assert "strict_host_key_checking: false" in msg
+    assert empty.read_text() == ""
+    t.close()
+
+
+def test_opt_out_accepts_unknown_key_with_warning_and_writes_nothing(slurm_cluster, tmp_path, caplog):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    caplog.set_level(logging.WARNING, logger="pilot.transport")
+    with SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
+                      identity_file=slurm_cluster.key, known_hosts=str(empty), strict_host_key_checking=False,
+                      name="pilotci") as t:
+        assert t.run(["whoami"]).stdout == "pilot\n"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "pilot.transport"]
+    assert warnings, caplog.text
+    assert "127.0.0.1" in warnings[0].getMessage() and "UNVERIFIED" in warnings[0].getMessage()
+    assert _openssh_fingerprint(HOST_PUB) in warnings[0].getMessage()
+    assert empty.read_text() == ""  # nothing written
+
+
+def test_changed_host_key_is_rejected_even_with_opt_out(slurm_cluster, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    key_type, key_b64 = (tmp_path / "other.pub").read_text().split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[{slurm_cluster.host}]:{slurm_cluster.port} {key_type} {key_b64}\n")
+    for strict in (True, False):
+        t = SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
+                         identity_file=slurm_cluster.key, known_hosts=str(kh), strict_host_key_checking=strict)
+        with pytest.raises(HostKeyError) as ei:
+            t.run(["true"])
+        assert "DIFFERS" in str(ei.value) and "ssh-keygen -R" in str(ei.value)
+        assert _openssh_fingerprint(tmp_path / "other.pub") in str(ei.value)
+        t.close()
+
+
+# --------------------------------------------------------------------------- authentication / connect
+def test_wrong_key_is_authentication_error(slurm_cluster, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "wrong")], check=True)
+    t = SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
+                     identity_file=str(tmp_path / "wrong"), known_hosts=slurm_cluster.known_hosts,
+                     allow_agent=False)
+    with pytest.raises(AuthenticationError) as ei:
+        t.run(["true"])
+    assert ei.value.retryable is False
+    assert str(tmp_path / "wrong") in str(ei.value) and "authorized_keys" in str(ei.value)
+    assert "PRIVATE KEY" not in str(ei.value)  # never key contents
+    t.close()
+
+
+def test_missing_identity_file(slurm_cluster, tmp_path):
+    t = SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
+                     identity_file=str(tmp_path / "nokey"), known_hosts=slurm_cluster.known_hosts)
+    with pytest.raises(AuthenticationError, match="does not exist"):
+        t.run(["true"])
+    t.close()
+
+
+def test_wrong_user_is_authentication_error(slurm_cluster):
+    # sshd1_config: AllowUsers pilot
+    t = SSHTransport(slurm_cluster.host, user="nobody", port=slurm_cluster.port, identity_file=slurm_cluster.key,
+                     known_hosts=slurm_cluster.known_hosts, allow_agent=False)
+    with pytest.raises(AuthenticationError):
+        t.run(["true"])
+    t.close()
+
+
+def test_connection_refused_is_retryable_connect_error(slurm_cluster):
+    port = _free_port("127.0.0.9")  # nothing listens there
+    t = SSHTransport("127.0.0.9", user="pilot", port=port, identity_file=slurm_cluster.key,
+                     known_hosts=slurm_cluster.known_hosts, connect_timeout=5)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectError) as ei:
+        t.run(["true"])
+    assert time.monotonic() - t0 < 5
+    assert ei.value.retryable is True
+    assert f"127.0.0.9 port {port}" in str(ei.value)
+    t.close()
+
+
+# --------------------------------------------------------------------------- pooling
+def test_one_connection_reused_and_shared(slurm_cluster):
+    host, port = slurm_cluster.host, slurm_cluster.port
+    before = set(_tcp_conns_to(host, port))  # other tests in this process must not count
+    a = SSHTransport(**slurm_cluster.ssh_kwargs(), name="a")
+    b = SSHTransport(**slurm_cluster.ssh_kwargs(), name="b")
+    for i in range(20):
+        assert a.run(["printf", "%s", str(i)]).stdout == str(i)
+    mine = set(_tcp_conns_to(host, port)) - before
+    assert len(mine) == 1, mine
+    for _ in range(5):
+        b.run(["true"])
+    a.put(b"x", "/tmp/pilot-transport-pool-test")  # SFTP over the same connection
+    b.remove("/tmp/pilot-transport-pool-test")
+    assert set(_tcp_conns_to(host, port)) - before == mine
+    assert a.connects == b.connects == 1
+    a.close()
+    assert b.run(["true"]).returncode == 0  # still open: b holds it
+    assert set(_tcp_conns_to(host, port)) - before == mine
+    b.close()
+    wait_for(lambda: not (set(_tcp_conns_to(host, port)) - before), timeout=5, interval=0.05,
+             what="the pooled connection to close after the last user closed it")
+
+
+def test_different_key_does_not_share_connection(slurm_cluster, tmp_path):
+    """An object with other credentials must not inherit a connection it could not make itself."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "wrong")], check=True)
+    good = SSHTransport(**slurm_cluster.ssh_kwargs())
+    good.run(["true"])
+    bad = SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
+                       identity_file=str(tmp_path / "wrong"), known_hosts=slurm_cluster.known_hosts,
+                       allow_agent=False)
+    with pytest.raises(AuthenticationError):
+        bad.run(["true"])
+    good.close()
+    bad.close()
+
+
+def test_concurrent_runs_share_one_connection(slurm_cluster):
+    host, port = slurm_cluster.host, slurm_cluster.port
+    before = set(_tcp_conns_to(host, port))
+    t = SSHTransport(**slurm_cluster.ssh_kwargs())
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(3):
+                assert t.run(["sh", "-c", "sleep 0.2; echo ok"]).stdout == "ok\n"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]  # more threads than channels allowed
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors
+    assert len(set(_tcp_conns_to(host, port)) - before) == 1
+    t.close()
+
+
+def test_timeout_over_ssh_leaves_connection_usable(slurm_cluster):
+    t = SSHTransport(**slurm_cluster.ssh_kwargs())
+    for _ in range(3):
+        with pytest.raises(Exception) as ei:
+            t.run(["sleep", "30"], timeout=0.5)
+        assert type(ei.value).__name__ == "CommandTimeout"
+    assert t.run(["echo", "alive"]).stdout == "alive\n"
+    assert t.connects == 1
+    t.close()
+
+
+# --------------------------------------------------------------------------- ProxyJump / ssh config
+def test_proxy_jump(slurm_cluster, slurm_cluster2):
+    jump = f"{slurm_cluster.user}@{slurm_cluster.host}:{slurm_cluster.port}"
+    before1 = set(_tcp_conns_to(slurm_cluster.host, slurm_cluster.port))
+    before2 = set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port))
+    with SSHTransport(**slurm_cluster2.ssh_kwargs(), proxy_jump=jump, name="pilotci2") as t:
+        res = t.run(["sh", "-c", 'printf "%s\\n" "$SSH_CONNECTION" "$SLURM_CONF"'])
+        conn, conf = res.stdout.splitlines()
+        # sshd sets SSH_CONNECTION = "client_ip client_port server_ip server_port"
+        assert conn.split()[2:] == [slurm_cluster2.host, str(slurm_cluster2.port)]
+        assert conf == slurm_cluster2.slurm_conf  # sshd2 SetEnv: we are on cluster pilotci2
+        # we hold one connection to the jump host and none to the target: the target is reached through it
+        assert len(set(_tcp_conns_to(slurm_cluster.host, slurm_cluster.port)) - before1) == 1
+        assert set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port)) - before2 == set()
+        # the target sshd's peer is the jump host's sshd process (owned by the remote user), not us
+        client_port = int(conn.split()[1])
+        peers = [c for c in psutil.net_connections(kind="tcp")
+                 if c.laddr and c.laddr.port == client_port and c.raddr
+                 and (c.raddr.ip, c.raddr.port) == (slurm_cluster2.host, slurm_cluster2.port)]
+        assert peers and all(p.pid != os.getpid() for p in peers)
+        assert "sshd" in psutil.Process(peers[0].pid).name()
+        t.put(b"via jump", "/tmp/pilot-transport-jump-test")
+        assert Path("/tmp/pilot-transport-jump-test").read_bytes() == b"via jump"
+        t.remove("/tmp/pilot-transport-jump-test")
+
+
+def test_proxy_jump_target_unreachable(slurm_cluster):
+    jump = f"{slurm_cluster.user}@{slurm_cluster.host}:{slurm_cluster.port}"
+    port = _free_port("127.0.0.9")
+    t = SSHTransport("127.0.0.9", user="pilot", port=port, identity_file=slurm_cluster.key,
+                     known_hosts=slurm_cluster.known_hosts, proxy_jump=jump, connect_timeout=5)
+    with pytest.raises(ConnectError) as ei:
+        t.run(["true"])
+    assert "jump host" in str(ei.value) and ei.value.retryable
+    t.close()
+
+
+def test_proxy_jump_spec_errors():
+    with pytest.raises(TransportConfigError, match="several jump hosts"):
+        SSHTransport("h", proxy_jump="a@b:22,c@d:22")
+    with pytest.raises(TransportConfigError, match="invalid port"):
+        SSHTransport("h", proxy_jump="a@b:notaport")
+
+
+def _write_ssh_config(path: Path, c1, c2) -> None:
+    path.write_text(f"""\
+# test ssh config (ssh_config(5) syntax)
+Host pilotci-alias
+    HostName {c1.host}
+    Port {c1.port}
+    User {c1.user}
+    IdentityFile {c1.key}
+    UserKnownHostsFile {c1.known_hosts}
+
+Host pilotci2-via-jump
+    HostName {c2.host}
+    Port {c2.port}
+    User {c2.user}
+    IdentityFile {c2.key}
+    UserKnownHostsFile {c2.known_hosts}
+    ProxyJump pilotci-alias
+""")
+
+
+def test_ssh_config_alias(slurm_cluster, slurm_cluster2, tmp_path):
+    cfg = tmp_path / "config"
+    _write_ssh_config(cfg, slurm_cluster, slurm_cluster2)
+    with SSHTransport("pilotci-alias", use_ssh_config=True, ssh_config_path=str(cfg)) as t:
+        assert (t.hostname, t.port, t.user) == (slurm_cluster.host, slurm_cluster.port, slurm_cluster.user)
+        res = t.run(["sh", "-c", 'whoami; printf "%s\\n" "$SSH_CONNECTION"'])
+        who, conn = res.stdout.splitlines()
+        assert who == "pilot" and conn.split()[2] == slurm_cluster.host
+    with SSHTransport("pilotci2-via-jump", use_ssh_config=True, ssh_config_path=str(cfg)) as t:
+        before2 = set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port))
+        res = t.run(["sh", "-c", 'printf "%s\\n" "$SLURM_CONF"'])
+        assert res.stdout == f"{slurm_cluster2.slurm_conf}\n"
+        assert set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port)) - before2 == set()
+        assert "via pilot@127.0.0.1:2222" in t.label
+
+
+def test_ssh_config_missing_file_names_it(tmp_path):
+    with pytest.raises(TransportConfigError) as ei:
+        SSHTransport("x", use_ssh_config=True, ssh_config_path=str(tmp_path / "nope"))
+    assert str(tmp_path / "nope") in str(ei.value) and "use_ssh_config" in str(ei.value)
+
+
+# --------------------------------------------------------------------------- reconnects (own sshd)
+def test_reconnect_after_sshd_restart(own_sshd):
+    t = own_sshd.transport(name="own")
+    assert t.run(["echo", "one"]).stdout == "one\n"
+    port_before = _tcp_conns_to(own_sshd.host, own_sshd.port)
+    assert len(port_before) == 1 and t.connects == 1
+
+    # sshd down: the connection is gone and the one reconnect attempt is refused -> a clear, retryable error
+    own_sshd.stop()
+    wait_for(lambda: not _tcp_conns_to(own_sshd.host, own_sshd.port), timeout=5, interval=0.05,
+             what="the server side to close the connection")
+    with pytest.raises(ConnectError) as ei:
+        t.run(["echo", "two"])
+    assert ei.value.retryable and f"{own_sshd.host} port {own_sshd.port}" in str(ei.value)
+
+    # back up: the next call reconnects
+    own_sshd.start()
+    assert t.run(["echo", "three"]).stdout == "three\n"
+    port_after = _tcp_conns_to(own_sshd.host, own_sshd.port)
+    assert len(port_after) == 1 and port_after != port_before
+
+    # restarted between two calls: the call transparently reconnects once
+    own_sshd.stop()
+    own_sshd.start()
+    assert t.run(["echo", "four"]).stdout == "four\n"
+    assert t.exists("/tmp")  # SFTP reconnects too
+    t.put(b"after restart", "/tmp/pilot-transport-restart-test")
+    t.remove("/tmp/pilot-transport-restart-test")
+    t.close()
+
+
+def test_connection_lost_during_command(own_sshd):
+    t = own_sshd.transport()
+    t.run(["true"])
+    tag = f"63.{uuid.uuid4().int % 10**8}"
+    result: dict[str, BaseException] = {}
+
+    def run_long() -> None:
+        try:
+            t.run(["sleep", tag], timeout=30)
+        except BaseException as exc:
+            result["exc"] = exc
+
+    th = threading.Thread(target=run_long)
+    th.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    own_sshd.stop()
+    th.join(15)
+    assert not th.is_alive()
+    assert time.monotonic() - t0 < 10
+    exc = result.get("exc")
+    assert isinstance(exc, ConnectError), exc
+    assert exc.may_have_run is True and "may have run" in str(exc)
+    own_sshd.start()
+    assert t.run(["echo", "back"]).stdout == "back\n"
+    t.close()
+
+
+# --------------------------------------------------------------------------- SLURM smoke
+def test_sbatch_squeue_scancel_over_ssh(slurm_cluster, remote_tmp):
+    with SSHTransport(**slurm_cluster.ssh_kwargs(), name=slurm_cluster.name) as t:
+        name = f"pilot-transport-smoke-{uuid.uuid4().hex[:6]}"
+        script = "#!/bin/sh\nsleep 30\n"
+        # sbatch reads the script from stdin when no file is given (sbatch(1)); --hold keeps it PENDING
+        res = t.run(["sbatch", "--parsable", "--hold", "-J", name, "-o", "/dev/null", "-D", str(remote_tmp)],
+                    stdin=script, timeout=30)
+        assert res.returncode == 0, res.stderr
+        job_id = res.stdout.strip().split(";")[0]
+        assert job_id.isdigit()
+        try:
+            q = t.run(["squeue", "-h", "-j", job_id, "-o", "%i|%j|%T|%r"], timeout=30)
+            assert q.returncode == 0, q.stderr
+            # squeue(1): %T = state (extended form), %r = reason; a held job is PENDING with reason JobHeldUser
+            assert q.stdout.strip() == f"{job_id}|{name}|PENDING|JobHeldUser"
+        finally:
+            t.run(["scancel", job_id], timeout=30)
+        bad = t.run(["sbatch", "--parsable", "-p", "no-such-partition", "--wrap", "true"], timeout=30)
+        assert bad.returncode != 0 and "invalid partition" in bad.stderr.lower()
