@@ -1015,19 +1015,17 @@ def _other_places() -> dict[str, dict[str, str]]:
 def _unknown_key(model: type[BaseModel] | None, key: str) -> str:
     known = list(model.model_fields) if model is not None else []
     hint = ""
+    where = {k: v for k, v in _other_places().get(key, {}).items() if model is None or k != model.__name__}
     if key.lower() in known:
         hint = f"did you mean '{key.lower()}'? (field names are lower case)"
+    elif where:
+        hint = f"it belongs {' or '.join(sorted(set(where.values())))}: move it there"
     elif SYNONYMS.get(key.lower()) in known:
         hint = f"did you mean '{SYNONYMS[key.lower()]}'?"
     else:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         if close:
             hint = f"did you mean '{close[0]}'?"
-        else:
-            where = {k: v for k, v in _other_places().get(key, {}).items()
-                     if model is None or k != model.__name__}
-            if where:
-                hint = f"it belongs {' or '.join(sorted(set(where.values())))}: move it there"
     if hint:
         return f"unknown field '{key}'; {hint}"
     return (f"unknown field '{key}'; remove it or correct the name"
