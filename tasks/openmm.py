@@ -30,6 +30,7 @@ import struct
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
 
 from fireworks.utilities.fw_utilities import explicit_serialize
@@ -172,6 +173,21 @@ def truncate_csv(path: Path, max_step: int) -> int:
     return n
 
 
+@contextlib.contextmanager
+def _environment(extra: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of an in-process run (e.g. ``OPENMM_CPU_THREADS``)."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class _DCDWriter:
     """An OpenMM reporter writing DCD frames to a file handle we own (so it can be flushed at checkpoints).
 
@@ -285,7 +301,8 @@ class OpenMMSegmentTask(MDSegmentTask):
         files = self._names(run_dir)
         out_log = open(files["out"], "a", encoding="utf-8")
         try:
-            return self._run(run_dir, prepared, limit_s, stop, t_start, files, out_log)
+            with _environment({str(k): str(v) for k, v in (self.get("env") or {}).items()}):
+                return self._run(run_dir, prepared, limit_s, stop, t_start, files, out_log)
         finally:
             out_log.close()
 

@@ -476,8 +476,11 @@ class MDSegmentTask(FiretaskBase):
 
     def failure(self, decision: Decision, run: EngineRun | None, result: SegmentResult) -> SegmentError:
         """The :class:`SegmentError` for a FAILED decision: what, where, command, engine error, log tail."""
-        parts = [f"{self.describe()} FAILED: {decision.why} (checkpoint step {result.start_step} -> "
-                 f"{result.checkpoint_step}, target {result.target_step})."]
+        def fmt(step: int | None) -> str:
+            return "none" if step is None else str(step)
+
+        parts = [f"{self.describe()} FAILED: {decision.why} (checkpoint step {fmt(result.start_step)} -> "
+                 f"{fmt(result.checkpoint_step)}, target {fmt(result.target_step)})."]
         if run is not None:
             if run.command:
                 parts.append("Command: " + " ".join(run.command))
