@@ -48,12 +48,16 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import paramiko
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "AuthenticationError",
@@ -394,7 +398,7 @@ class Transport(ABC):
     def close(self) -> None:
         """Release resources (for SSH: this object's share of the pooled connection)."""
 
-    def __enter__(self) -> "Transport":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -674,8 +678,7 @@ def _parse_jump(spec: str, source: str, host: str) -> tuple[str | None, str, int
     if "," in s:
         raise TransportConfigError(f"ProxyJump {spec!r} ({source}) names several jump hosts", host=host,
                                    hint="only one jump host is supported: give a single user@host:port")
-    if s.startswith("ssh://"):
-        s = s[len("ssh://"):]
+    s = s.removeprefix("ssh://")
     user = None
     if "@" in s:
         user, s = s.rsplit("@", 1)

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -190,24 +191,13 @@ def test_timeout_kills_term_ignoring_group_after_grace(tr):
 
 def test_concurrent_runs(tr):
     t, _ = tr
-    results: dict[int, str] = {}
-    errors: list[BaseException] = []
 
-    def worker(i: int) -> None:
-        try:
-            for j in range(3):
-                res = t.run(["printf", "%s", f"{i}-{j}"])
-                results[i * 10 + j] = res.stdout
-        except BaseException as exc:  # collected and re-raised in the main thread
-            errors.append(exc)
+    def worker(i: int) -> list[str]:
+        return [t.run(["printf", "%s", f"{i}-{j}"]).stdout for j in range(3)]
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
-    assert not errors, errors
-    assert results == {i * 10 + j: f"{i}-{j}" for i in range(10) for j in range(3)}
+    with ThreadPoolExecutor(10) as pool:  # result() re-raises a worker's exception here
+        results = list(pool.map(worker, range(10), timeout=60))
+    assert results == [[f"{i}-{j}" for j in range(3)] for i in range(10)]
 
 
 # --------------------------------------------------------------------------- files

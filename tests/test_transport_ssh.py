@@ -13,9 +13,9 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -272,21 +272,12 @@ def test_concurrent_runs_share_one_connection(slurm_cluster):
     host, port = slurm_cluster.host, slurm_cluster.port
     before = set(_tcp_conns_to(host, port))
     t = SSHTransport(**slurm_cluster.ssh_kwargs())
-    errors: list[BaseException] = []
 
-    def worker() -> None:
-        try:
-            for _ in range(3):
-                assert t.run(["sh", "-c", "sleep 0.2; echo ok"]).stdout == "ok\n"
-        except BaseException as exc:
-            errors.append(exc)
+    def worker(_: int) -> list[str]:
+        return [t.run(["sh", "-c", "sleep 0.2; echo ok"]).stdout for _ in range(3)]
 
-    threads = [threading.Thread(target=worker) for _ in range(16)]  # more threads than channels allowed
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
-    assert not errors, errors
+    with ThreadPoolExecutor(16) as pool:  # more threads than channels allowed per connection
+        assert list(pool.map(worker, range(16), timeout=60)) == [["ok\n"] * 3] * 16
     assert len(set(_tcp_conns_to(host, port)) - before) == 1
     t.close()
 
@@ -423,23 +414,13 @@ def test_connection_lost_during_command(own_sshd):
     t = own_sshd.transport()
     t.run(["true"])
     tag = f"63.{uuid.uuid4().int % 10**8}"
-    result: dict[str, BaseException] = {}
-
-    def run_long() -> None:
-        try:
-            t.run(["sleep", tag], timeout=30)
-        except BaseException as exc:
-            result["exc"] = exc
-
-    th = threading.Thread(target=run_long)
-    th.start()
-    time.sleep(1.0)
-    t0 = time.monotonic()
-    own_sshd.stop()
-    th.join(15)
-    assert not th.is_alive()
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(t.run, ["sleep", tag], timeout=30)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        own_sshd.stop()
+        exc = future.exception(timeout=15)
     assert time.monotonic() - t0 < 10
-    exc = result.get("exc")
     assert isinstance(exc, ConnectError), exc
     assert exc.may_have_run is True and "may have run" in str(exc)
     own_sshd.start()
