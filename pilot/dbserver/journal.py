@@ -350,6 +350,11 @@ def plan_restore(data_dir: Path, truncate_torn_tail: bool = True) -> RestorePlan
             warnings.append(f"ignored a torn record at the end of {path} (byte {res.good_end} of {res.size}: "
                             f"{res.problem}); it was never acknowledged")
             if truncate_torn_tail:
+                raw = path.read_bytes()
+                if len(raw) > res.good_end:
+                    side = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+                    side.write_bytes(raw[res.good_end:])
+                    warnings.append(f"kept the {len(raw) - res.good_end} dropped bytes in {side}")
                 with open(path, "r+b") as fh:
                     if res.good_end < len(JOURNAL_MAGIC):
                         fh.truncate(0)

@@ -247,8 +247,8 @@ class LaunchPadServer:
             self._conns.add(sock)
         try:
             while True:
-                request_id, opcode, body = wire.read_message(sock)
                 try:
+                    request_id, opcode, body = wire.read_message(sock)
                     req = wire.parse_request(request_id, opcode, body)
                 except wire.ProtocolError as exc:
                     log.warning("closing connection from %s: %s", peer, exc)

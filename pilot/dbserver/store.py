@@ -171,6 +171,8 @@ class TrackedCollectionStore(CollectionStore):
 
     def __setitem__(self, key: Any, val: Any) -> None:
         super().__setitem__(key, val)
+        # MongoDB keeps an implicitly created collection after its last document is deleted
+        self._is_force_created = True
         if key not in self._pos:
             self._pos[key] = self._next_pos
             self._next_pos += 1

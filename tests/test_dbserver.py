@@ -1,0 +1,590 @@
+"""The embedded LaunchPad server as a MongoDB: commands through real pymongo, durability, startup refusals.
+
+Tests that only need "a MongoDB" use the ``mongo_uri`` fixture (MONGODB_URI when set, so they also run
+against a real MongoDB); tests about the embedded server itself (kill -9, journal, loopback, data dir)
+always start their own server with tests.helpers.EmbeddedServer and stop it by its pid.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import uuid
+import zlib
+from pathlib import Path
+
+import bson
+import gridfs
+import pymongo
+import pymongo.errors
+import pytest
+from pymongo import ReturnDocument
+
+from tests.helpers import EmbeddedServer, wait_for
+
+SERVE = [sys.executable, "-m", "pilot", "launchpad", "serve"]
+
+
+# --------------------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def db(mongo_uri):
+    """A fresh database on the session's MongoDB (embedded or MONGODB_URI), dropped afterwards."""
+    client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10000)
+    name = f"dbtest_{uuid.uuid4().hex[:10]}"
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """An embedded server of this test only (its data dir under tmp_path)."""
+    servers: list[EmbeddedServer] = []
+
+    def start(data: Path | None = None, port: int = 0, extra: list[str] | None = None) -> EmbeddedServer:
+        s = EmbeddedServer(data or tmp_path / "data", port=port, extra_args=extra).start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop(signal.SIGKILL)
+
+
+def client_for(server: EmbeddedServer) -> pymongo.MongoClient:
+    return pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000)
+
+
+def run_serve(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(SERVE + args, capture_output=True, text=True, timeout=timeout)
+
+
+# -------------------------------------------------------------------------------- commands
+def test_crud_and_cursor_batches(db):
+    coll = db.things
+    res = coll.insert_many([{"i": i, "even": i % 2 == 0, "tags": ["a", "b"] if i % 3 == 0 else []}
+                            for i in range(1000)])
+    assert len(res.inserted_ids) == 1000
+    assert coll.count_documents({}) == 1000
+    assert coll.estimated_document_count() == 1000
+    assert coll.count_documents({"even": True}) == 500
+    # many batches through getMore (batch size 7), natural order preserved
+    got = [d["i"] for d in coll.find({}, {"i": 1, "_id": 0}).batch_size(7)]
+    assert got == list(range(1000))
+    assert [d["i"] for d in coll.find({"i": {"$gte": 990}}).sort("i", -1).limit(3)] == [999, 998, 997]
+    assert [d["i"] for d in coll.find().sort("i", 1).skip(10).limit(2)] == [10, 11]
+    assert sorted(coll.distinct("even")) == [False, True]
+    assert coll.update_many({"i": {"$lt": 10}}, {"$inc": {"i": 1000}}).modified_count == 10
+    assert coll.count_documents({"i": {"$gte": 1000}}) == 10
+    r = coll.update_one({"i": -1}, {"$set": {"new": True}}, upsert=True)
+    assert r.upserted_id is not None and coll.find_one({"_id": r.upserted_id})["new"] is True
+    assert coll.replace_one({"i": 500}, {"i": 500, "replaced": True}).modified_count == 1
+    assert "even" not in coll.find_one({"i": 500})
+    assert coll.delete_many({"even": False}).deleted_count == 500
+    assert coll.delete_one({"i": 500}).deleted_count == 1
+    cur = coll.find().batch_size(2)
+    next(cur)
+    cur.close()  # killCursors
+    assert coll.find_one({"i": 12345}) is None
+
+
+def test_find_and_modify_variants(db):
+    c = db.fam
+    c.insert_many([{"k": i, "state": "READY", "prio": i % 3} for i in range(10)])
+    # highest priority, then lowest k: like FireWorks' reservation query with a sort
+    doc = c.find_one_and_update({"state": "READY"}, {"$set": {"state": "RESERVED"}},
+                                sort=[("prio", -1), ("k", 1)], return_document=ReturnDocument.AFTER)
+    assert (doc["k"], doc["state"]) == (2, "RESERVED")
+    before = c.find_one_and_update({"k": 3}, {"$inc": {"prio": 10}}, projection={"prio": 1, "_id": 0})
+    assert before == {"prio": 0}
+    assert c.find_one_and_update({"k": 99}, {"$set": {"x": 1}}) is None
+    up = c.find_one_and_update({"k": 99}, {"$set": {"x": 1}, "$currentDate": {"t": True}}, upsert=True,
+                               return_document=ReturnDocument.AFTER)
+    assert up["k"] == 99 and up["x"] == 1 and isinstance(up["t"], datetime.datetime)
+    rep = c.find_one_and_replace({"k": 4}, {"k": 4, "replaced": 1}, return_document=ReturnDocument.AFTER)
+    assert rep["replaced"] == 1 and "state" not in rep
+    gone = c.find_one_and_delete({"k": 5})
+    assert gone["k"] == 5 and c.count_documents({"k": 5}) == 0
+
+
+def test_indexes_unique_and_listing(db):
+    c = db.idx
+    c.create_index("a", unique=True)
+    c.create_index([("b", pymongo.ASCENDING), ("c", pymongo.DESCENDING)], name="b_c")
+    c.insert_one({"a": 1, "b": 1})
+    with pytest.raises(pymongo.errors.DuplicateKeyError):
+        c.insert_one({"a": 1, "b": 2})
+    c.insert_one({"a": 2})
+    with pytest.raises(pymongo.errors.DuplicateKeyError):
+        c.update_one({"a": 2}, {"$set": {"a": 1}})
+    assert c.find_one({"a": 2}) is not None  # the failed update left the document alone
+    with pytest.raises(pymongo.errors.BulkWriteError) as exc:
+        c.insert_many([{"a": 3}, {"a": 3}, {"a": 4}], ordered=True)
+    assert exc.value.details["nInserted"] == 1
+    info = c.index_information()
+    assert info["a_1"]["unique"] is True and info["a_1"]["key"] == [("a", 1)]
+    assert info["b_c"]["key"] == [("b", 1), ("c", -1)]
+    c.drop_index("b_c")
+    assert "b_c" not in c.index_information()
+    assert "idx" in db.list_collection_names()
+    assert db.missing.index_information() == {}  # listIndexes on a missing collection: NamespaceNotFound, handled
+
+
+def test_aggregations_used_by_lpad_report_and_the_manager(db):
+    states = ["READY", "RUNNING", "COMPLETED", "COMPLETED", "WAITING"]
+    docs = [{"fw_id": i, "state": states[i % 5], "spec": {"_category": f"cat{i % 2}"},
+             "updated_on": f"2024-01-{1 + i % 3:02d}T10:00:00", "nodes": [i, i + 100]} for i in range(50)]
+    db.fireworks.insert_many(docs)
+    db.launches.insert_many([{"launch_id": i, "fw_id": i, "state": "COMPLETED"} for i in range(0, 50, 10)])
+    # expected values from plain Python over the same documents
+    exp_group: dict[tuple[str, str], int] = {}
+    for d in docs:
+        key = (d["spec"]["_category"], d["state"])
+        exp_group[key] = exp_group.get(key, 0) + 1
+    got = {(r["_id"]["cat"], r["_id"]["state"]): r["n"] for r in db.fireworks.aggregate([
+        {"$match": {"state": {"$in": ["READY", "RUNNING", "COMPLETED", "WAITING"]}}},
+        {"$group": {"_id": {"cat": "$spec._category", "state": "$state"}, "n": {"$sum": 1}}}])}
+    assert got == exp_group
+    assert list(db.fireworks.aggregate([{"$match": {"state": "READY"}}, {"$count": "count"}])) == \
+        [{"count": sum(1 for d in docs if d["state"] == "READY")}]
+    top = list(db.fireworks.aggregate([{"$sort": {"fw_id": -1}}, {"$limit": 3},
+                                       {"$project": {"fw_id": True, "_id": False}}]))
+    assert top == [{"fw_id": 49}, {"fw_id": 48}, {"fw_id": 47}]
+    unwound = list(db.fireworks.aggregate([{"$match": {"fw_id": {"$lt": 2}}}, {"$unwind": "$nodes"},
+                                           {"$project": {"nodes": 1, "_id": 0}}]))
+    assert unwound == [{"nodes": 0}, {"nodes": 100}, {"nodes": 1}, {"nodes": 101}]
+    facet = list(db.fireworks.aggregate([{"$facet": {
+        "n": [{"$count": "c"}], "ready": [{"$match": {"state": "READY"}}, {"$count": "c"}]}}]))
+    assert facet == [{"n": [{"c": 50}], "ready": [{"c": 10}]}]
+    # lpad report: $substr on a date string, two $group stages (fireworks/features/fw_report.py)
+    rep = list(db.fireworks.aggregate([
+        {"$project": {"state": 1, "_id": 0, "date_key": {"$substr": ["$updated_on", 0, 10]}}},
+        {"$group": {"_id": {"state": "$state", "date_key": "$date_key"}, "count": {"$sum": 1},
+                    "state": {"$first": "$state"}}},
+        {"$group": {"_id": {"_id_date_key": "$_id.date_key"}, "date_key": {"$first": "$_id.date_key"},
+                    "states": {"$push": {"count": "$count", "state": "$state"}}}},
+        {"$sort": {"date_key": -1}}]))
+    assert [r["date_key"] for r in rep] == ["2024-01-03", "2024-01-02", "2024-01-01"]
+    assert sum(s["count"] for r in rep for s in r["states"]) == 50
+    # detect_lostruns: $group + $lookup + $unwind + $match (fireworks/core/launchpad.py)
+    joined = list(db.launches.aggregate([
+        {"$match": {"state": {"$in": ["FIZZLED", "COMPLETED"]}}}, {"$group": {"_id": "$fw_id"}},
+        {"$lookup": {"from": "fireworks", "localField": "_id", "foreignField": "fw_id", "as": "fw"}},
+        {"$unwind": "$fw"}, {"$match": {"fw.state": "READY"}}, {"$project": {"fw_id": "$_id"}}]))
+    exp = sorted(i for i in range(0, 50, 10) if docs[i]["state"] == "READY")
+    assert exp == [0, 10, 20, 30, 40]
+    assert sorted(r["fw_id"] for r in joined) == exp
+
+
+def test_unknown_command_is_code_59_naming_it(db):
+    with pytest.raises(pymongo.errors.OperationFailure) as exc:
+        db.command("frobnicateCollection", "x")
+    assert exc.value.code == 59
+    assert "frobnicateCollection" in str(exc.value)
+    assert db.command("ping")["ok"] == 1.0  # the connection still serves
+
+
+def test_bad_query_operator_is_an_error_reply_not_a_dropped_socket(db):
+    db.c.insert_one({"a": 1})
+    with pytest.raises(pymongo.errors.OperationFailure):
+        list(db.c.find({"a": {"$frobnicate": 1}}))
+    assert db.c.find_one({"a": 1})["a"] == 1
+
+
+def test_gridfs_roundtrip_large_file(db):
+    fs = gridfs.GridFS(db, "fw_gridfs")
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    fid = fs.put(payload, metadata={"launch_id": 7})
+    assert fs.get(fid).read() == payload
+    assert [f._id for f in fs.find({"metadata.launch_id": 7})] == [fid]
+    fs.delete(fid)
+    assert db["fw_gridfs.chunks"].count_documents({}) == 0
+
+
+# ---------------------------------------------------------------- indexed lookups == full scans
+def _random_doc(rng: random.Random, i: int) -> dict:
+    def scalar():
+        return rng.choice(["a", "b", "c", 1, 2, 2.0, True, None, datetime.datetime(2024, 1, 1 + rng.randint(0, 2))])
+
+    d: dict = {"_id": i, "k": i}
+    r = rng.random()
+    if r < 0.7:
+        d["s"] = scalar()
+    elif r < 0.85:
+        d["s"] = [scalar() for _ in range(rng.randint(0, 3))]
+    if rng.random() < 0.8:
+        d["d"] = {"x": scalar()}
+    if rng.random() < 0.3:
+        d["e"] = [{"x": scalar()}, {"y": 1}, "plain"]
+    if rng.random() < 0.7:
+        d["arr"] = [{"r": scalar()} for _ in range(rng.randint(0, 3))]
+    return d
+
+
+_QUERIES = [
+    {"s": "a"}, {"s": 1}, {"s": 2}, {"s": True}, {"s": None}, {"s": {"$in": ["a", 1, None]}}, {"s": {"$eq": "b"}},
+    {"s": datetime.datetime(2024, 1, 2)}, {"d.x": "a"}, {"d.x": None}, {"d.x": {"$in": [2, "c"]}},
+    {"arr.r": "b"}, {"arr.r": None}, {"e.x": "a"}, {"e.x": None}, {"e.x": {"$in": [1, True]}},
+    {"arr.0.r": "b"}, {"arr.1.r": None}, {"_id": 5}, {"_id": {"$in": [1, 2, 3, 999]}},
+    {"s": "a", "d.x": "b"}, {"$and": [{"s": {"$in": ["a", "b"]}}, {"k": {"$gt": 50}}]},
+    {"s": {"$exists": False}}, {"s": {"$ne": "a"}}, {"d": {"x": "a"}}, {"s": ["a", "b"]},
+]
+
+
+def _snapshot(coll, q, sort=None):
+    cur = coll.find(q, {"_id": 1})
+    if sort:
+        cur = cur.sort(sort)
+    return [d["_id"] for d in cur]
+
+
+def test_indexed_queries_match_unindexed_queries(db):
+    """Equality lookups through the hash indexes return what a full scan returns, before and after writes."""
+    rng = random.Random(20240607)
+    docs = [_random_doc(rng, i) for i in range(200)]
+    plain, indexed = db.plain, db.indexed
+    for f in ("s", "d.x", "arr.r", "e.x", "arr.0.r", "arr.1.r"):
+        indexed.create_index(f)
+    indexed.create_index([("k", 1), ("s", -1)])
+    plain.insert_many([dict(d) for d in docs])
+    indexed.insert_many([dict(d) for d in docs])
+
+    def compare(stage: str) -> None:
+        for q in _QUERIES:
+            assert _snapshot(indexed, q) == _snapshot(plain, q), f"{stage}: {q}"
+            assert _snapshot(indexed, q, [("k", -1)]) == _snapshot(plain, q, [("k", -1)]), f"{stage}: {q} sorted"
+            assert indexed.count_documents(q) == plain.count_documents(q), f"{stage}: count {q}"
+
+    compare("after insert")
+    for coll in (plain, indexed):
+        coll.update_many({"s": "a"}, {"$set": {"s": "z", "d.x": "a"}})
+        coll.update_one({"_id": 3}, {"$set": {"s": ["a", "c"]}})
+        coll.find_one_and_update({"s": "b"}, {"$set": {"s": None}}, sort=[("k", -1)])
+        coll.replace_one({"_id": 7}, {"k": 7, "s": "a", "arr": [{"r": "b"}]})
+        coll.delete_many({"d.x": "c"})
+        coll.update_many({"arr.r": 1}, {"$push": {"arr": {"r": "b"}}})
+        coll.insert_one({"_id": 1000, "k": 1000, "s": "a"})
+    compare("after writes")
+
+
+# ------------------------------------------------------------------ durability (own servers)
+def test_clean_restart_restores_documents_and_indexes(own_server, tmp_path):
+    srv = own_server()
+    port = srv.port
+    with client_for(srv) as c:
+        t = c.keep.things
+        t.create_index("a", unique=True)
+        t.create_index([("b", 1), ("c", -1)], name="b_c")
+        t.create_index("s", sparse=True)
+        t.insert_many([{"a": i, "b": i % 7, "c": str(i), "when": datetime.datetime(2024, 5, 1, 12, 0, i % 60)}
+                       for i in range(500)])
+        t.update_many({"b": 3}, {"$set": {"flag": True}})
+        t.delete_many({"b": 6})
+        c.keep.empty_but_created.insert_one({"x": 1})
+        c.keep.empty_but_created.delete_many({})
+        c.gone.x.insert_one({"y": 1})
+        c.drop_database("gone")
+        before_docs = sorted(t.find({}, {"_id": 0}), key=lambda d: d["a"])
+        before_idx = t.index_information()
+    assert srv.stop() == 0
+    data = tmp_path / "data"
+    assert not (data / "server.json").exists() and not (data / "server.pid").exists()
+    assert (data / "snapshot.bson").exists()
+    srv2 = own_server(port=port)
+    assert srv2.port == port
+    with client_for(srv2) as c:
+        t = c.keep.things
+        assert sorted(t.find({}, {"_id": 0}), key=lambda d: d["a"]) == before_docs
+        assert t.index_information() == before_idx
+        with pytest.raises(pymongo.errors.DuplicateKeyError):
+            t.insert_one({"a": 5})
+        assert t.count_documents({"flag": True}) == sum(1 for d in before_docs if d.get("flag"))
+        assert "gone" not in c.list_database_names()
+        assert "empty_but_created" in c.keep.list_collection_names()
+
+
+class _Writer(threading.Thread):
+    """Writes until the server dies; remembers the effect of every acknowledged write."""
+
+    def __init__(self, uri: str, w: int) -> None:
+        super().__init__(daemon=True)
+        self.client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000, socketTimeoutMS=10000)
+        self.w = w
+        self.present: dict[str, int] = {}  # _id -> acknowledged v
+        self.deleted: set[str] = set()
+        self.counter = 0
+        self.uncertain: set[str] = set()  # touched by the write that did not come back
+        self.acked = 0
+
+    def run(self) -> None:
+        coll = self.client.dur.docs
+        k = 0
+        try:
+            while True:
+                key = f"{self.w}-{k}"
+                self.uncertain = {key}
+                coll.insert_one({"_id": key, "w": self.w, "k": k, "v": 0})
+                self.present[key] = 0
+                coll.update_one({"_id": key}, {"$set": {"v": 1}, "$currentDate": {"t": True}})
+                self.present[key] = 1
+                self.uncertain = {f"ctr-{self.w}"}
+                doc = coll.find_one_and_update({"_id": f"ctr-{self.w}"}, {"$inc": {"n": 1}}, upsert=True,
+                                               return_document=ReturnDocument.AFTER)
+                self.counter = doc["n"]
+                if k % 5 == 4:
+                    victim = f"{self.w}-{k - 1}"
+                    self.uncertain = {victim}
+                    coll.delete_one({"_id": victim})
+                    self.present.pop(victim)
+                    self.deleted.add(victim)
+                self.acked += 3
+                k += 1
+        except pymongo.errors.PyMongoError:
+            return
+        finally:
+            self.client.close()
+
+
+def _check_writers(uri: str, writers: list[_Writer]) -> int:
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as c:
+        stored = {d["_id"]: d for d in c.dur.docs.find()}
+    checked = 0
+    for wr in writers:
+        for key, v in wr.present.items():
+            if key in wr.uncertain:
+                continue
+            assert key in stored, f"acknowledged insert {key} lost"
+            assert stored[key]["v"] >= v, f"acknowledged update of {key} lost"
+            checked += 1
+        for key in wr.deleted - wr.uncertain:
+            assert key not in stored, f"acknowledged delete of {key} lost"
+        assert stored[f"ctr-{wr.w}"]["n"] >= wr.counter
+    return checked
+
+
+@pytest.mark.parametrize("compact_mb", [None, "0.02"], ids=["journal-only", "with-compactions"])
+def test_kill9_loses_no_acknowledged_write(own_server, tmp_path, compact_mb):
+    extra = ["--compact-mb", compact_mb] if compact_mb else None
+    srv = own_server(extra=extra)
+    port = srv.port
+    writers = [_Writer(srv.uri, w) for w in range(3)]
+    for wr in writers:
+        wr.start()
+    wait_for(lambda: sum(wr.acked for wr in writers) >= 600, timeout=60, interval=0.05, what="600 acked writes")
+    srv.kill9()
+    for wr in writers:
+        wr.join(30)
+        assert not wr.is_alive()
+    srv2 = own_server(port=port, extra=extra)
+    assert _check_writers(srv2.uri, writers) >= 150
+    if compact_mb:
+        assert "snapshot generation" in srv.log_path.read_text()
+
+
+def _last_journal(data: Path) -> Path:
+    return sorted(data.glob("journal-*.log"))[-1]
+
+
+def _frame(doc: dict, crc_delta: int = 0) -> bytes:
+    payload = bson.encode(doc)
+    return struct.pack("<II", len(payload), (zlib.crc32(payload) + crc_delta) & 0xFFFFFFFF) + payload
+
+
+@pytest.mark.parametrize("damage", ["cut-record", "bad-checksum", "short-header"])
+def test_torn_journal_tail_is_ignored(own_server, tmp_path, damage):
+    data = tmp_path / "data"
+    srv = own_server()
+    port = srv.port
+    with client_for(srv) as c:
+        c.t.c.insert_many([{"_id": i} for i in range(50)])
+        c.t.c.update_one({"_id": 7}, {"$set": {"seven": True}})
+    ghost = {"ops": [{"op": "put", "db": "t", "c": "c", "doc": {"_id": "ghost"}}]}
+    if damage == "short-header":
+        srv.stop()  # clean stop: everything in the snapshot, a fresh journal file with just its header
+        journal = _last_journal(data)
+        with open(journal, "r+b") as fh:
+            fh.truncate(3)
+    else:
+        srv.kill9()  # everything only in the journal
+        journal = _last_journal(data)
+        with open(journal, "ab") as fh:
+            rec = _frame(ghost, crc_delta=1 if damage == "bad-checksum" else 0)
+            fh.write(rec if damage == "bad-checksum" else rec[:len(rec) // 2])
+    srv2 = own_server(port=port)
+    with client_for(srv2) as c:
+        assert sorted(d["_id"] for d in c.t.c.find({"_id": {"$type": "int"}})) == list(range(50))
+        assert c.t.c.find_one({"_id": 7})["seven"] is True
+        assert c.t.c.find_one({"_id": "ghost"}) is None
+        c.t.c.insert_one({"_id": "after"})
+    if damage != "short-header":
+        assert "torn record" in srv2.log_path.read_text()
+        assert list(data.glob("journal-*.log.torn-*")), "the dropped bytes are kept for inspection"
+    srv2.stop()
+    srv3 = own_server(port=port)
+    with client_for(srv3) as c:
+        assert c.t.c.count_documents({}) == 51
+
+
+def test_damaged_snapshot_refuses_to_start(own_server, tmp_path):
+    data = tmp_path / "data"
+    srv = own_server()
+    with client_for(srv) as c:
+        c.t.c.insert_many([{"_id": i, "pad": "x" * 100} for i in range(100)])
+    srv.stop()
+    snap = data / "snapshot.bson"
+    raw = bytearray(snap.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    snap.write_bytes(bytes(raw))
+    res = run_serve(["--port", "0", "--data", str(data)])
+    assert res.returncode == 1
+    assert "damaged" in res.stderr and str(snap) in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------ startup refusals
+def _lan_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent for UDP connect
+            addr = s.getsockname()[0]
+        except OSError:
+            addr = "127.0.0.1"
+    return addr if not addr.startswith("127.") else "10.255.255.1"
+
+
+def _off_loopback_hostname() -> str | None:
+    for name in ("ip6-allnodes", "ip6-allrouters", "example.com"):
+        try:
+            infos = socket.getaddrinfo(name, None)
+        except OSError:
+            continue
+        if infos and not all(i[4][0].startswith(("127.", "::1")) for i in infos):
+            return name
+    return None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "lan", "hostname"])
+def test_non_loopback_host_is_refused(tmp_path, host):
+    if host == "lan":
+        host = _lan_address()
+    elif host == "hostname":
+        name = _off_loopback_hostname()
+        if name is None:
+            pytest.skip("no host name here resolves to a non-loopback address (no DNS, /etc/hosts has none)")
+        host = name
+    data = tmp_path / "data"
+    res = run_serve(["--host", host, "--port", "0", "--data", str(data)])
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a loopback address" in lines[0] and host in lines[0]
+    assert not data.exists()  # refused before touching anything
+
+
+def test_busy_port_is_a_clear_error(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        res = run_serve(["--port", str(port), "--data", str(tmp_path / "data")])
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already in use" in lines[0] and str(port) in lines[0]
+    assert not (tmp_path / "data" / "server.pid").exists()
+
+
+def _ro_mount(path: Path) -> bool:
+    path.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True)
+    return res.returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["file-in-place", "under-a-file", "read-only-fs"])
+def test_unwritable_data_dir_is_a_clear_error(tmp_path, kind):
+    if kind == "file-in-place":
+        data = tmp_path / "data"
+        data.write_text("not a dir")
+    elif kind == "under-a-file":
+        (tmp_path / "afile").write_text("x")
+        data = tmp_path / "afile" / "data"
+    else:
+        mnt = tmp_path / "ro"
+        if not _ro_mount(mnt):
+            pytest.skip("cannot mount a read-only tmpfs here (needs root / CAP_SYS_ADMIN)")
+        data = mnt / "data"
+    try:
+        res = run_serve(["--port", "0", "--data", str(data)])
+    finally:
+        if kind == "read-only-fs":
+            subprocess.run(["umount", str(tmp_path / "ro")], check=True)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(data) in lines[0] and "--data" in lines[0], res.stderr
+
+
+def test_second_server_on_same_data_dir_refuses(own_server, tmp_path):
+    srv = own_server()
+    res = run_serve(["--port", "0", "--data", str(tmp_path / "data")])
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use" in lines[0] and str(srv.proc.pid) in lines[0]
+    with client_for(srv) as c:  # the first one is unaffected
+        assert c.admin.command("ping")["ok"] == 1.0
+    info = json.loads((tmp_path / "data" / "server.json").read_text())
+    assert info["pid"] == srv.proc.pid and info["port"] == srv.port and info["host"] == "127.0.0.1"
+
+
+def test_sigint_is_a_clean_shutdown_with_banner(own_server, tmp_path):
+    srv = own_server()
+    with client_for(srv) as c:
+        c.t.c.insert_one({"x": 1})
+    assert srv.stop(signal.SIGINT) == 0
+    log = srv.log_path.read_text()
+    assert log.count("for one machine") == 1 and "use MongoDB" in log
+    assert "stopped (final snapshot" in log
+    assert sorted(p.name for p in (tmp_path / "data").glob("journal-*.log")) == ["journal-00000002.log"]
+
+
+# ------------------------------------------------------------------------------- raw wire
+def _raw_op_query_ismaster(port: int) -> dict:
+    """A legacy OP_QUERY handshake built by hand (layout: MongoDB legacy opcodes documentation)."""
+    q = bson.encode({"isMaster": 1, "helloOk": True})
+    body = struct.pack("<i", 0) + b"admin.$cmd\x00" + struct.pack("<ii", 0, -1) + q
+    msg = struct.pack("<iiii", 16 + len(body), 42, 0, 2004) + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(msg)
+        header = s.recv(16, socket.MSG_WAITALL)
+        length, _rid, response_to, opcode = struct.unpack("<iiii", header)
+        rest = s.recv(length - 16, socket.MSG_WAITALL)
+    assert (response_to, opcode) == (42, 1)  # OP_REPLY to our request
+    _flags, _cursor, _start, nret = struct.unpack_from("<iqii", rest, 0)
+    assert nret == 1
+    return bson.decode(rest[20:])
+
+
+def test_legacy_handshake_and_garbage_connections(own_server):
+    srv = own_server()
+    reply = _raw_op_query_ismaster(srv.port)
+    assert reply["ismaster"] is True and reply["maxWireVersion"] >= 8 and reply["ok"] == 1.0
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(struct.pack("<iiii", 16 + 4, 1, 0, 9999) + b"junk")  # unknown opcode: connection closed
+        assert s.recv(100) == b""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(struct.pack("<iiii", 2**30, 1, 0, 2013))  # absurd length
+        assert s.recv(100) == b""
+    with client_for(srv) as c:
+        assert c.admin.command("ping")["ok"] == 1.0
+        with pytest.raises(pymongo.errors.OperationFailure) as exc:
+            list(c.t.c.aggregate([{"$merge": {"into": "other"}}]))
+        assert exc.value.code == 115 and "$merge" in str(exc.value)
+        st = c.admin.command("pilotStats")
+        assert st["journal"]["fsyncs"] >= 0 and st["commands"]["ping"] >= 1
