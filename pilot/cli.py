@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "manager": "pilot.cli_manager:manager",
     "submit": "pilot.cli_pilots:submit_cmd",
     "cancel": "pilot.cli_pilots:cancel_cmd",
+    "worker": "pilot.worker:worker_command",
     "init": "pilot.cli_config:init", "config": "pilot.cli_config:config", "render": "pilot.cli_config:render",
 }
 
