@@ -78,7 +78,7 @@ def cancel_cmd(obj: Any, cluster: str, job_ids: tuple[str, ...], all_: bool) -> 
             res = mgr._run(rt, rt.adapter.cancel_command(ids))
         except TransportError as e:
             raise click.ClickException(str(e)) from None
-        result = rt.adapter.parse_cancel(res.returncode, res.stdout, res.stderr)
+        result = rt.adapter.parse_cancel(res.returncode, res.stdout, res.stderr, ids)
     finally:
         mgr.close()
     for jid in result.cancelled:

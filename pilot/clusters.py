@@ -19,7 +19,7 @@ def transport_for(name: str, cluster: Any) -> Any:
     """
     from pilot.transport import LocalTransport, SSHTransport
 
-    if cluster.scheduler == "local" or not cluster.host:
+    if _scheduler(cluster) == "local" or not cluster.host:
         return LocalTransport()
     return SSHTransport(
         host=cluster.host, user=cluster.user, port=cluster.port,
@@ -29,8 +29,18 @@ def transport_for(name: str, cluster: Any) -> Any:
         use_ssh_config=getattr(cluster, "use_ssh_config", False), name=name)
 
 
+def _scheduler(cluster: Any) -> str:
+    s = cluster.scheduler
+    return str(getattr(s, "value", s))
+
+
 def adapter_for(cluster: Any) -> Any:
-    """The queue adapter for a cluster config's scheduler."""
+    """The queue adapter for a cluster config's scheduler (``local``: :mod:`pilot.localsched`)."""
     from queue_adapters import get_adapter
 
-    return get_adapter(cluster.scheduler)
+    name = _scheduler(cluster)
+    if name == "local":
+        from queue_adapters.local import LocalAdapter
+
+        return LocalAdapter(python=getattr(cluster, "python", None))
+    return get_adapter(name)

@@ -79,7 +79,7 @@ class CycleReport:
 
 def walltime_seconds(cluster_cfg: Any) -> float:
     """The pilot wall time of a cluster config, in seconds."""
-    return float(cluster_cfg.pilot.walltime_seconds)
+    return float(cluster_cfg.walltime_seconds)
 
 
 def fworker_name(cluster: str, job_id: str) -> str:
@@ -107,7 +107,7 @@ class Manager:
     def __init__(self, config: Any, launchpad: Any, dry_run: bool = False,
                  transport_factory: Callable[[str, Any], Any] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        from queue_adapters import get_adapter
+        from pilot.clusters import adapter_for
 
         self.config = config
         self.lp = launchpad
@@ -122,7 +122,7 @@ class Manager:
         self._transport_factory = transport_factory
         self.clusters: dict[str, ClusterRuntime] = {}
         for name, ccfg in sorted(config.clusters.items()):
-            rt = ClusterRuntime(name=name, config=ccfg, adapter=get_adapter(ccfg.scheduler))
+            rt = ClusterRuntime(name=name, config=ccfg, adapter=adapter_for(ccfg))
             st = self.records.cluster_state(name)
             if st.get("backoff_until"):
                 rt.backoff_until = float(st["backoff_until"])
@@ -170,8 +170,8 @@ class Manager:
     def _fail(self, rt: ClusterRuntime, error: str, report: CycleReport) -> None:
         now = self.clock()
         rt.failures += 1
-        pc = self.config.pilot
-        delay = min(float(pc.backoff_max), float(pc.backoff_initial) * 2 ** (rt.failures - 1))
+        b = self.config.pilot.backoff
+        delay = min(float(b.max), float(b.initial) * float(b.factor) ** (rt.failures - 1))
         rt.backoff_until = now + delay
         rt.last_error = error
         report.errors[rt.name] = error
