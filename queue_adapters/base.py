@@ -274,12 +274,16 @@ class QueueAdapter(ABC):
         The filters of :meth:`status_command` that the built command applies itself
         (subset of ``{"job_ids", "user", "name_prefix"}``).  Callers apply
         :func:`filter_statuses` anyway; this only tells how big the output can get.
+    history_max_ids
+        Most job ids one :meth:`history_command` can ask about (``None``: no limit).  SGE's
+        ``qacct -j`` takes one id, so callers split longer lists into chunks.
     """
 
     name: str = ""
     job_id_env: str = ""
     submit_stdin_from_script: bool = False
     filters_server_side: frozenset[str] = frozenset()
+    history_max_ids: int | None = None
 
     def __init__(self, *, tz: dt.tzinfo | None = None) -> None:
         """Create an adapter.
