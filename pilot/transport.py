@@ -86,6 +86,8 @@ MAX_CHANNELS_PER_CONNECTION = 8
 #: After a remote command exited, how long to wait for the end of its output (a background process that
 #: inherited stdout would otherwise keep the channel open for ever, as with the ``ssh`` client).
 EXIT_LINGER_SECONDS = 2.0
+#: Seconds allowed for the request that kills a timed-out command's process group.
+KILL_REQUEST_TIMEOUT = 5.0
 _CHUNK = 32768
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SHA256_HEX = re.compile(r"\\?([0-9a-fA-F]{64})\b")
@@ -546,6 +548,8 @@ class LocalTransport(Transport):
 
     def put(self, data_or_path: bytes | str | os.PathLike[str], remote_path: str, mode: int = 0o644) -> None:
         dest = Path(os.path.expanduser(remote_path))
+        if not isinstance(data_or_path, (bytes, bytearray, memoryview)) and not os.path.isfile(data_or_path):
+            raise FileNotFoundError(errno.ENOENT, "local file to put does not exist", str(data_or_path))
         tmp: str | None = None
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1208,18 +1212,22 @@ class SSHTransport(Transport):
             raise CommandTimeout(f"no free SSH session within {timeout:g} s ({MAX_CHANNELS_PER_CONNECTION} "
                                  "commands already running on this connection)", host=self.host,
                                  label=self._label, argv=argv, hint="run fewer commands at once")
+        waited = time.monotonic() - start
         try:
+            # (re)connecting is bounded by connect_timeout, not by the command's timeout
             chan, transport = self._open_exec(conn, command, argv)
             try:
-                return self._collect(conn, chan, transport, argv, timeout, stdin, nonce, start)
+                return self._collect(conn, chan, transport, argv, timeout, max(timeout - waited, 0.001), stdin,
+                                     nonce, start)
             finally:
                 chan.close()
         finally:
             conn.channels.release()
 
     def _collect(self, conn: _Connection, chan: paramiko.Channel, transport: paramiko.Transport,
-                 argv: list[str], timeout: float, stdin: bytes | None, nonce: str, start: float) -> CompletedCommand:
-        deadline = time.monotonic() + timeout
+                 argv: list[str], timeout: float, remaining: float, stdin: bytes | None, nonce: str,
+                 start: float) -> CompletedCommand:
+        deadline = time.monotonic() + remaining
         out, err = bytearray(), bytearray()
         marker = re.compile(rb"PILOT-PGID-" + nonce.encode() + rb"=(\d+)\n")
         pgid: int | None = None
@@ -1306,9 +1314,10 @@ class SSHTransport(Transport):
         polls = max(1, int(self.kill_grace * 10))
         cmd = shlex.join(["sh", "-c", _KILL_SCRIPT, "pilot-kill", str(pgid), str(polls)])
         try:
-            chan = transport.open_session(timeout=self._settings.connect_timeout)
+            # short: the script returns at once; if the host does not answer, the connection is likely dead
+            chan = transport.open_session(timeout=KILL_REQUEST_TIMEOUT)
             try:
-                chan.settimeout(self.kill_grace + 5)
+                chan.settimeout(KILL_REQUEST_TIMEOUT)
                 chan.exec_command(cmd)
                 chan.shutdown_write()
                 answer = chan.makefile("rb").read().decode(errors="replace")
@@ -1316,6 +1325,7 @@ class SSHTransport(Transport):
             finally:
                 chan.close()
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            conn.invalidate(transport)  # unresponsive: the next call opens a fresh connection
             return (f"could not kill its process group {pgid} on the host ({type(exc).__name__}: {exc}); "
                     "it may still be running")
         if rc != 0:

@@ -316,3 +316,10 @@ def test_command_killed_by_signal_is_a_result(tr):
     res = t.run(["sh", "-c", "echo before; kill -9 $$"])
     assert res.returncode < 0 and res.stdout == "before\n"
     assert t.run(["true"]).returncode == 0
+
+
+def test_put_missing_local_source(tr, tmp_path):
+    t, workdir = tr
+    with pytest.raises(FileNotFoundError):
+        t.put(tmp_path / "does-not-exist", str(workdir / "x"))
+    assert not (workdir / "x").exists()

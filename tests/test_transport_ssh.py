@@ -448,3 +448,21 @@ def test_sbatch_squeue_scancel_over_ssh(slurm_cluster, remote_tmp):
             t.run(["scancel", job_id], timeout=30)
         bad = t.run(["sbatch", "--parsable", "-p", "no-such-partition", "--wrap", "true"], timeout=30)
         assert bad.returncode != 0 and "invalid partition" in bad.stderr.lower()
+
+
+def test_home_relative_paths(slurm_cluster):
+    """``~/x`` and relative paths mean the remote user's home, for commands and for files alike."""
+    import pwd
+
+    home = Path(pwd.getpwnam(slurm_cluster.user).pw_dir)
+    sub = f"pilot-transport-home-{uuid.uuid4().hex[:6]}"
+    with SSHTransport(**slurm_cluster.ssh_kwargs()) as t:
+        try:
+            t.put(b"h", f"~/{sub}/f.txt")
+            assert (home / sub / "f.txt").read_bytes() == b"h"
+            assert t.exists(f"{sub}/f.txt")
+            assert t.run(["pwd"], cwd="~").stdout == f"{home}\n"
+            assert t.run(["cat", "f.txt"], cwd=f"~/{sub}").stdout == "h"
+            assert t.run(["cat", f"{sub}/f.txt"]).stdout == "h"  # commands start in the home directory
+        finally:
+            t.run(["rm", "-rf", "--", str(home / sub)])
