@@ -165,6 +165,7 @@ class TransportSide:
 def _copy_local(src: str, dest: str) -> None:
     """Copy a local file atomically (temporary name in the destination directory, fsync, rename)."""
     dest_dir = os.path.dirname(dest) or "."
+    os.makedirs(dest_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{os.path.basename(dest)}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
@@ -224,38 +225,60 @@ def copy_files(src: Side, src_dir: str, dest: Side, dest_dir: str, required: lis
     CopyReport
     """
     report = CopyReport()
-    seen: set[str] = set()
-    names = [(n, True) for n in required] + [(n, False) for n in optional]
-    missing_required: list[str] = []
-    _retry(lambda: dest.makedirs(dest_dir), f"{purpose}: create {dest.where(dest_dir)}", max_retry,
-           retry_delay_s, report)
-    for name, is_required in names:
-        if name in seen:
-            continue
-        seen.add(name)
+    names: list[tuple[str, bool]] = []
+    for name, is_required in [(n, True) for n in required] + [(n, False) for n in optional]:
         if os.path.isabs(name) or ".." in Path(name).parts:
             raise StagingError(f"{purpose}: file name {name!r} must be relative to the run directory, without '..'")
+        if name not in {n for n, _ in names}:
+            names.append((name, is_required))
+
+    # 1. what is there: a missing required file fails the task before anything is copied
+    sizes: dict[str, int] = {}
+    missing_required: list[str] = []
+    for name, is_required in names:
         s_path = os.path.join(src_dir, name)
-        d_path = os.path.join(dest_dir, name)
         s_size = _retry(lambda: src.size(s_path), f"{purpose}: stat {src.where(s_path)}", max_retry,
                         retry_delay_s, report)
-        if s_size is None:
-            if is_required:
-                missing_required.append(name)
-            else:
-                report.missing_optional.append(name)
+        if s_size is not None:
+            sizes[name] = s_size
+        elif is_required:
+            missing_required.append(name)
+        else:
+            report.missing_optional.append(name)
+    if missing_required:
+        present = src.listdir(src_dir)
+        raise StagingError(
+            f"{purpose}: required file{'s' if len(missing_required) > 1 else ''} "
+            f"{', '.join(missing_required)} missing in {src.where(src_dir)} (copying to {dest.where(dest_dir)}). "
+            f"Files there: {', '.join(present[:30]) or '(none, or the directory does not exist)'}"
+            f"{' ...' if len(present) > 30 else ''}. What to try: create the file or correct the file list / "
+            "run directory of the workflow, then rerun this Firework.",
+            {"missing": missing_required, "source_dir": src.where(src_dir), "dest_dir": dest.where(dest_dir)})
+
+    # 2. copy what differs (size or SHA-256), verify every copy
+    _retry(lambda: dest.makedirs(dest_dir), f"{purpose}: create {dest.where(dest_dir)}", max_retry,
+           retry_delay_s, report)
+    for name, _ in names:
+        if name not in sizes:
             continue
+        s_path = os.path.join(src_dir, name)
+        d_path = os.path.join(dest_dir, name)
         s_sum = _retry(lambda: src.sha256(s_path), f"{purpose}: sha256 {src.where(s_path)}", max_retry,
                        retry_delay_s, report)
         d_size = _retry(lambda: dest.size(d_path), f"{purpose}: stat {dest.where(d_path)}", max_retry,
                         retry_delay_s, report)
-        if d_size == s_size and _retry(lambda: dest.sha256(d_path), f"{purpose}: sha256 {dest.where(d_path)}",
-                                       max_retry, retry_delay_s, report) == s_sum:
+        if d_size == sizes[name] and _retry(lambda: dest.sha256(d_path), f"{purpose}: sha256 {dest.where(d_path)}",
+                                            max_retry, retry_delay_s, report) == s_sum:
             report.skipped.append(name)
             continue
 
         def _one() -> int:
-            transfer(s_path, d_path)
+            try:
+                transfer(s_path, d_path)
+            except OSError as exc:
+                raise StagingError(f"{purpose}: cannot copy {src.where(s_path)} to {dest.where(d_path)}: {exc}. "
+                                   "Check permissions and free space there.",
+                                   {"file": name, "source": src.where(s_path), "dest": dest.where(d_path)}) from exc
             got = dest.sha256(d_path)
             now = src.sha256(s_path)
             if got != now:
@@ -267,16 +290,6 @@ def copy_files(src: Side, src_dir: str, dest: Side, dest_dir: str, required: lis
 
         report.bytes_copied += _retry(_one, f"{purpose}: copy {name}", max_retry, retry_delay_s, report)
         report.copied.append(name)
-    if missing_required:
-        present = src.listdir(src_dir)
-        raise StagingError(
-            f"{purpose}: required file{'s' if len(missing_required) > 1 else ''} "
-            f"{', '.join(missing_required)} missing in {src.where(src_dir)} (copying to {dest.where(dest_dir)}). "
-            f"Files there: {', '.join(present[:30]) or '(none, or the directory does not exist)'}"
-            f"{' ...' if len(present) > 30 else ''}. What to try: create the file or correct the file list / "
-            "run directory of the workflow, then rerun this Firework.",
-            {"missing": missing_required, "source_dir": src.where(src_dir), "dest_dir": dest.where(dest_dir),
-             "copied": report.copied})
     log.info("%s %s -> %s: copied %s, skipped (identical) %s, absent optional %s", purpose, src.where(src_dir),
              dest.where(dest_dir), report.copied, report.skipped, report.missing_optional)
     return report
