@@ -1,0 +1,98 @@
+"""Building config directories and workloads for the manager tests."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fireworks import Firework, LaunchPad, ScriptTask, Workflow
+
+
+def write_config(config_dir: Path, lp_file: Path, clusters: dict[str, dict[str, Any]], poll_interval: float = 2,
+                 **pilot: Any) -> Path:
+    """A config dir: pilot.yaml pointing at ``lp_file`` and one clusters/NAME.yaml per entry."""
+    (config_dir / "clusters").mkdir(parents=True, exist_ok=True)
+    doc = {"launchpad_file": str(lp_file), "poll_interval": poll_interval, "log_dir": str(config_dir / "logs"),
+           "backoff": {"initial": 1, "max": 4}}
+    doc.update(pilot)
+    (config_dir / "pilot.yaml").write_text(yaml.safe_dump(doc))
+    for name, c in clusters.items():
+        (config_dir / "clusters" / f"{name}.yaml").write_text(yaml.safe_dump(c))
+    return config_dir
+
+
+def local_cluster(work_dir: Path, lp_file: Path, categories: list[str], **over: Any) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "scheduler": "local", "categories": categories, "launchpad_file": str(lp_file), "work_dir": str(work_dir),
+        "python": sys.executable, "pilot": {"walltime": 300}, "walltime_margin": 20, "idle_timeout": 4,
+        "grace": 5, "fireworks_per_pilot": 5, "limits": {"max_queued": 10, "max_running": 10},
+    }
+    c.update(over)
+    return c
+
+
+def ssh_cluster(info: Any, work_dir: str, lp_file: str, categories: list[str], venv: str, **over: Any) -> dict:
+    """A cluster file for one of the test clusters (tests.helpers.ClusterInfo) reached over the loopback sshd."""
+    sched = info.scheduler
+    walltime = {"slurm": "5", "pbs": "00:05:00", "lsf": "5"}[sched]
+    c: dict[str, Any] = {
+        "scheduler": sched, "host": info.host, "port": info.port, "user": info.user, "identity_file": info.key,
+        "known_hosts": info.known_hosts, "use_ssh_config": False, "categories": categories,
+        "launchpad_file": lp_file, "work_dir": work_dir, "setup": f"source {venv}/bin/activate\n",
+        "pilot": {"walltime": walltime, "cores": 1}, "walltime_margin": 30, "idle_timeout": 5, "grace": 5,
+        "fireworks_per_pilot": 5, "limits": {"max_queued": 10, "max_running": 10},
+    }
+    if sched == "slurm":
+        c["pilot"]["partition"] = "debug"
+    c.update(over)
+    return c
+
+
+def add_sleepers(lp: LaunchPad, category: str, n: int, seconds: float = 0.5, name: str = "fw") -> list[int]:
+    """``n`` independent one-Firework workflows of ``category`` that sleep ``seconds``."""
+    ids = []
+    for i in range(n):
+        fw = Firework([ScriptTask.from_str(f"sleep {seconds}")], spec={"_category": category},
+                      name=f"{name}-{category}-{i}")
+        lp.add_wf(Workflow([fw]))
+        ids.append(fw.fw_id)
+    return list(lp.get_fw_ids({"spec._category": category}))
+
+
+def fw_states(lp: LaunchPad) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in lp.fireworks.find({}, {"state": 1}):
+        out[d["state"]] = out.get(d["state"], 0) + 1
+    return out
+
+
+def launches_per_fw(lp: LaunchPad) -> dict[int, int]:
+    """How many launches (current and archived) each Firework had."""
+    out: dict[int, int] = {}
+    for d in lp.fireworks.find({}, {"fw_id": 1, "launches": 1, "archived_launches": 1}):
+        out[d["fw_id"]] = len(d.get("launches") or []) + len(d.get("archived_launches") or [])
+    return out
+
+
+def completed_launches_per_fw(lp: LaunchPad) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for d in lp.launches.find({"state": "COMPLETED"}, {"fw_id": 1}):
+        out[d["fw_id"]] = out.get(d["fw_id"], 0) + 1
+    return out
+
+
+def run_cycles_until(mgr: Any, predicate: Any, timeout: float, interval: float = 2.0) -> list[Any]:
+    """Run manager cycles until ``predicate()`` is true; returns the cycle reports."""
+    reports = []
+    deadline = time.monotonic() + timeout
+    while True:
+        reports.append(mgr.run_cycle())
+        if predicate():
+            return reports
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not done after {timeout} s; last decisions: "
+                               f"{[d.log_line() for d in reports[-1].decisions]}; errors: {reports[-1].errors}")
+        time.sleep(interval)
