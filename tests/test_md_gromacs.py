@@ -397,3 +397,54 @@ def test_missing_tpr_and_missing_gmx_name_the_problem(tmp_path):
     (tmp_path / "md.tpr").write_bytes(b"x")
     with pytest.raises(SegmentError, match="gmx-nonexistent"):
         GromacsSegmentTask(run_dir=str(tmp_path), name="md", gmx="gmx-nonexistent").run_segment()
+
+
+def _staged_run(launchpad, water, tmp_path, work: Path, remote: dict | None) -> None:
+    from fireworks import Firework, ScriptTask
+
+    from tasks.workflow import make_md_workflow
+
+    archive = run_dir_with_tpr(water, tmp_path, "archive")
+    post = Firework(ScriptTask.from_str("echo segment >> postrun.txt"),
+                    spec={"_category": "local", "_launch_dir": str(archive)}, name="post")
+    final = Firework(ScriptTask.from_str("echo done > final.txt"),
+                     spec={"_category": "local", "_launch_dir": str(archive)}, name="final")
+    wf = make_md_workflow(archive, "gromacs", "staged", segment_hours=0.0004, engine_params=ENGINE, env=ENV,
+                          stage={"work_dir": str(work), "remote": remote, "retry_delay_s": 0.5},
+                          postrun_wf=post, final_wf=final)
+    wf_id = list(launchpad.add_wf(wf).values())[0]
+    rapidfire_all(launchpad, tmp_path, category=["md", "local"])
+
+    fws = launchpad.get_wf_by_fw_id(wf_id).fws
+    assert all(fw.state == "COMPLETED" for fw in fws), [(fw.name, fw.state) for fw in fws if fw.state != "COMPLETED"]
+    n = len([fw for fw in fws if "-md-" in fw.name])
+    assert n >= 3
+    for kind in ("stage", "pull", "continue"):
+        assert len([fw for fw in fws if f"-{kind}-" in fw.name]) == n
+    assert len([fw for fw in fws if fw.name == "post"]) == n and len([fw for fw in fws if fw.name == "final"]) == 1
+    md = md_fireworks(launchpad, wf_id)
+    assert all(fw.spec["_launch_dir"] == str(work) for fw in md)
+    # the archive holds the whole run, as GROMACS judges it
+    assert cpt_step(archive / "md.cpt") == NSTEPS
+    assert xtc_frames(archive / "md.xtc") == water["xtc"]
+    assert edr_frames(archive / "md.edr") == water["edr"]
+    assert (archive / "md.gro").read_bytes() == (water["ref"] / "md.gro").read_bytes()
+    assert (archive / "postrun.txt").read_text().count("segment") == n
+    assert (archive / "final.txt").read_text().strip() == "done"
+    # every stage after the first one found the checkpoint already in the work dir (idempotent: skipped)
+    later = [stored(fw)["stage"] for fw in fws if "-stage-" in fw.name and "md.cpt" in fw.tasks[0]["files"]]
+    assert len(later) == n - 1 and all("md.cpt" in rep["skipped"] for rep in later)
+
+
+def test_staged_chain_on_shared_filesystem(launchpad, water, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _staged_run(launchpad, water, tmp_path, tmp_path / "scratch" / "work", remote=None)
+
+
+@pytest.mark.slurm
+def test_staged_chain_over_ssh(launchpad, water, tmp_path, monkeypatch, slurm_cluster, remote_tmp):
+    """Stage and pull through the real sshd as the cluster user; md runs in that user's work directory."""
+    monkeypatch.chdir(tmp_path)
+    remote = {"host": slurm_cluster.host, "port": slurm_cluster.port, "user": slurm_cluster.user,
+              "identity_file": slurm_cluster.key, "known_hosts": slurm_cluster.known_hosts}
+    _staged_run(launchpad, water, tmp_path, remote_tmp / "work", remote=remote)
