@@ -13,8 +13,17 @@ from typing import Any, NoReturn
 import click
 import yaml
 
-from pilot.config import (CLUSTERS_DIR, PILOT_FILE, ClusterConfig, Config, ConfigError, ConfigProblem,
-                          load_cluster, load_config, load_pilot_config)
+from pilot.config import (
+    CLUSTERS_DIR,
+    PILOT_FILE,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    ConfigProblem,
+    load_cluster,
+    load_config,
+    load_pilot_config,
+)
 
 EXAMPLE_PILOT_YAML = """\
 # fireworks-pilot: settings of the manager. Every field is optional; the values below are the defaults.
@@ -142,10 +151,10 @@ def _script_problems(cfg: Config) -> list[ConfigProblem]:
             except RenderError as e:
                 text = str(e)
                 prefix = f"{shown}: "
-                out.append(ConfigProblem(shown, "template", text[len(prefix):] if text.startswith(prefix) else text))
+                out.append(ConfigProblem(shown, "template", text.removeprefix(prefix)))
                 break
             if bash:
-                res = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True, timeout=30)
+                res = subprocess.run([bash, "-n"], check=False, input=script, capture_output=True, text=True, timeout=30)
                 if res.returncode != 0:
                     err = res.stderr.strip().splitlines()[-1:] or ["(no message)"]
                     out.append(ConfigProblem(shown, "template" if cl.template else "setup",

@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 __all__ = [
@@ -288,7 +296,7 @@ def parse_memory_mb(value: str | int) -> int:
         With the accepted forms.
     """
     if isinstance(value, bool):
-        raise ValueError(f"memory {value!r} is not an amount: write e.g. 4G, 4000M or 4096 (MiB)")
+        raise ValueError(f"memory {value!r} is not an amount: write e.g. 4G, 4000M or 4096 (MiB)")  # noqa: TRY004
     if isinstance(value, int):
         mb = value
     else:
@@ -358,7 +366,7 @@ class PilotConfig(BaseModel):
     log_dir: Path = Field(Path("~/.pilot/logs"), validate_default=True,
                           description="Directory for the manager's log files. '~' is expanded; a relative "
                           "path is relative to the config directory.", examples=["~/.pilot/logs"])
-    backoff: BackoffConfig = Field(default_factory=BackoffConfig,
+    backoff: BackoffConfig = Field(default_factory=lambda: BackoffConfig.model_validate({}),
                                    description="Retry delays for a cluster whose commands fail.")
     max_reruns: int = Field(3, ge=0, description="How many times a Firework whose pilot died under it "
                             "(lost run) is put back to READY before it is left FIZZLED.", examples=[3])
@@ -553,7 +561,7 @@ class ClusterConfig(BaseModel):
     fireworks_per_pilot: int = Field(1, ge=1, description="How many READY Fireworks one pilot is expected to "
                                      "run, used when Fireworks give no expected duration: READY / this = "
                                      "pilots wanted.", examples=[1])
-    limits: Limits = Field(default_factory=Limits, description="How many pilots may be queued/running at once.")
+    limits: Limits = Field(default_factory=lambda: Limits.model_validate({}), description="How many pilots may be queued/running at once.")
     template: Path | None = Field(None, description="A custom Jinja2 job template (may {% extends "
                                   "\"slurm.sh.j2\" %} and override blocks); relative to the clusters/ folder. "
                                   "null uses the built-in template of the scheduler.",
@@ -687,7 +695,7 @@ class ClusterConfig(BaseModel):
         _no_control(v, "launchpad_file")
         if cls._sched(info) is Scheduler.LOCAL:
             return str(_expand(v, _base_dir(info)))
-        if not (v.startswith("/") or v == "~" or v.startswith("~/")):
+        if not (v.startswith(("/", "~/")) or v == "~"):
             raise _err(f"{v!r} is relative: write the absolute path on the cluster, e.g. "
                        "/home/alice/.pilot/my_launchpad.yaml, or ~/.pilot/my_launchpad.yaml for the cluster "
                        "user's home")
@@ -757,8 +765,8 @@ class ClusterConfig(BaseModel):
         problems = []
         for k, x in v.items():
             if not ENV_NAME_RE.match(k):
-                problems.append((k, f"{k!r} is not a variable name: use letters, digits and '_', "
-                                 "not starting with a digit"))
+                msg = f"{k!r} is not a variable name: use letters, digits and '_', not starting with a digit"
+                problems.append((k, msg))
             elif k in RESERVED_ENV:
                 problems.append((k, f"{k} is set by the pilot script itself: remove it"))
             elif "\0" in x:
@@ -779,8 +787,8 @@ class ClusterConfig(BaseModel):
         except ValueError as e:
             problems.append(("walltime", str(e)))
         if sched is not Scheduler.SLURM and v.qos is not None:
-            problems.append(("qos", f"qos is a SLURM option and {sched.value} has none: remove it "
-                                    "(or put the option your scheduler uses in extra_directives)"))
+            problems.append(("qos", (f"qos is a SLURM option and {sched.value} has none: remove it "
+                                     "(or put the option your scheduler uses in extra_directives)")))
         if sched is Scheduler.LOCAL:
             for name in ("partition", "account", "memory", "gpus"):
                 if getattr(v, name) is not None:
@@ -790,18 +798,18 @@ class ClusterConfig(BaseModel):
             if v.extra_directives:
                 problems.append(("extra_directives", "scheduler local has no directives: remove them"))
         else:
-            prefix = sched.directive_prefix
+            prefix = sched.directive_prefix or ""
             for i, line in enumerate(v.extra_directives):
                 if line.startswith("#"):
-                    if not (line.startswith(prefix + " ") or line.startswith(prefix + "\t")):
+                    if not line.startswith((prefix + " ", prefix + "\t")):
                         problems.append((f"extra_directives[{i}]",
-                                         f"{line!r} is not a {sched.value} directive: start it with "
-                                         f"'{prefix} ' or write just the option, e.g. '-x value'"))
+                                         (f"{line!r} is not a {sched.value} directive: start it with "
+                                          f"'{prefix} ' or write just the option, e.g. '-x value'")))
                 elif not line.startswith("-"):
                     problems.append((f"extra_directives[{i}]",
-                                     f"{line!r} is neither an option nor a directive: write an option such "
-                                     f"as '--constraint=knl' / '-l place=scatter', or a whole line "
-                                     f"'{prefix} ...'"))
+                                     (f"{line!r} is neither an option nor a directive: write an option "
+                                      f"such as '--constraint=knl' / '-l place=scatter', or a whole line "
+                                      f"'{prefix} ...'")))
         if problems:
             raise _multi(problems)
         return v
@@ -1002,7 +1010,7 @@ _OTHER_PLACES: dict[str, dict[str, str]] = {}
 def _other_places() -> dict[str, dict[str, str]]:
     """field name -> {model name -> where it belongs}, to say 'walltime belongs under pilot:'."""
     if not _OTHER_PLACES:
-        places = {
+        places: dict[type[BaseModel], str] = {
             ClusterConfig: "at the top level of the cluster file", PilotResources: "under 'pilot:'",
             Limits: "under 'limits:'", PilotConfig: "in pilot.yaml", BackoffConfig: "under 'backoff:' in pilot.yaml",
         }

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jinja2
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -24,8 +25,21 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 from pilot.cli import main as cli_main
-from pilot.config import (BackoffConfig, ClusterConfig, Config, ConfigError, Limits, PilotConfig, PilotResources,
-                          Scheduler, format_walltime, load_cluster, load_config, parse_memory_mb, parse_walltime)
+from pilot.config import (
+    BackoffConfig,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    Limits,
+    PilotConfig,
+    PilotResources,
+    Scheduler,
+    format_walltime,
+    load_cluster,
+    load_config,
+    parse_memory_mb,
+    parse_walltime,
+)
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -348,9 +362,9 @@ def test_bad_cluster_name_from_the_file_name(tmp_path, files):
 
 
 def test_missing_files_and_dirs(tmp_path, files):
-    assert problems_of(tmp_path / "nope") == [
-        f"{tmp_path / 'nope'}: (dir): configuration directory not found; run `pilot --config-dir "
-        f"{tmp_path / 'nope'} init` to create it, or pass --config-dir / set PILOT_CONFIG_DIR to an existing one"]
+    want = (f"{tmp_path / 'nope'}: (dir): configuration directory not found; run `pilot --config-dir "
+            f"{tmp_path / 'nope'} init` to create it, or pass --config-dir / set PILOT_CONFIG_DIR to an existing one")
+    assert problems_of(tmp_path / "nope") == [want]
     cdir = write_config(tmp_path, None, {})
     lines = problems_of(cdir)
     assert f"{cdir / 'pilot.yaml'}: (file): file not found; run `pilot init` to write an example, or pass the " \

@@ -25,8 +25,13 @@ import pytest
 import yaml
 
 from pilot.config import ClusterConfig, load_cluster
-from pilot.render import (RenderError, builtin_template_names, exit_file_path, get_environment,
-                          render_pilot_script)
+from pilot.render import (
+    RenderError,
+    builtin_template_names,
+    exit_file_path,
+    get_environment,
+    render_pilot_script,
+)
 from tests.helpers import wait_for
 
 SLURM_CONF_ENV = "SLURM_CONF"
@@ -73,7 +78,7 @@ def full(tmp_path: Path, keyfiles: dict[str, str], scheduler: str) -> ClusterCon
 
 
 def bash_n(script: str) -> None:
-    res = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(["bash", "-n"], check=False, input=script, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
 
 
@@ -407,13 +412,13 @@ bash -c 'out="$PILOT_WORK_DIR/w-$PILOT_JOB_ID"; trap "date +%s >> \"\$out.usr1\"
 def _submit(info: Any, script_path: Path, cwd: Path) -> str:
     res = subprocess.run(["runuser", "-u", info.user, "--", "env", f"{SLURM_CONF_ENV}={info.slurm_conf}",
                           "sbatch", "--parsable", str(script_path)],
-                         capture_output=True, text=True, timeout=60, cwd=cwd)
+                         check=False, capture_output=True, text=True, timeout=60, cwd=cwd)
     assert res.returncode == 0, f"sbatch failed: {res.stderr}"
     return res.stdout.strip().split(";")[0]
 
 
 def _scancel(info: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["scancel", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run(["scancel", *args], check=False, capture_output=True, text=True, timeout=60,
                           env={**os.environ, SLURM_CONF_ENV: info.slurm_conf})
 
 
