@@ -87,7 +87,7 @@ MAX_CHANNELS_PER_CONNECTION = 8
 #: inherited stdout would otherwise keep the channel open for ever, as with the ``ssh`` client).
 EXIT_LINGER_SECONDS = 2.0
 #: Seconds allowed for the request that kills a timed-out command's process group.
-KILL_REQUEST_TIMEOUT = 5.0
+KILL_REQUEST_TIMEOUT = 3.0
 _CHUNK = 32768
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SHA256_HEX = re.compile(r"\\?([0-9a-fA-F]{64})\b")
@@ -1169,12 +1169,14 @@ class SSHTransport(Transport):
             body = "cd -- " + shlex.quote(_remote_path(cwd)) + " && " + body
         return marker + "; " + body
 
-    def _open_exec(self, conn: _Connection, command: str, argv: list[str]) -> tuple[paramiko.Channel,
-                                                                                      paramiko.Transport]:
+    def _open_exec(self, conn: _Connection, command: str, argv: list[str],
+                   timeout: float) -> tuple[paramiko.Channel, paramiko.Transport]:
         for attempt in (1, 2):
             transport = conn.transport()  # (re)connects; a failing reconnect raises a clear error here
             try:
-                chan = transport.open_session(timeout=self._settings.connect_timeout)
+                # on a live connection this takes milliseconds; if it hangs the connection is dead (half-open
+                # TCP, frozen peer): give up after the command's own timeout and reconnect once
+                chan = transport.open_session(timeout=min(self._settings.connect_timeout, timeout))
             except paramiko.ChannelException as exc:
                 raise ConnectError("the host refused a new SSH session", host=self.host, label=self._label,
                                    argv=argv, stderr_tail=f"{exc}",
@@ -1215,7 +1217,7 @@ class SSHTransport(Transport):
         waited = time.monotonic() - start
         try:
             # (re)connecting is bounded by connect_timeout, not by the command's timeout
-            chan, transport = self._open_exec(conn, command, argv)
+            chan, transport = self._open_exec(conn, command, argv, max(timeout - waited, 0.5))
             try:
                 return self._collect(conn, chan, transport, argv, timeout, max(timeout - waited, 0.001), stdin,
                                      nonce, start)

@@ -466,3 +466,56 @@ def test_home_relative_paths(slurm_cluster):
             assert t.run(["cat", f"{sub}/f.txt"]).stdout == "h"  # commands start in the home directory
         finally:
             t.run(["rm", "-rf", "--", str(home / sub)])
+
+
+def _server_side_of(own_sshd: OwnSshd) -> list[psutil.Process]:
+    """The per-connection sshd processes of our own sshd (its children), not the listener itself."""
+    return psutil.Process(own_sshd.proc.pid).children(recursive=True)
+
+
+def test_frozen_connection_is_replaced(own_sshd):
+    """A connection whose server side stops answering (half-open TCP, frozen host) is given up after the
+    command's timeout and replaced by a fresh one."""
+    t = own_sshd.transport()
+    assert t.run(["echo", "a"]).stdout == "a\n"
+    frozen = _server_side_of(own_sshd)
+    assert frozen
+    for p in frozen:
+        p.suspend()  # SIGSTOP: the TCP connection stays open, nothing answers
+    try:
+        t0 = time.monotonic()
+        assert t.run(["echo", "b"], timeout=2).stdout == "b\n"  # via a new connection
+        assert time.monotonic() - t0 < 2 + 3
+        assert t.connects == 2
+    finally:
+        for p in frozen:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_connection_freezing_during_command(own_sshd):
+    t = own_sshd.transport()
+    t.run(["true"])
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(t.run, ["sleep", "30"], timeout=2)
+        time.sleep(0.5)
+        frozen = _server_side_of(own_sshd)
+        for p in frozen:
+            p.suspend()
+        t0 = time.monotonic()
+        exc = future.exception(timeout=15)
+    try:
+        # the deadline passes, the kill request gets no answer within KILL_REQUEST_TIMEOUT (3 s)
+        assert time.monotonic() - t0 < 1.5 + 3 + 1.5
+        assert type(exc).__name__ == "CommandTimeout", exc
+        assert "may still be running" in str(exc)
+        assert t.run(["echo", "fresh"]).stdout == "fresh\n"
+        assert t.connects == 2
+    finally:
+        for p in frozen:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
