@@ -474,23 +474,28 @@ class PilotResources(BaseModel):
 
 
 class Limits(BaseModel):
-    """How many pilots of this manager may be on the cluster at once."""
+    """How many pilots of this manager may be on the cluster at once (the policy in pilot/policy.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_queued: int = Field(10, ge=1, description="Most pilots waiting in the queue at once (a pilot is "
-                            "queued right after submission, so at least 1).", examples=[10])
-    max_running: int = Field(20, ge=1, description="Most pilots running at once; no more are submitted while "
-                             "queued + running would exceed max_queued + max_running.", examples=[20])
-    min_pilots: int = Field(0, ge=0, description="Pilots kept queued or running even when no Firework is "
-                            "READY (warm pool); 0 submits only on demand.", examples=[0])
+    max_queued: int = Field(10, ge=1, description="Most pilots of this manager waiting in the cluster's queue "
+                            "at once, all categories together (at least 1: a new pilot waits first).",
+                            examples=[10])
+    max_running: int = Field(20, ge=1, description="Most pilots of this manager on the cluster at once, queued "
+                             "or running, all categories together.", examples=[20])
+    min_pilots: int = Field(0, ge=0, description="Pilots kept (queued or running) for each category even when "
+                            "no Firework is READY, a warm pool; 0 submits on demand only.", examples=[0])
 
     @model_validator(mode="after")
     def _consistent(self) -> Limits:
-        total = self.max_queued + self.max_running
-        if self.min_pilots > total:
-            raise _err(f"min_pilots ({self.min_pilots}) is more than max_queued + max_running ({total}): "
-                       f"write min_pilots: {total} or less, or raise the maxima", subfield="min_pilots")
+        if self.max_queued > self.max_running:
+            raise _err(f"max_queued ({self.max_queued}) is more than max_running ({self.max_running}), which "
+                       "counts queued and running pilots together, so the extra queue room is never used: write "
+                       f"max_queued: {self.max_running} or less, or raise max_running", subfield="max_queued")
+        if self.min_pilots > self.max_running:
+            raise _err(f"min_pilots ({self.min_pilots}) is more than max_running ({self.max_running}): that many "
+                       f"pilots may never be on the cluster; write min_pilots: {self.max_running} or less",
+                       subfield="min_pilots")
         return self
 
 
@@ -837,6 +842,17 @@ class ClusterConfig(BaseModel):
             raise _err(f"{v} s is not less than walltime_margin ({margin} s): a task stopped at the margin "
                        f"must finish before the wall time; write grace: {max(margin // 2, 0)} or raise "
                        "walltime_margin")
+        return v
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: Limits, info: ValidationInfo) -> Limits:
+        cats = info.data.get("categories")
+        if isinstance(cats, list) and v.min_pilots * len(cats) > v.max_running:
+            raise _err(f"min_pilots ({v.min_pilots}) for each of the {len(cats)} categories makes "
+                       f"{v.min_pilots * len(cats)} pilots, more than max_running ({v.max_running}): write "
+                       f"min_pilots: {v.max_running // len(cats)} or less, or raise max_running",
+                       subfield="min_pilots")
         return v
 
     @field_validator("template")
