@@ -323,3 +323,11 @@ def test_put_missing_local_source(tr, tmp_path):
     with pytest.raises(FileNotFoundError):
         t.put(tmp_path / "does-not-exist", str(workdir / "x"))
     assert not (workdir / "x").exists()
+
+
+def test_missing_cwd_is_exit_code_1(tr):
+    t, workdir = tr
+    # POSIX cd: "If the directory cannot be changed ... exit status >0"; the shell's `&&` list ends with it
+    res = t.run(["true"], cwd=str(workdir / "no-such-dir"))
+    assert res.returncode == 1
+    assert "no-such-dir" in res.stderr

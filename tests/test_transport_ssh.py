@@ -519,3 +519,13 @@ def test_connection_freezing_during_command(own_sshd):
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_hashed_known_hosts(slurm_cluster, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(Path(slurm_cluster.known_hosts).read_text())
+    subprocess.run(["ssh-keygen", "-H", "-f", str(kh)], check=True, capture_output=True)
+    assert "127.0.0.1" not in kh.read_text() and kh.read_text().startswith("|1|")
+    with SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
+                      identity_file=slurm_cluster.key, known_hosts=str(kh)) as t:
+        assert t.run(["true"]).returncode == 0
