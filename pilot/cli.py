@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "pilot.cli_pilots:cancel_cmd",
     "worker": "pilot.worker:worker_command",
     "init": "pilot.cli_config:init", "config": "pilot.cli_config:config", "render": "pilot.cli_config:render",
+    "md": "tasks.cli:md",
 }
 
 

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Environment variable holding the pilot job's deadline (epoch seconds), set by the pilot worker.
 DEADLINE_ENV = "PILOT_DEADLINE"
+#: When the pilot worker will send SIGTERM to the Firework (epoch seconds), set by the pilot worker.
+STOP_AT_ENV = "PILOT_STOP_AT"
+#: A segment aims to end this many seconds before PILOT_STOP_AT (by its own time limit, not by SIGTERM).
+STOP_AT_MARGIN_S = 30.0
 #: Key under which a segment's result is passed to its child Fireworks (``update_spec``).
 RESULT_SPEC_KEY = "md_segment"
 
@@ -225,32 +229,42 @@ def decide(*, before: int | None, after: int | None, initial_step: int, target: 
     return Decision(Outcome.FAILED, StopReason.NO_PROGRESS, f"the step did not advance (still {after})")
 
 
-def read_deadline(environ: dict[str, str] | None = None) -> float | None:
-    """The pilot's deadline from ``PILOT_DEADLINE`` (epoch seconds), or ``None`` outside a pilot.
+def read_deadline(environ: dict[str, str] | None = None, var: str = DEADLINE_ENV) -> float | None:
+    """The pilot's deadline from ``PILOT_DEADLINE`` (epoch seconds; or another ``var`` such as
+    ``PILOT_STOP_AT``), or ``None`` outside a pilot.
 
     An unparsable value is logged and ignored (the segment then uses its own length).
     """
     env = os.environ if environ is None else environ
-    raw = env.get(DEADLINE_ENV, "").strip()
+    raw = env.get(var, "").strip()
     if not raw:
         return None
     try:
         value = float(raw)
     except ValueError:
-        log.warning("ignoring %s=%r: not a number of epoch seconds (the pilot worker should set it)",
-                    DEADLINE_ENV, raw)
+        log.warning("ignoring %s=%r: not a number of epoch seconds (the pilot worker should set it)", var, raw)
         return None
     if not math.isfinite(value):
-        log.warning("ignoring %s=%r: not finite", DEADLINE_ENV, raw)
+        log.warning("ignoring %s=%r: not finite", var, raw)
         return None
     return value
 
 
-def time_limit_s(segment_s: float, *, now: float, deadline: float | None, margin_s: float) -> float:
-    """Seconds this segment may run: ``min(segment length, deadline - now - margin)`` (may be <= 0)."""
-    if deadline is None:
-        return float(segment_s)
-    return min(float(segment_s), deadline - now - margin_s)
+def time_limit_s(segment_s: float, *, now: float, deadline: float | None, margin_s: float,
+                 stop_at: float | None = None, stop_margin_s: float = STOP_AT_MARGIN_S) -> float:
+    """Seconds this segment may run (may be <= 0)::
+
+        min(segment length, deadline - now - margin, stop_at - now - stop_margin)
+
+    ``deadline`` is the pilot job's end (``PILOT_DEADLINE``), ``stop_at`` the moment the pilot worker will
+    send SIGTERM (``PILOT_STOP_AT``); either may be ``None``.
+    """
+    limit = float(segment_s)
+    if deadline is not None:
+        limit = min(limit, deadline - now - margin_s)
+    if stop_at is not None:
+        limit = min(limit, stop_at - now - stop_margin_s)
+    return limit
 
 
 def tail_lines(text: str, n: int = 30) -> str:
@@ -427,7 +441,8 @@ class MDSegmentTask(FiretaskBase):
                                     f"checkpoint step {before} already >= target {target}")
             else:
                 limit = time_limit_s(self.segment_seconds, now=time.time(), deadline=read_deadline(),
-                                     margin_s=float(self.get("deadline_margin_s", DEFAULT_DEADLINE_MARGIN_S)))
+                                     margin_s=float(self.get("deadline_margin_s", DEFAULT_DEADLINE_MARGIN_S)),
+                                     stop_at=read_deadline(var=STOP_AT_ENV))
                 floor = min(float(self.get("min_segment_s", DEFAULT_MIN_SEGMENT_S)), self.segment_seconds)
                 if limit < floor:
                     decision = Decision(Outcome.CONTINUE, StopReason.NO_TIME,

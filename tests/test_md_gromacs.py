@@ -354,6 +354,7 @@ def test_deadline_limits_the_segment_and_no_time_skips(water, tmp_path, monkeypa
     d = run_dir_with_tpr(water, tmp_path)
     task = GromacsSegmentTask(run_dir=str(d), name="md", segment_hours=4, deadline_margin_s=5, min_segment_s=1,
                               env=ENV, **ENGINE)
+    monkeypatch.delenv("PILOT_STOP_AT", raising=False)
     # 3 s before the deadline margin: mdrun gets -maxh ~3 s, not 4 h
     monkeypatch.setenv("PILOT_DEADLINE", str(time.time() + 5 + 3))
     t0 = time.monotonic()

@@ -143,6 +143,10 @@ def test_time_limit_is_min_of_segment_and_deadline():
     assert time_limit_s(14400, now=1000.0, deadline=1000.0 + 3600, margin_s=300) == 3300
     assert time_limit_s(600, now=1000.0, deadline=1000.0 + 3600, margin_s=300) == 600
     assert time_limit_s(600, now=1000.0, deadline=1100.0, margin_s=300) == -200
+    # the worker's SIGTERM time (PILOT_STOP_AT) also bounds it, with its own small margin
+    assert time_limit_s(14400, now=1000.0, deadline=1000.0 + 3600, margin_s=300, stop_at=1000.0 + 1000,
+                        stop_margin_s=30) == 970
+    assert time_limit_s(14400, now=1000.0, deadline=None, margin_s=300, stop_at=1000.0 + 1000) == 970
 
 
 def test_read_deadline():
@@ -151,6 +155,7 @@ def test_read_deadline():
     assert read_deadline({"PILOT_DEADLINE": "1700000000.5"}) == 1700000000.5
     assert read_deadline({"PILOT_DEADLINE": "soon"}) is None
     assert read_deadline({"PILOT_DEADLINE": "inf"}) is None
+    assert read_deadline({"PILOT_STOP_AT": "1700000000"}, var="PILOT_STOP_AT") == 1700000000.0
 
 
 def test_format_maxh_never_zero():
