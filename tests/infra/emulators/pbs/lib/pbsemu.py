@@ -225,8 +225,12 @@ class PbsPolicy:
             job["exit_status"] = 256 + job["term_signal"]
         else:
             job["exit_status"] = job.get("exit_code") or 0
-        how = "terminated" if job.get("term_reason") == "deleted" else "finished"
-        job["substate"] = 91 if how == "terminated" else 92
+        if job.get("term_reason") == "deleted":
+            how, job["substate"] = "terminated", 91
+        elif job["exit_status"] == 0:
+            how, job["substate"] = "finished", 92
+        else:
+            how, job["substate"] = "failed", 93
         if job.get("comment", "").startswith("Job run at"):
             job["comment"] = job["comment"] + f" and {how}"
 
@@ -555,9 +559,13 @@ def attributes(job: dict[str, Any], settings: core.Settings, now: float) -> list
     a.append(("etime", None, ctime_str(job["etime"])))
     if job.get("run_count"):
         a.append(("run_count", None, str(job["run_count"])))
-    if job["state"] == FINISHED and job.get("stime") and job.get("exit_status") is not None:
-        a.append(("Exit_status", None, str(job["exit_status"])))
+    if job["state"] == FINISHED and job.get("stime"):
+        a.append(("Stageout_status", None, "1"))
+        if job.get("exit_status") is not None:
+            a.append(("Exit_status", None, str(job["exit_status"])))
     a.append(("Submit_arguments", None, job["submit_args"]))
+    if job["state"] == FINISHED:
+        a.append(("history_timestamp", None, str(int(job["end_time"]))))
     a.append(("project", None, job["project"]))
     a.append(("Submit_Host", None, host))
     return a
