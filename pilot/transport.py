@@ -64,6 +64,7 @@ __all__ = [
     "CommandTimeout",
     "CompletedCommand",
     "ConnectError",
+    "ConnectionLost",
     "FileStat",
     "HostKeyError",
     "LocalTransport",
@@ -255,7 +256,21 @@ class AuthenticationError(TransportError):
 
 
 class ConnectError(TransportError):
-    """No SSH connection could be made or it was lost (refused, unreachable, timed out). Retryable."""
+    """No SSH connection could be made, or it broke before the command was started. Retryable.
+
+    The command did **not** reach the host (``may_have_run`` is False); compare :class:`ConnectionLost`.
+    """
+
+    default_retryable = True
+
+
+class ConnectionLost(TransportError):
+    """The connection broke while the command was running: it may have run. Retryable, ``may_have_run``.
+
+    Deliberately not a :class:`ConnectError`: ``except ConnectError`` means "nothing was sent", so a
+    non-idempotent command (``sbatch``) caught there can be retried safely; one caught here must be
+    reconciled first.
+    """
 
     default_retryable = True
 
@@ -1155,10 +1170,12 @@ class SSHTransport(Transport):
         if conn is not None:
             _release(conn)
 
-    def _lost(self, what: str, exc: BaseException, argv: list[str] | None, may_have_run: bool) -> ConnectError:
-        return ConnectError(f"{what}: the SSH connection was lost", host=self.host, label=self._label,
-                            argv=argv, stderr_tail=f"{type(exc).__name__}: {exc}", may_have_run=may_have_run,
-                            hint="check the network and the host's sshd; the next call reconnects")
+    def _lost(self, what: str, exc: BaseException, argv: list[str] | None,
+              may_have_run: bool) -> ConnectError | ConnectionLost:
+        cls = ConnectionLost if may_have_run else ConnectError
+        return cls(f"{what}: the SSH connection was lost", host=self.host, label=self._label,
+                   argv=argv, stderr_tail=f"{type(exc).__name__}: {exc}", may_have_run=may_have_run,
+                   hint="check the network and the host's sshd; the next call reconnects")
 
     # ------------------------------------------------------------------ commands
     def _command_line(self, argv: list[str], cwd: str | None, env: dict[str, str], nonce: str) -> str:

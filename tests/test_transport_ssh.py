@@ -24,6 +24,7 @@ import pytest
 from pilot.transport import (
     AuthenticationError,
     ConnectError,
+    ConnectionLost,
     HostKeyError,
     SSHTransport,
     TransportConfigError,
@@ -421,8 +422,9 @@ def test_connection_lost_during_command(own_sshd):
         own_sshd.stop()
         exc = future.exception(timeout=15)
     assert time.monotonic() - t0 < 10
-    assert isinstance(exc, ConnectError), exc
-    assert exc.may_have_run is True and "may have run" in str(exc)
+    # not a ConnectError: that one promises the command never reached the host
+    assert isinstance(exc, ConnectionLost) and not isinstance(exc, ConnectError), exc
+    assert exc.may_have_run is True and exc.retryable and "may have run" in str(exc)
     own_sshd.start()
     assert t.run(["echo", "back"]).stdout == "back\n"
     t.close()
