@@ -141,18 +141,19 @@ def add(obj: Any, run_dir: Path, engine: str, md_category: str, local_category: 
         click.echo(json.dumps(wf.to_dict(), indent=2, default=str))
         return
     lp = _launchpad(obj, launchpad_file)
+    old_ids = [(fw.fw_id, fw) for fw in wf.fws]  # add_wf renumbers the Fireworks in place
+    root_old = wf.root_fw_ids[0]
     try:
         id_map = lp.add_wf(wf)
     except Exception as exc:  # noqa: BLE001 - pymongo/FireWorks errors: report where and what
         raise click.ClickException(f"cannot add the workflow to the LaunchPad at {lp.host}:{lp.port} "
                                    f"(database {lp.name}): {type(exc).__name__}: {exc}. Is the server running? "
                                    "(`pilot launchpad status`)") from None
-    fws = sorted(wf.fws, key=lambda fw: id_map[fw.fw_id])
-    root = id_map[wf.root_fw_ids[0]]
-    click.echo(f"added workflow {wf.name!r} ({engine}, segments of {segment_hours:g} h): workflow id {root}")
-    for fw in fws:
+    click.echo(f"added workflow {wf.name!r} ({engine}, segments of {segment_hours:g} h): workflow id "
+               f"{id_map[root_old]}")
+    for old, fw in sorted(old_ids, key=lambda item: id_map[item[0]]):
         extra = f", walltime {fw.spec['_pilot']['walltime']} s" if "_pilot" in fw.spec else ""
-        click.echo(f"  fw_id {id_map[fw.fw_id]}\t{fw.name}\t(category {fw.spec.get('_category')}{extra})")
+        click.echo(f"  fw_id {id_map[old]}\t{fw.name}\t(category {fw.spec.get('_category')}{extra})")
 
 
 @md.command("show")

@@ -339,7 +339,10 @@ class GromacsSegmentTask(MDSegmentTask):
         if self.get("ntomp") is not None:
             argv += ["-ntomp", str(int(self["ntomp"]))]
         if self.get("pin") is not None:
-            argv += ["-pin", str(self["pin"])]
+            pin = self["pin"]
+            if isinstance(pin, bool):  # YAML reads `pin: off` as false
+                pin = "on" if pin else "off"
+            argv += ["-pin", str(pin)]
         argv += [str(a) for a in (self.get("mdrun_args") or [])]
         return argv
 

@@ -208,6 +208,11 @@ def test_mdrun_args_may_not_override_managed_options():
     GromacsSegmentTask(run_dir="/x", name="md", mdrun_args=["-nb", "cpu"])
 
 
+def test_mdrun_argv_pin_from_yaml_boolean(tmp_path):
+    assert GromacsSegmentTask(run_dir=str(tmp_path), name="md", pin=False).mdrun_argv(60)[-2:] == ["-pin", "off"]
+    assert GromacsSegmentTask(run_dir=str(tmp_path), name="md", pin=True).mdrun_argv(60)[-2:] == ["-pin", "on"]
+
+
 def test_mdrun_argv(tmp_path):
     t = GromacsSegmentTask(run_dir=str(tmp_path), name="run", gmx="gmx_mpi", launcher=["srun"], ntmpi=1, ntomp=2,
                            pin="off", checkpoint_minutes=5, mdrun_args=["-nb", "cpu"])
