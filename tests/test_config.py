@@ -526,3 +526,53 @@ def test_config_show(tmp_path, files):
 
 def _unused(_: BaseModel) -> None:  # keep the import for type checkers
     return None
+
+
+# ----------------------------------------------------------------------------------------- the documentation
+DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+
+def _doc_blocks(lang: str) -> list[str]:
+    import re
+    return re.findall(rf"```{lang}\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+
+
+def test_every_field_is_documented():
+    text = DOC.read_text()
+    for model, pre in ((PilotConfig, ""), (BackoffConfig, "backoff."), (ClusterConfig, ""),
+                       (PilotResources, "pilot."), (Limits, "limits.")):
+        for name in model.model_fields:
+            assert f"| `{pre}{name}` |" in text, f"{pre}{name} has no row in {DOC.name}"
+
+
+def test_the_documented_cluster_files_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    for f in ("id_ed25519", "known_hosts"):
+        (tmp_path / ".ssh" / f).write_text("")
+    examples = {b.splitlines()[0].removeprefix("# clusters/").removesuffix(".yaml"): b
+                for b in _doc_blocks("yaml") if b.startswith("# clusters/")}
+    assert set(examples) == {"stampede", "laptop"}
+    cdir = write_config(tmp_path, {}, examples)
+    cfg = load_config(cdir)
+    assert cfg.clusters["stampede"].pilot.cores == 68 and cfg.clusters["stampede"].walltime_seconds == 86400
+    assert cfg.clusters["laptop"].is_local and cfg.clusters["laptop"].walltime_seconds == 7200
+
+
+def test_the_documented_custom_templates_render(tmp_path, files):
+    import subprocess
+
+    from pilot.render import render_pilot_script
+    blocks = _doc_blocks("jinja")
+    assert len(blocks) == 2
+    for i, (block, sched) in enumerate(zip(blocks, ("slurm", "pbs"))):
+        d = stampede(files)
+        d.update(scheduler=sched, template=f"t{i}.sh.j2")
+        cdir = write_config(tmp_path / str(i), {}, {"c": d})
+        (cdir / "clusters" / f"t{i}.sh.j2").write_text(block)
+        script = render_pilot_script(load_cluster(cdir / "clusters" / "c.yaml"), "c", "md", "fwp.md.a")
+        res = subprocess.run(["bash", "-n"], check=False, input=script, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert ("#SBATCH --constraint=knl" in script and "module purge" in script
+                and "module load gromacs/2022\nsource ~/venvs" in script) if sched == "slurm" else \
+               ("#PBS -l nodes=1:ppn=68" in script and "select=" not in script)
