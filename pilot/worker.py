@@ -165,6 +165,11 @@ class Summary:
                 f"({util:.0f}% utilisation); stopped: {reason}")
 
 
+def _secs(seconds: float) -> str:
+    """Durations for the log: 41.2, 0.031."""
+    return f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.3f}"
+
+
 # ============================================================================ the child side
 class _Channel:
     """The child's end of the report pipe: one JSON object per line."""
@@ -356,6 +361,8 @@ class Worker:
         self._standby: _ChildState | None = None
         #: children whose Firework is final and which are still exiting
         self._exiting: list[_ChildState] = []
+        #: Fireworks whose process died here without a stop request: not pulled again by this worker
+        self._crashed: set[int] = set()
 
     # ------------------------------------------------------------------ setup
     def _load_launchpad(self) -> None:
@@ -421,6 +428,9 @@ class Worker:
             # {"field": None} matches a missing field and an explicit null ("fits anything").
             query = {"$or": [{"spec._pilot.walltime": None},
                              {"spec._pilot.walltime": {"$lte": available}}]}
+        if self._crashed:
+            # a Firework whose process died in this pilot is left to other pilots (no crash loop here)
+            query["fw_id"] = {"$nin": sorted(self._crashed)}
         cats = list(self.cfg.categories)
         return FWorker(name=self.cfg.name, category=cats[0] if len(cats) == 1 else cats, query=query)
 
@@ -857,7 +867,7 @@ class Worker:
         if self._firework_final(child):
             # FireWorks completed the launch and refreshed the workflow: nothing to check or repair.
             outcome = Outcome(child.end_state)
-            LOG.info("fw %d %s in %.2f s", fw_id, outcome.value, duration)
+            LOG.info("fw %d %s in %s s", fw_id, outcome.value, _secs(duration))
             return LaunchRecord(outcome, fw_id, child.launch_id, child.name, duration)
 
         self._release_locks(child)
@@ -879,7 +889,7 @@ class Worker:
             if fw_doc.get("state") in ACTIVE_STATES:
                 self.db(f"refreshing the workflow of fw {fw_id}", self.lp._refresh_wf, fw_id)
             outcome = Outcome(launch_state)
-            LOG.info("fw %d %s in %.1f s (child %s)", fw_id, outcome.value, duration, status_text)
+            LOG.info("fw %d %s in %s s (child %s)", fw_id, outcome.value, _secs(duration), status_text)
             return LaunchRecord(outcome, fw_id, child.launch_id, name, duration)
 
         # The launch is still RUNNING (or was never fully created): back to READY, keeping the history.
@@ -892,9 +902,13 @@ class Worker:
         if child.launch_id is not None and launch_state in ACTIVE_STATES:
             self.db(f"archiving launch {child.launch_id}", self._fizzle_launch, child.launch_id,
                     f"pilot {self.cfg.name}: {why}; Firework process {status_text}; Firework requeued to READY")
+        note = ""
+        if child.stop_sent_at is None:
+            self._crashed.add(fw_id)
+            note = "; this worker will not pull it again"
         new_state = self.db(f"reading fw {fw_id}", self.lp.fireworks.find_one, {"fw_id": fw_id}, {"state": 1})
-        LOG.warning("fw %d requeued (now %s) after %.1f s: %s, Firework process %s", fw_id,
-                    (new_state or {}).get("state"), duration, why, status_text)
+        LOG.warning("fw %d requeued (now %s) after %s s: %s, Firework process %s%s", fw_id,
+                    (new_state or {}).get("state"), _secs(duration), why, status_text, note)
         return LaunchRecord(Outcome.REQUEUED, fw_id, child.launch_id, name, duration, detail=why)
 
     def _release_locks(self, child: _ChildState) -> None:
