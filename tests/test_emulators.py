@@ -56,7 +56,7 @@ PBS_UNKQUE_RC = 170
 # Exit_status of a job killed for its walltime: JOB_EXEC_KILL_WALLTIME (MetaCentrum PBS documentation)
 PBS_WALLTIME_EXIT = -29
 # PBS Pro MoM's message in the job's stderr (e.g. ESMF test logs: '=>> PBS: job killed: walltime 3611 exceeded limit 3600')
-PBS_WALLTIME_MSG_RE = re.compile(r"^=>> PBS: job killed: walltime (\d+) exceeded limit (\d+)$", re.M)
+PBS_WALLTIME_MSG_RE = re.compile(r"^=>> PBS: job killed: walltime (\d+) exceeded limit (\d+)$", re.MULTILINE)
 
 # lsf-24 / lsf-15 (LSF user guide, Whitehead Institute capture) and openlava bjobs.c
 LSF_HEADER = "JOBID   USER    STAT  QUEUE      FROM_HOST   EXEC_HOST   JOB_NAME   SUBMIT_TIME\n"
@@ -82,7 +82,6 @@ class Remote:
     """Commands on an emulated cluster over the real sshd, as the cluster user."""
 
     def __init__(self, cluster: ClusterInfo, env: dict[str, str] | None = None) -> None:
-        import paramiko
 
         self.cluster = cluster
         self.env = dict(env or {})
@@ -200,8 +199,11 @@ def pbs_job(r: Remote, jobid: str) -> dict:
 
 
 def pbs_wait_state(r: Remote, jobid: str, states: str, timeout: float = 20) -> dict:
-    return wait_for(lambda: (lambda j: j if j["job_state"] in states else None)(pbs_job(r, jobid)),
-                    timeout, 0.2, f"{jobid} in state {states}")
+    def reached() -> dict | None:
+        job = pbs_job(r, jobid)
+        return job if job["job_state"] in states else None
+
+    return wait_for(reached, timeout, 0.2, f"{jobid} in state {states}")
 
 
 # --------------------------------------------------------------------------- installed files
@@ -349,8 +351,9 @@ def test_pbs_hold_and_release(pbs):
     assert (res.rc, res.err) == (0, "")
     assert pbs_job(pbs, waiting)["job_state"] == "H"
     assert pbs.run(["qrls", waiting]).rc == 0
-    j = wait_for(lambda: (lambda j: j if "comment" in j else None)(pbs_job(pbs, waiting)), 10, 0.2, "a comment")
-    assert (j["job_state"], j["comment"]) == ("Q", "Not Running: Insufficient amount of resource: ncpus (R: 1 A: 0 T: 1)")
+    j = wait_for(lambda: "comment" in pbs_job(pbs, waiting) and pbs_job(pbs, waiting), 10, 0.2, "a comment")
+    assert j["job_state"] == "Q"
+    assert j["comment"] == "Not Running: Insufficient amount of resource: ncpus (R: 1 A: 0 T: 1)"
     assert pbs_wait_state(pbs, waiting, "F", timeout=20)["Exit_status"] == 0
 
 
@@ -419,23 +422,23 @@ sys.path.insert(0, str(EMU / "pbs" / "lib"))
 # as quoted in the code corpus (user 'atrikut', job 7600424.pbs02); Griffith University, PBS Pro, 2020
 # ('simple_failing_test', job 49223); Imperial College CX3, 2023 (job 7013474, select line).
 FOLDED = [
-    "    Variable_List = PBS_O_SYSTEM=Linux,PBS_O_SHELL=/bin/bash,\n\tPBS_O_HOME=/home/atrikut,"
-    "PBS_O_LOGNAME=atrikut,\n\tPBS_O_WORKDIR=/home/atrikut/MPI,PBS_O_LANG=en_US.UTF-8,\n\t"
-    "PBS_O_PATH=/software/examples/:/home/atrikut/local/bin:/usr/lib64/qt-3\n\t.3/bin:/opt/pbs/default/bin:"
-    "/opt/gold/bin:/usr/local/bin:/bin:/usr/bin:\n\t/usr/local/sbin:/usr/sbin:/sbin:/opt/mx/bin:"
-    "/home/atrikut/bin,\n\tPBS_O_MAIL=/var/spool/mail/atrikut,PBS_O_QUEUE=c1_workq,\n\t"
-    "PBS_O_HOST=login001.palmetto.clemson.edu",
-    "    comment = Job run at Tue Dec 13 at 14:09 on (node0088:ncpus=2:mem=1048576kb\n\t:ngpus=0:nphis=0)+"
-    "(node0094:ncpus=2:mem=1048576kb:ngpus=0:nphis=0)+(nod\n\te0094:ncpus=2:mem=1048576kb:ngpus=0:nphis=0)+"
-    "(node0085:ncpus=2:mem=1048\n\t576kb:ngpus=0:nphis=0) and finished",
-    "    exec_vnode = (node0088:ncpus=2:mem=1048576kb:ngpus=0:nphis=0)+(node0094:ncp\n\tus=2:mem=1048576kb:"
-    "ngpus=0:nphis=0)+(node0094:ncpus=2:mem=1048576kb:ngp\n\tus=0:nphis=0)+(node0085:ncpus=2:mem=1048576kb:"
-    "ngpus=0:nphis=0)",
-    "    Variable_List = PBS_O_SYSTEM=Linux,PBS_O_SHELL=/bin/bash,\n\tPBS_O_HOME=/export/home/s1234567,"
-    "PBS_O_LOGNAME=s1234567,\n\tPBS_O_WORKDIR=/export/home/s1234567,PBS_O_LANG=en_US.UTF-8,\n\t"
-    "PBS_O_PATH=/opt/clmgr/sbin:/opt/clmgr/bin:/opt/sgi/sbin:/opt/sgi/bin:/\n\tusr/local/bin:/usr/bin:"
-    "/usr/local/sbin:/usr/sbin:/opt/c3/bin:/opt/pbs/b\n\tin:/sbin:/bin:/export/home/s1234567/bin,\n\t"
-    "PBS_O_MAIL=/var/spool/mail/s1234567,PBS_O_QUEUE=workq,\n\tPBS_O_HOST=gc-prd-hpclogin1.ib0.cm.rcs.griffith.edu.au",
+    ("    Variable_List = PBS_O_SYSTEM=Linux,PBS_O_SHELL=/bin/bash,\n\tPBS_O_HOME=/home/atrikut,"
+     "PBS_O_LOGNAME=atrikut,\n\tPBS_O_WORKDIR=/home/atrikut/MPI,PBS_O_LANG=en_US.UTF-8,\n\t"
+     "PBS_O_PATH=/software/examples/:/home/atrikut/local/bin:/usr/lib64/qt-3\n\t.3/bin:/opt/pbs/default/bin:"
+     "/opt/gold/bin:/usr/local/bin:/bin:/usr/bin:\n\t/usr/local/sbin:/usr/sbin:/sbin:/opt/mx/bin:"
+     "/home/atrikut/bin,\n\tPBS_O_MAIL=/var/spool/mail/atrikut,PBS_O_QUEUE=c1_workq,\n\t"
+     "PBS_O_HOST=login001.palmetto.clemson.edu"),
+    ("    comment = Job run at Tue Dec 13 at 14:09 on (node0088:ncpus=2:mem=1048576kb\n\t:ngpus=0:nphis=0)+"
+     "(node0094:ncpus=2:mem=1048576kb:ngpus=0:nphis=0)+(nod\n\te0094:ncpus=2:mem=1048576kb:ngpus=0:nphis=0)+"
+     "(node0085:ncpus=2:mem=1048\n\t576kb:ngpus=0:nphis=0) and finished"),
+    ("    exec_vnode = (node0088:ncpus=2:mem=1048576kb:ngpus=0:nphis=0)+(node0094:ncp\n\tus=2:mem=1048576kb:"
+     "ngpus=0:nphis=0)+(node0094:ncpus=2:mem=1048576kb:ngp\n\tus=0:nphis=0)+(node0085:ncpus=2:mem=1048576kb:"
+     "ngpus=0:nphis=0)"),
+    ("    Variable_List = PBS_O_SYSTEM=Linux,PBS_O_SHELL=/bin/bash,\n\tPBS_O_HOME=/export/home/s1234567,"
+     "PBS_O_LOGNAME=s1234567,\n\tPBS_O_WORKDIR=/export/home/s1234567,PBS_O_LANG=en_US.UTF-8,\n\t"
+     "PBS_O_PATH=/opt/clmgr/sbin:/opt/clmgr/bin:/opt/sgi/sbin:/opt/sgi/bin:/\n\tusr/local/bin:/usr/bin:"
+     "/usr/local/sbin:/usr/sbin:/opt/c3/bin:/opt/pbs/b\n\tin:/sbin:/bin:/export/home/s1234567/bin,\n\t"
+     "PBS_O_MAIL=/var/spool/mail/s1234567,PBS_O_QUEUE=workq,\n\tPBS_O_HOST=gc-prd-hpclogin1.ib0.cm.rcs.griffith.edu.au"),
     "    comment = Job run at Wed Jun 24 at 15:33 on (gc-prd-hpcn001:ncpus=1) and fa\n\tiled",
     "    Resource_List.select = 1:ncpus=4:mem=8gb:ngpus=1:gpu_type=RTX6000:mpiprocs=\n\t4:ompthreads=1",
 ]
@@ -484,8 +487,11 @@ def lsf_job(r: Remote, jobid: str, fields: str = LSF_FIELDS) -> dict:
 
 
 def lsf_wait(r: Remote, jobid: str, stats: set[str], timeout: float = 20, fields: str = LSF_FIELDS) -> dict:
-    return wait_for(lambda: (lambda j: j if j["STAT"] in stats else None)(lsf_job(r, jobid, fields)),
-                    timeout, 0.2, f"job {jobid} in {stats}")
+    def reached() -> dict | None:
+        job = lsf_job(r, jobid, fields)
+        return job if job["STAT"] in stats else None
+
+    return wait_for(reached, timeout, 0.2, f"job {jobid} in {stats}")
 
 
 # --------------------------------------------------------------------------- LSF

@@ -29,9 +29,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 CORE_VERSION = 1
 SC_CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,7 +76,7 @@ class Settings:
     first_id: int = 1
 
     @classmethod
-    def load(cls, kind: str, defaults: dict[str, Any]) -> "Settings":
+    def load(cls, kind: str, defaults: dict[str, Any]) -> Settings:
         state_dir = state_dir_for(kind)
         values: dict[str, Any] = dict(defaults)
         cfg = state_dir / "config.json"
@@ -321,7 +322,7 @@ def spawn_detached(argv: list[str], log_path: Path) -> None:
         os.closerange(3, 65536)
         os.umask(0o022)
         os.execv(sys.executable, argv)
-    except BaseException:  # the child must never return into the caller's code
+    except BaseException:  # noqa: BLE001 - the child must never return into the caller's code
         os._exit(127)
 
 
@@ -562,9 +563,7 @@ def reap(policy: Any, store: Store) -> None:
     st = store.read()
     needs_lock = False
     for jid, job in st["jobs"].items():
-        if job["state"] == FINISHED and now - job.get("end_time", now) > store.settings.history:
-            needs_lock = True
-        elif job["state"] in ACTIVE_STATES and _supervisor_lost(job, now):
+        if job["state"] == FINISHED and now - job.get("end_time", now) > store.settings.history or job["state"] in ACTIVE_STATES and _supervisor_lost(job, now):
             needs_lock = True
     if not needs_lock:
         return

@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import emucore as core
@@ -33,7 +34,12 @@ TERM_TEXT = {  # bjobs/bacct termination reasons (LSF 10.1 "Termination reasons"
 }
 
 
-def load() -> tuple[core.Settings, core.Store, "LsfPolicy"]:
+def cfmt(fmt: str, *args: object) -> str:
+    """printf-style formatting, kept to mirror the format strings of openlava bjobs.c."""
+    return fmt % args
+
+
+def load() -> tuple[core.Settings, core.Store, LsfPolicy]:
     settings = core.Settings.load(KIND, DEFAULTS)
     store = core.Store(settings)
     policy = LsfPolicy(settings)
@@ -162,7 +168,7 @@ def job_report(job: dict[str, Any], settings: core.Settings) -> str:
     host = core.short_hostname()
     cluster = settings.server
     done = job.get("stat") == "DONE"
-    ctime = lambda t: time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(t))  # noqa: E731
+    ctime = lambda t: time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(t))
     if done:
         outcome = "Successfully completed."
     else:
@@ -287,7 +293,7 @@ def _bsub(argv: list[str], settings: core.Settings, store: core.Store, policy: L
     command_mode = bool(command_words)
     script_text = ""
     if command_words and parse_script and len(command_words) == 1 and os.path.isfile(command_words[0]):
-        script_text = open(command_words[0]).read()
+        script_text = Path(command_words[0]).read_text()
         command_mode = False
     elif not command_words:
         script_text = sys.stdin.read()
@@ -559,12 +565,12 @@ def default_row(job: dict[str, Any], wide: bool) -> str:
     host = core.short_hostname()
     exec_host = "" if not started else (host if n == 1 else f"{n}*{host}")
     if wide:
-        return "%-7d %-7s %-5.5s %-10s %-11s %-11s %-10s %s" % (
+        return cfmt("%-7d %-7s %-5.5s %-10s %-11s %-11s %-10s %s", 
             job["id"], job["owner"], stat(job), job["queue"], job["submit_host"], exec_host or "   -    ", name,
             lsf_time(job["ctime"]))
     if len(name) > 10:
         name = "*" + name[-9:]
-    return "%-7d %-7.7s %-5.5s %-10.10s %-11.11s %-11.11s %-10.10s %s" % (
+    return cfmt("%-7d %-7.7s %-5.5s %-10.10s %-11.11s %-11.11s %-10.10s %s", 
         job["id"], job["owner"], stat(job), job["queue"], job["submit_host"], exec_host, name,
         lsf_time(job["ctime"]))
 
@@ -606,7 +612,7 @@ def bjobs(argv: list[str]) -> int:
         except ValueError as exc:
             sys.stderr.write(f"{exc.args[0]}: Illegal field name or format for bjobs -o.\n")
             return FAIL
-    settings, store, policy = load()
+    _settings, store, _policy = load()
     now = time.time()
     jobs = store.read()["jobs"]
     errors: list[str] = []
@@ -735,7 +741,7 @@ def bkill(argv: list[str]) -> int:
         if sig is None:
             sys.stderr.write(f"{opts['-s']}: Illegal signal value\n")
             return FAIL
-    settings, store, policy = load()
+    _settings, store, _policy = load()
     targets = _targets(store, opts, ids)
     if not targets:
         sys.stderr.write("No unfinished job found\n")
@@ -780,7 +786,7 @@ def bresume(argv: list[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     opts, ids = parsed
-    settings, store, policy = load()
+    _settings, store, _policy = load()
     failed = False
     for shown, jid in _targets(store, opts, ids):
         with store.locked() as st:

@@ -42,11 +42,16 @@ JOB_EXEC_KILL_WALLTIME = -29   # Exit_status of a job killed for exceeding its w
 JOB_EXEC_FAIL1 = -1            # used by the emulator when a job's supervisor vanished (no real analogue)
 
 
+def cfmt(fmt: str, *args: object) -> str:
+    """printf-style formatting, kept to mirror the format strings of OpenPBS qstat.c."""
+    return fmt % args
+
+
 def rc(pbs_errno: int) -> int:
     return pbs_errno % 256
 
 
-def load() -> tuple[core.Settings, core.Store, "PbsPolicy"]:
+def load() -> tuple[core.Settings, core.Store, PbsPolicy]:
     settings = core.Settings.load(KIND, DEFAULTS)
     store = core.Store(settings)
     policy = PbsPolicy(settings)
@@ -672,8 +677,8 @@ def cjson_print(value: Any, depth: int = 0) -> str:
             return "null"
         if d.is_integer() and abs(d) <= 2**31 - 1:
             return str(int(d))
-        s = "%1.15g" % d
-        return s if float(s) == d else "%1.17g" % d
+        s = cfmt("%1.15g", d)
+        return s if float(s) == d else cfmt("%1.17g", d)
     return _cjson_string(str(value))
 
 
@@ -695,7 +700,7 @@ def _cjson_string(s: str) -> str:
         elif ch == "\t":
             out.append("\\t")
         elif ord(ch) < 32:
-            out.append("\\u%04x" % ord(ch))
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     out.append('"')
@@ -715,11 +720,11 @@ def default_row(job: dict[str, Any], settings: core.Settings, now: float, wide: 
     name = job["name"]
     if wide:
         name = name[:14] + "*" if len(name) >= 15 else name
-        return "%-30s %-15s %-15s  %8s %1s %-15s\n" % (
+        return cfmt("%-30s %-15s %-15s  %8s %1s %-15s\n", 
             _trunc(jid, 30), name, _trunc(job["owner"], 15), _trunc(timeu, 8), STATE_LETTER[job["state"]],
             _trunc(job["queue"], 15))
     name = name[:15] + "*" if len(name) >= 16 else name
-    return "%-17s %-16s %-16s  %8s %1s %-16s\n" % (
+    return cfmt("%-17s %-16s %-16s  %8s %1s %-16s\n", 
         _trunc(jid, 17), name, _trunc(job["owner"], 16), _trunc(timeu, 8), STATE_LETTER[job["state"]],
         _trunc(job["queue"], 16))
 
@@ -744,7 +749,7 @@ def cnv_size(value: str) -> str:
 
 
 def alt_header(settings: core.Settings) -> str:
-    return (f"\n{settings.server}: \n" + "%60s%-7s%-8s%s\n" % (" ", "Req'd", "Req'd", "Elap")
+    return (f"\n{settings.server}: \n" + cfmt("%60s%-7s%-8s%s\n", " ", "Req'd", "Req'd", "Elap")
             + "Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time\n"
             + "--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----\n")
 
@@ -756,11 +761,11 @@ def alt_row(job: dict[str, Any], settings: core.Settings, now: float, show_nodes
     res = job["resources"]
     sess = str(job["session_id"]) if job["state"] in (RUNNING, EXITING) and job.get("session_id") else blank
     mem = cnv_size(res["mem"]) if "mem" in res else blank
-    line = "%-15.15s %-8.8s %-8.8s " % (_trunc(full_id(job, settings), 15), _trunc(job["owner"], 8),
+    line = cfmt("%-15.15s %-8.8s %-8.8s ", _trunc(full_id(job, settings), 15), _trunc(job["owner"], 8),
                                         _trunc(job["queue"], 8))
-    line += "%-10.10s %6.6s %3.3s %3.3s " % (_trunc(job["name"], 10), _trunc(sess, 6), _trunc(res["nodect"], 3),
+    line += cfmt("%-10.10s %6.6s %3.3s %3.3s ", _trunc(job["name"], 10), _trunc(sess, 6), _trunc(res["nodect"], 3),
                                              _trunc(res["ncpus"], 3))
-    line += "%6.6s %5.5s %1.1s %5.5s" % (mem, res.get("walltime", blank), STATE_LETTER[job["state"]],
+    line += cfmt("%6.6s %5.5s %1.1s %5.5s", mem, res.get("walltime", blank), STATE_LETTER[job["state"]],
                                          used["walltime"] if used else blank)
     extra = ""
     if show_nodes:
@@ -829,7 +834,7 @@ def qstat(argv: list[str]) -> int:
     elif "-H" in flags:
         states = {FINISHED}
 
-    settings, store, policy = load()
+    settings, store, _policy = load()
     now = time.time()
     jobs = store.read()["jobs"]
     out: list[str] = []
@@ -843,9 +848,7 @@ def qstat(argv: list[str]) -> int:
             return False
         if states is not None and j["state"] not in states:
             return False
-        if users is not None and j["owner"] not in users:
-            return False
-        return True
+        return users is None or j["owner"] in users
 
     if not operands:
         groups.append([j for _, j in sorted(jobs.items(), key=lambda kv: int(kv[0])) if visible(j)])
@@ -937,7 +940,7 @@ def qdel(argv: list[str]) -> int:
                            for o, v in opts):
         sys.stderr.write("usage:\n\tqdel [-W force|suppress_email=X] [-x] job_identifier...\n\tqdel --version\n")
         return 2
-    settings, store, policy = load()
+    settings, store, _policy = load()
     any_failed = 0
     for operand, seq, shown in _job_operands("qdel", operands, settings):
         if seq == "bad":
@@ -977,7 +980,7 @@ def qhold_qrls(cmd: str, argv: list[str]) -> int:
     if not operands or any(o == "?" for o, _ in opts):
         sys.stderr.write(f"usage: {cmd} [-h hold_list] job_identifier_list\n       {cmd} --version\n")
         return 2
-    settings, store, policy = load()
+    settings, store, _policy = load()
     any_failed = 0
     for operand, seq, shown in _job_operands(cmd, operands, settings):
         if seq == "bad":
