@@ -60,12 +60,12 @@ EXAMPLE_CLUSTER_YAML = """\
 # --- reaching the cluster over SSH (scheduler: local needs none of these)
 host: login.cluster.example.org
 user: alice                       # null: from ~/.ssh/config, else your local user name
-port: 22                          # null: from ~/.ssh/config, else 22
+port: 22
 identity_file: null               # e.g. ~/.ssh/id_ed25519; null: SSH agent / ~/.ssh/config
 proxy_jump: null                  # or "alice@gateway.example.org:22"
 strict_host_key_checking: true    # the host key must be in known_hosts (ssh-keyscan, check the fingerprint)
 known_hosts: ~/.ssh/known_hosts
-use_ssh_config: true              # fill null fields from ~/.ssh/config
+use_ssh_config: false             # true: also read ~/.ssh/config for this host
 command_timeout: 120              # seconds one remote command may take
 
 # --- the batch system: slurm | pbs | lsf | local

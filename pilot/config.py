@@ -514,8 +514,8 @@ class ClusterConfig(BaseModel):
                              examples=["login.stampede.example.org"])
     user: str | None = Field(None, description="User name on the cluster; null: from ~/.ssh/config "
                              "(use_ssh_config) or your local user name.", examples=["alice"])
-    port: int | None = Field(None, ge=1, le=65535, description="SSH port; null: from ~/.ssh/config "
-                             "(use_ssh_config) or 22.", examples=[22])
+    port: int = Field(22, ge=1, le=65535, description="SSH port. With use_ssh_config, a Port line in "
+                      "~/.ssh/config replaces the default 22.", examples=[22])
     identity_file: Path | None = Field(None, description="Private key file for SSH ('~' is expanded); "
                                        "null: your SSH agent / ~/.ssh/config / default keys.",
                                        examples=["~/.ssh/id_ed25519"])
@@ -528,9 +528,9 @@ class ClusterConfig(BaseModel):
     known_hosts: Path = Field(Path("~/.ssh/known_hosts"), validate_default=True,
                               description="known_hosts file with the cluster's host key ('~' is expanded).",
                               examples=["~/.ssh/known_hosts"])
-    use_ssh_config: bool = Field(True, description="Read ~/.ssh/config for this host (HostName, User, Port, "
-                                 "IdentityFile, ProxyJump) where this file leaves a value null.",
-                                 examples=[True])
+    use_ssh_config: bool = Field(False, description="Also read ~/.ssh/config for this host (HostName, User, "
+                                 "Port, IdentityFile, ProxyJump, UserKnownHostsFile) where this file leaves "
+                                 "the value unset; the file must exist.", examples=[False])
     connect_timeout: float = Field(30.0, gt=0, description="Seconds to wait for the SSH connection.",
                                    examples=[30])
     command_timeout: float = Field(120.0, gt=0, description="Seconds any one remote command (sbatch, squeue, "
@@ -676,6 +676,16 @@ class ClusterConfig(BaseModel):
                        f"must be there: run `ssh-keyscan -p {port} {host} >> {p}` and check the fingerprint, "
                        "or point known_hosts at the right file")
         return p
+
+    @field_validator("use_ssh_config")
+    @classmethod
+    def _ssh_config(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and cls._sched(info) not in (Scheduler.LOCAL, None):
+            cfg = _expand("~/.ssh/config", None)
+            if not cfg.is_file():
+                raise _err(f"use_ssh_config is true but {cfg} does not exist: create it, or write "
+                           "use_ssh_config: false and give host, user, port and identity_file here")
+        return v
 
     @field_validator("categories")
     @classmethod

@@ -120,7 +120,8 @@ def test_defaults_and_tilde_expansion(tmp_path, files, monkeypatch):
     assert c.known_hosts == tmp_path / ".ssh" / "known_hosts"
     assert c.identity_file == tmp_path / ".ssh" / "id_ed25519"
     assert c.launchpad_file == "~/.pilot/lp.yaml"       # expanded by the job's shell, on the cluster
-    assert (c.port, c.user, c.grace, c.idle_timeout, c.fireworks_per_pilot) == (None, None, 60, 300, 1)
+    assert (c.port, c.user, c.grace, c.idle_timeout, c.fireworks_per_pilot) == (22, None, 60, 300, 1)
+    assert c.use_ssh_config is False
     assert cfg.pilot.launchpad_file == tmp_path / ".pilot" / "my_launchpad.yaml"
     assert cfg.pilot.poll_interval == 60
     assert cfg.categories == ["analysis", "md"]
@@ -277,13 +278,13 @@ BAD_CLUSTERS: list[tuple[str, Callable[[dict[str, Any]], None], str, list[str]]]
     ("bad env name", _set("env", {"1X": "1"}), "env.1X", ["not a variable name"]),
     ("template missing", _set("template", "nothere.sh.j2"), "template", ["file not found", "clusters/ folder"]),
     ("bad jump host", _set("proxy_jump", "gw host"), "proxy_jump", ["[user@]host[:port]"]),
-    ("SSH field for local", lambda d: (d.update(scheduler="local", host=None, port=None, user=None,
-                                                proxy_jump=None, identity_file="/x"),
-                                       d["pilot"].update(partition=None)), "identity_file",
-     ["scheduler local does not use SSH"]),
-    ("partition for local", lambda d: (d.update(scheduler="local", host=None, port=None, user=None,
-                                                identity_file=None)), "pilot.partition",
-     ["scheduler local has no partition"]),
+    ("ssh config that is not there", _set("use_ssh_config", True), "use_ssh_config",
+     ["use_ssh_config is true but", "/nonexistent-home/.ssh/config does not exist", "use_ssh_config: false"]),
+    ("SSH field for local", lambda d: (d.update(scheduler="local", host=None, user=None, identity_file=None),
+                                       d.pop("proxy_jump"), d["pilot"].update(partition=None)), "port",
+     ["scheduler local does not use SSH: remove port"]),
+    ("partition for local", lambda d: (d.update(scheduler="local", host=None, user=None, identity_file=None),
+                                       d.pop("port")), "pilot.partition", ["scheduler local has no partition"]),
     ("both python and worker_command", lambda d: d.update(python="/usr/bin/python3", worker_command="x worker"),
      "worker_command", ["keep one"]),
     ("margin above SLURM's signal limit", lambda d: (d.update(walltime_margin=70000),
@@ -293,7 +294,8 @@ BAD_CLUSTERS: list[tuple[str, Callable[[dict[str, Any]], None], str, list[str]]]
 
 
 @pytest.mark.parametrize("case_id, change, field, phrases", BAD_CLUSTERS, ids=[c[0] for c in BAD_CLUSTERS])
-def test_bad_cluster_file(tmp_path, files, case_id, change, field, phrases):
+def test_bad_cluster_file(tmp_path, files, case_id, change, field, phrases, monkeypatch):
+    monkeypatch.setenv("HOME", "/nonexistent-home")
     data = copy.deepcopy(stampede(files))
     change(data)
     cdir = write_config(tmp_path, {"launchpad_file": str(files["launchpad"])}, {"stampede": data})
