@@ -76,7 +76,7 @@ _CANCEL_REASONS = re.compile(
 )
 _EMPTY = frozenset({"", "-", "N/A", "n/a"})
 
-_SUBMIT_RE = re.compile(r"Job <(\d+(?:\[\d+\])?)> is submitted to (?:default )?queue <([^>]*)>")
+_SUBMIT_RE = re.compile(r"Job <(\d+(?:\[\d+\])?)> is submitted(?: to (?:default )?queue <([^>]*)>)?")
 _JOB_LINE = re.compile(r"Job <(\d+(?:\[\d+\])?)>")
 _TRANSIENT = re.compile(
     r"LSF is down|Batch system not responding|Cannot connect to LSF|"
@@ -190,8 +190,15 @@ class LsfAdapter(QueueAdapter):
             )
         start = stdout.find("{")
         if start < 0:
-            junk = [line for line in split_lines(stdout)
-                    if not _NOT_FOUND.search(line) and not _is_banner(line)]
+            lines = split_lines(stdout)
+            junk = [line for line in lines if not _NOT_FOUND.search(line) and not _is_banner(line)]
+            if any(_is_banner(line) for line in lines + split_lines(stderr)) and not any(
+                    _NOT_FOUND.search(line) for line in lines + split_lines(stderr)):
+                raise SchedulerQueryError(
+                    "bjobs gave up waiting for LSF (only 'Please wait ...' lines, no answer)",
+                    command="bjobs", returncode=returncode, stdout=stdout, stderr=stderr,
+                    retryable=True,
+                )
             if junk:
                 raise SchedulerQueryError(
                     "bjobs printed no JSON (is this LSF older than 10.1.0.2, without -json?)",
@@ -363,7 +370,9 @@ def _field(record: dict[str, Any], key: str) -> str | None:
 
 
 def _is_banner(line: str) -> bool:
-    return bool(re.match(r"\s*LSF is processing your request", line, re.I))
+    """Progress lines LSF commands print while mbatchd is busy or being retried."""
+    return bool(re.match(r"\s*(?:LSF is processing your request|Cannot connect to LSF)\. "
+                         r"Please wait \.\.\.\s*$", line, re.I))
 
 
 _ID_ARG_RE = re.compile(r"^\d+(?:\[\d+\])?$")

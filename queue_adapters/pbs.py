@@ -297,7 +297,10 @@ class PbsAdapter(QueueAdapter):
                 retryable=returncode < 0,
             )
         lines = stdout.splitlines()
-        first_json = next((i for i, line in enumerate(lines) if line.startswith("{")), None)
+        first_json = None
+        if not stdout.lstrip().startswith("Job Id:"):
+            first_json = next((i for i, line in enumerate(lines) if line.lstrip().startswith("{")),
+                              None)
         if first_json is not None:
             before = [line for line in lines[:first_json] if line.strip()]
             if before:

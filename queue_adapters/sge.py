@@ -181,13 +181,14 @@ class SgeAdapter(QueueAdapter):
 
     # -- history ------------------------------------------------------------------------
     def history_command(self, job_ids: Sequence[str]) -> list[str] | None:
-        """``qacct -j ID`` for exactly one id (see :attr:`history_max_ids`)."""
+        """``qacct -j ID`` for the **first** id only (see :attr:`history_max_ids`).
+
+        ``qacct -j`` takes one job; a caller that passes more ids gets the history of the
+        first and resolves the others from their exit-code files (or splits the list).
+        """
         ids = _checked_ids(job_ids)
         if not ids:
             return None
-        if len(ids) > 1:
-            raise ValueError("qacct -j takes one job id per call: split the list "
-                             "(SgeAdapter.history_max_ids == 1)")
         return ["qacct", "-j", ids[0]]
 
     def parse_history(self, returncode: int, stdout: str, stderr: str) -> dict[str, JobStatus]:
