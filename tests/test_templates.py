@@ -496,3 +496,53 @@ def test_real_slurm_sends_usr1_before_the_wall_time(tmp_path, slurm_cluster, rem
         assert usr1_at < started + 120 - 1                  # before the wall time ended
     finally:
         _scancel(info, jid)
+
+
+# ------------------------------------------------------------------------------ the emulated PBS and LSF
+EMU_WORKER = """{% extends "SCHED.sh.j2" %}
+{% block worker_command %}
+bash -c 'env | grep ^PILOT_ | sort > "$PILOT_WORK_DIR/w-$PILOT_JOB_ID.env"; exit 6'
+{% endblock %}
+"""
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("sched", ["pbs", "lsf"])
+def test_emulated_scheduler_accepts_the_script(tmp_path, sched, clusters, remote_tmp):
+    """qsub / bsub (tests/infra/emulators, with a private state dir) take the rendered directives and run the
+    script; the exit-code file is named by the scheduler's job id ($PBS_JOBID is "N.server")."""
+    info = clusters["emupbs" if sched == "pbs" else "emulsf"]
+    emu_bin = Path(f"/opt/pilot-emu/{sched}/bin")
+    if not (emu_bin / ("qsub" if sched == "pbs" else "bsub")).exists():
+        pytest.skip(f"the {sched} emulator is not installed in {emu_bin} (bash tests/infra/services.sh emulators)")
+    state = remote_tmp / "emu-state"
+    work = remote_tmp / "work"
+    for d in (state, work):
+        d.mkdir()
+        os.chown(d, remote_tmp.stat().st_uid, remote_tmp.stat().st_gid)
+    cdir = tmp_path / "clusters"
+    cdir.mkdir()
+    (cdir / "t.sh.j2").write_text(EMU_WORKER.replace("SCHED", sched))
+    (cdir / "c.yaml").write_text(yaml.safe_dump({
+        "scheduler": sched, "host": info.host, "port": info.port, "user": info.user, "identity_file": info.key,
+        "known_hosts": info.known_hosts, "categories": ["md"], "launchpad_file": "/nonexistent/lp.yaml",
+        "work_dir": str(work), "template": "t.sh.j2", "walltime_margin": 120, "grace": 10,
+        "pilot": {"walltime": "00:10:00" if sched == "pbs" else "0:10", "cores": 2, "memory": "100M"}}))
+    script = render_pilot_script(load_cluster(cdir / "c.yaml"), info.name, "md", f"fwp.md.{sched}1")
+    path = remote_tmp / "pilot.sh"
+    path.write_text(script)
+    path.chmod(0o644)
+    submit = f"qsub {path}" if sched == "pbs" else f"bsub < {path}"
+    env = f"PATH={emu_bin}:/usr/bin:/bin"
+    res = subprocess.run(["runuser", "-u", info.user, "--", "env", env, f"PILOT_EMU_STATE={state}", "sh", "-c",
+                          submit], check=False, capture_output=True, text=True, timeout=60, cwd=remote_tmp)
+    assert res.returncode == 0, res.stderr
+    # qsub prints the job id ("1.pbsemu"); bsub prints "Job <1> is submitted to default queue <normal>."
+    jid = res.stdout.strip() if sched == "pbs" else res.stdout.split("<", 1)[1].split(">", 1)[0]
+    exit_file = work / f"pilot-{jid}.exit"
+    wait_for(exit_file.exists, timeout=60, what=str(exit_file))
+    assert read_exit(exit_file)["exit_code"] == 6
+    env_seen = dict(line.split("=", 1) for line in (work / f"w-{jid}.env").read_text().splitlines())
+    assert env_seen["PILOT_JOB_ID"] == jid and env_seen["PILOT_CLUSTER"] == info.name
+    assert int(env_seen["PILOT_DEADLINE"]) - int(env_seen["PILOT_START"]) == 600
+    assert "worker exited with status 6" in (work / f"pilot-{jid}.err").read_text()
