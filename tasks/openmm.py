@@ -29,8 +29,8 @@ import re
 import struct
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from fireworks.utilities.fw_utilities import explicit_serialize
@@ -200,7 +200,7 @@ class _DCDWriter:
         self._append = append
         self._dcd: Any = None
 
-    def describeNextReport(self, simulation: Any) -> dict[str, Any]:  # noqa: N802 - OpenMM reporter API
+    def describeNextReport(self, simulation: Any) -> dict[str, Any]:  # OpenMM's reporter API name
         steps = self._interval - simulation.currentStep % self._interval
         return {"steps": steps, "periodic": None, "include": ["positions"]}
 
@@ -313,7 +313,7 @@ class OpenMMSegmentTask(MDSegmentTask):
     def _run(self, run_dir: Path, prepared: Prepared, limit_s: float, stop: StopFlag, t_start: float,
              files: dict[str, Path], out_log: IO[str]) -> EngineRun:
         import openmm as mm
-        from openmm import app, unit
+        from openmm import app
 
         before = prepared.checkpoint_step
         target = int(self["nsteps"])
@@ -324,6 +324,7 @@ class OpenMMSegmentTask(MDSegmentTask):
         fatal: str | None = None
         hint: StopReason | None = None
         handles: list[IO[Any]] = []
+        fh: IO[bytes]
         dcd: _DCDWriter | None = None
         csv: IO[str] | None = None
         start_step = before if before is not None else 0

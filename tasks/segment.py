@@ -319,7 +319,7 @@ def sigterm_flag() -> Iterator[StopFlag]:
         yield flag
         return
 
-    def _handler(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
+    def _handler(signum: int, frame: object) -> None:
         flag.set()
 
     previous = signal.signal(signal.SIGTERM, _handler)
@@ -510,7 +510,7 @@ class MDSegmentTask(FiretaskBase):
         parts.append("What to try: fix the input the error names (structure, topology, parameters), or restore "
                      "the checkpoint, then rerun this Firework (lpad rerun_fws -i <fw_id>); it resumes from "
                      "the checkpoint.")
-        details = {"result": result.to_dict()}
+        details: dict[str, Any] = {"result": result.to_dict()}
         if run is not None:
             details.update(command=run.command, returncode=run.returncode, fatal_error=run.fatal_error,
                            log_tail=run.log_tail, output_tail=run.output_tail)
@@ -561,7 +561,7 @@ class ContinueTask(FiretaskBase):
             raise SegmentError(f"continue Firework: md_task is a {type(md_task).__name__}, not an MD segment "
                                "task (the workflow was not built by tasks.workflow.make_md_workflow?)")
         additions = workflow.next_additions(md_task, result)
+        added = sum(len(wf.fws) for wf in additions)
         return FWAction(stored_data={"continued_from_segment": result.get("segment"),
-                                     "outcome": result.get("outcome"), "added_fireworks": sum(
-                                         len(wf.fws) for wf in additions)},
+                                     "outcome": result.get("outcome"), "added_fireworks": added},
                         additions=additions)

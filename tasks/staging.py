@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -191,7 +192,7 @@ def _retry(op: Callable[[], T], what: str, max_retry: int, delay_s: float, repor
     while True:
         try:
             return op()
-        except Exception as exc:  # noqa: BLE001 - only retryable errors are retried, others re-raised at once
+        except Exception as exc:  # only retryable errors are retried, others are re-raised at once
             if not _is_retryable(exc) or attempt >= max_retry:
                 raise
             attempt += 1
@@ -237,7 +238,7 @@ def copy_files(src: Side, src_dir: str, dest: Side, dest_dir: str, required: lis
     missing_required: list[str] = []
     for name, is_required in names:
         s_path = os.path.join(src_dir, name)
-        s_size = _retry(lambda: src.size(s_path), f"{purpose}: stat {src.where(s_path)}", max_retry,
+        s_size = _retry(partial(src.size, s_path), f"{purpose}: stat {src.where(s_path)}", max_retry,
                         retry_delay_s, report)
         if s_size is not None:
             sizes[name] = s_size
@@ -256,43 +257,44 @@ def copy_files(src: Side, src_dir: str, dest: Side, dest_dir: str, required: lis
             {"missing": missing_required, "source_dir": src.where(src_dir), "dest_dir": dest.where(dest_dir)})
 
     # 2. copy what differs (size or SHA-256), verify every copy
-    _retry(lambda: dest.makedirs(dest_dir), f"{purpose}: create {dest.where(dest_dir)}", max_retry,
+    _retry(partial(dest.makedirs, dest_dir), f"{purpose}: create {dest.where(dest_dir)}", max_retry,
            retry_delay_s, report)
     for name, _ in names:
         if name not in sizes:
             continue
         s_path = os.path.join(src_dir, name)
         d_path = os.path.join(dest_dir, name)
-        s_sum = _retry(lambda: src.sha256(s_path), f"{purpose}: sha256 {src.where(s_path)}", max_retry,
+        s_sum = _retry(partial(src.sha256, s_path), f"{purpose}: sha256 {src.where(s_path)}", max_retry,
                        retry_delay_s, report)
-        d_size = _retry(lambda: dest.size(d_path), f"{purpose}: stat {dest.where(d_path)}", max_retry,
+        d_size = _retry(partial(dest.size, d_path), f"{purpose}: stat {dest.where(d_path)}", max_retry,
                         retry_delay_s, report)
-        if d_size == sizes[name] and _retry(lambda: dest.sha256(d_path), f"{purpose}: sha256 {dest.where(d_path)}",
+        if d_size == sizes[name] and _retry(partial(dest.sha256, d_path), f"{purpose}: sha256 {dest.where(d_path)}",
                                             max_retry, retry_delay_s, report) == s_sum:
             report.skipped.append(name)
             continue
-
-        def _one() -> int:
-            try:
-                transfer(s_path, d_path)
-            except OSError as exc:
-                raise StagingError(f"{purpose}: cannot copy {src.where(s_path)} to {dest.where(d_path)}: {exc}. "
-                                   "Check permissions and free space there.",
-                                   {"file": name, "source": src.where(s_path), "dest": dest.where(d_path)}) from exc
-            got = dest.sha256(d_path)
-            now = src.sha256(s_path)
-            if got != now:
-                raise ChecksumMismatch(f"{purpose}: SHA-256 of {dest.where(d_path)} ({got[:12]}...) differs from "
-                                       f"{src.where(s_path)} ({now[:12]}...) after copying",
-                                       {"file": name, "source": src.where(s_path), "dest": dest.where(d_path)})
-            size = dest.size(d_path)
-            return int(size or 0)
-
-        report.bytes_copied += _retry(_one, f"{purpose}: copy {name}", max_retry, retry_delay_s, report)
+        one = partial(_transfer_verified, src, s_path, dest, d_path, transfer, purpose)
+        report.bytes_copied += _retry(one, f"{purpose}: copy {name}", max_retry, retry_delay_s, report)
         report.copied.append(name)
     log.info("%s %s -> %s: copied %s, skipped (identical) %s, absent optional %s", purpose, src.where(src_dir),
              dest.where(dest_dir), report.copied, report.skipped, report.missing_optional)
     return report
+
+
+def _transfer_verified(src: Side, s_path: str, dest: Side, d_path: str, transfer: Callable[[str, str], None],
+                       purpose: str) -> int:
+    """Copy one file and check the copy's SHA-256 against the source's; return the bytes copied."""
+    where = {"source": src.where(s_path), "dest": dest.where(d_path)}
+    try:
+        transfer(s_path, d_path)
+    except OSError as exc:
+        raise StagingError(f"{purpose}: cannot copy {where['source']} to {where['dest']}: {exc}. Check permissions "
+                           "and free space there.", where) from exc
+    got = dest.sha256(d_path)
+    now = src.sha256(s_path)
+    if got != now:
+        raise ChecksumMismatch(f"{purpose}: SHA-256 of {where['dest']} ({got[:12]}...) differs from {where['source']} "
+                               f"({now[:12]}...) after copying", where)
+    return int(dest.size(d_path) or 0)
 
 
 def open_transport(remote: dict[str, Any]) -> Any:
@@ -322,8 +324,9 @@ class _CopyTask(FiretaskBase):
         src_dir = os.path.expandvars(os.path.expanduser(str(self["src_dir"])))
         dest_dir = os.path.expandvars(os.path.expanduser(str(self["dest_dir"])))
         required, optional = self._lists(fw_spec)
-        kw = dict(max_retry=int(self.get("max_retry", DEFAULT_MAX_RETRY)),
-                  retry_delay_s=float(self.get("retry_delay_s", DEFAULT_RETRY_DELAY_S)), purpose=self.purpose)
+        kw: dict[str, Any] = {"max_retry": int(self.get("max_retry", DEFAULT_MAX_RETRY)),
+                              "retry_delay_s": float(self.get("retry_delay_s", DEFAULT_RETRY_DELAY_S)),
+                              "purpose": self.purpose}
         remote = self.get("remote")
         if not remote:
             side = LocalSide()

@@ -92,8 +92,8 @@ def segment_chain(md_task: MDSegmentTask) -> Workflow:
     local_category = str(chain.get("local_category", "local"))
     priority = chain.get("priority")
     local_dir = str(chain.get("local_dir") or md_task["run_dir"])
-    walltime = int(math.ceil(float(md_task.get("segment_hours", DEFAULT_SEGMENT_HOURS)) * 3600.0
-                             + float(chain.get("startup_slack_s", DEFAULT_STARTUP_SLACK_S))))
+    walltime = math.ceil(float(md_task.get("segment_hours", DEFAULT_SEGMENT_HOURS)) * 3600.0
+                         + float(chain.get("startup_slack_s", DEFAULT_STARTUP_SLACK_S)))
     md_spec = _spec(md_category, str(md_task["run_dir"]), priority)
     md_spec["_pilot"] = {"walltime": walltime}
     fw_md = Firework([md_task], spec=md_spec, name=f"{wf_name}-md-{k}")
