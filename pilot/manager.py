@@ -22,7 +22,9 @@ others carry on, and it recovers by itself.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import statistics
 import threading
 import time
@@ -219,7 +221,28 @@ class Manager:
                 missing.append(rec)
         if missing:
             self._resolve_missing(rt, missing, report)
+        self._fill_exit_codes(rt)
         return True
+
+    def _fill_exit_codes(self, rt: ClusterRuntime) -> None:
+        """Pilots that ended without an exit code (squeue shows none): read their exit-code files once."""
+        from pilot.transport import TransportError
+        from queue_adapters.base import exit_file_name, parse_exit_file
+
+        if self.dry_run:
+            return
+        for rec in self.records.pilots.find({"cluster": rt.name, "state": {"$in": list(ENDED_STATES)},
+                                             "exit_code": None, "job_id": {"$ne": None},
+                                             "exit_file_read": {"$ne": True}}):
+            path = f"{rt.config.work_dir}/{exit_file_name(rec['job_id'])}"
+            try:
+                res = self._run(rt, ["cat", path])
+            except TransportError as e:
+                log.info("%s: cannot read %s: %s", rt.name, path, e)
+                return
+            st = parse_exit_file(res.stdout, rec["job_id"]) if res.returncode == 0 else None
+            self.records.update(rec["_id"], exit_file_read=True,
+                                **({"exit_code": st.exit_code} if st is not None else {}))
 
     def _apply_status(self, rec: dict[str, Any], st: Any, now: float) -> None:
         fields: dict[str, Any] = {"state": st.state.name, "native_state": st.native_state, "reason": st.reason,
@@ -400,6 +423,9 @@ class Manager:
             self.records.update(name, last_error=f"submission outcome unknown: {e}")
             self._fail(rt, str(e), report)
             return False
+        if os.environ.get("PILOT_FAULT") == "kill-after-submit":
+            # fault injection for the tests: die like `kill -9` between the scheduler's answer and the record
+            os.kill(os.getpid(), signal.SIGKILL)
         result = rt.adapter.parse_submit(res.returncode, res.stdout, res.stderr)
         if result.outcome == SubmitOutcome.SUBMITTED:
             self.records.update(name, job_id=result.job_id, state="PENDING",
