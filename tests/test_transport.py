@@ -167,7 +167,7 @@ def test_timeout_kills_whole_process_group(tr):
         # `sh -c "sleep X; true"` forks sleep as a child: the kill must reach the group, not just the leader
         t.run(["sh", "-c", f"sleep {tag}; true"], timeout=timeout)
     elapsed = time.monotonic() - t0
-    assert timeout <= elapsed < timeout + 1.5, elapsed
+    assert timeout <= elapsed < timeout + 2.0, elapsed  # slack: one round trip for the kill request
     e = ei.value
     assert e.retryable is True and e.may_have_run is True
     assert "SIGTERM" in str(e)
