@@ -621,3 +621,30 @@ def test_lsf_job_outlives_the_ssh_session(lsf):
     lsf.reconnect()
     assert lsf_wait(lsf, jobid, {"DONE"})["STAT"] == "DONE"
     assert (lsf.work / "survivor.out").read_text().startswith("survived\n")
+
+
+# --------------------------------------------------------------------------- robustness
+def _job_record(r: Remote, seq: str) -> dict:
+    return json.loads((r.state_dir / "state.json").read_text())["jobs"][seq]
+
+
+def test_lost_supervisors_are_replaced_or_settled(pbs):
+    """Every command repairs the table: a queued job gets a new supervisor, a running one is settled."""
+    held = qsub(pbs, ["-h", "--", "/bin/true"]).split(".")[0]
+    old = wait_for(lambda: _job_record(pbs, held).get("sup_pid"), 10, 0.1, "a supervisor")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{old}").exists(), 10, 0.1, "the supervisor to die")
+    pbs.run(["qstat"])
+    new = wait_for(lambda: _job_record(pbs, held).get("sup_pid"), 10, 0.1, "a new supervisor")
+    assert new != old and Path(f"/proc/{new}").exists()
+    assert pbs.run(["qrls", held]).rc == 0
+    assert pbs_wait_state(pbs, f"{held}.pbsemu", "F")["Exit_status"] == 0
+
+    running = qsub(pbs, ["--", "/bin/sleep", "60"])
+    pbs_wait_state(pbs, running, "R")
+    rec = _job_record(pbs, running.split(".")[0])
+    os.kill(rec["sup_pid"], signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{rec['sup_pid']}").exists(), 10, 0.1, "the supervisor to die")
+    settled = pbs_job(pbs, running)
+    assert settled["job_state"] == "F" and settled["Exit_status"] == -1
+    wait_for(lambda: not Path(f"/proc/{rec['pgid']}").exists(), 10, 0.1, "the orphaned job to be killed")

@@ -162,15 +162,24 @@ class Store:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[dict[str, Any]]:
-        """Exclusive read-modify-write: yields the state; it is written back unless an exception escapes."""
+        """Exclusive read-modify-write: yields the state, written back (if changed) unless an exception escapes."""
         with open(self.lock_path, "a+") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)
             try:
                 data = self.read()
+                before = json.dumps(data, sort_keys=True)
                 yield data
-                self._write(data)
+                if json.dumps(data, sort_keys=True) != before:
+                    self._write(data)
             finally:
                 fcntl.flock(lk, fcntl.LOCK_UN)
+
+    def stamp(self) -> int:
+        """Modification time of the state file: waiting supervisors re-read only when it changed."""
+        try:
+            return self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
 
     def get(self, job_id: int | str) -> dict[str, Any] | None:
         return self.read()["jobs"].get(str(job_id))
@@ -379,7 +388,14 @@ class Supervisor:
                 self.log(f"another supervisor ({job['sup_pid']}) owns the job; exiting")
                 return None
             job["sup_pid"], job["sup_start"] = self.me, self.my_start
+        seen, checked_eligible = -1, False
         while True:
+            stamp = self.store.stamp()
+            eligible_now = not checked_eligible and time.time() >= job["eligible_at"]
+            if stamp == seen and not eligible_now:
+                time.sleep(self.WAIT_POLL)   # nothing changed: no job ended, no qrls, no qdel
+                continue
+            seen, checked_eligible = stamp, checked_eligible or eligible_now
             st = self.store.read()
             job = st["jobs"].get(self.job_id)
             if job is None or job["state"] not in (QUEUED, HELD):
