@@ -191,9 +191,19 @@ def _start_sshd(s: dict) -> int:
 
 
 def _stop_sshd(pid: int) -> None:
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not pid_alive(pid), 10, 0.05, "sshd to stop")
+    """Stop the listener and every session it forked (an outage drops established connections too)."""
+    import psutil
+
+    if not pid_alive(pid):
+        return
+    sessions = psutil.Process(pid).children(recursive=True)
+    os.kill(pid, signal.SIGTERM)
+    for p in sessions:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    wait_for(lambda: not pid_alive(pid), 10, 0.05, "sshd to stop")
 
 
 def test_cluster_down_backs_off_other_finishes_then_recovers(world, launchpad, slurm_cluster, slurm_cluster2,
@@ -207,9 +217,11 @@ def test_cluster_down_backs_off_other_finishes_then_recovers(world, launchpad, s
     kh.write_text(Path(slurm_cluster2.known_hosts).read_text() + f"[127.0.0.2]:{port} {hk}\n")
     pid = _start_sshd(s)
     try:
-        cfg = config({"pilotci": cluster(slurm_cluster, ["md"], limits={"max_queued": 2, "max_running": 4}),
+        # one Firework per pilot, at most 2 queued each: 4 READY Fireworks need both clusters
+        cfg = config({"pilotci": cluster(slurm_cluster, ["md"], fireworks_per_pilot=1,
+                                         limits={"max_queued": 2, "max_running": 4}),
                       "pilotci2": cluster(slurm_cluster2, ["md"], port=port, known_hosts=str(kh),
-                                          limits={"max_queued": 2, "max_running": 4})})
+                                          fireworks_per_pilot=1, limits={"max_queued": 2, "max_running": 4})})
         mgr = Manager(cfg, launchpad)
         add_sleepers(launchpad, "md", 4, 0.5)
         first = mgr.run_cycle()
@@ -258,7 +270,8 @@ def test_kill9_between_submit_and_record_no_duplicates(world, launchpad, slurm_c
     jobs = our_jobs(slurm_cluster.slurm_conf, slurm_cluster.user, prefix)
     assert len(jobs) == 2
     adopted = launchpad.db["pilots"].find_one({"_id": rec["_id"]})
-    assert adopted["job_id"] == jobs[0][0] and adopted["state"] in ("PENDING", "RUNNING")
+    assert adopted["job_id"] == next(j[0] for j in jobs if j[1] == rec["_id"])
+    assert adopted["state"] in ("PENDING", "RUNNING")
     # and a third run adds nothing
     subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg_dir), "manager", "run", "--once"],
                    capture_output=True, text=True, timeout=120, check=True)
