@@ -336,6 +336,7 @@ COMMON_PARAMS = [
     "segment_hours",      # float, segment length (default 4)
     "deadline_margin_s",  # float, seconds kept free before PILOT_DEADLINE (default 300)
     "min_segment_s",      # float, do not start with less time than this (default 60)
+    "stop_margin_s",      # float, aim to end this long before PILOT_STOP_AT (default 30)
     "env",                # dict, extra environment variables for the engine
     "chain",              # dict, how to build the next segment (see tasks.workflow)
 ]
@@ -363,6 +364,9 @@ class MDSegmentTask(FiretaskBase):
     min_segment_s : float
         With less time than ``min(min_segment_s, segment length)`` the engine is not started and the
         segment continues without progress (default 60).
+    stop_margin_s : float
+        The segment aims to end this many seconds before ``PILOT_STOP_AT`` (when the pilot worker would
+        send SIGTERM), by its own time limit (default 30).
     env : dict
         Extra environment variables for the engine.
     chain : dict
@@ -442,7 +446,8 @@ class MDSegmentTask(FiretaskBase):
             else:
                 limit = time_limit_s(self.segment_seconds, now=time.time(), deadline=read_deadline(),
                                      margin_s=float(self.get("deadline_margin_s", DEFAULT_DEADLINE_MARGIN_S)),
-                                     stop_at=read_deadline(var=STOP_AT_ENV))
+                                     stop_at=read_deadline(var=STOP_AT_ENV),
+                                     stop_margin_s=float(self.get("stop_margin_s", STOP_AT_MARGIN_S)))
                 floor = min(float(self.get("min_segment_s", DEFAULT_MIN_SEGMENT_S)), self.segment_seconds)
                 if limit < floor:
                     decision = Decision(Outcome.CONTINUE, StopReason.NO_TIME,

@@ -33,6 +33,7 @@ from tasks.segment import (
     DEFAULT_MIN_SEGMENT_S,
     DEFAULT_SEGMENT_HOURS,
     RESULT_SPEC_KEY,
+    STOP_AT_MARGIN_S,
     ContinueTask,
     MDSegmentTask,
     Outcome,
@@ -156,7 +157,8 @@ def make_md_workflow(run_dir: str | os.PathLike[str], engine: str, name: str | N
                      deffnm: str = "md", engine_params: dict[str, Any] | None = None,
                      startup_slack_s: float = DEFAULT_STARTUP_SLACK_S,
                      deadline_margin_s: float = DEFAULT_DEADLINE_MARGIN_S,
-                     min_segment_s: float = DEFAULT_MIN_SEGMENT_S, env: dict[str, str] | None = None,
+                     min_segment_s: float = DEFAULT_MIN_SEGMENT_S, stop_margin_s: float = STOP_AT_MARGIN_S,
+                     env: dict[str, str] | None = None,
                      priority: int | None = None) -> Workflow:
     """The segmented workflow of one simulation: its first segment, which adds the others as it runs.
 
@@ -190,7 +192,7 @@ def make_md_workflow(run_dir: str | os.PathLike[str], engine: str, name: str | N
         ``grompp``; OpenMM ``nsteps``, ``platform``, ``traj_interval``). See docs/md-segments.md.
     startup_slack_s
         Added to the segment length in ``_pilot.walltime``.
-    deadline_margin_s, min_segment_s, env
+    deadline_margin_s, min_segment_s, stop_margin_s, env
         Passed to the md FireTask (see :class:`tasks.segment.MDSegmentTask`).
     priority
         FireWorks ``_priority`` of every Firework of the run.
@@ -230,7 +232,7 @@ def make_md_workflow(run_dir: str | os.PathLike[str], engine: str, name: str | N
         raise ValueError(f"engine_params must not set {', '.join(clash)} (set by make_md_workflow)")
     params.update(run_dir=str(stage_cfg["work_dir"]) if stage_cfg else str(run_path), name=deffnm, segment=1,
                   expect_step=None, segment_hours=float(segment_hours), deadline_margin_s=float(deadline_margin_s),
-                  min_segment_s=float(min_segment_s), chain=chain)
+                  min_segment_s=float(min_segment_s), stop_margin_s=float(stop_margin_s), chain=chain)
     if env:
         params["env"] = {str(k): str(v) for k, v in env.items()}
     return segment_chain(cls(params))

@@ -449,3 +449,74 @@ def test_staged_chain_over_ssh(launchpad, water, tmp_path, monkeypatch, slurm_cl
     remote = {"host": slurm_cluster.host, "port": slurm_cluster.port, "user": slurm_cluster.user,
               "identity_file": slurm_cluster.key, "known_hosts": slurm_cluster.known_hosts}
     _staged_run(launchpad, water, tmp_path, remote_tmp / "work", remote=remote)
+
+
+# ------------------------------------------------------------------------------------------ under the pilot worker
+def start_worker(lp_file: Path, cwd: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    log = open(cwd / f"{name}.log", "wb")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "pilot", "worker", "-l", str(lp_file), "-c", "md",
+                                 "--name", name, "--launch-dir", str(cwd), "--idle-timeout", "2", *extra],
+                                cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **ENV})
+    finally:
+        log.close()
+
+
+def test_segments_under_the_pilot_worker(launchpad, water, tmp_path, monkeypatch):
+    """The real `pilot worker`: its pre-walltime stop (SIGUSR1 -> one SIGTERM to the Firework's process group)
+    ends a segment that then continues; a worker with a deadline gives mdrun a -maxh that ends before it."""
+    from tasks.workflow import make_md_workflow
+
+    monkeypatch.chdir(tmp_path)
+    lp_file = tmp_path / "lp.yaml"
+    launchpad.to_file(str(lp_file))
+    d = run_dir_with_tpr(water, tmp_path)
+    wf = make_md_workflow(d, "gromacs", "piloted", segment_hours=0.003, startup_slack_s=2, deadline_margin_s=2,
+                          stop_margin_s=1, min_segment_s=1, engine_params={**ENGINE, "checkpoint_minutes": 0.02},
+                          env=ENV)
+    wf_id = next(iter(launchpad.add_wf(wf).values()))
+    assert md_fireworks(launchpad, wf_id)[0].spec["_pilot"] == {"walltime": 13}  # ceil(10.8 + 2)
+
+    # 1. a worker without deadline; the batch system's pre-walltime signal arrives mid-segment
+    w1 = start_worker(lp_file, tmp_path, "w1", "--no-deadline", "--grace", "30")
+    try:
+        wait_for_checkpoint(d, w1)
+        w1.send_signal(signal.SIGUSR1)
+        assert w1.wait(60) == 0, (tmp_path / "w1.log").read_text()[-3000:]
+    finally:
+        stop_child(w1)
+    fws = md_fireworks(launchpad, wf_id)
+    s1 = stored(fws[0])
+    assert (s1["outcome"], s1["stop_reason"], s1["sigterm"]) == ("continue", "sigterm", True)
+    assert 0 < s1["checkpoint_step"] < NSTEPS and fws[1].state == "READY"
+
+    # 2. a worker whose job ends in 9 s (margin 4 s): the next segment (walltime 13 s) does not fit
+    w2 = start_worker(lp_file, tmp_path, "w2", "--deadline", str(time.time() + 9), "--margin", "4")
+    try:
+        assert w2.wait(60) == 0, (tmp_path / "w2.log").read_text()[-3000:]
+    finally:
+        stop_child(w2)
+    assert md_fireworks(launchpad, wf_id)[1].state == "READY"
+
+    # 3. a worker with 20 s left (margin 4): takes it; the segment's limit comes from PILOT_STOP_AT/DEADLINE
+    w3 = start_worker(lp_file, tmp_path, "w3", "--deadline", str(time.time() + 20), "--margin", "4")
+    try:
+        assert w3.wait(90) == 0, (tmp_path / "w3.log").read_text()[-3000:]
+    finally:
+        stop_child(w3)
+    fws = md_fireworks(launchpad, wf_id)
+    s2 = stored(fws[1])
+    assert s2["start_step"] == s1["checkpoint_step"] and s2["sigterm"] is False
+    assert s2["time_limit_s"] <= 10.8 and s2["stop_reason"] in ("time_limit", "completed")
+
+    # 4. the rest without deadline
+    w4 = start_worker(lp_file, tmp_path, "w4", "--no-deadline")
+    try:
+        assert w4.wait(180) == 0, (tmp_path / "w4.log").read_text()[-3000:]
+    finally:
+        stop_child(w4)
+    fws = md_fireworks(launchpad, wf_id)
+    assert all(fw.state == "COMPLETED" for fw in fws) and stored(fws[-1])["checkpoint_step"] == NSTEPS
+    assert xtc_frames(d / "md.xtc") == water["xtc"]
+    assert edr_frames(d / "md.edr") == water["edr"]
