@@ -906,6 +906,8 @@ class Worker:
         if child.stop_sent_at is None:
             self._crashed.add(fw_id)
             note = "; this worker will not pull it again"
+        else:
+            note = f"; {time.monotonic() - child.stop_sent_at:.2f} s after the stop request"
         new_state = self.db(f"reading fw {fw_id}", self.lp.fireworks.find_one, {"fw_id": fw_id}, {"state": 1})
         LOG.warning("fw %d requeued (now %s) after %s s: %s, Firework process %s%s", fw_id,
                     (new_state or {}).get("state"), _secs(duration), why, status_text, note)

@@ -416,3 +416,64 @@ def test_database_restart_does_not_kill_the_pilot(tmp_path, workers):
         assert "database unreachable while checking for READY work" in w.log()
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- 6. on the real SLURM
+def _slurm(cluster, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a SLURM command as the test user (whose batch jobs use the cluster venv)."""
+    cmd = ["runuser", "-u", cluster.user, "--", "env", f"SLURM_CONF={cluster.slurm_conf}", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_time_limit_kills_pilot_mid_firework(launchpad, slurm_cluster, cluster_venv, remote_tmp):
+    """--time=1 and a Firework that sleeps for 5 minutes: SLURM's time limit sends SIGTERM to the job's
+    processes and SIGKILL KillWait (2 s, /etc/slurm/slurm.conf) later; the worker, not told the deadline,
+    learns it only from that SIGTERM and must put the Firework back to READY within those 2 s."""
+    fw_id = add(launchpad, ScriptTask.from_str("sleep 300"), "too-long", "slurmkill")
+    lp_file = remote_tmp / "my_launchpad.yaml"
+    launchpad.to_file(str(lp_file))
+    os.chmod(lp_file, 0o644)
+    script = remote_tmp / "pilot.sh"
+    script.write_text("\n".join([
+        "#!/bin/bash",
+        "#SBATCH --job-name=pilot-worker-test",
+        "#SBATCH --time=1",
+        f"#SBATCH --output={remote_tmp}/job.out",
+        f"#SBATCH --chdir={remote_tmp}",
+        f"exec {cluster_venv}/bin/pilot worker --launchpad-file {lp_file} --category slurmkill"
+        f" --name {slurm_cluster.name}-$SLURM_JOB_ID --no-deadline --idle-timeout 300 --grace 30"
+        f" --launch-dir {remote_tmp}/launches --log-file {remote_tmp}/worker.log",
+        ""]))
+    os.chmod(script, 0o755)
+    sub = _slurm(slurm_cluster, "sbatch", "--parsable", str(script))
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip().split(";")[0]
+    try:
+        wait_for(lambda: running_launch(launchpad, fw_id), 120, 0.5, "the Firework to run inside the job")
+        assert running_launch(launchpad, fw_id)["fworker"]["name"] == f"{slurm_cluster.name}-{job_id}"
+
+        def job_done():
+            out = _slurm(slurm_cluster, "squeue", "-h", "-j", job_id, "-o", "%T").stdout.strip()
+            return out == "" or out in ("COMPLETED", "TIMEOUT", "FAILED", "CANCELLED")
+
+        wait_for(job_done, 240, 1.0, f"SLURM job {job_id} to hit its time limit")
+    finally:
+        _slurm(slurm_cluster, "scancel", job_id)
+    state = wait_for(lambda: _slurm(slurm_cluster, "sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State").stdout
+                     .strip(), 60, 1.0, "sacct to know the job")
+    assert state == "TIMEOUT", state  # the documented SLURM state for a job killed at its time limit
+    log = (remote_tmp / "worker.log").read_text()
+    doc = fw_doc(launchpad, fw_id)
+    assert doc["state"] == "READY", log
+    (launch,) = launches_of(launchpad, fw_id)
+    assert launch["state"] == "FIZZLED" and doc["archived_launches"] == [launch["launch_id"]]
+    assert launch["fworker"]["name"] == f"{slurm_cluster.name}-{job_id}"
+    assert "SIGTERM" in launch["action"]["stored_data"]["_message"]
+    assert "SIGTERM -> SIGTERM to process group" in log
+    m = re.search(rf"fw {fw_id} requeued \(now READY\).*; ([0-9.]+) s after the stop request", log)
+    assert m, log
+    assert float(m.group(1)) < 2.0  # within KillWait
+    print(f"SLURM SIGTERM -> Firework READY in {m.group(1)} s")
+    assert_nothing_running(launchpad)
