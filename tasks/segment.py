@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import logging
 import math
 import os
@@ -433,7 +434,7 @@ class MDSegmentTask(FiretaskBase):
                                "(was the staging Firework run? is the path right on this host?)",
                                {"run_dir": str(run_dir)})
         t0 = time.monotonic()
-        with sigterm_flag() as stop:
+        with self.run_lock(run_dir), sigterm_flag() as stop:
             prepared = self.prepare(run_dir)
             self._check_expected_step(prepared)
             before = prepared.checkpoint_step
@@ -479,6 +480,31 @@ class MDSegmentTask(FiretaskBase):
         if decision.outcome is Outcome.FAILED:
             raise self.failure(decision, run, result)
         return result
+
+    @contextlib.contextmanager
+    def run_lock(self, run_dir: Path) -> Iterator[None]:
+        """Hold ``.NAME.segment.lock`` in the run directory (``flock``; released when the process dies).
+
+        Two segments of one run must never run at once (e.g. a rerun of an old segment while the next one
+        runs): mdrun would start a second trajectory over the first.
+        """
+        path = run_dir / f".{self['name']}.segment.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise SegmentError(
+                    f"{self.describe()}: another segment of this run is running ({holder}; lock {path}). Two "
+                    "segments of one run must not run at once: let it finish, or stop it, then rerun this "
+                    "Firework.", {"run_dir": str(run_dir), "lock_holder": holder}) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}, segment {self.segment_number}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
 
     def _check_expected_step(self, prepared: Prepared) -> None:
         expect = self.get("expect_step")

@@ -326,3 +326,24 @@ def test_make_md_workflow_rejects_bad_arguments(tmp_path):
         make_md_workflow(tmp_path, "gromacs", segment_hours=0)
     with pytest.raises(ValueError, match="run_dir"):
         make_md_workflow(tmp_path, "gromacs", engine_params={"run_dir": "/elsewhere"})
+
+
+def test_two_segments_of_one_run_never_run_at_once(tmp_path):
+    """The run lock is an flock held by the segment's process; a second process is refused, naming the holder."""
+    import subprocess
+    import sys
+
+    task = GromacsSegmentTask(run_dir=str(tmp_path), name="md", segment=3)
+    code = ("import sys, time\nfrom tasks.gromacs import GromacsSegmentTask\n"
+            "t = GromacsSegmentTask(run_dir=sys.argv[1], name='md', segment=2)\n"
+            "with t.run_lock(t.run_dir):\n    print('locked', flush=True)\n    time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SegmentError, match=rf"another segment of this run is running \(pid {holder.pid} .*segment 2"):
+            task.run_segment()
+    finally:
+        holder.kill()
+        holder.wait(10)
+    with task.run_lock(task.run_dir):  # released when the holder died
+        pass
