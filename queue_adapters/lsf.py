@@ -8,11 +8,12 @@ Commands built here
   caller reads the script and feeds it to the command's stdin.  Output: ``Job <123> is
   submitted to queue <normal>.``
 * status: ``bjobs -o "jobid stat job_name user queue submit_time start_time finish_time
-  exit_code exit_reason pend_reason delimiter='|'" -json -a [-u USER] [-J PREFIX*] [IDS]``.
+  exit_code exit_reason pend_reason delimiter='|'" -json -a [-u USER] [IDS]``.
   ``-json`` (LSF 10.1.0.2+) gives ``{"COMMAND": "bjobs", "JOBS": n, "RECORDS": [...]}``
   with upper-case keys and string values; an unknown id gives a record with an ``ERROR``
-  key.  ``-a`` keeps jobs that finished within ``CLEAN_PERIOD`` (default one hour).
-  ``-J`` accepts a ``*`` wildcard, so LSF filters the name prefix itself.
+  key.  ``-a`` keeps jobs that finished within ``CLEAN_PERIOD`` (default one hour).  The
+  name prefix is not passed as ``-J 'prefix*'``: the caller filters names (one behaviour
+  for every scheduler, and nothing lost if a site's bjobs treats ``*`` literally).
 * history: the same ``bjobs -a`` for the given ids (older jobs are purged from mbatchd
   memory: "Job <N> is not found"; the pilot's exit-code file resolves those).
 * cancel: ``bkill IDS``.
@@ -100,7 +101,7 @@ class LsfAdapter(QueueAdapter):
     name = "lsf"
     job_id_env = "LSB_JOBID"
     submit_stdin_from_script = True
-    filters_server_side = frozenset({"job_ids", "user", "name_prefix"})
+    filters_server_side = frozenset({"job_ids", "user"})
 
     def __init__(self, *, tz: dt.tzinfo | None = None,
                  now: Callable[[], dt.datetime] | None = None) -> None:
@@ -163,14 +164,11 @@ class LsfAdapter(QueueAdapter):
         user: str | None = None,
         name_prefix: str | None = None,
     ) -> list[str]:
-        """``bjobs -o FIELDS -json -a [-u USER] [-J PREFIX*] [IDS]``."""
+        """``bjobs -o FIELDS -json -a [-u USER] [IDS]``; ``name_prefix`` is filtered by the
+        caller (:func:`queue_adapters.base.filter_statuses`)."""
         argv = ["bjobs", "-o", BJOBS_FIELDS, "-json", "-a"]
         if user:
             argv += ["-u", user]
-        if name_prefix:
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name_prefix):
-                raise ValueError(f"name prefix {name_prefix!r} may only use [A-Za-z0-9_.-]")
-            argv += ["-J", f"{name_prefix}*"]
         return argv + _checked_ids(job_ids or [])
 
     def parse_status(self, returncode: int, stdout: str, stderr: str) -> dict[str, JobStatus]:

@@ -349,8 +349,12 @@ class SlurmAdapter(QueueAdapter):
         """Parse the sacct output built by :meth:`history_command`.
 
         ``ExitCode`` is ``code:signal``: ``0:15`` becomes exit code 143 (128 + 15).  An id
-        sacct does not know prints nothing.  When a job appears several times (requeued) the
-        last record wins.  Job steps (``123.batch``) are skipped.  Accounting errors (slurmdbd
+        sacct does not know prints nothing.  When an id appears several times the record
+        submitted last wins: job ids are reused when slurmctld starts again without its saved
+        state, and sacct then lists every job that ever had the id; for equal submit times (a
+        requeued job) the later line wins.  Note: for a few seconds after a pending job is
+        cancelled, Slurm 22.05 reports it with JobName ``allocation`` and User ``root``
+        (fixture ``cap-sacct-just-cancelled``); the state is already right.  Job steps (``123.batch``) are skipped.  Accounting errors (slurmdbd
         down) raise :class:`SchedulerQueryError`; "accounting storage is disabled" is not
         retryable.
         """
@@ -388,6 +392,9 @@ class SlurmAdapter(QueueAdapter):
             if row is None or not _JOB_ID_RE.match(row.get("job_id", "").strip()):
                 continue  # job steps (123.batch, 123.0) and junk
             status = self._row_status(row)
+            previous = result.get(status.job_id)
+            if previous is not None and _older(status, previous):
+                continue
             result[status.job_id] = status
         return result
 
@@ -509,6 +516,14 @@ class SlurmAdapter(QueueAdapter):
             return local_to_utc(dt.datetime.fromisoformat(text), self.tz)
         except ValueError:
             return None  # relative formats such as "4 Sep 11:18" carry no year
+
+
+def _older(new: JobStatus, old: JobStatus) -> bool:
+    """True when ``new`` was submitted before ``old`` (a job id reused after slurmctld lost its
+    state: sacct then lists every job that ever had the id; the latest one is ours)."""
+    if new.submit_time is None or old.submit_time is None:
+        return False
+    return new.submit_time < old.submit_time
 
 
 def _exit_code(text: str) -> int | None:

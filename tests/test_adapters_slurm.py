@@ -153,6 +153,14 @@ def test_requeued_job_last_sacct_record_wins(adapter: SlurmAdapter) -> None:
     assert adapter.parse_history(0, out, "")["30"].state is JobState.RUNNING
 
 
+def test_reused_job_id_latest_submission_wins(adapter: SlurmAdapter) -> None:
+    # sacct lists every job that ever had the id once slurmctld restarted without its state
+    out = ("40|COMPLETED|0:0|1795239999|1795240000|1795240010|None|pilot|fwp.md.new1\n"
+           "40|FAILED|1:0|1700000000|1700000001|1700000002|None|other|old_job\n")
+    st = adapter.parse_history(0, out, "")["40"]
+    assert (st.state, st.name) == (JobState.COMPLETED, "fwp.md.new1")
+
+
 @pytest.mark.parametrize("exit_code,expected", [("0:0", 0), ("3:0", 3), ("0:15", 143), ("0:9", 137),
                                                 ("1:0", 1), ("0:125", 0), ("garbage", None)])
 def test_sacct_exit_codes(adapter: SlurmAdapter, exit_code: str, expected: int | None) -> None:
