@@ -45,7 +45,7 @@ from .base import (
     split_lines,
 )
 
-__all__ = ["LsfAdapter", "LSF_STATES", "BJOBS_FIELDS"]
+__all__ = ["BJOBS_FIELDS", "LSF_STATES", "LsfAdapter"]
 
 # Job states.  Source: bjobs(1) "Description" / "Job states", IBM Spectrum LSF 10.1.0:
 #   https://www.ibm.com/docs/en/spectrum-lsf/10.1.0?topic=bjobs-description
@@ -70,10 +70,10 @@ BJOBS_FIELDS = ("jobid stat job_name user queue submit_time start_time finish_ti
 
 # EXIT_REASON texts (bjobs -o exit_reason / "TERM_*" exit reasons of bacct(1), LSF 10.1):
 #   https://www.ibm.com/docs/en/spectrum-lsf/10.1.0?topic=bacct-termination-reasons
-_TIMEOUT_REASONS = re.compile(r"TERM_RUNLIMIT|TERM_DEADLINE|run ?time limit|reached .*deadline", re.I)
+_TIMEOUT_REASONS = re.compile(r"TERM_RUNLIMIT|TERM_DEADLINE|run ?time limit|reached .*deadline", re.IGNORECASE)
 _CANCEL_REASONS = re.compile(
     r"TERM_OWNER|TERM_ADMIN|TERM_FORCE_OWNER|TERM_FORCE_ADMIN|TERM_PREEMPT|TERM_REQUEUE|"
-    r"killed by owner|killed by (?:LSF )?administrator|job killed by|preempted", re.I
+    r"killed by owner|killed by (?:LSF )?administrator|job killed by|preempted", re.IGNORECASE
 )
 _EMPTY = frozenset({"", "-", "N/A", "n/a"})
 
@@ -83,16 +83,16 @@ _TRANSIENT = re.compile(
     r"LSF is down|Batch system not responding|Cannot connect to LSF|"
     r"Failed in an LSF library call|Slave LIM configuration is not ready|"
     r"mbatchd.*(?:not responding|down)|Connection refused|try again later|LIM is down|"
-    r"Communication time out|Timeout on connect", re.I
+    r"Communication time out|Timeout on connect", re.IGNORECASE
 )
-_SUBMIT_UNKNOWN = re.compile(r"Timeout|timed out|time out", re.I)
+_SUBMIT_UNKNOWN = re.compile(r"Timeout|timed out|time out", re.IGNORECASE)
 _SUBMIT_RETRYABLE = re.compile(
     r"threshold reached|Pending job threshold|job limit|Too many jobs|MAX_PEND_JOBS|"
-    r"Maximum number of jobs|reached the limit", re.I
+    r"Maximum number of jobs|reached the limit", re.IGNORECASE
 )
-_NOT_FOUND = re.compile(r"is not found|No matching job found|No (?:unfinished )?job found", re.I)
-_KILL_OK = re.compile(r"Job <(\d+(?:\[\d+\])?)> is being (?:terminated|signaled|killed)", re.I)
-_KILL_GONE = re.compile(r"Job has already finished|No matching job found|is not found", re.I)
+_NOT_FOUND = re.compile(r"is not found|No matching job found|No (?:unfinished )?job found", re.IGNORECASE)
+_KILL_OK = re.compile(r"Job <(\d+(?:\[\d+\])?)> is being (?:terminated|signaled|killed)", re.IGNORECASE)
+_KILL_GONE = re.compile(r"Job has already finished|No matching job found|is not found", re.IGNORECASE)
 
 
 class LsfAdapter(QueueAdapter):
@@ -137,7 +137,7 @@ class LsfAdapter(QueueAdapter):
             return SubmitResult(SubmitOutcome.SUBMITTED, job_id=match.group(1))
         tail = output_tail(stderr) or output_tail(stdout) or "(no output)"
         if match or returncode == 0 or returncode < 0 or (
-                _SUBMIT_UNKNOWN.search(text) and not re.search(r"Timeout on connect", text, re.I)):
+                _SUBMIT_UNKNOWN.search(text) and not re.search(r"Timeout on connect", text, re.IGNORECASE)):
             return SubmitResult(
                 SubmitOutcome.UNKNOWN,
                 reason=f"bsub did not clearly report a job (exit status {returncode}): {tail!r}. "
@@ -370,7 +370,7 @@ def _field(record: dict[str, Any], key: str) -> str | None:
 def _is_banner(line: str) -> bool:
     """Progress lines LSF commands print while mbatchd is busy or being retried."""
     return bool(re.match(r"\s*(?:LSF is processing your request|Cannot connect to LSF)\. "
-                         r"Please wait \.\.\.\s*$", line, re.I))
+                         r"Please wait \.\.\.\s*$", line, re.IGNORECASE))
 
 
 _ID_ARG_RE = re.compile(r"^\d+(?:\[\d+\])?$")

@@ -51,7 +51,7 @@ from .base import (
     split_lines,
 )
 
-__all__ = ["PbsAdapter", "PBS_STATES", "TORQUE_STATES"]
+__all__ = ["PBS_STATES", "TORQUE_STATES", "PbsAdapter"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,32 +104,32 @@ _ID_ARG_RE = re.compile(r"^\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.\-]+)?(?:@[A-Za-z0-9_
 
 _GONE = re.compile(
     r"Unknown Job Id|Job has finished|not configured to maintain job history|"
-    r"job has already finished|Job is not in history", re.I
+    r"job has already finished|Job is not in history", re.IGNORECASE
 )
 _TRANSIENT = re.compile(
     r"cannot connect to server|Connection refused|No route to host|timed out|Timeout|"
     r"End of File|errno=15010|Server shutting down|could not connect|"
-    r"Communication failure|pbs_iff|Bad file descriptor|Network is unreachable", re.I
+    r"Communication failure|pbs_iff|Bad file descriptor|Network is unreachable", re.IGNORECASE
 )
-_SUBMIT_UNKNOWN = re.compile(r"End of File|timed out|Timeout|Communication failure", re.I)
+_SUBMIT_UNKNOWN = re.compile(r"End of File|timed out|Timeout|Communication failure", re.IGNORECASE)
 _SUBMIT_RETRYABLE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"cannot connect to server|Connection refused|No route to host|"
-                r"Server shutting down|could not connect|errno=15010", re.I),
+                r"Server shutting down|could not connect|errno=15010", re.IGNORECASE),
      "the PBS server is unreachable; it will be tried again"),
     (re.compile(r"Maximum number of jobs already in queue|would exceed .*limit|"
-                r"exceed.*max_queued|Maximum number of jobs", re.I),
+                r"exceed.*max_queued|Maximum number of jobs", re.IGNORECASE),
      "a queue/user job limit is reached; it frees up as jobs finish"),
 )
 _SUBMIT_PERMANENT: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"Unknown queue|Unknown resource|Unknown node", re.I),
+    (re.compile(r"Unknown queue|Unknown resource|Unknown node", re.IGNORECASE),
      "fix the queue/resource names in the cluster configuration ('qstat -Q' lists queues)"),
     (re.compile(r"exceeds queue resource limits|Job violates queue|exceed.*resource|"
-                r"cannot locate feasible nodes|Illegal attribute or resource value", re.I),
+                r"cannot locate feasible nodes|Illegal attribute or resource value", re.IGNORECASE),
      "the request (walltime, nodes, cpus, memory) is beyond what the queue allows; lower it"),
     (re.compile(r"Unauthorized Request|ACL|not allowed|Bad UID|Access from host not allowed",
-                re.I),
+                re.IGNORECASE),
      "this user may not submit to that queue/server; check the queue and the account"),
-    (re.compile(r"script file|No such file|cannot be loaded|Bad file", re.I),
+    (re.compile(r"script file|No such file|cannot be loaded|Bad file", re.IGNORECASE),
      "the job script is missing or unreadable on the cluster"),
 )
 
@@ -415,7 +415,7 @@ def repair_pbs_json(text: str) -> str:
         ch = match.group(1)
         return match.group(0) if ch in _VALID_ESCAPES else ch
 
-    repaired = re.sub(r"\\(.)", fix_escape, text, flags=re.S)
+    repaired = re.sub(r"\\(.)", fix_escape, text, flags=re.DOTALL)
     repaired = re.sub(r'(:\s*)(-?0\d+)(\s*[,}\n])', r'\1"\2"\3', repaired)
     return repaired
 
@@ -484,7 +484,7 @@ def _unescape(text: str) -> str:
             return match.group(0)
         return table.get(ch, ch)
 
-    out = re.sub(r"\\(.)", one, text, flags=re.S)
+    out = re.sub(r"\\(.)", one, text, flags=re.DOTALL)
     return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), out)
 
 
@@ -520,7 +520,7 @@ def parse_qstat_text(text: str) -> dict[str, dict[str, str]]:
             current[last_key] = attr.group(2)
             continue
         if last_key is not None:
-            piece = line[1:] if line.startswith("\t") else line
+            piece = line.removeprefix("\t")
             current[last_key] += piece
     return jobs
 

@@ -36,7 +36,7 @@ from .base import (
     split_lines,
 )
 
-__all__ = ["SgeAdapter", "SGE_STATE_LETTERS", "sge_state"]
+__all__ = ["SGE_STATE_LETTERS", "SgeAdapter", "sge_state"]
 
 # State letters.  Sources: qstat(1) of Son of Grid Engine 8.1 ("state of the job - one of
 # d(eletion), E(rror), h(old), r(unning), R(estarted), s(uspended), S(uspended), t(ransfering),
@@ -82,9 +82,9 @@ _SUBMIT_TERSE = re.compile(r"^\s*(\d+)(?:\.\d+-\d+:\d+)?\s*$")
 _SUBMIT_MSG = re.compile(r"Your job(?:-array)? (\d+)")
 _TRANSIENT = re.compile(
     r"unable to contact qmaster|commlib error|can't connect|cannot connect|Connection refused|"
-    r"got no connection|timed out|timeout|qmaster is down|not responding", re.I
+    r"got no connection|timed out|timeout|qmaster is down|not responding", re.IGNORECASE
 )
-_SUBMIT_RETRYABLE = re.compile(r"jobs are allowed|max_u_jobs|max_jobs|Only \d+ jobs", re.I)
+_SUBMIT_RETRYABLE = re.compile(r"jobs are allowed|max_u_jobs|max_jobs|Only \d+ jobs", re.IGNORECASE)
 _ID_ARG_RE = re.compile(r"^\d+(?:\.\d+(?:-\d+(?::\d+)?)?)?$")
 
 
@@ -197,7 +197,7 @@ class SgeAdapter(QueueAdapter):
         ``error: job id N not found`` (exit 1: not yet or no longer in the accounting file)
         means no entry.  ``exit_status`` 0 and ``failed`` 0: COMPLETED, else FAILED.
         """
-        if re.search(r"job id \S+ not found|job name \S+ not found", stderr, re.I):
+        if re.search(r"job id \S+ not found|job name \S+ not found", stderr, re.IGNORECASE):
             return {}
         if returncode != 0 or split_lines(stderr):
             raise SchedulerQueryError(
@@ -205,7 +205,7 @@ class SgeAdapter(QueueAdapter):
                 stderr=stderr, retryable=bool(_TRANSIENT.search(stderr)),
             )
         result: dict[str, JobStatus] = {}
-        for record in re.split(r"^=+\s*$", stdout, flags=re.M):
+        for record in re.split(r"^=+\s*$", stdout, flags=re.MULTILINE):
             fields: dict[str, str] = {}
             for line in record.splitlines():
                 match = re.match(r"^(\w+)\s+(.*?)\s*$", line)

@@ -42,7 +42,7 @@ from .base import (
     split_lines,
 )
 
-__all__ = ["SlurmAdapter", "SLURM_STATES", "SLURM_SHORT_STATES"]
+__all__ = ["SLURM_SHORT_STATES", "SLURM_STATES", "SlurmAdapter"]
 
 # Job state codes.  Sources:
 #   squeue(1) "JOB STATE CODES": https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES
@@ -138,47 +138,47 @@ _EMPTY_TIMES = frozenset({"", "N/A", "NONE", "None", "Unknown", "(null)", "INVAL
 # tests/fixtures/scheduler/slurm.yaml.  Order matters: the first match decides.
 _UNKNOWN_SUBMIT = (
     # The request may have reached slurmctld and the answer got lost: the job may exist.
-    re.compile(r"Socket timed out on send/recv", re.I),
-    re.compile(r"Zero Bytes were transmitted or received", re.I),
-    re.compile(r"Unable to contact slurm controller \((?:receive|shutdown) failure\)", re.I),
-    re.compile(r"Connection timed out reading", re.I),
+    re.compile(r"Socket timed out on send/recv", re.IGNORECASE),
+    re.compile(r"Zero Bytes were transmitted or received", re.IGNORECASE),
+    re.compile(r"Unable to contact slurm controller \((?:receive|shutdown) failure\)", re.IGNORECASE),
+    re.compile(r"Connection timed out reading", re.IGNORECASE),
 )
 _RETRYABLE_SUBMIT: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"Unable to contact slurm controller \((?:connect|send) failure\)", re.I),
+    (re.compile(r"Unable to contact slurm controller \((?:connect|send) failure\)", re.IGNORECASE),
      "the SLURM controller is unreachable; it will be tried again"),
-    (re.compile(r"Slurm temporarily unable to accept job", re.I),
+    (re.compile(r"Slurm temporarily unable to accept job", re.IGNORECASE),
      "slurmctld is busy; it will be tried again"),
-    (re.compile(r"Rate limit exceeded", re.I), "slurmctld rate limit; it will be tried again"),
-    (re.compile(r"MaxJobCount limit reached", re.I),
+    (re.compile(r"Rate limit exceeded", re.IGNORECASE), "slurmctld rate limit; it will be tried again"),
+    (re.compile(r"MaxJobCount limit reached", re.IGNORECASE),
      "the cluster holds as many jobs as it can (MaxJobCount); it will be tried again"),
     (re.compile(r"(?:QOS|Assoc)MaxSubmitJob|MaxSubmitJobs?PerUser|(?:QOS|Assoc)Grp\w*Limit|"
-                r"QOSGrp|AssocGrp", re.I),
+                r"QOSGrp|AssocGrp", re.IGNORECASE),
      "a submit/group limit of the account or QOS is reached; it frees up as jobs finish"),
-    (re.compile(r"Connection refused|Connection timed out establishing", re.I),
+    (re.compile(r"Connection refused|Connection timed out establishing", re.IGNORECASE),
      "the SLURM controller is unreachable; it will be tried again"),
 )
 _PERMANENT_SUBMIT: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"Invalid partition name|invalid partition specified", re.I),
+    (re.compile(r"Invalid partition name|invalid partition specified", re.IGNORECASE),
      "fix the partition in the cluster configuration ('sinfo -s' lists the partitions)"),
-    (re.compile(r"Invalid account or account/partition combination", re.I),
-     "fix the account (or the account/partition pair) in the cluster configuration "
-     "('sacctmgr show assoc user=$USER format=account,partition,qos' lists what you may use)"),
-    (re.compile(r"Invalid qos specification", re.I),
+    (re.compile(r"Invalid account or account/partition combination", re.IGNORECASE),
+     ("fix the account (or the account/partition pair) in the cluster configuration "
+      "('sacctmgr show assoc user=$USER format=account,partition,qos' lists what you may use)")),
+    (re.compile(r"Invalid qos specification", re.IGNORECASE),
      "fix the QOS in the cluster configuration ('sacctmgr show assoc user=$USER format=qos')"),
     (re.compile(r"Requested time limit is invalid|Invalid --time specification|timelimit exceeds",
-                re.I),
+                re.IGNORECASE),
      "lower the pilot wall time to what the partition/QOS allows ('sinfo -o \"%P %l\"')"),
-    (re.compile(r"Job violates accounting/QOS policy", re.I),
-     "the request breaks an account/QOS limit (size or time); lower the wall time or size, "
-     "or use another QOS/account"),
+    (re.compile(r"Job violates accounting/QOS policy", re.IGNORECASE),
+     ("the request breaks an account/QOS limit (size or time); lower the wall time or size, "
+      "or use another QOS/account")),
     (re.compile(r"Requested node configuration is not available|More processors requested "
                 r"than permitted|Node count specification invalid|Memory required by task",
-                re.I),
+                re.IGNORECASE),
      "the requested nodes/CPUs/memory do not exist in that partition; lower the request"),
-    (re.compile(r"Unable to open file", re.I),
+    (re.compile(r"Unable to open file", re.IGNORECASE),
      "the job script is missing on the cluster; check the work directory and the upload"),
     (re.compile(r"Access/permission denied|not permitted to use this partition|"
-                r"Access denied to requested reservation", re.I),
+                r"Access denied to requested reservation", re.IGNORECASE),
      "this user may not submit there; check partition, reservation and account"),
 )
 _TRANSIENT_QUERY = re.compile(
@@ -186,9 +186,9 @@ _TRANSIENT_QUERY = re.compile(
     r"Connection timed out|Zero Bytes were transmitted|Rate limit exceeded|"
     r"Slurm backup controller in standby mode|Problem talking to the database|"
     r"persistent connection|slurmdbd|Resource temporarily unavailable|Communication connection",
-    re.I,
+    re.IGNORECASE,
 )
-_INVALID_JOB_ID = re.compile(r"Invalid job id specified", re.I)
+_INVALID_JOB_ID = re.compile(r"Invalid job id specified", re.IGNORECASE)
 _KILL_ERROR = re.compile(r"Kill job error on job id (\S+?):\s*(.*)$")
 _TERMINATING = re.compile(r"scancel: (?:Terminating|Signal \d+ to) (?:batch )?job (\S+)")
 _BAD_ID = re.compile(r"scancel: error: Invalid job id (\S+)")
@@ -378,7 +378,7 @@ class SlurmAdapter(QueueAdapter):
         False for ``-P``/``--parsable2``.  Used by :meth:`parse_history` with this adapter's
         own format.
         """
-        if re.search(r"accounting storage is disabled", stderr, re.I):
+        if re.search(r"accounting storage is disabled", stderr, re.IGNORECASE):
             raise SchedulerQueryError(
                 "SLURM accounting is disabled on this cluster, so finished jobs cannot be looked "
                 "up with sacct; the manager falls back to the pilots' exit-code files",
@@ -427,7 +427,7 @@ class SlurmAdapter(QueueAdapter):
             if kill:
                 jid, message = kill.group(1), kill.group(2).strip()
                 if re.search(r"Invalid job id specified|already completing or completed|"
-                             r"Job has already finished", message, re.I):
+                             r"Job has already finished", message, re.IGNORECASE):
                     gone.append(jid)
                 else:
                     failed[jid] = message
@@ -463,7 +463,7 @@ class SlurmAdapter(QueueAdapter):
 
     # -- internals ----------------------------------------------------------------------
     def _check_query(self, command: str, returncode: int, stdout: str, stderr: str) -> None:
-        errors = [line for line in split_lines(stderr) if re.search(r"error", line, re.I)]
+        errors = [line for line in split_lines(stderr) if re.search(r"error", line, re.IGNORECASE)]
         real = [line for line in errors if not _INVALID_JOB_ID.search(line)]
         if real:
             raise SchedulerQueryError(

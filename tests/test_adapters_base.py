@@ -101,12 +101,12 @@ def check_case(adapter: QueueAdapter, case: dict[str, Any], caplog: pytest.LogCa
             return
         options = case.get("options") or {}
         if parser == "status":
-            call = lambda: adapter.parse_status(rc, out, err)  # noqa: E731
+            call = lambda: adapter.parse_status(rc, out, err)
         elif parser == "history":
-            call = lambda: adapter.parse_history(rc, out, err)  # noqa: E731
+            call = lambda: adapter.parse_history(rc, out, err)
         else:
             method = getattr(adapter, f"parse_{parser}")
-            call = lambda: method(rc, out, err, **options)  # noqa: E731
+            call = lambda: method(rc, out, err, **options)
         if "error" in expect:
             with pytest.raises(SchedulerQueryError) as info:
                 call()

@@ -44,7 +44,7 @@ def _slurm_ready() -> str | None:
         return "needs root (runs the SLURM commands as the test user with runuser)"
     if not shutil.which("sbatch") or not Path(SLURM_CONF).exists():
         return "SLURM is not installed here"
-    probe = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20,
+    probe = subprocess.run(["sinfo", "-h"], check=False, capture_output=True, text=True, timeout=20,
                            env={**os.environ, "SLURM_CONF": SLURM_CONF})
     if probe.returncode != 0:
         return f"the SLURM controller does not answer: {probe.stderr.strip()}"
@@ -64,7 +64,7 @@ def slurm_run() -> Iterator[Callable[..., tuple[int, str, str]]]:
 
     def run(argv: list[str]) -> tuple[int, str, str]:
         env = {"PATH": "/usr/bin:/bin", "SLURM_CONF": SLURM_CONF, "LANG": "C.UTF-8"}
-        p = subprocess.run([runuser, "-u", USER, "--", *argv], capture_output=True, cwd=tmp_path,
+        p = subprocess.run([runuser, "-u", USER, "--", *argv], check=False, capture_output=True, cwd=tmp_path,
                            env=env, timeout=60)
         out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
         if argv[0] == "sbatch" and p.returncode == 0:
@@ -76,7 +76,7 @@ def slurm_run() -> Iterator[Callable[..., tuple[int, str, str]]]:
         yield run
     finally:
         for jid in submitted:  # never leave a job behind, whatever the test did
-            subprocess.run([runuser, "-u", USER, "--", "scancel", jid], capture_output=True, timeout=30,
+            subprocess.run([runuser, "-u", USER, "--", "scancel", jid], check=False, capture_output=True, timeout=30,
                            env={"PATH": "/usr/bin:/bin", "SLURM_CONF": SLURM_CONF})
         shutil.rmtree(tmp_path, ignore_errors=True)
 
@@ -158,7 +158,7 @@ def emulator(request: pytest.FixtureRequest) -> Iterator[tuple[QueueAdapter, Cal
     ids: list[str] = []
 
     def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-        p = subprocess.run(argv, capture_output=True, text=True, input=stdin, env=env, cwd=state, timeout=60)
+        p = subprocess.run(argv, check=False, capture_output=True, text=True, input=stdin, env=env, cwd=state, timeout=60)
         if argv[0] in ("qsub", "bsub") and p.returncode == 0:
             res = adapter.parse_submit(p.returncode, p.stdout, p.stderr)
             if res.job_id:

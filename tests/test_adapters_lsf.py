@@ -13,7 +13,7 @@ from queue_adapters.lsf import BJOBS_FIELDS, LSF_STATES
 from tests.test_adapters_base import check_case, load_cases
 
 UTC = dt.timezone.utc
-CLOCK = lambda: dt.datetime(2024, 6, 1, tzinfo=UTC)  # noqa: E731
+CLOCK = lambda: dt.datetime(2024, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture
