@@ -58,7 +58,7 @@ PBS_WALLTIME_EXIT = -29
 # PBS Pro MoM's message in the job's stderr (e.g. ESMF test logs: '=>> PBS: job killed: walltime 3611 exceeded limit 3600')
 PBS_WALLTIME_MSG_RE = re.compile(r"^=>> PBS: job killed: walltime (\d+) exceeded limit (\d+)$", re.MULTILINE)
 
-# lsf-24 / lsf-15 (LSF user guide, Whitehead Institute capture) and openlava bjobs.c
+# lsf-15 / lsf-16 (Whitehead Institute LSF via nextflow's tests) and openlava bjobs.c
 LSF_HEADER = "JOBID   USER    STAT  QUEUE      FROM_HOST   EXEC_HOST   JOB_NAME   SUBMIT_TIME\n"
 # lsf-03 ('Job <3386667> is submitted to queue <batch>.') and lsf-25 ('... to default queue <normal>.')
 BSUB_QUEUE_RE = re.compile(r"^Job <(\d+)> is submitted to queue <(\w+)>\.\n$")
@@ -68,6 +68,33 @@ LSF_RUNLIMIT_REASON = "TERM_RUNLIMIT: job killed after reaching LSF run time lim
 # LSF 10.1 'Termination reasons displayed by bacct, bhist, and bjobs': TERM_OWNER, 'Job killed by owner'
 LSF_OWNER_REASON = "TERM_OWNER: job killed by owner"
 LSF_FAIL_RC = 255  # lsf-05..09, lsf-11..13: every failing LSF command exits 255
+
+
+REFERENCE = Path("/work/shared/reference/scheduler-outputs.yaml")
+
+
+def test_reference_texts_are_copied_verbatim():
+    """The constants above are transcriptions: check them against the shared reference captures."""
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} is not on this machine")
+    import yaml
+
+    ref = {e["id"]: e for e in yaml.safe_load(REFERENCE.read_text())}
+    assert ref["pbspro-11"]["stdout"].startswith(PBS_DEFAULT_HEADER)
+    assert PBS_ALT_HEADER in ref["pbspro-07"]["stdout"]
+    assert PBS_JSON_HEAD_RE.search(ref["pbspro-07"]["stdout"][ref["pbspro-07"]["stdout"].index("{"):])
+    assert QSUB_OUT_RE.match(ref["pbspro-01"]["stdout"])
+    assert all(PBS_ROW_RE.match(ln) for ln in ref["pbspro-14"]["stdout"].splitlines()[2:])
+    assert ref["pbspro-15"]["stderr"].startswith("qstat: Unknown Job Id ")
+    assert ref["torque-04"]["exit_code"] == PBS_UNKNOWN_RC
+    assert ref["lsf-15"]["stdout"].startswith(LSF_HEADER) and ref["lsf-16"]["stdout"].count(LSF_HEADER) == 1
+    assert BSUB_QUEUE_RE.match(ref["lsf-03"]["stdout"])
+    assert BSUB_DEFAULT_RE.match(ref["lsf-25"]["stdout"].splitlines()[0].rstrip() + "\n")
+    assert LSF_RUNLIMIT_REASON in ref["lsf-14"]["stdout"]
+    assert ref["lsf-20"]["stdout"].startswith('{\n  "COMMAND":"bjobs",\n  "JOBS":1,\n  "RECORDS":[\n    {\n      "')
+    assert ref["lsf-05"]["stderr"] == "Too many processors requested. Job not submitted.\n"
+    assert ref["lsf-13"]["stderr"] == "Job <943186> is not found\n"
+    assert {ref[i]["exit_code"] for i in ("lsf-05", "lsf-11", "lsf-12", "lsf-13")} == {LSF_FAIL_RC}
 
 
 # --------------------------------------------------------------------------- remote commands
@@ -243,6 +270,7 @@ def test_pbs_lifecycle_in_every_format(pbs):
                                           'echo "job $PBS_JOBID name $PBS_JOBNAME queue $PBS_QUEUE"\n'
                                           'echo "pwd $(pwd) workdir $PBS_O_WORKDIR ncpus $NCPUS"\n'
                                           'echo "nodefile $(wc -l < $PBS_NODEFILE) tmpdir $TMPDIR"\n'
+                                          'echo "self $(qstat $PBS_JOBID | tail -1 | cut -c 63)"\n'
                                           "#PBS -N ignored_after_the_first_command\n"
                                           "sleep 2\n")
     jobid = qsub(pbs, [str(script)], env={"PILOT_EMU_START_DELAY": "1.5"})
@@ -298,6 +326,7 @@ def test_pbs_lifecycle_in_every_format(pbs):
     assert out[0] == f"job {jobid} name lifejob queue workq"
     assert out[1] == f"pwd /home/pilot workdir {pbs.work} ncpus 2"
     assert out[2].startswith("nodefile 1 tmpdir ")
+    assert out[3] == "self R"   # PBS commands inside the job reach the same server
     assert (pbs.work / f"lifejob.e{seq}").read_text() == ""
 
 
@@ -512,7 +541,7 @@ def test_lsf_lifecycle_in_every_format(lsf):
               "#BSUB -W 10\n#BSUB -n 2\n"
               'echo "job $LSB_JOBID name $LSB_JOBNAME queue $LSB_QUEUE pwd $(pwd) cwd $LSB_SUBCWD"\n'
               'echo "hosts $LSB_MCPU_HOSTS procs $LSB_DJOB_NUMPROC"\n'
-              "echo to-stderr >&2\nsleep 2\n")
+              "echo to-stderr >&2\necho self $(bjobs -noheader -o stat $LSB_JOBID)\nsleep 2\n")
     res = lsf.run(["bsub"], stdin=script, cwd=lsf.work, env={"PILOT_EMU_START_DELAY": "1.5"})
     m = BSUB_DEFAULT_RE.match(res.out)
     assert res.rc == 0 and m and m.group(2) == "normal", res
@@ -545,6 +574,7 @@ def test_lsf_lifecycle_in_every_format(lsf):
     assert first == f"job {jobid} name lifejob queue normal pwd {lsf.work} cwd {lsf.work}"
     assert second.startswith("hosts ") and second.endswith(" 2 procs 2")
     assert third == "to-stderr"            # -o without -e: stderr goes to the output file
+    assert out.splitlines()[3] == "self RUN"
     assert f"Subject: Job {jobid}: <lifejob> in cluster <" in out and "\nSuccessfully completed.\n" in out
 
 

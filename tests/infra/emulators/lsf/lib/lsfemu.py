@@ -98,7 +98,7 @@ class LsfPolicy:
                    LSB_DJOB_NUMPROC=str(n), LSB_MAX_NUM_PROCESSORS=str(n), LSB_EXEC_CLUSTER=self.settings.server,
                    LSB_PROJECT_NAME=job["project"], LSB_JOB_EXECUSER=job["owner"], LSFUSER=job["owner"],
                    LSB_OUTPUTFILE=job.get("output_file") or "", LSB_ERRORFILE=job.get("error_file") or "",
-                   TMPDIR=tmpdir)
+                   TMPDIR=tmpdir, PILOT_EMU_STATE=str(store.dir))
         if job.get("command_mode"):
             argv = ["/bin/sh", "-c", job["command"]]
         elif job["script_text"].startswith("#!"):

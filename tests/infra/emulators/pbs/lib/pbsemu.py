@@ -175,7 +175,8 @@ class PbsPolicy:
                    PBS_NODEFILE=str(nodefile), PBS_JOBDIR=job["home"], PBS_TASKNUM="1", PBS_NODENUM="0",
                    PBS_MOMPORT="15003", NCPUS=job["resources"].get("ncpus", "1"),
                    OMP_NUM_THREADS=job["chunks"][0].get("ompthreads", job["chunks"][0].get("ncpus", "1")),
-                   TMPDIR=tmpdir, ENVIRONMENT="BATCH")
+                   TMPDIR=tmpdir, ENVIRONMENT="BATCH",
+                   PILOT_EMU_STATE=str(store.dir))   # so qstat/qsub inside the job reach the same "server"
         script = str(jdir / "script")
         if job.get("command"):
             argv = list(job["command"])
