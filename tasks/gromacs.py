@@ -294,8 +294,11 @@ class GromacsSegmentTask(MDSegmentTask):
                 raise SegmentError(f"{self.describe()}: run input {run_dir / self.tpr_name} does not exist. "
                                    "Create it with gmx grompp (or give the task a 'grompp' parameter), or check "
                                    "that the staging Firework copied it.", {"run_dir": str(run_dir)})
-        info = read_tpr(self.gmx, Path(self.tpr_name), run_dir)
-        step = read_checkpoint_step(self.gmx, Path(f"{name}.cpt"), run_dir)
+        try:
+            info = read_tpr(self.gmx, Path(self.tpr_name), run_dir)
+            step = read_checkpoint_step(self.gmx, Path(f"{name}.cpt"), run_dir)
+        except GromacsError as exc:
+            raise GromacsError(f"{self.describe()}: {exc}", exc.details) from exc
         return Prepared(checkpoint_step=step, initial_step=info.init_step, target_step=info.target_step,
                         dt_ps=info.dt_ps)
 
