@@ -455,8 +455,11 @@ class Supervisor:
         now = time.time()
         with self.store.locked() as st:
             rec = st["jobs"].get(self.job_id)
-            if rec is None:
+            if rec is None or rec["state"] != QUEUED:   # deleted while it was being started
                 signal_group(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                if rec is not None:
+                    rec.pop("starting", None)
                 return None
             rec.pop("starting", None)
             rec.update(state=RUNNING, pid=pid, pgid=pid, stime=now, mtime=now, run_count=rec.get("run_count", 0) + 1,
@@ -553,7 +556,19 @@ class Supervisor:
         job = self.claim_and_wait()
         if job is None:
             return 0
-        pid = self.start(job)
+        try:
+            pid = self.start(job)
+        except Exception as exc:  # noqa: BLE001 - any failure to start must end the job, not leave it queued
+            self.log(f"cannot start the job: {exc!r}")
+            now = time.time()
+            with self.store.locked() as st:
+                rec = st["jobs"].get(self.job_id)
+                if rec is not None:
+                    rec.pop("starting", None)
+                    rec.update(state=FINISHED, end_time=now, mtime=now, exit_code=None, term_signal=None,
+                               lost=True, start_error=str(exc), walltime_used=0.0)
+                    self.policy.on_finish(rec)
+            return 1
         if pid is None:
             return 0
         status, rusage = self.watch(job, pid)

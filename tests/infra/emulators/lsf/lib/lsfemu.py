@@ -352,15 +352,18 @@ def _bsub(argv: list[str], settings: core.Settings, store: core.Store, policy: L
             ln for ln in script_text.splitlines() if ln.strip())
         name = merged.get("-J") or command
 
-        def path(opt_append: str, opt_over: str) -> tuple[str | None, str | None, bool]:
+        def path(opt_append: str, opt_over: str, suffix: str) -> tuple[str | None, str | None, bool]:
             raw = merged.get(opt_over) or merged.get(opt_append)
             if not raw:
                 return None, None, False
             shown = raw.replace("%J", jid).replace("%I", "0")
-            return raw, os.path.normpath(os.path.join(cwd, os.path.expanduser(shown))), opt_over in merged
+            full = os.path.normpath(os.path.join(cwd, os.path.expanduser(shown)))
+            if os.path.isdir(full):          # a directory gets <dir>/<jobid>.out / .err
+                full = os.path.join(full, f"{jid}.{suffix}")
+            return raw, full, opt_over in merged
 
-        out_given, out_path, out_over = path("-o", "-oo")
-        err_given, err_path, err_over = path("-e", "-eo")
+        out_given, out_path, out_over = path("-o", "-oo", "out")
+        err_given, err_path, err_over = path("-e", "-eo", "err")
         hold = bool(merged.get("-H"))
         st["jobs"][jid] = {
             "id": seq, "kind": KIND, "name": name, "owner": pw.pw_name, "home": pw.pw_dir, "submit_host": host,
