@@ -7,9 +7,10 @@ Two FireTasks, both run on the fileserver (``local`` category):
 - :class:`PullTask` copies results from the work directory (``src_dir``) back to the archive
   (``dest_dir``, on this machine).
 
-The cluster side is either a **shared file system** (``remote`` not given: a local copy) or an **SSH
-host** (``remote = {"host": ..., "user": ..., "port": ..., "identity_file": ..., "known_hosts": ...}``,
-through :class:`pilot.transport.SSHTransport`, imported only then).
+The cluster side is either a **shared file system** (``remote`` not given: a local copy through
+:class:`pilot.transport.LocalTransport`) or an **SSH host** (``remote = {"host": ..., "user": ...,
+"port": ..., "identity_file": ..., "known_hosts": ...}``, through :class:`pilot.transport.SSHTransport`).
+The transport is imported inside the tasks: the md tasks never load it.
 
 Every copy is idempotent and verified: a file already at the destination with the same size and SHA-256
 is skipped; a copied file is written under a temporary name and renamed (no partial files), and its
@@ -20,19 +21,16 @@ A missing required file is an error that names the file, where it was looked for
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import logging
 import os
 import stat as stat_module
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from fireworks import FiretaskBase, FWAction
 from fireworks.utilities.fw_utilities import explicit_serialize
@@ -82,62 +80,20 @@ class CopyReport:
         return asdict(self)
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 (hex) of a local file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------- the two sides
-class Side(Protocol):
-    """One end of a copy: a directory on this machine or on a transport's host."""
+class Side:
+    """One end of a copy: files on a host reached through a ``pilot.transport.Transport``.
 
-    def where(self, path: str) -> str: ...
-    def size(self, path: str) -> int | None: ...
-    def sha256(self, path: str) -> str: ...
-    def makedirs(self, path: str) -> None: ...
-    def listdir(self, path: str) -> list[str]: ...
-
-
-class LocalSide:
-    """Files on this machine (the archive, or a cluster work directory on a shared file system)."""
-
-    def where(self, path: str) -> str:
-        return path
-
-    def size(self, path: str) -> int | None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        if not stat_module.S_ISREG(st.st_mode):
-            raise StagingError(f"{path} is not a regular file")
-        return st.st_size
-
-    def sha256(self, path: str) -> str:
-        return sha256_file(Path(path))
-
-    def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-
-    def listdir(self, path: str) -> list[str]:
-        try:
-            return sorted(os.listdir(path))
-        except OSError:
-            return []
-
-
-class TransportSide:
-    """Files on a host reached through a ``pilot.transport.Transport`` (SSH)."""
+    ``LocalTransport`` for this machine (the archive, or a cluster work directory on a shared file system),
+    ``SSHTransport`` for a cluster reached over SSH.
+    """
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
+        self.local = getattr(transport, "host", "") == "localhost"
 
     def where(self, path: str) -> str:
-        return f"{self.transport.label}:{path}"
+        return path if self.local else f"{self.transport.label}:{path}"
 
     def size(self, path: str) -> int | None:
         from pilot.transport import RemotePathError
@@ -161,26 +117,6 @@ class TransportSide:
     def listdir(self, path: str) -> list[str]:
         result = self.transport.run(["ls", "-A", "--", path], timeout=60)
         return sorted(result.stdout.split()) if result.returncode == 0 else []
-
-
-def _copy_local(src: str, dest: str) -> None:
-    """Copy a local file atomically (temporary name in the destination directory, fsync, rename)."""
-    dest_dir = os.path.dirname(dest) or "."
-    os.makedirs(dest_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{os.path.basename(dest)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            os.fchmod(out.fileno(), stat_module.S_IMODE(os.fstat(inp.fileno()).st_mode))
-            while chunk := inp.read(1 << 20):
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-        tmp = ""
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -327,23 +263,21 @@ class _CopyTask(FiretaskBase):
         kw: dict[str, Any] = {"max_retry": int(self.get("max_retry", DEFAULT_MAX_RETRY)),
                               "retry_delay_s": float(self.get("retry_delay_s", DEFAULT_RETRY_DELAY_S)),
                               "purpose": self.purpose}
+        from pilot.transport import LocalTransport
+
+        here = LocalTransport(name="local")
         remote = self.get("remote")
-        if not remote:
-            side = LocalSide()
-            report = copy_files(side, src_dir, side, dest_dir, required, optional, _copy_local, **kw)
-        else:
-            transport = open_transport(dict(remote))
-            try:
-                far = TransportSide(transport)
-                if push:
-                    report = copy_files(LocalSide(), src_dir, far, dest_dir, required, optional,
-                                        lambda s, d: transport.put(s, d, stat_module.S_IMODE(os.stat(s).st_mode)),
-                                        **kw)
-                else:
-                    report = copy_files(far, src_dir, LocalSide(), dest_dir, required, optional,
-                                        lambda s, d: transport.get(s, d), **kw)
-            finally:
-                transport.close()
+        there = open_transport(dict(remote)) if remote else here
+        try:
+            near, far = Side(here), Side(there)
+            if push:
+                report = copy_files(near, src_dir, far, dest_dir, required, optional,
+                                    lambda s, d: there.put(s, d, stat_module.S_IMODE(os.stat(s).st_mode)), **kw)
+            else:
+                report = copy_files(far, src_dir, near, dest_dir, required, optional,
+                                    lambda s, d: there.get(s, d), **kw)
+        finally:
+            there.close()
         return FWAction(stored_data={self.purpose: report.to_dict()})
 
 

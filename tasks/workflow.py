@@ -149,11 +149,11 @@ def next_additions(md_task: MDSegmentTask, result: dict[str, Any]) -> list[Workf
     return [segment_chain(type(md_task)(params))]
 
 
-def make_md_workflow(run_dir: str | os.PathLike[str], engine: str, name: str | None = None, *,
+def make_md_workflow(run_dir: str | os.PathLike[str], engine: str, name: str | None = None,
                      md_category: str = "md", local_category: str = "local",
                      segment_hours: float = DEFAULT_SEGMENT_HOURS, stage: dict[str, Any] | None = None,
                      postrun_wf: Workflow | Firework | dict[str, Any] | None = None,
-                     final_wf: Workflow | Firework | dict[str, Any] | None = None,
+                     final_wf: Workflow | Firework | dict[str, Any] | None = None, *,
                      deffnm: str = "md", engine_params: dict[str, Any] | None = None,
                      startup_slack_s: float = DEFAULT_STARTUP_SLACK_S,
                      deadline_margin_s: float = DEFAULT_DEADLINE_MARGIN_S,

@@ -44,7 +44,7 @@ def test_local_stage_copies_then_skips_identical(archive, tmp_path):
     for name in ("md.tpr", "sub/top.itp", "run.sh"):
         assert sha(work / name) == sha(archive / name)
     assert (work / "run.sh").stat().st_mode & 0o777 == 0o750
-    assert not [p for p in work.rglob("*") if p.name.endswith(".part")]  # no temporary files left
+    assert sorted(p.name for p in work.rglob("*")) == ["md.tpr", "run.sh", "sub", "top.itp"]  # no temporary files
 
     mtime = (work / "md.tpr").stat().st_mtime_ns
     time.sleep(0.01)
