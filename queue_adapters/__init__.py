@@ -22,6 +22,7 @@ from .base import (
     parse_exit_file,
     parse_job_name,
 )
+from .local import LocalAdapter
 from .lsf import LsfAdapter
 from .pbs import PbsAdapter
 from .sge import SgeAdapter
@@ -32,6 +33,7 @@ __all__ = [
     "CancelResult",
     "JobState",
     "JobStatus",
+    "LocalAdapter",
     "LsfAdapter",
     "PbsAdapter",
     "QueueAdapter",
@@ -58,6 +60,7 @@ ADAPTERS: dict[str, Callable[..., QueueAdapter]] = {
     "torque": lambda **kw: PbsAdapter(flavor="torque", **kw),
     "lsf": LsfAdapter,
     "sge": SgeAdapter,
+    "local": LocalAdapter,
 }
 
 
@@ -67,7 +70,8 @@ def get_adapter(name: str, *, tz: dt.tzinfo | None = None) -> QueueAdapter:
     Parameters
     ----------
     name
-        ``slurm``, ``pbs`` (= ``pbspro``, ``openpbs``), ``torque``, ``lsf`` or ``sge``.
+        ``slurm``, ``pbs`` (= ``pbspro``, ``openpbs``), ``torque``, ``lsf``, ``sge`` or ``local``
+        (:mod:`pilot.localsched`, pilots as local processes).
     tz
         Time zone of the scheduler's wall-clock time stamps (PBS, LSF, SGE print local
         times without a zone).  Default: UTC.
@@ -75,8 +79,7 @@ def get_adapter(name: str, *, tz: dt.tzinfo | None = None) -> QueueAdapter:
     Raises
     ------
     ValueError
-        For an unknown name; the message lists the known ones.  (The ``local`` scheduler is
-        not an adapter of this package.)
+        For an unknown name; the message lists the known ones.
     """
     key = name.strip().lower()
     factory = ADAPTERS.get(key)

@@ -91,3 +91,22 @@ def test_bad_input(lsched, tmp_path):
     res = lsched("submit", script(tmp_path, "t", "true", time="1:00"))
     assert res.returncode == 1 and "--time must be seconds" in res.stderr
     assert lsched("status", "424242").stdout == ""
+
+
+def test_local_adapter_parses_what_localsched_prints(lsched, tmp_path):
+    from queue_adapters import JobState, get_adapter
+
+    ad = get_adapter("local")
+    ok = lsched("submit", script(tmp_path, "ok", "true", name="fwp.md.abc123")).stdout.strip()
+    bad = lsched("submit", script(tmp_path, "bad", "exit 4")).stdout.strip()
+    for jid in (ok, bad):
+        wait_for(lambda j=jid: lsched.status(j).get("state") in ("COMPLETED", "FAILED"), 15, 0.2)
+    res = lsched("status", ok, bad)
+    st = ad.parse_status(res.returncode, res.stdout, res.stderr)
+    assert st[ok].state is JobState.COMPLETED and st[ok].name == "fwp.md.abc123" and st[ok].exit_code == 0
+    assert st[bad].state is JobState.FAILED and st[bad].exit_code == 4 and st[bad].reason == "exit code 4"
+    assert st[ok].start_time is not None and st[ok].end_time >= st[ok].start_time
+    res = lsched("cancel", ok)
+    assert ad.parse_cancel(res.returncode, res.stdout, res.stderr, [ok]).already_gone == [ok]
+    sub = ad.parse_submit(0, "17\n", "")
+    assert sub.job_id == "17"
