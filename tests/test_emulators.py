@@ -435,6 +435,20 @@ def test_pbs_command_line_wins_over_directives(pbs):
     assert j["Submit_arguments"] == f"-N fromcli -l walltime=2:00:00 {script}"
 
 
+@pytest.mark.parametrize(("select", "expected"), [
+    # Clemson Palmetto capture (PBS Pro, 2016): Resource_List of select=4:ncpus=2:mem=1gb:...:mpiprocs=2
+    ("4:ncpus=2:mem=1gb:interconnect=1g:mpiprocs=2", {"mem": "4gb", "mpiprocs": 8, "ncpus": 8, "nodect": 4}),
+    # Imperial College CX3 capture (PBS Pro, 2023)
+    ("1:ncpus=4:mem=8gb:ngpus=1:gpu_type=RTX6000:mpiprocs=4:ompthreads=1",
+     {"mem": "8gb", "mpiprocs": 4, "ncpus": 4, "ngpus": 1, "nodect": 1}),
+])
+def test_pbs_resource_list_is_summed_like_the_server(pbs, select, expected):
+    jobid = qsub(pbs, ["-h", "-l", f"select={select}", "--", "/bin/true"])
+    res = pbs_job(pbs, jobid)["Resource_List"]
+    assert {k: res[k] for k in expected} == expected and res["select"] == select
+    assert pbs.run(["qdel", jobid]).rc == 0
+
+
 def test_pbs_job_outlives_the_ssh_session(pbs):
     t0 = time.monotonic()
     jobid = qsub(pbs, ["-N", "survivor", "-j", "oe"], stdin="sleep 3\necho survived\n")

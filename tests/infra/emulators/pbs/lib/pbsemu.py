@@ -137,8 +137,38 @@ def resource_list(res: dict[str, str]) -> tuple[dict[str, str], list[dict[str, s
         out["select"] = chunks_to_select(chunks)
     out["ncpus"] = str(sum(int(c["count"]) * int(c.get("ncpus", "1")) for c in chunks))
     out["nodect"] = str(sum(int(c["count"]) for c in chunks))
+    for name in ("mpiprocs", "ngpus"):   # the server sums consumable chunk resources into Resource_List
+        if any(name in c for c in chunks):
+            if not all(c.get(name, "0").isdigit() for c in chunks):
+                return "select"
+            out[name] = str(sum(int(c["count"]) * int(c.get(name, "0")) for c in chunks))
+    if any("mem" in c for c in chunks):
+        sizes = [_size_bytes(c.get("mem", "0b")) for c in chunks]
+        if None in sizes:
+            return "select"
+        out["mem"] = _size_text(sum(int(c["count"]) * b for c, b in zip(chunks, sizes)))
     out.setdefault("place", "pack" if out["nodect"] == "1" else "free")
     return out, chunks
+
+
+SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4, "w": 8, "kw": 8 * 1024,
+              "mw": 8 * 1024**2, "gw": 8 * 1024**3, "tw": 8 * 1024**4}
+
+
+def _size_bytes(text: str) -> int | None:
+    m = re.match(r"^(\d+)([kmgt]?[bw]?)$", text.lower())
+    if not m:
+        return None
+    unit = m.group(2) or "b"
+    return int(m.group(1)) * SIZE_UNITS[unit if unit[-1] in "bw" else unit + "b"]
+
+
+def _size_text(n: int) -> str:
+    """Bytes as PBS prints a size: the largest unit that keeps an integer (8gb, 1536mb)."""
+    for unit in ("tb", "gb", "mb", "kb"):
+        if n and n % SIZE_UNITS[unit] == 0:
+            return f"{n // SIZE_UNITS[unit]}{unit}"
+    return f"{n}b"
 
 
 # =========================================================================== the policy
