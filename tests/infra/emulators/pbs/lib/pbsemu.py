@@ -502,8 +502,9 @@ def _qsub(argv: list[str], settings: core.Settings, store: core.Store, policy: P
         }
         st["jobs"][jid] = job
     policy.spawn_supervisor(store, jid)
-    print(f"{seq}.{settings.server}")
-    sys.stdout.flush()
+    if not merged.get("-z"):
+        print(f"{seq}.{settings.server}")
+        sys.stdout.flush()
     if str(merged["-W"].get("block", "")).lower() in ("true", "t", "1", "y"):
         return _block(store, jid)
     return 0
@@ -875,6 +876,8 @@ def qstat(argv: list[str]) -> int:
     groups: list[list[dict[str, Any]]] = []
 
     def visible(j: dict[str, Any]) -> bool:
+        if "-J" in flags:          # only array jobs, and the emulator has none
+            return False
         if j["state"] == FINISHED and not history:
             return False
         if states is not None and j["state"] not in states:
