@@ -242,11 +242,10 @@ def test_installed_files_match_the_repository():
                 dst = INSTALLED / kind / src.relative_to(EMU / kind)
                 assert dst.exists() and dst.read_bytes() == src.read_bytes(), \
                     f"{dst} is stale: run `bash tests/infra/services.sh emulators`"
-
-
-def test_shared_core_copies_are_identical():
-    assert (EMU / "pbs/lib/emucore.py").read_bytes() == (EMU / "lsf/lib/emucore.py").read_bytes(), \
-        "the two emucore.py copies drifted apart: copy pbs/lib/emucore.py over lsf/lib/emucore.py"
+        # the shared core is installed into each kind's lib/
+        core = INSTALLED / kind / "lib" / "emucore.py"
+        assert core.read_bytes() == (EMU / "common" / "emucore.py").read_bytes(), \
+            f"{core} is stale: run `bash tests/infra/services.sh emulators`"
 
 
 # --------------------------------------------------------------------------- PBS
@@ -459,7 +458,7 @@ def test_pbs_job_outlives_the_ssh_session(pbs):
 
 
 # --------------------------------------------------------------------------- PBS -f folding
-sys.path.insert(0, str(EMU / "pbs" / "lib"))
+sys.path[:0] = [str(EMU / "pbs" / "lib"), str(EMU / "common")]
 
 # Real `qstat -f` lines.  Clemson Palmetto, PBS Pro 13/14, Dec 2016: clemsonciti palmetto user guide
 # as quoted in the code corpus (user 'atrikut', job 7600424.pbs02); Griffith University, PBS Pro, 2020

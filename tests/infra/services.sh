@@ -89,6 +89,7 @@ install_emulators() { # copy tests/infra/emulators/{pbs,lsf} to $EMU (the PATH o
     if [[ -d $REPO/tests/infra/emulators/$kind ]]; then
       rm -rf "${EMU:?}/$kind"; install -d -m 755 "$EMU/$kind"
       cp -r "$REPO/tests/infra/emulators/$kind/." "$EMU/$kind/"
+      cp "$REPO/tests/infra/emulators/common/"*.py "$EMU/$kind/lib/"
       chmod -R a+rX "$EMU/$kind"; chmod a+rx "$EMU/$kind"/bin/* 2>/dev/null || true
     fi
     install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"

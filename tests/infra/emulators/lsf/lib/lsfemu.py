@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import emucore as core
+# installed, emucore.py sits next to this file; in the repository it is in ../../common
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "common"))
+import emucore as core  # noqa: E402
 from emucore import EXITING, FINISHED, HELD, QUEUED, RUNNING
 
 KIND = "lsf"
