@@ -64,8 +64,10 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path | None, compa
               help="Database name (when the URI names none, or for the embedded server).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help=f"Port for a newly started embedded server (default {DEFAULT_PORT} if free, else any).")
+@click.option("--check-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to wait for the database when checking the connection.")
 @click.pass_context
-def init(ctx: click.Context, uri: str | None, name: str, port: int | None) -> None:
+def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check_timeout: float) -> None:
     """Write CONFIG_DIR/my_launchpad.yaml and check that the LaunchPad works.
 
     Without --uri: use the embedded server with data in CONFIG_DIR/lpserver (started in the background if
@@ -103,7 +105,7 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None) -> No
             click.echo("note: the embedded server is for one machine; for production use MongoDB "
                        "(pilot launchpad init --uri mongodb://...)")
             lp = launchpad_dict(name, server.host, server.port)
-        result = check_launchpad(lp)
+        result = check_launchpad(lp, timeout_ms=int(check_timeout * 1000))
     except ControlError as exc:
         click.echo(f"error: {exc}", err=True)
         ctx.exit(1)
@@ -123,11 +125,13 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None) -> No
 @click.pass_context
 def stop(ctx: click.Context, data_dir: Path | None) -> None:
     """Stop the embedded server of a data dir by its pid (it writes a final snapshot)."""
-    from pilot.dbserver.control import ControlError, find_running, stop_server
+    from pilot.dbserver.control import ControlError, ServerState, server_state, stop_server
 
     data_dir = data_dir or _default_data(ctx)
-    if find_running(data_dir) is None:
-        click.echo(f"no embedded LaunchPad server runs for {data_dir}", err=True)
+    state, pid = server_state(data_dir)
+    if state in (ServerState.NONE, ServerState.GONE):
+        click.echo(f"no embedded LaunchPad server runs for {data_dir}"
+                   + (f" (pid {pid} recorded there is gone)" if pid else ""), err=True)
         ctx.exit(3)
     try:
         pid = stop_server(data_dir)

@@ -7,6 +7,7 @@ that the process is a ``launchpad serve`` that holds that data dir's ``server.lo
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import socket
@@ -124,6 +125,32 @@ def start_background(data_dir: Path, port: int | None = None, timeout: float = 6
     raise ControlError(f"the embedded LaunchPad server did not start within {timeout:.0f}s (log {log_path})")
 
 
+class ServerState(enum.Enum):
+    """What a data dir's server.json/server.pid point at."""
+
+    NONE = "none"            # no pid recorded
+    GONE = "gone"            # the recorded pid is not running
+    FOREIGN = "foreign"      # the recorded pid runs, but it is not our server for this data dir
+    RUNNING = "running"      # our server, serving this data dir
+
+
+def server_state(data_dir: Path) -> tuple[ServerState, int | None]:
+    """Classify the pid recorded in ``data_dir`` (server.json, else server.pid)."""
+    data_dir = Path(data_dir).absolute()
+    info = read_server_info(data_dir) or {}
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        try:
+            pid = int((data_dir / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return ServerState.NONE, None
+    if not _alive(pid):
+        return ServerState.GONE, pid
+    if not is_our_server(pid, data_dir):
+        return ServerState.FOREIGN, pid
+    return ServerState.RUNNING, pid
+
+
 def stop_server(data_dir: Path, timeout: float = 60.0) -> int:
     """Stop the server of ``data_dir`` by its pid (SIGTERM: final snapshot); returns the pid.
 
@@ -133,16 +160,11 @@ def stop_server(data_dir: Path, timeout: float = 60.0) -> int:
         Nothing runs there, the pid is not our server, or it did not stop in time.
     """
     data_dir = Path(data_dir).absolute()
-    info = read_server_info(data_dir) or {}
-    pid = info.get("pid")
-    if not isinstance(pid, int):
-        try:
-            pid = int((data_dir / PID_FILE).read_text().strip())
-        except (OSError, ValueError):
-            raise ControlError(f"no embedded LaunchPad server runs for {data_dir} (no {INFO_FILE}/{PID_FILE})")
-    if not _alive(pid):
-        raise ControlError(f"no embedded LaunchPad server runs for {data_dir}: pid {pid} from {INFO_FILE} is gone")
-    if not is_our_server(pid, data_dir):
+    state, pid = server_state(data_dir)
+    if state in (ServerState.NONE, ServerState.GONE) or pid is None:
+        raise ControlError(f"no embedded LaunchPad server runs for {data_dir}"
+                           + (f" (pid {pid} from {INFO_FILE} is gone)" if pid else ""))
+    if state is ServerState.FOREIGN:
         raise ControlError(f"pid {pid} (from {data_dir / INFO_FILE}) is not an embedded LaunchPad server serving "
                            f"{data_dir}; not sending it any signal")
     os.kill(pid, signal.SIGTERM)
