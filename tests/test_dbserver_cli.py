@@ -23,7 +23,7 @@ PILOT = [sys.executable, "-m", "pilot"]
 
 def pilot(config_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PILOT, "--config-dir", str(config_dir), "launchpad", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def _gone(pid: int) -> bool:
@@ -69,7 +69,7 @@ def test_init_starts_the_embedded_server_reuses_it_and_stop_stops_it(config_dir,
     lp = LaunchPad.from_file(str(lp_file))
     lp.add_wf(Firework(ScriptTask.from_str("echo hello"), name="hello"))
     run = subprocess.run(["rlaunch", "-l", str(lp_file), "-s", "singleshot"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     assert lp.fireworks.find_one({"name": "hello"})["state"] == "COMPLETED"
     lp.connection.close()
@@ -153,7 +153,7 @@ def test_stop_refuses_a_pid_that_is_not_our_server(tmp_path):
     try:
         (data / "server.json").write_text(json.dumps({"pid": other.pid, "host": "127.0.0.1", "port": 1}))
         res = subprocess.run([*PILOT, "launchpad", "stop", "--data", str(data)], capture_output=True, text=True,
-                             timeout=60)
+                             timeout=60, check=False)
         assert res.returncode == 1
         assert f"pid {other.pid}" in res.stderr and "not sending it any signal" in res.stderr
         assert other.poll() is None  # still running
@@ -161,5 +161,5 @@ def test_stop_refuses_a_pid_that_is_not_our_server(tmp_path):
         other.kill()
         other.wait(5)
     res = subprocess.run([*PILOT, "launchpad", "stop", "--data", str(data)], capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, check=False)
     assert res.returncode == 3 and "is gone" in res.stderr

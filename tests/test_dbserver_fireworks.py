@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pymongo
 import pymongo.errors
-import pytest
 import yaml
 
 from tests.helpers import REPO, EmbeddedServer, wait_for
@@ -63,7 +62,7 @@ def fw_env() -> dict[str, str]:
 
 def lpad(lp_file: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(["lpad", "-l", str(lp_file), *args], capture_output=True, text=True, timeout=timeout,
-                         env=fw_env())
+                         env=fw_env(), check=False)
     assert res.returncode == 0, f"lpad {' '.join(args)} failed ({res.returncode}): {res.stderr[-2000:]}"
     return res
 
@@ -71,7 +70,7 @@ def lpad(lp_file: Path, *args: str, timeout: float = 120) -> subprocess.Complete
 def rlaunch(lp_file: Path, cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     cwd.mkdir(parents=True, exist_ok=True)
     res = subprocess.run(["rlaunch", "-l", str(lp_file), "-s", *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=cwd, env=fw_env())
+                         timeout=timeout, cwd=cwd, env=fw_env(), check=False)
     assert res.returncode == 0, f"rlaunch {' '.join(args)} failed ({res.returncode}): {res.stderr[-2000:]}"
     return res
 
@@ -149,7 +148,7 @@ def test_lpad_commands(launchpad, mongo_uri, tmp_path):
     lp.add_wf(Firework(ScriptTask.from_str("echo lost"), name="L"))
     L = by_name(lp)["L"]
     (tmp_path / "lost").mkdir()
-    fw, launch_id = lp.checkout_fw(FWorker(), str(tmp_path / "lost"))
+    fw, _launch_id = lp.checkout_fw(FWorker(), str(tmp_path / "lost"))
     assert fw.fw_id == L and states(lp, [L])[L] == "RUNNING"
     time.sleep(2.5)
     out = lpad(lp_file, "detect_lostruns", "--time", "1", "--rerun").stdout
@@ -255,10 +254,10 @@ class Fleet:
         self.ack = workdir / "acked.jsonl"
 
     def start_adder(self, chains: int, delay: float) -> None:
-        log = open(self.workdir / "adder.log", "ab")
-        self.adder = subprocess.Popen([sys.executable, "-c", ADDER, str(self.lp_file), str(self.ack), str(chains),
-                                       str(delay)], stdout=log, stderr=subprocess.STDOUT, env=fw_env())
-        log.close()
+        with open(self.workdir / "adder.log", "ab") as log:
+            self.adder = subprocess.Popen([sys.executable, "-c", ADDER, str(self.lp_file), str(self.ack),
+                                           str(chains), str(delay)], stdout=log, stderr=subprocess.STDOUT,
+                                          env=fw_env())
 
     def adder_done(self) -> bool:
         return self.adder is not None and self.adder.poll() is not None
@@ -272,11 +271,10 @@ class Fleet:
                 self.exits.append(p.returncode)
             d = self.workdir / f"worker{i}"
             d.mkdir(exist_ok=True)
-            log = open(self.workdir / f"worker{i}.log", "ab")
-            self.workers[i] = subprocess.Popen(["rlaunch", "-l", str(self.lp_file), "-s", "rapidfire",
-                                                *self.rlaunch_args], cwd=d, stdout=log,
-                                               stderr=subprocess.STDOUT, env=fw_env())
-            log.close()
+            with open(self.workdir / f"worker{i}.log", "ab") as log:
+                self.workers[i] = subprocess.Popen(["rlaunch", "-l", str(self.lp_file), "-s", "rapidfire",
+                                                    *self.rlaunch_args], cwd=d, stdout=log,
+                                                   stderr=subprocess.STDOUT, env=fw_env())
             self.starts += 1
 
     def workers_running(self) -> bool:

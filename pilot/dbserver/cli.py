@@ -13,7 +13,12 @@ from pathlib import Path
 import click
 
 from pilot.dbserver.server import (
-    DEFAULT_COMPACT_BYTES, DEFAULT_COMPACT_INTERVAL_S, DEFAULT_PORT, LaunchPadServer, ServerOptions, StartupError,
+    DEFAULT_COMPACT_BYTES,
+    DEFAULT_COMPACT_INTERVAL_S,
+    DEFAULT_PORT,
+    LaunchPadServer,
+    ServerOptions,
+    StartupError,
 )
 
 
@@ -74,8 +79,14 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
     it is not running). With --uri: point at that MongoDB. The file is mode 600 (it may hold a password).
     """
     from pilot.dbserver.control import (
-        LAUNCHPAD_FILE, ControlError, check_launchpad, find_running, launchpad_dict, redact_uri,
-        start_background, write_private_yaml,
+        LAUNCHPAD_FILE,
+        ControlError,
+        check_launchpad,
+        find_running,
+        launchpad_dict,
+        redact_uri,
+        start_background,
+        write_private_yaml,
     )
 
     config_dir = Path(ctx.obj.config_dir)

@@ -32,8 +32,15 @@ import bson
 from pilot.dbserver import wire
 from pilot.dbserver.backend import Backend, error_reply
 from pilot.dbserver.journal import (
-    JOURNAL_MAGIC, CorruptDataError, Journal, JournalFailure, fsync_dir, iter_ops, journal_files,
-    plan_restore, write_snapshot,
+    JOURNAL_MAGIC,
+    CorruptDataError,
+    Journal,
+    JournalFailure,
+    fsync_dir,
+    iter_ops,
+    journal_files,
+    plan_restore,
+    write_snapshot,
 )
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ update and delete goes through) at :meth:`TrackedCollectionStore.candidates`.
 from __future__ import annotations
 
 import datetime
+import math
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -44,7 +45,7 @@ def _eligible(value: Any) -> bool:
     """True if an equality on ``value`` can be answered from a hash bucket."""
     t = type(value)
     if t is float:
-        return value == value  # NaN never hashes to its matches
+        return not math.isnan(value)  # NaN never hashes to its matches
     return t in _SAFE_TYPES
 
 
@@ -117,15 +118,15 @@ class Tracker:
         self.ops: list[dict[str, Any]] = []
         self._dirty: dict[int, TrackedCollectionStore] = {}
 
-    def mark(self, store: "TrackedCollectionStore") -> None:
+    def mark(self, store: TrackedCollectionStore) -> None:
         self._dirty[id(store)] = store
 
-    def meta(self, store: "TrackedCollectionStore", op: dict[str, Any]) -> None:
+    def meta(self, store: TrackedCollectionStore, op: dict[str, Any]) -> None:
         """Record a meta op after the store's pending document effects (so replay keeps the order)."""
         self.flush_store(store)
         self.ops.append(op)
 
-    def flush_store(self, store: "TrackedCollectionStore") -> None:
+    def flush_store(self, store: TrackedCollectionStore) -> None:
         if self._dirty.pop(id(store), None) is not None:
             self.ops.extend(store.take_touched())
 
@@ -380,7 +381,7 @@ class TrackedServerStore(ServerStore):
 _original_iter_documents = Collection._iter_documents
 
 
-def _planned_iter_documents(self: Collection, filter: Any) -> Iterator[dict[str, Any]]:  # noqa: A002
+def _planned_iter_documents(self: Collection, filter: Any) -> Iterator[dict[str, Any]]:
     store = self._store
     if isinstance(store, TrackedCollectionStore):
         docs = store.candidates(filter)
