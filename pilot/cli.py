@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "worker": "pilot.worker:worker_command",
     "init": "pilot.cli_config:init", "config": "pilot.cli_config:config", "render": "pilot.cli_config:render",
     "md": "tasks.cli:md",
+    "report": "pilot.cli_report:report_cmd", "demo": "pilot.cli_report:demo_cmd",
 }
 
 
