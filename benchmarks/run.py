@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Run the fireworks-pilot benchmarks side by side with their FireWorks baselines; print tables, write JSON.
+
+Usage::
+
+    python3 benchmarks/run.py                 # full sizes (about 15-20 minutes on 2 cores)
+    python3 benchmarks/run.py --quick         # small sizes (a few minutes)
+    python3 benchmarks/run.py --smoke         # every benchmark at its tiniest size (about a minute)
+    python3 benchmarks/run.py --only overhead,scale --json /tmp/out.json
+
+Benchmarks (``--only`` takes a comma-separated list): ``submission``, ``overhead``, ``waste``, ``scale``.
+They need the test services (``bash tests/infra/services.sh up``, as root); ``overhead`` only needs a
+database. ``MONGODB_URI`` selects a MongoDB instead of the embedded server. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TQDM_DISABLE", "1")   # FireWorks' bulk_add_wfs draws a progress bar otherwise
+
+from benchmarks.common import REPO, BenchError, fmt_table, loadavg, machine_info, ratio, write_json
+
+NAMES = ("submission", "overhead", "waste", "scale")
+
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"submission": {"sizes": [8, 40, 200], "cap": 20, "default_interval_for": 8},
+             "overhead": {"n": 500}, "waste": "full", "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}},
+    "quick": {"submission": {"sizes": [8], "cap": 20, "default_interval_for": None},
+              "overhead": {"n": 50}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20}},
+    "smoke": {"submission": {"sizes": [4], "cap": 4, "default_interval_for": None},
+              "overhead": {"n": 10}, "waste": "smoke", "scale": {"sizes": [200], "clusters": 3}},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ============================================================================ tables
+def table_submission(res: dict[str, Any]) -> str:
+    rows = []
+    for r in res["rows"]:
+        o, q = r["ours"], r["qlaunch"]
+        rows.append([r["ready"], r["right_number"], o["jobs"], q["jobs"], o["wall_s"], q["wall_s"],
+                     ratio(o["wall_s"], q["wall_s"]), o["scheduler_calls"], q["scheduler_calls"],
+                     f"{o['ssh_connects']}/{o['ssh_operations']}", f"{q['ssh_connects']}/{q['ssh_operations']}",
+                     o["db_commands"], q["db_commands_server"]])
+        d = r.get("qlaunch_default_interval")
+        if d:
+            rows.append([f"{r['ready']} (FW default sleep {d['update_interval_s']} s)", "", "", d["jobs"], "",
+                         d["wall_s"], ratio(o["wall_s"], d["wall_s"]), "", d["scheduler_calls"], "", "", "",
+                         d["db_commands_server"]])
+    return fmt_table(["R ready", "right", "ours jobs", "qlaunch jobs", "ours s", "qlaunch s", "s ratio",
+                      "ours sched", "qlaunch sched", "ours ssh conn/ops", "qlaunch ssh", "ours DB", "qlaunch DB"],
+                     rows)
+
+
+def table_overhead(res: dict[str, Any]) -> str:
+    o, r = res["ours"], res["rlaunch"]
+    rows = []
+    for name, x in (("pilot worker", o), ("rlaunch rapidfire", r)):
+        rows.append([name, x["fireworks"], x["wall_s"], x["fw_per_s"], x["steady_fw_per_s"],
+                     (x["mean_launch_s"] or 0) * 1000, (x["mean_gap_s"] or 0) * 1000, x["db_commands_per_fw"],
+                     x["peak_rss_mib"], x["peak_child_rss_mib"]])
+    rows.append(["ratio ours/rlaunch", "", ratio(o["wall_s"], r["wall_s"]), ratio(o["fw_per_s"], r["fw_per_s"]),
+                 ratio(o["steady_fw_per_s"], r["steady_fw_per_s"]), ratio(o["mean_launch_s"], r["mean_launch_s"]),
+                 ratio(o["mean_gap_s"], r["mean_gap_s"]), ratio(o["db_commands_per_fw"], r["db_commands_per_fw"]),
+                 "", ""])
+    out = fmt_table(["", "FWs", "wall s", "FW/s", "steady FW/s", "launch ms", "gap ms", "DB cmds/FW",
+                     "RSS MiB", "child RSS MiB"], rows)
+    b = res.get("fork_breakdown")
+    if b:
+        out += f"\n\nwhere a forked child's time goes (medians over {b['fireworks']} Fireworks, ms):\n"
+        out += fmt_table(["in-process rocket", "fork", "new client+hello", "rocket in fresh child", "exit+reap",
+                          "fork model total"],
+                         [[b["in_process_rocket_ms"], b["fork_ms"], b["connect_ms"], b["child_rocket_ms"],
+                           b["exit_ms"], b["child_total_ms"]]])
+    return out
+
+
+WASTE_ROWS = [
+    ("campaign complete", "campaign_complete"), ("campaign time s", "campaign_s"),
+    ("pilots submitted", "pilots_submitted"), ("pilots started", "pilots_started"),
+    ("pilot time s", "pilot_time_s"), ("segment attempts", "attempts"),
+    ("segments killed by scheduler", "segments_killed_by_scheduler"),
+    ("segments stopped by pilot", "segments_stopped_by_pilot"), ("segments hard-killed", "segments_hard_killed"),
+    ("Fireworks rerun by manager", "fireworks_rerun_by_manager"), ("work redone s", "work_redone_s"),
+    ("work done s", "work_done_s"), ("work required s", "work_required_s"), ("busy s", "busy_s"),
+    ("utilisation busy/pilot", "utilisation_busy"), ("utilisation useful/pilot", "utilisation_useful"),
+]
+
+
+def table_waste(res: dict[str, Any]) -> str:
+    systems = res.get("systems", ["ours", "rlaunch"])
+    heads = {"ours": "pilot worker", "ours_no_usr1": "pilot worker, no USR1",
+             "rlaunch": f"rlaunch --timeout {res.get('rlaunch_timeout_s')}s"}
+    rows = [[label, *(res[k].get(key) for k in systems)] for label, key in WASTE_ROWS]
+    for label, key in (("pilot states", "pilot_states"), ("attempt endings", "attempt_endings"),
+                       ("TIMEOUT overrun s", "timeout_overrun_s"), ("pilots got USR1", "pilots_got_usr1"),
+                       ("USR1 s before deadline", "usr1_s_before_deadline")):
+        rows.append([label, *(_short(res[k].get(key)) for k in systems)])
+    head = (f"{res['size']['runs']} runs x {res['size']['segments']} segments of {res['segment_lengths_s']} s; "
+            f"pilots of {res['walltime_s']} s, margin {res['size']['margin']} s\n")
+    return head + fmt_table(["", *(heads.get(k, k) for k in systems)], rows)
+
+
+def _short(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{x:.0f}" if isinstance(x, float) else str(x) for x in v) + "]"
+    return str(v)
+
+
+def table_scale(res: dict[str, Any]) -> str:
+    rows = []
+    for r in res["rows"]:
+        c1, c2 = r["cycles"][0], r["cycles"][-1]
+        rows.append([r["fireworks"], r["insert_s"], c1["wall_s"], c1["db_commands"], c1["submitted"],
+                     sum(c1["scheduler_commands"].values()), c2["wall_s"], c2["db_commands"],
+                     sum(c2["scheduler_commands"].values()), r["aggregation_s"], r["server_seconds_total"],
+                     r["peak_rss_mib"], r["server_peak_rss_mib"]])
+    out = fmt_table(["Fireworks", "insert s", "cycle1 s", "cycle1 DB", "cycle1 pilots", "cycle1 sched",
+                     "cycle2 s", "cycle2 DB", "cycle2 sched", "aggregation s", "server busy s", "manager RSS",
+                     "server RSS"], rows)
+    ic = res.get("insert_compare")
+    if ic:
+        out += (f"\ninsertion of {ic['fireworks']:,} Fireworks: LaunchPad.bulk_add_wfs {ic['bulk_add_wfs_s']:.2f} s, "
+                f"pymongo insert_many {ic['pymongo_insert_many_s']:.2f} s -> used {ic['used']}")
+    return out
+
+
+def table_rss(results: dict[str, Any]) -> str:
+    rows = []
+    sc = results.get("scale", {})
+    if sc.get("rows"):
+        rows.append([f"manager (scale, {sc['rows'][-1]['fireworks']:,} Fireworks)",
+                     max(r["peak_rss_mib"] for r in sc["rows"])])
+    ov = results.get("overhead", {})
+    if ov.get("ours"):
+        rows.append(["pilot worker (overhead)", ov["ours"]["peak_rss_mib"]])
+        rows.append(["pilot worker's Firework child", ov["ours"]["peak_child_rss_mib"]])
+        rows.append(["rlaunch rapidfire (overhead)", ov["rlaunch"]["peak_rss_mib"]])
+    for name in NAMES:
+        v = results.get(name, {}).get("server_peak_rss_mib")
+        if v is not None:
+            rows.append([f"embedded server ({name})", v])
+    return fmt_table(["process", "peak RSS MiB"], rows) if rows else "(no RSS measured)"
+
+
+TABLES = {"submission": table_submission, "overhead": table_overhead, "waste": table_waste, "scale": table_scale}
+
+
+# ============================================================================ main
+def run_benchmark(name: str, mode: str, repeat: int) -> dict[str, Any]:
+    sz = SIZES[mode][name]
+    if name == "submission":
+        from benchmarks import submission
+        return submission.run(sz["sizes"], cap=sz["cap"], default_interval_for=sz["default_interval_for"], log=log)
+    if name == "overhead":
+        from benchmarks import overhead
+        return overhead.run(sz["n"], repeat=repeat, log=log)
+    if name == "waste":
+        from benchmarks import waste
+        return waste.run(waste.SIZES[sz], log=log)
+    if name == "scale":
+        from benchmarks import scale
+        return scale.run(sz["sizes"], n_clusters=sz["clusters"], log=log)
+    raise ValueError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_scale-child":
+        from benchmarks import scale
+        return scale.child_main(argv[1:])
+    if argv and argv[0] == "_fork-breakdown":
+        from benchmarks import overhead
+        return overhead.breakdown_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    g.add_argument("--smoke", action="store_true", help="every benchmark at its tiniest size (about a minute)")
+    ap.add_argument("--only", default=",".join(NAMES), help=f"comma-separated subset of {', '.join(NAMES)}")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="result file (default benchmarks/results/results-DATE[-MODE].json)")
+    ap.add_argument("--repeat", type=int, default=1, help="overhead: runs per system, best kept (default 1)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the manager's log lines")
+    a = ap.parse_args(argv)
+    only = [n.strip() for n in a.only.split(",") if n.strip()]
+    bad = [n for n in only if n not in NAMES]
+    if bad:
+        ap.error(f"unknown benchmark(s) {', '.join(bad)}; choose from {', '.join(NAMES)}")
+    mode = "quick" if a.quick else "smoke" if a.smoke else "full"
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("paramiko", "launchpad", "pymongo"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_path = a.json or REPO / "benchmarks" / "results" / f"results-{stamp}{'' if mode == 'full' else '-' + mode}.json"
+    results: dict[str, Any] = {"machine": machine_info(), "mode": mode, "only": only, "benchmarks": {},
+                               "loadavg": {}, "errors": {}}
+    log(f"fireworks-pilot benchmarks ({mode}): {', '.join(only)}; machine {results['machine']['cores']} cores, "
+        f"{results['machine']['memory_gib']} GiB, {results['machine']['os']}; load {results['machine']['loadavg_start']}")
+    failed = False
+    for name in only:
+        t0 = time.time()
+        before = loadavg()
+        try:
+            results["benchmarks"][name] = run_benchmark(name, mode, a.repeat)
+        except BenchError as exc:
+            failed = True
+            results["errors"][name] = str(exc)
+            log(f"{name}: FAILED: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a broken benchmark must not lose the others' results: report, go on
+            failed = True
+            results["errors"][name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            log(f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
+        results["loadavg"][name] = {"before": before, "after": loadavg(), "seconds": round(time.time() - t0, 1)}
+        write_json(out_path, results)
+    results["machine"]["loadavg_end"] = loadavg()
+    write_json(out_path, results)
+    m = results["machine"]
+    print(f"\n=== fireworks-pilot benchmarks ({mode}) - {m['date']} - {m['cores']} cores, {m['memory_gib']} GiB, "
+          f"{m['os']}, FireWorks {m['fireworks']}, database: {m['mongodb_uri']}")
+    for name in only:
+        la = results["loadavg"][name]
+        print(f"\n--- {name} ({la['seconds']:.0f} s; load average before {la['before']}, after {la['after']})")
+        if name in results["benchmarks"]:
+            print(TABLES[name](results["benchmarks"][name]))
+        else:
+            print(f"FAILED: {results['errors'][name].splitlines()[0]}")
+    print("\n--- peak RSS")
+    print(table_rss(results["benchmarks"]))
+    print(f"\nresults: {out_path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
