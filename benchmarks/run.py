@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if a.quick else "smoke" if a.smoke else "full"
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        # FireWorks' loggers are at DEBUG with handlers of their own; what they propagate is filtered here
+        handler.setLevel(logging.INFO if a.verbose else logging.WARNING)
     for noisy in ("paramiko", "launchpad", "pymongo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

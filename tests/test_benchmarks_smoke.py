@@ -1,0 +1,60 @@
+"""The benchmark command keeps working: ``benchmarks/run.py --smoke`` runs every benchmark at its tiniest size.
+
+Not a benchmark and no timing assertions: it checks that the command exits 0 and writes a JSON file with the
+expected structure, and that the numbers it reports are consistent with what was asked (the right count of
+pilots, every no-op Firework completed, the campaign finished), so that a benchmark that silently measures
+nothing fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, TQDM_DISABLE="1")
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(out)],
+                         capture_output=True, text=True, timeout=540, cwd=tmp_path, env=env, check=False)
+    assert res.returncode == 0, f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    assert data["mode"] == "smoke" and data["errors"] == {}
+    assert {"date", "cores", "memory_gib", "os", "loadavg_start", "loadavg_end"} <= set(data["machine"])
+    b = data["benchmarks"]
+    assert set(b) == {"submission", "overhead", "waste", "scale"}
+    assert set(data["loadavg"]) == set(b)
+
+    (row,) = b["submission"]["rows"]
+    assert row["ours"]["jobs"] == math.ceil(row["ready"] / 4) == row["right_number"]
+    assert row["qlaunch"]["jobs"] >= 1 and row["qlaunch"]["commands"]["sbatch"] == row["qlaunch"]["jobs"]
+    for side in ("ours", "qlaunch"):
+        assert {"wall_s", "scheduler_calls", "ssh_connects", "jobs_in_queue"} <= set(row[side])
+
+    for side in ("ours", "rlaunch"):
+        o = b["overhead"][side]
+        assert o["fireworks"] == 10 and o["fw_per_s"] > 0 and o["peak_rss_mib"] > 0
+    assert b["overhead"]["fork_breakdown"]["child_total_ms"] > 0
+
+    w = b["waste"]
+    assert w["systems"] == ["ours", "ours_no_usr1", "rlaunch"]
+    for side in w["systems"]:
+        assert w[side]["campaign_complete"] is True
+        assert w[side]["work_done_s"] >= w[side]["work_required_s"] - 0.5
+        assert {"segments_killed_by_scheduler", "work_redone_s", "utilisation_busy"} <= set(w[side])
+
+    (srow,) = b["scale"]["rows"]
+    assert srow["fireworks"] == 200 and len(srow["cycles"]) == 2
+    assert srow["cycles"][0]["submitted"] == b["scale"]["clusters"]
+    assert srow["cycles"][1]["submitted"] == 0 and srow["cycles"][1]["db_commands"] > 0
+    assert srow["peak_rss_mib"] > 0
+    assert "results:" in res.stdout and "peak RSS" in res.stdout
