@@ -5,8 +5,10 @@ The worker is a small supervisor around FireWorks' own :func:`fireworks.core.roc
 * it pulls Fireworks of its categories one after another, but only those whose expected duration
   (``spec._pilot.walltime``, seconds; absent means "fits anything") fits the time left before the job's
   deadline minus a safety margin;
-* every Firework runs in a forked child process that is the leader of its own session / process group, with
-  its own LaunchPad connection, in its own ``launcher_*`` directory;
+* every Firework runs in a forked child process that is the leader of its own session / process group, in its
+  own ``launcher_*`` directory, where FireWorks' ``launch_rocket`` runs it; the Rocket's own LaunchPad calls
+  (checkout, ping, complete) are executed by the worker on its warm connection (a killed child can never
+  leave them half written), anything else a task does with the LaunchPad uses the child's own connection;
 * on the batch system's pre-walltime signal (SIGUSR1), on SIGTERM/SIGINT, or when the deadline comes close
   (``deadline - margin/2``) it takes no new work, sends SIGTERM to the running Firework's process group,
   waits a grace period, SIGKILLs the group if needed, and makes sure the Firework is not left RUNNING: a
@@ -25,14 +27,16 @@ from __future__ import annotations
 import datetime
 import enum
 import importlib
-import json
 import logging
 import math
 import os
+import pickle
 import select
 import signal
 import socket
+import struct
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -171,84 +175,125 @@ def _secs(seconds: float) -> str:
 
 
 # ============================================================================ the child side
-class _Channel:
-    """The child's end of the report pipe: one JSON object per line."""
+#: LaunchPad methods that FireWorks' Rocket calls on its LaunchPad during a launch. In a Firework child they
+#: run in the worker process (over the child's pipe), on the worker's warm connection: a child killed at any
+#: moment can never leave one of these database writes half done, and a child needs no connection of its own.
+ROCKET_CALLS = frozenset({"checkout_fw", "ping_launch", "complete_launch", "change_launch_dir",
+                          "restore_backup_data"})
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def send(self, **event: Any) -> None:
-        data = (json.dumps(event, default=str) + "\n").encode()
-        while data:
-            n = os.write(self.fd, data)
-            data = data[n:]
+_FRAME = struct.Struct(">I")
 
 
-def _install_child_hooks(channel: _Channel) -> type:
-    """Make FireWorks report, through ``channel``, what the child takes and which workflow locks it holds.
+def _write_frame(fd: int, payload: bytes) -> None:
+    data = memoryview(_FRAME.pack(len(payload)) + payload)
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
 
-    Returns the LaunchPad subclass to use in the child. Only ever called in a forked child: the patched
-    ``WFLock`` never reaches the worker process itself.
+
+class WorkerGone(RuntimeError):
+    """The worker process closed its end of a Firework child's pipe (it exited or was killed)."""
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise WorkerGone("the pilot worker closed the connection to this Firework process")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(fd: int) -> bytes:
+    (size,) = _FRAME.unpack(_read_exact(fd, _FRAME.size))
+    return _read_exact(fd, size)
+
+
+class _WorkerLink:
+    """The child's side of the pipes to the worker: a blocking call/reply channel (thread-safe: FireWorks'
+    ping thread calls the LaunchPad too)."""
+
+    def __init__(self, call_fd: int, reply_fd: int) -> None:
+        self.call_fd = call_fd
+        self.reply_fd = reply_fd
+        self.lock = threading.Lock()
+
+    def wait_go(self) -> dict[str, Any] | None:
+        """Block until the worker hands over the FWorker to pull with; None if it never will."""
+        try:
+            kind, _modules, payload = pickle.loads(_read_frame(self.reply_fd))
+        except WorkerGone:
+            return None
+        return pickle.loads(payload) if kind == "go" else None
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from fireworks.utilities import fw_serializers
+
+        with self.lock:
+            _write_frame(self.call_fd, pickle.dumps((method, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+            kind, fw_modules, payload = pickle.loads(_read_frame(self.reply_fd))
+        if fw_modules:
+            # where the worker found the task classes by name: spares this process FireWorks' package walk
+            fw_serializers.SAVED_FW_MODULES.update(fw_modules)
+        result = pickle.loads(payload)
+        if kind == "ok":
+            return result
+        raise result
+
+
+def _child_launchpad(link: _WorkerLink, lp_dict: dict[str, Any]) -> Any:
+    """The LaunchPad given to the Rocket in a Firework child.
+
+    The Rocket's own calls (:data:`ROCKET_CALLS`) go to the worker; anything else (a task that receives the
+    LaunchPad through ``_add_launchpad_and_fw_id`` and uses it) runs here, on a MongoClient of the child's own,
+    created on first use after the fork.
     """
-    import fireworks.core.launchpad as lpmod
-    from fireworks.utilities import fw_serializers
+    from fireworks.core.launchpad import LaunchPad
 
-    base_lock = lpmod.WFLock
+    class ChildLaunchPad(LaunchPad):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:  # no connection: see __getattr__
+            self._pilot_local: Any = None
+            self.host = lp_dict.get("host")
+            self.name = lp_dict.get("name")
+            self.logdir = lp_dict.get("logdir")
+            self.strm_lvl = lp_dict.get("strm_lvl")
 
-    class ReportingWFLock(base_lock):  # type: ignore[misc, valid-type]
-        """FireWorks' workflow lock, reporting acquire / release so that the worker can free a lock that a
-        killed child left behind."""
+        def __getattr__(self, attr: str) -> Any:
+            if attr.startswith("__") or attr == "_pilot_local":
+                raise AttributeError(attr)
+            if self._pilot_local is None:
+                self._pilot_local = LaunchPad.from_dict(lp_dict)
+            return getattr(self._pilot_local, attr)
 
-        def __enter__(self) -> Any:
-            channel.send(ev="lock", fw_id=self.fw_id)
+        def to_dict(self) -> dict[str, Any]:
+            return dict(lp_dict)
+
+        def get_logdir(self) -> Any:
+            return self.logdir
+
+        def checkout_fw(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("checkout_fw", *args, **kwargs)
+
+        def ping_launch(self, *args: Any, **kwargs: Any) -> Any:
             try:
-                result = super().__enter__()
-            except lpmod.LockedWorkflowError:
-                channel.send(ev="lockfail", fw_id=self.fw_id)
-                raise
-            channel.send(ev="locked", fw_id=self.fw_id)
-            return result
+                return link.call("ping_launch", *args, **kwargs)
+            except (WorkerGone, BrokenPipeError):
+                # FireWorks' ping thread pings once more after the launch is complete; the worker has moved on
+                # by then, and a ping only ever updates a RUNNING launch: nothing is lost
+                return None
 
-        def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
-            result = super().__exit__(exc_type, exc_val, exc_tb)
-            channel.send(ev="unlock", fw_id=self.fw_id)
-            return result
+        def complete_launch(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("complete_launch", *args, **kwargs)
 
-    lpmod.WFLock = ReportingWFLock
+        def change_launch_dir(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("change_launch_dir", *args, **kwargs)
 
-    class ReportingLaunchPad(lpmod.LaunchPad):  # type: ignore[misc, valid-type]
-        """A LaunchPad that tells the worker which Firework and launch the Rocket took and how it ended."""
+        def restore_backup_data(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("restore_backup_data", *args, **kwargs)
 
-        def _get_a_fw_to_run(self, query: Any = None, fw_id: Any = None, checkout: bool = True) -> Any:
-            m_fw = super()._get_a_fw_to_run(query=query, fw_id=fw_id, checkout=checkout)
-            if m_fw is not None and checkout:
-                channel.send(ev="reserved", fw_id=m_fw.fw_id)
-            return m_fw
-
-        def get_new_launch_id(self) -> Any:
-            launch_id = super().get_new_launch_id()
-            channel.send(ev="launch_id", launch_id=launch_id)
-            return launch_id
-
-        def checkout_fw(self, fworker: Any, launch_dir: Any, fw_id: Any = None, host: Any = None,
-                        ip: Any = None, state: str = "RUNNING") -> Any:
-            m_fw, launch_id = super().checkout_fw(fworker, launch_dir, fw_id=fw_id, host=host, ip=ip,
-                                                  state=state)
-            if m_fw is not None:
-                # the task modules, and where FireWorks found task classes by name, so that the worker
-                # imports them once and later children are forked with them loaded
-                task_modules = sorted({type(t).__module__ for t in m_fw.tasks})
-                channel.send(ev="start", fw_id=m_fw.fw_id, launch_id=launch_id, name=m_fw.name,
-                             dir=str(launch_dir), task_modules=task_modules,
-                             saved=dict(fw_serializers.SAVED_FW_MODULES))
-            return m_fw, launch_id
-
-        def complete_launch(self, launch_id: Any, action: Any = None, state: str = "COMPLETED") -> Any:
-            result = super().complete_launch(launch_id, action=action, state=state)
-            channel.send(ev="end", launch_id=launch_id, state=state)
-            return result
-
-    return ReportingLaunchPad
+    return ChildLaunchPad()
 
 
 def _make_launcher_dir(base: Path) -> Path:
@@ -263,43 +308,21 @@ def _make_launcher_dir(base: Path) -> Path:
             time.sleep(1e-6)
 
 
-def _read_go(fd: int) -> bytes:
-    """Block until the worker sends the go line (the FWorker to pull with); b"" when it closed the pipe."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b""
-        data += chunk
-    return data
-
-
-def _child_main(lp_dict: dict[str, Any], base_dir: Path, fw_log_level: str, write_fd: int, go_fd: int) -> int:
+def _child_main(lp_dict: dict[str, Any], base_dir: Path, fw_log_level: str, call_fd: int, reply_fd: int) -> int:
     """Body of a Firework child; the return value is the process exit code.
 
-    The child is forked ahead of time (while the previous Firework still runs), connects to the database,
-    and waits for the worker's go line with the FWorker to pull with; then it runs one Rocket.
+    The child is forked ahead of time (while the previous Firework still runs) and waits for the worker's go
+    message with the FWorker to pull with; then it runs FireWorks' ``launch_rocket`` once.
     """
     from fireworks.core.fworker import FWorker
-    from fireworks.core.launchpad import LaunchPad
     from fireworks.core.rocket_launcher import launch_rocket
-    from pymongo.errors import PyMongoError
 
-    channel = _Channel(write_fd)
-    lp_class = _install_child_hooks(channel)
-    # LaunchPad.from_dict hard-codes the class; build a plain one (its own MongoClient, created after the
-    # fork) and give it the reporting behaviour.
-    lp = LaunchPad.from_dict(lp_dict)
-    lp.__class__ = lp_class
-    try:
-        lp.connection.admin.command("hello")  # open the connection now, not when the Firework is due
-    except PyMongoError:
-        pass  # the Rocket's own first operation reports a database problem
-    go = _read_go(go_fd)
-    os.close(go_fd)
-    if not go:
+    link = _WorkerLink(call_fd, reply_fd)
+    go = link.wait_go()
+    if go is None:
         return CHILD_UNUSED
-    fworker = FWorker.from_dict(json.loads(go))
+    fworker = FWorker.from_dict(go)
+    lp = _child_launchpad(link, lp_dict)
     launch_dir = _make_launcher_dir(base_dir)
     os.chdir(launch_dir)
     try:
@@ -313,33 +336,245 @@ def _child_main(lp_dict: dict[str, Any], base_dir: Path, fw_log_level: str, writ
     return CHILD_RAN if ran else CHILD_NO_WORK
 
 
+# ============================================================================ the fork server
+class ForkServerGone(RuntimeError):
+    """The fork server process of the worker died."""
+
+
+def _preload(fw_modules: dict[str, str], task_modules: list[str], imported: set[str]) -> None:
+    """Import, once in the fork server, the task modules the worker has met, and record where FireWorks finds
+    task classes by name, so that every Firework child starts with them loaded."""
+    from fireworks.utilities import fw_serializers
+
+    fw_serializers.SAVED_FW_MODULES.update(fw_modules)
+    for module in sorted(set(task_modules) | set(fw_modules.values())):
+        if module in imported or module in sys.modules:
+            continue
+        imported.add(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - the child will meet (and report) the same error itself
+            print(f"pilot worker fork server: could not preload task module {module} ({type(exc).__name__}: "
+                  f"{exc}); each Firework child imports it itself", file=sys.stderr, flush=True)
+
+
+def _warm_up_fireworks() -> None:
+    """Run once, in the fork server, what every Firework child would otherwise do for the first time: the
+    (de)serialisation of a Firework, a Launch and an FWAction (FireWorks parses dates with strptime, whose
+    regular expressions are compiled on first use)."""
+    from fireworks.core.firework import Firework, FWAction, Launch
+    from fireworks.user_objects.firetasks.script_task import PyTask
+
+    fw = Firework([PyTask(func="math.floor", args=[1.5])], spec={"_category": "warm-up"}, name="warm-up")
+    fw.launches = [Launch("RUNNING", "/", launch_id=1, fw_id=fw.fw_id)]
+    fw.launches[0].state = "COMPLETED"
+    fw.launches[0].action = FWAction(stored_data={"warm": True})
+    pickle.loads(pickle.dumps(fw))
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):  # the formats of fw_serializers.reconstitute_dates
+        datetime.datetime.strptime(datetime.datetime(2020, 1, 1, 0, 0, 0, 1).strftime(fmt), fmt)
+
+
+def _fork_server_main(sock: socket.socket) -> int:
+    """Loop of the fork server: fork a Firework child per request, reap children, report their exit status.
+
+    The worker forks this process once, right after its imports; Firework children are forked from here, not
+    from the worker. A fork marks every page of the forking process copy-on-write, so a worker forking each
+    child itself would pay a page fault for every page it touches afterwards, on its critical path, once per
+    Firework; this process barely touches its memory between forks.
+    """
+    imported: set[str] = set()
+    _warm_up_fireworks()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+        # the batch system signals every process of the job: the worker decides, this process must not die
+        signal.signal(sig, signal.SIG_IGN)
+    while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        while True:  # reap
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            try:  # a Firework's processes do not outlive it (the group id cannot be reused while it exists)
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            sock.send(pickle.dumps(("exit", pid, status)))
+        if sock in ready:
+            msg = sock.recv(1 << 16)
+            if not msg:
+                return 0  # the worker is gone
+            lp_dict, base_dir, fw_log_level, fw_modules, task_modules = pickle.loads(msg)
+            _preload(fw_modules, task_modules, imported)
+            call_r, call_w = os.pipe()
+            reply_r, reply_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # ---------------- Firework child
+                code = CHILD_ERROR
+                try:
+                    os.setsid()
+                    signal.set_wakeup_fd(-1)
+                    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+                        signal.signal(sig, signal.SIG_DFL)
+                    for fd in (call_r, reply_w, wake_r, wake_w):
+                        os.close(fd)
+                    sock.close()
+                    code = _child_main(lp_dict, base_dir, fw_log_level, call_w, reply_r)
+                except BaseException:  # noqa: BLE001 - the child must always reach os._exit
+                    traceback.print_exc()
+                    code = CHILD_ERROR
+                finally:
+                    try:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    finally:
+                        os._exit(code)
+            socket.send_fds(sock, [pickle.dumps(("forked", pid))], [call_r, reply_w])
+            for fd in (call_r, call_w, reply_r, reply_w):
+                os.close(fd)
+
+
+class _ForkServer:
+    """The worker's handle on its fork server process (see :func:`_fork_server_main`)."""
+
+    def __init__(self, close_in_server: list[int]) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self.sock.close()
+                signal.set_wakeup_fd(-1)
+                for fd in close_in_server:
+                    os.close(fd)
+                code = _fork_server_main(theirs)
+            except BaseException:  # noqa: BLE001 - must always reach os._exit
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self.statuses: dict[int, int] = {}
+        self.requested = 0
+        self.forked: list[tuple[int, int, int]] = []
+        self.gone = False
+
+    def request(self, request: tuple[Any, ...]) -> None:
+        """Ask for a Firework child; collect it with :meth:`take`.
+
+        ``request``: (LaunchPad dict, launch base dir, FireWorks log level, FireWorks' SAVED_FW_MODULES,
+        task modules to import first).
+        """
+        if self.gone:
+            raise ForkServerGone(f"the fork server (pid {self.pid}) is gone")
+        self.sock.send(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+        self.requested += 1
+
+    def take(self) -> tuple[int, int, int]:
+        """The next forked child: (pid, fd to read its calls, fd to write go / replies); waits for it."""
+        while not self.forked:
+            if self.gone or not self.requested:
+                raise ForkServerGone(f"the fork server (pid {self.pid}) is gone")
+            self.poll(None)
+        return self.forked.pop(0)
+
+    def poll(self, timeout: float | None = 0.0) -> None:
+        """Take the reports that arrived (forked children, exit statuses), waiting up to ``timeout`` s (None:
+        without limit) for the first."""
+        while not self.gone:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if not ready:
+                return
+            timeout = 0.0
+            msg, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 2)
+            if not msg:
+                self.gone = True
+                return
+            kind, pid, *rest = pickle.loads(msg)
+            if kind == "exit":
+                self.statuses[pid] = rest[0]
+            else:
+                self.requested -= 1
+                self.forked.append((pid, fds[0], fds[1]))
+
+    def close(self) -> None:
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
 # ============================================================================ the worker side
 @dataclass
 class _ChildState:
-    """What the worker learnt from one child through its pipe."""
+    """One Firework child as the worker sees it."""
 
     pid: int
-    read_fd: int
-    go_fd: int | None = None
+    call_fd: int  # worker reads the child's calls
+    reply_fd: int  # worker writes go / replies
     buffer: bytes = b""
     eof: bool = False
     reserved_fw: int | None = None
     launch_id: int | None = None
     fw_id: int | None = None
     name: str = ""
-    launch_dir: str = ""
     end_state: str | None = None
-    #: workflow locks by fw_id: "pending" (asked for), "held" (acquired)
-    locks: dict[int, str] = field(default_factory=dict)
     lock_failed: bool = False
-    saved_modules: dict[str, str] = field(default_factory=dict)
-    modules: list[str] = field(default_factory=list)
     started_mono: float | None = None
     status: int | None = None
+    #: the exit status is unknown (the fork server that reaps the children died)
+    status_lost: bool = False
     stop_sent_at: float | None = None
     kill_at: float | None = None
     killed: bool = False
     stop_why: str = ""
+
+
+def _install_worker_hooks(lp: Any) -> None:
+    """Let the worker's LaunchPad record, for the child it currently serves, which Firework it reserved, which
+    launch id it created, and whether a workflow lock could not be taken (FireWorks then skips the refresh)."""
+    import fireworks.core.launchpad as lpmod
+
+    class RecordingWFLock(lpmod.WFLock):  # type: ignore[misc, valid-type]
+        def __enter__(self) -> Any:
+            try:
+                return super().__enter__()
+            except lpmod.LockedWorkflowError:
+                child = getattr(self.lp, "_pilot_child", None)
+                if child is not None:
+                    child.lock_failed = True
+                raise
+
+    lpmod.WFLock = RecordingWFLock
+
+    class RecordingLaunchPad(lpmod.LaunchPad):  # type: ignore[misc, valid-type]
+        _pilot_child: _ChildState | None = None
+
+        def _get_a_fw_to_run(self, query: Any = None, fw_id: Any = None, checkout: bool = True) -> Any:
+            m_fw = super()._get_a_fw_to_run(query=query, fw_id=fw_id, checkout=checkout)
+            if m_fw is not None and checkout and self._pilot_child is not None:
+                self._pilot_child.reserved_fw = m_fw.fw_id
+            return m_fw
+
+        def get_new_launch_id(self) -> Any:
+            launch_id = super().get_new_launch_id()
+            if self._pilot_child is not None:
+                self._pilot_child.launch_id = launch_id
+            return launch_id
+
+    lp.__class__ = RecordingLaunchPad
 
 
 class Worker:
@@ -354,13 +589,14 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self.lp: Any = None
         self._lp_dict: dict[str, Any] = {}
-        self._imported_for_children: set[str] = set()
         #: the worker's ends of all child pipes (closed in every new child)
         self._child_fds: set[int] = set()
-        #: a child forked ahead of time, connected and waiting for its go line
-        self._standby: _ChildState | None = None
+        #: forks the Firework children; a child is asked for ahead of time, while the previous Firework runs
+        self._forkserver: Any = None
         #: children whose Firework is final and which are still exiting
         self._exiting: list[_ChildState] = []
+        #: modules of the task classes met so far (the fork server imports them, so children start warm)
+        self._task_modules: set[str] = set()
         #: Fireworks whose process died here without a stop request: not pulled again by this worker
         self._crashed: set[int] = set()
 
@@ -381,6 +617,7 @@ class Worker:
                 "be a FireWorks launchpad YAML/JSON with at least 'host' (or a mongodb:// URI with "
                 "uri_mode: true) and 'name'", EXIT_USAGE) from exc
         self._lp_dict = self.lp.to_dict()
+        _install_worker_hooks(self.lp)
 
     def _setup_env(self) -> None:
         os.environ["PILOT_NAME"] = self.cfg.name
@@ -484,19 +721,26 @@ class Worker:
         self._install_signals()
         reason = StopReason.SIGNAL
         try:
-            self._load_launchpad()
             self._setup_env()
             self.cfg.launch_dir.mkdir(parents=True, exist_ok=True)
             self._prewarm()
+            # before the worker's MongoClient exists (no threads, no connection in the fork server)
+            self._forkserver = _ForkServer(close_in_server=[self._wake_r, self._wake_w])
+            self._load_launchpad()
             self._log_start()
             reason = self._loop()
         except WorkerError as exc:
             LOG.error("%s", exc)
             LOG.info("%s", self.summary.line(self.cfg.name, f"error (exit {exc.exit_code})"))
             return exc.exit_code
+        except ForkServerGone as exc:
+            LOG.error("%s; the worker stops (the Firework it ran is requeued by the manager's reconcile)", exc)
+            return EXIT_INTERNAL
         finally:
-            self._discard_standby()
-            self._reap_exiting(block=True)
+            if self._forkserver is not None:
+                self._discard_standby()
+                self._reap_exiting(block=True)
+                self._forkserver.close()
         if reason is StopReason.SIGNAL:
             names = ", ".join(sorted({signal.Signals(s).name for s in self._signals}))
             text = f"{reason.value} ({names})"
@@ -526,6 +770,8 @@ class Worker:
         work_hint = False
         failing_since: float | None = None
         while True:
+            if self._forkserver.gone:
+                raise ForkServerGone(f"the fork server (pid {self._forkserver.pid}) of the worker died")
             if self._exiting:
                 self._reap_exiting()
             if self._stop_requested():
@@ -568,87 +814,75 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
 
+    def _request_child(self) -> None:
+        """Ask the fork server for a child now (it is forked while the current Firework runs)."""
+        from fireworks.utilities import fw_serializers
+
+        self._forkserver.request((self._lp_dict, self.cfg.launch_dir, self.cfg.fw_log_level,
+                                  dict(fw_serializers.SAVED_FW_MODULES), sorted(self._task_modules)))
+
     def _fork_child(self) -> _ChildState:
-        """Fork a Firework child: its own session, its own database connection, waiting for a go line."""
-        read_fd, write_fd = os.pipe()
-        go_r, go_w = os.pipe()
+        """Have the fork server fork a Firework child: own session and process group, waiting for its go."""
         self._flush_before_fork()
-        pid = os.fork()
-        if pid == 0:  # ---------------- child
-            code = CHILD_ERROR
-            try:
-                os.setsid()
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                for fd in (read_fd, go_w, self._wake_r, self._wake_w, *self._child_fds):
-                    os.close(fd)
-                code = _child_main(self._lp_dict, self.cfg.launch_dir, self.cfg.fw_log_level, write_fd, go_r)
-            except BaseException:  # noqa: BLE001 - the child must always reach os._exit
-                traceback.print_exc()
-                code = CHILD_ERROR
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
-        # -------------------------------- worker
-        os.close(write_fd)
-        os.close(go_r)
-        os.set_blocking(read_fd, False)
-        self._child_fds.update((read_fd, go_w))
-        return _ChildState(pid=pid, read_fd=read_fd, go_fd=go_w)
+        if not self._forkserver.requested and not self._forkserver.forked:
+            self._request_child()
+        pid, call_fd, reply_fd = self._forkserver.take()
+        os.set_blocking(call_fd, False)
+        self._child_fds.update((call_fd, reply_fd))
+        return _ChildState(pid=pid, call_fd=call_fd, reply_fd=reply_fd)
+
+    def _take_status(self, child: _ChildState) -> None:
+        if child.status is None and child.pid in self._forkserver.statuses:
+            child.status = self._forkserver.statuses.pop(child.pid)
 
     def _close_child_fds(self, child: _ChildState) -> None:
-        for fd in (child.read_fd, child.go_fd):
-            if fd is not None and fd in self._child_fds:
+        for fd in (child.call_fd, child.reply_fd):
+            if fd in self._child_fds:
                 os.close(fd)
                 self._child_fds.discard(fd)
-        child.go_fd = None
 
     def _discard_standby(self) -> None:
-        """Stop the pre-forked child: it never got a go line, so it holds no Firework."""
-        child, self._standby = self._standby, None
-        if child is None:
-            return
-        self._killpg(child.pid, signal.SIGKILL)
-        os.waitpid(child.pid, 0)
-        self._killpg(child.pid, signal.SIGKILL, reaped=True)
-        self._close_child_fds(child)
+        """Stop pre-forked children: they never got a go message, so they hold no Firework."""
+        while not self._forkserver.gone and (self._forkserver.requested or self._forkserver.forked):
+            child = self._fork_child()
+            self._close_child_fds(child)  # it reads EOF and exits
+            self._exiting.append(child)
 
-    def _send_go(self, child: _ChildState, fworker: Any) -> bool:
-        """Give ``child`` its FWorker; False when the child is already gone."""
-        assert child.go_fd is not None
+    def _reply(self, child: _ChildState, kind: str, payload: Any, fw_modules: dict[str, str] | None = None,
+               ) -> bool:
+        """Send a go message or a reply to ``child``; False when the child is gone."""
         try:
-            os.write(child.go_fd, (json.dumps(fworker.to_dict()) + "\n").encode())
+            body = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception is reported as text
+            kind = "err"
+            body = pickle.dumps(RuntimeError(f"pilot worker could not pass back {payload!r}: "
+                                             f"{type(exc).__name__}: {exc}"))
+        data = pickle.dumps((kind, fw_modules, body), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            _write_frame(child.reply_fd, data)
             return True
-        except BrokenPipeError:
+        except (BrokenPipeError, OSError):
             return False
-        finally:
-            self._child_fds.discard(child.go_fd)
-            os.close(child.go_fd)
-            child.go_fd = None
 
     def _run_one(self, fworker: Any) -> LaunchRecord:
         """Run (at most) one Firework in a child process and settle its outcome."""
-        child, self._standby = self._standby, None
-        if child is not None and not self._send_go(child, fworker):
+        child = self._fork_child() if (self._forkserver.requested or self._forkserver.forked) else None
+        if child is not None and not self._reply(child, "go", fworker.to_dict()):
             # the pre-forked child died while waiting (e.g. signalled by the batch system): use a fresh one
             LOG.warning("pre-forked Firework child %d died while waiting; forking another", child.pid)
-            os.waitpid(child.pid, 0)
             self._close_child_fds(child)
+            self._exiting.append(child)
             child = None
         if child is None:
             child = self._fork_child()
-            self._send_go(child, fworker)  # if it died already, supervising it tells why
-        self._supervise(child)
+            self._reply(child, "go", fworker.to_dict())  # if it died already, supervising it tells why
+        try:
+            self._supervise(child)
+        finally:
+            self.lp._pilot_child = None
+        self._close_child_fds(child)
         if child.status is None:  # the Firework is final, the process is still exiting
             self._exiting.append(child)
-        else:
-            self._close_child_fds(child)
-            # A Firework's processes do not outlive it: clear what is left of its process group.
-            self._killpg(child.pid, signal.SIGKILL, reaped=True)
         self._reap_exiting()
         return self._settle(child)
 
@@ -667,56 +901,61 @@ class Worker:
         except PermissionError as exc:
             LOG.warning("cannot send %s to process group %d: %s", signal.Signals(sig).name, pid, exc)
 
-    def _read_events(self, child: _ChildState) -> None:
+    def _read_calls(self, child: _ChildState) -> None:
+        """Read what the child sent; serve every complete call."""
         try:
-            data = os.read(child.read_fd, 65536)
+            data = os.read(child.call_fd, 1 << 20)
         except BlockingIOError:
             return
         if not data:
             child.eof = True
             return
         child.buffer += data
-        *lines, child.buffer = child.buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._on_event(child, line)
+        while len(child.buffer) >= _FRAME.size:
+            (size,) = _FRAME.unpack_from(child.buffer)
+            if len(child.buffer) < _FRAME.size + size:
+                break
+            frame = child.buffer[_FRAME.size:_FRAME.size + size]
+            child.buffer = child.buffer[_FRAME.size + size:]
+            self._serve(child, frame)
 
-    def _on_event(self, child: _ChildState, line: bytes) -> None:
+    def _serve(self, child: _ChildState, frame: bytes) -> None:
+        """Run one of the Rocket's LaunchPad calls for ``child`` on the worker's LaunchPad and reply."""
         try:
-            ev = json.loads(line)
-        except ValueError:
-            LOG.warning("fw child %d: unreadable report %r", child.pid, line[:200])
+            method, args, kwargs = pickle.loads(frame)
+        except Exception as exc:  # noqa: BLE001 - a garbled message must not end the worker
+            LOG.error("fw child %d: unreadable call (%s: %s)", child.pid, type(exc).__name__, exc)
+            self._reply(child, "err", RuntimeError(f"pilot worker could not read the call: {exc}"))
             return
-        kind = ev.get("ev")
-        if kind == "reserved":
-            child.reserved_fw = int(ev["fw_id"])
-        elif kind == "launch_id":
-            child.launch_id = int(ev["launch_id"])
-        elif kind == "start":
-            child.fw_id = int(ev["fw_id"])
-            child.launch_id = int(ev["launch_id"])
-            child.name = str(ev.get("name", ""))
-            child.launch_dir = str(ev.get("dir", ""))
-            child.modules = [str(m) for m in ev.get("task_modules", [])]
-            child.saved_modules = {str(k): str(v) for k, v in ev.get("saved", {}).items()}
-            if child.stop_sent_at is None and not self._signals:
-                self._learn_modules(child)
-                if self._standby is None:
-                    # overlap the next child's fork and connection with this Firework
-                    self._standby = self._fork_child()
-            child.started_mono = time.monotonic()
-            LOG.info("fw %d '%s' started (launch %d, pid %d, dir %s)", child.fw_id, child.name, child.launch_id,
-                     child.pid, child.launch_dir)
-        elif kind == "end":
-            child.end_state = str(ev["state"])
-        elif kind == "lock":
-            child.locks[int(ev["fw_id"])] = "pending"
-        elif kind == "locked":
-            child.locks[int(ev["fw_id"])] = "held"
-        elif kind == "lockfail":
-            child.lock_failed = True
-        elif kind == "unlock":
-            child.locks.pop(int(ev["fw_id"]), None)
+        if method not in ROCKET_CALLS:
+            self._reply(child, "err", RuntimeError(f"pilot worker does not serve LaunchPad.{method}"))
+            return
+        self.lp._pilot_child = child
+        try:
+            result = getattr(self.lp, method)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - FireWorks' Rocket handles it in the child, as with its own LP
+            LOG.warning("fw child %d: LaunchPad.%s failed: %s: %s", child.pid, method, type(exc).__name__, exc)
+            self._reply(child, "err", exc)
+            return
+        fw_modules = None
+        if method == "checkout_fw":
+            m_fw, launch_id = result
+            if m_fw is not None:
+                from fireworks.utilities import fw_serializers
+
+                fw_modules = dict(fw_serializers.SAVED_FW_MODULES)
+                self._task_modules.update(type(t).__module__ for t in m_fw.tasks)
+                child.fw_id, child.launch_id, child.name = m_fw.fw_id, launch_id, m_fw.name
+                child.started_mono = time.monotonic()
+                LOG.info("fw %d '%s' started (launch %d, pid %d, dir %s)", m_fw.fw_id, m_fw.name, launch_id,
+                         child.pid, args[1] if len(args) > 1 else kwargs.get("launch_dir"))
+        elif method == "complete_launch":
+            child.end_state = str(kwargs.get("state", args[2] if len(args) > 2 else "COMPLETED"))
+        self._reply(child, "ok", result, fw_modules)
+        if (method == "checkout_fw" and child.fw_id is not None and not self._forkserver.requested
+                and not self._forkserver.forked and child.stop_sent_at is None and not self._signals):
+            # the next child is forked while this Firework runs
+            self._request_child()
 
     def _next_stop_trigger(self) -> float | None:
         """Seconds until the deadline trigger (``deadline - margin/2``), or None without a deadline."""
@@ -741,22 +980,18 @@ class Worker:
             LOG.info("%s: grace shortened to %.1f s", why, grace)
 
     def _supervise(self, child: _ChildState) -> None:
-        """Wait for the child while reading its reports and reacting to signals and the deadline."""
+        """Serve the child's LaunchPad calls and wait for it, reacting to signals and the deadline."""
         handled = 0
         while True:
-            if child.status is None:
-                done, status = os.waitpid(child.pid, os.WNOHANG)
-                if done:
-                    child.status = status
-            if child.status is not None and child.eof:
-                break
-            if child.status is not None:
-                # The child is gone; a grandchild may still hold the pipe: take what is there and stop.
-                ready, _, _ = select.select([child.read_fd], [], [], 0)
-                if not ready:
-                    break
-                self._read_events(child)
-                continue
+            self._take_status(child)
+            if child.status is None and self._forkserver.gone:
+                self._child_without_fork_server(child)
+            if child.status is not None or child.status_lost:
+                # The child is gone; a process it left may still hold the pipe: take what is there and stop.
+                if not child.eof and select.select([child.call_fd], [], [], 0)[0]:
+                    self._read_calls(child)
+                    continue
+                return
             if self._firework_final(child):
                 # FireWorks has completed the launch and refreshed the workflow; the child only has to exit,
                 # which the worker reaps in the background while the next Firework starts.
@@ -786,61 +1021,64 @@ class Worker:
                                     None if child.kill_at is None or child.killed else child.kill_at - now)
                         if t is not None]
             timeout = max(min(timeouts), 0.0) if timeouts else None
-            fds = [self._wake_r] + ([] if child.eof else [child.read_fd])
+            fds = [self._wake_r, self._forkserver.sock] + ([] if child.eof else [child.call_fd])
             ready, _, _ = select.select(fds, [], [], timeout)
             if self._wake_r in ready:
                 self._drain_wakeups()
-            if child.read_fd in ready:
-                self._read_events(child)
+            if child.call_fd in ready:
+                self._read_calls(child)
+            if self._forkserver.sock in ready:
+                self._forkserver.poll()
+
+    def _child_without_fork_server(self, child: _ChildState) -> None:
+        """The fork server died (it reaps the children): end the child, so that its Firework can be settled."""
+        LOG.error("the fork server (pid %d) died while fw child %d ran: killing the child", self._forkserver.pid,
+                  child.pid)
+        self._killpg(child.pid, signal.SIGKILL)
+        limit = time.monotonic() + 5.0
+        while time.monotonic() < limit:
+            try:
+                os.kill(child.pid, 0)  # an orphaned zombie is reaped by init soon
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        child.status_lost = True
+        child.killed = True
 
     @staticmethod
     def _firework_final(child: _ChildState) -> bool:
-        """True when the child reported a completed launch and holds no workflow lock."""
-        return (child.fw_id is not None and child.end_state in FINAL_LAUNCH_STATES and not child.locks
-                and not child.lock_failed)
+        """True when the worker completed the child's launch and the workflow refresh took its lock."""
+        return child.fw_id is not None and child.end_state in FINAL_LAUNCH_STATES and not child.lock_failed
 
     def _reap_exiting(self, block: bool = False, timeout: float = 5.0) -> None:
-        """Reap children whose Firework is final but which were still exiting; clear their process groups."""
+        """Collect the exit of children that no longer hold a Firework (the fork server reaps them and clears
+        their process groups); with ``block``, wait up to ``timeout`` s, then SIGKILL what is left."""
         limit = time.monotonic() + timeout
-        for child in list(self._exiting):
-            while True:
-                done, status = os.waitpid(child.pid, os.WNOHANG)
-                if done or not block:
-                    break
-                if time.monotonic() >= limit:
-                    LOG.warning("fw child %d (fw %s, already %s) does not exit: SIGKILL", child.pid, child.fw_id,
-                                child.end_state)
+        while self._exiting:
+            self._forkserver.poll()
+            for child in list(self._exiting):
+                self._take_status(child)
+                if child.status is not None:
+                    self._exiting.remove(child)
+            if not block or not self._exiting or self._forkserver.gone:
+                return
+            left = limit - time.monotonic()
+            if left <= 0:
+                for child in self._exiting:
+                    LOG.warning("fw child %d (fw %s, %s) does not exit: SIGKILL", child.pid, child.fw_id,
+                                child.end_state or "no Firework")
                     self._killpg(child.pid, signal.SIGKILL)
-                    done, status = os.waitpid(child.pid, 0)
-                    break
-                time.sleep(0.01)
-            if done:
-                child.status = status
-                self._exiting.remove(child)
-                self._killpg(child.pid, signal.SIGKILL, reaped=True)
-                self._close_child_fds(child)
-
-    def _learn_modules(self, child: _ChildState) -> None:
-        """Import in the worker the task modules a child needed, so later children start with them."""
-        from fireworks.utilities import fw_serializers
-
-        for fw_name, module in child.saved_modules.items():
-            fw_serializers.SAVED_FW_MODULES.setdefault(fw_name, module)
-        for module in child.modules + sorted(set(child.saved_modules.values())):
-            if module in sys.modules or module in self._imported_for_children:
+                limit = time.monotonic() + 5.0
+                block = False  # one more look after the SIGKILL, then give up
+                self._forkserver.poll(1.0)
                 continue
-            self._imported_for_children.add(module)
-            try:
-                importlib.import_module(module)
-            except Exception as exc:  # noqa: BLE001 - a task module that fails here fails in the child too
-                LOG.warning("could not pre-import task module %s in the worker (%s: %s); each Firework child "
-                            "will import it itself", module, type(exc).__name__, exc)
+            self._forkserver.poll(min(left, 0.5))
 
     # ------------------------------------------------------------------ settle
     def _describe_status(self, child: _ChildState) -> str:
         status = child.status
         if status is None:
-            return "unknown status"
+            return "killed by the worker, exit status unknown" if child.status_lost else "unknown status"
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             try:
@@ -870,7 +1108,6 @@ class Worker:
             LOG.info("fw %d %s in %s s", fw_id, outcome.value, _secs(duration))
             return LaunchRecord(outcome, fw_id, child.launch_id, child.name, duration)
 
-        self._release_locks(child)
         fw_doc = self.db(f"reading fw {fw_id}", self.lp.fireworks.find_one, {"fw_id": fw_id},
                          {"state": 1, "launches": 1, "name": 1})
         if fw_doc is None:
@@ -885,7 +1122,7 @@ class Worker:
             launch_state = launch_doc.get("state") if launch_doc else None
 
         if launch_state in FINAL_LAUNCH_STATES:
-            # The task's own result stands; only the workflow refresh may be missing (child killed mid-write).
+            # The task's own result stands; only the workflow refresh may be missing (its lock was taken).
             if fw_doc.get("state") in ACTIVE_STATES:
                 self.db(f"refreshing the workflow of fw {fw_id}", self.lp._refresh_wf, fw_id)
             outcome = Outcome(launch_state)
@@ -912,17 +1149,6 @@ class Worker:
         LOG.warning("fw %d requeued (now %s) after %s s: %s, Firework process %s%s", fw_id,
                     (new_state or {}).get("state"), _secs(duration), why, status_text, note)
         return LaunchRecord(Outcome.REQUEUED, fw_id, child.launch_id, name, duration, detail=why)
-
-    def _release_locks(self, child: _ChildState) -> None:
-        for fw_id, state in sorted(child.locks.items()):
-            if state == "held":
-                LOG.warning("fw child %d died holding the workflow lock of fw %d: releasing it", child.pid, fw_id)
-                self.db(f"releasing the workflow lock of fw {fw_id}", self.lp.workflows.find_one_and_update,
-                        {"nodes": fw_id}, {"$unset": {"locked": True}})
-            else:
-                LOG.warning("fw child %d died while acquiring the workflow lock of fw %d; it is not released "
-                            "(it may belong to another process). If the workflow stays locked: "
-                            "lpad admin unlock -i %d", child.pid, fw_id, fw_id)
 
     def _fizzle_launch(self, launch_id: int, message: str) -> None:
         """Mark a launch FIZZLED with ``message`` (history kept), without touching its Firework."""

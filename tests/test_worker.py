@@ -399,7 +399,9 @@ def test_database_restart_does_not_kill_the_pilot(tmp_path, workers):
     """The LaunchPad server goes away for a few seconds while the worker polls, then comes back."""
     server = EmbeddedServer(tmp_path / "db").start()
     try:
-        lp = LaunchPad(host=server.uri, name="restart", uri_mode=True, strm_lvl="ERROR")
+        # a short server selection timeout, so that a poll during the outage fails instead of waiting it out
+        lp = LaunchPad(host=server.uri + "?serverSelectionTimeoutMS=500", name="restart", uri_mode=True,
+                       strm_lvl="ERROR")
         lp.reset("", require_password=False)
         first = add(lp, EnvTask(), "before", "restart")
         w = workers(lp, tmp_path, ["restart"], "--no-deadline", "--idle-timeout", "30", "--db-retry-time", "60")
