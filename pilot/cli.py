@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "init": "pilot.cli_config:init", "config": "pilot.cli_config:config", "render": "pilot.cli_config:render",
     "md": "tasks.cli:md",
     "report": "pilot.cli_report:report_cmd", "demo": "pilot.cli_report:demo_cmd",
+    "status": "pilot.cli_status:status", "doctor": "pilot.cli_status:doctor", "bootstrap": "pilot.cli_status:bootstrap",
 }
 
 
