@@ -23,7 +23,7 @@ from fireworks import Firework, LaunchPad, ScriptTask, Workflow
 from fireworks.user_objects.firetasks.script_task import PyTask
 
 from tests.helpers import REPO, EmbeddedServer, wait_for
-from tests.test_worker_tasks import EnvTask, IgnoreTermTask, TrapTermTask
+from tests.test_worker_tasks import EnvTask, IgnoreTermTask, OwnStateTask, TrapTermTask
 
 
 # --------------------------------------------------------------------------- helpers
@@ -339,6 +339,32 @@ def test_failing_task_fizzles_normally(launchpad, tmp_path, workers):
     assert w.wait(60) == 0, w.log()
     assert fw_doc(launchpad, fw_id)["state"] == "FIZZLED"
     assert "1 Fireworks run (0 completed, 1 fizzled, 0 requeued)" in w.log()
+
+
+def test_task_given_the_launchpad_uses_it(launchpad, tmp_path, workers):
+    """FireWorks gives the LaunchPad to tasks with spec._add_launchpad_and_fw_id; it must work in the child."""
+    fw = Firework([OwnStateTask()], spec={"_category": "lpuser", "_add_launchpad_and_fw_id": True}, name="me")
+    launchpad.add_wf(Workflow([fw]))
+    fw_id = launchpad.fireworks.find_one({"name": "me"})["fw_id"]
+    w = workers(launchpad, tmp_path, ["lpuser"], "--no-deadline", "--idle-timeout", "1")
+    assert w.wait(60) == 0, w.log()
+    (launch,) = launches_of(launchpad, fw_id)
+    assert launch["state"] == "COMPLETED", w.log()
+    assert launch["action"]["stored_data"] == {"state_seen": "RUNNING", "name_seen": "me"}
+
+
+def test_fork_server_killed_while_firework_runs(launchpad, tmp_path, workers):
+    fw_id = add(launchpad, ScriptTask.from_str("sleep 779"), "orphaned", "fsrv")
+    w = workers(launchpad, tmp_path, ["fsrv"], "--no-deadline", "--idle-timeout", "60")
+    wait_for(lambda: processes_with_cmdline("sleep", "779"), 60, 0.1, "sleep 779")
+    (fork_server,) = psutil.Process(w.pid).children()  # the worker's only child; Firework children are its
+    fork_server.kill()
+    assert w.wait(30) == 1
+    log = w.log()
+    assert f"the fork server (pid {fork_server.pid}) died while fw child" in log
+    assert fw_doc(launchpad, fw_id)["state"] == "READY"
+    assert processes_with_cmdline("sleep", "779") == []
+    assert_nothing_running(launchpad)
 
 
 # --------------------------------------------------------------------------- errors a person can act on

@@ -56,3 +56,13 @@ class IgnoreTermTask(FiretaskBase):
         Path(self["ready_file"]).write_text(str(os.getpid()))
         time.sleep(1000)
         return FWAction()
+
+
+@explicit_serialize
+class OwnStateTask(FiretaskBase):
+    """Uses the LaunchPad FireWorks hands to tasks with ``_add_launchpad_and_fw_id``: reads its own Firework."""
+
+    def run_task(self, fw_spec: dict) -> FWAction:
+        doc = self.launchpad.fireworks.find_one({"fw_id": self.fw_id}, {"state": 1})
+        fw = self.launchpad.get_fw_by_id(self.fw_id)
+        return FWAction(stored_data={"state_seen": doc["state"], "name_seen": fw.name})
