@@ -161,13 +161,15 @@ def with_setup(setup: str, argv: list[str]) -> list[str]:
     """``argv`` run after the ``setup`` lines, as the pilot job script runs them (bash, ``set -e``).
 
     The setup text goes to ``bash -c`` as one argument and ``argv`` follows as ``"$@"``, so nothing is
-    re-quoted: ``["bash", "-c", "set -e; ...<setup>...\\nexec \\"$@\\"", "pilot-setup", *argv]``. A failing
-    setup line prints ``pilot: setup failed at line N (exit code C)`` on stderr (N counts the setup lines).
+    re-quoted: ``["bash", "-c", "set -e; trap ... ERR; <setup>\\ntrap - ERR\\nexec \\"$@\\"", "pilot-setup",
+    *argv]``. The first setup line shares the script's first line, so that line numbers in bash's own
+    messages (``pilot-setup: line N: ...``) and in ``pilot: setup failed at line N (exit code C)`` (from
+    the ERR trap) are the numbers of the setup lines.
     """
     text = setup.strip("\n")
     if not text.strip():
         return ["bash", "-c", 'exec "$@"', "pilot-setup", *argv]
-    script = ("set -e; trap 'echo \"pilot: setup failed at line $((LINENO - 1)) (exit code $?)\" >&2' ERR\n"
+    script = ("set -e; trap 'echo \"pilot: setup failed at line $LINENO (exit code $?)\" >&2' ERR; "
               + text + "\ntrap - ERR\nexec \"$@\"")
     return ["bash", "-c", script, "pilot-setup", *argv]
 
@@ -180,6 +182,15 @@ def _tail(text: str, lines: int = 6) -> str:
 def _last(text: str) -> str:
     rows = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return rows[-1] if rows else ""
+
+
+def _short_error(line: str, limit: int = 300) -> str:
+    """A Python error line without pymongo's topology dump (``..., Timeout: 10.0s, Topology Description: ...``)."""
+    for cut in (" (configured timeouts", ", Timeout:", ", Topology Description"):
+        i = line.find(cut)
+        if i > 0:
+            line = line[:i]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _probe(stdout: str) -> dict[str, Any] | None:
@@ -228,8 +239,13 @@ def scheduler_commands(cluster: Any) -> list[str]:
         argvs.append(hist)
     out: list[str] = []
     for argv in argvs:
-        if argv and argv[0] not in out:
-            out.append(argv[0])
+        words = list(argv)
+        if words[:1] == ["env"]:   # env VAR=value program ...
+            words = words[1:]
+            while words and "=" in words[0] and not words[0].startswith("/"):
+                words = words[1:]
+        if words and words[0] not in out:
+            out.append(words[0])
     return out
 
 
@@ -345,7 +361,7 @@ class ClusterDoctor:
         for cid, title, fn, needs in self.plan():
             missing = [n for n in needs if self.state.get(n) not in (CheckStatus.PASS, CheckStatus.WARN)]
             if missing:
-                res = CheckResult(cid, title, CheckStatus.SKIP, detail=f"skipped: needs the {missing[0]} check")
+                res = CheckResult(cid, title, CheckStatus.SKIP, detail=f"not run: needs the {missing[0]} check")
             else:
                 if on_start:
                     on_start(cid, title)
@@ -505,7 +521,7 @@ class ClusterDoctor:
         if res.returncode == 0 and info is not None:
             return CheckResult("database", title, CheckStatus.PASS,
                                detail=f"{lpf}: database {info.get('database')} answered in {info.get('seconds')} s")
-        err = _last(res.stderr) or f"exit code {res.returncode}"
+        err = _short_error(_last(res.stderr)) or f"exit code {res.returncode}"
         if "FileNotFoundError" in err or "No such file" in err:
             fix = (f"the launchpad file is missing on the cluster: `pilot bootstrap {self.name}` copies yours "
                    f"there (mode 600), or correct launchpad_file in {self.file}")

@@ -280,6 +280,9 @@ def human_duration(seconds: float) -> str:
     s = max(0, int(seconds))
     if s < 60:
         return f"{s} s"
+    if s < 600:
+        m, sec = divmod(s, 60)
+        return f"{m} min {sec} s" if sec else f"{m} min"
     if s < 3600:
         return f"{s // 60} min"
     if s < 86400:
@@ -897,7 +900,8 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
                        f"add {name} to `categories:` in a cluster file")
     for t in r.too_long:
         ids = ", ".join(str(i) for i in t.fw_ids) + (" ..." if len(t.fw_ids) < t.count else "")
-        out.append(f"* category {t.category}: {_plural(t.count, 'READY Firework')} need more than "
+        out.append(f"* category {t.category}: {_plural(t.count, 'READY Firework')} "
+                   f"need{'s' if t.count == 1 else ''} more than "
                    f"{human_duration(t.usable or 0)} (spec._pilot.walltime up to {human_duration(t.longest)}), "
                    f"the most a pilot of {', '.join(t.clusters)} gives (wall time minus walltime_margin): "
                    f"no pilot will take them. Raise pilot.walltime, or split the work (fw {ids})")

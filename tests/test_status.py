@@ -58,6 +58,8 @@ def test_human_times():
     assert human_ago(now - 7200, now) == "2 h ago"
     assert human_ago(now - 3 * 86400 - 4 * 3600, now) == "3 d 4 h ago"
     assert human_ago(now + 120, now) == "in 2 min"
+    assert human_ago(now - 270, now) == "4 min 30 s ago"
+    assert human_ago(now - 1500, now) == "25 min ago"
     assert human_duration(59.9) == "59 s"
     assert human_until(None, now) == "-"
     assert human_until(now - 1, now) == "-"
@@ -301,6 +303,7 @@ def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_v
     res = pilot_cli("--config-dir", str(cfg_dir), "status")
     assert res.returncode == 0, res.stderr
     text = res.stdout
+    print(text)   # shown when the test fails
     assert f"fw {bad_id} fails-on-purpose (md): RuntimeError: ScriptTask fizzled! Return code: [3]" in text
     assert launch["launch_dir"] in text
     assert pilot_out in text
