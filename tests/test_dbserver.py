@@ -589,3 +589,28 @@ def test_legacy_handshake_and_garbage_connections(own_server):
         assert exc.value.code == 115 and "$merge" in str(exc.value)
         st = c.admin.command("pilotStats")
         assert st["journal"]["fsyncs"] >= 0 and st["commands"]["ping"] >= 1
+
+
+def test_find_and_modify_sort_follows_bson_order(db):
+    """Reservation-style findAndModify picks by sort order across types.
+
+    Expected order from the MongoDB manual, "Comparison/Sort Order": null (and missing) < numbers < strings <
+    ObjectId < booleans < dates; descending here, ties broken by ``k`` ascending.
+    """
+    oid = bson.ObjectId("65a000000000000000000000")
+    values = [("missing", None), ("null", None), ("int", 3), ("float", 2.5), ("str", "b"), ("str2", "a"),
+              ("oid", oid), ("bool", True), ("date", datetime.datetime(2024, 1, 1)), ("neg", -1)]
+    for k, (name, v) in enumerate(values):
+        doc = {"k": k, "name": name, "state": "READY"}
+        if name != "missing":
+            doc["p"] = v
+        db.sortme.insert_one(doc)
+    db.sortme.create_index("state")
+    picks = []
+    while True:
+        d = db.sortme.find_one_and_update({"state": "READY"}, {"$set": {"state": "RESERVED"}},
+                                          sort=[("p", -1), ("k", 1)])
+        if d is None:
+            break
+        picks.append(d["name"])
+    assert picks == ["date", "bool", "oid", "str", "str2", "int", "float", "neg", "missing", "null"]

@@ -54,15 +54,18 @@ def write_lp_file(path: Path, uri: str, name: str) -> Path:
     return path
 
 
-def fw_env() -> dict[str, str]:
+def fw_env(fw_config: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if fw_config is not None:
+        env["FW_CONFIG_FILE"] = str(fw_config)
     return env
 
 
-def lpad(lp_file: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def lpad(lp_file: Path, *args: str, timeout: float = 120,
+         fw_config: Path | None = None) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(["lpad", "-l", str(lp_file), *args], capture_output=True, text=True, timeout=timeout,
-                         env=fw_env(), check=False)
+                         env=fw_env(fw_config), check=False)
     assert res.returncode == 0, f"lpad {' '.join(args)} failed ({res.returncode}): {res.stderr[-2000:]}"
     return res
 
@@ -243,7 +246,8 @@ with open(ack_path, "a") as ack:
 class Fleet:
     """The adder and the rlaunch processes of a run, each stopped by its pid at the end."""
 
-    def __init__(self, lp_file: Path, workdir: Path, rlaunch_args: list[str]) -> None:
+    def __init__(self, lp_file: Path, workdir: Path, rlaunch_args: list[str], fw_config: Path | None = None) -> None:
+        self.env = fw_env(fw_config)
         self.lp_file = lp_file
         self.workdir = workdir
         self.rlaunch_args = rlaunch_args
@@ -257,7 +261,7 @@ class Fleet:
         with open(self.workdir / "adder.log", "ab") as log:
             self.adder = subprocess.Popen([sys.executable, "-c", ADDER, str(self.lp_file), str(self.ack),
                                            str(chains), str(delay)], stdout=log, stderr=subprocess.STDOUT,
-                                          env=fw_env())
+                                          env=self.env)
 
     def adder_done(self) -> bool:
         return self.adder is not None and self.adder.poll() is not None
@@ -274,7 +278,7 @@ class Fleet:
             with open(self.workdir / f"worker{i}.log", "ab") as log:
                 self.workers[i] = subprocess.Popen(["rlaunch", "-l", str(self.lp_file), "-s", "rapidfire",
                                                     *self.rlaunch_args], cwd=d, stdout=log,
-                                                   stderr=subprocess.STDOUT, env=fw_env())
+                                                   stderr=subprocess.STDOUT, env=self.env)
             self.starts += 1
 
     def workers_running(self) -> bool:
@@ -373,7 +377,11 @@ def test_kill9_mid_run_loses_no_acknowledged_write_and_the_run_completes(tmp_pat
     lp_file = write_lp_file(tmp_path / "my_launchpad.yaml", server.uri, "killrun")
     lp = LaunchPad.from_file(str(lp_file))
     lp.reset("", require_password=False)
-    fleet = Fleet(lp_file, tmp_path, ["--sleep", "1", "--max_loops", "2"])
+    # A rocket that dies inside FireWorks' workflow lock leaves the workflow locked; let FireWorks break such a
+    # lock after 5 s instead of 5 min (FW_config: WFLOCK_EXPIRATION_SECS / WFLOCK_EXPIRATION_KILL).
+    fw_config = tmp_path / "FW_config.yaml"
+    fw_config.write_text(yaml.safe_dump({"WFLOCK_EXPIRATION_SECS": 5, "WFLOCK_EXPIRATION_KILL": True}))
+    fleet = Fleet(lp_file, tmp_path, ["--sleep", "1", "--max_loops", "2"], fw_config=fw_config)
     try:
         fleet.start_adder(chains=100, delay=0.03)
         wait_for(lambda: lp.fireworks.count_documents({}) > 0, timeout=60, interval=0.1, what="first workflow")
@@ -421,13 +429,13 @@ def test_kill9_mid_run_loses_no_acknowledged_write_and_the_run_completes(tmp_pat
             elif not fleet.workers_running():
                 # only rockets killed with the server remain (RUNNING/RESERVED/FIZZLED): nothing runs now
                 time.sleep(1.5)
-                lpad(lp_file, "detect_lostruns", "--time", "1", "--rerun")
-                lpad(lp_file, "detect_unreserved", "--time", "1", "--rerun")
+                lpad(lp_file, "detect_lostruns", "--time", "1", "--rerun", "--refresh", fw_config=fw_config)
+                lpad(lp_file, "detect_unreserved", "--time", "1", "--rerun", fw_config=fw_config)
                 # a rocket killed between reserving a Firework and creating its launch leaves it RESERVED
                 # with no launch (detect_unreserved looks at launches): rerun those too
                 for st in ("FIZZLED", "RESERVED"):
                     if counts.get(st):
-                        lpad(lp_file, "rerun_fws", "-s", st)
+                        lpad(lp_file, "rerun_fws", "-s", st, fw_config=fw_config)
             time.sleep(0.3)
         wait_for(lambda: not fleet.workers_running(), timeout=60, interval=0.2, what="rlaunchers to exit")
         assert fleet.adder.returncode == 0, (tmp_path / "adder.log").read_text()[-2000:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -59,6 +60,12 @@ _GENERIC_FIELDS = ("$db", "lsid", "$readPreference", "$clusterTime", "txnNumber"
                    "autocommit", "startTransaction", "$client", "bypassDocumentValidation")
 
 
+#: Commands that read no data and change nothing: answered without taking the lock.
+_LOCK_FREE = frozenset({"hello", "ismaster", "ping", "buildinfo", "getparameter", "getcmdlineopts", "hostinfo",
+                        "whatsmyuri", "getlog", "connectionstatus", "serverstatus", "getfreemonitoringstatus",
+                        "logout", "endsessions", "getlasterror", "saslstart", "authenticate", "saslcontinue"})
+
+
 class CommandError(Exception):
     """A command failed; becomes ``{"ok": 0, "errmsg", "code", "codeName"}``."""
 
@@ -85,10 +92,12 @@ class CommandStats:
     count: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, dt: float) -> None:
-        self.count[name] = self.count.get(name, 0) + 1
-        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+        with self._lock:
+            self.count[name] = self.count.get(name, 0) + 1
+            self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
 
 def _batch(docs: Iterable[bytes] | deque[bytes], batch_size: int | None) -> tuple[list[RawBSONDocument], bool]:
@@ -117,6 +126,61 @@ def _sort_docs(docs: list[dict[str, Any]], sort: dict[str, Any] | None) -> list[
         if key.startswith("$") or isinstance(direction, dict):
             raise CommandError(f"sorting by {key!r} is not supported by the embedded server", 115)
         docs = sorted(docs, key=lambda d, k=key: filtering.resolve_sort_key(k, d), reverse=direction < 0)
+    return docs
+
+
+class _NoFastKey(Exception):
+    """A sort value outside the simple cases: sort with mongomock's general comparison instead."""
+
+
+_NUMBERS = (int, float, Int64)
+
+
+def _fast_key(doc: dict[str, Any], path: list[str]) -> tuple[Any, ...]:
+    """A sort key for ``path`` in BSON comparison order for the common types.
+
+    Order (MongoDB manual, "Comparison/Sort Order"): null (and missing) < numbers < strings < ObjectId <
+    booleans < dates. Arrays, sub-documents and other types raise :class:`_NoFastKey`.
+    """
+    v: Any = doc
+    for part in path:
+        if type(v) is dict:
+            if part not in v:
+                return (1, 0)
+            v = v[part]
+        elif isinstance(v, list):
+            raise _NoFastKey
+        else:
+            return (1, 0)
+    t = type(v)
+    if v is None:
+        return (1, 0)
+    if t is bool:
+        return (8, v)
+    if t in _NUMBERS:
+        if t is float and math.isnan(v):
+            raise _NoFastKey
+        return (2, v)
+    if t is str:
+        return (3, v)
+    if t is ObjectId:
+        return (7, v)
+    if t is datetime.datetime:
+        return (9, v)
+    raise _NoFastKey
+
+
+def _fast_sort(docs: list[dict[str, Any]], sort: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Sort with C-level tuple keys (stable, last key first); None when a value needs the general comparison."""
+    fields = list(sort.items())
+    if not fields or any(k.startswith("$") or type(d) not in (int, float, Int64) for k, d in fields):
+        return None
+    try:
+        for key, direction in reversed(fields):
+            path = key.split(".")
+            docs = sorted(docs, key=lambda d, p=path: _fast_key(d, p), reverse=direction < 0)
+    except _NoFastKey:
+        return None
     return docs
 
 
@@ -192,6 +256,16 @@ class Backend:
             cmd.pop(k, None)
         handler = self._handlers.get(lname)
         t0 = time.perf_counter()
+        if lname in _LOCK_FREE:
+            # Handshakes and pings never wait for a long command: a driver whose heartbeat times out
+            # declares the server down and cancels its operations.
+            assert handler is not None
+            try:
+                reply = handler(db, name, cmd, seqs, conn_id)
+            except CommandError as exc:
+                reply = error_reply(str(exc), exc.code)
+            self.stats.add(name, time.perf_counter() - t0)
+            return reply, 0
         with self.lock:
             if self.failure:
                 return error_reply(self.failure, 1), 0
@@ -434,10 +508,28 @@ class Backend:
     def _targets(self, coll: mongomock.Collection, q: dict[str, Any], sort: dict[str, Any] | None,
                  limit: int) -> list[dict[str, Any]]:
         """The stored documents a write applies to (live references), in sort/natural order."""
-        it = coll._iter_documents(q)
         if sort:
-            docs = _sort_docs(list(it), sort)
+            # Sort the candidates first, then test the filter in that order only until `limit` match:
+            # FireWorks' reservation (findAndModify, sort by priority and creation) then checks a handful of
+            # documents instead of every READY one.
+            cs = coll._store
+            cands = cs.candidates(q) if isinstance(cs, TrackedCollectionStore) else None
+            if cands is None:
+                cands = list(cs.raw_documents()) if isinstance(cs, TrackedCollectionStore) else None
+            ordered = _fast_sort(cands, sort) if cands is not None else None
+            if ordered is not None:
+                if not ordered:
+                    filtering.filter_applies(q, {})  # validate the filter like mongomock does
+                out = []
+                for d in ordered:
+                    if filtering.filter_applies(q, d):
+                        out.append(d)
+                        if limit and len(out) >= limit:
+                            break
+                return out
+            docs = _sort_docs(list(coll._iter_documents(q)), sort)
             return docs[:limit] if limit else docs
+        it = coll._iter_documents(q)
         if limit:
             return list(itertools.islice(it, limit))
         return list(it)
@@ -455,12 +547,16 @@ class Backend:
                       doc: dict[str, Any], u: Any, array_filters: Any) -> int:
         """Apply ``u`` to one stored document; returns modified count."""
         _id = doc["_id"]
-        cs.touch(doc_key(_id))
+        key = doc_key(_id)
+        cs.touch(key)
         spec = self._by_id(q, _id)
-        if isinstance(u, list) or _is_operator_update(u):
-            kw = {"array_filters": array_filters} if array_filters else {}
-            return coll.update_one(spec, u, **kw).modified_count
-        return coll.replace_one(spec, u).modified_count
+        try:
+            if isinstance(u, list) or _is_operator_update(u):
+                kw = {"array_filters": array_filters} if array_filters else {}
+                return coll.update_one(spec, u, **kw).modified_count
+            return coll.replace_one(spec, u).modified_count
+        finally:
+            cs.refresh(key)
 
     def _upsert(self, coll: mongomock.Collection, q: dict[str, Any], u: Any, array_filters: Any) -> Any:
         if isinstance(u, list) or _is_operator_update(u):

@@ -146,7 +146,8 @@ class TrackedCollectionStore(CollectionStore):
         self._tracker = tracker
         self.db_name = db_name
         self._indexes: dict[str, dict[str, Any]] = {}
-        self._touched: dict[Any, None] = {}
+        self._touched: dict[Any, None] = {}  # changed in this command: journal their post-image/deletion
+        self._stale: dict[Any, None] = {}  # being modified in place: index entries may be out of date
         self._pos: dict[Any, int] = {}
         self._next_pos = 0
         self._hidx: dict[str, dict[Any, set[Any]]] = {}
@@ -177,12 +178,16 @@ class TrackedCollectionStore(CollectionStore):
         if key not in self._pos:
             self._pos[key] = self._next_pos
             self._next_pos += 1
-        self.touch(key)
+        self._reindex(key, val)  # mongomock stores a document once it is final (insert, upsert, rollback)
+        self._stale.pop(key, None)
+        self._mark(key)
 
     def __delitem__(self, key: Any) -> None:
         super().__delitem__(key)
         self._pos.pop(key, None)
-        self.touch(key)
+        self._reindex(key, None)
+        self._stale.pop(key, None)
+        self._mark(key)
 
     def create(self) -> None:
         super().create()
@@ -196,6 +201,7 @@ class TrackedCollectionStore(CollectionStore):
         finally:
             self._ready = True
         self._touched = {}
+        self._stale = {}
         self._pos = {}
         self._entries = {}
         self._sync_fields()
@@ -212,18 +218,34 @@ class TrackedCollectionStore(CollectionStore):
         self._sync_fields()
 
     # -- effects -----------------------------------------------------------------------------------
-    def touch(self, key: Any) -> None:
-        """Announce that the document under ``key`` may change (or just changed) in this command."""
+    def _mark(self, key: Any) -> None:
         self._touched[key] = None
         self._tracker.mark(self)
 
+    def touch(self, key: Any) -> None:
+        """Announce that the stored document under ``key`` is about to be modified in place.
+
+        Until :meth:`refresh` (or the end of the command) its index entries may be stale, so it is a candidate
+        for every lookup; its post-image is journaled at the end of the command.
+        """
+        self._stale[key] = None
+        self._mark(key)
+
+    def refresh(self, key: Any) -> None:
+        """The in-place modification of ``key`` is done: bring its index entries up to date."""
+        if key in self._stale:
+            del self._stale[key]
+            self._reindex(key, self._documents.get(key))
+
     def take_touched(self) -> list[dict[str, Any]]:
-        """Journal ops for every touched document (post-image or deletion); re-index them."""
+        """Journal ops for every touched document (post-image or deletion); re-index stale ones."""
         out: list[dict[str, Any]] = []
         docs = self._documents
+        for key in self._stale:
+            self._reindex(key, docs.get(key))
+        self._stale = {}
         for key in self._touched:
             doc = docs.get(key)
-            self._reindex(key, doc)
             if doc is None:
                 out.append({"op": "del", "db": self.db_name, "c": self.name, "id": key})
             else:
@@ -329,8 +351,8 @@ class TrackedCollectionStore(CollectionStore):
         keys = self._plan(flt)
         if keys is None:
             return None
-        if self._touched:
-            keys = keys | self._touched.keys()
+        if self._stale:
+            keys = keys | self._stale.keys()
         docs = self._documents
         pos = self._pos
         present = [k for k in keys if k in docs]
