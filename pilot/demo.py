@@ -326,7 +326,7 @@ def add_simulations(lp: Any, engine: str, root: Path, count: int, nsteps: int, s
 
             openmm_water_box(run_dir, seed=1000 + i)
             params = {"nsteps": nsteps, "platform": "CPU", "platform_properties": {"Threads": "1"},
-                      "traj_interval": 500, "energy_interval": 500, "temperature": 300, "seed": i,
+                      "traj_interval": 100, "energy_interval": 100, "temperature": 300, "seed": i,
                       "chunk_seconds": 0.5}
             wf = make_md_workflow(run_dir, "openmm", name, engine_params=params, env={"OPENMM_CPU_THREADS": "1"},
                                   **common)
