@@ -286,6 +286,7 @@ def test_clean_restart_restores_documents_and_indexes(own_server, tmp_path):
         t.create_index("a", unique=True)
         t.create_index([("b", 1), ("c", -1)], name="b_c")
         t.create_index("s", sparse=True)
+        t.create_index("p", name="partial_p", partialFilterExpression={"b": {"$gt": 2}})
         t.insert_many([{"a": i, "b": i % 7, "c": str(i), "when": datetime.datetime(2024, 5, 1, 12, 0, i % 60)}
                        for i in range(500)])
         t.update_many({"b": 3}, {"$set": {"flag": True}})
@@ -542,6 +543,15 @@ def test_second_server_on_same_data_dir_refuses(own_server, tmp_path):
         assert c.admin.command("ping")["ok"] == 1.0
     info = json.loads((tmp_path / "data" / "server.json").read_text())
     assert info["pid"] == srv.proc.pid and info["port"] == srv.port and info["host"] == "127.0.0.1"
+
+
+def test_credentials_get_a_clear_authentication_error(own_server):
+    srv = own_server()
+    uri = f"mongodb://alice:secret@127.0.0.1:{srv.port}/x?authSource=admin"
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as c:
+        with pytest.raises(pymongo.errors.OperationFailure) as exc:
+            c.x.c.find_one()
+    assert exc.value.code == 18 and "no users and no authentication" in str(exc.value)
 
 
 def test_sigint_is_a_clean_shutdown_with_banner(own_server, tmp_path):

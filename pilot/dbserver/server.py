@@ -136,6 +136,7 @@ class LaunchPadServer:
         self.port = opts.port
         self.host = opts.host
         self.snapshots = 0
+        self._snapshot_bytes = 0
 
     # ------------------------------------------------------------------------------- startup
     def _prepare_data_dir(self) -> None:
@@ -306,7 +307,8 @@ class LaunchPadServer:
                 self.journal.rotate(new_gen)
                 colls = self.backend.export()
             t_locked = time.perf_counter() - t0
-            write_snapshot(self.data_dir, new_gen, colls)
+            path = write_snapshot(self.data_dir, new_gen, colls)
+            self._snapshot_bytes = path.stat().st_size
             for gen, path in journal_files(self.data_dir):
                 if gen < new_gen:
                     path.unlink()
@@ -324,7 +326,10 @@ class LaunchPadServer:
                 return
             size = self.journal.size
             stale = time.monotonic() - self._last_compact >= self.opts.compact_interval
-            if size >= self.opts.compact_bytes or (stale and size > len(JOURNAL_MAGIC)):
+            # A timed snapshot of a big database pauses commands while it is encoded: only take one when the
+            # journal it replaces is worth it (a quarter of the snapshot), or the database is small.
+            worth = self._snapshot_bytes < 8 * 2**20 or 4 * size >= self._snapshot_bytes
+            if size >= self.opts.compact_bytes or (stale and size > len(JOURNAL_MAGIC) and worth):
                 try:
                     self.compact()
                 except JournalFailure as exc:
