@@ -548,9 +548,9 @@ def test_second_server_on_same_data_dir_refuses(own_server, tmp_path):
 def test_credentials_get_a_clear_authentication_error(own_server):
     srv = own_server()
     uri = f"mongodb://alice:secret@127.0.0.1:{srv.port}/x?authSource=admin"
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as c:
-        with pytest.raises(pymongo.errors.OperationFailure) as exc:
-            c.x.c.find_one()
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as c, \
+            pytest.raises(pymongo.errors.OperationFailure) as exc:
+        c.x.c.find_one()
     assert exc.value.code == 18 and "no users and no authentication" in str(exc.value)
 
 
