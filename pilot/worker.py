@@ -91,6 +91,10 @@ class StopReason(enum.Enum):
     SIGNAL = "stop signal"
 
 
+class StopRequested(Exception):
+    """A stop signal arrived while the worker was waiting for the database to look for work."""
+
+
 class WorkerError(RuntimeError):
     """A failure that ends the worker with a message a person can act on."""
 
@@ -589,7 +593,7 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self.lp: Any = None
         self._lp_dict: dict[str, Any] = {}
-        #: the worker's ends of all child pipes (closed in every new child)
+        #: the worker's ends of the Firework children's pipes
         self._child_fds: set[int] = set()
         #: forks the Firework children; a child is asked for ahead of time, while the previous Firework runs
         self._forkserver: Any = None
@@ -631,8 +635,8 @@ class Worker:
     @staticmethod
     def _prewarm() -> None:
         """Load, once in the worker, what every Firework child needs, so that forked children start warm."""
-        import fireworks.core.rocket  # noqa: F401
-        import fireworks.core.rocket_launcher  # noqa: F401
+        for module in ("fireworks.core.rocket", "fireworks.core.rocket_launcher"):
+            importlib.import_module(module)
         from fireworks.utilities.fw_utilities import get_my_host, get_my_ip
 
         get_my_host()
@@ -672,13 +676,18 @@ class Worker:
         return FWorker(name=self.cfg.name, category=cats[0] if len(cats) == 1 else cats, query=query)
 
     # ------------------------------------------------------------------ database with retries
-    def db(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` against the database, retrying connection errors with backoff for ``db_retry_time``."""
+    def db(self, what: str, fn: Callable[..., T], *args: Any, stoppable: bool = False, **kwargs: Any) -> T:
+        """Run ``fn`` against the database, retrying connection errors with backoff for ``db_retry_time``.
+
+        With ``stoppable`` (a read that only looks for work) a stop signal ends the retrying: StopRequested.
+        """
         from pymongo.errors import ConnectionFailure, OperationFailure
 
         first: float | None = None
         delay = 1.0
         while True:
+            if stoppable and self._signals:
+                raise StopRequested(what)
             try:
                 return fn(*args, **kwargs)
             except ConnectionFailure as exc:
@@ -692,7 +701,10 @@ class Worker:
                         f"{socket.gethostname()}", EXIT_DB_UNREACHABLE) from exc
                 LOG.warning("database unreachable while %s (%s); retrying in %.0f s", what,
                             type(exc).__name__, delay)
-                time.sleep(delay)
+                if stoppable:
+                    self._sleep(delay)
+                else:
+                    time.sleep(delay)
                 delay = min(delay * 2.0, 30.0)
             except OperationFailure as exc:
                 raise WorkerError(f"database refused the operation while {what}: {exc}; check the credentials "
@@ -781,7 +793,11 @@ class Worker:
                 return StopReason.DEADLINE
             fworker = self.fworker(avail)
             if not work_hint:
-                if not self.db("checking for READY work", self.lp.run_exists, fworker):
+                try:
+                    has_work = self.db("checking for READY work", self.lp.run_exists, fworker, stoppable=True)
+                except StopRequested:
+                    return StopReason.SIGNAL
+                if not has_work:
                     idle_left = self.cfg.idle_timeout - (time.monotonic() - last_work)
                     if idle_left <= 0:
                         return StopReason.IDLE
@@ -1258,7 +1274,7 @@ def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str 
                        db_retry_time=db_retry_time, fw_log_level=fw_log_level)
     try:
         code = Worker(cfg).run()
-    except Exception:
+    except Exception:  # noqa: BLE001 - the last line of defence: say what broke, exit 1
         LOG.error("internal error in pilot worker %s:\n%s", name, traceback.format_exc())
         code = EXIT_INTERNAL
     sys.exit(code)

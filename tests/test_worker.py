@@ -7,7 +7,6 @@ FIZZLED, ``rerun_fw`` archives launches) and from the tasks themselves, never fr
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -416,7 +415,7 @@ def test_unreachable_database_exits_3(tmp_path):
         assert w.wait(60) == 3
         log = w.log()
         assert "database unreachable while checking for READY work" in log
-        assert f"retrying in" in log and str(lp_file) in log
+        assert "retrying in" in log and str(lp_file) in log
     finally:
         w.stop()
 
@@ -470,9 +469,9 @@ def test_slurm_time_limit_kills_pilot_mid_firework(launchpad, slurm_cluster, clu
         "#SBATCH --time=1",
         f"#SBATCH --output={remote_tmp}/job.out",
         f"#SBATCH --chdir={remote_tmp}",
-        f"exec {cluster_venv}/bin/pilot worker --launchpad-file {lp_file} --category slurmkill"
-        f" --name {slurm_cluster.name}-$SLURM_JOB_ID --no-deadline --idle-timeout 300 --grace 30"
-        f" --launch-dir {remote_tmp}/launches --log-file {remote_tmp}/worker.log",
+        (f"exec {cluster_venv}/bin/pilot worker --launchpad-file {lp_file} --category slurmkill"
+         f" --name {slurm_cluster.name}-$SLURM_JOB_ID --no-deadline --idle-timeout 300 --grace 30"
+         f" --launch-dir {remote_tmp}/launches --log-file {remote_tmp}/worker.log"),
         ""]))
     os.chmod(script, 0o755)
     sub = _slurm(slurm_cluster, "sbatch", "--parsable", str(script))

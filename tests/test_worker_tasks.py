@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from fireworks.core.firework import FiretaskBase, FWAction
 from fireworks.utilities.fw_utilities import explicit_serialize
@@ -20,8 +21,8 @@ class TrapTermTask(FiretaskBase):
     place), waits for SIGTERM (or ``max_wait`` seconds), and returns an FWAction with what it saw.
     """
 
-    required_params = ["ready_file"]
-    optional_params = ["max_wait"]
+    required_params: ClassVar[list[str]] = ["ready_file"]
+    optional_params: ClassVar[list[str]] = ["max_wait"]
 
     def run_task(self, fw_spec: dict) -> FWAction:
         got: list[int] = []
@@ -49,7 +50,7 @@ class EnvTask(FiretaskBase):
 class IgnoreTermTask(FiretaskBase):
     """A task whose process ignores SIGTERM (as do the programs it starts): only SIGKILL ends it."""
 
-    required_params = ["ready_file"]
+    required_params: ClassVar[list[str]] = ["ready_file"]
 
     def run_task(self, fw_spec: dict) -> FWAction:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
