@@ -91,6 +91,7 @@ class BootstrapOptions:
     force: bool = False
     wheelhouse: Path | None = None       # default <config_dir>/wheelhouse
     run_doctor: bool = True
+    source: Path | None = None           # default: the source tree this pilot runs from (if any)
 
 
 @dataclass(frozen=True)
@@ -349,11 +350,12 @@ def edit_cluster_yaml(text: str, updates: dict[str, str]) -> str:
     return out
 
 
-def project_source() -> Path | None:
-    """This project's source tree (the folder with pyproject.toml above ``pilot/``), if running from one."""
+def project_source(root: Path | None = None) -> Path | None:
+    """This project's source tree (the folder with pyproject.toml above ``pilot/``), if running from one;
+    or ``root`` if it is a fireworks-pilot source tree."""
     import pilot
 
-    root = Path(pilot.__file__).resolve().parent.parent
+    root = Path(root) if root is not None else Path(pilot.__file__).resolve().parent.parent
     pp = root / "pyproject.toml"
     try:
         if pp.is_file() and 'name = "fireworks-pilot"' in pp.read_text():
@@ -434,6 +436,7 @@ class _Ctx:
     transport: Any
     base_setup: str = ""
     venv: str = ""
+    source: Path | None = None
     remote: RemotePython | None = None
     version: str = ""
     digest: str = ""
@@ -445,9 +448,11 @@ class _Ctx:
     def timeout(self) -> float:
         return float(self.cluster.command_timeout)
 
-    def run(self, argv: list[str], timeout: float | None = None, setup: bool = True) -> Any:
+    def run(self, argv: list[str], timeout: float | None = None, setup: bool = True,
+            env: dict[str, str] | None = None) -> Any:
         cmd = with_setup(self.base_setup, argv) if setup else argv
-        return self.transport.run(cmd, timeout=timeout or self.timeout, env=dict(self.cluster.env) or None)
+        full = {**dict(self.cluster.env), **(env or {})}
+        return self.transport.run(cmd, timeout=timeout or self.timeout, env=full or None)
 
 
 def _probe(stdout: str) -> dict[str, Any] | None:
@@ -537,7 +542,7 @@ def _pip(ctx: _Ctx, argv: list[str], cwd: str | None = None, timeout: float = IN
 
 def _build_project_wheel(ctx: _Ctx, wh: Path) -> Path:
     """This project's wheel in ``wh`` (rebuilt only when the source digest changed)."""
-    root = project_source()
+    root = ctx.source
     marker = wh / ".project.json"
     try:
         known = json.loads(marker.read_text())
@@ -684,13 +689,15 @@ def _step_install(ctx: _Ctx, mode: WheelMode, wheels: list[Path]) -> None:
             pip += ["--no-index", "--find-links", rdir]
         ctx.rep.note("pip install on the cluster (" + ("from the uploaded wheels only" if mode is WheelMode.UPLOAD
                                                         else "dependencies from the cluster's index") + ")")
-        res = ctx.run([*pip, project], timeout=INSTALL_TIMEOUT)
+        # upload: exactly the uploaded wheels (no pip configuration file adds an index or other find-links)
+        pip_env = {"PIP_CONFIG_FILE": "/dev/null"} if mode is WheelMode.UPLOAD else None
+        res = ctx.run([*pip, project], timeout=INSTALL_TIMEOUT, env=pip_env)
         if res.returncode != 0:
             fix = ("a dependency is missing from the uploaded wheels: run bootstrap again with --force"
                    if mode is WheelMode.UPLOAD else "the cluster's package index failed: use --wheels upload")
             raise _fail("pip install on the cluster failed", res, fix)
         if ctx.reinstall_same_version:
-            res = ctx.run([*pip, "--no-deps", "--force-reinstall", project], timeout=INSTALL_TIMEOUT)
+            res = ctx.run([*pip, "--no-deps", "--force-reinstall", project], timeout=INSTALL_TIMEOUT, env=pip_env)
             if res.returncode != 0:
                 raise _fail("reinstalling fireworks-pilot on the cluster failed", res, "run bootstrap again")
         check = ctx.run([f"{ctx.venv}/bin/python", "-c", VENV_PROBE, "/nonexistent"])
@@ -810,19 +817,32 @@ def bootstrap(config_dir: Path, name: str, opts: BootstrapOptions, rep: Reporter
         raise BootstrapError(f"--venv {venv!r}: write an absolute path of letters, digits and '_ . / + @ , = -'")
     if opts.launchpad_path and not (opts.launchpad_path.startswith("/") or opts.launchpad_path.startswith("~/")):
         raise BootstrapError(f"--launchpad-path {opts.launchpad_path!r}: write an absolute path (or ~/...)")
-    root = project_source()
+    root = project_source(opts.source)
+    if opts.source is not None and root is None:
+        raise BootstrapError(f"--source {opts.source}: not a fireworks-pilot source tree (no pyproject.toml "
+                             "naming fireworks-pilot there)")
+    if root is not None:
+        m = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", (root / "pilot" / "__init__.py").read_text(),
+                      re.M)
+        if m is None:
+            raise BootstrapError(f"{root / 'pilot' / '__init__.py'}: no __version__ = \"...\" line")
+        version = m.group(1)
+    else:
+        version = __version__
     rep = rep or Reporter(total=8 if opts.run_doctor else 7)
     tr = transport or transport_for(name, cluster)
     ctx = _Ctx(name=name, cluster=cluster, config=config, opts=opts, rep=rep, transport=tr,
-               base_setup=strip_bootstrap_lines(cluster.setup), venv=venv.rstrip("/"), version=__version__,
-               digest=source_digest(root) if root is not None else f"release-{__version__}")
+               base_setup=strip_bootstrap_lines(cluster.setup), venv=venv.rstrip("/"), version=version,
+               digest=source_digest(root) if root is not None else f"release-{version}", source=root)
     try:
         _step_connect(ctx)
         _step_check_venv(ctx)
         if ctx.skip_install:
-            for title in ("creating the venv", "preparing the wheels here", "installing fireworks-pilot"):
+            for title, why in (("creating the venv", "it exists"),
+                               ("preparing the wheels here", "nothing to install"),
+                               ("installing fireworks-pilot", f"{ctx.version} (this build) is installed")):
                 with rep.step(title) as ev:
-                    ev["result"] = f"skipped: the venv already has fireworks-pilot {ctx.version} (this build)"
+                    ev["result"] = f"skipped: {why}"
         else:
             _step_venv(ctx)
             mode = _decide_mode(ctx)

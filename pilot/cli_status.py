@@ -221,12 +221,15 @@ def doctor(app: Any, cluster: str | None, as_json: bool, ascii_only: bool) -> No
 @click.option("--force", is_flag=True, help="Reinstall even if the venv has the same build.")
 @click.option("--wheelhouse", type=click.Path(file_okay=False, path_type=Path),
               help="Local wheel cache (default: CONFIG_DIR/wheelhouse).")
+@click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Build fireworks-pilot from this source tree (default: the tree this pilot runs from, or the "
+                   "released version from the package index).")
 @click.option("--no-doctor", is_flag=True, help="Do not run `pilot doctor CLUSTER` at the end.")
 @click.option("--ascii", "ascii_only", is_flag=True, help="Doctor marks [ok]/[FAIL] instead of ✓/✗.")
 @click.pass_obj
 def bootstrap(app: Any, cluster: str, wheels: str, db_host: str | None, venv: str | None, python: str,
-              launchpad_path: str | None, force: bool, wheelhouse: Path | None, no_doctor: bool,
-              ascii_only: bool) -> None:
+              launchpad_path: str | None, force: bool, wheelhouse: Path | None, source: Path | None,
+              no_doctor: bool, ascii_only: bool) -> None:
     """Set up CLUSTER: a venv in work_dir with this version of fireworks-pilot, the launchpad file
     (mode 600), the cluster file's setup and launchpad_file; then run the doctor."""
     from pilot.bootstrap import BootstrapError, BootstrapOptions, Reporter, WheelMode
@@ -237,7 +240,7 @@ def bootstrap(app: Any, cluster: str, wheels: str, db_host: str | None, venv: st
 
     opts = BootstrapOptions(wheels=WheelMode(wheels), venv=venv, python=python, db_host=db_host,
                             launchpad_path=launchpad_path, force=force, wheelhouse=wheelhouse,
-                            run_doctor=not no_doctor)
+                            run_doctor=not no_doctor, source=source)
     live = sys.stdout.isatty()
     rep = Reporter(total=8 if not no_doctor else 7, echo=lambda text="", nl=True: click.echo(text, nl=nl),
                    live=live)
