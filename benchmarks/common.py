@@ -357,6 +357,16 @@ def require_infra() -> dict[str, ClusterInfo]:
     return load_clusters()
 
 
+def program_name(argv: list[str]) -> str:
+    """The program an argument list runs: ``env SLURM_TIME_FORMAT=%s squeue ...`` runs squeue."""
+    words = list(argv)
+    if words and os.path.basename(words[0]) == "env":
+        words = words[1:]
+        while words and ("=" in words[0] or words[0].startswith("-")):
+            words = words[1:]
+    return os.path.basename(words[0]) if words else "?"
+
+
 class CountingTransport:
     """Wraps a transport and counts what goes over it: commands by program, file transfers, connects."""
 
@@ -366,7 +376,7 @@ class CountingTransport:
         self.transfers = 0
 
     def run(self, argv: list[str], *args: Any, **kwargs: Any) -> Any:
-        self.commands[os.path.basename(argv[0]) if argv else "?"] += 1
+        self.commands[program_name(argv)] += 1
         return self.inner.run(argv, *args, **kwargs)
 
     def put(self, *args: Any, **kwargs: Any) -> Any:

@@ -94,7 +94,9 @@ WASTE_ROWS = [
     ("pilot time s", "pilot_time_s"), ("segment attempts", "attempts"),
     ("segments killed by scheduler", "segments_killed_by_scheduler"),
     ("segments stopped by pilot", "segments_stopped_by_pilot"), ("segments hard-killed", "segments_hard_killed"),
-    ("Fireworks rerun by manager", "fireworks_rerun_by_manager"), ("work redone s", "work_redone_s"),
+    ("Fireworks rerun by manager", "fireworks_rerun_by_manager"),
+    ("segments running past wall time", "segments_past_walltime"), ("work past wall time s", "work_past_walltime_s"),
+    ("work redone s", "work_redone_s"),
     ("work done s", "work_done_s"), ("work required s", "work_required_s"), ("busy s", "busy_s"),
     ("utilisation busy/pilot", "utilisation_busy"), ("utilisation useful/pilot", "utilisation_useful"),
 ]
@@ -128,10 +130,10 @@ def table_scale(res: dict[str, Any]) -> str:
         c1, c2 = r["cycles"][0], r["cycles"][-1]
         rows.append([r["fireworks"], r["insert_s"], c1["wall_s"], c1["db_commands"], c1["submitted"],
                      sum(c1["scheduler_commands"].values()), c2["wall_s"], c2["db_commands"],
-                     sum(c2["scheduler_commands"].values()), r["aggregation_s"], r["server_seconds_total"],
+                     sum(c2["scheduler_commands"].values()), c2["aggregation_s"], r["server_seconds_total"],
                      r["peak_rss_mib"], r["server_peak_rss_mib"]])
     out = fmt_table(["Fireworks", "insert s", "cycle1 s", "cycle1 DB", "cycle1 pilots", "cycle1 sched",
-                     "cycle2 s", "cycle2 DB", "cycle2 sched", "aggregation s", "server busy s", "manager RSS",
+                     "cycle2 s", "cycle2 DB", "cycle2 sched", "cycle2 in aggregation s", "server busy s", "manager RSS",
                      "server RSS"], rows)
     ic = res.get("insert_compare")
     if ic:

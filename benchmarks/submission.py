@@ -18,6 +18,11 @@ right after it is counted.
 ``qlaunch rapidfire`` sleeps ``QUEUE_UPDATE_INTERVAL`` (FireWorks default 5 s) after every submission. The
 main rows use ``QUEUE_UPDATE_INTERVAL: 0`` (set in an ``FW_config.yaml`` given by ``FW_CONFIG_FILE``) so that
 the machinery is compared, not the sleep; one extra row (full mode) runs qlaunch with the default 5 s.
+
+qlaunch counts *every* job of the user in the queue (``squeue -u USER``), other work included; on this shared
+test machine other helpers' jobs come and go, so ``-m`` is raised by the number of the user's jobs queued just
+before the run (reported as ``other_jobs_of_user_in_queue``) and ``--sleep 5`` replaces the 60 s pause
+between rounds that qlaunch takes when it finds the queue full.
 """
 
 from __future__ import annotations
@@ -165,9 +170,12 @@ def run_qlaunch(db: Database, info: Any, venv: str, remote: Path, category: str,
         tr.makedirs(str(qdir / "launch"))
         others = len(slurm.jobs())
         before_srv = db.server_stats(lp)
+        # qlaunch counts every job of the user in the queue (squeue -u USER), other people's work included:
+        # raise -m by the user's jobs already queued so that it submits `cap` of its own, and keep its sleep
+        # between rounds (default 60 s) short in case a job of someone else arrives meanwhile
         argv = [f"{venv}/bin/qlaunch", "-l", str(lp_file), "-w", str(qdir / "my_fworker.yaml"),
                 "-q", str(qdir / "my_qadapter.yaml"), "--launch_dir", str(qdir / "launch"),
-                "rapidfire", "-m", str(cap), "--nlaunches", str(cap)]
+                "rapidfire", "-m", str(cap + others), "--nlaunches", str(cap), "--sleep", "5"]
         env = {"PATH": f"{qdir / 'bin'}:{remote_path}", "FW_CONFIG_FILE": str(qdir / "FW_config.yaml")}
         t0 = time.perf_counter()
         try:
@@ -189,7 +197,7 @@ def run_qlaunch(db: Database, info: Any, venv: str, remote: Path, category: str,
             "loop_s": (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0,
             "scheduler_calls": len(sb) + len(sq), "commands": {"sbatch": len(sb), "squeue": len(sq)},
             "ssh_connects": 1, "ssh_operations": 1, "update_interval_s": update_interval,
-            "other_jobs_of_user_in_queue": others,
+            "other_jobs_of_user_in_queue": others, "maxjobs_queue": cap + others,
             "db_commands_server": sum(srv.values()) if srv is not None else None,
             "db_commands_by_name_server": srv, "errors": errors[:5],
         }

@@ -23,8 +23,10 @@ Reported per system, from the segments' own attempt records and SLURM's accounti
 segments killed by the scheduler (interrupted in a job that ended TIMEOUT), segments stopped by the pilot,
 segment work redone (seconds of work done after the last checkpoint of an interrupted attempt), pilot time
 (sum of the jobs' elapsed time), busy time (attempts running), utilisation = busy / pilot time and
-useful / pilot time (useful = the campaign's work); how far past their wall time TIMEOUT jobs ran, and (from
-the workers' logs) how long before the deadline SIGUSR1 came.
+useful / pilot time (useful = the campaign's work); how far past their wall time TIMEOUT jobs ran, segments
+that were still running past the job's wall time (SLURM here enforces limits on a tick of up to ~30 s, a
+grace that hides overruns at this time scale but not at hours-long ones), and (from the workers' logs) how
+long before the deadline SIGUSR1 came.
 """
 
 from __future__ import annotations
@@ -144,13 +146,21 @@ def _attempts(run_dir: Path) -> list[dict[str, Any]]:
 
 def _metrics(attempts: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], pilots: list[dict[str, Any]],
              required: float, done: bool, finished_at: float | None, started: float,
-             reruns: int) -> dict[str, Any]:
+             reruns: int, walltime_s: float) -> dict[str, Any]:
     reasons = Counter(str(a.get("reason")) for a in attempts)
-    killed_sched = stopped_pilot = hard_killed = 0
-    redone = busy = work = 0.0
+    killed_sched = stopped_pilot = hard_killed = past_limit = 0
+    redone = busy = work = past_limit_s = 0.0
     for a in attempts:
         busy += max(0.0, float(a["t_last"]) - float(a["start"]))
         work += max(0.0, float(a["progress"]) - float(a["p0"]))
+        job_start = jobs.get(str(a.get("job_id")), {}).get("start")
+        if job_start is not None:
+            # SLURM enforces time limits on a coarse tick: count work that ran past the wall time anyway
+            limit = job_start + walltime_s
+            over = float(a["t_last"]) - max(limit, float(a["start"]))
+            if over > 1.0:
+                past_limit += 1
+                past_limit_s += over
         if a.get("reason") in ("done", "already_done"):
             continue
         redone += max(0.0, float(a["progress"]) - float(a["saved"]))
@@ -170,6 +180,7 @@ def _metrics(attempts: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], pi
         "attempts": len(attempts), "attempt_endings": dict(reasons),
         "segments_killed_by_scheduler": killed_sched, "segments_stopped_by_pilot": stopped_pilot,
         "segments_hard_killed": hard_killed, "fireworks_rerun_by_manager": reruns,
+        "segments_past_walltime": past_limit, "work_past_walltime_s": past_limit_s,
         "work_redone_s": redone, "work_done_s": work, "work_required_s": required, "busy_s": busy,
         "utilisation_busy": (busy / pilot_time) if pilot_time else None,
         "utilisation_useful": (min(work, required) / pilot_time) if pilot_time else None,
@@ -293,7 +304,7 @@ def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
                     for p in mine if p.get("job_id")}
             fw_ids = {d["fw_id"] for d in lp.fireworks.find({"spec._category": s["category"]}, {"fw_id": 1})}
             m = _metrics(_attempts(s["run_dir"]), jobs, mine, required, finished[k] is not None, finished[k],
-                         started, len(reruns & fw_ids))
+                         started, len(reruns & fw_ids), walltime_s)
             m["timeout_overrun_s"] = sorted(j["elapsed"] - walltime_s for j in jobs.values()
                                             if j["state"] == "TIMEOUT")
             if k != "rlaunch":
