@@ -51,9 +51,23 @@ import yaml
 
 from pilot.doctor import PROBE_MARK, with_setup
 
-__all__ = ["BOOTSTRAP_MARK", "BootstrapError", "BootstrapOptions", "RemotePython", "WheelMode", "Reporter",
-           "activation_line", "bootstrap", "edit_cluster_yaml", "new_setup", "rewrite_db_host",
-           "source_digest", "strip_bootstrap_lines", "project_source", "STAMP_NAME"]
+__all__ = [
+    "BOOTSTRAP_MARK",
+    "STAMP_NAME",
+    "BootstrapError",
+    "BootstrapOptions",
+    "RemotePython",
+    "Reporter",
+    "WheelMode",
+    "activation_line",
+    "bootstrap",
+    "edit_cluster_yaml",
+    "new_setup",
+    "project_source",
+    "rewrite_db_host",
+    "source_digest",
+    "strip_bootstrap_lines",
+]
 
 #: The comment that marks the setup line a bootstrap added (a later bootstrap replaces that line).
 BOOTSTRAP_MARK = "# added by pilot bootstrap"
@@ -756,6 +770,8 @@ def _step_launchpad(ctx: _Ctx) -> str:
 
 
 def _step_config(ctx: _Ctx, launchpad_path: str) -> None:
+    from pydantic import ValidationError
+
     from pilot.config import ClusterConfig
 
     path = Path(ctx.cluster.source_file) if ctx.cluster.source_file else None
@@ -781,7 +797,7 @@ def _step_config(ctx: _Ctx, launchpad_path: str) -> None:
         candidate = yaml.safe_load(new)
         try:
             ClusterConfig.model_validate(candidate, context={"base_dir": path.parent})
-        except Exception as e:  # pydantic's ValidationError: the edit would break the file
+        except ValidationError as e:  # the edit would break the file
             raise BootstrapError(f"the updated {path} would not load ({e}); set by hand: {updates}") from None
         bak = path.with_name(path.name + ".bak")
         shutil.copy2(path, bak)
@@ -813,9 +829,9 @@ def bootstrap(config_dir: Path, name: str, opts: BootstrapOptions, rep: Reporter
     config = load_config(config_dir)
     cluster = config.cluster(name)
     venv = opts.venv or f"{cluster.work_dir}/venv"
-    if not _SAFE_PATH.match(venv) or not (venv.startswith("/") or venv.startswith("~/")):
+    if not _SAFE_PATH.match(venv) or not venv.startswith(("/", "~/")):
         raise BootstrapError(f"--venv {venv!r}: write an absolute path of letters, digits and '_ . / + @ , = -'")
-    if opts.launchpad_path and not (opts.launchpad_path.startswith("/") or opts.launchpad_path.startswith("~/")):
+    if opts.launchpad_path and not opts.launchpad_path.startswith(("/", "~/")):
         raise BootstrapError(f"--launchpad-path {opts.launchpad_path!r}: write an absolute path (or ~/...)")
     root = project_source(opts.source)
     if opts.source is not None and root is None:
@@ -823,7 +839,7 @@ def bootstrap(config_dir: Path, name: str, opts: BootstrapOptions, rep: Reporter
                              "naming fireworks-pilot there)")
     if root is not None:
         m = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", (root / "pilot" / "__init__.py").read_text(),
-                      re.M)
+                      re.MULTILINE)
         if m is None:
             raise BootstrapError(f"{root / 'pilot' / '__init__.py'}: no __version__ = \"...\" line")
         version = m.group(1)

@@ -60,11 +60,13 @@ def _status_sources(app: Any, launchpad_file: Path | None) -> tuple[Any | None, 
 
 
 def _open_launchpad(lp_file: Path) -> Any:
+    import yaml
     from fireworks import LaunchPad
 
     try:
         lp = LaunchPad.from_file(str(lp_file))
-    except Exception as e:  # FireWorks raises whatever the YAML/JSON reader raises
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
+        # FireWorks passes on whatever its YAML/JSON reader raises; a file without "host" is a KeyError
         raise click.ClickException(f"cannot read the launchpad file {lp_file}: {type(e).__name__}: {e}") from None
     d = lp.to_dict()
     kw = dict(d.get("mongoclient_kwargs") or {})

@@ -24,6 +24,7 @@ A failed check makes the ones that depend on it ``skip``; ``warn`` is a pass wit
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -33,8 +34,21 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckStatus", "CheckResult", "ClusterReport", "DoctorReport", "ClusterDoctor", "check_config",
-           "run_doctor", "with_setup", "format_check", "mark", "PY_PROBE", "DB_PROBE", "PROBE_MARK"]
+__all__ = [
+    "DB_PROBE",
+    "PROBE_MARK",
+    "PY_PROBE",
+    "CheckResult",
+    "CheckStatus",
+    "ClusterDoctor",
+    "ClusterReport",
+    "DoctorReport",
+    "check_config",
+    "format_check",
+    "mark",
+    "run_doctor",
+    "with_setup",
+]
 
 #: The line prefix under which the probes print their JSON result (setup lines may print other things).
 PROBE_MARK = "PILOT-PROBE "
@@ -260,7 +274,14 @@ def check_config(config_dir: Path) -> tuple[CheckResult, Any | None, dict[str, A
         maps names to the cluster files that load on their own (so the other checks still run for them);
         ``prefix`` is the job-name prefix to render with.
     """
-    from pilot.config import CLUSTERS_DIR, PILOT_FILE, ConfigError, load_cluster, load_config, load_pilot_config
+    from pilot.config import (
+        CLUSTERS_DIR,
+        PILOT_FILE,
+        ConfigError,
+        load_cluster,
+        load_config,
+        load_pilot_config,
+    )
 
     t0 = time.monotonic()
     title = "config valid"
@@ -632,8 +653,11 @@ def run_doctor(config_dir: Path, names: list[str] | None = None,
         if on_cluster:
             on_cluster(cr)
         doc = ClusterDoctor(n, c, job_name_prefix=prefix)
+        started: Callable[[str, str], None] | None = None
+        if on_start is not None:
+            started = functools.partial(on_start, n)
         try:
-            for r in doc.run(on_start=(lambda cid, title, _n=n: on_start(_n, cid, title)) if on_start else None):
+            for r in doc.run(on_start=started):
                 cr.checks.append(r)
                 if on_result:
                     on_result(n, r)

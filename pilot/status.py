@@ -36,10 +36,26 @@ from urllib.parse import urlsplit
 from pilot.records import LIVE_STATES, PENDING_STATES, RUNNING_STATES
 
 __all__ = [
-    "FW_STATES", "SHOWN_FW_STATES", "SCHEMA_VERSION", "StatusOptions", "StatusReport", "ClusterStatus",
-    "CategoryStatus", "FizzledFirework", "PendingPilot", "LostRun", "TooLong", "gather_status", "format_status",
-    "human_ago", "human_until", "human_duration", "first_line", "error_line", "format_table",
+    "FW_STATES",
+    "SCHEMA_VERSION",
+    "SHOWN_FW_STATES",
+    "CategoryStatus",
+    "ClusterStatus",
+    "FizzledFirework",
+    "LostRun",
+    "PendingPilot",
+    "StatusOptions",
+    "StatusReport",
+    "TooLong",
     "describe_launchpad",
+    "error_line",
+    "first_line",
+    "format_status",
+    "format_table",
+    "gather_status",
+    "human_ago",
+    "human_duration",
+    "human_until",
 ]
 
 #: Version of the ``--json`` document (``schema_version``); raised when a field changes meaning or goes away.
@@ -662,11 +678,11 @@ def _fizzled(q: _Queries, config: Any | None, opts: StatusOptions) -> list[Fizzl
             item.host = ld.get("host")
             item.fworker = (ld.get("fworker") or {}).get("name")
             item.time = _time(ld.get("time_end")) or _time(fw.get("updated_on"))
-            p = pilots.get(str(item.fworker)) if item.fworker else None
-            if p is not None:
-                item.pilot = p.get("job_name")
-                item.cluster = p.get("cluster")
-                item.pilot_output, item.pilot_error = pilot_files(_work_dir(config, p), p.get("job_id"))
+            rec = pilots.get(str(item.fworker)) if item.fworker else None
+            if rec is not None:
+                item.pilot = rec.get("job_name")
+                item.cluster = rec.get("cluster")
+                item.pilot_output, item.pilot_error = pilot_files(_work_dir(config, rec), rec.get("job_id"))
         out.append(item)
     return out
 
@@ -873,9 +889,8 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
     if r.manager_stale:
         last = r.manager_stale.get("last_cycle")
         when = f"last cycle {human_ago(last, now)}" if last is not None else "no cycle recorded"
-        out.append(f"* the manager is not cycling ({when}; expected every "
-                   f"{human_duration(r.manager_stale['limit'] / 3)} or so): start it with `pilot manager start`, "
-                   "see `pilot manager status`")
+        out.append(f"* the manager is not cycling ({when}, more than {human_duration(r.manager_stale['limit'])} "
+                   "without one): see `pilot manager status`, start it with `pilot manager start`")
     if r.fizzled_total:
         shown = f" (the {len(r.fizzled)} latest)" if len(r.fizzled) < r.fizzled_total else ""
         out.append(f"* {_plural(r.fizzled_total, 'FIZZLED Firework')}{shown}: read the error, fix the cause, "

@@ -25,8 +25,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pilot.bootstrap import (BOOTSTRAP_MARK, BootstrapError, RemotePython, activation_line, edit_cluster_yaml,
-                             new_setup, platform_tags, rewrite_db_host, same_platform, strip_bootstrap_lines)
+from pilot.bootstrap import (
+    BOOTSTRAP_MARK,
+    BootstrapError,
+    RemotePython,
+    activation_line,
+    edit_cluster_yaml,
+    new_setup,
+    platform_tags,
+    rewrite_db_host,
+    same_platform,
+    strip_bootstrap_lines,
+)
 from tests.helpers import INFRA_STATE, REPO, pid_alive, wait_for
 
 CLUSTER_FILE = """\
@@ -204,13 +214,13 @@ def fresh_cluster(clusters, tmp_path):
         if pid:
             _stop_sshd(pid)
         _kill_user_processes(user)
-        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60)
+        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60, check=True)
         shutil.rmtree(sshd_dir, ignore_errors=True)
 
 
 def _bootstrap(cfg: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "bootstrap", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, check=False, timeout=timeout)
 
 
 @pytest.mark.slurm
@@ -243,7 +253,7 @@ def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchp
 
     # before: the doctor fails (no fireworks-pilot there, no launchpad file)
     res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", "fresh", "--json"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, check=False, timeout=300)
     before = {c["id"]: c["status"] for c in json.loads(res.stdout)["clusters"][0]["checks"]}
     assert res.returncode == 1 and before["ssh"] == "pass" and before["python"] == "fail"
     assert before["launchpad_file"] == "fail"
@@ -277,7 +287,7 @@ def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchp
 
     # the doctor on its own
     res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", "fresh"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, check=False, timeout=300)
     assert res.returncode == 0, res.stdout
 
     # again: nothing to install, nothing to change

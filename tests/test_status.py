@@ -20,8 +20,17 @@ from pathlib import Path
 import pytest
 from fireworks import Firework, FWorker, ScriptTask, Workflow
 
-from pilot.status import (OTHER_CATEGORIES, StatusOptions, error_line, format_status, format_table, gather_status,
-                          human_ago, human_duration, human_until)
+from pilot.status import (
+    OTHER_CATEGORIES,
+    StatusOptions,
+    error_line,
+    format_status,
+    format_table,
+    gather_status,
+    human_ago,
+    human_duration,
+    human_until,
+)
 from tests.helpers import REPO
 
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
@@ -44,7 +53,7 @@ def validate(doc: dict) -> None:
 
 
 def pilot_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pilot", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "pilot", *args], capture_output=True, text=True, check=False, timeout=timeout)
 
 
 # ============================================================================ pure
@@ -341,3 +350,18 @@ def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_v
     c2 = {c["name"]: c for c in doc2["clusters"]}
     assert c2["pilotdown"]["backed_off"] and c2["pilotci"]["categories"] == ["md"]
     assert doc2["needs_you"]["fizzled"]["items"][0]["pilot_output"] == pilot_out
+
+
+def test_a_manager_that_stopped_cycling_is_reported(launchpad):
+    now = time.time()
+    launchpad.db["pilot_manager"].insert_one({"_id": "manager", "last_cycle": now - 4000, "last_cycle_duration": 1.5,
+                                              "errors": {"c1": "boom"}})
+    report = gather_status(launchpad.db, None, now=now)
+    assert report.manager_stale == {"last_cycle": now - 4000, "limit": 600.0}
+    assert report.problem_count == 1
+    text = format_status(report, now=now)
+    assert "manager: last cycle 1 h 6 min ago (took 1.5 s)" in text
+    assert "the manager is not cycling (last cycle 1 h 6 min ago" in text
+    launchpad.db["pilot_manager"].update_one({"_id": "manager"}, {"$set": {"last_cycle": now - 30}})
+    report = gather_status(launchpad.db, None, now=now)
+    assert report.manager_stale is None and "NEEDS YOU: nothing" in format_status(report, now=now)
