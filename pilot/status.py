@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from pilot.doctor import address_of
 from pilot.records import LIVE_STATES, PENDING_STATES, RUNNING_STATES
 
 __all__ = [
@@ -497,18 +498,14 @@ class _Queries:
     def count_documents(self, coll: str, query: dict[str, Any]) -> int:
         """The ``count`` command: index-backed on MongoDB and on the embedded server, where it reads no
         document (``count_documents`` would run an aggregation that copies every matching document)."""
+        from pymongo.errors import OperationFailure
+
         self.count += 1
-        return int(self.db.command("count", coll, query=query)["n"])
+        try:
+            return int(self.db.command("count", coll, query=query)["n"])
+        except OperationFailure:  # e.g. a server in Stable API strict mode, which has no "count"
+            return int(self.db[coll].count_documents(query))
 
-
-
-def _address(c: Any) -> str:
-    if c.is_local:
-        return "local"
-    user = f"{c.user}@" if c.user else ""
-    port = f":{c.port}" if c.port != 22 else ""
-    via = f" via {c.proxy_jump}" if c.proxy_jump else ""
-    return f"{user}{c.host}{port}{via}"
 
 
 def _clusters(q: _Queries, config: Any | None, now: float, opts: StatusOptions) -> list[ClusterStatus]:
@@ -517,7 +514,7 @@ def _clusters(q: _Queries, config: Any | None, now: float, opts: StatusOptions) 
     if config is not None:
         for name, c in config.clusters.items():
             out[name] = ClusterStatus(
-                name=name, in_config=True, scheduler=c.scheduler.value, address=_address(c),
+                name=name, in_config=True, scheduler=c.scheduler.value, address=address_of(c),
                 categories=list(c.categories),
                 usable_walltime=float(max(0, c.walltime_seconds - c.walltime_margin)))
     # the live pilots and those that ended recently: each aggregation starts with a selective $match, so

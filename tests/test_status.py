@@ -342,6 +342,13 @@ def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_v
     assert [t["fw_ids"] for t in doc["needs_you"]["too_long"]] == [[long_id]]
     assert doc["needs_you"]["too_long"][0]["usable"] == 300 - 30   # walltime "5" (SLURM minutes) - margin 30
 
+    # the doctor on the cluster that is down: its SSH check fails, with the fix, exit code 1
+    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg_dir), "doctor", "pilotdown"],
+                         capture_output=True, text=True, check=False, timeout=120)
+    assert res.returncode == 1, res.stdout
+    assert "[FAIL] SSH connection and host key: cannot connect to pilot@127.0.0.2:2299" in res.stdout
+    assert "fix: check that sshd runs on 127.0.0.2 port 2299" in res.stdout
+
     # from another machine: only the launchpad file, no config dir
     res = pilot_cli("--config-dir", str(tmp_path / "absent"), "status", "-l", str(lp_file), "--json")
     assert res.returncode == 0, res.stderr
