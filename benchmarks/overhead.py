@@ -154,11 +154,48 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print) -> dict[str
 
 
 # ============================================================================ where the time goes
+def _child_rockets(lp_dict: dict[str, Any], fworker: Any, pause: float) -> tuple[int, float, float, float, float]:
+    """Fork a child that connects (new client + hello), waits ``pause`` s (as a pre-forked standby child
+    does), runs two Rockets and exits. Returns (pid, fork s, connect s, first rocket s, second rocket s)."""
+    import json
+
+    from fireworks import LaunchPad
+    from fireworks.core.rocket_launcher import launch_rocket
+
+    r, w = os.pipe()
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            t1 = time.perf_counter()
+            child_lp = LaunchPad.from_dict(lp_dict)
+            child_lp.connection.admin.command("hello")
+            t2 = time.perf_counter()
+            time.sleep(pause)
+            t3 = time.perf_counter()
+            launch_rocket(child_lp, fworker, strm_lvl="ERROR")
+            t4 = time.perf_counter()
+            launch_rocket(child_lp, fworker, strm_lvl="ERROR")
+            t5 = time.perf_counter()
+            os.write(w, json.dumps([t1 - t, t2 - t1, t4 - t3, t5 - t4]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = os.read(r, 4096)
+    os.close(r)
+    os.waitpid(pid, 0)
+    fork_s, conn_s, first, second = json.loads(data)
+    return pid, fork_s, conn_s, first, second
+
+
 def breakdown_main(argv: list[str]) -> int:
-    """``run.py _fork-breakdown --lp-file F --category C --n K``: the costs of running a Firework in a forked
-    child, measured the way the pilot worker does it (fork, new LaunchPad client + hello, launch_rocket, exit),
-    next to ``launch_rocket`` in-process as rlaunch does. Needs 1 + 2K READY no-op Fireworks of C.
-    Prints one JSON line of medians in milliseconds."""
+    """``run.py _fork-breakdown --lp-file F --category C --n K --dir D``: what running a Firework in a forked
+    child costs, measured the way the pilot worker does it (fork, new LaunchPad client + hello, launch_rocket,
+    exit), next to ``launch_rocket`` in-process as rlaunch does; the variants are interleaved (one of each
+    per round) so that the load of the shared machine affects them alike. Needs 1 + 7K READY no-op Fireworks
+    of C. Prints one JSON line of medians in milliseconds."""
     import argparse
     import json
     import statistics
@@ -177,44 +214,28 @@ def breakdown_main(argv: list[str]) -> int:
     get_my_host()
     get_my_ip()
     lp = LaunchPad.from_file(a.lp_file)
-    lp_dict = lp.to_dict()
+    plain = lp.to_dict()
+    warm_pool = dict(plain, mongoclient_kwargs={"minPoolSize": 2})
     fworker = FWorker(name="bench-breakdown", category=a.category)
     launch_rocket(lp, fworker, strm_lvl="ERROR")   # resolves the task class once, as the worker's children do
-    inproc = []
+    cols: dict[str, list[float]] = {k: [] for k in (
+        "in_process_rocket", "fork", "connect", "child_first_rocket", "child_second_rocket",
+        "child_first_rocket_after_pause", "warm_pool_first_rocket")}
     for _ in range(a.n):
         t = time.perf_counter()
         launch_rocket(lp, fworker, strm_lvl="ERROR")
-        inproc.append(time.perf_counter() - t)
-    lp.connection.close()
-    rows = []
-    for _ in range(a.n):
-        r, w = os.pipe()
-        t = time.perf_counter()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                t1 = time.perf_counter()
-                child_lp = LaunchPad.from_dict(lp_dict)
-                child_lp.connection.admin.command("hello")
-                t2 = time.perf_counter()
-                launch_rocket(child_lp, fworker, strm_lvl="ERROR")
-                t3 = time.perf_counter()
-                os.write(w, json.dumps([t1, t2, t3]).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        data = os.read(r, 4096)
-        os.close(r)
-        os.waitpid(pid, 0)
-        t4 = time.perf_counter()
-        t1, t2, t3 = json.loads(data)
-        rows.append((t1 - t, t2 - t1, t3 - t2, t4 - t3, t4 - t))
-    med = [round(1000 * statistics.median(col), 1) for col in zip(*rows)]
-    print(json.dumps({"fireworks": a.n, "in_process_rocket_ms": round(1000 * statistics.median(inproc), 1),
-                      "fork_ms": med[0], "connect_ms": med[1], "child_rocket_ms": med[2], "exit_ms": med[3],
-                      "child_total_ms": med[4]}))
+        cols["in_process_rocket"].append(time.perf_counter() - t)
+        _, f, c, first, second = _child_rockets(plain, fworker, 0.0)
+        cols["fork"].append(f)
+        cols["connect"].append(c)
+        cols["child_first_rocket"].append(first)
+        cols["child_second_rocket"].append(second)
+        cols["child_first_rocket_after_pause"].append(_child_rockets(plain, fworker, 0.3)[3])
+        cols["warm_pool_first_rocket"].append(_child_rockets(warm_pool, fworker, 0.3)[3])
+    out: dict[str, Any] = {"fireworks": a.n}
+    for k, v in cols.items():
+        out[f"{k}_ms"] = round(1000 * statistics.median(v), 1)
+    print(json.dumps(out))
     return 0
 
 
@@ -223,7 +244,7 @@ def fork_breakdown(db: Database, n: int, work: Path) -> dict[str, Any]:
 
     lp = db.launchpad()
     cat = f"brk{short_id()}"
-    _add_noops(lp, cat, 1 + 2 * n)
+    _add_noops(lp, cat, 1 + 7 * n)
     d = work / "breakdown"
     d.mkdir(parents=True)
     lp_file = d / "my_launchpad.yaml"
@@ -231,7 +252,7 @@ def fork_breakdown(db: Database, n: int, work: Path) -> dict[str, Any]:
     try:
         res = subprocess.run([sys.executable, str(Path(__file__).with_name("run.py")), "_fork-breakdown",
                               "--lp-file", str(lp_file), "--category", cat, "--n", str(n), "--dir", str(d)],
-                             capture_output=True, text=True, timeout=600, check=False)
+                             capture_output=True, text=True, timeout=900, check=False)
         if res.returncode != 0:
             raise BenchError(f"fork breakdown failed (exit {res.returncode}): {res.stderr[-1500:]}")
         return json.loads(res.stdout.strip().splitlines()[-1])
