@@ -596,7 +596,9 @@ def _print_status(ctx: click.Context | None, lp: Any, config: Any, say: Callable
             try:
                 ctx.invoke(cmd)
             except click.exceptions.Exit:
-                pass
+                pass            # status exits 1 when something needs a person: it said what
+            except click.ClickException as e:
+                say(f"pilot status failed: {e.format_message()}")
             return
     counts: dict[str, int] = {}
     for row in lp.fireworks.aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}]):

@@ -467,18 +467,18 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
                 dd.pilot_s += secs
                 dd.cpu_s += secs * c.cores_per_pilot
 
-    # ---- 2. launches: the span decides the bin length (one small query), then one aggregation
+    # ---- 2. launches: the span decides the bin length, then one aggregation
     match: dict[str, Any] = {"state": {"$in": ["COMPLETED", "FIZZLED"]}}
     tq: dict[str, Any] = {"$lt": iso_utc(until)}
     if since is not None:
         tq["$gte"] = iso_utc(since)
     match["time_end"] = tq
-    earliest = list(db["launches"].find(match, {"time_end": 1, "_id": 0}).sort("time_end", 1).limit(1))
-    queries += 1
-    if earliest:
-        t0 = _parse_iso(earliest[0].get("time_end"))
-        if t0 is not None:
-            first = t0 if first is None else min(first, t0)
+    if since is None and first is None:
+        # no pilot ran: the first launch gives the span (pilots give it otherwise; one query saved)
+        earliest = list(db["launches"].find(match, {"time_end": 1, "_id": 0}).sort("time_end", 1).limit(1))
+        queries += 1
+        if earliest:
+            first = _parse_iso(earliest[0].get("time_end"))
     span = until - (since if since is not None else (first if first is not None else until))
     prefix, res = _RESOLUTIONS[0] if span <= 2 * 3600 else _RESOLUTIONS[1] if span <= 7 * 86400 else _RESOLUTIONS[2]
     timeline.resolution_s = res
@@ -530,6 +530,8 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
         if t is None:
             continue
         timeline.completions.setdefault(cname, []).append((t + res, nseg, nfw))
+        if since is None:
+            first = t if first is None else min(first, t)
     for series in timeline.completions.values():
         series.sort()
 
@@ -746,7 +748,7 @@ def plot_report(r: ThroughputReport, path: str | Path, what: str = "auto", title
         cum_rows.append(ys)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if cum_rows:
-        ax1.stackplot(to_dt(all_t), cum_rows, labels=names, step="post", alpha=0.85,
+        ax1.stackplot(to_dt(all_t), cum_rows, labels=names, step="post",
                       colors=[colors[i % len(colors)] for i in range(len(names))])
         ax1.legend(loc="upper left", frameon=False)
     total = sum(c.segments if what == "segments" else c.fireworks for c in r.clusters)

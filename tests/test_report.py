@@ -65,7 +65,9 @@ def expected(db, since: float | None = None, until: float | None = None, cores: 
             continue
         if lo <= p["start_time"] < until:
             c["started"] += 1
-            c["waits"].append(p["start_time"] - p["submit_time"])
+            # SLURM gives start times in whole seconds while submit_time is the manager's clock before sbatch:
+            # a pilot that starts at once shows e.g. -0.7 s; the documented rule counts that as 0
+            c["waits"].append(max(0.0, p["start_time"] - p["submit_time"]))
         end = p["end_time"] if p.get("end_time") is not None else now
         a, b = max(p["start_time"], lo), min(end, until)
         if b > a:
@@ -114,8 +116,8 @@ def check_png(path: Path) -> None:
     rgb = (img[:, :, :3] * 255).round().astype(int)
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20
     c0 = np.array([0x1f, 0x77, 0xb4])                    # matplotlib's first colour, the stacked area
-    near = np.abs(rgb - c0).sum(axis=2) < 60
-    assert near.sum() > 2000, near.sum()                 # cumulative area of real completions
+    near = np.abs(rgb - c0).sum(axis=2) < 30
+    assert near.sum() > 20000, near.sum()                # cumulative area of real completions (~1/3 of the panel)
     assert (rgb != 255).any(axis=2).mean() > 0.05        # not a blank canvas
 
 
@@ -146,7 +148,11 @@ def local_run(mongo_uri):
         lp.add_wf(hand)
         from fireworks.core.rocket_launcher import launch_rocket
 
-        assert launch_rocket(lp, FWorker(name="by-hand", category="hand"), strm_lvl="ERROR")
+        cwd = os.getcwd()
+        try:
+            assert launch_rocket(lp, FWorker(name="by-hand", category="hand"), strm_lvl="ERROR")
+        finally:
+            os.chdir(cwd)        # the Rocket stays in its launch dir, which this fixture deletes at the end
         # the work: one OpenMM run in ~3 segments, three sleepers, one failing Firework, one victim
         run_dir = tmp / "sim"
         openmm_water_box(run_dir, seed=3)
@@ -401,3 +407,35 @@ def test_report_on_two_slurm_clusters(launchpad, remote_tmp, slurm_cluster, slur
         assert c["queue_wait_s"]["max"] == pytest.approx(max(e["waits"]), abs=1e-3)
     assert by["alpha"]["cpu_hours"] == pytest.approx(2 * by["alpha"]["pilot_hours"], abs=1e-4)
     check_png(tmp_path / "slurm.png")
+
+
+def test_report_reads_the_database_in_a_fixed_number_of_commands(local_run, mongo_uri):
+    """No per-document round trips: the same few commands whatever the number of launches and pilots."""
+    from pymongo import MongoClient, monitoring
+
+    from pilot.report import gather_report
+
+    _cfg_dir, lp, _facts = local_run
+    seen: list[str] = []
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event):
+            if event.command_name in ("find", "aggregate", "getMore", "count", "countDocuments", "distinct"):
+                seen.append(event.command_name)
+
+        def succeeded(self, event):
+            pass
+
+        def failed(self, event):
+            pass
+
+    client = MongoClient(mongo_uri, event_listeners=[Listener()])
+    try:
+        rep = gather_report(client[lp.db.name], load_config(_cfg_dir))
+    finally:
+        client.close()
+    n_launches = lp.launches.count_documents({})
+    assert n_launches > len(seen)
+    # pilots, launches (one aggregation), reruns, the killed pilot's record; no getMore: all in first batches
+    assert seen == ["find", "aggregate", "aggregate"] or seen == ["find", "aggregate", "aggregate", "find"], seen
+    assert rep.queries == len(seen)
