@@ -27,7 +27,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -632,10 +634,22 @@ def run_demo(config_dir: Path, opts: DemoOptions, ctx: click.Context | None = No
     fw_logger = logging.getLogger("launchpad")
     fw_propagate = fw_logger.propagate
     fw_logger.propagate = verbose > 1
+
+    received: list[int] = []
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:   # once: a second SIGTERM does not cut the clean-up short
+            raise KeyboardInterrupt(f"signal {signum}")  # same clean-up as Ctrl-C: the pilots are stopped
+
+    old_term = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return _run(config_dir, opts, ctx, echo, engine, verbose, tty, t_start)
     finally:
         fw_logger.propagate = fw_propagate
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: Callable[[str], None], engine: str,
@@ -752,7 +766,8 @@ def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: C
         echo(f"Stop the server with `{pre} launchpad stop`; delete {config_dir} to remove everything.")
         return ok
     except KeyboardInterrupt:
-        echo("\ninterrupted: stopping the pilots ...")
+        echo(f"\ninterrupted: stopping the pilots; unfinished segments go back to READY "
+             f"(`PILOT_LOCAL_STATE={config_dir / 'localsched'} {_cmd_prefix(config_dir)} manager run` continues them)")
         raise
     finally:
         try:

@@ -166,6 +166,34 @@ def test_second_demo_reuses_the_directory_and_the_running_server(demo_dir):
     assert rdoc["totals"]["runs_finished"] == 2
 
 
+def test_sigterm_stops_the_pilots_and_leaves_the_work_ready(demo_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "pilot", "--config-dir", str(demo_dir), "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # wait until pilots run segments, then stop the demo like a service manager would
+        lp_file = demo_dir / "my_launchpad.yaml"
+        wait_for(lambda: lp_file.exists(), 60, 0.2, "the LaunchPad file")
+        lp = LaunchPad.from_file(str(lp_file))
+        lp.strm_lvl = "ERROR"
+        wait_for(lambda: lp.fireworks.count_documents({"state": "RUNNING"}) >= 1, 90, 0.3, "a running segment")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out[-2000:]
+    assert "interrupted: stopping the pilots" in out
+    assert "manager run` continues them" in out
+    # no pilot process is left, and nothing is lost: no Firework stays RUNNING under a dead pilot
+    server_pid = json.loads((demo_dir / "lpserver" / "server.json").read_text())["pid"]
+    assert [p.pid for p in processes_using(demo_dir)] == [server_pid]
+    assert lp.fireworks.count_documents({"state": "RUNNING"}) == 0
+    assert lp.fireworks.count_documents({"state": "READY"}) >= 1
+    assert {p["state"] for p in lp.db["pilots"].find()} <= {"CANCELLED", "COMPLETED"}
+    lp.connection.close()
+
+
 def test_demo_refuses_a_config_it_did_not_write(tmp_path):
     cfg = tmp_path / "mine"
     (cfg / "clusters").mkdir(parents=True)
