@@ -223,21 +223,22 @@ class _WorkerLink:
         self.call_fd = call_fd
         self.reply_fd = reply_fd
         self.lock = threading.Lock()
+        self.served = False
 
-    def wait_go(self) -> dict[str, Any] | None:
-        """Block until the worker hands over the FWorker to pull with; None if it never will."""
-        try:
-            kind, _modules, payload = pickle.loads(_read_frame(self.reply_fd))
-        except WorkerGone:
-            return None
-        return pickle.loads(payload) if kind == "go" else None
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """A call without reply (the worker runs it before any later call of this child)."""
+        with self.lock:
+            _write_frame(self.call_fd, pickle.dumps((method, args, kwargs, False),
+                                                    protocol=pickle.HIGHEST_PROTOCOL))
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         from fireworks.utilities import fw_serializers
 
         with self.lock:
-            _write_frame(self.call_fd, pickle.dumps((method, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+            _write_frame(self.call_fd, pickle.dumps((method, args, kwargs, True),
+                                                    protocol=pickle.HIGHEST_PROTOCOL))
             kind, fw_modules, payload = pickle.loads(_read_frame(self.reply_fd))
+            self.served = True
         if fw_modules:
             # where the worker found the task classes by name: spares this process FireWorks' package walk
             fw_serializers.SAVED_FW_MODULES.update(fw_modules)
@@ -281,12 +282,14 @@ def _child_launchpad(link: _WorkerLink, lp_dict: dict[str, Any]) -> Any:
             return link.call("checkout_fw", *args, **kwargs)
 
         def ping_launch(self, *args: Any, **kwargs: Any) -> Any:
+            # A ping (heartbeat, or the checkpoint before each task) returns nothing: the Rocket goes on while
+            # the worker writes it; the worker runs it before the child's next call, so the order holds.
             try:
-                return link.call("ping_launch", *args, **kwargs)
-            except (WorkerGone, BrokenPipeError):
+                link.send("ping_launch", *args, **kwargs)
+            except BrokenPipeError:
                 # FireWorks' ping thread pings once more after the launch is complete; the worker has moved on
                 # by then, and a ping only ever updates a RUNNING launch: nothing is lost
-                return None
+                pass
 
         def complete_launch(self, *args: Any, **kwargs: Any) -> Any:
             return link.call("complete_launch", *args, **kwargs)
@@ -312,25 +315,28 @@ def _make_launcher_dir(base: Path) -> Path:
             time.sleep(1e-6)
 
 
-def _child_main(lp_dict: dict[str, Any], base_dir: Path, fw_log_level: str, call_fd: int, reply_fd: int) -> int:
+def _child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: Path, fw_log_level: str,
+                call_fd: int, reply_fd: int) -> int:
     """Body of a Firework child; the return value is the process exit code.
 
-    The child is forked ahead of time (while the previous Firework still runs) and waits for the worker's go
-    message with the FWorker to pull with; then it runs FireWorks' ``launch_rocket`` once.
+    The child is forked ahead of time, while the previous Firework still runs; it prepares its launcher dir and
+    calls FireWorks' ``launch_rocket`` at once. The Rocket's first call, ``checkout_fw``, waits in the pipe until
+    the worker serves it: right when the previous Firework is done, with the FWorker query of that moment.
     """
     from fireworks.core.fworker import FWorker
     from fireworks.core.rocket_launcher import launch_rocket
 
     link = _WorkerLink(call_fd, reply_fd)
-    go = link.wait_go()
-    if go is None:
-        return CHILD_UNUSED
-    fworker = FWorker.from_dict(go)
+    fworker = FWorker.from_dict(fworker_dict)  # name, categories, env; the worker puts in the query
     lp = _child_launchpad(link, lp_dict)
     launch_dir = _make_launcher_dir(base_dir)
     os.chdir(launch_dir)
     try:
         ran = launch_rocket(lp, fworker, strm_lvl=fw_log_level)
+    except WorkerGone:
+        if link.served:
+            raise
+        return CHILD_UNUSED  # the worker stopped before this child's turn
     finally:
         os.chdir(base_dir)
         try:
@@ -420,7 +426,7 @@ def _fork_server_main(sock: socket.socket) -> int:
             msg = sock.recv(1 << 16)
             if not msg:
                 return 0  # the worker is gone
-            lp_dict, base_dir, fw_log_level, fw_modules, task_modules = pickle.loads(msg)
+            lp_dict, fworker_dict, base_dir, fw_log_level, fw_modules, task_modules = pickle.loads(msg)
             _preload(fw_modules, task_modules, imported)
             call_r, call_w = os.pipe()
             reply_r, reply_w = os.pipe()
@@ -435,7 +441,7 @@ def _fork_server_main(sock: socket.socket) -> int:
                     for fd in (call_r, reply_w, wake_r, wake_w):
                         os.close(fd)
                     sock.close()
-                    code = _child_main(lp_dict, base_dir, fw_log_level, call_w, reply_r)
+                    code = _child_main(lp_dict, fworker_dict, base_dir, fw_log_level, call_w, reply_r)
                 except BaseException:  # noqa: BLE001 - the child must always reach os._exit
                     traceback.print_exc()
                     code = CHILD_ERROR
@@ -480,8 +486,8 @@ class _ForkServer:
     def request(self, request: tuple[Any, ...]) -> None:
         """Ask for a Firework child; collect it with :meth:`take`.
 
-        ``request``: (LaunchPad dict, launch base dir, FireWorks log level, FireWorks' SAVED_FW_MODULES,
-        task modules to import first).
+        ``request``: (LaunchPad dict, FWorker dict, launch base dir, FireWorks log level, FireWorks'
+        SAVED_FW_MODULES, task modules to import first).
         """
         if self.gone:
             raise ForkServerGone(f"the fork server (pid {self.pid}) is gone")
@@ -530,6 +536,8 @@ class _ChildState:
     reply_fd: int  # worker writes go / replies
     buffer: bytes = b""
     eof: bool = False
+    #: the FWorker (with the query of that moment) the child's checkout is served with
+    fworker: Any = None
     reserved_fw: int | None = None
     launch_id: int | None = None
     fw_id: int | None = None
@@ -834,8 +842,9 @@ class Worker:
         """Ask the fork server for a child now (it is forked while the current Firework runs)."""
         from fireworks.utilities import fw_serializers
 
-        self._forkserver.request((self._lp_dict, self.cfg.launch_dir, self.cfg.fw_log_level,
-                                  dict(fw_serializers.SAVED_FW_MODULES), sorted(self._task_modules)))
+        self._forkserver.request((self._lp_dict, self.fworker(math.inf).to_dict(), self.cfg.launch_dir,
+                                  self.cfg.fw_log_level, dict(fw_serializers.SAVED_FW_MODULES),
+                                  sorted(self._task_modules)))
 
     def _fork_child(self) -> _ChildState:
         """Have the fork server fork a Firework child: own session and process group, waiting for its go."""
@@ -858,7 +867,7 @@ class Worker:
                 self._child_fds.discard(fd)
 
     def _discard_standby(self) -> None:
-        """Stop pre-forked children: they never got a go message, so they hold no Firework."""
+        """Stop pre-forked children: their checkout was never served, so they hold no Firework."""
         while not self._forkserver.gone and (self._forkserver.requested or self._forkserver.forked):
             child = self._fork_child()
             self._close_child_fds(child)  # it reads EOF and exits
@@ -866,7 +875,7 @@ class Worker:
 
     def _reply(self, child: _ChildState, kind: str, payload: Any, fw_modules: dict[str, str] | None = None,
                ) -> bool:
-        """Send a go message or a reply to ``child``; False when the child is gone."""
+        """Send a reply to ``child``; False when the child is gone."""
         try:
             body = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - an unpicklable result or exception is reported as text
@@ -882,16 +891,8 @@ class Worker:
 
     def _run_one(self, fworker: Any) -> LaunchRecord:
         """Run (at most) one Firework in a child process and settle its outcome."""
-        child = self._fork_child() if (self._forkserver.requested or self._forkserver.forked) else None
-        if child is not None and not self._reply(child, "go", fworker.to_dict()):
-            # the pre-forked child died while waiting (e.g. signalled by the batch system): use a fresh one
-            LOG.warning("pre-forked Firework child %d died while waiting; forking another", child.pid)
-            self._close_child_fds(child)
-            self._exiting.append(child)
-            child = None
-        if child is None:
-            child = self._fork_child()
-            self._reply(child, "go", fworker.to_dict())  # if it died already, supervising it tells why
+        child = self._fork_child()  # usually the one forked while the previous Firework ran
+        child.fworker = fworker
         try:
             self._supervise(child)
         finally:
@@ -938,20 +939,34 @@ class Worker:
     def _serve(self, child: _ChildState, frame: bytes) -> None:
         """Run one of the Rocket's LaunchPad calls for ``child`` on the worker's LaunchPad and reply."""
         try:
-            method, args, kwargs = pickle.loads(frame)
+            method, args, kwargs, want_reply = pickle.loads(frame)
         except Exception as exc:  # noqa: BLE001 - a garbled message must not end the worker
-            LOG.error("fw child %d: unreadable call (%s: %s)", child.pid, type(exc).__name__, exc)
-            self._reply(child, "err", RuntimeError(f"pilot worker could not read the call: {exc}"))
+            LOG.error("fw child %d: unreadable call (%s: %s): killing it, the conversation is lost", child.pid,
+                      type(exc).__name__, exc)
+            self._killpg(child.pid, signal.SIGKILL)
+            child.killed = True
             return
         if method not in ROCKET_CALLS:
             self._reply(child, "err", RuntimeError(f"pilot worker does not serve LaunchPad.{method}"))
             return
+        if method == "checkout_fw":
+            if child.fworker is None or self._signals or child.stop_sent_at is not None:
+                self._reply(child, "ok", (None, None))  # stopping: the Rocket finds no work and ends
+                return
+            # the query of this moment (time left), not the one the child was forked with
+            if args:
+                args = (child.fworker, *args[1:])
+            else:
+                kwargs["fworker"] = child.fworker
         self.lp._pilot_child = child
         try:
             result = getattr(self.lp, method)(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - FireWorks' Rocket handles it in the child, as with its own LP
             LOG.warning("fw child %d: LaunchPad.%s failed: %s: %s", child.pid, method, type(exc).__name__, exc)
-            self._reply(child, "err", exc)
+            if want_reply:
+                self._reply(child, "err", exc)
+            return
+        if not want_reply:
             return
         fw_modules = None
         if method == "checkout_fw":
