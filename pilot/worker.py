@@ -901,7 +901,11 @@ class Worker:
         if child.status is None:  # the Firework is final, the process is still exiting
             self._exiting.append(child)
         self._reap_exiting()
-        return self._settle(child)
+        record = self._settle(child)
+        # FireWorks keeps a backup of every launch it checks out (for restore_backup_data); a worker runs many
+        if child.launch_id is not None:
+            self.lp.backup_launch_data.pop(child.launch_id, None)
+        return record
 
     def _killpg(self, pid: int, sig: int, reaped: bool = False) -> None:
         """Signal the process group of child ``pid`` (the child is its leader after ``setsid()``)."""
