@@ -33,9 +33,11 @@ def open_launchpad(config_dir: Path, launchpad_file: Path | None = None) -> tupl
             config = load_config(config_dir)
         except ConfigError as e:
             first = e.problems[0] if e.problems else None
-            notes.append(f"the config in {config_dir} is not usable ({first}"
-                         f"{f' and {len(e.problems) - 1} more' if len(e.problems) > 1 else ''}); "
-                         "run `pilot config check`")
+            notes.append(
+                f"the config in {config_dir} is not usable ({first}"
+                f"{f' and {len(e.problems) - 1} more' if len(e.problems) > 1 else ''}); "
+                "run `pilot config check`"
+            )
     else:
         notes.append(f"no config in {config_dir}")
     if lp_file is None:
@@ -52,13 +54,17 @@ def open_launchpad(config_dir: Path, launchpad_file: Path | None = None) -> tupl
     if not lp_file.is_file():
         raise click.ClickException(
             f"no LaunchPad file at {lp_file}: pass --launchpad-file, point launchpad_file in "
-            f"{config_dir / PILOT_FILE} at your my_launchpad.yaml, or create one with `pilot launchpad init`")
+            f"{config_dir / PILOT_FILE} at your my_launchpad.yaml, or create one with `pilot launchpad init`"
+        )
     try:
         import yaml
 
         data = yaml.safe_load(lp_file.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError("not a mapping")
+            raise click.ClickException(
+                f"the LaunchPad file {lp_file} is not a YAML mapping of LaunchPad "
+                "settings (host, port, name, ...); write it with `pilot launchpad init`"
+            )
         data.update(strm_lvl="ERROR", logdir=None)
         kw = dict(data.get("mongoclient_kwargs") or {})
         kw.setdefault("serverSelectionTimeoutMS", 10000)
@@ -73,25 +79,58 @@ def _db_error(lp_file_hint: str, exc: Exception) -> click.ClickException:
     return click.ClickException(
         f"cannot read the LaunchPad database ({lp_file_hint}): {type(exc).__name__}: {str(exc)[:300]}. "
         "Is the database running? For the embedded server: `pilot launchpad status`, "
-        "`pilot launchpad init` starts it.")
+        "`pilot launchpad init` starts it."
+    )
 
 
 @click.command("report")
-@click.option("--since", "since", metavar="DATE", default=None,
-              help="Start of the window: 2024-05-01, 2024-05-01T12:00 (UTC unless an offset is given), today, "
-                   "or an age: 12h, 3d, 2w. Default: all history.")
-@click.option("--until", "until", metavar="DATE", default=None, help="End of the window (same forms). Default: now.")
-@click.option("--plot", "plot", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE.png",
-              help="Also write the throughput figure: cumulative segments (or Fireworks) per cluster, and pilots "
-                   "running over time.")
-@click.option("--plot-what", type=click.Choice(["auto", "segments", "fireworks"]), default="auto",
-              show_default=True, help="What the figure counts (auto: segments when there are any).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document (schema_version 1).")
-@click.option("-l", "--launchpad-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="LaunchPad file (default: launchpad_file of pilot.yaml, else CONFIG_DIR/my_launchpad.yaml).")
+@click.option(
+    "--since",
+    "since",
+    metavar="DATE",
+    default=None,
+    help="Start of the window: 2024-05-01, 2024-05-01T12:00 (UTC unless an offset is given), today, "
+    "or an age: 12h, 3d, 2w. Default: all history.",
+)
+@click.option(
+    "--until", "until", metavar="DATE", default=None, help="End of the window (same forms). Default: now."
+)
+@click.option(
+    "--plot",
+    "plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE.png",
+    help="Also write the throughput figure: cumulative segments (or Fireworks) per cluster, and pilots "
+    "running over time.",
+)
+@click.option(
+    "--plot-what",
+    type=click.Choice(["auto", "segments", "fireworks"]),
+    default="auto",
+    show_default=True,
+    help="What the figure counts (auto: segments when there are any).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as one JSON document (schema_version 1)."
+)
+@click.option(
+    "-l",
+    "--launchpad-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="LaunchPad file (default: launchpad_file of pilot.yaml, else CONFIG_DIR/my_launchpad.yaml).",
+)
 @click.pass_obj
-def report_cmd(obj: Any, since: str | None, until: str | None, plot: Path | None, plot_what: str, as_json: bool,
-               launchpad_file: Path | None) -> None:
+def report_cmd(
+    obj: Any,
+    since: str | None,
+    until: str | None,
+    plot: Path | None,
+    plot_what: str,
+    as_json: bool,
+    launchpad_file: Path | None,
+) -> None:
     """Throughput per cluster and per day: MD segments and Fireworks completed, pilot CPU hours, utilisation,
     queue waits and reruns. Reads only the LaunchPad (and the config dir, for cores per pilot)."""
     import time
@@ -131,34 +170,64 @@ def report_cmd(obj: Any, since: str | None, until: str | None, plot: Path | None
 
 
 @click.command("demo")
-@click.option("--engine", type=click.Choice(["openmm", "gromacs", "auto"]), default="openmm", show_default=True,
-              help="MD engine: OpenMM (pip, the [md] extra), GROMACS (`gmx` on the PATH), or auto (GROMACS when "
-                   "`gmx` is there, else OpenMM).")
+@click.option(
+    "--engine",
+    type=click.Choice(["openmm", "gromacs", "auto"]),
+    default="openmm",
+    show_default=True,
+    help="MD engine: OpenMM (pip, the [md] extra), GROMACS (`gmx` on the PATH), or auto (GROMACS when "
+    "`gmx` is there, else OpenMM).",
+)
 @click.option("--sims", type=click.IntRange(1, 20), default=3, show_default=True, help="Simulations to run.")
-@click.option("--segments", type=click.IntRange(2, 20), default=3, show_default=True,
-              help="About how many segments each simulation takes (its length is set from a quick speed test).")
-@click.option("--segment-seconds", type=click.FloatRange(2, 60), default=6.0, show_default=True,
-              help="Length of one segment.")
-@click.option("--keep-going", is_flag=True,
-              help="Do not stop at the first failed segment: run the other simulations to the end, then report "
-                   "(the exit code is still 1).")
-@click.option("--timeout", type=click.FloatRange(30), default=900.0, show_default=True,
-              help="Give up (and cancel the pilots) after this many seconds.")
+@click.option(
+    "--segments",
+    type=click.IntRange(2, 20),
+    default=3,
+    show_default=True,
+    help="About how many segments each simulation takes (its length is set from a quick speed test).",
+)
+@click.option(
+    "--segment-seconds",
+    type=click.FloatRange(2, 60),
+    default=6.0,
+    show_default=True,
+    help="Length of one segment.",
+)
+@click.option(
+    "--keep-going",
+    is_flag=True,
+    help="Do not stop at the first failed segment: run the other simulations to the end, then report "
+    "(the exit code is still 1).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(30),
+    default=900.0,
+    show_default=True,
+    help="Give up (and cancel the pilots) after this many seconds.",
+)
 @click.pass_obj
-def demo_cmd(obj: Any, engine: str, sims: int, segments: int, segment_seconds: float, keep_going: bool,
-             timeout: float) -> None:
+def demo_cmd(
+    obj: Any, engine: str, sims: int, segments: int, segment_seconds: float, keep_going: bool, timeout: float
+) -> None:
     """Run a small real MD campaign on this machine: LaunchPad, manager and pilots, nothing to configure.
 
-    Starts the embedded LaunchPad server in CONFIG_DIR, writes pilot.yaml and clusters/local.yaml there (pilots
-    are local processes with a short wall time), adds SIMS segmented water-box simulations, runs the manager
-    until they finish, then prints `pilot status` and writes CONFIG_DIR/report.png. Everything stays in
-    CONFIG_DIR, and the LaunchPad server keeps running so that `pilot status` and `pilot report` work
-    afterwards (`pilot launchpad stop` stops it).
+    Starts the embedded LaunchPad server in CONFIG_DIR, writes pilot.yaml and clusters/local.yaml there
+    (pilots are local processes with a short wall time), adds SIMS segmented water-box simulations, runs
+    the manager until they finish, then prints `pilot status` and writes CONFIG_DIR/report.png. Everything
+    stays in CONFIG_DIR, and the LaunchPad server keeps running so that `pilot status` and `pilot report`
+    work afterwards (`pilot launchpad stop` stops it).
     """
     from pilot.demo import DemoError, DemoOptions, run_demo
 
-    opts = DemoOptions(engine=engine, sims=sims, segments=segments, segment_seconds=segment_seconds,
-                       keep_going=keep_going, timeout=timeout)
+    opts = DemoOptions(
+        engine=engine,
+        sims=sims,
+        segments=segments,
+        segment_seconds=segment_seconds,
+        keep_going=keep_going,
+        timeout=timeout,
+    )
     ctx = click.get_current_context()
     try:
         ok = run_demo(Path(obj.config_dir), opts, ctx=ctx)

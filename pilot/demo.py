@@ -31,9 +31,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -79,8 +80,8 @@ class Sim:
     root_fw_id: int = 0
     segments_done: int = 0
     step: int = 0
-    state: str = "waiting"        # waiting | running | finished | failed
-    where: str = ""               # the FWorker running it
+    state: str = "waiting"  # waiting | running | finished | failed
+    where: str = ""  # the FWorker running it
     error: str = ""
 
     @property
@@ -135,11 +136,15 @@ def check_config_dir(config_dir: Path) -> None:
         try:
             data = yaml.safe_load(lp_file.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise DemoError(f"{lp_file} cannot be read ({e}): move it away, or run the demo in another "
-                            "--config-dir") from None
-        embedded = (isinstance(data, dict) and not data.get("uri_mode")
-                    and str(data.get("host")) in ("127.0.0.1", "localhost", "::1")
-                    and (config_dir / SERVER_DIR).is_dir())
+            raise DemoError(
+                f"{lp_file} cannot be read ({e}): move it away, or run the demo in another --config-dir"
+            ) from None
+        embedded = (
+            isinstance(data, dict)
+            and not data.get("uri_mode")
+            and str(data.get("host")) in ("127.0.0.1", "localhost", "::1")
+            and (config_dir / SERVER_DIR).is_dir()
+        )
         if not embedded:
             foreign.append(f"{lp_file} (a LaunchPad that is not this directory's embedded server)")
     if foreign:
@@ -147,7 +152,8 @@ def check_config_dir(config_dir: Path) -> None:
         raise DemoError(
             f"{config_dir} already holds a configuration that `pilot demo` did not write:\n  {listed}\n"
             "The demo never overwrites your files nor adds its simulations to your LaunchPad. Run it in a "
-            f"directory of its own, e.g. `pilot --config-dir {config_dir.parent / 'pilot-demo'} demo`.")
+            f"directory of its own, e.g. `pilot --config-dir {config_dir.parent / 'pilot-demo'} demo`."
+        )
 
 
 def _yaml_text(doc: dict[str, Any], comment: str) -> str:
@@ -157,33 +163,46 @@ def _yaml_text(doc: dict[str, Any], comment: str) -> str:
 
 
 def write_config(config_dir: Path, max_pilots: int) -> list[Path]:
-    """Write ``pilot.yaml`` and ``clusters/local.yaml`` where they do not exist yet; return what was written."""
+    """Write ``pilot.yaml`` and ``clusters/local.yaml`` where they do not exist yet; return those written."""
     from pilot.dbserver.control import LAUNCHPAD_FILE
 
     written = []
     pilot_yaml = config_dir / "pilot.yaml"
     if not pilot_yaml.exists():
-        pilot_yaml.write_text(_yaml_text({
-            "launchpad_file": LAUNCHPAD_FILE, "poll_interval": POLL_INTERVAL_S, "log_dir": "logs",
-            "backoff": {"initial": 5, "max": 60}, "max_reruns": 3,
-        }, "the manager: LaunchPad file and log dir relative to this folder; a cycle every 2 s"))
+        pilot_yaml.write_text(
+            _yaml_text(
+                {
+                    "launchpad_file": LAUNCHPAD_FILE,
+                    "poll_interval": POLL_INTERVAL_S,
+                    "log_dir": "logs",
+                    "backoff": {"initial": 5, "max": 60},
+                    "max_reruns": 3,
+                },
+                "the manager: LaunchPad file and log dir relative to this folder; a cycle every 2 s",
+            )
+        )
         written.append(pilot_yaml)
     cdir = config_dir / "clusters"
     cdir.mkdir(exist_ok=True)
     cluster = cdir / f"{CLUSTER_NAME}.yaml"
     if not cluster.exists():
-        cluster.write_text(_yaml_text({
-            "scheduler": "local",
-            "categories": ["md", "local"],
-            "launchpad_file": str(config_dir / LAUNCHPAD_FILE),
-            "work_dir": str(config_dir / "work"),
-            "python": sys.executable,
-            "pilot": {"walltime": PILOT_WALLTIME_S, "cores": 1},
-            "walltime_margin": WALLTIME_MARGIN_S,
-            "grace": 5,
-            "idle_timeout": IDLE_TIMEOUT_S,
-            "limits": {"max_queued": max_pilots, "max_running": max_pilots},
-        }, f"this machine: pilots are local processes with a {PILOT_WALLTIME_S} s wall time"))
+        cluster.write_text(
+            _yaml_text(
+                {
+                    "scheduler": "local",
+                    "categories": ["md", "local"],
+                    "launchpad_file": str(config_dir / LAUNCHPAD_FILE),
+                    "work_dir": str(config_dir / "work"),
+                    "python": sys.executable,
+                    "pilot": {"walltime": PILOT_WALLTIME_S, "cores": 1},
+                    "walltime_margin": WALLTIME_MARGIN_S,
+                    "grace": 5,
+                    "idle_timeout": IDLE_TIMEOUT_S,
+                    "limits": {"max_queued": max_pilots, "max_running": max_pilots},
+                },
+                f"this machine: pilots are local processes with a {PILOT_WALLTIME_S} s wall time",
+            )
+        )
         written.append(cluster)
     return written
 
@@ -194,8 +213,14 @@ def start_launchpad(config_dir: Path, say: Callable[[str], None]) -> tuple[Any, 
     import yaml
 
     from pilot.dbserver.control import (
-        LAUNCHPAD_FILE, SERVER_DIR, ControlError, check_launchpad, find_running, launchpad_dict,
-        start_background, write_private_yaml,
+        LAUNCHPAD_FILE,
+        SERVER_DIR,
+        ControlError,
+        check_launchpad,
+        find_running,
+        launchpad_dict,
+        start_background,
+        write_private_yaml,
     )
 
     data_dir = config_dir / SERVER_DIR
@@ -208,8 +233,10 @@ def start_launchpad(config_dir: Path, say: Callable[[str], None]) -> tuple[Any, 
         server = find_running(data_dir)
         if server is None:
             server = start_background(data_dir, None)
-            say(f"started the embedded LaunchPad server: pid {server.pid}, {server.host}:{server.port}, "
-                f"data {data_dir}")
+            say(
+                f"started the embedded LaunchPad server: pid {server.pid}, {server.host}:{server.port}, "
+                f"data {data_dir}"
+            )
         else:
             say(f"using the running embedded LaunchPad server: pid {server.pid}, {server.host}:{server.port}")
         lpd = launchpad_dict(name, server.host, server.port)
@@ -227,15 +254,19 @@ def choose_engine(engine: str) -> str:
     if engine == "auto":
         engine = "gromacs" if has_gmx else "openmm"
     if engine == "gromacs" and not has_gmx:
-        raise DemoError("--engine gromacs: `gmx` is not on the PATH; install GROMACS (e.g. `apt install gromacs` "
-                        "or `conda install -c conda-forge gromacs`), or use --engine openmm")
+        raise DemoError(
+            "--engine gromacs: `gmx` is not on the PATH; install GROMACS (e.g. `apt install gromacs` "
+            "or `conda install -c conda-forge gromacs`), or use --engine openmm"
+        )
     if engine == "openmm":
         try:
             import openmm  # noqa: F401
         except ImportError:
             alt = " or use --engine gromacs (`gmx` is on the PATH)" if has_gmx else ""
-            raise DemoError("--engine openmm: OpenMM is not installed; install the extra that brings it: "
-                            f"pip install \"fireworks-pilot[md]\"{alt}") from None
+            raise DemoError(
+                "--engine openmm: OpenMM is not installed; install the extra that brings it: "
+                f'pip install "fireworks-pilot[md]"{alt}'
+            ) from None
     return engine
 
 
@@ -259,7 +290,9 @@ def measure_openmm(work: Path) -> Speed:
     system = mm.XmlSerializer.deserialize((work / files["system"]).read_text())
     integrator = mm.XmlSerializer.deserialize((work / files["integrator"]).read_text())
     pdb = app.PDBFile(str(work / files["topology"]))
-    sim = app.Simulation(pdb.topology, system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+    sim = app.Simulation(
+        pdb.topology, system, integrator, mm.Platform.getPlatformByName("CPU"), {"Threads": "1"}
+    )
     sim.context.setPositions(pdb.positions)
     sim.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
     sim.step(10)
@@ -283,18 +316,28 @@ def measure_gromacs(work: Path) -> Speed:
     gromacs_water_box(work, nsteps, name="speed")
     argv = ["gmx", "-quiet", "mdrun", "-deffnm", "speed", "-ntmpi", "1", "-ntomp", "1", "-pin", "off"]
     t0 = time.monotonic()
-    proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", GMX_MAXBACKUP="-1"))
+    proc = subprocess.run(
+        argv,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+        check=False,
+        env=dict(os.environ, OMP_NUM_THREADS="1", GMX_MAXBACKUP="-1"),
+    )
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         from tasks.gromacs import parse_gromacs_error
 
         text = proc.stdout + proc.stderr
-        raise DemoError(f"the GROMACS speed test failed in {work} (`{' '.join(argv)}`, exit status "
-                        f"{proc.returncode}):\n{parse_gromacs_error(text) or text[-1500:]}")
+        raise DemoError(
+            f"the GROMACS speed test failed in {work} (`{' '.join(argv)}`, exit status "
+            f"{proc.returncode}):\n{parse_gromacs_error(text) or text[-1500:]}"
+        )
     ns_day = parse_performance(proc.stdout + proc.stderr)
     if ns_day:
-        rate = ns_day * 1000.0 / 86400.0 / 0.002   # ns/day -> ps/s -> steps of 2 fs per second
+        rate = ns_day * 1000.0 / 86400.0 / 0.002  # ns/day -> ps/s -> steps of 2 fs per second
         return Speed(steps_per_s=rate, setup_s=max(0.0, wall - nsteps / rate))
     return Speed(steps_per_s=nsteps / wall, setup_s=0.0)
 
@@ -307,19 +350,33 @@ def steps_for(speed: Speed, segments: int, segment_s: float) -> int:
     """
     per_segment = max(1.0, segment_s - speed.setup_s - 0.5) * speed.steps_per_s
     n = per_segment * (segments - 0.5)
-    return max(500, int(math.ceil(n / 100.0)) * 100)
+    return max(500, math.ceil(n / 100.0) * 100)
 
 
-def add_simulations(lp: Any, engine: str, root: Path, count: int, nsteps: int, segment_s: float,
-                    prefix: str) -> list[Sim]:
+def add_simulations(
+    lp: Any, engine: str, root: Path, count: int, nsteps: int, segment_s: float, prefix: str
+) -> list[Sim]:
     """Build ``count`` water boxes under ``root`` and add one segmented workflow for each."""
     from tasks.workflow import make_md_workflow
 
     sims = []
     hours = segment_s / 3600.0
     slack = max(1.0, SEGMENT_FW_WALLTIME_S - segment_s)
-    common = dict(segment_hours=hours, startup_slack_s=slack, deadline_margin_s=10.0, min_segment_s=2.0,
-                  stop_margin_s=5.0)
+
+    def workflow(run_dir: Path, name: str, params: dict[str, Any], env: dict[str, str]) -> Any:
+        return make_md_workflow(
+            run_dir,
+            engine,
+            name,
+            segment_hours=hours,
+            engine_params=params,
+            env=env,
+            startup_slack_s=slack,
+            deadline_margin_s=10.0,
+            min_segment_s=2.0,
+            stop_margin_s=5.0,
+        )
+
     for i in range(1, count + 1):
         run_dir = root / f"sim-{i}"
         name = f"{prefix}-sim{i}"
@@ -327,20 +384,27 @@ def add_simulations(lp: Any, engine: str, root: Path, count: int, nsteps: int, s
             from tasks.testsystems import openmm_water_box
 
             openmm_water_box(run_dir, seed=1000 + i)
-            params = {"nsteps": nsteps, "platform": "CPU", "platform_properties": {"Threads": "1"},
-                      "traj_interval": 100, "energy_interval": 100, "temperature": 300, "seed": i,
-                      "chunk_seconds": 0.5}
-            wf = make_md_workflow(run_dir, "openmm", name, engine_params=params, env={"OPENMM_CPU_THREADS": "1"},
-                                  **common)
+            params = {
+                "nsteps": nsteps,
+                "platform": "CPU",
+                "platform_properties": {"Threads": "1"},
+                "traj_interval": 100,
+                "energy_interval": 100,
+                "temperature": 300,
+                "seed": i,
+                "chunk_seconds": 0.5,
+            }
+            wf = workflow(run_dir, name, params, {"OPENMM_CPU_THREADS": "1"})
         else:
             from tasks.testsystems import gromacs_water_box
 
             gromacs_water_box(run_dir, nsteps)
             params = {"ntmpi": 1, "ntomp": 1, "pin": "off"}
-            wf = make_md_workflow(run_dir, "gromacs", name, engine_params=params,
-                                  env={"OMP_NUM_THREADS": "1", "GMX_MAXBACKUP": "-1"}, **common)
+            wf = workflow(run_dir, name, params, {"OMP_NUM_THREADS": "1", "GMX_MAXBACKUP": "-1"})
         id_map = lp.add_wf(wf)
-        sims.append(Sim(name=name, run_dir=run_dir, nsteps=nsteps, root_fw_id=int(next(iter(id_map.values())))))
+        sims.append(
+            Sim(name=name, run_dir=run_dir, nsteps=nsteps, root_fw_id=int(next(iter(id_map.values()))))
+        )
     return sims
 
 
@@ -358,17 +422,27 @@ def refresh_sims(lp: Any, sims: list[Sim]) -> None:
             node_sim[int(n)] = sim
         for k, v in (wf.get("fw_states") or {}).items():
             states[int(k)] = str(v)
-    per: dict[str, dict[str, Any]] = {s.name: {"done": 0, "step": 0, "finished": False, "where": "",
-                                               "failed": "", "running": False} for s in sims}
+    per: dict[str, dict[str, Any]] = {
+        s.name: {"done": 0, "step": 0, "finished": False, "where": "", "failed": "", "running": False}
+        for s in sims
+    }
     for fw_id, st in states.items():
         sim = node_sim[fw_id]
         if st == "RUNNING":
             per[sim.name]["running"] = True
-    proj = {"fw_id": 1, "state": 1, "fworker.name": 1, "action.stored_data.checkpoint_step": 1,
-            "action.stored_data.outcome": 1, "action.stored_data._exception._stacktrace": 1, "_id": 0}
+    proj = {
+        "fw_id": 1,
+        "state": 1,
+        "fworker.name": 1,
+        "action.stored_data.checkpoint_step": 1,
+        "action.stored_data.outcome": 1,
+        "action.stored_data._exception._stacktrace": 1,
+        "_id": 0,
+    }
     ids = sorted(node_sim)
-    for doc in lp.launches.find({"fw_id": {"$in": ids}, "state": {"$in": ["COMPLETED", "RUNNING", "FIZZLED"]}},
-                                proj):
+    for doc in lp.launches.find(
+        {"fw_id": {"$in": ids}, "state": {"$in": ["COMPLETED", "RUNNING", "FIZZLED"]}}, proj
+    ):
         sim = node_sim.get(int(doc["fw_id"]))
         if sim is None:
             continue
@@ -437,10 +511,15 @@ class Progress:
             steps = f"{s.step:,}/{s.nsteps:,}"
             state = s.state + (f" on {s.where}" if s.where else "")
             bar_n = int(10 * min(1.0, s.step / s.nsteps)) if s.nsteps else 0
-            lines.append(f"  {s.name.ljust(w)}  {s.segments_done:>8}  {steps:>15}  [{'#' * bar_n}{'.' * (10 - bar_n)}] "
-                         f"{state}")
-        lines.append(f"  pilots: {pilots.running} running, {pilots.pending} queued, {pilots.ended} ended"
-                     f"    elapsed {_clock(elapsed)}")
+            lines.append(
+                f"  {s.name.ljust(w)}  {s.segments_done:>8}  {steps:>15}  "
+                f"[{'#' * bar_n}{'.' * (10 - bar_n)}] "
+                f"{state}"
+            )
+        lines.append(
+            f"  pilots: {pilots.running} running, {pilots.pending} queued, {pilots.ended} ended"
+            f"    elapsed {_clock(elapsed)}"
+        )
         return lines
 
     def update(self, pilots: Pilots, elapsed: float) -> None:
@@ -464,13 +543,18 @@ class Progress:
             elif s.state == "running":
                 what = f"segment {s.segments_done + 1} running on {s.where} (step {s.step:,}/{s.nsteps:,})"
             else:
-                what = (f"waiting for a pilot ({s.segments_done} segment{'' if s.segments_done == 1 else 's'} done, "
-                        f"step {s.step:,}/{s.nsteps:,})")
+                what = (
+                    f"waiting for a pilot ({s.segments_done} "
+                    f"segment{'' if s.segments_done == 1 else 's'} done, "
+                    f"step {s.step:,}/{s.nsteps:,})"
+                )
             self.echo(f"{stamp} {s.name}: {what}")
         pk = (pilots.running, pilots.pending, pilots.ended)
         if pk != self.last_pilots:
             self.last_pilots = pk
-            self.echo(f"{stamp} pilots: {pilots.running} running, {pilots.pending} queued, {pilots.ended} ended")
+            self.echo(
+                f"{stamp} pilots: {pilots.running} running, {pilots.pending} queued, {pilots.ended} ended"
+            )
 
 
 # ============================================================================ pilots
@@ -492,7 +576,7 @@ def _local_job_pids(job_ids: list[str]) -> list[int]:
     """Supervisor and job pids that :mod:`pilot.localsched` recorded for these jobs (its JSON job files)."""
     from pilot.localsched import state_dir
 
-    pids = []
+    pids: list[int] = []
     for jid in job_ids:
         try:
             job = json.loads((state_dir() / "jobs" / f"{jid}.json").read_text())
@@ -533,8 +617,11 @@ def stop_pilots(mgr: Any, job_names: set[str], drain_s: float, say: Callable[[st
             time.sleep(0.5)
             refresh_only(mgr)
     # the records say ended: make sure the processes are gone too
-    all_ids = [str(r["job_id"]) for r in mgr.records.pilots.find({"_id": {"$in": sorted(job_names)}}, {"job_id": 1})
-               if r.get("job_id")]
+    all_ids = [
+        str(r["job_id"])
+        for r in mgr.records.pilots.find({"_id": {"$in": sorted(job_names)}}, {"job_id": 1})
+        if r.get("job_id")
+    ]
     end = time.monotonic() + 20.0
     left = [p for p in _local_job_pids(all_ids) if psutil.pid_exists(p)]
     while left and time.monotonic() < end:
@@ -561,8 +648,11 @@ def _cmd_prefix(config_dir: Path) -> str:
 
 def _next_run(config_dir: Path) -> int:
     root = config_dir / "demo"
-    taken = [int(p.name.split("-", 1)[1]) for p in root.glob("run-*") if p.name.split("-", 1)[1].isdigit()] \
-        if root.is_dir() else []
+    taken = (
+        [int(p.name.split("-", 1)[1]) for p in root.glob("run-*") if p.name.split("-", 1)[1].isdigit()]
+        if root.is_dir()
+        else []
+    )
     return max(taken, default=0) + 1
 
 
@@ -598,7 +688,7 @@ def _print_status(ctx: click.Context | None, lp: Any, config: Any, say: Callable
             try:
                 ctx.invoke(cmd)
             except click.exceptions.Exit:
-                pass            # status exits 1 when something needs a person: it said what
+                pass  # status exits 1 when something needs a person: it said what
             except click.ClickException as e:
                 say(f"pilot status failed: {e.format_message()}")
             return
@@ -614,8 +704,12 @@ def _print_status(ctx: click.Context | None, lp: Any, config: Any, say: Callable
     say("  pilots:    " + (", ".join(f"{n} {s}" for s, n in sorted(pilots.items())) or "none"))
 
 
-def run_demo(config_dir: Path, opts: DemoOptions, ctx: click.Context | None = None,
-             echo: Callable[[str], None] = click.echo) -> bool:
+def run_demo(
+    config_dir: Path,
+    opts: DemoOptions,
+    ctx: click.Context | None = None,
+    echo: Callable[[str], None] = click.echo,
+) -> bool:
     """Run the demo in ``config_dir``; True when every simulation finished.
 
     Raises
@@ -639,11 +733,14 @@ def run_demo(config_dir: Path, opts: DemoOptions, ctx: click.Context | None = No
 
     def _terminate(signum: int, _frame: Any) -> None:
         received.append(signum)
-        if len(received) == 1:   # once: a second SIGTERM does not cut the clean-up short
+        if len(received) == 1:  # once: a second SIGTERM does not cut the clean-up short
             raise KeyboardInterrupt(f"signal {signum}")  # same clean-up as Ctrl-C: the pilots are stopped
 
-    old_term = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+    old_term = (
+        signal.signal(signal.SIGTERM, _terminate)
+        if threading.current_thread() is threading.main_thread()
         else None
+    )
     try:
         return _run(config_dir, opts, ctx, echo, engine, verbose, tty, t_start)
     finally:
@@ -652,8 +749,16 @@ def run_demo(config_dir: Path, opts: DemoOptions, ctx: click.Context | None = No
             signal.signal(signal.SIGTERM, old_term)
 
 
-def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: Callable[[str], None], engine: str,
-         verbose: int, tty: bool, t_start: float) -> bool:
+def _run(
+    config_dir: Path,
+    opts: DemoOptions,
+    ctx: click.Context | None,
+    echo: Callable[[str], None],
+    engine: str,
+    verbose: int,
+    tty: bool,
+    t_start: float,
+) -> bool:
     from fireworks import LaunchPad
 
     from pilot.config import ConfigError, load_config
@@ -672,8 +777,9 @@ def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: C
     try:
         config = load_config(config_dir)
     except ConfigError as e:
-        raise DemoError(f"the demo's configuration in {config_dir} has problems (fix or delete those files):\n{e}") \
-            from None
+        raise DemoError(
+            f"the demo's configuration in {config_dir} has problems (fix or delete those files):\n{e}"
+        ) from None
     if CLUSTER_NAME not in config.clusters:
         raise DemoError(f"{config_dir}/clusters/{CLUSTER_NAME}.yaml is missing")
     lp = LaunchPad.from_dict(dict(lpd, strm_lvl="ERROR"))
@@ -697,11 +803,17 @@ def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: C
         speed = (measure_openmm if engine == "openmm" else measure_gromacs)(root / "speed-test")
         nsteps = steps_for(speed, opts.segments, opts.segment_seconds)
         sims = add_simulations(lp, engine, root, opts.sims, nsteps, opts.segment_seconds, f"demo{run_no}")
-        echo(f"  {speed.steps_per_s:.0f} steps/s: added {opts.sims} {label} water-box simulations of {nsteps:,} "
-             f"steps (~{opts.segments} segments of {opts.segment_seconds:g} s each) in {root}")
+        echo(
+            f"  {speed.steps_per_s:.0f} steps/s: added {opts.sims} {label} water-box simulations of "
+            f"{nsteps:,} "
+            f"steps (~{opts.segments} segments of {opts.segment_seconds:g} s each) in {root}"
+        )
         lc = config.clusters[CLUSTER_NAME]
-        echo(f"  manager: cluster '{CLUSTER_NAME}', pilots are local processes ({lc.walltime_seconds} s wall time, "
-             f"up to {lc.limits.max_running} at once); log {config_dir / 'logs' / 'manager.log'}")
+        echo(
+            f"  manager: cluster '{CLUSTER_NAME}', pilots are local processes "
+            f"({lc.walltime_seconds} s wall time, "
+            f"up to {lc.limits.max_running} at once); log {config_dir / 'logs' / 'manager.log'}"
+        )
         echo("")
         mgr = Manager(config, lp)
         progress = Progress(sims, label, tty, echo)
@@ -721,8 +833,10 @@ def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: C
             if time.monotonic() - t_start > opts.timeout:
                 raise DemoError(
                     f"not finished after {opts.timeout:.0f} s ({sum(s.state == 'finished' for s in sims)} of "
-                    f"{len(sims)} simulations done); see {config_dir / 'logs' / 'manager.log'} and `pilot status`. "
-                    "The pilots were cancelled; `pilot manager run` continues the work.")
+                    f"{len(sims)} simulations done); see {config_dir / 'logs' / 'manager.log'} and "
+                    "`pilot status`. "
+                    "The pilots were cancelled; `pilot manager run` continues the work."
+                )
             time.sleep(POLL_INTERVAL_S)
         stop_pilots(mgr, job_names, IDLE_TIMEOUT_S + 3 * POLL_INTERVAL_S + 5, lambda m: echo("  " + m))
         job_names_done = set(job_names)
@@ -735,16 +849,28 @@ def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: C
         echo("")
         if failed_first is not None:
             echo(f"{failed_first.name} FAILED: {failed_first.error}")
-            echo(f"  run directory {failed_first.run_dir}; `lpad -l {config_dir / 'my_launchpad.yaml'} get_fws "
-                 f"-s FIZZLED -d more` shows the error; --keep-going runs the others to the end")
+            echo(
+                f"  run directory {failed_first.run_dir}; "
+                f"`lpad -l {config_dir / 'my_launchpad.yaml'} get_fws "
+                f"-s FIZZLED -d more` shows the error; --keep-going runs the others to the end"
+            )
         elif len(finished) == len(sims):
-            every = "The simulation" if len(sims) == 1 else "Both simulations" if len(sims) == 2 else \
-                f"All {len(sims)} simulations"
-            echo(f"{every} finished at step {nsteps:,}: {total_segments} segments on "
-                 f"{len(job_names_done)} pilots in {time.monotonic() - t_run:.0f} s.")
+            every = (
+                "The simulation"
+                if len(sims) == 1
+                else "Both simulations"
+                if len(sims) == 2
+                else f"All {len(sims)} simulations"
+            )
+            echo(
+                f"{every} finished at step {nsteps:,}: {total_segments} segments on "
+                f"{len(job_names_done)} pilots in {time.monotonic() - t_run:.0f} s."
+            )
         else:
-            echo(f"{len(finished)} of {len(sims)} simulations finished; "
-                 + ", ".join(f"{s.name} {s.state}" for s in sims if s.state != "finished"))
+            echo(
+                f"{len(finished)} of {len(sims)} simulations finished; "
+                + ", ".join(f"{s.name} {s.state}" for s in sims if s.state != "finished")
+            )
         ok = len(finished) == len(sims)
 
         _print_status(ctx, lp, config, echo)
@@ -758,16 +884,22 @@ def _run(config_dir: Path, opts: DemoOptions, ctx: click.Context | None, echo: C
         echo(f"wrote {png}")
         pre = _cmd_prefix(config_dir)
         echo("")
-        echo(f"Done in {time.monotonic() - t_start:.0f} s. The LaunchPad server keeps running (pid {server.pid}, "
-             f"{server.host}:{server.port}), so these work on what the demo left:")
+        echo(
+            f"Done in {time.monotonic() - t_start:.0f} s. The LaunchPad server keeps running "
+            f"(pid {server.pid}, "
+            f"{server.host}:{server.port}), so these work on what the demo left:"
+        )
         echo(f"  {pre} status")
         echo(f"  {pre} report --plot report.png")
         echo(f"  lpad -l {config_dir / 'my_launchpad.yaml'} get_wflows")
         echo(f"Stop the server with `{pre} launchpad stop`; delete {config_dir} to remove everything.")
         return ok
     except KeyboardInterrupt:
-        echo(f"\ninterrupted: stopping the pilots; unfinished segments go back to READY "
-             f"(`PILOT_LOCAL_STATE={config_dir / 'localsched'} {_cmd_prefix(config_dir)} manager run` continues them)")
+        echo(
+            f"\ninterrupted: stopping the pilots; unfinished segments go back to READY "
+            f"(`PILOT_LOCAL_STATE={config_dir / 'localsched'} {_cmd_prefix(config_dir)} manager run` "
+            "continues them)"
+        )
         raise
     finally:
         try:

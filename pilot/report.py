@@ -41,8 +41,18 @@ from typing import Any
 from pilot.records import PENDING_STATES, RUNNING_STATES
 
 __all__ = [
-    "SCHEMA_VERSION", "OTHER", "ClusterThroughput", "DayThroughput", "Timeline", "ThroughputReport",
-    "gather_report", "format_report", "plot_report", "parse_when", "iso_utc", "utc_day",
+    "OTHER",
+    "SCHEMA_VERSION",
+    "ClusterThroughput",
+    "DayThroughput",
+    "ThroughputReport",
+    "Timeline",
+    "format_report",
+    "gather_report",
+    "iso_utc",
+    "parse_when",
+    "plot_report",
+    "utc_day",
 ]
 
 #: Version of the ``--json`` document; raised when a field changes meaning or goes away.
@@ -97,9 +107,24 @@ def _bin_start(prefix: str) -> float | None:
     return _parse_iso(prefix)
 
 
-_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour|hours|d|day|days|w|week|weeks)\s*(ago)?\s*$", re.I)
-_REL_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400,
-              "day": 86400, "days": 86400, "w": 604800, "week": 604800, "weeks": 604800}
+_REL = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour|hours|d|day|days|w|week|weeks)\s*(ago)?\s*$", re.IGNORECASE
+)
+_REL_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
+}
 
 
 def parse_when(text: str, now: float | None = None) -> float:
@@ -132,8 +157,10 @@ def parse_when(text: str, now: float | None = None) -> float:
         return now - float(m.group(1)) * _REL_UNITS[m.group(2).lower()]
     t = _parse_iso(s)
     if t is None:
-        raise ValueError(f"{text!r} is not a date: write 2024-05-01, 2024-05-01T12:30 (UTC, or with an offset "
-                         "such as +02:00), today, now, or an age such as 12h, 3d, 2w")
+        raise ValueError(
+            f"{text!r} is not a date: write 2024-05-01, 2024-05-01T12:30 (UTC, or with an offset "
+            "such as +02:00), today, now, or an age such as 12h, 3d, 2w"
+        )
     return t
 
 
@@ -212,16 +239,30 @@ class ClusterThroughput:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "cores_per_pilot": self.cores_per_pilot, "cores_from_config": self.cores_from_config,
-            "segments": self.segments, "runs_finished": self.runs_finished, "fireworks": self.fireworks,
-            "fizzled": self.fizzled, "md_steps": self.steps,
-            "busy_hours": _r(self.busy_s / 3600.0), "pilot_hours": _r(self.pilot_hours),
-            "cpu_hours": _r(self.cpu_hours), "utilisation": _r(self.utilisation),
-            "pilots": {"submitted": self.pilots_submitted, "started": self.pilots_started,
-                       "ended": dict(sorted(self.pilots_ended.items())), "running": self.pilots_running,
-                       "pending": self.pilots_pending},
-            "queue_wait_s": {"n": len(self.queue_waits), "median": _r(self.queue_wait_median),
-                             "max": _r(self.queue_wait_max)},
+            "name": self.name,
+            "cores_per_pilot": self.cores_per_pilot,
+            "cores_from_config": self.cores_from_config,
+            "segments": self.segments,
+            "runs_finished": self.runs_finished,
+            "fireworks": self.fireworks,
+            "fizzled": self.fizzled,
+            "md_steps": self.steps,
+            "busy_hours": _r(self.busy_s / 3600.0),
+            "pilot_hours": _r(self.pilot_hours),
+            "cpu_hours": _r(self.cpu_hours),
+            "utilisation": _r(self.utilisation),
+            "pilots": {
+                "submitted": self.pilots_submitted,
+                "started": self.pilots_started,
+                "ended": dict(sorted(self.pilots_ended.items())),
+                "running": self.pilots_running,
+                "pending": self.pilots_pending,
+            },
+            "queue_wait_s": {
+                "n": len(self.queue_waits),
+                "median": _r(self.queue_wait_median),
+                "max": _r(self.queue_wait_max),
+            },
             "reruns": self.reruns,
         }
 
@@ -249,10 +290,18 @@ class DayThroughput:
         return self.busy_s / self.pilot_s if self.pilot_s > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"day": self.day, "cluster": self.cluster, "segments": self.segments,
-                "runs_finished": self.runs_finished, "fireworks": self.fireworks, "fizzled": self.fizzled,
-                "busy_hours": _r(self.busy_s / 3600.0), "pilot_hours": _r(self.pilot_s / 3600.0),
-                "cpu_hours": _r(self.cpu_hours), "utilisation": _r(self.utilisation)}
+        return {
+            "day": self.day,
+            "cluster": self.cluster,
+            "segments": self.segments,
+            "runs_finished": self.runs_finished,
+            "fireworks": self.fireworks,
+            "fizzled": self.fizzled,
+            "busy_hours": _r(self.busy_s / 3600.0),
+            "pilot_hours": _r(self.pilot_s / 3600.0),
+            "cpu_hours": _r(self.cpu_hours),
+            "utilisation": _r(self.utilisation),
+        }
 
 
 @dataclass
@@ -293,8 +342,21 @@ class ThroughputReport:
         """All clusters summed (``cores_per_pilot`` is meaningless there: CPU seconds are summed)."""
         t = ClusterThroughput(name="total")
         for c in self.clusters:
-            for attr in ("segments", "runs_finished", "fireworks", "fizzled", "steps", "busy_s", "pilot_s", "cpu_s",
-                         "pilots_submitted", "pilots_started", "pilots_running", "pilots_pending", "reruns"):
+            for attr in (
+                "segments",
+                "runs_finished",
+                "fireworks",
+                "fizzled",
+                "steps",
+                "busy_s",
+                "pilot_s",
+                "cpu_s",
+                "pilots_submitted",
+                "pilots_started",
+                "pilots_running",
+                "pilots_pending",
+                "reruns",
+            ):
                 setattr(t, attr, getattr(t, attr) + getattr(c, attr))
             for k, v in c.pilots_ended.items():
                 t.pilots_ended[k] = t.pilots_ended.get(k, 0) + v
@@ -311,9 +373,11 @@ class ThroughputReport:
         return {
             "schema_version": SCHEMA_VERSION,
             "generated_at": iso_utc(self.generated_at),
-            "window": {"since": iso_utc(self.since) if self.since is not None else None,
-                       "until": iso_utc(self.until),
-                       "first_activity": iso_utc(self.first_activity) if self.first_activity else None},
+            "window": {
+                "since": iso_utc(self.since) if self.since is not None else None,
+                "until": iso_utc(self.until),
+                "first_activity": iso_utc(self.first_activity) if self.first_activity else None,
+            },
             "days_are": "UTC",
             "config_dir": self.config_dir,
             "clusters": [c.to_dict() for c in self.clusters],
@@ -368,8 +432,14 @@ def _cluster_of_worker(name: str | None, by_fworker: dict[str, str], known: Iter
     return OTHER
 
 
-def gather_report(db: Any, config: Any | None = None, since: float | None = None, until: float | None = None,
-                  now: float | None = None, notes: Sequence[str] = ()) -> ThroughputReport:
+def gather_report(
+    db: Any,
+    config: Any | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    now: float | None = None,
+    notes: Sequence[str] = (),
+) -> ThroughputReport:
     """Read the LaunchPad database and build a :class:`ThroughputReport`.
 
     Parameters
@@ -392,7 +462,9 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
     now = time.time() if now is None else float(now)
     until = now if until is None else float(until)
     if since is not None and since >= until:
-        raise ValueError(f"the window is empty: --since {iso_utc(since)} is not before --until {iso_utc(until)}")
+        raise ValueError(
+            f"the window is empty: --since {iso_utc(since)} is not before --until {iso_utc(until)}"
+        )
     end_now = min(now, until)
     queries = 0
     report_notes = list(notes)
@@ -480,20 +552,28 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
         if earliest:
             first = _parse_iso(earliest[0].get("time_end"))
     span = until - (since if since is not None else (first if first is not None else until))
-    prefix, res = _RESOLUTIONS[0] if span <= 2 * 3600 else _RESOLUTIONS[1] if span <= 7 * 86400 else _RESOLUTIONS[2]
+    prefix, res = (
+        _RESOLUTIONS[0] if span <= 2 * 3600 else _RESOLUTIONS[1] if span <= 7 * 86400 else _RESOLUTIONS[2]
+    )
     timeline.resolution_s = res
     missing = None
     is_seg = {"$cond": [{"$eq": [{"$ifNull": ["$action.stored_data.steps_done", missing]}, missing]}, 0, 1]}
     pipeline = [
         {"$match": match},
-        {"$group": {
-            "_id": {"w": "$fworker.name", "bin": {"$substr": ["$time_end", 0, prefix]}, "state": "$state",
+        {
+            "$group": {
+                "_id": {
+                    "w": "$fworker.name",
+                    "bin": {"$substr": ["$time_end", 0, prefix]},
+                    "state": "$state",
                     "seg": is_seg,
-                    "fin": {"$cond": [{"$eq": ["$action.stored_data.outcome", "finished"]}, 1, 0]}},
-            "n": {"$sum": 1},
-            "busy": {"$sum": "$runtime_secs"},
-            "steps": {"$sum": "$action.stored_data.steps_done"},
-        }},
+                    "fin": {"$cond": [{"$eq": ["$action.stored_data.outcome", "finished"]}, 1, 0]},
+                },
+                "n": {"$sum": 1},
+                "busy": {"$sum": "$runtime_secs"},
+                "steps": {"$sum": "$action.stored_data.steps_done"},
+            }
+        },
     ]
     known = set(clusters) | {str(p.get("cluster")) for p in pilots if p.get("cluster")}
     bins: dict[tuple[str, str], list[int]] = {}
@@ -501,17 +581,17 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
         key = row.get("_id") or {}
         cname = _cluster_of_worker(key.get("w"), by_fworker, known)
         c = cl(cname)
-        b = str(key.get("bin") or "")
+        bin_key = str(key.get("bin") or "")
         n = int(row.get("n") or 0)
         busy = _f(row.get("busy")) or 0.0
         seg = bool(key.get("seg"))
-        dd = day(b[:10], cname)
+        dd = day(bin_key[:10], cname)
         c.busy_s += busy
         dd.busy_s += busy
         if key.get("state") == "COMPLETED":
             c.fireworks += n
             dd.fireworks += n
-            cnt = bins.setdefault((cname, b), [0, 0])
+            cnt = bins.setdefault((cname, bin_key), [0, 0])
             cnt[1] += n
             if seg:
                 c.segments += n
@@ -525,20 +605,22 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
             c.fizzled += n
             dd.fizzled += n
     queries += 1
-    for (cname, b), (nseg, nfw) in bins.items():
-        t = _bin_start(b)
-        if t is None:
+    for (cname, bin_key), (nseg, nfw) in bins.items():
+        t_bin = _bin_start(bin_key)
+        if t_bin is None:
             continue
-        timeline.completions.setdefault(cname, []).append((t + res, nseg, nfw))
+        timeline.completions.setdefault(cname, []).append((t_bin + res, nseg, nfw))
         if since is None:
-            first = t if first is None else min(first, t)
+            first = t_bin if first is None else min(first, t_bin)
     for series in timeline.completions.values():
         series.sort()
 
     # ---- 3. Fireworks running now under running pilots: busy up to now
     if running_fworkers and end_now > lo:
-        for doc in db["launches"].find({"state": "RUNNING", "fworker.name": {"$in": sorted(running_fworkers)}},
-                                       {"fworker.name": 1, "time_start": 1, "_id": 0}):
+        for doc in db["launches"].find(
+            {"state": "RUNNING", "fworker.name": {"$in": sorted(running_fworkers)}},
+            {"fworker.name": 1, "time_start": 1, "_id": 0},
+        ):
             start = _parse_iso(doc.get("time_start"))
             if start is None:
                 continue
@@ -553,9 +635,15 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
     rq: dict[str, Any] = {"$lt": until}
     if since is not None:
         rq["$gte"] = since
-    rerun_rows = list(db["pilot_reruns"].aggregate([
-        {"$unwind": "$history"}, {"$match": {"history.time": rq}},
-        {"$group": {"_id": "$history.pilot", "n": {"$sum": 1}}}]))
+    rerun_rows = list(
+        db["pilot_reruns"].aggregate(
+            [
+                {"$unwind": "$history"},
+                {"$match": {"history.time": rq}},
+                {"$group": {"_id": "$history.pilot", "n": {"$sum": 1}}},
+            ]
+        )
+    )
     queries += 1
     unknown = [str(r["_id"]) for r in rerun_rows if str(r.get("_id")) not in by_job]
     if unknown:
@@ -565,20 +653,32 @@ def gather_report(db: Any, config: Any | None = None, since: float | None = None
     for r in rerun_rows:
         cl(by_job.get(str(r.get("_id")), OTHER)).reruns += int(r.get("n") or 0)
 
-    assumed = sorted(c.name for c in clusters.values() if not c.cores_from_config and c.name != OTHER
-                     and c.pilot_s > 0)
+    assumed = sorted(
+        c.name for c in clusters.values() if not c.cores_from_config and c.name != OTHER and c.pilot_s > 0
+    )
     if assumed:
         why = "no config dir" if config is None else "not in the config dir"
-        report_notes.append(f"cores per pilot assumed 1 for {', '.join(assumed)} ({why}): CPU hours = pilot hours")
+        report_notes.append(
+            f"cores per pilot assumed 1 for {', '.join(assumed)} ({why}): CPU hours = pilot hours"
+        )
     if OTHER in clusters:
-        report_notes.append(f"{OTHER}: launches by FWorkers that are no pilot of this manager (rlaunch by hand, "
-                            "another manager)")
+        report_notes.append(
+            f"{OTHER}: launches by FWorkers that are no pilot of this manager (rlaunch by hand, "
+            "another manager)"
+        )
     order = sorted(clusters.values(), key=lambda c: (c.name == OTHER, c.name))
     return ThroughputReport(
-        generated_at=now, since=since, until=until, first_activity=first,
-        config_dir=str(config.config_dir) if config is not None else None, clusters=order,
-        days=sorted(days.values(), key=lambda d: (d.day, d.cluster == OTHER, d.cluster)), timeline=timeline,
-        notes=report_notes, queries=queries)
+        generated_at=now,
+        since=since,
+        until=until,
+        first_activity=first,
+        config_dir=str(config.config_dir) if config is not None else None,
+        clusters=order,
+        days=sorted(days.values(), key=lambda d: (d.day, d.cluster == OTHER, d.cluster)),
+        timeline=timeline,
+        notes=report_notes,
+        queries=queries,
+    )
 
 
 # ============================================================================ text
@@ -639,31 +739,75 @@ def format_report(r: ThroughputReport) -> str:
         lines.append("  nothing recorded: no pilots and no Fireworks ran in this window")
         lines.extend(f"note: {n}" for n in r.notes)
         return "\n".join(lines)
-    headers = ["cluster", "pilots", "segments", "runs done", "fireworks", "fizzled", "pilot-h", "CPU-h", "busy",
-               "queue wait med/max", "reruns"]
+    headers = [
+        "cluster",
+        "pilots",
+        "segments",
+        "runs done",
+        "fireworks",
+        "fizzled",
+        "pilot-h",
+        "CPU-h",
+        "busy",
+        "queue wait med/max",
+        "reruns",
+    ]
     rows = []
     tot = r.total()
     for c in [*r.clusters, tot]:
         cpu = c.cpu_hours
         cores = "" if c.name == "total" else (f" x{c.cores_per_pilot}" if c.cores_from_config else " x1?")
-        rows.append([c.name, str(c.pilots_started), str(c.segments), str(c.runs_finished), str(c.fireworks),
-                     str(c.fizzled), _num(c.pilot_hours), _num(cpu) + cores, _pct(c.utilisation),
-                     f"{_dur(c.queue_wait_median)} / {_dur(c.queue_wait_max)}", str(c.reruns)])
+        rows.append(
+            [
+                c.name,
+                str(c.pilots_started),
+                str(c.segments),
+                str(c.runs_finished),
+                str(c.fireworks),
+                str(c.fizzled),
+                _num(c.pilot_hours),
+                _num(cpu) + cores,
+                _pct(c.utilisation),
+                f"{_dur(c.queue_wait_median)} / {_dur(c.queue_wait_max)}",
+                str(c.reruns),
+            ]
+        )
     lines.extend(_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8, 10}))
-    live = [f"{c.name}: {c.pilots_running} running, {c.pilots_pending} queued" for c in r.clusters
-            if c.pilots_running or c.pilots_pending]
+    live = [
+        f"{c.name}: {c.pilots_running} running, {c.pilots_pending} queued"
+        for c in r.clusters
+        if c.pilots_running or c.pilots_pending
+    ]
     if live:
         lines.append("  pilots now: " + "; ".join(live))
     if r.days:
         lines.append("")
         lines.append("Per day (UTC)")
-        drows = [[d.day, d.cluster, str(d.segments), str(d.fireworks), str(d.fizzled), _num(d.pilot_s / 3600.0),
-                  _num(d.cpu_hours), _pct(d.utilisation)] for d in r.days]
-        lines.extend(_table(["day", "cluster", "segments", "fireworks", "fizzled", "pilot-h", "CPU-h", "busy"],
-                            drows, right={2, 3, 4, 5, 6, 7}))
+        drows = [
+            [
+                d.day,
+                d.cluster,
+                str(d.segments),
+                str(d.fireworks),
+                str(d.fizzled),
+                _num(d.pilot_s / 3600.0),
+                _num(d.cpu_hours),
+                _pct(d.utilisation),
+            ]
+            for d in r.days
+        ]
+        lines.extend(
+            _table(
+                ["day", "cluster", "segments", "fireworks", "fizzled", "pilot-h", "CPU-h", "busy"],
+                drows,
+                right={2, 3, 4, 5, 6, 7},
+            )
+        )
     lines.append("")
-    lines.append("pilots = pilots started; busy = time running Fireworks / pilot time; CPU-h = pilot-h x cores "
-                 "per pilot (x1? = assumed)")
+    lines.append(
+        "pilots = pilots started; busy = time running Fireworks / pilot time; CPU-h = pilot-h x cores "
+        "per pilot (x1? = assumed)"
+    )
     lines.extend(f"note: {n}" for n in r.notes)
     return "\n".join(lines)
 
@@ -719,15 +863,20 @@ def plot_report(r: ThroughputReport, path: str | Path, what: str = "auto", title
     if what not in ("segments", "fireworks"):
         raise ValueError(f"what={what!r}: use segments, fireworks or auto")
     idx = 1 if what == "segments" else 2
-    names = [c.name for c in r.clusters if r.timeline.completions.get(c.name) or r.timeline.pilots.get(c.name)]
+    names = [
+        c.name for c in r.clusters if r.timeline.completions.get(c.name) or r.timeline.pilots.get(c.name)
+    ]
     start = r.since if r.since is not None else r.first_activity
     if start is None:
         start = r.until - 3600.0
     end = min(r.until, r.generated_at)
     if r.until >= r.generated_at:
         # no explicit end: stop the axis shortly after the last activity rather than at "now"
-        last = max([b for ivs in r.timeline.pilots.values() for (_a, b) in ivs]
-                   + [t for series in r.timeline.completions.values() for (t, *_x) in series], default=None)
+        last = max(
+            [b for ivs in r.timeline.pilots.values() for (_a, b) in ivs]
+            + [t for series in r.timeline.completions.values() for (t, *_x) in series],
+            default=None,
+        )
         if last is not None and last > start:
             end = min(end, last + max(0.05 * (last - start), r.timeline.resolution_s))
     all_t = sorted({t for n in names for (t, *_x) in r.timeline.completions.get(n, [])} | {start, end})
@@ -739,17 +888,23 @@ def plot_report(r: ThroughputReport, path: str | Path, what: str = "auto", title
     cum_rows = []
     for n in names:
         series = r.timeline.completions.get(n, [])
-        j, acc, ys = 0, 0, []
+        j, acc = 0, 0
+        ys: list[int] = []
         for t in all_t:
             while j < len(series) and series[j][0] <= t:
-                acc += series[j][idx]
+                acc += int(series[j][idx])
                 j += 1
             ys.append(acc)
         cum_rows.append(ys)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if cum_rows:
-        ax1.stackplot(to_dt(all_t), cum_rows, labels=names, step="post",
-                      colors=[colors[i % len(colors)] for i in range(len(names))])
+        ax1.stackplot(
+            to_dt(all_t),
+            cum_rows,
+            labels=names,
+            step="post",
+            colors=[colors[i % len(colors)] for i in range(len(names))],
+        )
         ax1.legend(loc="upper left", frameon=False)
     total = sum(c.segments if what == "segments" else c.fireworks for c in r.clusters)
     ax1.set_ylabel(f"{what} completed (cumulative)")
@@ -772,10 +927,20 @@ def plot_report(r: ThroughputReport, path: str | Path, what: str = "auto", title
     ax2.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
     span_h = (end - start) / 3600.0
     secs = end - start
-    span = (f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.0f} min" if span_h < 2 else f"{span_h:.0f} h"
-            if span_h < 72 else f"{span_h / 24:.0f} days")
-    fig.suptitle(title or f"{total} {what} on {len(names)} cluster{'s' if len(names) != 1 else ''} in {span} "
-                 f"({_num(tot.cpu_hours)} CPU hours)")
+    span = (
+        f"{secs:.0f} s"
+        if secs < 120
+        else f"{secs / 60:.0f} min"
+        if span_h < 2
+        else f"{span_h:.0f} h"
+        if span_h < 72
+        else f"{span_h / 24:.0f} days"
+    )
+    fig.suptitle(
+        title
+        or f"{total} {what} on {len(names)} cluster{'s' if len(names) != 1 else ''} in {span} "
+        f"({_num(tot.cpu_hours)} CPU hours)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fireworks import Firework, FWorker, LaunchPad, ScriptTask, Workflow
+from fireworks import Firework, FWorker, LaunchPad, ScriptTask
 
 from pilot.config import load_config
 from pilot.manager import Manager
@@ -30,10 +30,22 @@ from tests.helpers import wait_for
 from tests.manager_helpers import local_cluster, run_cycles_until, write_config
 
 CORES = 2
-ENGINE = {"nsteps": 1500, "platform": "CPU", "platform_properties": {"Threads": "1"}, "traj_interval": 100,
-          "temperature": 300, "seed": 1, "chunk_seconds": 0.3}
-SEGMENT = {"segment_hours": 2.0 / 3600, "startup_slack_s": 20, "deadline_margin_s": 10, "min_segment_s": 1,
-           "stop_margin_s": 5}
+ENGINE = {
+    "nsteps": 1500,
+    "platform": "CPU",
+    "platform_properties": {"Threads": "1"},
+    "traj_interval": 100,
+    "temperature": 300,
+    "seed": 1,
+    "chunk_seconds": 0.3,
+}
+SEGMENT = {
+    "segment_hours": 2.0 / 3600,
+    "startup_slack_s": 20,
+    "deadline_margin_s": 10,
+    "min_segment_s": 1,
+    "stop_margin_s": 5,
+}
 
 
 # ============================================================================ independent arithmetic
@@ -45,8 +57,13 @@ def iso_to_epoch(s: str) -> float:
     return d.timestamp()
 
 
-def expected(db, since: float | None = None, until: float | None = None, cores: dict[str, int] | None = None,
-             now: float | None = None) -> dict[str, dict]:
+def expected(
+    db,
+    since: float | None = None,
+    until: float | None = None,
+    cores: dict[str, int] | None = None,
+    now: float | None = None,
+) -> dict[str, dict]:
     """Per cluster numbers from the raw documents (pilot time clipped to [since, until])."""
     now = time.time() if now is None else now
     until = now if until is None else until
@@ -56,8 +73,21 @@ def expected(db, since: float | None = None, until: float | None = None, cores: 
     out: dict[str, dict] = {}
 
     def cl(name):
-        return out.setdefault(name, {"segments": 0, "fireworks": 0, "fizzled": 0, "runs_finished": 0, "busy_s": 0.0,
-                                     "pilot_s": 0.0, "waits": [], "started": 0, "reruns": 0, "steps": 0})
+        return out.setdefault(
+            name,
+            {
+                "segments": 0,
+                "fireworks": 0,
+                "fizzled": 0,
+                "runs_finished": 0,
+                "busy_s": 0.0,
+                "pilot_s": 0.0,
+                "waits": [],
+                "started": 0,
+                "reruns": 0,
+                "steps": 0,
+            },
+        )
 
     for p in pilots:
         c = cl(p["cluster"])
@@ -102,23 +132,28 @@ def expected(db, since: float | None = None, until: float | None = None, cores: 
 
 
 def run_report(cfg_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg_dir), "report", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pilot", "--config-dir", str(cfg_dir), "report", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 def check_png(path: Path) -> None:
-    """A real figure: the expected size, many colours, and the first cluster's colour (C0) over a real area."""
+    """A real figure: the expected size, many colours, the first cluster's colour (C0) over a real area."""
     import matplotlib.image as mpimg
     import numpy as np
 
     img = mpimg.imread(str(path))
-    assert img.shape[:2] == (650, 1000), img.shape      # figsize 10 x 6.5 in at 100 dpi
+    assert img.shape[:2] == (650, 1000), img.shape  # figsize 10 x 6.5 in at 100 dpi
     rgb = (img[:, :, :3] * 255).round().astype(int)
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20
-    c0 = np.array([0x1f, 0x77, 0xb4])                    # matplotlib's first colour, the stacked area
+    c0 = np.array([0x1F, 0x77, 0xB4])  # matplotlib's first colour, the stacked area
     near = np.abs(rgb - c0).sum(axis=2) < 30
-    assert near.sum() > 20000, near.sum()                # cumulative area of real completions (~1/3 of the panel)
-    assert (rgb != 255).any(axis=2).mean() > 0.05        # not a blank canvas
+    assert near.sum() > 20000, near.sum()  # cumulative area of real completions (~1/3 of the panel)
+    assert (rgb != 255).any(axis=2).mean() > 0.05  # not a blank canvas
 
 
 # ============================================================================ the local run
@@ -137,13 +172,27 @@ def local_run(mongo_uri):
     lp_file = tmp / "my_launchpad.yaml"
     lp.to_file(str(lp_file))
     try:
-        cfg_dir = write_config(tmp / "cfg", lp_file, {"box": local_cluster(
-            tmp / "work", lp_file, ["md", "slow"], pilot={"walltime": 120, "cores": CORES}, idle_timeout=3,
-            limits={"max_queued": 4, "max_running": 4})})
+        cfg_dir = write_config(
+            tmp / "cfg",
+            lp_file,
+            {
+                "box": local_cluster(
+                    tmp / "work",
+                    lp_file,
+                    ["md", "slow"],
+                    pilot={"walltime": 120, "cores": CORES},
+                    idle_timeout=3,
+                    limits={"max_queued": 4, "max_running": 4},
+                )
+            },
+        )
         cfg = load_config(cfg_dir)
         # a Firework run by hand (not by a pilot), before the pilots
-        hand = Firework([ScriptTask.from_str("true")], spec={"_category": "hand", "_launch_dir": str(tmp / "hand")},
-                        name="by-hand")
+        hand = Firework(
+            [ScriptTask.from_str("true")],
+            spec={"_category": "hand", "_launch_dir": str(tmp / "hand")},
+            name="by-hand",
+        )
         (tmp / "hand").mkdir()
         lp.add_wf(hand)
         from fireworks.core.rocket_launcher import launch_rocket
@@ -152,16 +201,26 @@ def local_run(mongo_uri):
         try:
             assert launch_rocket(lp, FWorker(name="by-hand", category="hand"), strm_lvl="ERROR")
         finally:
-            os.chdir(cwd)        # the Rocket stays in its launch dir, which this fixture deletes at the end
+            os.chdir(cwd)  # the Rocket stays in its launch dir, which this fixture deletes at the end
         # the work: one OpenMM run in ~3 segments, three sleepers, one failing Firework, one victim
         run_dir = tmp / "sim"
         openmm_water_box(run_dir, seed=3)
-        lp.add_wf(make_md_workflow(run_dir, "openmm", "sim", engine_params=ENGINE, env={"OPENMM_CPU_THREADS": "1"},
-                                   **SEGMENT))
+        lp.add_wf(
+            make_md_workflow(
+                run_dir, "openmm", "sim", engine_params=ENGINE, env={"OPENMM_CPU_THREADS": "1"}, **SEGMENT
+            )
+        )
         for i in range(3):
-            lp.add_wf(Firework([ScriptTask.from_str("sleep 0.3")], spec={"_category": "md"}, name=f"sleep-{i}"))
-        lp.add_wf(Firework([ScriptTask.from_str("exit 3", {"fizzle_bad_rc": True})], spec={"_category": "md"},
-                           name="fails"))
+            lp.add_wf(
+                Firework([ScriptTask.from_str("sleep 0.3")], spec={"_category": "md"}, name=f"sleep-{i}")
+            )
+        lp.add_wf(
+            Firework(
+                [ScriptTask.from_str("exit 3", {"fizzle_bad_rc": True})],
+                spec={"_category": "md"},
+                name="fails",
+            )
+        )
         victim = Firework([ScriptTask.from_str("sleep 6")], spec={"_category": "slow"}, name="victim")
         lp.add_wf(victim)
         mgr = Manager(cfg, lp)
@@ -173,7 +232,7 @@ def local_run(mongo_uri):
         launch = victim_running()
         pilot = lp.db["pilots"].find_one({"fworker": launch["fworker"]["name"]})
         job = json.loads((tmp / "localsched" / "jobs" / f"{pilot['job_id']}.json").read_text())
-        os.killpg(int(job["pid"]), signal.SIGKILL)          # the whole pilot dies: the launch stays RUNNING
+        os.killpg(int(job["pid"]), signal.SIGKILL)  # the whole pilot dies: the launch stays RUNNING
         killed = pilot["_id"]
 
         def all_done():
@@ -193,7 +252,9 @@ def local_run(mongo_uri):
                 localsched.cancel([jid])
         for line in localsched.status([]):
             jid = line.split("|")[0]
-            wait_for(lambda j=jid: localsched.status([j])[0].split("|")[1] not in ("PENDING", "RUNNING"), 30, 0.2)
+            wait_for(
+                lambda j=jid: localsched.status([j])[0].split("|")[1] not in ("PENDING", "RUNNING"), 30, 0.2
+            )
         if old_state is None:
             os.environ.pop("PILOT_LOCAL_STATE", None)
         else:
@@ -210,8 +271,10 @@ def test_report_json_matches_the_documents(local_run):
     doc = json.loads(res.stdout)
     exp = expected(lp.db, cores={"box": CORES}, now=now)
     # the scenario really happened
-    fizzled = [((d.get("action") or {}).get("stored_data") or {}).get("_exception", {}).get("_stacktrace", "")[-800:]
-               for d in lp.launches.find({"state": "FIZZLED"})]
+    fizzled = [
+        ((d.get("action") or {}).get("stored_data") or {}).get("_exception", {}).get("_stacktrace", "")[-800:]
+        for d in lp.launches.find({"state": "FIZZLED"})
+    ]
     assert exp["box"]["segments"] >= 2 and exp["box"]["runs_finished"] == 1, fizzled
     assert exp["box"]["fizzled"] >= 1 and exp["box"]["reruns"] == 1
     assert exp["(not a pilot)"]["fireworks"] == 1
@@ -245,34 +308,71 @@ def test_report_json_matches_the_documents(local_run):
     assert doc["totals"]["segments"] == e["segments"]
     assert doc["totals"]["fireworks"] == e["fireworks"] + 1
     assert sum(d["segments"] for d in doc["days"]) == e["segments"]
-    assert sum(d["cpu_hours"] for d in doc["days"] if d["cluster"] == "box") == pytest.approx(e["cpu_h"], abs=1e-3)
+    assert sum(d["cpu_hours"] for d in doc["days"] if d["cluster"] == "box") == pytest.approx(
+        e["cpu_h"], abs=1e-3
+    )
 
 
 def test_json_schema(local_run):
     cfg_dir, _lp, _facts = local_run
     doc = json.loads(run_report(cfg_dir, "--json").stdout)
     assert doc["schema_version"] == 1
-    assert set(doc) == {"schema_version", "generated_at", "window", "days_are", "config_dir", "clusters", "totals",
-                        "days", "notes"}
+    assert set(doc) == {
+        "schema_version",
+        "generated_at",
+        "window",
+        "days_are",
+        "config_dir",
+        "clusters",
+        "totals",
+        "days",
+        "notes",
+    }
     assert doc["days_are"] == "UTC" and doc["window"]["since"] is None and doc["config_dir"] == str(cfg_dir)
-    cluster_keys = {"name", "cores_per_pilot", "cores_from_config", "segments", "runs_finished", "fireworks",
-                    "fizzled", "md_steps", "busy_hours", "pilot_hours", "cpu_hours", "utilisation", "pilots",
-                    "queue_wait_s", "reruns"}
+    cluster_keys = {
+        "name",
+        "cores_per_pilot",
+        "cores_from_config",
+        "segments",
+        "runs_finished",
+        "fireworks",
+        "fizzled",
+        "md_steps",
+        "busy_hours",
+        "pilot_hours",
+        "cpu_hours",
+        "utilisation",
+        "pilots",
+        "queue_wait_s",
+        "reruns",
+    }
     for c in doc["clusters"]:
         assert set(c) == cluster_keys
         assert set(c["pilots"]) == {"submitted", "started", "ended", "running", "pending"}
         assert set(c["queue_wait_s"]) == {"n", "median", "max"}
     for d in doc["days"]:
-        assert set(d) == {"day", "cluster", "segments", "runs_finished", "fireworks", "fizzled", "busy_hours",
-                          "pilot_hours", "cpu_hours", "utilisation"}
+        assert set(d) == {
+            "day",
+            "cluster",
+            "segments",
+            "runs_finished",
+            "fireworks",
+            "fizzled",
+            "busy_hours",
+            "pilot_hours",
+            "cpu_hours",
+            "utilisation",
+        }
         dt.date.fromisoformat(d["day"])
     dt.datetime.fromisoformat(doc["generated_at"])
 
 
 def test_since_filters_by_end_time_and_clips_pilot_time(local_run):
     cfg_dir, lp, _facts = local_run
-    ends = sorted(iso_to_epoch(d["time_end"]) for d in lp.launches.find({"state": {"$in": ["COMPLETED", "FIZZLED"]}}))
-    since = ends[len(ends) // 2] - 0.0005      # half of the launches ended after this
+    ends = sorted(
+        iso_to_epoch(d["time_end"]) for d in lp.launches.find({"state": {"$in": ["COMPLETED", "FIZZLED"]}})
+    )
+    since = ends[len(ends) // 2] - 0.0005  # half of the launches ended after this
     since_text = dt.datetime.fromtimestamp(since, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
     now = time.time()
     res = run_report(cfg_dir, "--json", "--since", since_text)
@@ -301,21 +401,40 @@ def test_text_table_and_plot(local_run, tmp_path):
     e = expected(lp.db, cores={"box": CORES})["box"]
     lines = res.stdout.splitlines()
     assert lines[0].startswith("Throughput ") and lines[0].endswith("UTC (all history)")
-    assert lines[1].split() == ["cluster", "pilots", "segments", "runs", "done", "fireworks", "fizzled", "pilot-h",
-                                "CPU-h", "busy", "queue", "wait", "med/max", "reruns"]
+    assert lines[1].split() == [
+        "cluster",
+        "pilots",
+        "segments",
+        "runs",
+        "done",
+        "fireworks",
+        "fizzled",
+        "pilot-h",
+        "CPU-h",
+        "busy",
+        "queue",
+        "wait",
+        "med/max",
+        "reruns",
+    ]
     row = next(ln.split() for ln in lines if ln.strip().startswith("box "))
     assert row[1:6] == [str(e["started"]), str(e["segments"]), "1", str(e["fireworks"]), str(e["fizzled"])]
-    assert row[8] == f"x{CORES}"          # cores from the config
+    assert row[8] == f"x{CORES}"  # cores from the config
     assert f"wrote {png}" in res.stdout
     check_png(png)
 
 
 def test_without_config_cores_are_assumed_one_and_said_so(local_run, tmp_path):
-    cfg_dir, lp, _facts = local_run
+    cfg_dir, _lp, _facts = local_run
     lp_file = Path(load_config(cfg_dir).pilot.launchpad_file)
     empty = tmp_path / "empty"
-    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(empty), "report", "--json", "-l",
-                          str(lp_file)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "pilot", "--config-dir", str(empty), "report", "--json", "-l", str(lp_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     box = next(c for c in doc["clusters"] if c["name"] == "box")
@@ -327,14 +446,24 @@ def test_without_config_cores_are_assumed_one_and_said_so(local_run, tmp_path):
 
 
 def test_errors_are_actionable(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(tmp_path), "report"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "pilot", "--config-dir", str(tmp_path), "report"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert res.returncode == 1
     assert f"no LaunchPad file at {tmp_path / 'my_launchpad.yaml'}" in res.stderr
     assert "pilot launchpad init" in res.stderr
     (tmp_path / "my_launchpad.yaml").write_text("host: 127.0.0.1\nport: 1\nname: x\n")
-    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(tmp_path), "report", "--since",
-                          "last tuesday"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "pilot", "--config-dir", str(tmp_path), "report", "--since", "last tuesday"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "'last tuesday' is not a date" in res.stderr
 
@@ -342,7 +471,7 @@ def test_errors_are_actionable(tmp_path):
 def test_parse_when_and_iso_strings_order_like_fireworks_times():
     from pilot.report import iso_utc, parse_when
 
-    now = 1_700_000_000.0                                     # 2023-11-14T22:13:20Z
+    now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
     assert parse_when("2023-11-14", now) == 1_699_920_000.0
     assert parse_when("2023-11-14T22:13", now) == now - 20
     assert parse_when("2023-11-14T23:13:20+01:00", now) == now
@@ -353,7 +482,7 @@ def test_parse_when_and_iso_strings_order_like_fireworks_times():
     with pytest.raises(ValueError, match="is not a date"):
         parse_when("yesterday-ish", now)
     # FireWorks stores datetime.isoformat() of aware UTC times; our bounds must sort the same way
-    fw = dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat()       # '2023-11-14T22:13:20+00:00'
+    fw = dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat()  # '2023-11-14T22:13:20+00:00'
     assert iso_utc(now) <= fw < iso_utc(now + 0.5)
     fw_us = dt.datetime.fromtimestamp(now + 0.25, dt.timezone.utc).isoformat()
     assert iso_utc(now) < fw_us < iso_utc(now + 0.5)
@@ -361,7 +490,9 @@ def test_parse_when_and_iso_strings_order_like_fireworks_times():
 
 # ============================================================================ real SLURM, two clusters
 @pytest.mark.slurm
-def test_report_on_two_slurm_clusters(launchpad, remote_tmp, slurm_cluster, slurm_cluster2, cluster_venv, tmp_path):
+def test_report_on_two_slurm_clusters(
+    launchpad, remote_tmp, slurm_cluster, slurm_cluster2, cluster_venv, tmp_path
+):
     from tests.manager_helpers import add_sleepers, ssh_cluster
 
     lp_file = remote_tmp / "my_launchpad.yaml"
@@ -369,8 +500,14 @@ def test_report_on_two_slurm_clusters(launchpad, remote_tmp, slurm_cluster, slur
     os.chmod(lp_file, 0o644)
     prefix = "r" + os.urandom(4).hex()[:6]
     clusters = {
-        "alpha": ssh_cluster(slurm_cluster, str(remote_tmp / "a"), str(lp_file), ["md"], cluster_venv,
-                             pilot={"walltime": "5", "cores": 2, "partition": "debug"}),
+        "alpha": ssh_cluster(
+            slurm_cluster,
+            str(remote_tmp / "a"),
+            str(lp_file),
+            ["md"],
+            cluster_venv,
+            pilot={"walltime": "5", "cores": 2, "partition": "debug"},
+        ),
         "beta": ssh_cluster(slurm_cluster2, str(remote_tmp / "b"), str(lp_file), ["post"], cluster_venv),
     }
     cfg_dir = write_config(tmp_path / "cfg", lp_file, clusters, job_name_prefix=prefix)
@@ -379,17 +516,37 @@ def test_report_on_two_slurm_clusters(launchpad, remote_tmp, slurm_cluster, slur
     add_sleepers(launchpad, "post", 2, 0.5)
     mgr = Manager(cfg, launchpad)
     try:
-        run_cycles_until(mgr, lambda: launchpad.db["pilots"].count_documents(
-            {"state": {"$nin": ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]}}) == 0
-            and launchpad.fireworks.count_documents({"state": "COMPLETED"}) == 6, timeout=240, interval=2)
+        run_cycles_until(
+            mgr,
+            lambda: (
+                launchpad.db["pilots"].count_documents(
+                    {"state": {"$nin": ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]}}
+                )
+                == 0
+                and launchpad.fireworks.count_documents({"state": "COMPLETED"}) == 6
+            ),
+            timeout=240,
+            interval=2,
+        )
     finally:
         mgr.close()
         for info in (slurm_cluster, slurm_cluster2):
-            ids = subprocess.run(["squeue", "-h", "-u", info.user, "-o", "%i|%j"], capture_output=True, text=True,
-                                 env=dict(os.environ, SLURM_CONF=info.slurm_conf), timeout=30).stdout.split()
+            ids = subprocess.run(
+                ["squeue", "-h", "-u", info.user, "-o", "%i|%j"],
+                capture_output=True,
+                text=True,
+                check=False,
+                env=dict(os.environ, SLURM_CONF=info.slurm_conf),
+                timeout=30,
+            ).stdout.split()
             mine = [x.split("|")[0] for x in ids if x.split("|")[1].startswith(prefix)]
             if mine:
-                subprocess.run(["scancel", *mine], env=dict(os.environ, SLURM_CONF=info.slurm_conf), timeout=30)
+                subprocess.run(
+                    ["scancel", *mine],
+                    check=False,
+                    env=dict(os.environ, SLURM_CONF=info.slurm_conf),
+                    timeout=30,
+                )
     now = time.time()
     res = run_report(cfg_dir, "--json", "--plot", str(tmp_path / "slurm.png"))
     assert res.returncode == 0, res.stderr
@@ -437,5 +594,7 @@ def test_report_reads_the_database_in_a_fixed_number_of_commands(local_run, mong
     n_launches = lp.launches.count_documents({})
     assert n_launches > len(seen)
     # pilots, launches (one aggregation), reruns, the killed pilot's record; no getMore: all in first batches
-    assert seen == ["find", "aggregate", "aggregate"] or seen == ["find", "aggregate", "aggregate", "find"], seen
+    assert seen == ["find", "aggregate", "aggregate"] or seen == ["find", "aggregate", "aggregate", "find"], (
+        seen
+    )
     assert rep.queries == len(seen)
