@@ -67,7 +67,7 @@ def open_launchpad(config_dir: Path, launchpad_file: Path | None = None) -> tupl
             )
         data.update(strm_lvl="ERROR", logdir=None)
         kw = dict(data.get("mongoclient_kwargs") or {})
-        kw.setdefault("serverSelectionTimeoutMS", 10000)
+        kw.setdefault("serverSelectionTimeoutMS", 5000)
         data["mongoclient_kwargs"] = kw
         lp = LaunchPad.from_dict(data)
     except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
@@ -77,7 +77,8 @@ def open_launchpad(config_dir: Path, launchpad_file: Path | None = None) -> tupl
 
 def _db_error(lp_file_hint: str, exc: Exception) -> click.ClickException:
     return click.ClickException(
-        f"cannot read the LaunchPad database ({lp_file_hint}): {type(exc).__name__}: {str(exc)[:300]}. "
+        f"cannot read the LaunchPad database ({lp_file_hint}): {type(exc).__name__}: "
+        f"{str(exc).split(' (configured timeouts')[0][:300]}. "
         "Is the database running? For the embedded server: `pilot launchpad status`, "
         "`pilot launchpad init` starts it."
     )

@@ -466,6 +466,17 @@ def test_errors_are_actionable(tmp_path):
     )
     assert res.returncode == 2
     assert "'last tuesday' is not a date" in res.stderr
+    # nothing listens on port 1: the address, the driver's reason, what to check
+    res = subprocess.run(
+        [sys.executable, "-m", "pilot", "--config-dir", str(tmp_path), "report"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert "cannot read the LaunchPad database (127.0.0.1:1/x): ServerSelectionTimeoutError: " in res.stderr
+    assert "Connection refused" in res.stderr and "Is the database running?" in res.stderr
 
 
 def test_parse_when_and_iso_strings_order_like_fireworks_times():
