@@ -351,7 +351,15 @@ class OpenMMSegmentTask(MDSegmentTask):
             # outputs: truncate to the checkpoint (resume) or start new files (fresh)
             resume = before is not None
             if traj_interval > 0:
-                if resume and files["dcd"].exists():
+                empty = files["dcd"].exists() and files["dcd"].stat().st_size == 0
+                if empty and (before or 0) >= traj_interval:
+                    raise SegmentError(
+                        f"trajectory {files['dcd']} is empty but the checkpoint at step {before} implies frames "
+                        f"(one every {traj_interval} steps): frames were lost. Restore the trajectory from the "
+                        "archive copy, or move it away to start a new file from the checkpoint.",
+                        {"path": str(files["dcd"]), "frames": 0})
+                if resume and files["dcd"].exists() and not empty:
+                    # (an empty file: the previous segment stopped before its first frame; start it anew)
                     truncate_dcd(files["dcd"], before or 0)
                     fh = open(files["dcd"], "r+b")
                     dcd = _DCDWriter(fh, traj_interval, append=True)

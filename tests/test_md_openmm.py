@@ -272,3 +272,21 @@ def test_truncate_dcd_refuses_lost_frames(box, tmp_path):
     assert dcd_header_frames(p) == 10
     with pytest.raises(SegmentError, match="frames were lost"):
         truncate_dcd(p, 1500)
+
+
+def test_segments_that_write_no_frame_continue(launchpad, box, tmp_path, monkeypatch):
+    """A segment that stops before its first trajectory frame leaves an empty DCD; the next one must go on."""
+    from tasks.openmm import dcd_frame_count, read_state_step
+    from tasks.workflow import make_md_workflow
+
+    monkeypatch.chdir(tmp_path)
+    d = fresh_run_dir(box, tmp_path)
+    # one frame, at the very last step: every segment before the last writes none
+    wf = make_md_workflow(d, "openmm", "omm", segment_hours=0.0005, engine_params={**ENGINE, "traj_interval": NSTEPS},
+                          env=ENV)
+    wf_id = list(launchpad.add_wf(wf).values())[0]
+    rapidfire_all(launchpad, tmp_path)
+    fws = md_fireworks(launchpad, wf_id)
+    assert len(fws) >= 2 and all(fw.state == "COMPLETED" for fw in fws), [(f.name, f.state) for f in fws]
+    assert read_state_step(d / "md_state.xml") == NSTEPS
+    assert dcd_frame_count(d / "md.dcd") == 1
