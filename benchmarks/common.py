@@ -91,12 +91,24 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and which files of the measured code differ from it (the tree is shared)."""
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False,
+                             timeout=30)
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "pilot", "queue_adapters", "tasks",
+                                      "templates").splitlines() if line]
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_changes_in": dirty}
+
+
 def machine_info() -> dict[str, Any]:
     """Cores, memory, OS, versions and the date: printed and stored with every result."""
     import fireworks
     import pymongo
 
-    return {
+    return {**source_state(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(), "cores": os.cpu_count(), "memory_gib": _meminfo_gib(), "os": _os_name(),
         "kernel": platform.release(), "python": platform.python_version(),

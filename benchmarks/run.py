@@ -106,7 +106,8 @@ WASTE_ROWS = [
 def table_waste(res: dict[str, Any]) -> str:
     systems = res.get("systems", ["ours", "rlaunch"])
     heads = {"ours": "pilot worker", "ours_no_usr1": "pilot worker, no USR1",
-             "rlaunch": f"rlaunch --timeout {res.get('rlaunch_timeout_s')}s"}
+             "rlaunch": f"rlaunch --timeout {res.get('rlaunch_timeout_s')}s",
+             "rlaunch_close": f"rlaunch --timeout {res.get('rlaunch_close_timeout_s')}s"}
     rows = [[label, *(res[k].get(key) for k in systems)] for label, key in WASTE_ROWS]
     for label, key in (("pilot states", "pilot_states"), ("attempt endings", "attempt_endings"),
                        ("TIMEOUT overrun s", "timeout_overrun_s"), ("pilots got USR1", "pilots_got_usr1"),
@@ -238,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out_path, results)
     m = results["machine"]
     print(f"\n=== fireworks-pilot benchmarks ({mode}) - {m['date']} - {m['cores']} cores, {m['memory_gib']} GiB, "
-          f"{m['os']}, FireWorks {m['fireworks']}, database: {m['mongodb_uri']}")
+          f"{m['os']}, FireWorks {m['fireworks']}, database: {m['mongodb_uri']}; commit {m['commit']}"
+          + (f" + uncommitted changes in {', '.join(m['uncommitted_changes_in'])}" if m["uncommitted_changes_in"]
+             else ""))
     for name in only:
         la = results["loadavg"][name]
         print(f"\n--- {name} ({la['seconds']:.0f} s; load average before {la['before']}, after {la['after']})")

@@ -17,7 +17,9 @@ manager (so that submission, the policy and the recovery of lost Fireworks are i
   ``rlaunch -w FWORKER rapidfire --timeout (walltime - margin) --sleep 5`` (a template that extends
   ``slurm.sh.j2``; the FWorker is named like our pilots, CLUSTER-JOBID, so that the manager can rerun what a
   killed pilot left RUNNING, more than plain FireWorks would do without ``lpad detect_lostruns``), and no
-  pre-walltime signal (``walltime_margin: 0``): rlaunch has no handler for it.
+  pre-walltime signal (``walltime_margin: 0``): rlaunch has no handler for it;
+* ``rlaunch_close``: the same with ``--timeout (walltime - 5 s)``, a timeout set without knowing how long
+  the Fireworks take.
 
 Reported per system, from the segments' own attempt records and SLURM's accounting (``sacct``, as root):
 segments killed by the scheduler (interrupted in a job that ended TIMEOUT), segments stopped by the pilot,
@@ -78,6 +80,10 @@ SIZES = {
     "smoke": WasteSize(runs=1, segments=2, length=4.0, walltime_min=1, margin=15, grace=5, idle_timeout=3,
                        max_pilots=1, timeout=150.0),
 }
+
+#: ``rlaunch_close``: a --timeout that cuts it close (wall time minus this), as one sets it without knowing
+#: how long the Fireworks take
+RLAUNCH_CLOSE_MARGIN = 5
 
 NO_USR1_TEMPLATE = """{% extends "slurm.sh.j2" %}
 {#- benchmark variant: the standard pilot job script without the pre-walltime signal (--signal=B:USR1@margin):
@@ -236,6 +242,10 @@ def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
                     "template": RLAUNCH_TEMPLATE.format(rlaunch=f"{venv}/bin/rlaunch",
                                                         timeout=walltime_s - size.margin, sleep=5),
                     "over": {"walltime_margin": 0, "grace": 0}},
+        "rlaunch_close": {"cluster": "pilotcirlc", "category": f"segrc{tag}",
+                          "template": RLAUNCH_TEMPLATE.format(rlaunch=f"{venv}/bin/rlaunch",
+                                                              timeout=walltime_s - RLAUNCH_CLOSE_MARGIN, sleep=5),
+                          "over": {"walltime_margin": 0, "grace": 0}},
     }
     mgr = None
     out: dict[str, Any] = {}
@@ -297,7 +307,8 @@ def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
         reruns = {d["_id"] for d in lp.db["pilot_reruns"].find({})}
         out.update({"size": vars(size), "segment_lengths_s": lengths, "manager_cycles": cycles,
                     "cancelled_at_end": len(left), "walltime_s": walltime_s,
-                    "rlaunch_timeout_s": walltime_s - size.margin, "systems": list(systems)})
+                    "rlaunch_timeout_s": walltime_s - size.margin,
+                    "rlaunch_close_timeout_s": walltime_s - RLAUNCH_CLOSE_MARGIN, "systems": list(systems)})
         for k, s in systems.items():
             mine = [p for p in pilots if p["cluster"] == s["cluster"]]
             jobs = {str(p["job_id"]): acct.get(str(p["job_id"]), {"state": "UNKNOWN", "elapsed": 0})
@@ -307,7 +318,7 @@ def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
                          started, len(reruns & fw_ids), walltime_s)
             m["timeout_overrun_s"] = sorted(j["elapsed"] - walltime_s for j in jobs.values()
                                             if j["state"] == "TIMEOUT")
-            if k != "rlaunch":
+            if not k.startswith("rlaunch"):
                 m.update(_usr1_diagnostics(remote / s["cluster"]))
             out[k] = m
         return out

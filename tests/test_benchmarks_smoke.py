@@ -46,7 +46,7 @@ def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
     assert b["overhead"]["fork_breakdown"]["child_first_rocket_ms"] > 0
 
     w = b["waste"]
-    assert w["systems"] == ["ours", "ours_no_usr1", "rlaunch"]
+    assert w["systems"] == ["ours", "ours_no_usr1", "rlaunch", "rlaunch_close"]
     for side in w["systems"]:
         assert w[side]["campaign_complete"] is True
         assert w[side]["work_done_s"] >= w[side]["work_required_s"] - 0.5
