@@ -951,7 +951,8 @@ class Worker:
             child.killed = True
             return
         if method not in ROCKET_CALLS:
-            self._reply(child, "err", RuntimeError(f"pilot worker does not serve LaunchPad.{method}"))
+            if want_reply:
+                self._reply(child, "err", RuntimeError(f"pilot worker does not serve LaunchPad.{method}"))
             return
         if method == "checkout_fw":
             if child.fworker is None or self._signals or child.stop_sent_at is not None:
