@@ -58,6 +58,8 @@ def setup_logging(verbose: int) -> None:
                         datefmt="%Y-%m-%d %H:%M:%S")
     if verbose < 3:
         logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # FireWorks' "launchpad" logger has its own stream handler: don't print its lines a second time
+    logging.getLogger("launchpad").propagate = False
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

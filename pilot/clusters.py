@@ -42,5 +42,7 @@ def adapter_for(cluster: Any) -> Any:
     if name == "local":
         from queue_adapters.local import LocalAdapter
 
-        return LocalAdapter(python=getattr(cluster, "python", None))
+        # each local "cluster" keeps its job table in its own work_dir: job ids and pilot names never clash
+        return LocalAdapter(python=getattr(cluster, "python", None),
+                            state_dir=os.path.join(os.path.expanduser(cluster.work_dir), "localsched"))
     return get_adapter(name)

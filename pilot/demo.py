@@ -765,8 +765,8 @@ def _run(
     from pilot.manager import Manager
 
     config_dir.mkdir(parents=True, exist_ok=True)
-    # the local scheduler's job files live with the demo (job ids, FWorker names local-N)
-    os.environ["PILOT_LOCAL_STATE"] = str(config_dir / "localsched")
+    # the local scheduler's job files live in the local cluster's work_dir (as the local adapter puts them)
+    os.environ["PILOT_LOCAL_STATE"] = str(config_dir / "work" / "localsched")
     cores = os.cpu_count() or 1
     max_pilots = max(1, min(4, cores, math.ceil(opts.sims / 2)))
 
@@ -897,7 +897,7 @@ def _run(
     except KeyboardInterrupt:
         echo(
             f"\ninterrupted: stopping the pilots; unfinished segments go back to READY "
-            f"(`PILOT_LOCAL_STATE={config_dir / 'localsched'} {_cmd_prefix(config_dir)} manager run` "
+            f"(`{_cmd_prefix(config_dir)} manager run` "
             "continues them)"
         )
         raise

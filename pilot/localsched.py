@@ -4,7 +4,7 @@ Pilots become local processes with a wall time, so ``pilot demo`` and single-wor
 SLURM. It is driven through argument lists like any other scheduler (``queue_adapters/local.py`` builds
 them and parses what this prints), so the manager treats it like a cluster reached by LocalTransport.
 
-    python -m pilot.localsched submit SCRIPT          -> prints the job id
+    python -m pilot.localsched [--state DIR] submit SCRIPT -> prints the job id
     python -m pilot.localsched status [JOBID ...]     -> one line per job: id|state|name|submit|start|end|exit|reason
     python -m pilot.localsched cancel JOBID ...       -> one line per job: id|cancelled or id|gone
 
@@ -34,6 +34,8 @@ DIRECTIVE = re.compile(r"^#LOCAL\s+--([a-z]+)=(.*?)\s*$")
 
 
 def state_dir() -> Path:
+    """``--state DIR`` (set by the local adapter: the cluster's work_dir), else $PILOT_LOCAL_STATE, else
+    ``~/.pilot/localsched``."""
     d = Path(os.environ.get("PILOT_LOCAL_STATE", os.path.expanduser("~/.pilot/localsched")))
     (d / "jobs").mkdir(parents=True, exist_ok=True)
     return d
@@ -225,8 +227,12 @@ def cancel(ids: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) >= 2 and args[0] == "--state":
+        # the jobs' supervisors inherit it through the environment
+        os.environ["PILOT_LOCAL_STATE"] = os.path.abspath(os.path.expanduser(args[1]))
+        args = args[2:]
     if not args or args[0] not in ("submit", "status", "cancel"):
-        print("usage: python -m pilot.localsched submit SCRIPT | status [JOBID...] | cancel JOBID...",
+        print("usage: python -m pilot.localsched [--state DIR] submit SCRIPT | status [JOBID...] | cancel JOBID...",
               file=sys.stderr)
         return 2
     cmd, rest = args[0], args[1:]

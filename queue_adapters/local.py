@@ -42,12 +42,14 @@ class LocalAdapter(QueueAdapter):
     submit_stdin_from_script = False
     filters_server_side = frozenset({"job_ids"})
 
-    def __init__(self, *, python: str | None = None, **kw: object) -> None:
+    def __init__(self, *, python: str | None = None, state_dir: str | None = None, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.python = python or sys.executable
+        self.state_dir = state_dir
 
     def _base(self) -> list[str]:
-        return [self.python, "-m", "pilot.localsched"]
+        state = ["--state", self.state_dir] if self.state_dir else []
+        return [self.python, "-m", "pilot.localsched", *state]
 
     def submit_command(self, script_path: str) -> list[str]:
         return [*self._base(), "submit", script_path]

@@ -19,7 +19,7 @@ from tests.manager_helpers import (add_sleepers, completed_launches_per_fw, fw_s
 
 @pytest.fixture
 def env(tmp_path, launchpad, monkeypatch):
-    monkeypatch.setenv("PILOT_LOCAL_STATE", str(tmp_path / "localsched"))
+    monkeypatch.setenv("PILOT_LOCAL_STATE", str(tmp_path / "work" / "localsched"))   # where the adapter puts it
     lp_file = tmp_path / "my_launchpad.yaml"
     launchpad.to_file(str(lp_file))
     yield tmp_path, lp_file

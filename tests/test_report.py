@@ -168,7 +168,7 @@ def local_run(mongo_uri):
     lp = LaunchPad(host=mongo_uri, name=name, uri_mode=True, logdir=None, strm_lvl="ERROR")
     lp.reset("", require_password=False, max_reset_wo_password=1000)
     old_state = os.environ.get("PILOT_LOCAL_STATE")
-    os.environ["PILOT_LOCAL_STATE"] = str(tmp / "localsched")
+    os.environ["PILOT_LOCAL_STATE"] = str(tmp / "work" / "localsched")   # the local adapter: work_dir/localsched
     lp_file = tmp / "my_launchpad.yaml"
     lp.to_file(str(lp_file))
     try:
@@ -231,7 +231,7 @@ def local_run(mongo_uri):
         run_cycles_until(mgr, victim_running, timeout=90, interval=1)
         launch = victim_running()
         pilot = lp.db["pilots"].find_one({"fworker": launch["fworker"]["name"]})
-        job = json.loads((tmp / "localsched" / "jobs" / f"{pilot['job_id']}.json").read_text())
+        job = json.loads((tmp / "work" / "localsched" / "jobs" / f"{pilot['job_id']}.json").read_text())
         os.killpg(int(job["pid"]), signal.SIGKILL)  # the whole pilot dies: the launch stays RUNNING
         killed = pilot["_id"]
 
