@@ -96,11 +96,11 @@ def source_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         res = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False,
                              timeout=30)
-        return res.stdout.strip() if res.returncode == 0 else ""
+        return res.stdout.rstrip("\n") if res.returncode == 0 else ""
 
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "pilot", "queue_adapters", "tasks",
                                       "templates").splitlines() if line]
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted_changes_in": dirty}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "uncommitted_changes_in": dirty}
 
 
 def machine_info() -> dict[str, Any]:

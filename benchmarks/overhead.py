@@ -8,7 +8,8 @@ each on its own fresh database holding N READY one-Firework workflows whose only
   --launch-dir DIR`` (exits as soon as no READY Firework is left);
 * FireWorks: ``rlaunch -l LP -w FWORKER rapidfire`` in DIR (exits when nothing is READY or will be).
 
-Reported: wall time from process start to exit and Fireworks per second (N / wall), the steady rate from the
+With ``repeat`` > 1 the two alternate (ours first, then rlaunch first, ...) and the median run of each is
+reported, with the range. Reported: wall time from process start to exit and Fireworks per second (N / wall), the steady rate from the
 launches themselves ((N - 1) / (last launch start - first launch start), without interpreter start-up), the
 database commands per Firework (served by the embedded server, ``pilotStats``), and peak RSS of the process
 and of its children (the worker forks one child per Firework).
@@ -146,10 +147,12 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print) -> dict[str
         db.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    def best(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        return max(rs, key=lambda r: r["fw_per_s"])
+    def median(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        ordered = sorted(rs, key=lambda r: r["fw_per_s"])
+        return dict(ordered[(len(ordered) - 1) // 2],
+                    fw_per_s_range=[ordered[0]["fw_per_s"], ordered[-1]["fw_per_s"]])
 
-    return {"fireworks": n, "repeat": repeat, "ours": best(runs["ours"]), "rlaunch": best(runs["rlaunch"]),
+    return {"fireworks": n, "repeat": repeat, "ours": median(runs["ours"]), "rlaunch": median(runs["rlaunch"]),
             "all_runs": runs, "fork_breakdown": breakdown, "server_peak_rss_mib": server_mib}
 
 
@@ -191,9 +194,10 @@ def _child_rockets(lp_dict: dict[str, Any], fworker: Any, pause: float) -> tuple
 
 
 def breakdown_main(argv: list[str]) -> int:
-    """``run.py _fork-breakdown --lp-file F --category C --n K --dir D``: what running a Firework in a forked
-    child costs, measured the way the pilot worker does it (fork, new LaunchPad client + hello, launch_rocket,
-    exit), next to ``launch_rocket`` in-process as rlaunch does; the variants are interleaved (one of each
+    """``run.py _fork-breakdown --lp-file F --category C --n K --dir D``: what running a Firework in a freshly
+    forked child with its own LaunchPad client costs (fork, new client + hello, launch_rocket, exit; the
+    design of the first pilot worker, before its fork server and worker-side LaunchPad calls), next to
+    ``launch_rocket`` in-process as rlaunch does; the variants are interleaved (one of each
     per round) so that the load of the shared machine affects them alike. Needs 1 + 7K READY no-op Fireworks
     of C. Prints one JSON line of medians in milliseconds."""
     import argparse

@@ -34,11 +34,11 @@ NAMES = ("submission", "overhead", "waste", "scale")
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"submission": {"sizes": [8, 40, 200], "cap": 20, "default_interval_for": 8},
-             "overhead": {"n": 500}, "waste": "full", "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}},
+             "overhead": {"n": 500, "repeat": 3}, "waste": "full", "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}},
     "quick": {"submission": {"sizes": [8], "cap": 20, "default_interval_for": None},
-              "overhead": {"n": 50}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20}},
+              "overhead": {"n": 50, "repeat": 1}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20}},
     "smoke": {"submission": {"sizes": [4], "cap": 4, "default_interval_for": None},
-              "overhead": {"n": 10}, "waste": "smoke", "scale": {"sizes": [200], "clusters": 3}},
+              "overhead": {"n": 10, "repeat": 1}, "waste": "smoke", "scale": {"sizes": [200], "clusters": 3}},
 }
 
 
@@ -69,7 +69,9 @@ def table_overhead(res: dict[str, Any]) -> str:
     o, r = res["ours"], res["rlaunch"]
     rows = []
     for name, x in (("pilot worker", o), ("rlaunch rapidfire", r)):
-        rows.append([name, x["fireworks"], x["wall_s"], x["fw_per_s"], x["steady_fw_per_s"],
+        rng = x.get("fw_per_s_range")
+        fw_s = f"{x['fw_per_s']:.2f}" + (f" ({rng[0]:.1f}-{rng[1]:.1f})" if rng and rng[0] != rng[1] else "")
+        rows.append([name, x["fireworks"], x["wall_s"], fw_s, x["steady_fw_per_s"],
                      (x["mean_launch_s"] or 0) * 1000, (x["mean_gap_s"] or 0) * 1000, x["db_commands_per_fw"],
                      x["peak_rss_mib"], x["peak_child_rss_mib"]])
     rows.append(["ratio ours/rlaunch", "", ratio(o["wall_s"], r["wall_s"]), ratio(o["fw_per_s"], r["fw_per_s"]),
@@ -80,7 +82,8 @@ def table_overhead(res: dict[str, Any]) -> str:
                      "RSS MiB", "child RSS MiB"], rows)
     b = res.get("fork_breakdown")
     if b:
-        out += f"\n\nwhere a forked child's time goes (medians over {b['fireworks']} rounds, ms):\n"
+        out += (f"\n\ncost model of one Firework in a freshly forked child with its own DB client, next to "
+                f"launch_rocket in-process (medians over {b['fireworks']} interleaved rounds, ms):\n")
         out += fmt_table(["in-process rocket", "fork", "new client+hello", "1st rocket in child",
                           "2nd rocket in child", "1st after 0.3 s", "1st, minPoolSize=2"],
                          [[b["in_process_rocket_ms"], b["fork_ms"], b["connect_ms"], b["child_first_rocket_ms"],
@@ -165,15 +168,33 @@ def table_rss(results: dict[str, Any]) -> str:
 TABLES = {"submission": table_submission, "overhead": table_overhead, "waste": table_waste, "scale": table_scale}
 
 
+def print_tables(results: dict[str, Any], path: Path) -> None:
+    m = results["machine"]
+    dirty = m.get("uncommitted_changes_in") or []
+    print(f"\n=== fireworks-pilot benchmarks ({results['mode']}) - {m['date']} - {m['cores']} cores, "
+          f"{m['memory_gib']} GiB, {m['os']}, FireWorks {m['fireworks']}, database: {m['mongodb_uri']}; "
+          f"commit {m.get('commit')}" + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else ""))
+    for name in results["only"]:
+        la = results["loadavg"].get(name, {"seconds": 0, "before": "-", "after": "-"})
+        print(f"\n--- {name} ({la['seconds']:.0f} s; load average before {la['before']}, after {la['after']})")
+        if name in results["benchmarks"]:
+            print(TABLES[name](results["benchmarks"][name]))
+        else:
+            print(f"FAILED: {results['errors'].get(name, 'not run').splitlines()[0]}")
+    print("\n--- peak RSS")
+    print(table_rss(results["benchmarks"]))
+    print(f"\nresults: {path}")
+
+
 # ============================================================================ main
-def run_benchmark(name: str, mode: str, repeat: int) -> dict[str, Any]:
+def run_benchmark(name: str, mode: str, repeat: int | None) -> dict[str, Any]:
     sz = SIZES[mode][name]
     if name == "submission":
         from benchmarks import submission
         return submission.run(sz["sizes"], cap=sz["cap"], default_interval_for=sz["default_interval_for"], log=log)
     if name == "overhead":
         from benchmarks import overhead
-        return overhead.run(sz["n"], repeat=repeat, log=log)
+        return overhead.run(sz["n"], repeat=repeat or sz["repeat"], log=log)
     if name == "waste":
         from benchmarks import waste
         return waste.run(waste.SIZES[sz], log=log)
@@ -198,9 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(NAMES), help=f"comma-separated subset of {', '.join(NAMES)}")
     ap.add_argument("--json", type=Path, default=None,
                     help="result file (default benchmarks/results/results-DATE[-MODE].json)")
-    ap.add_argument("--repeat", type=int, default=1, help="overhead: runs per system, best kept (default 1)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="overhead: runs per system, the median is reported (default: 3 full, 1 quick/smoke)")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the manager's log lines")
+    ap.add_argument("--show", type=Path, default=None, metavar="JSON",
+                    help="print the tables of an earlier result file and exit (runs nothing)")
     a = ap.parse_args(argv)
+    if a.show is not None:
+        import json
+
+        print_tables(json.loads(a.show.read_text()), a.show)
+        return 0
     only = [n.strip() for n in a.only.split(",") if n.strip()]
     bad = [n for n in only if n not in NAMES]
     if bad:
@@ -237,21 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out_path, results)
     results["machine"]["loadavg_end"] = loadavg()
     write_json(out_path, results)
-    m = results["machine"]
-    print(f"\n=== fireworks-pilot benchmarks ({mode}) - {m['date']} - {m['cores']} cores, {m['memory_gib']} GiB, "
-          f"{m['os']}, FireWorks {m['fireworks']}, database: {m['mongodb_uri']}; commit {m['commit']}"
-          + (f" + uncommitted changes in {', '.join(m['uncommitted_changes_in'])}" if m["uncommitted_changes_in"]
-             else ""))
-    for name in only:
-        la = results["loadavg"][name]
-        print(f"\n--- {name} ({la['seconds']:.0f} s; load average before {la['before']}, after {la['after']})")
-        if name in results["benchmarks"]:
-            print(TABLES[name](results["benchmarks"][name]))
-        else:
-            print(f"FAILED: {results['errors'][name].splitlines()[0]}")
-    print("\n--- peak RSS")
-    print(table_rss(results["benchmarks"]))
-    print(f"\nresults: {out_path}")
+    print_tables(results, out_path)
     return 1 if failed else 0
 
 
