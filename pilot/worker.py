@@ -403,7 +403,7 @@ def _fork_server_main(sock: socket.socket) -> int:
         # the batch system signals every process of the job: the worker decides, this process must not die
         signal.signal(sig, signal.SIG_IGN)
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [])
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:
             try:
                 while os.read(wake_r, 512):
@@ -422,7 +422,7 @@ def _fork_server_main(sock: socket.socket) -> int:
             except (ProcessLookupError, PermissionError):
                 pass
             sock.send(pickle.dumps(("exit", pid, status)))
-        if sock in ready:
+        if sock.fileno() in ready:
             msg = sock.recv(1 << 16)
             if not msg:
                 return 0  # the worker is gone
