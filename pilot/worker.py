@@ -399,6 +399,7 @@ def _fork_server_main(sock: socket.socket) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    live: set[int] = set()  # Firework children not reaped yet (each leads its own process group)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
         # the batch system signals every process of the job: the worker decides, this process must not die
         signal.signal(sig, signal.SIG_IGN)
@@ -417,6 +418,7 @@ def _fork_server_main(sock: socket.socket) -> int:
                 break
             if pid == 0:
                 break
+            live.discard(pid)
             try:  # a Firework's processes do not outlive it (the group id cannot be reused while it exists)
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -425,7 +427,14 @@ def _fork_server_main(sock: socket.socket) -> int:
         if sock.fileno() in ready:
             msg = sock.recv(1 << 16)
             if not msg:
-                return 0  # the worker is gone
+                # the worker is gone (killed, OOM): no Firework of it may run on unsupervised, or the manager's
+                # rerun would run it twice at once
+                for pid in live:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                return 0
             lp_dict, fworker_dict, base_dir, fw_log_level, fw_modules, task_modules = pickle.loads(msg)
             _preload(fw_modules, task_modules, imported)
             call_r, call_w = os.pipe()
@@ -451,6 +460,7 @@ def _fork_server_main(sock: socket.socket) -> int:
                         sys.stderr.flush()
                     finally:
                         os._exit(code)
+            live.add(pid)
             socket.send_fds(sock, [pickle.dumps(("forked", pid))], [call_r, reply_w])
             for fd in (call_r, call_w, reply_r, reply_w):
                 os.close(fd)

@@ -366,6 +366,19 @@ def test_fork_server_killed_while_firework_runs(launchpad, tmp_path, workers):
     assert_nothing_running(launchpad)
 
 
+def test_worker_killed_takes_its_fireworks_with_it(launchpad, tmp_path, workers):
+    """SIGKILL of the worker alone (an OOM kill): its Firework's processes must not run on unsupervised,
+    or the manager's rerun of that Firework would run it twice at once."""
+    fw_id = add(launchpad, ScriptTask.from_str("sleep 781"), "orphan-candidate", "wkill")
+    w = workers(launchpad, tmp_path, ["wkill"], "--no-deadline", "--idle-timeout", "60")
+    wait_for(lambda: processes_with_cmdline("sleep", "781"), 60, 0.1, "sleep 781")
+    os.kill(w.pid, signal.SIGKILL)
+    w.wait(30)
+    wait_for(lambda: processes_with_cmdline("sleep", "781") == [], 10, 0.1, "the Firework's sleep to be killed")
+    # the launch stays RUNNING in the database: that is the manager's to rerun (its pilot ended)
+    assert fw_doc(launchpad, fw_id)["state"] == "RUNNING"
+
+
 # --------------------------------------------------------------------------- errors a person can act on
 def test_refuses_to_start_without_deadline(launchpad, tmp_path, workers):
     w = workers(launchpad, tmp_path, ["x"])
