@@ -28,7 +28,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")   # FireWorks' bulk_add_wfs draws a progress bar otherwise
 
-from benchmarks.common import REPO, BenchError, fmt_table, loadavg, machine_info, ratio, write_json
+from benchmarks.common import (
+    REPO,
+    BenchError,
+    fmt_table,
+    loadavg,
+    machine_info,
+    ratio,
+    source_state,
+    write_json,
+)
 
 NAMES = ("submission", "overhead", "waste", "scale")
 
@@ -252,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in only:
         t0 = time.time()
         before = loadavg()
+        state = source_state()   # the tree is shared and may change between benchmarks: record it for each
         try:
             results["benchmarks"][name] = run_benchmark(name, mode, a.repeat)
         except BenchError as exc:
@@ -262,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             results["errors"][name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             log(f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
-        results["loadavg"][name] = {"before": before, "after": loadavg(), "seconds": round(time.time() - t0, 1)}
+        results["loadavg"][name] = {"before": before, "after": loadavg(), "seconds": round(time.time() - t0, 1),
+                                    "source_at_start": state}
         write_json(out_path, results)
     results["machine"]["loadavg_end"] = loadavg()
     write_json(out_path, results)
