@@ -3,7 +3,7 @@
 
 Usage::
 
-    python3 benchmarks/run.py                 # full sizes (about 15-20 minutes on 2 cores)
+    python3 benchmarks/run.py                 # full sizes (about 12 minutes on 2 cores)
     python3 benchmarks/run.py --quick         # small sizes (a few minutes)
     python3 benchmarks/run.py --smoke         # every benchmark at its tiniest size (about a minute)
     python3 benchmarks/run.py --only overhead,scale --json /tmp/out.json
