@@ -354,7 +354,7 @@ def steps_for(speed: Speed, segments: int, segment_s: float) -> int:
 
 
 def add_simulations(
-    lp: Any, engine: str, root: Path, count: int, nsteps: int, segment_s: float, prefix: str
+    lp: Any, engine: str, root: Path, count: int, nsteps: int, segment_s: float, prefix: str, segments: int = 3
 ) -> list[Sim]:
     """Build ``count`` water boxes under ``root`` and add one segmented workflow for each."""
     from tasks.workflow import make_md_workflow
@@ -393,6 +393,8 @@ def add_simulations(
                 "temperature": 300,
                 "seed": i,
                 "chunk_seconds": 0.5,
+                # a step budget per segment: the run takes its segments whatever the machine's speed
+                "segment_steps": math.ceil(nsteps / segments),
             }
             wf = workflow(run_dir, name, params, {"OPENMM_CPU_THREADS": "1"})
         else:
@@ -802,7 +804,8 @@ def _run(
         echo(f"  measuring {label}'s speed on this machine ...")
         speed = (measure_openmm if engine == "openmm" else measure_gromacs)(root / "speed-test")
         nsteps = steps_for(speed, opts.segments, opts.segment_seconds)
-        sims = add_simulations(lp, engine, root, opts.sims, nsteps, opts.segment_seconds, f"demo{run_no}")
+        sims = add_simulations(lp, engine, root, opts.sims, nsteps, opts.segment_seconds, f"demo{run_no}",
+                               segments=opts.segments)
         echo(
             f"  {speed.steps_per_s:.0f} steps/s: added {opts.sims} {label} water-box simulations of "
             f"{nsteps:,} "

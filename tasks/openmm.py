@@ -64,6 +64,7 @@ OPENMM_PARAMS = [
     "temperature",         # float | None, K: velocities on a fresh start (without velocities in state_in)
     "seed",                # int | None, for those velocities
     "chunk_seconds",       # float, the loop checks time and SIGTERM at least this often (default 2)
+    "segment_steps",       # int, at most this many steps per segment, besides the time limit (default: none)
 ]
 
 
@@ -246,6 +247,9 @@ class OpenMMSegmentTask(MDSegmentTask):
         On a fresh start without velocities: draw velocities at ``temperature`` K with ``seed``.
     chunk_seconds : float
         Steps are run in chunks of about this many seconds; time and SIGTERM are checked in between.
+    segment_steps : int
+        At most this many steps per segment (e.g. one nanosecond), besides the time limit: segments of a
+        fixed length in simulated time, whatever the machine's speed (default: time limit only).
     """
 
     engine = "openmm"
@@ -328,6 +332,8 @@ class OpenMMSegmentTask(MDSegmentTask):
         dcd: _DCDWriter | None = None
         csv: IO[str] | None = None
         start_step = before if before is not None else 0
+        seg_steps = int(self.get("segment_steps") or 0)
+        stop_at = min(target, start_step + seg_steps) if seg_steps > 0 else target
         run_seconds = 0.0
         try:
             system = mm.XmlSerializer.deserialize(self._path(run_dir, "system", "system.xml").read_text())
@@ -393,7 +399,7 @@ class OpenMMSegmentTask(MDSegmentTask):
             t_run = time.monotonic()
             last_cpt = t_run
             rate: float | None = None
-            while sim.currentStep < target:
+            while sim.currentStep < stop_at:
                 if stop.is_set():
                     hint = StopReason.SIGTERM
                     break
@@ -402,7 +408,7 @@ class OpenMMSegmentTask(MDSegmentTask):
                 if remaining <= 0:
                     hint = StopReason.TIME_LIMIT
                     break
-                n = target - sim.currentStep
+                n = stop_at - sim.currentStep
                 if rate is None:
                     n = min(n, 10)
                 else:
@@ -415,7 +421,7 @@ class OpenMMSegmentTask(MDSegmentTask):
                     checkpoint()
                     last_cpt = time.monotonic()
             else:
-                hint = StopReason.COMPLETED
+                hint = StopReason.COMPLETED if sim.currentStep >= target else StopReason.SEGMENT_STEPS
             run_seconds = time.monotonic() - t_run
             checkpoint()
             end_step = sim.currentStep

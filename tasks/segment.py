@@ -68,6 +68,7 @@ class StopReason(str, enum.Enum):
 
     COMPLETED = "completed"          # reached the target step
     TIME_LIMIT = "time_limit"        # segment length or pilot deadline (-maxh)
+    SEGMENT_STEPS = "segment_steps"  # the segment's step budget (OpenMM segment_steps)
     SIGTERM = "sigterm"              # the pilot asked us to stop
     ALREADY_DONE = "already_done"    # the checkpoint was already at the target: engine not started
     NO_TIME = "no_time"              # too little time before the pilot's deadline: engine not started

@@ -134,12 +134,14 @@ def test_segmented_run_equals_uninterrupted(launchpad, box, tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     d = fresh_run_dir(box, tmp_path)
-    wf = make_md_workflow(d, "openmm", "omm", segment_hours=0.0005, engine_params=ENGINE, env=ENV)
+    # segments of at most 600 steps (and 1.8 s): at least ceil(2000 / 600) = 4, whatever the machine's speed
+    wf = make_md_workflow(d, "openmm", "omm", segment_hours=0.0005, engine_params={**ENGINE, "segment_steps": 600},
+                          env=ENV)
     wf_id = list(launchpad.add_wf(wf).values())[0]
     rapidfire_all(launchpad, tmp_path)
     fws = md_fireworks(launchpad, wf_id)
     assert all(fw.state == "COMPLETED" for fw in fws)
-    assert len(fws) >= 3, f"expected >= 3 segments of 1.8 s, got {len(fws)}"
+    assert len(fws) >= 4, f"expected >= 4 segments of <= 600 steps, got {len(fws)}"
     data = [stored(fw) for fw in fws]
     assert [s["outcome"] for s in data] == ["continue"] * (len(fws) - 1) + ["finished"]
     assert sum(s["steps_done"] for s in data) == NSTEPS
