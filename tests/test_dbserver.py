@@ -474,15 +474,32 @@ def _off_loopback_hostname() -> str | None:
     return None
 
 
+@pytest.fixture
+def off_loopback_name():
+    """A host name that resolves off loopback: one of the machine's, or (as root) a temporary /etc/hosts entry
+    to 192.0.2.10 (TEST-NET-1, documentation only: nothing connects to it, the server refuses it first)."""
+    name = _off_loopback_hostname()
+    if name is not None:
+        yield name
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no host name here resolves to a non-loopback address, and adding one to /etc/hosts needs root")
+    hosts = Path("/etc/hosts")
+    before = hosts.read_text()
+    name = "pilot-offloopback-test.invalid"
+    hosts.write_text(before + ("" if before.endswith("\n") else "\n") + f"192.0.2.10 {name}\n")
+    try:
+        yield name
+    finally:
+        hosts.write_text(before)
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "lan", "hostname"])
-def test_non_loopback_host_is_refused(tmp_path, host):
+def test_non_loopback_host_is_refused(tmp_path, host, request):
     if host == "lan":
         host = _lan_address()
     elif host == "hostname":
-        name = _off_loopback_hostname()
-        if name is None:
-            pytest.skip("no host name here resolves to a non-loopback address (no DNS, /etc/hosts has none)")
-        host = name
+        host = request.getfixturevalue("off_loopback_name")
     data = tmp_path / "data"
     res = run_serve(["--host", host, "--port", "0", "--data", str(data)])
     assert res.returncode == 2, res.stderr
