@@ -486,6 +486,24 @@ def filter_statuses(
     return kept
 
 
+def checked_ids(job_ids: Sequence[str], pattern: re.Pattern[str], scheduler: str) -> list[str]:
+    """The job ids as strings, each checked against ``pattern`` before it becomes a command argument.
+
+    Raises ``ValueError("not a <scheduler> job id: ...")`` for anything else (an option-like or empty string
+    must never reach an argument list).
+    """
+    ids = [str(j).strip() for j in job_ids]
+    for jid in ids:
+        if not pattern.match(jid):
+            raise ValueError(f"not a {scheduler} job id: {jid!r}")
+    return ids
+
+
+def unique(items: Sequence[str]) -> list[str]:
+    """``items`` without repeats, in their first order."""
+    return list(dict.fromkeys(items))
+
+
 # -- exit-code file ---------------------------------------------------------------------
 
 

@@ -39,10 +39,12 @@ from .base import (
     SchedulerQueryError,
     SubmitOutcome,
     SubmitResult,
+    checked_ids,
     local_to_utc,
     map_state,
     output_tail,
     split_lines,
+    unique,
 )
 
 __all__ = ["BJOBS_FIELDS", "LSF_STATES", "LsfAdapter"]
@@ -377,15 +379,7 @@ _ID_ARG_RE = re.compile(r"^\d+(?:\[\d+\])?$")
 
 
 def _checked_ids(job_ids: Sequence[str]) -> list[str]:
-    ids = [str(j).strip() for j in job_ids]
-    for jid in ids:
-        if not _ID_ARG_RE.match(jid):
-            raise ValueError(f"not an LSF job id: {jid!r}")
-    return ids
+    return checked_ids(job_ids, _ID_ARG_RE, "LSF")
 
 
-def _unique(items: Sequence[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for item in items:
-        seen.setdefault(item, None)
-    return list(seen)
+_unique = unique

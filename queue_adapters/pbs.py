@@ -45,10 +45,12 @@ from .base import (
     SchedulerQueryError,
     SubmitOutcome,
     SubmitResult,
+    checked_ids,
     local_to_utc,
     map_state,
     output_tail,
     split_lines,
+    unique,
 )
 
 __all__ = ["PBS_STATES", "TORQUE_STATES", "PbsAdapter"]
@@ -546,11 +548,7 @@ def _shell_exit_code(exit_status: int | None) -> int | None:
 
 
 def _checked_ids(job_ids: Sequence[str]) -> list[str]:
-    ids = [str(j).strip() for j in job_ids]
-    for jid in ids:
-        if not _ID_ARG_RE.match(jid):
-            raise ValueError(f"not a PBS job id: {jid!r}")
-    return ids
+    return checked_ids(job_ids, _ID_ARG_RE, "PBS")
 
 
 def _match_id(line: str, requested: Sequence[str]) -> str | None:
@@ -569,8 +567,4 @@ def _match_id(line: str, requested: Sequence[str]) -> str | None:
     return None
 
 
-def _unique(items: Sequence[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for item in items:
-        seen.setdefault(item, None)
-    return list(seen)
+_unique = unique

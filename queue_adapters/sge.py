@@ -30,6 +30,7 @@ from .base import (
     SchedulerQueryError,
     SubmitOutcome,
     SubmitResult,
+    checked_ids,
     local_to_utc,
     map_state,
     output_tail,
@@ -300,8 +301,4 @@ def _int(text: str | None) -> int | None:
 
 
 def _checked_ids(job_ids: Sequence[str]) -> list[str]:
-    ids = [str(j).strip() for j in job_ids]
-    for jid in ids:
-        if not _ID_ARG_RE.match(jid):
-            raise ValueError(f"not a Grid Engine job id: {jid!r}")
-    return ids
+    return checked_ids(job_ids, _ID_ARG_RE, "Grid Engine")

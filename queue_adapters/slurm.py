@@ -34,12 +34,14 @@ from .base import (
     SchedulerQueryError,
     SubmitOutcome,
     SubmitResult,
+    checked_ids,
     epoch_to_utc,
     local_to_utc,
     map_state,
     output_tail,
     signal_exit_code,
     split_lines,
+    unique,
 )
 
 __all__ = ["SLURM_SHORT_STATES", "SLURM_STATES", "SlurmAdapter"]
@@ -593,15 +595,7 @@ _ID_ARG_RE = re.compile(r"^[0-9][0-9_\[\]\-,%+]*$")
 
 
 def _checked_ids(job_ids: Sequence[str]) -> list[str]:
-    ids = [str(j).strip() for j in job_ids]
-    for jid in ids:
-        if not _ID_ARG_RE.match(jid):
-            raise ValueError(f"not a SLURM job id: {jid!r}")
-    return ids
+    return checked_ids(job_ids, _ID_ARG_RE, "SLURM")
 
 
-def _unique(items: Sequence[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for item in items:
-        seen.setdefault(item, None)
-    return list(seen)
+_unique = unique
