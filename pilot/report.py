@@ -165,8 +165,29 @@ def parse_when(text: str, now: float | None = None) -> float:
 
 
 # ============================================================================ results
+class _PilotTime:
+    """Derived numbers shared by the per-cluster and per-day rows (busy_s, pilot_s, cpu_s in seconds)."""
+
+    busy_s: float
+    pilot_s: float
+    cpu_s: float
+
+    @property
+    def pilot_hours(self) -> float:
+        return self.pilot_s / 3600.0
+
+    @property
+    def cpu_hours(self) -> float:
+        return self.cpu_s / 3600.0
+
+    @property
+    def utilisation(self) -> float | None:
+        """Busy time / pilot time, or None without pilot time."""
+        return self.busy_s / self.pilot_s if self.pilot_s > 0 else None
+
+
 @dataclass
-class ClusterThroughput:
+class ClusterThroughput(_PilotTime):
     """What one cluster (or :data:`OTHER`) delivered in the window.
 
     Attributes
@@ -217,19 +238,6 @@ class ClusterThroughput:
     reruns: int = 0
 
     @property
-    def pilot_hours(self) -> float:
-        return self.pilot_s / 3600.0
-
-    @property
-    def cpu_hours(self) -> float:
-        return self.cpu_s / 3600.0
-
-    @property
-    def utilisation(self) -> float | None:
-        """Busy time / pilot time, or None without pilot time."""
-        return self.busy_s / self.pilot_s if self.pilot_s > 0 else None
-
-    @property
     def queue_wait_median(self) -> float | None:
         return statistics.median(self.queue_waits) if self.queue_waits else None
 
@@ -268,7 +276,7 @@ class ClusterThroughput:
 
 
 @dataclass
-class DayThroughput:
+class DayThroughput(_PilotTime):
     """One cluster on one UTC day."""
 
     day: str
@@ -280,14 +288,6 @@ class DayThroughput:
     busy_s: float = 0.0
     pilot_s: float = 0.0
     cpu_s: float = 0.0
-
-    @property
-    def cpu_hours(self) -> float:
-        return self.cpu_s / 3600.0
-
-    @property
-    def utilisation(self) -> float | None:
-        return self.busy_s / self.pilot_s if self.pilot_s > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {

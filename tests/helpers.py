@@ -32,7 +32,7 @@ class EmbeddedServer:
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 30.0) -> "EmbeddedServer":
+    def start(self, timeout: float = 30.0) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         info = self.data_dir / "server.json"
         info.unlink(missing_ok=True)
@@ -126,3 +126,31 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def stop_process_tree(proc, timeout: float = 10.0) -> None:
+    """Stop a child process by its PID (SIGTERM, then SIGKILL) and then every descendant it had.
+
+    The descendants are listed before the signal: processes that left its session (per-connection sshds,
+    Firework process groups) would otherwise be missed once they are reparented.
+    """
+    import psutil
+
+    if proc.poll() is not None:
+        return
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=5)

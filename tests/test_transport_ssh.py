@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -30,7 +29,7 @@ from pilot.transport import (
     TransportConfigError,
     close_all_connections,
 )
-from tests.helpers import INFRA_STATE, wait_for
+from tests.helpers import INFRA_STATE, stop_process_tree, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -106,22 +105,7 @@ class OwnSshd:
         """Stop the listener and every per-connection sshd it forked (by PID): existing sessions die too."""
         if self.proc is None:
             return
-        try:
-            children = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        for child in children:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(children, timeout=5)
+        stop_process_tree(self.proc)
         self.proc = None
 
     def transport(self, **kw) -> SSHTransport:

@@ -21,7 +21,7 @@ import pytest
 from fireworks import Firework, LaunchPad, ScriptTask, Workflow
 from fireworks.user_objects.firetasks.script_task import PyTask
 
-from tests.helpers import REPO, EmbeddedServer, wait_for
+from tests.helpers import REPO, EmbeddedServer, stop_process_tree, wait_for
 from tests.test_worker_tasks import EnvTask, IgnoreTermTask, OwnStateTask, TrapTermTask
 
 
@@ -56,23 +56,7 @@ class WorkerProc:
 
     def stop(self) -> None:
         """Stop the worker by its PID, and any Firework process it left (they run in their own sessions)."""
-        if self.proc.poll() is not None:
-            return
-        try:
-            family = psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        for p in family:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        stop_process_tree(self.proc)
 
 
 @pytest.fixture
