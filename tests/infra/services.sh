@@ -1,110 +1,233 @@
 #!/usr/bin/env bash
-# Idempotent setup of REAL test infrastructure on Debian 12 (bookworm), no systemd needed:
-#   * munged + single-node SLURM 22.05 cluster "pilotci"  (slurmctld :6817, slurmd :6818, node "localhost")
-#   * optional 2nd SLURM cluster "pilotci2"               (slurmctld :6827, slurmd :6828, node "c2node")
-#   * sshd #1 on 127.0.0.1:$SSH_PORT  -> cluster pilotci
-#   * sshd #2 on 127.0.0.2:$SSH_PORT  -> cluster pilotci2 (via sshd_config SetEnv SLURM_CONF=...)
-#   * key-only login for non-root user $TEST_USER, paramiko in a venv, end-to-end smoke test.
-#   * ACCOUNTING=1: mariadbd (unix socket only) + slurmdbd :6819 so that sacct works for both clusters
-#   * sshd #3 on 127.0.0.3:$SSH_PORT  -> emulated PBS Pro  (tests/infra/emulators/pbs on PATH)
-#   * sshd #4 on 127.0.0.4:$SSH_PORT  -> emulated LSF      (tests/infra/emulators/lsf on PATH)
-#   * /opt/pilot-venv: a venv of Debian's python3 that the test user can read, with this project installed
-# Adapted from shared/recipes/slurm-ssh-cluster.sh; this copy is the project's own.
-# Usage:  services.sh [up|down|status]     (default: up; "up" restarts everything it owns)
-# Env:    BASE=/tmp/pilot-infra TEST_USER=pilot SSH_PORT=2222 SECOND_CLUSTER=1 ACCOUNTING=1
-#         FRESH=0 (1 = wipe slurmctld state)  SMOKE=1 (paramiko sbatch/squeue/scancel round trip)
-# Daemons are stopped ONLY via the PID files this script writes (PID + /proc/PID/exe checked).
+# The real test services, each test cluster a separate host (Debian 12, root, no systemd, no containers).
+#
+#   fileserver      the root network namespace: the test process, the manager, the embedded LaunchPad
+#                   (on $FS_IP, an address of its own), munged, MariaDB + slurmdbd (SLURM accounting)
+#   CLUSTER-login   a network namespace per cluster: sshd :22 (and slurmctld, the scheduler commands)
+#   CLUSTER-node    a network namespace per cluster: slurmd, or the emulated PBS/LSF execution daemon
+#
+#   cluster    scheduler  fileserver side     login node (up / in)            compute node     route to the fileserver
+#   pilotci    slurm      198.51.100.17/28    198.51.100.18 / 203.0.113.129   203.0.113.130    yes (through the login node)
+#   pilotci2   slurm      198.51.100.33/28    198.51.100.34 / 203.0.113.145   203.0.113.146    yes
+#   pilotci3   slurm      198.51.100.49/28    198.51.100.50 / 203.0.113.161   203.0.113.162    NO (as on many real clusters;
+#                                                                                                   its node also runs an sshd)
+#   emupbs     PBS (emu)  198.51.100.65/28    198.51.100.66 / 203.0.113.177   203.0.113.178    yes
+#   emulsf     LSF (emu)  198.51.100.81/28    198.51.100.82 / 203.0.113.193   203.0.113.194    yes
+#
+# The lower half of 203.0.113.0/24 is left alone: this workplace's package registries answer there. `up` checks
+# that no address this machine uses (its routes, its resolver's answers for the registries) falls in our ranges.
+#
+# Only RFC 5737 documentation addresses; namespaces route nothing but these ranges (no default routes), and
+# the root namespace does not forward. munged stays in the root namespace: its socket is a file, which every
+# namespace shares. Namespaces are entered with `nsenter --net=` (not `ip netns exec`, which remounts /sys and
+# hides the cgroup mounts slurmd needs).
+#
+# Usage:  services.sh up|down|status|purge|emulators
+#   up        (re)start everything; idempotent: stops what it owns first
+#   down      stop every daemon by its PID file, delete every namespace, veth and the fileserver address
+#   status    each host with its address and each daemon with its PID
+#   purge     down, then remove everything the suite ever created (state dirs, users, keys, venvs, emulator
+#             dirs, old layouts), so that the next `up` runs as on a new machine. PURGE_PACKAGES=1 also
+#             removes the Debian packages it installed.
+#   emulators copy tests/infra/emulators into $EMU (the login nodes' PATH)
+# Env:    BASE=/tmp/pilot-infra TEST_USER=pilot ACCOUNTING=1
 set -euo pipefail
 
 BASE=${BASE:-/tmp/pilot-infra}
+ST=$BASE/state
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VENV=${PILOT_CLUSTER_VENV:-/opt/pilot-venv}
 EMU=/opt/pilot-emu
-ST=$BASE/state
 TEST_USER=${TEST_USER:-pilot}
-SSH_PORT=${SSH_PORT:-2222}
-SECOND_CLUSTER=${SECOND_CLUSTER:-1}
-FRESH=${FRESH:-0}          # 1 = wipe slurmctld state (job ids restart at 1)
-SMOKE=${SMOKE:-0}
 ACCOUNTING=${ACCOUNTING:-1}
-PKGS=(munge slurmctld slurmd slurm-client openssh-server python3-venv python3-pip procps iproute2)
-((ACCOUNTING)) && PKGS+=(slurmdbd mariadb-server)
-C1_CONF=/etc/slurm/slurm.conf
-C2_DIR=/etc/slurm-c2
-C2_CONF=$C2_DIR/slurm.conf
+FS_IP=198.51.100.1
+FS_DEV=lo   # the fileserver's address sits on its loopback device (no dummy interfaces in every kernel)
+DBD_PORT=6819
+PKGS=(munge slurmctld slurmd slurm-client openssh-server python3-venv python3-pip procps iproute2 util-linux)
+if ((ACCOUNTING)); then PKGS+=(slurmdbd mariadb-server); fi
+#          name     idx scheduler routed
+CLUSTERS=("pilotci 1 slurm 1" "pilotci2 2 slurm 1" "pilotci3 3 slurm 0" "emupbs 4 pbs 1" "emulsf 5 lsf 1")
 
 declare -A T   # timings
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
-log() { printf '[setup %s] %s\n' "$(date +%T)" "$*"; }
-die() { printf '[setup] FATAL: %s\n' "$*" >&2; exit 1; }
+log() { printf '[services %s] %s\n' "$(date +%T)" "$*"; }
+die() { printf '[services] FATAL: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- addresses
+# cluster IDX: fileserver side 198.51.100.(16*IDX+1), login up .2; inside 203.0.113.(112+16*IDX+1), node .2
+fs_side() { echo "198.51.100.$((16 * $1 + 1))"; }
+login_up() { echo "198.51.100.$((16 * $1 + 2))"; }
+login_in() { echo "203.0.113.$((112 + 16 * $1 + 1))"; }
+node_ip() { echo "203.0.113.$((112 + 16 * $1 + 2))"; }
+inner_net() { echo "203.0.113.$((112 + 16 * $1))/28"; }
+outer_net() { echo "198.51.100.$((16 * $1))/28"; }
+
+check_addresses() { # refuse to shadow an address this machine already uses (a route, a registry's address)
+  local nets=("$FS_IP/32") c name idx sched routed
+  for c in "${CLUSTERS[@]}"; do read -r name idx sched routed <<<"$c"; nets+=("$(outer_net "$idx")" "$(inner_net "$idx")"); done
+  python3 - "${nets[@]}" <<'PY' || die "address clash: see above; change the ranges at the top of tests/infra/services.sh"
+import ipaddress, socket, subprocess, sys
+ours = [ipaddress.ip_network(n) for n in sys.argv[1:]]
+used = {}
+for host in ("pypi.org", "files.pythonhosted.org", "deb.debian.org", "registry.npmjs.org"):
+    try:
+        for info in socket.getaddrinfo(host, 443, socket.AF_INET):
+            used[info[4][0]] = f"{host} resolves to it"
+    except OSError:
+        pass
+for line in subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout.splitlines():
+    f = line.split()
+    if f[1] != "lo":
+        used[f[3].split("/")[0]] = f"address of {f[1]}"
+for line in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout.splitlines():
+    f = line.split()
+    if "via" in f:
+        used[f[f.index("via") + 1]] = f"gateway in route '{line}'"
+bad = [(a, why, n) for a, why in used.items() for n in ours if ipaddress.ip_address(a) in n]
+for a, why, n in bad:
+    print(f"[services] {a} ({why}) lies in the test range {n}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+}
+in_login() { local n=$1; shift; nsenter --net="/run/netns/$n-login" "$@"; }
+in_node() { local n=$1; shift; nsenter --net="/run/netns/$n-node" "$@"; }
 
 # ---------------------------------------------------------------- pid helpers
-# stop_pids PIDFILE:EXE ... : SIGTERM every process recorded in a PIDFILE, but only if it
-# really runs EXE (guards against PID reuse); wait for all of them together, SIGKILL leftovers.
+# stop_pids PIDFILE:EXE ... : SIGTERM every process recorded in a PIDFILE, but only if it really runs EXE
+# (guards against PID reuse); wait for all of them together, SIGKILL leftovers.
 stop_pids() {
-  local spec pf exe pid i left pids=()
+  local spec pf exe pid left pids=()
   for spec in "$@"; do
-    pf=${spec%%:*}; exe=$(readlink -f "${spec#*:}")
+    pf=${spec%%:*}; exe=${spec#*:}
     if [[ -s $pf ]]; then
       pid=$(tr -dc 0-9 <"$pf")
-      if [[ -n $pid && -d /proc/$pid && $(readlink -f /proc/$pid/exe 2>/dev/null) == "$exe" ]]; then
-        kill -TERM "$pid" 2>/dev/null && pids+=("$pid") && log "SIGTERM $(basename "$exe") pid $pid"
+      if [[ -n $pid && -d /proc/$pid ]] && exe_matches "$pid" "$exe"; then
+        kill -TERM "$pid" 2>/dev/null && pids+=("$pid") && log "SIGTERM $(basename "$exe") pid $pid ($(basename "$pf"))"
       fi
     fi
     rm -f "$pf"
   done
-  for i in $(seq 150); do
+  for _ in $(seq 150); do
     left=(); for pid in "${pids[@]}"; do [[ -d /proc/$pid ]] && left+=("$pid"); done
     ((${#left[@]})) || return 0; sleep 0.1
   done
   for pid in "${left[@]}"; do log "SIGKILL pid $pid"; kill -KILL "$pid" 2>/dev/null || true; done
 }
+exe_matches() { # pid exe: the process runs exe (or is a python running exe as its script)
+  local real; real=$(readlink -f "/proc/$1/exe" 2>/dev/null) || return 1
+  [[ $real == "$(readlink -f "$2")" ]] && return 0
+  [[ $2 == *.py ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$2"
+}
 alive_pid() { local pf=$1 pid; [[ -s $pf ]] && pid=$(tr -dc 0-9 <"$pf") && [[ -d /proc/$pid ]]; }
-wait_port() { # host port timeout_s
-  local i; for i in $(seq $(( $3 * 20 ))); do
-    (exec 3<>/dev/tcp/"$1"/"$2") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_tcp() { # netns-or-"" host port seconds
+  local ns=$1 host=$2 port=$3 i pre=()
+  [[ -n $ns ]] && pre=(nsenter --net="/run/netns/$ns")
+  for i in $(seq $(($4 * 20))); do
+    "${pre[@]}" bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null && return 0; sleep 0.05
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- down / status
+cluster_pidfiles() { # name scheduler -> PIDFILE:EXE specs
+  local d=$ST/$1
+  echo "$d/sshd-node.pid:/usr/sbin/sshd" "$d/sshd.pid:/usr/sbin/sshd"
+  case $2 in
+    slurm) echo "$d/slurmd.pid:/usr/sbin/slurmd" "$d/slurmctld.pid:/usr/sbin/slurmctld" ;;
+    pbs) echo "$d/mom.pid:$EMU/pbs/lib/pbsemu.py" ;;
+    lsf) echo "$d/mom.pid:$EMU/lsf/lib/lsfemu.py" ;;
+  esac
+}
 
 down() {
-  # wave 1: clients of munge/slurmdbd; wave 2: the services they talk to
-  stop_pids "$ST/sshd4.pid:/usr/sbin/sshd" "$ST/sshd3.pid:/usr/sbin/sshd" \
-    "$ST/sshd2.pid:/usr/sbin/sshd" "$ST/sshd1.pid:/usr/sbin/sshd" \
-    /run/slurmd-c2.pid:/usr/sbin/slurmd /run/slurmd.pid:/usr/sbin/slurmd \
-    /run/slurmctld-c2.pid:/usr/sbin/slurmctld /run/slurmctld.pid:/usr/sbin/slurmctld
-  stop_pids /run/slurmdbd.pid:/usr/sbin/slurmdbd /run/mysqld/mysqld.pid:/usr/sbin/mariadbd \
-    /run/munge/munged.pid:/usr/sbin/munged
+  local c name idx sched routed specs=()
+  for c in "${CLUSTERS[@]}"; do read -r name idx sched routed <<<"$c"; specs+=($(cluster_pidfiles "$name" "$sched")); done
+  stop_pids "${specs[@]}"   # wave 1: clients of munge and slurmdbd; wave 2: the services they talk to
+  stop_pids "$ST/acct/slurmdbd.pid:/usr/sbin/slurmdbd" "$ST/acct/mariadb.pid:/usr/sbin/mariadbd" \
+    "$ST/munged.pid:/usr/sbin/munged"
+  for c in "${CLUSTERS[@]}"; do
+    read -r name idx sched routed <<<"$c"
+    ip link del "pfs-$name" 2>/dev/null || true
+    ip route del "$(inner_net "$idx")" 2>/dev/null || true
+    ip netns del "$name-node" 2>/dev/null || true
+    ip netns del "$name-login" 2>/dev/null || true
+  done
+  ip addr del "$FS_IP/32" dev "$FS_DEV" 2>/dev/null || true
 }
 
 status() {
-  local f
-  for f in /run/munge/munged.pid /run/mysqld/mysqld.pid /run/slurmdbd.pid /run/slurmctld.pid /run/slurmd.pid /run/slurmctld-c2.pid \
-           /run/slurmd-c2.pid "$ST/sshd1.pid" "$ST/sshd2.pid" "$ST/sshd3.pid" "$ST/sshd4.pid"; do
-    if alive_pid "$f"; then echo "UP   $f pid $(cat "$f")"; else echo "DOWN $f"; fi
+  local c name idx sched routed pf
+  printf '%-22s %-32s %s\n' HOST ADDRESS DAEMONS
+  printf '%-22s %-32s %s\n' "fileserver (root ns)" "$FS_IP ($FS_DEV)" \
+    "$(for pf in "$ST/munged.pid" "$ST/acct/mariadb.pid" "$ST/acct/slurmdbd.pid"; do daemon_state "$pf"; done)"
+  for c in "${CLUSTERS[@]}"; do
+    read -r name idx sched routed <<<"$c"
+    local up=down; [[ -e /run/netns/$name-login ]] && up=up
+    printf '%-22s %-32s %s\n' "$name-login [$up]" "$(login_up "$idx") / $(login_in "$idx")" \
+      "$(for pf in "$ST/$name/sshd.pid" "$ST/$name/slurmctld.pid"; do daemon_state "$pf"; done)"
+    printf '%-22s %-32s %s\n' "$name-node" "$(node_ip "$idx") ($( ((routed)) && echo routed || echo 'no route to fileserver'))" \
+      "$(for pf in "$ST/$name/slurmd.pid" "$ST/$name/mom.pid" "$ST/$name/sshd-node.pid"; do daemon_state "$pf"; done)"
   done
 }
+daemon_state() {
+  [[ -e $1 ]] || return 0
+  local n; n=$(basename "$1" .pid)
+  if alive_pid "$1"; then printf '%s:%s ' "$n" "$(tr -dc 0-9 <"$1")"; else printf '%s:DOWN ' "$n"; fi
+}
 
-install_emulators() { # copy tests/infra/emulators/{pbs,lsf} to $EMU (the PATH of sshd #3 and #4)
+# ---------------------------------------------------------------- purge
+purge() {
+  down
+  # daemons of the earlier loopback layout (before the namespaces), by their PID files
+  stop_pids /tmp/pilot-infra/state/sshd{1,2,3,4}.pid:/usr/sbin/sshd /run/slurmd{,-c2}.pid:/usr/sbin/slurmd \
+    /run/slurmctld{,-c2}.pid:/usr/sbin/slurmctld
+  stop_pids /run/slurmdbd.pid:/usr/sbin/slurmdbd /run/mysqld/mysqld.pid:/usr/sbin/mariadbd /run/munge/munged.pid:/usr/sbin/munged
+  # what today's layout and earlier ones left: state, daemons' dirs, keys, venvs, emulator dirs, pid files
+  rm -rf "$BASE" /tmp/pilot-infra "$VENV" "$EMU" /var/tmp/pilot-emu-* /tmp/pilot-venv.lock /tmp/pilot-apt.log \
+    /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf /etc/slurm-c2 /var/lib/slurm-c2 /var/log/slurm-c2 \
+    /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /run/slurmctld*.pid /run/slurmd*.pid /run/slurmdbd.pid
+  rm -rf /tmp/pilot-remote-* /tmp/pilot-lpserver-* /tmp/pilot-bench-* /tmp/pilot-sshd-* /tmp/pilot-netns-*
+  if id -u "$TEST_USER" >/dev/null 2>&1; then
+    pkill -KILL -u "$TEST_USER" 2>/dev/null || true
+    userdel -r "$TEST_USER" >/dev/null 2>&1 || userdel "$TEST_USER" || true
+    log "removed user $TEST_USER"
+  fi
+  local u; for u in $(getent passwd | cut -d: -f1 | grep -E '^pb[0-9a-f]{6}$' || true); do userdel -r "$u" 2>/dev/null || true; done
+  python3 -m pip uninstall -y -q fireworks-pilot >/dev/null 2>&1 || true
+  rm -f /etc/munge/munge.key
+  if ((${PURGE_PACKAGES:-0})); then
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${PKGS[@]/#procps}" gromacs >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -qq >/dev/null 2>&1 || true
+    rm -rf /var/lib/mysql /etc/mysql /var/lib/munge /etc/munge /var/lib/slurm /var/log/slurm
+    log "removed the Debian packages"
+  fi
+  log "purged: the next 'up' starts as on a new machine"
+}
+
+install_emulators() { # copy tests/infra/emulators/{pbs,lsf} to $EMU (the PATH of the emulated login nodes)
   local kind
   for kind in pbs lsf; do
-    if [[ -d $REPO/tests/infra/emulators/$kind ]]; then
-      rm -rf "${EMU:?}/$kind"; install -d -m 755 "$EMU/$kind"
-      cp -r "$REPO/tests/infra/emulators/$kind/." "$EMU/$kind/"
-      cp "$REPO/tests/infra/emulators/common/"*.py "$EMU/$kind/lib/"
-      chmod -R a+rX "$EMU/$kind"; chmod a+rx "$EMU/$kind"/bin/* 2>/dev/null || true
-    fi
-    install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"
+    rm -rf "${EMU:?}/$kind"; install -d -m 755 "$EMU/$kind"
+    cp -r "$REPO/tests/infra/emulators/$kind/." "$EMU/$kind/"
+    cp "$REPO/tests/infra/emulators/common/"*.py "$EMU/$kind/lib/"
+    chmod -R a+rX "$EMU/$kind"; chmod a+rx "$EMU/$kind"/bin/*
+    id -u "$TEST_USER" >/dev/null 2>&1 && install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"
   done
+  return 0
 }
 
 case "${1:-up}" in
   down) down; exit 0 ;;
-  emulators) install_emulators; exit 0 ;;
   status) status; exit 0 ;;
+  purge) [[ $(id -u) == 0 ]] || die "must run as root"; purge; exit 0 ;;
+  emulators) install_emulators; exit 0 ;;
   up) ;;
-  *) die "usage: $0 [up|down|status|emulators]" ;;
+  *) die "usage: $0 up|down|status|purge|emulators" ;;
 esac
 [[ $(id -u) == 0 ]] || die "must run as root"
 T0=$(now)
+install -d -m 755 "$BASE"
 
 # ---------------------------------------------------------------- 1. packages
 t=$(now)
@@ -113,8 +236,7 @@ for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # keep maintainer scripts from trying to start services (no systemd / init here)
-  made_policy=0
+  made_policy=0   # keep maintainer scripts from starting services (no systemd / init here)
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
   fi
@@ -125,50 +247,137 @@ if ((${#missing[@]})); then
 fi
 T[apt_install]=$(since "$t")
 
-mkdir -p "$ST" "$ST/ssh"
-
 # ---------------------------------------------------------------- 2. stop what we own
 t=$(now)
 down
+install -d -m 755 "$ST" "$ST/ssh"   # sshd reads authorized_keys.USER there as root; the private key stays 0600
 T[stop_previous]=$(since "$t")
 
-# ---------------------------------------------------------------- 3. munge
+# ---------------------------------------------------------------- 3. hosts and links
 t=$(now)
-if [[ ! -s /etc/munge/munge.key ]]; then
-  mungekey --create --keyfile=/etc/munge/munge.key
-fi
+check_addresses
+[[ $(sysctl -n net.ipv4.ip_forward) == 0 ]] || log "note: this machine forwards IPv4; the test namespaces send nothing outside their ranges"
+ip addr add "$FS_IP/32" dev "$FS_DEV"
+net_up() { # name idx routed
+  local n=$1 i=$2 routed=$3
+  ip netns add "$n-login"; ip netns add "$n-node"
+  ip link add "pfs-$n" type veth peer name up0 netns "$n-login"
+  ip addr add "$(fs_side "$i")/28" dev "pfs-$n"; ip link set "pfs-$n" up
+  in_login "$n" ip addr add "$(login_up "$i")/28" dev up0
+  in_login "$n" ip link set up0 up; in_login "$n" ip link set lo up
+  in_login "$n" ip link add in0 type veth peer name eth0 netns "$n-node"
+  in_login "$n" ip addr add "$(login_in "$i")/28" dev in0; in_login "$n" ip link set in0 up
+  in_node "$n" ip addr add "$(node_ip "$i")/28" dev eth0; in_node "$n" ip link set eth0 up; in_node "$n" ip link set lo up
+  in_login "$n" ip route add "$FS_IP/32" via "$(fs_side "$i")"     # the login node reaches the fileserver
+  if ((routed)); then
+    in_login "$n" sysctl -qw net.ipv4.ip_forward=1
+    in_node "$n" ip route add "$FS_IP/32" via "$(login_in "$i")"
+    ip route replace "$(inner_net "$i")" via "$(login_up "$i")"
+  else
+    in_login "$n" sysctl -qw net.ipv4.ip_forward=0
+  fi
+}
+for c in "${CLUSTERS[@]}"; do read -r name idx sched routed <<<"$c"; net_up "$name" "$idx" "$routed"; done
+T[network]=$(since "$t")
+
+# ---------------------------------------------------------------- 4. munge (root namespace; its socket serves all)
+t=$(now)
+[[ -s /etc/munge/munge.key ]] || mungekey --create --keyfile=/etc/munge/munge.key
 chown munge:munge /etc/munge /etc/munge/munge.key; chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key
 install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge
-runuser -u munge -- /usr/sbin/munged
+install -d -o munge -g munge -m 0755 "$ST/munge"
+runuser -u munge -- /usr/sbin/munged --pid-file="$ST/munge/munged.pid"
+for _ in $(seq 50); do [[ -s $ST/munge/munged.pid ]] && break; sleep 0.1; done
+cp "$ST/munge/munged.pid" "$ST/munged.pid"
 munge -n | unmunge >/dev/null || die "munge round trip failed"
-T[munge_start]=$(since "$t")
+T[munge]=$(since "$t")
 
-# ---------------------------------------------------------------- 4. slurm config
-write_slurm_conf() { # file cluster ctldport dport node nodeaddr statedir spooldir logdir pidsuffix
-  cat >"$1" <<EOF
-# generated by $0
-ClusterName=$2
-SlurmctldHost=localhost
-SlurmctldPort=$3
-SlurmdPort=$4
+# ---------------------------------------------------------------- 5. test user and keys
+t=$(now)
+id -u "$TEST_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TEST_USER"
+usermod -p '*' "$TEST_USER"   # '!' (useradd's default) = locked: sshd refuses even a key when UsePAM=no
+H=$(getent passwd "$TEST_USER" | cut -d: -f6)
+[[ -s $ST/ssh/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C "pilot-ci" -f "$ST/ssh/id_ed25519"
+install -d -o "$TEST_USER" -g "$TEST_USER" -m 700 "$H/.ssh"
+install -o "$TEST_USER" -g "$TEST_USER" -m 600 "$ST/ssh/id_ed25519.pub" "$H/.ssh/authorized_keys"
+install -m 644 "$ST/ssh/id_ed25519.pub" "$ST/ssh/authorized_keys.$TEST_USER"
+install -d -m 0755 /run/sshd   # privilege-separation dir, normally made by systemd
+: >"$ST/ssh/known_hosts"
+T[user_keys]=$(since "$t")
+
+# ---------------------------------------------------------------- 6. accounting: MariaDB + slurmdbd (fileserver)
+if ((ACCOUNTING)); then
+  t=$(now)
+  A=$ST/acct; install -d -m 755 "$A"; install -d -o mysql -g mysql -m 700 "$A/mysql"
+  install -d -o mysql -g mysql -m 0755 /run/mysqld
+  [[ -d $A/mysql/mysql ]] || mariadb-install-db --user=mysql --datadir="$A/mysql" >"$A/mariadb-install.log" 2>&1 \
+    || { tail -20 "$A/mariadb-install.log"; die "mariadb-install-db failed"; }
+  setsid -f /usr/sbin/mariadbd --user=mysql --datadir="$A/mysql" --skip-networking --socket=/run/mysqld/mysqld.sock \
+    --pid-file="$A/mysql/mariadb.pid" --log-error="$A/mariadb.err" </dev/null >/dev/null 2>&1
+  for _ in $(seq 300); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+  DBPW=$(head -c 18 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+  mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+    CREATE USER IF NOT EXISTS 'slurm'@'localhost'; ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$DBPW';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;" || die "mariadb not up: $(tail -5 "$A/mariadb.err")"
+  cp "$A/mysql/mariadb.pid" "$A/mariadb.pid"
+  T[mariadb]=$(since "$t"); t=$(now)
+  # slurmdbd finds slurmdbd.conf next to $SLURM_CONF; a minimal slurm.conf for the fileserver's own commands
+  install -d -o slurm -g slurm -m 755 "$A/log"
+  printf '%s\n' AuthType=auth/munge "DbdAddr=$FS_IP" "DbdHost=localhost" "DbdPort=$DBD_PORT" SlurmUser=slurm \
+    "PidFile=$A/slurmdbd.pid" "LogFile=$A/log/slurmdbd.log" StorageType=accounting_storage/mysql \
+    StorageHost=localhost "StoragePort=3306" "StorageLoc=slurm_acct_db" StorageUser=slurm "StoragePass=$DBPW" \
+    >"$A/slurmdbd.conf"
+  chown slurm:slurm "$A/slurmdbd.conf"; chmod 600 "$A/slurmdbd.conf"
+  printf '%s\n' ClusterName=fileserver SlurmctldHost=localhost AuthType=auth/munge \
+    AccountingStorageType=accounting_storage/slurmdbd "AccountingStorageHost=$FS_IP" \
+    "AccountingStoragePort=$DBD_PORT" >"$A/slurm.conf"
+  # MariaDB listens on its Unix socket only (/run/mysqld/mysqld.sock), where slurmdbd reaches it
+  SLURM_CONF=$A/slurm.conf /usr/sbin/slurmdbd
+  for _ in $(seq 300); do SLURM_CONF=$A/slurm.conf sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1 && break; sleep 0.1; done
+  have=$(SLURM_CONF=$A/slurm.conf sacctmgr -n -P list cluster format=cluster) \
+    || die "slurmdbd not answering: $(tail -5 "$A/log/slurmdbd.log")"
+  for c in "${CLUSTERS[@]}"; do
+    read -r name idx sched routed <<<"$c"
+    [[ $sched == slurm ]] || continue
+    grep -qx "$name" <<<"$have" || SLURM_CONF=$A/slurm.conf sacctmgr -i add cluster "$name" >/dev/null
+  done
+  T[slurmdbd]=$(since "$t")
+fi
+
+# ---------------------------------------------------------------- 7. per cluster: scheduler + sshd
+write_slurm_conf() { # name idx dir
+  local n=$1 i=$2 d=$3 acct
+  if ((ACCOUNTING)); then
+    acct="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=$FS_IP
+AccountingStoragePort=$DBD_PORT
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30"
+  else
+    acct=$'AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none'
+  fi
+  cat >"$d/slurm.conf" <<EOF
+# generated by tests/infra/services.sh: cluster $n, controller on its login node, slurmd on its compute node
+ClusterName=$n
+SlurmctldHost=localhost($(login_in "$i"))
+SlurmctldPort=6817
+SlurmdPort=6818
 SlurmUser=slurm
 AuthType=auth/munge
 CredType=cred/munge
-StateSaveLocation=$7
-SlurmdSpoolDir=$8
-SlurmctldPidFile=/run/slurmctld${10}.pid
-SlurmdPidFile=/run/slurmd${10}.pid
-SlurmctldLogFile=$9/slurmctld.log
-SlurmdLogFile=$9/slurmd.log
-# no cgroups: works in containers / VMs without a delegated cgroup tree
+StateSaveLocation=$d/ctld
+SlurmdSpoolDir=$d/spool
+SlurmctldPidFile=$d/slurmctld.pid
+SlurmdPidFile=$d/slurmd.pid
+SlurmctldLogFile=$d/log/slurmctld.log
+SlurmdLogFile=$d/log/slurmd.log
+# no cgroups: works without a delegated cgroup tree
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-# sacct needs slurmdbd (22.05 ships only accounting_storage/{none,slurmdbd});
-# jobcomp/filetxt additionally gives one persistent text line per finished job
-$ACCT_LINES
+$acct
 JobCompType=jobcomp/filetxt
-JobCompLoc=$9/jobcomp.log
+JobCompLoc=$d/log/jobcomp.log
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -179,92 +388,49 @@ MinJobAge=300
 KillWait=2
 InactiveLimit=0
 MpiDefault=none
-NodeName=$5 NodeAddr=$6 CPUs=8 RealMemory=4000 State=UNKNOWN
-PartitionName=debug Nodes=$5 Default=YES MaxTime=INFINITE State=UP
-PartitionName=short Nodes=$5 MaxTime=00:05:00 State=UP
+NodeName=${n}node NodeAddr=$(node_ip "$i") CPUs=8 RealMemory=4000 State=UNKNOWN
+PartitionName=debug Nodes=${n}node Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes=${n}node MaxTime=00:05:00 State=UP
 EOF
 }
-if ((ACCOUNTING)); then
-  ACCT_LINES=$'AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\nAccountingStoragePort=6819\nJobAcctGatherType=jobacct_gather/linux\nJobAcctGatherFrequency=30'
-else
-  ACCT_LINES=$'AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none'
-fi
-install -d -o slurm -g slurm /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
-write_slurm_conf "$C1_CONF" pilotci 6817 6818 localhost 127.0.0.1 \
-  /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm ""
-if ((SECOND_CLUSTER)); then
-  install -d "$C2_DIR"; cp /etc/slurm/plugstack.conf "$C2_DIR/" 2>/dev/null || true
-  install -d -o slurm -g slurm /var/lib/slurm-c2/slurmctld /var/lib/slurm-c2/slurmd /var/log/slurm-c2
-  write_slurm_conf "$C2_CONF" pilotci2 6827 6828 c2node 127.0.0.2 \
-    /var/lib/slurm-c2/slurmctld /var/lib/slurm-c2/slurmd /var/log/slurm-c2 "-c2"
-fi
 
-# ---------------------------------------------------------------- 5a. accounting: mariadb + slurmdbd
-if ((ACCOUNTING)); then
-  t=$(now)
-  install -d -o mysql -g mysql -m 0755 /run/mysqld
-  [[ -d /var/lib/mysql/mysql ]] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
-  setsid -f /usr/sbin/mariadbd --user=mysql --skip-networking --socket=/run/mysqld/mysqld.sock \
-    --pid-file=/run/mysqld/mysqld.pid --log-error="$ST/mariadb.err" </dev/null >/dev/null 2>&1
-  for i in $(seq 300); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
-  mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
-    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmpw';
-    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;" || die "mariadb not up"
-  T[mariadb_start]=$(since "$t"); t=$(now)
-  printf '%s\n' AuthType=auth/munge DbdHost=localhost DbdPort=6819 SlurmUser=slurm \
-    PidFile=/run/slurmdbd.pid LogFile=/var/log/slurm/slurmdbd.log \
-    StorageType=accounting_storage/mysql StorageHost=localhost StorageUser=slurm \
-    StoragePass=slurmpw StorageLoc=slurm_acct_db >/etc/slurm/slurmdbd.conf
-  chown slurm:slurm /etc/slurm/slurmdbd.conf; chmod 600 /etc/slurm/slurmdbd.conf
-  /usr/sbin/slurmdbd
-  for i in $(seq 300); do sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1 && break; sleep 0.1; done
-  have=$(sacctmgr -n -P list cluster format=cluster) || die "slurmdbd not answering"
-  for c in pilotci $( ((SECOND_CLUSTER)) && echo pilotci2); do
-    grep -qx "$c" <<<"$have" || sacctmgr -i add cluster "$c" >/dev/null
-  done
-  T[slurmdbd_start]=$(since "$t")
-fi
-
-# ---------------------------------------------------------------- 5. slurm daemons
-start_cluster() { # conf nodename ctldport label
-  local conf=$1 node=$2 port=$3 label=$4 t i st clear=()
-  ((FRESH)) && clear=(-c)
-  t=$(now)
-  /usr/sbin/slurmctld -f "$conf" "${clear[@]}"
-  for i in $(seq 200); do SLURM_CONF=$conf scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.1; done
-  SLURM_CONF=$conf scontrol ping | grep -q UP || die "slurmctld ($label) not answering; see its log"
-  T[${label}_slurmctld_listen]=$(since "$t")
-  /usr/sbin/slurmd -f "$conf" -N "$node"
-  for i in $(seq 300); do
-    st=$(SLURM_CONF=$conf sinfo -h -n "$node" -o %T 2>/dev/null | head -1 || true)
+start_slurm() { # name idx
+  local n=$1 i=$2 d=$ST/$1 st=""
+  install -d -o slurm -g slurm "$d/ctld" "$d/spool" "$d/log"
+  write_slurm_conf "$n" "$i" "$d"
+  in_login "$n" /usr/sbin/slurmctld -f "$d/slurm.conf"
+  for _ in $(seq 200); do SLURM_CONF=$d/slurm.conf in_login "$n" scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.1; done
+  SLURM_CONF=$d/slurm.conf in_login "$n" scontrol ping | grep -q UP || die "slurmctld ($n) not up: $(tail -3 "$d/log/slurmctld.log")"
+  in_node "$n" /usr/sbin/slurmd -f "$d/slurm.conf" -N "${n}node"
+  for _ in $(seq 300); do
+    st=$(SLURM_CONF=$d/slurm.conf in_login "$n" sinfo -h -n "${n}node" -o %T 2>/dev/null | head -1 || true)
     [[ $st == idle || $st == mixed || $st == allocated ]] && break; sleep 0.1
   done
-  [[ $st == idle || $st == mixed || $st == allocated ]] || {
-    SLURM_CONF=$conf scontrol show node "$node" | grep -E 'State|Reason'; die "node $node not up ($st)"; }
-  T[${label}_ctld_to_node_idle]=$(since "$t")
+  [[ $st == idle || $st == mixed || $st == allocated ]] || die "node ${n}node not up ($st): $(tail -3 "$d/log/slurmd.log")"
 }
-start_cluster "$C1_CONF" localhost 6817 c1
-((SECOND_CLUSTER)) && start_cluster "$C2_CONF" c2node 6827 c2
 
-# ---------------------------------------------------------------- 6. sshd(s) + user
-t=$(now)
-id -u "$TEST_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TEST_USER"
-usermod -p '*' "$TEST_USER"   # '!' (useradd default) = locked -> sshd refuses even pubkey when UsePAM=no
-H=$(getent passwd "$TEST_USER" | cut -d: -f6)
-[[ -s $ST/ssh/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C "pilot-ci" -f "$ST/ssh/id_ed25519"
-[[ -s $ST/ssh/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -f "$ST/ssh/ssh_host_ed25519_key"
-install -d -o "$TEST_USER" -g "$TEST_USER" -m 700 "$H/.ssh"
-install -o "$TEST_USER" -g "$TEST_USER" -m 600 "$ST/ssh/id_ed25519.pub" "$H/.ssh/authorized_keys"
-chmod 755 "$BASE" "$ST"; chmod 700 "$ST/ssh"
-install -d -m 0755 /run/sshd           # privilege-separation dir, normally made by systemd
-write_sshd_conf() { # file addr pidfile extra...
-  local f=$1 addr=$2 pf=$3; shift 3
+start_mom() { # name kind: the emulated scheduler's execution daemon, root, on the compute node
+  local n=$1 kind=$2 d=$ST/$1
+  local sd=/var/tmp/pilot-emu-$kind   # the user's job table; the daemon (root) must create nothing in it
+  install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "$sd" "$sd/jobs" "$sd/spawn"
+  PILOT_EMU_STATE=/var/tmp/pilot-emu-$kind setsid -f nsenter --net="/run/netns/$n-node" \
+    /usr/bin/python3 "$EMU/$kind/lib/${kind}emu.py" mom </dev/null >>"$d/log/mom.log" 2>&1
+  for _ in $(seq 50); do
+    pgrep -f "$EMU/$kind/lib/${kind}emu.py mom" >"$d/mom.pid" && break; sleep 0.1
+  done
+  alive_pid "$d/mom.pid" || die "execution daemon ($n) not up: $(tail -3 "$d/log/mom.log")"
+}
+
+write_sshd_conf() { # file addr pidfile hostkey extra...
+  local f=$1 addr=$2 pf=$3 hk=$4; shift 4
   cat >"$f" <<EOF
-ListenAddress $addr:$SSH_PORT
-HostKey $ST/ssh/ssh_host_ed25519_key
+ListenAddress $addr:22
+HostKey $hk
 PidFile $pf
 AllowUsers $TEST_USER
 PubkeyAuthentication yes
+# the usual file, and a root-owned copy: a test that upsets a home directory cannot lock every later test out
+AuthorizedKeysFile .ssh/authorized_keys $ST/ssh/authorized_keys.%u
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
@@ -277,40 +443,47 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
   local l; for l in "$@"; do echo "$l" >>"$f"; done
 }
-write_sshd_conf "$ST/sshd1_config" 127.0.0.1 "$ST/sshd1.pid"
-/usr/sbin/sshd -t -f "$ST/sshd1_config"
-/usr/sbin/sshd -f "$ST/sshd1_config" -E "$ST/sshd1.log"
-wait_port 127.0.0.1 "$SSH_PORT" 10 || die "sshd1 not listening"
-hk=$(cut -d' ' -f1,2 "$ST/ssh/ssh_host_ed25519_key.pub")
-echo "[127.0.0.1]:$SSH_PORT $hk" >"$ST/ssh/known_hosts"
-if ((SECOND_CLUSTER)); then
-  write_sshd_conf "$ST/sshd2_config" 127.0.0.2 "$ST/sshd2.pid" "SetEnv SLURM_CONF=$C2_CONF"
-  /usr/sbin/sshd -t -f "$ST/sshd2_config"
-  /usr/sbin/sshd -f "$ST/sshd2_config" -E "$ST/sshd2.log"
-  wait_port 127.0.0.2 "$SSH_PORT" 10 || die "sshd2 not listening"
-  echo "[127.0.0.2]:$SSH_PORT $hk" >>"$ST/ssh/known_hosts"
-fi
-# emulated PBS (127.0.0.3) and LSF (127.0.0.4): the emulators come first on PATH
+
+start_sshd() { # name netns addr conf-name extra...: sshd in a namespace; its host key goes to known_hosts
+  local n=$1 ns=$2 addr=$3 which=$4 d=$ST/$1; shift 4
+  [[ -s $d/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "$n" -f "$d/ssh_host_ed25519_key"
+  write_sshd_conf "$d/$which.config" "$addr" "$d/$which.pid" "$d/ssh_host_ed25519_key" "$@"
+  /usr/sbin/sshd -t -f "$d/$which.config"
+  nsenter --net="/run/netns/$ns" /usr/sbin/sshd -f "$d/$which.config" -E "$d/log/$which.log"
+  wait_tcp "" "$addr" 22 10 || die "$which ($n, $addr) not listening: $(tail -3 "$d/log/$which.log")"
+  echo "$addr $(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$ST/ssh/known_hosts"
+}
+
 install_emulators
 EPATH=/usr/local/bin:/usr/bin:/bin
-write_sshd_conf "$ST/sshd3_config" 127.0.0.3 "$ST/sshd3.pid" \
-  "SetEnv PATH=$EMU/pbs/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-pbs"
-/usr/sbin/sshd -t -f "$ST/sshd3_config"
-/usr/sbin/sshd -f "$ST/sshd3_config" -E "$ST/sshd3.log"
-wait_port 127.0.0.3 "$SSH_PORT" 10 || die "sshd3 not listening"
-echo "[127.0.0.3]:$SSH_PORT $hk" >>"$ST/ssh/known_hosts"
-write_sshd_conf "$ST/sshd4_config" 127.0.0.4 "$ST/sshd4.pid" \
-  "SetEnv PATH=$EMU/lsf/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-lsf"
-/usr/sbin/sshd -t -f "$ST/sshd4_config"
-/usr/sbin/sshd -f "$ST/sshd4_config" -E "$ST/sshd4.log"
-wait_port 127.0.0.4 "$SSH_PORT" 10 || die "sshd4 not listening"
-echo "[127.0.0.4]:$SSH_PORT $hk" >>"$ST/ssh/known_hosts"
+json_clusters=()
+for c in "${CLUSTERS[@]}"; do
+  read -r name idx sched routed <<<"$c"
+  t=$(now); d=$ST/$name; install -d -m 755 "$d" "$d/log"
+  extra=()
+  case $sched in
+    slurm) start_slurm "$name" "$idx"; extra=("SetEnv SLURM_CONF=$d/slurm.conf") ;;
+    pbs|lsf) start_mom "$name" "$sched"
+       extra=("SetEnv PATH=$EMU/$sched/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-$sched PILOT_EMU_EXEC_DAEMON=1") ;;
+  esac
+  start_sshd "$name" "$name-login" "$(login_up "$idx")" sshd "${extra[@]}"
+  node_ssh=""
+  if ((!routed)); then   # a compute node reached only through its login node (ProxyJump tests)
+    start_sshd "$name" "$name-node" "$(node_ip "$idx")" sshd-node "${extra[@]}"
+    node_ssh="$(node_ip "$idx")"
+  fi
+  T[$name]=$(since "$t")
+  conf=""; [[ $sched == slurm ]] && conf=$d/slurm.conf
+  json_clusters+=("$(printf '{"name": "%s", "scheduler": "%s", "host": "%s", "login_inner": "%s", "node": "%s", "routed": %s, "login_netns": "%s", "node_netns": "%s", "slurm_conf": "%s", "sshd_config": "%s", "node_sshd": "%s", "host_key": "%s"}' \
+    "$name" "$sched" "$(login_up "$idx")" "$(login_in "$idx")" "$(node_ip "$idx")" \
+    "$( ((routed)) && echo true || echo false)" "$name-login" "$name-node" "$conf" "$d/sshd.config" "$node_ssh" \
+    "$d/ssh_host_ed25519_key")")
+done
 chmod 644 "$ST/ssh/known_hosts"
-T[sshd_user_keys]=$(since "$t")
 
-# ---------------------------------------------------------------- 7. cluster-side venv
-# The pilot worker runs inside batch jobs as $TEST_USER with Debian's python3: give it a venv it can
-# read, with this project and its dependencies (tests/conftest.py refreshes the project with --no-deps).
+# ---------------------------------------------------------------- 8. cluster-side venv
+# The pilot worker runs inside batch jobs as $TEST_USER with Debian's python3: give it a venv it can read,
+# with this project and its dependencies (tests/conftest.py refreshes the project with --no-deps).
 t=$(now)
 PY=$VENV/bin/python
 if ! "$PY" -c 'import fireworks, paramiko, pymongo, pydantic, jinja2, click, psutil' 2>/dev/null; then
@@ -324,86 +497,20 @@ fi
 chmod -R a+rX "$VENV"
 T[cluster_venv]=$(since "$t")
 
-cat >"$ST/env.sh" <<EOF
-export PILOT_SSH_USER=$TEST_USER
-export PILOT_SSH_KEY=$ST/ssh/id_ed25519
-export PILOT_SSH_KNOWN_HOSTS=$ST/ssh/known_hosts
-export PILOT_SSH_PORT=$SSH_PORT
-export PILOT_CLUSTER1=127.0.0.1   # slurm cluster pilotci
-export PILOT_CLUSTER2=127.0.0.2   # slurm cluster pilotci2 (if SECOND_CLUSTER=1)
-export PILOT_PYTHON=$PY
-export PILOT_CLUSTER_VENV=$VENV
-export PILOT_ACCOUNTING=$ACCOUNTING
-export PILOT_CLUSTER3=127.0.0.3   # emulated PBS Pro
-export PILOT_CLUSTER4=127.0.0.4   # emulated LSF
+( IFS=,; cat >"$ST/clusters.json" <<EOF
+{"user": "$TEST_USER", "port": 22, "key": "$ST/ssh/id_ed25519", "known_hosts": "$ST/ssh/known_hosts",
+ "venv": "$VENV", "accounting": $ACCOUNTING, "fileserver": "$FS_IP",
+ "clusters": [${json_clusters[*]}]}
 EOF
-cat >"$ST/clusters.json" <<EOF
-{"user": "$TEST_USER", "port": $SSH_PORT, "key": "$ST/ssh/id_ed25519", "known_hosts": "$ST/ssh/known_hosts",
- "venv": "$VENV", "accounting": $ACCOUNTING,
- "clusters": [
-  {"name": "pilotci",  "host": "127.0.0.1", "scheduler": "slurm", "slurm_conf": "$C1_CONF"},
-  {"name": "pilotci2", "host": "127.0.0.2", "scheduler": "slurm", "slurm_conf": "$C2_CONF"},
-  {"name": "emupbs",   "host": "127.0.0.3", "scheduler": "pbs"},
-  {"name": "emulsf",   "host": "127.0.0.4", "scheduler": "lsf"}]}
-EOF
+)
 chmod 644 "$ST/clusters.json"
-
-# ---------------------------------------------------------------- 8. smoke test via paramiko
-if ((SMOKE)); then
-  t=$(now)
-  hosts=127.0.0.1; ((SECOND_CLUSTER)) && hosts="127.0.0.1 127.0.0.2"
-  python3 - "$ST" "$TEST_USER" "$SSH_PORT" "$ACCOUNTING" $hosts <<'PYEOF'
-import sys, time, paramiko
-st, user, port, acct, hosts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5:]
-def run(c, cmd):
-    _, o, e = c.exec_command(cmd, timeout=30)
-    rc = o.channel.recv_exit_status()
-    return rc, o.read().decode().strip(), e.read().decode().strip()
-for h in hosts:
-    t0 = time.time()
-    c = paramiko.SSHClient()
-    c.load_host_keys(f"{st}/ssh/known_hosts")
-    c.set_missing_host_key_policy(paramiko.RejectPolicy())
-    c.connect(h, port=port, username=user, key_filename=f"{st}/ssh/id_ed25519",
-              allow_agent=False, look_for_keys=False, timeout=10)
-    t_conn = time.time() - t0
-    rc, cl, _ = run(c, "scontrol show config | awk '/^ClusterName/{print $3}'")
-    t1 = time.time()
-    rc, jid, err = run(c, "sbatch --parsable -J smoke -o /dev/null --wrap 'sleep 30'")
-    assert rc == 0 and jid.isdigit(), (rc, jid, err)
-    t_sub = time.time() - t1
-    while True:
-        rc, s, _ = run(c, f"squeue -h -j {jid} -o %T")
-        if s == "RUNNING": break
-        assert time.time() - t1 < 30, s
-        time.sleep(0.1)
-    t_run = time.time() - t1
-    run(c, f"scancel {jid}")
-    while True:
-        rc, s, _ = run(c, f"squeue -h -t all -j {jid} -o %T")
-        if s == "CANCELLED": break
-        assert time.time() - t1 < 30, s
-        time.sleep(0.1)
-    t_can = time.time() - t1
-    sacct = "n/a"
-    while acct:
-        rc, s, _ = run(c, f"sacct -n -X -P -j {jid} -o State")
-        if s.startswith("CANCELLED"): sacct = f"{s!r} after {time.time() - t1:.2f}s"; break
-        assert time.time() - t1 < 30, s
-        time.sleep(0.2)
-    c.close()
-    print(f"  ssh {user}@{h}:{port} cluster={cl} job={jid}: connect {t_conn:.2f}s, "
-          f"sbatch {t_sub:.2f}s, sbatch->RUNNING {t_run:.2f}s, ->CANCELLED {t_can:.2f}s, sacct {sacct}")
-PYEOF
-  T[paramiko_smoke]=$(since "$t")
-fi
-
+python3 -c "import json,sys; json.load(open(sys.argv[1]))" "$ST/clusters.json" || die "clusters.json is not valid JSON"
 
 T[total]=$(since "$T0")
-echo "=================== timings (s) ==================="
-for k in apt_install stop_previous munge_start mariadb_start slurmdbd_start c1_slurmctld_listen c1_ctld_to_node_idle \
-         c2_slurmctld_listen c2_ctld_to_node_idle sshd_user_keys cluster_venv paramiko_smoke total; do
-  [[ -n ${T[$k]:-} ]] && printf '  %-24s %s\n' "$k" "${T[$k]}"
+echo "=================== start times (s) ==================="
+for k in apt_install stop_previous network munge user_keys mariadb slurmdbd pilotci pilotci2 pilotci3 emupbs emulsf \
+         cluster_venv total; do
+  [[ -n ${T[$k]:-} ]] && printf '  %-16s %s\n' "$k" "${T[$k]}"
 done
 status
-echo "env for tests: source $ST/env.sh ; stop with: $0 down"
+echo "state: $ST/clusters.json; a shell on a node: nsenter --net=/run/netns/pilotci-login bash; stop: $0 down"

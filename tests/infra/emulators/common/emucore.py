@@ -335,6 +335,71 @@ def spawn_detached(argv: list[str], log_path: Path) -> None:
         os._exit(127)
 
 
+# --------------------------------------------------------------------------- execution host
+# Real PBS and LSF start jobs on the execution host through a root daemon (pbs_mom, sbatchd), not on the
+# login node where qsub/bsub ran.  The test clusters put that host in its own network namespace: with
+# PILOT_EMU_EXEC_DAEMON=1 (set by the login node's sshd) the submit command leaves a request file in
+# ``spawn/`` and the execution daemon (``pbsemu.py mom`` / ``lsfemu.py mom``, root, in the compute node's
+# namespace) starts the supervisor there, as the user who owns the request.
+SPAWN_DIR = "spawn"
+
+
+def launch_supervisor(store: Store, job_id: str, script: str) -> None:
+    """Start the job's supervisor here, or hand it to the execution daemon (see above)."""
+    argv = [sys.executable, script, "supervise", str(job_id)]
+    if os.environ.get("PILOT_EMU_EXEC_DAEMON") != "1":
+        spawn_detached(argv, store.job_dir(job_id) / "supervisor.log")
+        return
+    spawn = store.dir / SPAWN_DIR
+    spawn.mkdir(exist_ok=True)
+    tmp = spawn / f".{job_id}.{os.getpid()}"
+    tmp.write_text(str(job_id))
+    os.replace(tmp, spawn / str(job_id))
+
+
+def _start_as(uid: int, argv: list[str], log_path: Path, state_dir: Path) -> None:
+    """Fork; the child drops to ``uid`` (never root) and starts ``argv`` detached."""
+    user = pwd.getpwuid(uid)
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.initgroups(user.pw_name, user.pw_gid)
+        os.setgid(user.pw_gid)
+        os.setuid(uid)
+        os.chdir(user.pw_dir)
+        os.environ.clear()
+        os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name, SHELL=user.pw_shell,
+                          PATH=f"{Path(argv[1]).parent.parent / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+                          PILOT_EMU_STATE=str(state_dir))
+        spawn_detached(argv, log_path)
+    except BaseException as exc:  # noqa: BLE001 - the child must never return into the daemon's loop
+        print(f"cannot start {argv} as uid {uid}: {exc}", flush=True)
+        os._exit(1)
+    os._exit(0)
+
+
+def run_exec_daemon(store: Store, script: str, poll: float = 0.1) -> int:
+    """The execution daemon's loop: start one supervisor per request file, as the file's owner."""
+    spawn = store.dir / SPAWN_DIR
+    spawn.mkdir(exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} execution daemon on {short_hostname()} for {store.dir}",
+          flush=True)
+    while True:
+        for req in sorted(spawn.glob("[0-9]*")):
+            st = req.lstat()
+            job_id = req.name
+            req.unlink()
+            if st.st_uid == 0 or not req.name.isdigit():
+                print(f"refusing request {req.name} owned by uid {st.st_uid}", flush=True)
+                continue
+            _start_as(st.st_uid, [sys.executable, script, "supervise", job_id],
+                      store.job_dir(job_id) / "supervisor.log", store.dir)
+        time.sleep(poll)
+
+
 # --------------------------------------------------------------------------- scheduling
 def allocation(jobs: dict[str, dict[str, Any]], slots: int, now: float) -> set[str]:
     """Ids of queued jobs that may start now: first fit in id order over eligible jobs."""

@@ -81,8 +81,7 @@ class LsfPolicy:
         self.settings = settings
 
     def spawn_supervisor(self, store: core.Store, job_id: str) -> None:
-        core.spawn_detached([sys.executable, os.path.abspath(__file__), "supervise", str(job_id)],
-                            store.job_dir(job_id) / "supervisor.log")
+        core.launch_supervisor(store, job_id, os.path.abspath(__file__))
 
     def on_wait(self, job: dict[str, Any], need: int, avail: int, slots: int) -> None:
         job["pend_reason"] = "Not enough job slot(s)"
@@ -831,3 +830,6 @@ def main(cmd: str, argv: list[str]) -> int:
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "supervise":
     _settings = core.Settings.load(KIND, DEFAULTS)
     sys.exit(core.Supervisor(LsfPolicy(_settings), core.Store(_settings), sys.argv[2]).run())
+if __name__ == "__main__" and sys.argv[1:] == ["mom"]:   # the execution daemon (root, on the compute node)
+    _settings = core.Settings.load(KIND, DEFAULTS)
+    sys.exit(core.run_exec_daemon(core.Store(_settings), os.path.abspath(__file__)))
