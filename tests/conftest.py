@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import INFRA_STATE, REPO, ClusterInfo, EmbeddedServer, load_clusters
+from tests.helpers import INFRA_STATE, REPO, ClusterInfo, EmbeddedServer, fileserver_address, load_clusters
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -33,14 +33,20 @@ def _need_infra() -> None:
 # --------------------------------------------------------------------------- LaunchPad
 @pytest.fixture(scope="session")
 def mongo_uri():
-    """A MongoDB URI for the whole session: ``MONGODB_URI`` when set, else a session-wide embedded server."""
+    """A MongoDB URI for the whole session: ``MONGODB_URI`` when set, else a session-wide embedded server.
+
+    With the test clusters up, the server listens on the fileserver's address on the test network, so that
+    pilots on the clusters' compute nodes reach it over the network as in a real deployment (and pilots on
+    the unrouted cluster cannot); without them, on 127.0.0.1.
+    """
     uri = os.environ.get("MONGODB_URI")
     if uri:
         yield uri
         return
     tmp = Path(tempfile.mkdtemp(prefix="pilot-lpserver-"))
     os.chmod(tmp, 0o755)
-    server = EmbeddedServer(tmp / "data").start()
+    host = (fileserver_address() if os.geteuid() == 0 else None) or "127.0.0.1"
+    server = EmbeddedServer(tmp / "data", host=host).start()
     try:
         yield server.uri
     finally:
@@ -114,6 +120,12 @@ def pbs_cluster(clusters) -> ClusterInfo:
 @pytest.fixture(scope="session")
 def lsf_cluster(clusters) -> ClusterInfo:
     return clusters["emulsf"]
+
+
+@pytest.fixture(scope="session")
+def unrouted_cluster(clusters) -> ClusterInfo:
+    """The SLURM cluster whose compute node has no route to the fileserver."""
+    return clusters["pilotci3"]
 
 
 @pytest.fixture

@@ -21,8 +21,10 @@ class EmbeddedServer:
     The server writes ``server.json`` (pid, host, port) into its data dir once it listens.
     """
 
-    def __init__(self, data_dir: Path, port: int = 0, extra_args: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, extra_args: list[str] | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
+        self.host = host
         self.port = port
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -30,7 +32,7 @@ class EmbeddedServer:
 
     @property
     def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/"
+        return f"mongodb://{self.host}:{self.port}/"
 
     def start(self, timeout: float = 30.0) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -38,9 +40,9 @@ class EmbeddedServer:
         info.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pilot", "launchpad", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "pilot", "launchpad", "serve", "--host", self.host,
              "--port", str(self.port), "--data", str(self.data_dir), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self._env())
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -57,6 +59,13 @@ class EmbeddedServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"embedded server did not start in {timeout}s: {self.log_path.read_text()[-2000:]}")
+
+    def _env(self) -> dict[str, str]:
+        """The test network's fileserver address is not loopback: name it as the one the server may use."""
+        env = dict(os.environ)
+        if self.host != "127.0.0.1":
+            env["PILOT_LAUNCHPAD_TEST_NETWORK"] = self.host
+        return env
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Stop the server by its PID (SIGTERM, then SIGKILL); returns its exit code."""
@@ -79,10 +88,11 @@ class EmbeddedServer:
 
 @dataclass(frozen=True)
 class ClusterInfo:
-    """One test cluster reached over the loopback sshd (from tests/infra/services.sh)."""
+    """One test cluster: a login node and a compute node, each its own network namespace
+    (tests/infra/services.sh; docs/testing.md has the picture)."""
 
     name: str
-    host: str
+    host: str                 # the login node's address, as the fileserver reaches it
     port: int
     user: str
     key: str
@@ -90,20 +100,119 @@ class ClusterInfo:
     scheduler: str
     venv: str
     slurm_conf: str | None = None
+    login_netns: str = ""
+    node_netns: str = ""
+    login_inner: str = ""     # the login node's address inside the cluster
+    node: str = ""            # the compute node's address
+    routed: bool = True       # False: the compute node has no route to the fileserver
+    sshd_config: str = ""     # the login node's sshd_config (private sshds are modelled on it)
+    host_key: str = ""        # the login node's host key (private key file; .pub beside it)
+    node_sshd: str = ""       # address of the compute node's sshd, "" if it has none
 
     def ssh_kwargs(self) -> dict[str, object]:
         return dict(host=self.host, port=self.port, user=self.user, identity_file=self.key,
                     known_hosts=self.known_hosts)
+
+    def on_login(self, argv: list[str]) -> list[str]:
+        """``argv`` run on the login node (its network namespace), e.g. scheduler commands as an admin."""
+        return ["nsenter", f"--net=/run/netns/{self.login_netns}", *argv]
+
+    def on_node(self, argv: list[str]) -> list[str]:
+        """``argv`` run on the compute node (its network namespace)."""
+        return ["nsenter", f"--net=/run/netns/{self.node_netns}", *argv]
+
+    def host_key_line(self, host: str, port: int) -> str:
+        """A known_hosts line for this cluster's host key at ``host:port``."""
+        key_type, key_b64 = Path(f"{self.host_key}.pub").read_text().split()[:2]
+        name = host if port == 22 else f"[{host}]:{port}"
+        return f"{name} {key_type} {key_b64}\n"
 
 
 def load_clusters() -> dict[str, ClusterInfo]:
     data = json.loads((INFRA_STATE / "clusters.json").read_text())
     out = {}
     for c in data["clusters"]:
-        out[c["name"]] = ClusterInfo(name=c["name"], host=c["host"], port=int(data["port"]), user=data["user"],
-                                     key=data["key"], known_hosts=data["known_hosts"], scheduler=c["scheduler"],
-                                     venv=data["venv"], slurm_conf=c.get("slurm_conf"))
+        out[c["name"]] = ClusterInfo(
+            name=c["name"], host=c["host"], port=int(data["port"]), user=data["user"], key=data["key"],
+            known_hosts=data["known_hosts"], scheduler=c["scheduler"], venv=data["venv"],
+            slurm_conf=c.get("slurm_conf") or None, login_netns=c["login_netns"], node_netns=c["node_netns"],
+            login_inner=c["login_inner"], node=c["node"], routed=bool(c["routed"]), sshd_config=c["sshd_config"],
+            host_key=c["host_key"], node_sshd=c.get("node_sshd", ""))
     return out
+
+
+def fileserver_address() -> str | None:
+    """The fileserver's address on the test network (where pilots reach the LaunchPad), if the services run."""
+    try:
+        return str(json.loads((INFRA_STATE / "clusters.json").read_text())["fileserver"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def free_port_in(netns: str | None, host: str) -> int:
+    """A TCP port nothing listens on at ``host`` in network namespace ``netns`` (None: this one)."""
+    code = "import socket; s = socket.socket(); s.bind((__import__('sys').argv[1], 0)); print(s.getsockname()[1])"
+    argv = [sys.executable, "-c", code, host]
+    if netns:
+        argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+    return int(subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout)
+
+
+class OwnSshd:
+    """A private sshd on a cluster's login node (or ``netns``/``host``), on a free port, modelled on the
+    cluster's shared sshd_config (same host key), started and stopped by PID: tests that stop or restart an
+    sshd, or that need another account, never touch the shared ones."""
+
+    def __init__(self, cluster: ClusterInfo, workdir: Path, user: str | None = None,
+                 authorized_keys: Path | None = None, netns: str | None = None, host: str | None = None) -> None:
+        self.cluster = cluster
+        self.netns = netns or cluster.login_netns
+        self.host = host or cluster.host
+        self.port = free_port_in(self.netns, self.host)
+        self.user = user or cluster.user
+        self.workdir = Path(workdir)
+        self.log = self.workdir / "sshd.log"
+        self.config = self.workdir / "sshd_config"
+        drop = ("ListenAddress", "PidFile", "AllowUsers", "AuthorizedKeysFile")
+        lines = [ln for ln in Path(cluster.sshd_config).read_text().splitlines() if ln.split(" ", 1)[0] not in drop]
+        lines += [f"ListenAddress {self.host}:{self.port}", f"PidFile {self.workdir / 'sshd.pid'}",
+                  f"AllowUsers {self.user}"]
+        if authorized_keys is not None:
+            lines.append(f"AuthorizedKeysFile {authorized_keys}")
+        self.config.write_text("\n".join(lines) + "\n")
+        self.known_hosts = self.workdir / "known_hosts"
+        self.known_hosts.write_text(cluster.host_key_line(self.host, self.port))
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(self.config)], check=True, capture_output=True)
+
+    def start(self) -> OwnSshd:
+        # -D: stay in the foreground, so self.proc.pid is the listener's PID (nsenter execs sshd)
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", "/usr/sbin/sshd", "-D",
+                                      "-f", str(self.config), "-E", str(self.log)])
+
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            return "Server listening" in (self.log.read_text() if self.log.exists() else "")
+
+        wait_for(listening, timeout=10, interval=0.05, what=f"own sshd on {self.host}:{self.port}")
+        self.log.write_text("")   # the next start waits for its own line
+        return self
+
+    def stop(self) -> None:
+        """Stop the listener and every per-connection sshd it forked (by PID): existing sessions die too."""
+        if self.proc is None:
+            return
+        stop_process_tree(self.proc)
+        self.proc = None
+
+    def ssh_kwargs(self) -> dict[str, object]:
+        return dict(host=self.host, port=self.port, user=self.user, identity_file=self.cluster.key,
+                    known_hosts=str(self.known_hosts))
+
+    def transport(self, **kw: object):  # noqa: ANN201 - pilot.transport is imported lazily
+        from pilot.transport import SSHTransport
+
+        return SSHTransport(**self.ssh_kwargs(), **kw)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):

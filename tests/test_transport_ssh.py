@@ -1,13 +1,15 @@
-"""SSHTransport against real OpenSSH servers on loopback: host keys, authentication, connection pooling,
-ProxyJump, ssh config aliases, reconnects after an sshd restart, and a SLURM smoke test.
+"""SSHTransport against real OpenSSH servers on the test clusters' login nodes: host keys, authentication,
+connection pooling, ProxyJump (to a compute node that only its login node reaches), ssh config aliases,
+reconnects after an sshd restart, and a SLURM smoke test.
 
 The shared sshds of tests/infra/services.sh are never stopped here: the restart tests start their own sshd
-(same host key, ``AllowUsers pilot``) on 127.0.0.9 and a free port, and stop it by its PID.
+(same host key, ``AllowUsers pilot``) on the login node at a free port, and stop it by its PID.
 TCP connections are counted with psutil (the kernel's socket table), not by asking the code under test.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -29,12 +31,9 @@ from pilot.transport import (
     TransportConfigError,
     close_all_connections,
 )
-from tests.helpers import INFRA_STATE, stop_process_tree, wait_for
+from tests.helpers import OwnSshd, free_port_in, wait_for
 
 pytestmark = pytest.mark.slurm
-
-SSH_STATE = INFRA_STATE / "ssh"
-HOST_PUB = SSH_STATE / "ssh_host_ed25519_key.pub"
 
 
 def _tcp_conns_to(host: str, port: int) -> list[tuple[str, int]]:
@@ -44,12 +43,6 @@ def _tcp_conns_to(host: str, port: int) -> list[tuple[str, int]]:
         if c.raddr and (c.raddr.ip, c.raddr.port) == (host, port) and c.status == psutil.CONN_ESTABLISHED:
             out.append((c.laddr.ip, c.laddr.port))
     return out
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _openssh_fingerprint(pub: Path) -> str:
@@ -67,56 +60,9 @@ def _fresh_pool():
 
 
 # --------------------------------------------------------------------------- our own sshd
-class OwnSshd:
-    """An sshd on 127.0.0.9:<free port> modelled on the shared sshd1_config, started and stopped by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.host = "127.0.0.9"
-        self.port = _free_port(self.host)
-        self.workdir = workdir
-        self.config = workdir / "sshd_config"
-        lines = []
-        for line in (INFRA_STATE / "sshd1_config").read_text().splitlines():
-            key = line.split(" ", 1)[0]
-            if key in ("ListenAddress", "PidFile"):
-                continue
-            lines.append(line)
-        lines += [f"ListenAddress {self.host}:{self.port}", f"PidFile {workdir / 'sshd.pid'}"]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.known_hosts = workdir / "known_hosts"
-        key_type, key_b64 = HOST_PUB.read_text().split()[:2]
-        self.known_hosts.write_text(f"[{self.host}]:{self.port} {key_type} {key_b64}\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(self.config)], check=True, capture_output=True)
-
-    def start(self) -> None:
-        # -D: stay in the foreground, so self.proc.pid is the listener's PID
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.config), "-E",
-                                      str(self.workdir / "sshd.log")])
-
-        def listening() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (self.workdir / "sshd.log").read_text()
-            with socket.socket() as s:
-                return s.connect_ex((self.host, self.port)) == 0
-
-        wait_for(listening, timeout=10, interval=0.05, what=f"own sshd on {self.host}:{self.port}")
-
-    def stop(self) -> None:
-        """Stop the listener and every per-connection sshd it forked (by PID): existing sessions die too."""
-        if self.proc is None:
-            return
-        stop_process_tree(self.proc)
-        self.proc = None
-
-    def transport(self, **kw) -> SSHTransport:
-        return SSHTransport(self.host, user="pilot", port=self.port, identity_file=str(SSH_STATE / "id_ed25519"),
-                            known_hosts=str(self.known_hosts), **kw)
-
-
 @pytest.fixture
 def own_sshd(tmp_path, slurm_cluster):
-    sshd = OwnSshd(tmp_path)
-    sshd.start()
+    sshd = OwnSshd(slurm_cluster, tmp_path).start()
     try:
         yield sshd
     finally:
@@ -134,7 +80,7 @@ def test_unknown_host_key_is_rejected(slurm_cluster, tmp_path):
     e = ei.value
     assert e.retryable is False
     msg = str(e)
-    assert _openssh_fingerprint(HOST_PUB) in msg  # the same fingerprint `ssh-keygen -l` shows
+    assert _openssh_fingerprint(Path(f"{slurm_cluster.host_key}.pub")) in msg  # what `ssh-keygen -l` shows
     assert f"ssh-keyscan -p {slurm_cluster.port} {slurm_cluster.host}" in msg
     assert "strict_host_key_checking: false" in msg
     assert empty.read_text() == ""
@@ -151,8 +97,8 @@ def test_opt_out_accepts_unknown_key_with_warning_and_writes_nothing(slurm_clust
         assert t.run(["whoami"]).stdout == "pilot\n"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "pilot.transport"]
     assert warnings, caplog.text
-    assert "127.0.0.1" in warnings[0].getMessage() and "UNVERIFIED" in warnings[0].getMessage()
-    assert _openssh_fingerprint(HOST_PUB) in warnings[0].getMessage()
+    assert slurm_cluster.host in warnings[0].getMessage() and "UNVERIFIED" in warnings[0].getMessage()
+    assert _openssh_fingerprint(Path(f"{slurm_cluster.host_key}.pub")) in warnings[0].getMessage()
     assert empty.read_text() == ""  # nothing written
 
 
@@ -160,7 +106,7 @@ def test_changed_host_key_is_rejected_even_with_opt_out(slurm_cluster, tmp_path)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     key_type, key_b64 = (tmp_path / "other.pub").read_text().split()[:2]
     kh = tmp_path / "known_hosts"
-    kh.write_text(f"[{slurm_cluster.host}]:{slurm_cluster.port} {key_type} {key_b64}\n")
+    kh.write_text(f"{slurm_cluster.host} {key_type} {key_b64}\n")
     for strict in (True, False):
         t = SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
                          identity_file=slurm_cluster.key, known_hosts=str(kh), strict_host_key_checking=strict)
@@ -194,7 +140,7 @@ def test_missing_identity_file(slurm_cluster, tmp_path):
 
 
 def test_wrong_user_is_authentication_error(slurm_cluster):
-    # sshd1_config: AllowUsers pilot
+    # the login node's sshd_config: AllowUsers pilot
     t = SSHTransport(slurm_cluster.host, user="nobody", port=slurm_cluster.port, identity_file=slurm_cluster.key,
                      known_hosts=slurm_cluster.known_hosts, allow_agent=False)
     with pytest.raises(AuthenticationError):
@@ -203,15 +149,15 @@ def test_wrong_user_is_authentication_error(slurm_cluster):
 
 
 def test_connection_refused_is_retryable_connect_error(slurm_cluster):
-    port = _free_port("127.0.0.9")  # nothing listens there
-    t = SSHTransport("127.0.0.9", user="pilot", port=port, identity_file=slurm_cluster.key,
+    port = free_port_in(slurm_cluster.login_netns, slurm_cluster.host)  # nothing listens there
+    t = SSHTransport(slurm_cluster.host, user="pilot", port=port, identity_file=slurm_cluster.key,
                      known_hosts=slurm_cluster.known_hosts, connect_timeout=5)
     t0 = time.monotonic()
     with pytest.raises(ConnectError) as ei:
         t.run(["true"])
     assert time.monotonic() - t0 < 5
     assert ei.value.retryable is True
-    assert f"127.0.0.9 port {port}" in str(ei.value)
+    assert f"{slurm_cluster.host} port {port}" in str(ei.value)
     t.close()
 
 
@@ -279,36 +225,41 @@ def test_timeout_over_ssh_leaves_connection_usable(slurm_cluster):
 
 
 # --------------------------------------------------------------------------- ProxyJump / ssh config
-def test_proxy_jump(slurm_cluster, slurm_cluster2):
-    jump = f"{slurm_cluster.user}@{slurm_cluster.host}:{slurm_cluster.port}"
-    before1 = set(_tcp_conns_to(slurm_cluster.host, slurm_cluster.port))
-    before2 = set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port))
-    with SSHTransport(**slurm_cluster2.ssh_kwargs(), proxy_jump=jump, name="pilotci2") as t:
+def _no_route_from_here(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as exc:
+        return exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
+    return False
+
+
+def test_proxy_jump(unrouted_cluster):
+    """The compute node of the unrouted cluster runs an sshd that only its login node reaches."""
+    c = unrouted_cluster
+    jump = f"{c.user}@{c.host}:{c.port}"
+    assert _no_route_from_here(c.node_sshd, 22)   # the fileserver cannot reach the node directly
+    before = set(_tcp_conns_to(c.host, c.port))
+    with SSHTransport(c.node_sshd, user=c.user, port=22, identity_file=c.key, known_hosts=c.known_hosts,
+                      proxy_jump=jump, name="node") as t:
         res = t.run(["sh", "-c", 'printf "%s\\n" "$SSH_CONNECTION" "$SLURM_CONF"'])
         conn, conf = res.stdout.splitlines()
-        # sshd sets SSH_CONNECTION = "client_ip client_port server_ip server_port"
-        assert conn.split()[2:] == [slurm_cluster2.host, str(slurm_cluster2.port)]
-        assert conf == slurm_cluster2.slurm_conf  # sshd2 SetEnv: we are on cluster pilotci2
-        # we hold one connection to the jump host and none to the target: the target is reached through it
-        assert len(set(_tcp_conns_to(slurm_cluster.host, slurm_cluster.port)) - before1) == 1
-        assert set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port)) - before2 == set()
-        # the target sshd's peer is the jump host's sshd process (owned by the remote user), not us
-        client_port = int(conn.split()[1])
-        peers = [c for c in psutil.net_connections(kind="tcp")
-                 if c.laddr and c.laddr.port == client_port and c.raddr
-                 and (c.raddr.ip, c.raddr.port) == (slurm_cluster2.host, slurm_cluster2.port)]
-        assert peers and all(p.pid != os.getpid() for p in peers)
-        assert "sshd" in psutil.Process(peers[0].pid).name()
+        # sshd sets SSH_CONNECTION = "client_ip client_port server_ip server_port": the node's sshd saw the
+        # login node's inner address as its client, so the connection went through the login node
+        assert conn.split()[0] == c.login_inner and conn.split()[2:] == [c.node_sshd, "22"]
+        assert conf == c.slurm_conf
+        # we hold one connection, to the jump host
+        assert len(set(_tcp_conns_to(c.host, c.port)) - before) == 1
         t.put(b"via jump", "/tmp/pilot-transport-jump-test")
         assert Path("/tmp/pilot-transport-jump-test").read_bytes() == b"via jump"
         t.remove("/tmp/pilot-transport-jump-test")
 
 
-def test_proxy_jump_target_unreachable(slurm_cluster):
-    jump = f"{slurm_cluster.user}@{slurm_cluster.host}:{slurm_cluster.port}"
-    port = _free_port("127.0.0.9")
-    t = SSHTransport("127.0.0.9", user="pilot", port=port, identity_file=slurm_cluster.key,
-                     known_hosts=slurm_cluster.known_hosts, proxy_jump=jump, connect_timeout=5)
+def test_proxy_jump_target_unreachable(unrouted_cluster):
+    c = unrouted_cluster
+    jump = f"{c.user}@{c.host}:{c.port}"
+    port = free_port_in(c.node_netns, c.node)   # nothing listens there on the compute node
+    t = SSHTransport(c.node, user="pilot", port=port, identity_file=c.key, known_hosts=c.known_hosts,
+                     proxy_jump=jump, connect_timeout=5)
     with pytest.raises(ConnectError) as ei:
         t.run(["true"])
     assert "jump host" in str(ei.value) and ei.value.retryable
@@ -322,40 +273,38 @@ def test_proxy_jump_spec_errors():
         SSHTransport("h", proxy_jump="a@b:notaport")
 
 
-def _write_ssh_config(path: Path, c1, c2) -> None:
+def _write_ssh_config(path: Path, c) -> None:
     path.write_text(f"""\
 # test ssh config (ssh_config(5) syntax)
-Host pilotci-alias
-    HostName {c1.host}
-    Port {c1.port}
-    User {c1.user}
-    IdentityFile {c1.key}
-    UserKnownHostsFile {c1.known_hosts}
+Host login-alias
+    HostName {c.host}
+    Port {c.port}
+    User {c.user}
+    IdentityFile {c.key}
+    UserKnownHostsFile {c.known_hosts}
 
-Host pilotci2-via-jump
-    HostName {c2.host}
-    Port {c2.port}
-    User {c2.user}
-    IdentityFile {c2.key}
-    UserKnownHostsFile {c2.known_hosts}
-    ProxyJump pilotci-alias
+Host node-via-jump
+    HostName {c.node_sshd}
+    User {c.user}
+    IdentityFile {c.key}
+    UserKnownHostsFile {c.known_hosts}
+    ProxyJump login-alias
 """)
 
 
-def test_ssh_config_alias(slurm_cluster, slurm_cluster2, tmp_path):
+def test_ssh_config_alias(unrouted_cluster, tmp_path):
+    c = unrouted_cluster
     cfg = tmp_path / "config"
-    _write_ssh_config(cfg, slurm_cluster, slurm_cluster2)
-    with SSHTransport("pilotci-alias", use_ssh_config=True, ssh_config_path=str(cfg)) as t:
-        assert (t.hostname, t.port, t.user) == (slurm_cluster.host, slurm_cluster.port, slurm_cluster.user)
+    _write_ssh_config(cfg, c)
+    with SSHTransport("login-alias", use_ssh_config=True, ssh_config_path=str(cfg)) as t:
+        assert (t.hostname, t.port, t.user) == (c.host, c.port, c.user)
         res = t.run(["sh", "-c", 'whoami; printf "%s\\n" "$SSH_CONNECTION"'])
         who, conn = res.stdout.splitlines()
-        assert who == "pilot" and conn.split()[2] == slurm_cluster.host
-    with SSHTransport("pilotci2-via-jump", use_ssh_config=True, ssh_config_path=str(cfg)) as t:
-        before2 = set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port))
-        res = t.run(["sh", "-c", 'printf "%s\\n" "$SLURM_CONF"'])
-        assert res.stdout == f"{slurm_cluster2.slurm_conf}\n"
-        assert set(_tcp_conns_to(slurm_cluster2.host, slurm_cluster2.port)) - before2 == set()
-        assert "via pilot@127.0.0.1:2222" in t.label
+        assert who == "pilot" and conn.split()[2] == c.host
+    with SSHTransport("node-via-jump", use_ssh_config=True, ssh_config_path=str(cfg)) as t:
+        res = t.run(["sh", "-c", 'printf "%s\\n" "$SSH_CONNECTION"'])
+        assert res.stdout.split()[0] == c.login_inner and res.stdout.split()[2] == c.node_sshd
+        assert f"via pilot@{c.host}:22" in t.label
 
 
 def test_ssh_config_missing_file_names_it(tmp_path):
@@ -511,7 +460,7 @@ def test_hashed_known_hosts(slurm_cluster, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text(Path(slurm_cluster.known_hosts).read_text())
     subprocess.run(["ssh-keygen", "-H", "-f", str(kh)], check=True, capture_output=True)
-    assert "127.0.0.1" not in kh.read_text() and kh.read_text().startswith("|1|")
+    assert slurm_cluster.host not in kh.read_text() and kh.read_text().startswith("|1|")
     with SSHTransport(slurm_cluster.host, user=slurm_cluster.user, port=slurm_cluster.port,
                       identity_file=slurm_cluster.key, known_hosts=str(kh)) as t:
         assert t.run(["true"]).returncode == 0

@@ -63,8 +63,27 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+#: Addresses the server may listen on although they are not loopback, for the project's own test network
+#: (tests/infra/services.sh: the fileserver's address that the test clusters' namespaces route to). The
+#: server has no authentication and no TLS yet (issue "A LaunchPad that clusters reach, and only its owner
+#: can use"), so this is not a user setting: it exists so that pilots in the test clusters reach the
+#: LaunchPad over a network, as they do in a real deployment, instead of through a shared loopback.
+TEST_NETWORK_ENV = "PILOT_LAUNCHPAD_TEST_NETWORK"
+
+
+def _test_network_addresses() -> set[str]:
+    return {a.strip() for a in os.environ.get(TEST_NETWORK_ENV, "").split(",") if a.strip()}
+
+
 def loopback_address(host: str) -> tuple[int, str]:
-    """Resolve ``host``; return ``(family, address)`` to bind, or raise StartupError(exit 2) if not loopback."""
+    """Resolve ``host``; return ``(family, address)`` to bind, or raise StartupError(exit 2) if not loopback.
+
+    The one exception is an exact address named in ``PILOT_LAUNCHPAD_TEST_NETWORK`` (see above).
+    """
+    if host in _test_network_addresses():
+        log.warning("listening on %s for the test network (%s): no authentication, no TLS", host, TEST_NETWORK_ENV)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return family, host
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

@@ -46,6 +46,7 @@ DBD_PORT=6819
 PKGS=(munge slurmctld slurmd slurm-client openssh-server python3-venv python3-pip procps iproute2 util-linux)
 if ((ACCOUNTING)); then PKGS+=(slurmdbd mariadb-server); fi
 #          name     idx scheduler routed
+TEST_NETS=(198.51.100.0/24 203.0.113.128/25)   # the ranges the clusters' addresses come from
 CLUSTERS=("pilotci 1 slurm 1" "pilotci2 2 slurm 1" "pilotci3 3 slurm 0" "emupbs 4 pbs 1" "emulsf 5 lsf 1")
 
 declare -A T   # timings
@@ -64,7 +65,7 @@ inner_net() { echo "203.0.113.$((112 + 16 * $1))/28"; }
 outer_net() { echo "198.51.100.$((16 * $1))/28"; }
 
 check_addresses() { # refuse to shadow an address this machine already uses (a route, a registry's address)
-  local nets=("$FS_IP/32") c name idx sched routed
+  local nets=("$FS_IP/32" "${TEST_NETS[@]}") c name idx sched routed
   for c in "${CLUSTERS[@]}"; do read -r name idx sched routed <<<"$c"; nets+=("$(outer_net "$idx")" "$(inner_net "$idx")"); done
   python3 - "${nets[@]}" <<'PY' || die "address clash: see above; change the ranges at the top of tests/infra/services.sh"
 import ipaddress, socket, subprocess, sys
@@ -154,6 +155,7 @@ down() {
     ip netns del "$name-login" 2>/dev/null || true
   done
   ip addr del "$FS_IP/32" dev "$FS_DEV" 2>/dev/null || true
+  for net in "${TEST_NETS[@]}"; do ip route del unreachable "$net" 2>/dev/null || true; done
 }
 
 status() {
@@ -258,6 +260,9 @@ t=$(now)
 check_addresses
 [[ $(sysctl -n net.ipv4.ip_forward) == 0 ]] || log "note: this machine forwards IPv4; the test namespaces send nothing outside their ranges"
 ip addr add "$FS_IP/32" dev "$FS_DEV"
+# catch-alls: whatever in our ranges has no more specific route (the unrouted compute node, a cluster that is
+# down) is unreachable here instead of following the default route out of the machine
+for net in "${TEST_NETS[@]}"; do ip route replace unreachable "$net"; done
 net_up() { # name idx routed
   local n=$1 i=$2 routed=$3
   ip netns add "$n-login"; ip netns add "$n-node"
@@ -450,7 +455,7 @@ start_sshd() { # name netns addr conf-name extra...: sshd in a namespace; its ho
   write_sshd_conf "$d/$which.config" "$addr" "$d/$which.pid" "$d/ssh_host_ed25519_key" "$@"
   /usr/sbin/sshd -t -f "$d/$which.config"
   nsenter --net="/run/netns/$ns" /usr/sbin/sshd -f "$d/$which.config" -E "$d/log/$which.log"
-  wait_tcp "" "$addr" 22 10 || die "$which ($n, $addr) not listening: $(tail -3 "$d/log/$which.log")"
+  wait_tcp "$ns" "$addr" 22 10 || die "$which ($n, $addr) not listening: $(tail -3 "$d/log/$which.log")"
   echo "$addr $(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$ST/ssh/known_hosts"
 }
 
