@@ -171,9 +171,10 @@ class OwnSshd:
         self.port = free_port_in(self.netns, self.host)
         self.user = user or cluster.user
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = self.workdir / "sshd.log"
         self.config = self.workdir / "sshd_config"
-        drop = ("ListenAddress", "PidFile", "AllowUsers", "AuthorizedKeysFile")
+        drop = ("ListenAddress", "PidFile", "AllowUsers") + (("AuthorizedKeysFile",) if authorized_keys else ())
         lines = [ln for ln in Path(cluster.sshd_config).read_text().splitlines() if ln.split(" ", 1)[0] not in drop]
         lines += [f"ListenAddress {self.host}:{self.port}", f"PidFile {self.workdir / 'sshd.pid'}",
                   f"AllowUsers {self.user}"]

@@ -18,16 +18,21 @@ if [[ $(id -u) == 0 ]]; then
   if ((${#missing[@]})); then
     log "installing system packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    t0=$SECONDS
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/pilot-apt.log 2>&1 \
       || { tail -30 /tmp/pilot-apt.log; exit 1; }
+    log "installed ${missing[*]} in $((SECONDS - t0)) s"
+    rm -f /tmp/pilot-apt.log
   fi
 else
   log "not root: the SLURM/SSH/emulated-cluster tests will be skipped (they need tests/infra/services.sh as root)"
 fi
 
 log "installing fireworks-pilot with its test and md extras"
+t0=$SECONDS
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test,md]"
+log "pip install took $((SECONDS - t0)) s"
 
 started=0
 if [[ $(id -u) == 0 && ${PILOT_NO_SERVICES:-0} != 1 ]]; then

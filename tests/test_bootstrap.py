@@ -14,11 +14,8 @@ import json
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +34,7 @@ from pilot.bootstrap import (
     same_platform,
     strip_bootstrap_lines,
 )
-from tests.helpers import INFRA_STATE, REPO, pid_alive, wait_for
+from tests.helpers import REPO, OwnSshd
 
 CLUSTER_FILE = """\
 # my cluster (this comment must survive)
@@ -137,27 +134,6 @@ def test_platform_tags_follow_pep_600():
 
 
 # ============================================================================ a fresh cluster account
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _stop_sshd(pid: int) -> None:
-    import psutil
-
-    if not pid_alive(pid):
-        return
-    sessions = psutil.Process(pid).children(recursive=True)
-    os.kill(pid, signal.SIGTERM)
-    for p in sessions:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    wait_for(lambda: not pid_alive(pid), 10, 0.05, "sshd to stop")
-
-
 def _kill_user_processes(user: str) -> None:
     """Stop, by PID, every process left running as the test user (its SSH sessions' children)."""
     import psutil
@@ -171,51 +147,32 @@ def _kill_user_processes(user: str) -> None:
 
 
 @pytest.fixture
-def fresh_cluster(clusters, tmp_path):
-    """A user with only the test key in authorized_keys, reachable through an sshd of its own."""
+def fresh_cluster(slurm_cluster, tmp_path):
+    """A new user with only the test key in authorized_keys, reachable through an sshd of its own on the
+    login node of cluster pilotci (the shared sshds and the shared test user are not touched)."""
     if shutil.which("useradd") is None:
         pytest.skip("needs useradd")
     user = "pb" + os.urandom(3).hex()
     subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True, timeout=30)
-    sshd_dir = Path(tempfile.mkdtemp(prefix="pilot-sshd-boot-"))
-    pid = None
+    sshd = None
     try:
         home = Path(pwd.getpwnam(user).pw_dir)
         ssh = home / ".ssh"
         ssh.mkdir(mode=0o700)
-        shutil.copy(INFRA_STATE / "ssh" / "id_ed25519.pub", ssh / "authorized_keys")
+        shutil.copy(f"{slurm_cluster.key}.pub", ssh / "authorized_keys")
         os.chmod(ssh / "authorized_keys", 0o600)
         for p in (ssh, ssh / "authorized_keys"):
             shutil.chown(p, user, user)
         subprocess.run(["usermod", "-p", "*", user], check=True, timeout=30)   # not locked: sshd accepts keys
-        host = "127.0.0.1"
-        port = _free_port(host)
-        conf = []
-        for line in (INFRA_STATE / "sshd1_config").read_text().splitlines():
-            key = line.split(" ", 1)[0]
-            if key == "ListenAddress":
-                line = f"ListenAddress {host}:{port}"
-            elif key == "AllowUsers":
-                line = f"AllowUsers {user}"
-            elif key == "PidFile":
-                line = f"PidFile {sshd_dir}/sshd.pid"
-            conf.append(line)
-        (sshd_dir / "sshd_config").write_text("\n".join(conf) + "\n")
-        subprocess.run(["/usr/sbin/sshd", "-f", str(sshd_dir / "sshd_config"), "-E", str(sshd_dir / "sshd.log")],
-                       check=True, timeout=30)
-        pid = int(wait_for(lambda: (sshd_dir / "sshd.pid").exists() and (sshd_dir / "sshd.pid").read_text().strip(),
-                           10, 0.05, "sshd's pid file"))
-        hostkey = (INFRA_STATE / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-        kh = tmp_path / "known_hosts"
-        kh.write_text(f"[{host}]:{port} {' '.join(hostkey)}\n")
-        yield {"user": user, "home": home, "host": host, "port": port, "known_hosts": str(kh),
-               "key": str(INFRA_STATE / "ssh" / "id_ed25519"), "sshd_log": sshd_dir / "sshd.log"}
+        sshd = OwnSshd(slurm_cluster, tmp_path / "sshd", user=user,
+                       authorized_keys=Path(".ssh/authorized_keys")).start()
+        yield {"user": user, "home": home, "host": sshd.host, "port": sshd.port,
+               "known_hosts": str(sshd.known_hosts), "key": slurm_cluster.key, "sshd_log": sshd.log}
     finally:
-        if pid:
-            _stop_sshd(pid)
+        if sshd is not None:
+            sshd.stop()
         _kill_user_processes(user)
         subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60, check=True)
-        shutil.rmtree(sshd_dir, ignore_errors=True)
 
 
 def _bootstrap(cfg: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

@@ -87,7 +87,7 @@ def launchpad_db(lp_file: Path) -> str:
 
 
 @pytest.mark.slurm
-def test_world_readable_launchpad_file_fails_with_the_chmod_fix(env):
+def test_world_readable_launchpad_file_fails_with_the_chmod_fix(env, slurm_cluster):
     config, cluster, lp_file = env
     os.chmod(lp_file, 0o644)
     cfg = config(pilotci=cluster())
@@ -97,7 +97,7 @@ def test_world_readable_launchpad_file_fails_with_the_chmod_fix(env):
     assert got["launchpad_file"]["status"] == "fail"
     assert "644" in got["launchpad_file"]["detail"]
     assert got["launchpad_file"]["fix"].endswith(f"chmod 600 {lp_file}")
-    assert "ssh -p 2222" in got["launchpad_file"]["fix"]
+    assert f"pilot@{slurm_cluster.host} chmod 600" in got["launchpad_file"]["fix"]   # run over ssh, as the user
     assert [k for k, v in got.items() if v["status"] != "pass"] == ["launchpad_file"]
     # the fix works: apply it as the file's owner, and the doctor passes
     subprocess.run(["su", "-s", "/bin/sh", "pilot", "-c", f"chmod 600 {lp_file}"], check=True, timeout=30)
@@ -126,7 +126,7 @@ def test_unreachable_sshd_fails_the_ssh_check_with_the_fix(env):
 
 
 @pytest.mark.slurm
-def test_unknown_host_key_fails_with_the_keyscan_fix(env, tmp_path):
+def test_unknown_host_key_fails_with_the_keyscan_fix(env, slurm_cluster, tmp_path):
     config, cluster, _lp_file = env
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
@@ -135,9 +135,10 @@ def test_unknown_host_key_fails_with_the_keyscan_fix(env, tmp_path):
     assert rc == 1
     ssh = checks(doc, "pilotci")["ssh"]
     assert ssh["status"] == "fail" and "not in known_hosts" in ssh["detail"]
-    assert f"ssh-keyscan -p 2222 127.0.0.1 >> {empty}" in ssh["fix"]
-    # the fix works (the test machine's sshd is the one we trust)
-    scan = subprocess.run(["ssh-keyscan", "-p", "2222", "-t", "ed25519", "127.0.0.1"], capture_output=True,
+    host = slurm_cluster.host
+    assert f"ssh-keyscan -p 22 {host} >> {empty}" in ssh["fix"]
+    # the fix works (the test cluster's login node is the one we trust)
+    scan = subprocess.run(["ssh-keyscan", "-p", "22", "-t", "ed25519", host], capture_output=True,
                           text=True, timeout=30, check=True)
     empty.write_text(scan.stdout)
     rc, doc = doctor_json(cfg, "pilotci")

@@ -7,19 +7,15 @@ the test LaunchPad.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
 from pilot.config import load_config
 from pilot.manager import Manager
-from tests.helpers import INFRA_STATE, pid_alive, wait_for
+from tests.helpers import OwnSshd, wait_for
 from tests.manager_helpers import (add_sleepers, completed_launches_per_fw, fw_states, run_cycles_until,
                                    ssh_cluster, write_config)
 
@@ -174,78 +170,40 @@ def test_max_reruns_then_fizzled_with_the_reason(world, launchpad, slurm_cluster
     assert sub["job_name"] in msg and "max_reruns=0" in msg
 
 
-def _private_sshd(info, port: int) -> tuple[Path, dict]:
-    """An sshd of our own for cluster pilotci2 on 127.0.0.2:port, like the shared one (same host key)."""
-    d = Path(tempfile.mkdtemp(prefix="pilot-sshd-"))
-    conf = (INFRA_STATE / "sshd2_config").read_text()
-    conf = conf.replace(f"ListenAddress 127.0.0.2:{info.port}", f"ListenAddress 127.0.0.2:{port}")
-    conf = "\n".join(line for line in conf.splitlines() if not line.startswith("PidFile"))
-    conf += f"\nPidFile {d}/sshd.pid\n"
-    (d / "sshd_config").write_text(conf)
-    return d, {"conf": str(d / "sshd_config"), "pidfile": str(d / "sshd.pid"), "log": str(d / "sshd.log")}
-
-
-def _start_sshd(s: dict) -> int:
-    subprocess.run(["/usr/sbin/sshd", "-f", s["conf"], "-E", s["log"]], check=True, timeout=30)
-    return int(wait_for(lambda: Path(s["pidfile"]).exists() and Path(s["pidfile"]).read_text().strip(), 10, 0.05))
-
-
-def _stop_sshd(pid: int) -> None:
-    """Stop the listener and every session it forked (an outage drops established connections too)."""
-    import psutil
-
-    if not pid_alive(pid):
-        return
-    sessions = psutil.Process(pid).children(recursive=True)
-    os.kill(pid, signal.SIGTERM)
-    for p in sessions:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    wait_for(lambda: not pid_alive(pid), 10, 0.05, "sshd to stop")
-
-
 def test_cluster_down_backs_off_other_finishes_then_recovers(world, launchpad, slurm_cluster, slurm_cluster2,
                                                              tmp_path):
     config, cluster, prefix = world
-    port = 2232
-    d, s = _private_sshd(slurm_cluster2, port)
-    # the test known_hosts has [127.0.0.2]:2222 only: this private sshd has the same key on another port
-    kh = tmp_path / "known_hosts"
-    hk = Path(slurm_cluster2.known_hosts).read_text().splitlines()[0].split(" ", 1)[1]
-    kh.write_text(Path(slurm_cluster2.known_hosts).read_text() + f"[127.0.0.2]:{port} {hk}\n")
-    pid = _start_sshd(s)
+    # an sshd of our own on pilotci2's login node (same host key), so that its outage touches no other test
+    sshd = OwnSshd(slurm_cluster2, tmp_path / "sshd").start()
     try:
         # one Firework per pilot, at most 2 queued each: 4 READY Fireworks need both clusters
         cfg = config({"pilotci": cluster(slurm_cluster, ["md"], fireworks_per_pilot=1,
                                          limits={"max_queued": 2, "max_running": 4}),
-                      "pilotci2": cluster(slurm_cluster2, ["md"], port=port, known_hosts=str(kh),
+                      "pilotci2": cluster(slurm_cluster2, ["md"], port=sshd.port, known_hosts=str(sshd.known_hosts),
                                           fireworks_per_pilot=1, limits={"max_queued": 2, "max_running": 4})})
         mgr = Manager(cfg, launchpad)
         add_sleepers(launchpad, "md", 4, 0.5)
         first = mgr.run_cycle()
         assert {s_["cluster"] for s_ in first.submitted} == {"pilotci", "pilotci2"}
-        _stop_sshd(pid)
+        sshd.stop()   # the listener and its sessions: established connections drop too
         # more work while pilotci2 is unreachable
         add_sleepers(launchpad, "md", 16, 0.5, name="late")
         reports = run_cycles_until(mgr, lambda: fw_states(launchpad) == {"COMPLETED": 20}, timeout=240)
         errs = [r.errors.get("pilotci2") for r in reports if r.errors.get("pilotci2")]
         assert errs, "pilotci2 never reported its failure"
-        assert "127.0.0.2" in errs[0]
+        assert f"{slurm_cluster2.host} port {sshd.port}" in errs[0]
         st = launchpad.db["pilot_clusters"].find_one({"_id": "pilotci2"})
         assert st["reachable"] is False and st["backoff_until"] > 0
         # every late Firework ran on pilotci (pilotci2's own pilots may have taken some before: fine)
         assert fw_states(launchpad) == {"COMPLETED": 20}
         # sshd returns: after the backoff the cluster is contacted again and marked reachable
-        pid = _start_sshd(s)
+        sshd.start()
         add_sleepers(launchpad, "md", 1, 0.1, name="after")
         run_cycles_until(mgr, lambda: launchpad.db["pilot_clusters"].find_one({"_id": "pilotci2"})["reachable"],
                          timeout=60, interval=1)
         mgr.close()
     finally:
-        _stop_sshd(pid)
-        shutil.rmtree(d, ignore_errors=True)
+        sshd.stop()
 
 
 def test_kill9_between_submit_and_record_no_duplicates(world, launchpad, slurm_cluster, tmp_path):

@@ -416,9 +416,9 @@ start_slurm() { # name idx
 
 start_mom() { # name kind: the emulated scheduler's execution daemon, root, on the compute node
   local n=$1 kind=$2 d=$ST/$1
-  local sd=/var/tmp/pilot-emu-$kind   # the user's job table; the daemon (root) must create nothing in it
-  install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "$sd" "$sd/jobs" "$sd/spawn"
-  PILOT_EMU_STATE=/var/tmp/pilot-emu-$kind setsid -f nsenter --net="/run/netns/$n-node" \
+  install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"   # the default job table
+  install -d -m 1777 "$d/spool"   # like /tmp: anyone may leave a request, the daemon acts as its owner
+  PILOT_EMU_EXEC_SPOOL=$d/spool setsid -f nsenter --net="/run/netns/$n-node" \
     /usr/bin/python3 "$EMU/$kind/lib/${kind}emu.py" mom </dev/null >>"$d/log/mom.log" 2>&1
   for _ in $(seq 50); do
     pgrep -f "$EMU/$kind/lib/${kind}emu.py mom" >"$d/mom.pid" && break; sleep 0.1
@@ -469,7 +469,7 @@ for c in "${CLUSTERS[@]}"; do
   case $sched in
     slurm) start_slurm "$name" "$idx"; extra=("SetEnv SLURM_CONF=$d/slurm.conf") ;;
     pbs|lsf) start_mom "$name" "$sched"
-       extra=("SetEnv PATH=$EMU/$sched/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-$sched PILOT_EMU_EXEC_DAEMON=1") ;;
+       extra=("SetEnv PATH=$EMU/$sched/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-$sched PILOT_EMU_EXEC_SPOOL=$d/spool") ;;
   esac
   start_sshd "$name" "$name-login" "$(login_up "$idx")" sshd "${extra[@]}"
   node_ssh=""

@@ -338,27 +338,27 @@ def spawn_detached(argv: list[str], log_path: Path) -> None:
 # --------------------------------------------------------------------------- execution host
 # Real PBS and LSF start jobs on the execution host through a root daemon (pbs_mom, sbatchd), not on the
 # login node where qsub/bsub ran.  The test clusters put that host in its own network namespace: with
-# PILOT_EMU_EXEC_DAEMON=1 (set by the login node's sshd) the submit command leaves a request file in
-# ``spawn/`` and the execution daemon (``pbsemu.py mom`` / ``lsfemu.py mom``, root, in the compute node's
-# namespace) starts the supervisor there, as the user who owns the request.
-SPAWN_DIR = "spawn"
+# PILOT_EMU_EXEC_SPOOL=DIR (set by the login node's sshd) the submit command leaves a request in DIR, and
+# the execution daemon (``pbsemu.py mom`` / ``lsfemu.py mom``, root, in the compute node's namespace)
+# starts the supervisor there, as the user who owns the request (never root), on the request's job table.
+SPOOL_ENV = "PILOT_EMU_EXEC_SPOOL"
 
 
 def launch_supervisor(store: Store, job_id: str, script: str) -> None:
     """Start the job's supervisor here, or hand it to the execution daemon (see above)."""
-    argv = [sys.executable, script, "supervise", str(job_id)]
-    if os.environ.get("PILOT_EMU_EXEC_DAEMON") != "1":
-        spawn_detached(argv, store.job_dir(job_id) / "supervisor.log")
+    spool = os.environ.get(SPOOL_ENV)
+    if not spool:
+        spawn_detached([sys.executable, script, "supervise", str(job_id)],
+                       store.job_dir(job_id) / "supervisor.log")
         return
-    spawn = store.dir / SPAWN_DIR
-    spawn.mkdir(exist_ok=True)
-    tmp = spawn / f".{job_id}.{os.getpid()}"
-    tmp.write_text(str(job_id))
-    os.replace(tmp, spawn / str(job_id))
+    name = f"{job_id}.{os.getpid()}.{time.monotonic_ns()}"
+    tmp = Path(spool) / f".{name}"
+    tmp.write_text(json.dumps({"state": str(store.dir), "job": str(job_id)}))
+    os.replace(tmp, Path(spool) / name)
 
 
 def _start_as(uid: int, argv: list[str], log_path: Path, state_dir: Path) -> None:
-    """Fork; the child drops to ``uid`` (never root) and starts ``argv`` detached."""
+    """Fork; the child drops to ``uid`` and starts ``argv`` detached with the job table ``state_dir``."""
     user = pwd.getpwuid(uid)
     pid = os.fork()
     if pid:
@@ -380,23 +380,35 @@ def _start_as(uid: int, argv: list[str], log_path: Path, state_dir: Path) -> Non
     os._exit(0)
 
 
-def run_exec_daemon(store: Store, script: str, poll: float = 0.1) -> int:
-    """The execution daemon's loop: start one supervisor per request file, as the file's owner."""
-    spawn = store.dir / SPAWN_DIR
-    spawn.mkdir(exist_ok=True)
+def _take_request(req: Path) -> tuple[int, Path, str] | None:
+    """(owner uid, job table, job id) of a request file, which is removed; None if it is not acceptable."""
+    try:
+        st = req.lstat()
+        data = json.loads(req.read_text())
+        state, job_id = Path(data["state"]), str(data["job"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"ignoring request {req.name}: {exc}", flush=True)
+        state, job_id, st = Path(), "", None
+    finally:
+        req.unlink(missing_ok=True)
+    if st is None or st.st_uid == 0 or not job_id.isdigit() or not state.is_absolute():
+        print(f"refusing request {req.name} (owner uid {st.st_uid if st else '?'})", flush=True)
+        return None
+    return st.st_uid, state, job_id
+
+
+def run_exec_daemon(script: str, poll: float = 0.1) -> int:
+    """The execution daemon's loop: one supervisor per request in $PILOT_EMU_EXEC_SPOOL, as the request's owner."""
+    spool = Path(os.environ[SPOOL_ENV])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} execution daemon on {short_hostname()} for {store.dir}",
-          flush=True)
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} execution daemon on {short_hostname()}, spool {spool}", flush=True)
     while True:
-        for req in sorted(spawn.glob("[0-9]*")):
-            st = req.lstat()
-            job_id = req.name
-            req.unlink()
-            if st.st_uid == 0 or not req.name.isdigit():
-                print(f"refusing request {req.name} owned by uid {st.st_uid}", flush=True)
-                continue
-            _start_as(st.st_uid, [sys.executable, script, "supervise", job_id],
-                      store.job_dir(job_id) / "supervisor.log", store.dir)
+        for req in sorted(spool.glob("[0-9]*")):
+            taken = _take_request(req)
+            if taken is not None:
+                uid, state, job_id = taken
+                _start_as(uid, [sys.executable, script, "supervise", job_id],
+                          state / "jobs" / job_id / "supervisor.log", state)
         time.sleep(poll)
 
 

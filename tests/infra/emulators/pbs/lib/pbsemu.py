@@ -1061,5 +1061,4 @@ if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "supervise":
     _settings = core.Settings.load(KIND, DEFAULTS)
     sys.exit(core.Supervisor(PbsPolicy(_settings), core.Store(_settings), sys.argv[2]).run())
 if __name__ == "__main__" and sys.argv[1:] == ["mom"]:   # the execution daemon (root, on the compute node)
-    _settings = core.Settings.load(KIND, DEFAULTS)
-    sys.exit(core.run_exec_daemon(core.Store(_settings), os.path.abspath(__file__)))
+    sys.exit(core.run_exec_daemon(os.path.abspath(__file__)))
