@@ -22,6 +22,7 @@ if [[ $(id -u) == 0 ]]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/pilot-apt.log 2>&1 \
       || { tail -30 /tmp/pilot-apt.log; exit 1; }
+    printf '%s\n' "${missing[@]}" >>/var/lib/pilot-test-packages.list   # for services.sh purge
     log "installed ${missing[*]} in $((SECONDS - t0)) s"
     rm -f /tmp/pilot-apt.log
   fi

@@ -2,8 +2,8 @@
 
 The fixture tests check the parsers on recorded outputs; these check that the commands the
 adapters build are accepted by the real programs and that their live answers parse into the
-expected states.  SLURM: the local cluster ``pilotci`` as the test user ``pilot`` (needs
-root and the services of tests/infra/services.sh).  PBS/LSF: the emulators of
+expected states.  SLURM: cluster ``pilotci``, on its login node (its network namespace), as the
+test user ``pilot`` (needs root and the services of tests/infra/services.sh).  PBS/LSF: the emulators of
 tests/infra/emulators run locally with a private state directory.
 """
 
@@ -22,7 +22,6 @@ import pytest
 from queue_adapters import JobState, JobStatus, QueueAdapter, SubmitOutcome, get_adapter, job_name
 
 REPO = Path(__file__).resolve().parent.parent
-SLURM_CONF = "/etc/slurm/slurm.conf"
 USER = "pilot"
 
 
@@ -39,33 +38,19 @@ def wait_until(fetch: Callable[[], JobStatus | None], done: Callable[[JobStatus 
 
 
 # ----------------------------------------------------------------------------- SLURM
-def _slurm_ready() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runs the SLURM commands as the test user with runuser)"
-    if not shutil.which("sbatch") or not Path(SLURM_CONF).exists():
-        return "SLURM is not installed here"
-    probe = subprocess.run(["sinfo", "-h"], check=False, capture_output=True, text=True, timeout=20,
-                           env={**os.environ, "SLURM_CONF": SLURM_CONF})
-    if probe.returncode != 0:
-        return f"the SLURM controller does not answer: {probe.stderr.strip()}"
-    return None
-
-
 @pytest.fixture
-def slurm_run() -> Iterator[Callable[..., tuple[int, str, str]]]:
-    why = _slurm_ready()
-    if why:
-        pytest.skip(why)
+def slurm_run(slurm_cluster) -> Iterator[Callable[..., tuple[int, str, str]]]:
+    """Run a SLURM command on pilotci's login node as the test user; cancels what it submitted."""
     runuser = shutil.which("runuser") or "/usr/sbin/runuser"
     # pytest's tmp_path lives under a root-only directory: the test user needs its own
     tmp_path = Path(tempfile.mkdtemp(prefix="fwp-adapter-slurm-"))
     os.chmod(tmp_path, 0o777)
     submitted: list[str] = []
+    env = {"PATH": "/usr/bin:/bin", "SLURM_CONF": str(slurm_cluster.slurm_conf), "LANG": "C.UTF-8"}
 
     def run(argv: list[str]) -> tuple[int, str, str]:
-        env = {"PATH": "/usr/bin:/bin", "SLURM_CONF": SLURM_CONF, "LANG": "C.UTF-8"}
-        p = subprocess.run([runuser, "-u", USER, "--", *argv], check=False, capture_output=True, cwd=tmp_path,
-                           env=env, timeout=60)
+        p = subprocess.run(slurm_cluster.on_login([runuser, "-u", USER, "--", *argv]), check=False,
+                           capture_output=True, cwd=tmp_path, env=env, timeout=60)
         out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
         if argv[0] == "sbatch" and p.returncode == 0:
             submitted.append(out.strip().split(";")[0])
@@ -76,8 +61,8 @@ def slurm_run() -> Iterator[Callable[..., tuple[int, str, str]]]:
         yield run
     finally:
         for jid in submitted:  # never leave a job behind, whatever the test did
-            subprocess.run([runuser, "-u", USER, "--", "scancel", jid], check=False, capture_output=True, timeout=30,
-                           env={"PATH": "/usr/bin:/bin", "SLURM_CONF": SLURM_CONF})
+            subprocess.run(slurm_cluster.on_login([runuser, "-u", USER, "--", "scancel", jid]), check=False,
+                           capture_output=True, timeout=30, env=env)
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 

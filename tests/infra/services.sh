@@ -34,6 +34,7 @@
 set -euo pipefail
 
 BASE=${BASE:-/tmp/pilot-infra}
+PKG_RECORD=/var/lib/pilot-test-packages.list   # Debian packages the suite installed (tests/run.sh adds its own)
 ST=$BASE/state
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VENV=${PILOT_CLUSTER_VENV:-/opt/pilot-venv}
@@ -198,11 +199,14 @@ purge() {
   local u; for u in $(getent passwd | cut -d: -f1 | grep -E '^pb[0-9a-f]{6}$' || true); do userdel -r "$u" 2>/dev/null || true; done
   python3 -m pip uninstall -y -q fireworks-pilot >/dev/null 2>&1 || true
   rm -f /etc/munge/munge.key
-  if ((${PURGE_PACKAGES:-0})); then
-    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${PKGS[@]/#procps}" gromacs >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get autoremove -y -qq >/dev/null 2>&1 || true
-    rm -rf /var/lib/mysql /etc/mysql /var/lib/munge /etc/munge /var/lib/slurm /var/log/slurm
-    log "removed the Debian packages"
+  if ((${PURGE_PACKAGES:-0})) && [[ -s $PKG_RECORD ]]; then
+    # only what the suite itself installed (never what the machine came with); their dependencies stay
+    local pkgs; mapfile -t pkgs < <(sort -u "$PKG_RECORD")
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${pkgs[@]}" >/dev/null 2>&1 \
+      || die "apt-get purge ${pkgs[*]} failed"
+    rm -rf /var/lib/mysql /var/lib/munge /etc/munge /var/lib/slurm /var/log/slurm /var/log/munge
+    rm -f "$PKG_RECORD"
+    log "removed the Debian packages the suite had installed: ${pkgs[*]}"
   fi
   log "purged: the next 'up' starts as on a new machine"
 }
@@ -246,6 +250,8 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >"$BASE/apt-install.log" 2>&1 \
     || { tail -30 "$BASE/apt-install.log"; die "apt-get install failed"; }
   ((made_policy)) && rm -f /usr/sbin/policy-rc.d
+  printf '%s\n' "${missing[@]}" >>"$PKG_RECORD"   # what the suite installed: `purge` with PURGE_PACKAGES=1 removes it
+  log "installed ${missing[*]} in $(since "$t") s"
 fi
 T[apt_install]=$(since "$t")
 
