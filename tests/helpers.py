@@ -210,7 +210,7 @@ class OwnSshd:
         return dict(host=self.host, port=self.port, user=self.user, identity_file=self.cluster.key,
                     known_hosts=str(self.known_hosts))
 
-    def transport(self, **kw: object):  # noqa: ANN201 - pilot.transport is imported lazily
+    def transport(self, **kw: object):  # pilot.transport is imported here: helpers stay cheap to import
         from pilot.transport import SSHTransport
 
         return SSHTransport(**self.ssh_kwargs(), **kw)

@@ -16,8 +16,14 @@ import pytest
 from pilot.config import load_config
 from pilot.manager import Manager
 from tests.helpers import OwnSshd, wait_for
-from tests.manager_helpers import (add_sleepers, completed_launches_per_fw, fw_states, run_cycles_until,
-                                   ssh_cluster, write_config)
+from tests.manager_helpers import (
+    add_sleepers,
+    completed_launches_per_fw,
+    fw_states,
+    run_cycles_until,
+    ssh_cluster,
+    write_config,
+)
 
 pytestmark = [pytest.mark.slurm]
 

@@ -176,7 +176,7 @@ def test_pilots_on_the_unrouted_cluster_run_fireworks(launchpad, unrouted_cluste
         mgr.close()
         env = dict(os.environ, SLURM_CONF=c.slurm_conf)
         jobs = subprocess.run(c.on_login(["squeue", "-h", "-u", c.user, "-o", "%i %j"]), env=env,
-                              capture_output=True, text=True, timeout=30).stdout.split("\n")
+                              capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
         ids = [j.split()[0] for j in jobs if j.strip() and j.split()[1].startswith(prefix)]
         if ids:
-            subprocess.run(c.on_login(["scancel", *ids]), env=env, capture_output=True, timeout=30)
+            subprocess.run(c.on_login(["scancel", *ids]), env=env, capture_output=True, timeout=30, check=True)
