@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,11 +143,15 @@ def load_clusters() -> dict[str, ClusterInfo]:
 
 
 def fileserver_address() -> str | None:
-    """The fileserver's address on the test network (where pilots reach the LaunchPad), if the services run."""
+    """The fileserver's address on the test network (where pilots reach the LaunchPad), if the services run
+    (clusters.json names it, and it is an address of this machine now)."""
     try:
-        return str(json.loads((INFRA_STATE / "clusters.json").read_text())["fileserver"])
+        addr = str(json.loads((INFRA_STATE / "clusters.json").read_text())["fileserver"])
+        with socket.socket() as s:
+            s.bind((addr, 0))
     except (OSError, ValueError, KeyError):
         return None
+    return addr
 
 
 def free_port_in(netns: str | None, host: str) -> int:
@@ -195,7 +200,11 @@ class OwnSshd:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
             return "Server listening" in (self.log.read_text() if self.log.exists() else "")
 
-        wait_for(listening, timeout=10, interval=0.05, what=f"own sshd on {self.host}:{self.port}")
+        try:
+            wait_for(listening, timeout=10, interval=0.05, what=f"own sshd on {self.host}:{self.port}")
+        except BaseException:
+            self.stop()   # no fixture would get the object to stop it
+            raise
         self.log.write_text("")   # the next start waits for its own line
         return self
 

@@ -65,8 +65,10 @@ def client_for(server: EmbeddedServer) -> pymongo.MongoClient:
     return pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000)
 
 
-def run_serve(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(SERVE + args, capture_output=True, text=True, timeout=timeout, check=False)
+def run_serve(args: list[str], timeout: float = 30, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(SERVE + args, capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **(env or {})})
 
 
 # -------------------------------------------------------------------------------- commands
@@ -506,6 +508,25 @@ def test_non_loopback_host_is_refused(tmp_path, host, request):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a loopback address" in lines[0] and host in lines[0]
     assert not data.exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0", "10.1.2.3", "192.0.2.10", "localhost", "198.51.100.1/24"])
+def test_the_test_network_switch_takes_only_documentation_addresses(tmp_path, value):
+    """PILOT_LAUNCHPAD_TEST_NETWORK (the test hosts' fileserver address) cannot open the server to a real network."""
+    data = tmp_path / "data"
+    res = run_serve(["--host", value, "--port", "0", "--data", str(data)],
+                    env={"PILOT_LAUNCHPAD_TEST_NETWORK": value})
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PILOT_LAUNCHPAD_TEST_NETWORK" in lines[0] and "198.51.100.0/24" in lines[0]
+    assert not data.exists()
+
+
+def test_the_test_network_switch_opens_only_the_address_it_names(tmp_path):
+    # a documentation address named in the switch does not let any other non-loopback --host through
+    res = run_serve(["--host", "0.0.0.0", "--port", "0", "--data", str(tmp_path / "data")],
+                    env={"PILOT_LAUNCHPAD_TEST_NETWORK": "198.51.100.1"})
+    assert res.returncode == 2 and "not a loopback address" in res.stderr
 
 
 def test_busy_port_is_a_clear_error(tmp_path):

@@ -27,7 +27,8 @@ from tests.manager_helpers import add_sleepers, fw_states, run_cycles_until, ssh
 
 pytestmark = pytest.mark.slurm
 
-DOC_NETS = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24")]
+# RFC 5737 documentation ranges; the lower half of 203.0.113.0/24 is where this workplace's registries answer
+DOC_NETS = [ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.128/25")]
 
 _CONNECT = textwrap.dedent("""
     import errno, socket, sys
@@ -97,9 +98,11 @@ def test_sshd_is_reached_only_on_its_namespace_address(clusters):
         assert netns_inode(f"/proc/{pid}/ns/net") == netns_inode(f"/run/netns/{c.login_netns}") != ours
         with socket.create_connection((c.host, 22), timeout=5) as s:
             assert s.recv(64).startswith(b"SSH-2.0-OpenSSH"), c.name
-    # nothing in the fileserver's own namespace listens on port 22
-    assert connect_from(None, "127.0.0.1", 22) == "ECONNREFUSED"
-    assert not [x for x in psutil.net_connections("tcp") if x.status == "LISTEN" and x.laddr.port == 22]
+    # nothing in the fileserver's own namespace listens on port 22 of the test network
+    fs = fileserver_address()
+    assert connect_from(None, fs, 22) == "ECONNREFUSED"
+    assert not [x for x in psutil.net_connections("tcp") if x.status == "LISTEN" and x.laddr.port == 22
+                and x.laddr.ip in (fs, "0.0.0.0", "::")]
 
 
 def test_the_session_launchpad_listens_on_the_fileserver_address(mongo_uri, clusters, unrouted_cluster):

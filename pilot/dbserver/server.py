@@ -71,8 +71,26 @@ class StartupError(Exception):
 TEST_NETWORK_ENV = "PILOT_LAUNCHPAD_TEST_NETWORK"
 
 
+#: the only ranges it accepts: RFC 5737's documentation networks, which the test hosts use and no real
+#: network routes
+TEST_NETWORKS = (ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24"))
+
+
 def _test_network_addresses() -> set[str]:
-    return {a.strip() for a in os.environ.get(TEST_NETWORK_ENV, "").split(",") if a.strip()}
+    """The addresses named in PILOT_LAUNCHPAD_TEST_NETWORK; StartupError (exit 2) for anything else."""
+    out = set()
+    for a in (x.strip() for x in os.environ.get(TEST_NETWORK_ENV, "").split(",")):
+        if not a:
+            continue
+        try:
+            ok = any(ipaddress.ip_address(a) in net for net in TEST_NETWORKS)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise StartupError(f"{TEST_NETWORK_ENV}={a!r}: only an IPv4 address in 198.51.100.0/24 or "
+                               "203.0.113.0/24 (the test network) is accepted there", 2)
+        out.add(a)
+    return out
 
 
 def loopback_address(host: str) -> tuple[int, str]:

@@ -27,6 +27,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -380,20 +381,24 @@ def _start_as(uid: int, argv: list[str], log_path: Path, state_dir: Path) -> Non
     os._exit(0)
 
 
-def _take_request(req: Path) -> tuple[int, Path, str] | None:
-    """(owner uid, job table, job id) of a request file, which is removed; None if it is not acceptable."""
+def _read_request(req: Path) -> tuple[int, Path, str]:
+    """(owner uid, job table, job id) of a request; ValueError when it is not one to act on.
+
+    Root reads it: no symlink is followed, nothing but a small regular file with one link and an owner
+    other than root is read (the spool is world-writable, like /tmp).
+    """
+    fd = os.open(req, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        st = req.lstat()
-        data = json.loads(req.read_text())
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid == 0:
+            raise ValueError(f"not a plain file of an ordinary user (mode {st.st_mode:o}, uid {st.st_uid})")
+        pwd.getpwuid(st.st_uid)   # KeyError: an owner without an account
+        data = json.loads(os.read(fd, 4096))
         state, job_id = Path(data["state"]), str(data["job"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"ignoring request {req.name}: {exc}", flush=True)
-        state, job_id, st = Path(), "", None
     finally:
-        req.unlink(missing_ok=True)
-    if st is None or st.st_uid == 0 or not job_id.isdigit() or not state.is_absolute():
-        print(f"refusing request {req.name} (owner uid {st.st_uid if st else '?'})", flush=True)
-        return None
+        os.close(fd)
+    if not job_id.isdigit() or not state.is_absolute():
+        raise ValueError(f"bad job id {job_id!r} or job table {str(state)!r}")
     return st.st_uid, state, job_id
 
 
@@ -401,14 +406,28 @@ def run_exec_daemon(script: str, poll: float = 0.1) -> int:
     """The execution daemon's loop: one supervisor per request in $PILOT_EMU_EXEC_SPOOL, as the request's owner."""
     spool = Path(os.environ[SPOOL_ENV])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    pidfile = os.environ.get("PILOT_EMU_EXEC_PIDFILE")
+    if pidfile:
+        Path(pidfile).write_text(f"{os.getpid()}\n")
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} execution daemon on {short_hostname()}, spool {spool}", flush=True)
+    refused: set[str] = set()
     while True:
         for req in sorted(spool.glob("[0-9]*")):
-            taken = _take_request(req)
-            if taken is not None:
-                uid, state, job_id = taken
-                _start_as(uid, [sys.executable, script, "supervise", job_id],
-                          state / "jobs" / job_id / "supervisor.log", state)
+            if req.name in refused:
+                continue
+            try:
+                uid, state, job_id = _read_request(req)
+            except Exception as exc:  # noqa: BLE001 - a bad request is reported and dropped, the daemon goes on
+                print(f"refusing request {req.name}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                refused.add(req.name)
+                with contextlib.suppress(OSError):
+                    req.unlink()
+                    refused.discard(req.name)
+                continue
+            with contextlib.suppress(OSError):
+                req.unlink()
+            _start_as(uid, [sys.executable, script, "supervise", job_id],
+                      state / "jobs" / job_id / "supervisor.log", state)
         time.sleep(poll)
 
 
