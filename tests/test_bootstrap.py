@@ -101,7 +101,8 @@ def test_rewrite_db_host_both_launchpad_forms():
     doc = {"host": "mongodb://u:p%40ss@127.0.0.1:27018/fw?authSource=admin", "name": "fw", "uri_mode": True}
     assert rewrite_db_host(doc, "db.cluster.org")["host"] == \
         "mongodb://u:p%40ss@db.cluster.org:27018/fw?authSource=admin"
-    assert rewrite_db_host(doc, "10.0.0.5:27020")["host"] == "mongodb://u:p%40ss@10.0.0.5:27020/fw?authSource=admin"
+    assert rewrite_db_host(doc, "198.51.100.5:27020")["host"] == \
+        "mongodb://u:p%40ss@198.51.100.5:27020/fw?authSource=admin"
     assert rewrite_db_host({"host": "mongodb://127.0.0.1/", "uri_mode": True}, "[fe80::1]:1")["host"] == \
         "mongodb://[fe80::1]:1/"
     # host/port form

@@ -462,7 +462,7 @@ def _lan_address() -> str:
             addr = s.getsockname()[0]
         except OSError:
             addr = "127.0.0.1"
-    return addr if not addr.startswith("127.") else "10.255.255.1"
+    return addr if not addr.startswith("127.") else "192.0.2.10"  # TEST-NET-1: documentation only
 
 
 def _off_loopback_hostname() -> str | None:
@@ -510,7 +510,7 @@ def test_non_loopback_host_is_refused(tmp_path, host, request):
     assert not data.exists()  # refused before touching anything
 
 
-@pytest.mark.parametrize("value", ["0.0.0.0", "10.1.2.3", "192.0.2.10", "localhost", "198.51.100.1/24"])
+@pytest.mark.parametrize("value", ["0.0.0.0", "192.0.2.10", "localhost", "198.51.100.1/24", "::1"])
 def test_the_test_network_switch_takes_only_documentation_addresses(tmp_path, value):
     """PILOT_LAUNCHPAD_TEST_NETWORK (the test hosts' fileserver address) cannot open the server to a real network."""
     data = tmp_path / "data"
