@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.helpers import INFRA_STATE, ClusterInfo, EmbeddedServer, fileserver_address, load_clusters
+from tests.helpers import INFRA_STATE, ClusterInfo, EmbeddedServer, launchpad_host, load_clusters
 
 __all__ = [
     "INFRA_STATE",
@@ -247,9 +247,7 @@ class Database:
             self.uri = uri
             return self
         os.chmod(self.tmp, 0o755)
-        # with the test clusters up, on the fileserver's test address: the batch jobs reach it over the network
-        host = (fileserver_address() if os.geteuid() == 0 else None) or "127.0.0.1"
-        self.server = EmbeddedServer(self.tmp / "data", host=host).start()
+        self.server = EmbeddedServer(self.tmp / "data", host=launchpad_host()).start()
         self.uri = self.server.uri
         return self
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import INFRA_STATE, REPO, ClusterInfo, EmbeddedServer, fileserver_address, load_clusters
+from tests.helpers import INFRA_STATE, REPO, ClusterInfo, EmbeddedServer, launchpad_host, load_clusters
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -45,8 +45,7 @@ def mongo_uri():
         return
     tmp = Path(tempfile.mkdtemp(prefix="pilot-lpserver-"))
     os.chmod(tmp, 0o755)
-    host = (fileserver_address() if os.geteuid() == 0 else None) or "127.0.0.1"
-    server = EmbeddedServer(tmp / "data", host=host).start()
+    server = EmbeddedServer(tmp / "data", host=launchpad_host()).start()
     try:
         yield server.uri
     finally:

@@ -154,6 +154,12 @@ def fileserver_address() -> str | None:
     return addr
 
 
+def launchpad_host() -> str:
+    """Where a test LaunchPad server listens: the fileserver's test address while the clusters run (their
+    pilots reach it over the network, as in a real deployment), else 127.0.0.1."""
+    return (fileserver_address() if os.geteuid() == 0 else None) or "127.0.0.1"
+
+
 def free_port_in(netns: str | None, host: str) -> int:
     """A TCP port nothing listens on at ``host`` in network namespace ``netns`` (None: this one)."""
     code = "import socket; s = socket.socket(); s.bind((__import__('sys').argv[1], 0)); print(s.getsockname()[1])"
