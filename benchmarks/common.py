@@ -412,7 +412,7 @@ class CountingTransport:
 
 def counting_factory() -> tuple[Callable[[str, Any], CountingTransport], list[CountingTransport]]:
     """A transport factory for :class:`pilot.manager.Manager` that keeps every transport it made."""
-    from pilot.clusters import transport_for
+    from pilot.transport.clusters import transport_for
 
     made: list[CountingTransport] = []
 

@@ -109,7 +109,7 @@ def child_main(argv: list[str]) -> int:
     from fireworks import LaunchPad
 
     from pilot.config import load_config
-    from pilot.manager import Manager
+    from pilot.manager.cycle import Manager
 
     counter = CommandCounter()
     lp = LaunchPad(host=a.uri, name=a.db, uri_mode=True, logdir=None, strm_lvl="ERROR",
@@ -162,7 +162,7 @@ def child_main(argv: list[str]) -> int:
 
 # ============================================================================ the benchmark
 def run(sizes: list[int], n_clusters: int = 20, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from tests.manager_helpers import ssh_cluster, write_config
+    from tests.manager.helpers import ssh_cluster, write_config
 
     clusters = require_infra()
     info = clusters["pilotci"]

@@ -72,8 +72,8 @@ def run_ours(db: Database, info: Any, venv: str, remote: Path, category: str, n_
              slurm: Slurm) -> dict[str, Any]:
     """One manager cycle against ``n_ready`` READY Fireworks; the pilots are counted, then cancelled."""
     from pilot.config import load_config
-    from pilot.manager import Manager
-    from tests.manager_helpers import ssh_cluster, write_config
+    from pilot.manager.cycle import Manager
+    from tests.manager.helpers import ssh_cluster, write_config
 
     counter = CommandCounter()
     lp = db.launchpad(listener=counter.listener)

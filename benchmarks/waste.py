@@ -219,8 +219,8 @@ def _usr1_diagnostics(work_dir: Path) -> dict[str, Any]:
 def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
     from benchmarks.segtask import segment_firework
     from pilot.config import load_config
-    from pilot.manager import Manager
-    from tests.manager_helpers import ssh_cluster, write_config
+    from pilot.manager.cycle import Manager
+    from tests.manager.helpers import ssh_cluster, write_config
 
     clusters = require_infra()
     info = clusters["pilotci"]

@@ -118,7 +118,7 @@ def check_config_dir(config_dir: Path) -> None:
     """
     import yaml
 
-    from pilot.dbserver.control import LAUNCHPAD_FILE, SERVER_DIR
+    from pilot.launchpad.control import LAUNCHPAD_FILE, SERVER_DIR
 
     if config_dir.exists() and not config_dir.is_dir():
         raise DemoError(f"{config_dir} is a file, not a directory: choose another --config-dir")
@@ -164,7 +164,7 @@ def _yaml_text(doc: dict[str, Any], comment: str) -> str:
 
 def write_config(config_dir: Path, max_pilots: int) -> list[Path]:
     """Write ``pilot.yaml`` and ``clusters/local.yaml`` where they do not exist yet; return those written."""
-    from pilot.dbserver.control import LAUNCHPAD_FILE
+    from pilot.launchpad.control import LAUNCHPAD_FILE
 
     written = []
     pilot_yaml = config_dir / "pilot.yaml"
@@ -212,7 +212,7 @@ def start_launchpad(config_dir: Path, say: Callable[[str], None]) -> tuple[Any, 
     ``pilot launchpad init`` does. Returns the running server and the LaunchPad dict."""
     import yaml
 
-    from pilot.dbserver.control import (
+    from pilot.launchpad.control import (
         LAUNCHPAD_FILE,
         SERVER_DIR,
         ControlError,
@@ -474,7 +474,7 @@ def refresh_sims(lp: Any, sims: list[Sim]) -> None:
 
 
 def count_pilots(records: Any, job_names: set[str]) -> Pilots:
-    from pilot.records import PENDING_STATES, RUNNING_STATES
+    from pilot.manager.records import PENDING_STATES, RUNNING_STATES
 
     out = Pilots()
     for p in records.pilots.find({"_id": {"$in": sorted(job_names)}}, {"state": 1}):
@@ -566,7 +566,7 @@ def _live_records(mgr: Any, job_names: set[str]) -> list[dict[str, Any]]:
 
 def refresh_only(mgr: Any) -> None:
     """Update our pilots' records from the scheduler without submitting anything."""
-    from pilot.manager import CycleReport
+    from pilot.manager.cycle import CycleReport
 
     rep = CycleReport(started=time.time())
     for rt in mgr.clusters.values():
@@ -601,7 +601,7 @@ def stop_pilots(mgr: Any, job_names: set[str], drain_s: float, say: Callable[[st
     if live:
         ids = [str(r["job_id"]) for r in live if r.get("job_id")]
         say(f"cancelling {len(live)} pilot{'s' if len(live) != 1 else ''} still alive: {', '.join(ids)}")
-        from pilot.clusters import transport_for
+        from pilot.transport.clusters import transport_for
 
         for rt in mgr.clusters.values():
             mine = [str(r["job_id"]) for r in live if r.get("job_id") and r["cluster"] == rt.name]
@@ -764,7 +764,7 @@ def _run(
     from fireworks import LaunchPad
 
     from pilot.config import ConfigError, load_config
-    from pilot.manager import Manager
+    from pilot.manager.cycle import Manager
 
     config_dir.mkdir(parents=True, exist_ok=True)
     # the local scheduler's job files live in the local cluster's work_dir (as the local adapter puts them)
@@ -786,12 +786,12 @@ def _run(
         raise DemoError(f"{config_dir}/clusters/{CLUSTER_NAME}.yaml is missing")
     lp = LaunchPad.from_dict(dict(lpd, strm_lvl="ERROR"))
 
-    from pilot.cli_manager import acquire_lock
+    from pilot.manager.daemon import ManagerRunningError, acquire_lock, release_lock
 
     try:
         lock = acquire_lock(config_dir)
-    except click.ClickException as e:
-        raise DemoError(e.message) from None
+    except ManagerRunningError as e:
+        raise DemoError(str(e)) from None
     lg, handlers, old_propagate = _setup_logging(config_dir, verbose)
     mgr: Manager | None = None
     job_names: set[str] = set()
@@ -915,10 +915,5 @@ def _run(
                 lg.removeHandler(h)
                 h.close()
             lg.propagate = old_propagate
-            from pilot.cli_manager import _paths, _read_pid
-
-            _, pidfile = _paths(config_dir)
-            if _read_pid(pidfile) == os.getpid():
-                pidfile.unlink(missing_ok=True)
-            lock.close()
+            release_lock(config_dir, lock)
             lp.connection.close()

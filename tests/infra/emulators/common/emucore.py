@@ -1,7 +1,7 @@
 """Shared core of the emulated PBS Pro and LSF schedulers (fireworks-pilot test infrastructure).
 
 Identical copies live in ``tests/infra/emulators/pbs/lib`` and ``tests/infra/emulators/lsf/lib``
-(``services.sh emulators`` installs each directory on its own); ``tests/test_emulators.py`` fails
+(``services.sh emulators`` installs each directory on its own); ``tests/infra/test_emulators.py`` fails
 when the two copies drift apart.  Standard library only: the commands run under Debian's
 ``/usr/bin/python3`` as the cluster user.
 

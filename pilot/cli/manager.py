@@ -1,0 +1,191 @@
+"""``pilot manager run|start|stop|status``: the manager daemon's command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pilot.manager.daemon import (
+    ManagerRunningError,
+    acquire_lock,
+    is_our_manager,
+    lock_paths,
+    read_pid,
+    release_lock,
+)
+
+log = logging.getLogger("pilot.manager")
+
+
+def _load(ctx_obj: Any) -> tuple[Any, Any]:
+    from fireworks import LaunchPad
+
+    from pilot.config import ConfigError, load_config
+
+    try:
+        config = load_config(ctx_obj.config_dir)
+    except ConfigError as e:
+        raise click.ClickException(f"the configuration has problems:\n{e}") from None
+    lp_file = Path(os.path.expanduser(str(config.pilot.launchpad_file)))
+    if not lp_file.exists():
+        raise click.ClickException(
+            f"{ctx_obj.config_dir / 'pilot.yaml'}: launchpad_file: {lp_file} does not exist; "
+            "create it with `pilot launchpad init` or point launchpad_file at your my_launchpad.yaml")
+    return config, LaunchPad.from_file(str(lp_file))
+
+
+def _file_logging(log_dir: Path) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    h = logging.FileHandler(log_dir / "manager.log")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    h.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(h)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+        for other in root.handlers:
+            if other is not h and other.level == logging.NOTSET:
+                other.setLevel(logging.WARNING)
+
+
+@click.group("manager")
+def manager() -> None:
+    """The manager daemon: submits the pilots that demand needs, reruns lost work."""
+
+
+@manager.command("run")
+@click.option("--once", is_flag=True, help="Run one cycle and exit.")
+@click.option("--dry-run", is_flag=True, help="Query and print the decisions; submit, record and rerun nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print each cycle's report as one JSON line.")
+@click.pass_obj
+def run_cmd(obj: Any, once: bool, dry_run: bool, as_json: bool) -> None:
+    """Run the manager in the foreground (SIGTERM finishes the current cycle, then exits)."""
+    from pilot.manager.cycle import Manager
+
+    config, lp = _load(obj)
+    try:
+        lock = None if dry_run else acquire_lock(obj.config_dir)
+    except ManagerRunningError as e:
+        raise click.ClickException(str(e)) from None
+    _file_logging(Path(os.path.expanduser(str(config.pilot.log_dir))))
+    mgr = Manager(config, lp, dry_run=dry_run)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("received %s: finishing the current cycle, then exiting", signal.Signals(signum).name)
+        mgr.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+    def show(report: Any) -> None:
+        if as_json:
+            click.echo(json.dumps(report.to_dict(), default=str))
+            return
+        for d in report.decisions:
+            click.echo(("[dry run] " if dry_run else "") + d.log_line())
+        for name, err in report.errors.items():
+            click.echo(f"{name}: ERROR: {err}", err=True)
+
+    try:
+        log.info("manager started (pid %d, config %s, %d clusters%s)", os.getpid(), obj.config_dir,
+                 len(config.clusters), ", dry run" if dry_run else "")
+        if once:
+            show(mgr.run_cycle())
+        else:
+            mgr.run_forever(on_cycle=show)
+        log.info("manager stopped")
+    finally:
+        mgr.close()
+        if lock is not None:
+            release_lock(obj.config_dir, lock)
+
+
+@manager.command("start")
+@click.pass_obj
+def start_cmd(obj: Any) -> None:
+    """Start the manager in the background (log: LOG_DIR/manager.log, pidfile: CONFIG_DIR/manager.pid)."""
+    from pilot.config import ConfigError, load_config
+
+    _, pidfile = lock_paths(obj.config_dir)
+    pid = read_pid(pidfile)
+    if pid and is_our_manager(pid):
+        raise click.ClickException(f"the manager is already running (pid {pid})")
+    try:
+        config = load_config(obj.config_dir)
+    except ConfigError as e:
+        raise click.ClickException(f"the configuration has problems:\n{e}") from None
+    log_dir = Path(os.path.expanduser(str(config.pilot.log_dir)))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = open(log_dir / "manager.out", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "pilot", "--config-dir", str(obj.config_dir), "manager", "run"],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (log_dir / "manager.out").read_text(errors="replace")[-1500:]
+            raise click.ClickException(f"the manager exited at once (code {proc.returncode}):\n{tail}")
+        if read_pid(pidfile) == proc.pid:
+            click.echo(f"manager started (pid {proc.pid}); log: {log_dir / 'manager.log'}")
+            return
+        time.sleep(0.1)
+    raise click.ClickException(f"the manager (pid {proc.pid}) did not report in 15 s; see {log_dir / 'manager.out'}")
+
+
+@manager.command("stop")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the current cycle to end.")
+@click.pass_obj
+def stop_cmd(obj: Any, timeout: float) -> None:
+    """Stop the background manager (SIGTERM: it finishes its cycle first)."""
+    _, pidfile = lock_paths(obj.config_dir)
+    pid = read_pid(pidfile)
+    if not pid or not is_our_manager(pid):
+        click.echo("the manager is not running")
+        pidfile.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_our_manager(pid):
+            click.echo(f"manager stopped (pid {pid})")
+            return
+        time.sleep(0.2)
+    raise click.ClickException(f"the manager (pid {pid}) is still finishing its cycle after {timeout:.0f} s")
+
+
+@manager.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status_cmd(obj: Any, as_json: bool) -> None:
+    """Is the manager running, and when did it last cycle?"""
+    _, pidfile = lock_paths(obj.config_dir)
+    pid = read_pid(pidfile)
+    running = bool(pid and is_our_manager(pid))
+    info: dict[str, Any] = {"running": running, "pid": pid if running else None}
+    try:
+        _, lp = _load(obj)
+        hb = lp.db["pilot_manager"].find_one({"_id": "manager"}) or {}
+        info.update({"last_cycle": hb.get("last_cycle"), "last_cycle_duration": hb.get("last_cycle_duration"),
+                     "errors": hb.get("errors") or {}})
+    except click.ClickException as e:
+        info["error"] = e.message
+    if as_json:
+        click.echo(json.dumps(info, default=str))
+        return
+    click.echo(f"manager: {'running (pid %d)' % pid if running else 'not running'}")
+    if info.get("last_cycle"):
+        ago = time.time() - float(info["last_cycle"])
+        click.echo(f"last cycle: {ago:.0f} s ago, took {info['last_cycle_duration']:.1f} s")
+    for name, err in (info.get("errors") or {}).items():
+        click.echo(f"  {name}: {err}")
+    if info.get("error"):
+        click.echo(info["error"])

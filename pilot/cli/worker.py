@@ -1,0 +1,94 @@
+"""``pilot worker``: the command line of the process inside a batch job (see :mod:`pilot.worker`).
+
+Only click and :mod:`pilot.worker` are imported here, so the pilot's start-up inside a batch job stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from pilot.worker import EXIT_INTERNAL, LOG, Worker, WorkerConfig, setup_worker_logging
+
+
+def _env_float(name: str) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise click.UsageError(f"environment variable {name}={raw!r} is not a number of epoch seconds") from None
+
+
+@click.command("worker")
+@click.option("--launchpad-file", "-l", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="FireWorks LaunchPad file (my_launchpad.yaml) of the database to pull from.")
+@click.option("--category", "-c", "categories", multiple=True, required=True,
+              help="Firework category (spec._category) to pull; repeat for several.")
+@click.option("--name", "-n", default=lambda: os.environ.get("PILOT_NAME"),
+              help="FWorker name recorded in every launch (cluster name + job id, e.g. pilotci-1234). "
+                   "Environment: PILOT_NAME.")
+@click.option("--deadline", type=float, default=None,
+              help="End of the job's wall time, epoch seconds. Default: environment PILOT_DEADLINE.")
+@click.option("--no-deadline", is_flag=True, help="Run without a deadline (until idle or a signal).")
+@click.option("--margin", type=float, default=60.0, show_default=True,
+              help="Seconds kept free before the deadline: a Firework is pulled only if spec._pilot.walltime "
+                   "<= time left - margin; pulling stops when time left <= margin; a running Firework is "
+                   "stopped at deadline - margin/2.")
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True,
+              help="Exit after this many seconds without matching READY work.")
+@click.option("--grace", type=float, default=30.0, show_default=True,
+              help="Seconds a Firework gets after SIGTERM (on SIGUSR1 or the deadline) before SIGKILL.")
+@click.option("--term-grace", type=float, default=1.0, show_default=True,
+              help="Grace when the worker itself gets SIGTERM/SIGINT (the batch system SIGKILLs soon after: "
+                   "SLURM KillWait).")
+@click.option("--launch-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory in which each Firework gets its own launcher_<timestamp> dir. Default: cwd.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the worker's log lines to this file.")
+@click.option("--db-retry-time", type=float, default=300.0, show_default=True,
+              help="Keep retrying an unreachable database this many seconds before giving up (exit 3).")
+@click.option("--fw-log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
+              default="INFO", show_default=True, help="Stream log level of FireWorks' own rocket logger.")
+def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str | None, deadline: float | None,
+                   no_deadline: bool, margin: float, idle_timeout: float, grace: float, term_grace: float,
+                   launch_dir: Path | None, log_file: Path | None, db_retry_time: float,
+                   fw_log_level: str) -> None:
+    """Run inside a batch job: pull Fireworks of CATEGORY that fit the time left, until idle or the deadline.
+
+    Exit codes: 0 drained normally (idle, deadline, stop signal handled), 2 usage or launchpad-file error,
+    3 database unreachable after retries, 1 internal error.
+    """
+    if not name:
+        raise click.UsageError("no worker name: pass --name NAME (cluster name + job id, e.g. pilotci-1234) "
+                               "or set PILOT_NAME")
+    if no_deadline:
+        if deadline is not None:
+            raise click.UsageError("--deadline and --no-deadline exclude each other")
+    else:
+        deadline = deadline if deadline is not None else _env_float("PILOT_DEADLINE")
+        if deadline is None:
+            raise click.UsageError("no deadline: pass --deadline EPOCH_SECONDS (the job's end time) or set "
+                                   "PILOT_DEADLINE, or pass --no-deadline to run until idle")
+    for opt, value in (("--margin", margin), ("--idle-timeout", idle_timeout), ("--grace", grace),
+                       ("--term-grace", term_grace), ("--db-retry-time", db_retry_time)):
+        if value < 0 or not math.isfinite(value):
+            raise click.UsageError(f"{opt} must be a finite number >= 0, got {value:g}")
+    setup_worker_logging(log_file)
+    cfg = WorkerConfig(launchpad_file=launchpad_file, categories=tuple(categories), name=name,
+                       deadline=deadline, margin=margin, idle_timeout=idle_timeout, grace=grace,
+                       term_grace=term_grace,
+                       launch_dir=(launch_dir or Path.cwd()).absolute(), log_file=log_file,
+                       db_retry_time=db_retry_time, fw_log_level=fw_log_level)
+    try:
+        code = Worker(cfg).run()
+    except Exception:  # noqa: BLE001 - the last line of defence: say what broke, exit 1
+        LOG.error("internal error in pilot worker %s:\n%s", name, traceback.format_exc())
+        code = EXIT_INTERNAL
+    sys.exit(code)

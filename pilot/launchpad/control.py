@@ -1,0 +1,257 @@
+"""Managing the embedded server from the outside: start it detached, find it, stop it, write LaunchPad files.
+
+Used by ``pilot launchpad init|stop|status``. A server is identified by its data dir: ``server.json``
+(pid, host, port) written once it listens; before anything is done to a pid, :func:`is_our_server` checks
+that the process is a ``launchpad serve`` that holds that data dir's ``server.lock`` open.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from pilot.launchpad.server import DEFAULT_PORT, INFO_FILE, LOCK_FILE, PID_FILE, read_server_info
+
+#: Name of the FireWorks LaunchPad file written into the config dir.
+LAUNCHPAD_FILE = "my_launchpad.yaml"
+#: Data dir of the background server, relative to the config dir.
+SERVER_DIR = "lpserver"
+SERVER_LOG = "server.log"
+
+
+class ControlError(Exception):
+    """An action on the server or the LaunchPad failed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    pid: int
+    host: str
+    port: int
+    data_dir: Path
+    started_now: bool = False
+
+    @property
+    def uri(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mongodb://{host}:{self.port}/"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def is_our_server(pid: int, data_dir: Path) -> bool:
+    """True if ``pid`` is a live ``launchpad serve`` process holding ``data_dir``'s lock file open."""
+    lock = (Path(data_dir) / LOCK_FILE).resolve()
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmd = proc.cmdline()
+        if "launchpad" not in cmd or "serve" not in cmd:
+            return False
+        return any(Path(f.path).resolve() == lock for f in proc.open_files())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return False
+
+
+def find_running(data_dir: Path) -> RunningServer | None:
+    """The server currently serving ``data_dir``, if any (checked by pid and lock file)."""
+    info = read_server_info(data_dir)
+    if not info or not isinstance(info.get("pid"), int):
+        return None
+    pid = info["pid"]
+    if not is_our_server(pid, data_dir):
+        return None
+    return RunningServer(pid, str(info.get("host", "127.0.0.1")), int(info["port"]), Path(data_dir))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_background(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> RunningServer:
+    """Start ``pilot launchpad serve`` detached (own session, output to DATA/server.log); wait until it listens.
+
+    ``port`` None: the default port when free, else any free port.
+    """
+    data_dir = Path(data_dir).absolute()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ControlError(f"cannot create the server data dir {data_dir}: {exc.strerror}") from exc
+    if port is None:
+        port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else 0
+    (data_dir / INFO_FILE).unlink(missing_ok=True)
+    log_path = data_dir / SERVER_LOG
+    argv = [sys.executable, "-m", "pilot", "launchpad", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--data", str(data_dir)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=str(data_dir))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise ControlError(f"the embedded LaunchPad server exited with code {rc} while starting "
+                               f"(log {log_path}): {' | '.join(tail)}")
+        info = read_server_info(data_dir)
+        if info and info.get("pid") == proc.pid:
+            return RunningServer(proc.pid, str(info["host"]), int(info["port"]), data_dir, started_now=True)
+        time.sleep(0.05)
+    proc.terminate()
+    raise ControlError(f"the embedded LaunchPad server did not start within {timeout:.0f}s (log {log_path})")
+
+
+class ServerState(enum.Enum):
+    """What a data dir's server.json/server.pid point at."""
+
+    NONE = "none"            # no pid recorded
+    GONE = "gone"            # the recorded pid is not running
+    FOREIGN = "foreign"      # the recorded pid runs, but it is not our server for this data dir
+    RUNNING = "running"      # our server, serving this data dir
+
+
+def server_state(data_dir: Path) -> tuple[ServerState, int | None]:
+    """Classify the pid recorded in ``data_dir`` (server.json, else server.pid)."""
+    data_dir = Path(data_dir).absolute()
+    info = read_server_info(data_dir) or {}
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        try:
+            pid = int((data_dir / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return ServerState.NONE, None
+    if not _alive(pid):
+        return ServerState.GONE, pid
+    if not is_our_server(pid, data_dir):
+        return ServerState.FOREIGN, pid
+    return ServerState.RUNNING, pid
+
+
+def stop_server(data_dir: Path, timeout: float = 60.0) -> int:
+    """Stop the server of ``data_dir`` by its pid (SIGTERM: final snapshot); returns the pid.
+
+    Raises
+    ------
+    ControlError
+        Nothing runs there, the pid is not our server, or it did not stop in time.
+    """
+    data_dir = Path(data_dir).absolute()
+    state, pid = server_state(data_dir)
+    if state in (ServerState.NONE, ServerState.GONE) or pid is None:
+        raise ControlError(f"no embedded LaunchPad server runs for {data_dir}"
+                           + (f" (pid {pid} from {INFO_FILE} is gone)" if pid else ""))
+    if state is ServerState.FOREIGN:
+        raise ControlError(f"pid {pid} (from {data_dir / INFO_FILE}) is not an embedded LaunchPad server serving "
+                           f"{data_dir}; not sending it any signal")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return pid
+        time.sleep(0.1)
+    raise ControlError(f"server pid {pid} did not stop within {timeout:.0f}s after SIGTERM; `kill -9 {pid}` "
+                       "loses no acknowledged write (the journal has them)")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return uri
+    creds, _, tail = rest.partition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"
+
+
+def write_private_yaml(path: Path, data: dict[str, Any]) -> Path | None:
+    """Write ``data`` as YAML with mode 600 (atomically); returns the backup path if an older, different file
+    was kept as ``<name>.bak``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = yaml.safe_dump(data, sort_keys=False)
+    backup = None
+    if path.exists():
+        old = path.read_text()
+        if old != text:
+            backup = path.with_name(path.name + ".bak")
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(old)
+            os.chmod(backup, 0o600)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return backup
+
+
+def launchpad_dict(name: str, host: str, port: int | None = None, uri_mode: bool = False) -> dict[str, Any]:
+    """The fields FireWorks' ``LaunchPad.from_dict`` reads (fireworks/core/launchpad.py, LaunchPad.__init__)."""
+    return {"host": host, "port": port, "name": name, "username": None, "password": None, "logdir": None,
+            "strm_lvl": "INFO", "user_indices": [], "wf_user_indices": [], "authsource": None,
+            "uri_mode": uri_mode, "mongoclient_kwargs": {}}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    fireworks: int
+    workflows: int
+    initialized: bool
+
+
+def check_launchpad(lp_dict: dict[str, Any], timeout_ms: int = 10000) -> CheckResult:
+    """Ping the database and make one LaunchPad call; initialize (``lpad reset``) a database with no collections.
+
+    Raises
+    ------
+    ControlError
+        With the redacted address and the driver's message.
+    """
+    import pymongo.errors
+    from fireworks import LaunchPad
+
+    d = dict(lp_dict, strm_lvl="ERROR", logdir=None,
+             mongoclient_kwargs={**(lp_dict.get("mongoclient_kwargs") or {}),
+                                 "serverSelectionTimeoutMS": timeout_ms})
+    where = redact_uri(str(d["host"])) if d.get("uri_mode") else f"{d['host']}:{d['port']}"
+    try:
+        lp = LaunchPad.from_dict(d)
+        try:
+            lp.connection.admin.command("ping")
+            initialized = False
+            if not lp.db.list_collection_names():
+                lp.reset("", require_password=False, max_reset_wo_password=0)
+                initialized = True
+            nfw = lp.get_fw_ids(count_only=True)
+            nwf = lp.get_wf_ids(count_only=True)
+        finally:
+            lp.connection.close()
+    except pymongo.errors.PyMongoError as exc:
+        raise ControlError(f"cannot use the LaunchPad database {d['name']!r} at {where}: "
+                           f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    return CheckResult(int(nfw), int(nwf), initialized)

@@ -1,0 +1,450 @@
+"""The embedded LaunchPad server process: loopback TCP listener, data dir, journal, snapshots, shutdown.
+
+Lifecycle of :meth:`LaunchPadServer.run`:
+
+1. refuse any ``--host`` that is not loopback (exit 2);
+2. create and lock the data dir (``server.lock``, flock), write ``server.pid`` (exit 1 on failure);
+3. bind the port (exit 1 when busy);
+4. restore: snapshot + journals, dropping a torn last record; compact right away if anything was replayed;
+5. accept connections (one thread each), write ``server.json`` ``{"pid", "host", "port"}``, print the banner;
+6. on SIGTERM/SIGINT: stop accepting, refuse new commands, write a final snapshot, remove pid/json files.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bson
+
+from pilot.launchpad import wire
+from pilot.launchpad.backend import Backend, error_reply
+from pilot.launchpad.journal import (
+    JOURNAL_MAGIC,
+    CorruptDataError,
+    Journal,
+    JournalFailure,
+    fsync_dir,
+    iter_ops,
+    journal_files,
+    plan_restore,
+    write_snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 27117
+DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
+DEFAULT_COMPACT_INTERVAL_S = 300.0
+PID_FILE = "server.pid"
+INFO_FILE = "server.json"
+LOCK_FILE = "server.lock"
+BANNER = ("This embedded LaunchPad server is for one machine (loopback only, no authentication); "
+          "for production or several machines use MongoDB (see docs/launchpad-server.md).")
+
+
+class StartupError(Exception):
+    """The server cannot start; ``exit_code`` 2 = refused arguments, 1 = environment problem."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+#: Addresses the server may listen on although they are not loopback, for the project's own test network
+#: (tests/infra/services.sh: the fileserver's address that the test clusters' namespaces route to). The
+#: server has no authentication and no TLS yet (issue "A LaunchPad that clusters reach, and only its owner
+#: can use"), so this is not a user setting: it exists so that pilots in the test clusters reach the
+#: LaunchPad over a network, as they do in a real deployment, instead of through a shared loopback.
+TEST_NETWORK_ENV = "PILOT_LAUNCHPAD_TEST_NETWORK"
+
+
+#: the only ranges it accepts: RFC 5737's documentation networks, which the test hosts use and no real
+#: network routes
+TEST_NETWORKS = (ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24"))
+
+
+def _test_network_addresses() -> set[str]:
+    """The addresses named in PILOT_LAUNCHPAD_TEST_NETWORK; StartupError (exit 2) for anything else."""
+    out = set()
+    for a in (x.strip() for x in os.environ.get(TEST_NETWORK_ENV, "").split(",")):
+        if not a:
+            continue
+        try:
+            ok = any(ipaddress.ip_address(a) in net for net in TEST_NETWORKS)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise StartupError(f"{TEST_NETWORK_ENV}={a!r}: only an IPv4 address in 198.51.100.0/24 or "
+                               "203.0.113.0/24 (the test network) is accepted there", 2)
+        out.add(a)
+    return out
+
+
+def loopback_address(host: str) -> tuple[int, str]:
+    """Resolve ``host``; return ``(family, address)`` to bind, or raise StartupError(exit 2) if not loopback.
+
+    The one exception is an exact address named in ``PILOT_LAUNCHPAD_TEST_NETWORK`` (see above).
+    """
+    if host in _test_network_addresses():
+        log.warning("listening on %s for the test network (%s): no authentication, no TLS", host, TEST_NETWORK_ENV)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return family, host
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve --host {host!r}: {exc.strerror}; use 127.0.0.1", 2) from exc
+    addrs: list[tuple[int, str]] = []
+    bad: list[str] = []
+    for family, _t, _p, _c, sockaddr in infos:
+        addr = str(sockaddr[0])
+        try:
+            ok = ipaddress.ip_address(addr.split("%")[0]).is_loopback
+        except ValueError:
+            ok = False
+        (addrs.append((family, addr)) if ok else bad.append(addr))
+    if bad or not addrs:
+        shown = ", ".join(sorted(set(bad))) or "nothing"
+        raise StartupError(
+            f"refusing --host {host}: it resolves to {shown}, which is not a loopback address; the embedded "
+            "LaunchPad server has no authentication and listens on loopback only (127.0.0.1 or ::1). "
+            "To share a LaunchPad between machines, use MongoDB.", 2)
+    addrs.sort(key=lambda fa: fa[0] != socket.AF_INET)  # prefer 127.0.0.1 when both are offered
+    return addrs[0]
+
+
+def read_server_info(data_dir: Path) -> dict[str, Any] | None:
+    """``server.json`` of a data dir, or None if missing/unreadable."""
+    try:
+        data = json.loads((Path(data_dir) / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class ServerOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    compact_bytes: int = DEFAULT_COMPACT_BYTES
+    compact_interval: float = DEFAULT_COMPACT_INTERVAL_S
+
+
+class LaunchPadServer:
+    """One server process (see the module docstring for its lifecycle)."""
+
+    def __init__(self, opts: ServerOptions) -> None:
+        self.opts = opts
+        self.data_dir = Path(opts.data_dir).expanduser().absolute()
+        self.backend = Backend()
+        self.journal: Journal | None = None
+        self._lock_fd: int | None = None
+        self._listener: socket.socket | None = None
+        self._stop = threading.Event()
+        self._compact_event = threading.Event()
+        self._compact_lock = threading.Lock()
+        self._last_compact = time.monotonic()
+        self._conn_ids = itertools.count(1)
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self.port = opts.port
+        self.host = opts.host
+        self.snapshots = 0
+        self._snapshot_bytes = 0
+
+    # ------------------------------------------------------------------------------- startup
+    def _prepare_data_dir(self) -> None:
+        d = self.data_dir
+        hint = "choose a writable directory with --data"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise StartupError(f"cannot use data dir {d}: it exists and is not a directory; {hint}") from exc
+        except OSError as exc:
+            raise StartupError(f"cannot create data dir {d}: {exc.strerror}; {hint}") from exc
+        if not d.is_dir():
+            raise StartupError(f"cannot use data dir {d}: not a directory; {hint}")
+        try:
+            fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StartupError(f"cannot write in data dir {d}: {exc.strerror}; {hint}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            other = "unknown"
+            try:
+                other = (d / PID_FILE).read_text().strip() or other
+            except OSError:
+                pass
+            raise StartupError(f"data dir {d} is in use by another embedded LaunchPad server (pid {other}); "
+                               "stop it with `pilot launchpad stop` or use another --data") from exc
+        self._lock_fd = fd
+        try:
+            _write_atomic(d / PID_FILE, f"{os.getpid()}\n")
+            probe = d / ".write-probe"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(f"cannot write in data dir {d}: {exc.strerror}; {hint}") from exc
+
+    def _bind(self) -> None:
+        family, addr = loopback_address(self.opts.host)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart on the same port after kill -9
+        try:
+            sock.bind((addr, self.opts.port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            why = "address already in use (another server or a MongoDB?)" if exc.errno == errno.EADDRINUSE \
+                else exc.strerror
+            raise StartupError(f"cannot listen on {addr}:{self.opts.port}: {why}; choose another --port "
+                               "(--port 0 picks a free one)") from exc
+        self._listener = sock
+        self.host = addr
+        self.port = sock.getsockname()[1]
+
+    def _restore(self) -> int:
+        """Load snapshot + journals; returns the number of documents."""
+        t0 = time.perf_counter()
+        try:
+            plan = plan_restore(self.data_dir)
+        except CorruptDataError as exc:
+            raise StartupError(str(exc)) from exc
+        for w in plan.warnings:
+            log.warning("%s", w)
+            print(f"warning: {w}", flush=True)
+        nops = 0
+        with self.backend.lock:
+            for op in iter_ops(plan):
+                self.backend.apply(op)
+                nops += 1
+            self.backend.tracker.collect()  # rebuild the hash indexes; restored effects are not re-journaled
+        replayed = sum(len(recs) for _g, _p, recs in plan.journals)
+        gens = [g for g, _p in journal_files(self.data_dir)]
+        gen = max(gens + [plan.snapshot.gen if plan.snapshot else 1, 1])
+        self.journal = Journal(self.data_dir, gen)
+        self.backend.journal_append = self.journal.append
+        self.backend.journal_seq = lambda: self.journal.last_seq if self.journal else 0
+        self.backend.extra_stats = self._journal_stats
+        ndocs = sum(len(c._documents) for d in self.backend.store.database_stores() for c in d.collection_stores())
+        log.info("restored %d documents (%d ops, %d journal records) in %.2fs", ndocs, nops, replayed,
+                 time.perf_counter() - t0)
+        if replayed or plan.stale or len(gens) > 1:
+            self.compact()
+        return ndocs
+
+    def _journal_stats(self) -> dict[str, Any]:
+        j = self.journal
+        if j is None:
+            return {}
+        return {"journal": {"generation": j.gen, "size": j.size, "records": j.records, "fsyncs": j.fsyncs,
+                            "fsyncSeconds": j.fsync_seconds, "bytesWritten": j.bytes_written},
+                "snapshots": self.snapshots, "dataDir": str(self.data_dir), "pid": os.getpid()}
+
+    # ------------------------------------------------------------------------------- serving
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        self._listener.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                sock, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                log.exception("accept failed")
+                time.sleep(0.1)
+                continue
+            sock.settimeout(None)
+            threading.Thread(target=self._serve_conn, args=(sock, f"{peer[0]}:{peer[1]}"), daemon=True,
+                             name=f"conn-{peer[1]}").start()
+
+    def _serve_conn(self, sock: socket.socket, peer: str) -> None:
+        conn_id = next(self._conn_ids)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._conns_lock:
+            self._conns.add(sock)
+        try:
+            while True:
+                try:
+                    request_id, opcode, body = wire.read_message(sock)
+                    req = wire.parse_request(request_id, opcode, body)
+                except wire.ProtocolError as exc:
+                    log.warning("closing connection from %s: %s", peer, exc)
+                    return
+                if "$legacyQuery" in req.command:
+                    reply = {"$err": f"legacy OP_QUERY on {req.command['$legacyQuery']} is not supported; use a "
+                                     "driver that speaks OP_MSG (pymongo >= 3.7)", "code": 59, "ok": 0.0}
+                    seq = 0
+                else:
+                    reply, seq = self.backend.execute(req.db, req.command, req.sequences, conn_id, peer)
+                if seq and self.journal is not None:
+                    try:
+                        self.journal.wait_durable(seq)
+                    except JournalFailure as exc:
+                        self.backend.failure = str(exc)
+                        log.error("%s", exc)
+                        reply = error_reply(str(exc), 1)
+                if self.journal is not None and self.journal.size >= self.opts.compact_bytes:
+                    self._compact_event.set()
+                if req.more_to_come:
+                    continue
+                try:
+                    data = wire.encode_reply(req, reply)
+                except (bson.errors.InvalidDocument, OverflowError, ValueError) as exc:
+                    data = wire.encode_reply(req, error_reply(f"reply cannot be encoded: {exc}", 1))
+                if len(data) > wire.MAX_MESSAGE_SIZE:
+                    data = wire.encode_reply(req, error_reply(
+                        f"reply of {len(data)} bytes exceeds the maximum message size; use a smaller batchSize", 10334))
+                sock.sendall(data)
+        except (ConnectionError, OSError):
+            return
+        finally:
+            with self._conns_lock:
+                self._conns.discard(sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # ----------------------------------------------------------------------------- compaction
+    def compact(self) -> None:
+        """Rotate the journal and write a snapshot of everything; delete journals the snapshot covers."""
+        assert self.journal is not None
+        with self._compact_lock:
+            t0 = time.perf_counter()
+            with self.backend.lock:
+                new_gen = self.journal.gen + 1
+                self.journal.rotate(new_gen)
+                colls = self.backend.export()
+            t_locked = time.perf_counter() - t0
+            path = write_snapshot(self.data_dir, new_gen, colls)
+            self._snapshot_bytes = path.stat().st_size
+            for gen, path in journal_files(self.data_dir):
+                if gen < new_gen:
+                    path.unlink()
+            fsync_dir(self.data_dir)
+            self._last_compact = time.monotonic()
+            self.snapshots += 1
+            log.info("snapshot generation %d: %d collections, %d documents in %.3fs (%.3fs with the lock held)",
+                     new_gen, len(colls), sum(len(c["docs"]) for c in colls), time.perf_counter() - t0, t_locked)
+
+    def _compactor(self) -> None:
+        while not self._stop.is_set():
+            self._compact_event.wait(timeout=min(5.0, self.opts.compact_interval))
+            self._compact_event.clear()
+            if self._stop.is_set() or self.journal is None:
+                return
+            size = self.journal.size
+            stale = time.monotonic() - self._last_compact >= self.opts.compact_interval
+            # A timed snapshot of a big database pauses commands while it is encoded: only take one when the
+            # journal it replaces is worth it (a quarter of the snapshot), or the database is small.
+            worth = self._snapshot_bytes < 8 * 2**20 or 4 * size >= self._snapshot_bytes
+            if size >= self.opts.compact_bytes or (stale and size > len(JOURNAL_MAGIC) and worth):
+                try:
+                    self.compact()
+                except JournalFailure as exc:
+                    self.backend.failure = str(exc)
+                    log.error("%s", exc)
+                except OSError as exc:
+                    log.error("writing a snapshot in %s failed: %s (the journal still holds every write; "
+                              "will retry)", self.data_dir, exc)
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def _request_stop(self, signum: int, _frame: Any) -> None:
+        log.info("signal %d: shutting down", signum)
+        self._stop.set()
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, shut down cleanly. Raises StartupError before serving."""
+        loopback_address(self.opts.host)  # refuse non-loopback before touching anything
+        self._prepare_data_dir()
+        try:
+            self._bind()
+            ndocs = self._restore()
+        except BaseException:
+            (self.data_dir / PID_FILE).unlink(missing_ok=True)
+            self._release()
+            raise
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        threading.Thread(target=self._accept_loop, daemon=True, name="accept").start()
+        threading.Thread(target=self._compactor, daemon=True, name="compactor").start()
+        _write_atomic(self.data_dir / INFO_FILE, json.dumps(
+            {"pid": os.getpid(), "host": self.host, "port": self.port, "data": str(self.data_dir),
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        print(f"pilot launchpad server: listening on {self.host}:{self.port}, data {self.data_dir} "
+              f"({ndocs} documents), pid {os.getpid()}", flush=True)
+        print(BANNER, flush=True)
+        while not self._stop.wait(0.5):
+            pass
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop accepting, refuse new commands, final snapshot, remove server.json/server.pid."""
+        if self._listener is not None:
+            self._listener.close()
+        with self.backend.lock:
+            self.backend.closing = True
+        try:
+            if self.journal is not None and self.backend.failure is None:
+                self.compact()
+        finally:
+            if self.journal is not None:
+                try:
+                    self.journal.close()
+                except JournalFailure as exc:
+                    log.error("%s", exc)
+            with self._conns_lock:
+                for s in list(self._conns):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            st = self.backend.stats
+            total = sum(st.count.values())
+            log.info("served %d commands (%d errors)", total, st.errors)
+            for name in (INFO_FILE, PID_FILE):
+                try:
+                    (self.data_dir / name).unlink()
+                except FileNotFoundError:
+                    pass
+            self._release()
+            print(f"pilot launchpad server: stopped (final snapshot in {self.data_dir})", flush=True)
+
+    def _release(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -1,0 +1,227 @@
+"""How many pilots to submit: a pure function of demand, our own pilots and the cluster limits.
+
+No I/O here: the manager gathers the inputs (one LaunchPad aggregation, one scheduler query per
+cluster), calls :func:`plan`, and acts on the result. Everything in this module is tested
+exhaustively in ``tests/manager/test_policy.py``.
+
+The rule, per category ``c`` and cluster ``k`` serving it::
+
+    need(k, c) = ceil(unserved_ready(c) / fireworks_per_pilot(k, c))
+
+where ``unserved_ready(c)`` is the READY count minus what the pilots already pending or running
+with time left (on *every* cluster serving ``c``) will take, so demand is never counted twice.
+Clusters are filled in order of preference (observed queue wait, shortest first), and ``need`` is
+clamped by the cluster's limits:
+
+* ``max_queued``: pending pilots on the cluster (all categories, new ones included);
+* ``max_running``: all live pilots on the cluster (pending + running + new) never exceed what may run;
+* ``min_pilots``: a floor of live pilots per cluster and category, kept even without demand.
+
+A cluster that is backed off (failing) gets nothing; its demand flows to the next cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CategoryDemand:
+    """READY work of one category, from one LaunchPad aggregation.
+
+    Attributes
+    ----------
+    ready : int
+        READY Fireworks of the category.
+    running : int
+        RUNNING Fireworks of the category (for the log line; the pilots already hold them).
+    with_duration : int
+        How many of the READY Fireworks give an expected duration (``spec._pilot.walltime``).
+    mean_duration : float | None
+        The mean of those durations in seconds (None when none gives one).
+    """
+
+    ready: int
+    running: int = 0
+    with_duration: int = 0
+    mean_duration: float | None = None
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    """Per-cluster limits from the cluster's config file (``limits:``)."""
+
+    max_queued: int = 10
+    max_running: int = 20
+    min_pilots: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the policy knows of one cluster.
+
+    Attributes
+    ----------
+    name : str
+        The cluster's name (its config file's stem).
+    categories : tuple[str, ...]
+        Categories this cluster serves.
+    usable_seconds : float
+        Pilot wall time minus the wall-time margin: the time a fresh pilot can spend on work.
+    fireworks_per_pilot : int
+        Fireworks one pilot is expected to run when the Fireworks give no duration.
+    limits : ClusterLimits
+        The cluster's limits.
+    available : bool
+        False while the cluster is backed off after failures: it gets no new pilots.
+    queue_wait : float | None
+        Observed median queue wait of our pilots (seconds); None when unknown. Shorter is preferred.
+    """
+
+    name: str
+    categories: tuple[str, ...]
+    usable_seconds: float
+    fireworks_per_pilot: int = 1
+    limits: ClusterLimits = field(default_factory=ClusterLimits)
+    available: bool = True
+    queue_wait: float | None = None
+
+
+@dataclass(frozen=True)
+class PilotCounts:
+    """This manager's own live pilots on one cluster for one category.
+
+    Attributes
+    ----------
+    pending : int
+        Pilots queued (PENDING or HELD), plus submissions whose outcome is not known yet: they may exist.
+    running : int
+        Pilots running.
+    running_with_time : int
+        Running pilots whose remaining time still fits more work (remaining > margin).
+    """
+
+    pending: int = 0
+    running: int = 0
+    running_with_time: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The plan for one cluster and category: how many pilots to submit, and why.
+
+    ``reason`` names what bound the number: ``demand`` (exactly what the work needs), ``covered``
+    (existing pilots take all the work), ``no demand``, ``max_queued``, ``max_running``,
+    ``min_pilots`` or ``backed off``.
+    """
+
+    cluster: str
+    category: str
+    ready: int
+    pending: int
+    running: int
+    submit: int
+    reason: str
+    fireworks_per_pilot: int
+
+    def log_line(self) -> str:
+        """One line per decision: ``stampede/md: ready=40 pending=2 running=3 -> submit 3 (max_queued)``."""
+        return (f"{self.cluster}/{self.category}: ready={self.ready} pending={self.pending} "
+                f"running={self.running} -> submit {self.submit} ({self.reason})")
+
+
+def fireworks_per_pilot(cluster: ClusterView, demand: CategoryDemand) -> int:
+    """How many of this category's READY Fireworks one fresh pilot on ``cluster`` is expected to run.
+
+    When every READY Firework gives an expected duration, a pilot runs as many as fit in its usable
+    time (at least one: a Firework longer than a pilot still needs a pilot, and the worker will not
+    take it if it cannot fit, which ``pilot status`` reports). When none or only some do, the cluster's
+    configured ``fireworks_per_pilot`` stands for the ones without, weighted by their share.
+    """
+    configured = max(1, cluster.fireworks_per_pilot)
+    known = min(demand.with_duration, demand.ready)
+    mean = demand.mean_duration
+    if known <= 0 or mean is None or mean <= 0:
+        return configured
+    by_duration = max(1, int(cluster.usable_seconds // mean))
+    unknown = demand.ready - known
+    if unknown == 0:
+        return by_duration
+    # blend by share: pilots needed = known/by_duration + unknown/configured
+    pilots = known / by_duration + unknown / configured
+    return max(1, int(round(demand.ready / pilots)))
+
+
+def _preference(cluster: ClusterView) -> tuple[float, str]:
+    wait = cluster.queue_wait if cluster.queue_wait is not None else math.inf
+    return (wait, cluster.name)
+
+
+def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
+         pilots: dict[tuple[str, str], PilotCounts]) -> list[Decision]:
+    """Decide how many pilots each cluster submits for each category.
+
+    Parameters
+    ----------
+    demand : dict[str, CategoryDemand]
+        READY work per category.
+    clusters : list[ClusterView]
+        Every configured cluster.
+    pilots : dict[tuple[str, str], PilotCounts]
+        Our live pilots per (cluster, category); missing keys mean none.
+
+    Returns
+    -------
+    list[Decision]
+        One decision per (cluster, category served), in a stable order (category, then preference).
+    """
+    # room left on each cluster, shared by all its categories
+    queued_room: dict[str, int] = {}
+    live_room: dict[str, int] = {}
+    for k in clusters:
+        pend = sum(p.pending for (cn, _), p in pilots.items() if cn == k.name)
+        live = sum(p.pending + p.running for (cn, _), p in pilots.items() if cn == k.name)
+        queued_room[k.name] = max(0, k.limits.max_queued - pend)
+        live_room[k.name] = max(0, k.limits.max_running - live)
+
+    categories = sorted({c for k in clusters for c in k.categories})
+    decisions: list[Decision] = []
+    for cat in categories:
+        d = demand.get(cat, CategoryDemand(ready=0))
+        serving = sorted((k for k in clusters if cat in k.categories), key=_preference)
+        fpp = {k.name: fireworks_per_pilot(k, d) for k in serving}
+        # what existing pilots (every cluster) will take: demand is never counted twice
+        unserved = d.ready
+        for k in serving:
+            p = pilots.get((k.name, cat), PilotCounts())
+            unserved -= (p.pending + p.running_with_time) * fpp[k.name]
+        unserved = max(0, unserved)
+
+        for k in serving:
+            p = pilots.get((k.name, cat), PilotCounts())
+            base = dict(cluster=k.name, category=cat, ready=d.ready, pending=p.pending, running=p.running,
+                        fireworks_per_pilot=fpp[k.name])
+            if not k.available:
+                decisions.append(Decision(submit=0, reason="backed off", **base))
+                continue
+            need = math.ceil(unserved / fpp[k.name]) if unserved > 0 else 0
+            floor = max(0, k.limits.min_pilots - (p.pending + p.running))
+            want = max(need, floor)
+            room_q, room_l = queued_room[k.name], live_room[k.name]
+            n = min(want, room_q, room_l)
+            if want == 0:
+                # nothing to add: no READY work, or the pilots already there (here or on preferred
+                # clusters, including the ones just planned) will take all of it
+                reason = "no demand" if d.ready == 0 else "covered"
+            elif n < want:
+                reason = "max_queued" if room_q <= room_l else "max_running"
+            elif floor > need:
+                reason = "min_pilots"
+            else:
+                reason = "demand"
+            queued_room[k.name] -= n
+            live_room[k.name] -= n
+            unserved = max(0, unserved - n * fpp[k.name])
+            decisions.append(Decision(submit=n, reason=reason, **base))
+    return decisions

@@ -1,0 +1,269 @@
+"""``pilot bootstrap``: the pure pieces (YAML editing, launchpad host rewrite, platform tags), and a real
+bootstrap of a cluster account that starts with nothing.
+
+The real test creates a fresh Unix user that only has the test public key, starts an sshd of its own for
+that user (modelled on the shared one: same host key, ``AllowUsers`` that user), bootstraps it with the
+system Python (Debian's 3.11, python3-venv), runs ``pilot doctor``, bootstraps again (nothing to
+install), and once more after the installed build was marked as different (reinstall). Everything it
+started is stopped by PID and the user is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pilot.checks.bootstrap import (
+    BOOTSTRAP_MARK,
+    BootstrapError,
+    RemotePython,
+    activation_line,
+    edit_cluster_yaml,
+    new_setup,
+    platform_tags,
+    rewrite_db_host,
+    same_platform,
+    strip_bootstrap_lines,
+)
+from tests.helpers import REPO, OwnSshd
+
+CLUSTER_FILE = """\
+# my cluster (this comment must survive)
+scheduler: slurm
+host: login.example.org   # the login node
+port: 22
+categories: [md]   # what it serves
+launchpad_file: ~/old/my_launchpad.yaml  # where the pilots read it
+work_dir: /scratch/me/pilot
+setup: |
+  module load gromacs   # keep me
+  source /old/venv/bin/activate  # added by pilot bootstrap
+
+# --- the pilot jobs
+pilot:
+  walltime: "24:00:00"
+  cores: 4
+"""
+
+
+# ============================================================================ pure
+def test_setup_lines_keep_the_users_own_and_replace_the_bootstraps():
+    setup = "module load gromacs   # keep me\nsource /old/venv/bin/activate  " + BOOTSTRAP_MARK + "\n"
+    assert strip_bootstrap_lines(setup) == "module load gromacs   # keep me\n"
+    assert new_setup(setup, "/w/venv") == ("module load gromacs   # keep me\n"
+                                           f"source /w/venv/bin/activate  {BOOTSTRAP_MARK}\n")
+    assert new_setup("", "/w/venv") == activation_line("/w/venv") + "\n"
+    # idempotent
+    assert new_setup(new_setup(setup, "/w/venv"), "/w/venv") == new_setup(setup, "/w/venv")
+
+
+def test_edit_cluster_yaml_keeps_comments_and_other_lines():
+    setup = new_setup("module load gromacs   # keep me\n", "/scratch/me/pilot/venv")
+    out = edit_cluster_yaml(CLUSTER_FILE, {"setup": setup, "launchpad_file": "/home/me/.pilot/lp.yaml"})
+    assert "# my cluster (this comment must survive)" in out
+    assert "host: login.example.org   # the login node" in out
+    assert "# --- the pilot jobs" in out
+    assert "launchpad_file: /home/me/.pilot/lp.yaml  # where the pilots read it" in out
+    data = yaml.safe_load(out)
+    assert data["setup"] == setup
+    assert data["pilot"] == {"walltime": "24:00:00", "cores": 4}
+    assert out.count("/old/venv") == 0
+    # a second edit with the same values changes nothing
+    assert edit_cluster_yaml(out, {"setup": setup, "launchpad_file": "/home/me/.pilot/lp.yaml"}) == out
+
+
+def test_edit_cluster_yaml_list_setup_missing_keys_and_quoting():
+    text = "scheduler: slurm\nsetup:\n- module load a\n- module load b\ncategories: [md]\n"
+    out = edit_cluster_yaml(text, {"setup": "module load a\nmodule load b\nsource /v/bin/activate\n",
+                                   "python": "/v/bin/python", "launchpad_file": "/a b/lp.yaml"})
+    data = yaml.safe_load(out)
+    assert data["setup"] == "module load a\nmodule load b\nsource /v/bin/activate\n"
+    assert data["python"] == "/v/bin/python" and data["launchpad_file"] == "/a b/lp.yaml"
+    assert data["categories"] == ["md"]
+    # a first line that starts with a space needs an explicit indentation indicator
+    out = edit_cluster_yaml("setup: ''\n", {"setup": "  indented\nnext\n"})
+    assert yaml.safe_load(out)["setup"] == "  indented\nnext\n"
+    with pytest.raises(BootstrapError):
+        edit_cluster_yaml("setup: [unclosed\n", {"setup": "x\n"})
+
+
+def test_rewrite_db_host_both_launchpad_forms():
+    # uri_mode: FireWorks passes host to MongoClient as a URI (LaunchPad.__init__)
+    doc = {"host": "mongodb://u:p%40ss@127.0.0.1:27018/fw?authSource=admin", "name": "fw", "uri_mode": True}
+    assert rewrite_db_host(doc, "db.cluster.org")["host"] == \
+        "mongodb://u:p%40ss@db.cluster.org:27018/fw?authSource=admin"
+    assert rewrite_db_host(doc, "198.51.100.5:27020")["host"] == \
+        "mongodb://u:p%40ss@198.51.100.5:27020/fw?authSource=admin"
+    assert rewrite_db_host({"host": "mongodb://127.0.0.1/", "uri_mode": True}, "[fe80::1]:1")["host"] == \
+        "mongodb://[fe80::1]:1/"
+    # host/port form
+    plain = {"host": "localhost", "port": 27017, "name": "fw", "username": "u"}
+    assert rewrite_db_host(plain, "db:27019") == {"host": "db", "port": 27019, "name": "fw", "username": "u"}
+    assert rewrite_db_host(plain, "db")["port"] == 27017
+    with pytest.raises(ValueError):
+        rewrite_db_host(plain, "db:notaport")
+
+
+def _remote(glibc: str | None = "2.36", minor: int = 11, machine: str = "x86_64") -> RemotePython:
+    return RemotePython(version=f"3.{minor}.2", major=3, minor=minor, implementation="cpython", system="linux",
+                        machine=machine, glibc=glibc, executable="/usr/bin/python3", venv=True, ensurepip=True)
+
+
+def test_platform_tags_follow_pep_600():
+    # PEP 600: manylinux_2_17 == manylinux2014, 2_12 == manylinux2010, 2_5 == manylinux1
+    tags = platform_tags(_remote("2.17"))
+    assert tags[0] == "manylinux_2_17_x86_64" and tags[-4] == "manylinux_2_5_x86_64"
+    assert tags[-3:] == ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    assert "manylinux_2_28_x86_64" not in tags
+    with pytest.raises(BootstrapError):
+        platform_tags(_remote(None))
+    here = {"implementation": "cpython", "major": 3, "minor": 11, "system": "linux", "machine": "x86_64",
+            "glibc": "2.36"}
+    assert same_platform(_remote("2.36"), here) and same_platform(_remote("2.39"), here)
+    assert not same_platform(_remote("2.28"), here)        # wheels built here may need a newer glibc
+    assert not same_platform(_remote(minor=10), here)
+    assert not same_platform(_remote(machine="aarch64"), here)
+
+
+# ============================================================================ a fresh cluster account
+def _kill_user_processes(user: str) -> None:
+    """Stop, by PID, every process left running as the test user (its SSH sessions' children)."""
+    import psutil
+
+    for p in psutil.process_iter(["username"]):
+        if p.info["username"] == user:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.fixture
+def fresh_cluster(slurm_cluster, tmp_path):
+    """A new user with only the test key in authorized_keys, reachable through an sshd of its own on the
+    login node of cluster pilotci (the shared sshds and the shared test user are not touched)."""
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd")
+    user = "pb" + os.urandom(3).hex()
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True, timeout=30)
+    sshd = None
+    try:
+        home = Path(pwd.getpwnam(user).pw_dir)
+        ssh = home / ".ssh"
+        ssh.mkdir(mode=0o700)
+        shutil.copy(f"{slurm_cluster.key}.pub", ssh / "authorized_keys")
+        os.chmod(ssh / "authorized_keys", 0o600)
+        for p in (ssh, ssh / "authorized_keys"):
+            shutil.chown(p, user, user)
+        subprocess.run(["usermod", "-p", "*", user], check=True, timeout=30)   # not locked: sshd accepts keys
+        sshd = OwnSshd(slurm_cluster, tmp_path / "sshd", user=user,
+                       authorized_keys=Path(".ssh/authorized_keys")).start()
+        yield {"user": user, "home": home, "host": sshd.host, "port": sshd.port,
+               "known_hosts": str(sshd.known_hosts), "key": slurm_cluster.key, "sshd_log": sshd.log}
+    finally:
+        if sshd is not None:
+            sshd.stop()
+        _kill_user_processes(user)
+        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60, check=True)
+
+
+def _bootstrap(cfg: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "bootstrap", *args],
+                          capture_output=True, text=True, check=False, timeout=timeout)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchpad, tmp_path):
+    fc = fresh_cluster
+    user, home = fc["user"], fc["home"]
+    lp_local = tmp_path / "my_launchpad.yaml"
+    launchpad.to_file(str(lp_local))
+    cfg = tmp_path / "cfg"
+    (cfg / "clusters").mkdir(parents=True)
+    (cfg / "pilot.yaml").write_text(f"launchpad_file: {lp_local}\nlog_dir: {tmp_path / 'logs'}\n")
+    work = f"{home}/pilot"
+    cluster_file = cfg / "clusters" / "fresh.yaml"
+    cluster_file.write_text(
+        "# a brand-new account: nothing installed there (this comment must survive)\n"
+        f"scheduler: slurm\nhost: {fc['host']}\nport: {fc['port']}\nuser: {user}\n"
+        f"identity_file: {fc['key']}\nknown_hosts: {fc['known_hosts']}\n"
+        "categories: [md]\n"
+        "launchpad_file: ~/.pilot/my_launchpad.yaml   # bootstrap writes it\n"
+        f"work_dir: {work}\n"
+        "pilot:\n  walltime: \"5\"\n  partition: debug\n"
+        "walltime_margin: 30\n")
+    wheelhouse = tmp_path / "wheelhouse"
+    # a snapshot of the source: the working tree may change while the test runs (other work goes on in it),
+    # and a changed tree is (rightly) a different build
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist",
+                                                            ".git", ".*_cache", "tests", "benchmarks"))
+
+    # before: the doctor fails (no fireworks-pilot there, no launchpad file)
+    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", "fresh", "--json"],
+                         capture_output=True, text=True, check=False, timeout=300)
+    before = {c["id"]: c["status"] for c in json.loads(res.stdout)["clusters"][0]["checks"]}
+    assert res.returncode == 1 and before["ssh"] == "pass" and before["python"] == "fail"
+    assert before["launchpad_file"] == "fail"
+
+    t0 = time.monotonic()
+    res = _bootstrap(cfg, "fresh", "--wheelhouse", str(wheelhouse), "--source", str(src))
+    first = time.monotonic() - t0
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[8/8] pilot doctor fresh" in res.stdout and "all checks passed" in res.stdout
+    assert "[FAIL]" not in res.stdout
+
+    # what is on the cluster now (same machine: read it directly)
+    venv = Path(work) / "venv"
+    stamp = json.loads((venv / ".pilot-bootstrap.json").read_text())
+    from pilot import __version__
+
+    assert stamp["version"] == __version__
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import pilot, fireworks; print(pilot.__file__)"],
+                         capture_output=True, text=True, timeout=60, check=True, cwd="/").stdout
+    assert out.startswith(str(venv))
+    lp_remote = home / ".pilot" / "my_launchpad.yaml"
+    st = lp_remote.stat()
+    assert st.st_mode & 0o777 == 0o600 and pwd.getpwuid(st.st_uid).pw_name == user
+    assert lp_remote.read_bytes() == lp_local.read_bytes()
+    text = cluster_file.read_text()
+    assert "# a brand-new account: nothing installed there (this comment must survive)" in text
+    assert "launchpad_file: ~/.pilot/my_launchpad.yaml   # bootstrap writes it" in text
+    assert yaml.safe_load(text)["setup"] == f"source {venv}/bin/activate  {BOOTSTRAP_MARK}\n"
+    assert (cfg / "clusters" / "fresh.yaml.bak").is_file()
+
+    # the doctor on its own
+    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", "fresh"],
+                         capture_output=True, text=True, check=False, timeout=300)
+    assert res.returncode == 0, res.stdout
+
+    # again: nothing to install, nothing to change
+    t0 = time.monotonic()
+    res = _bootstrap(cfg, "fresh", "--wheelhouse", str(wheelhouse), "--source", str(src))
+    second = time.monotonic() - t0
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "skipping the install" in res.stdout
+    assert "unchanged" in res.stdout
+    assert second < first
+
+    # after an upgrade here (simulated: the venv's record of its build differs): reinstalled, doctor passes
+    stamp["digest"] = "an-older-build"
+    (venv / ".pilot-bootstrap.json").write_text(json.dumps(stamp))
+    res = _bootstrap(cfg, "fresh", "--wheelhouse", str(wheelhouse), "--source", str(src))
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "reinstalling it" in res.stdout and "already in" in res.stdout   # the wheels were not uploaded again
+    assert json.loads((venv / ".pilot-bootstrap.json").read_text())["digest"] != "an-older-build"
+    print(f"bootstrap: first {first:.1f} s, second {second:.1f} s")

@@ -1,0 +1,219 @@
+"""The scaling policy: a pure function, tested against the rule the manager issue states.
+
+Expected numbers are worked out by hand from the rule
+``need = ceil(ready / fireworks_per_pilot) - pending - running with time left``, clamped by
+``max_queued`` (pending on the cluster), ``max_running`` (all live pilots on the cluster) and
+``min_pilots``, shared between clusters in order of observed queue wait.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pilot.manager.policy import (CategoryDemand, ClusterLimits, ClusterView, PilotCounts, fireworks_per_pilot,
+                          plan)
+
+
+def cluster(name="a", cats=("md",), usable=3600.0, fpp=4, q=10, r=20, mn=0, available=True, wait=None):
+    return ClusterView(name=name, categories=tuple(cats), usable_seconds=usable, fireworks_per_pilot=fpp,
+                       limits=ClusterLimits(max_queued=q, max_running=r, min_pilots=mn),
+                       available=available, queue_wait=wait)
+
+
+def by_key(decisions):
+    return {(d.cluster, d.category): d for d in decisions}
+
+
+def test_zero_demand_submits_nothing():
+    out = plan({"md": CategoryDemand(ready=0)}, [cluster()], {})
+    assert [(d.submit, d.reason) for d in out] == [(0, "no demand")]
+
+
+def test_missing_category_in_demand_is_zero_demand():
+    out = plan({}, [cluster(cats=("md", "local"))], {})
+    assert {d.category: d.submit for d in out} == {"local": 0, "md": 0}
+
+
+def test_ceil_of_ready_over_fireworks_per_pilot():
+    # 10 READY, 4 per pilot -> ceil(10/4) = 3
+    d = plan({"md": CategoryDemand(ready=10)}, [cluster(fpp=4)], {})[0]
+    assert (d.submit, d.reason, d.fireworks_per_pilot) == (3, "demand", 4)
+    assert d.log_line() == "a/md: ready=10 pending=0 running=0 -> submit 3 (demand)"
+
+
+def test_existing_pending_and_running_with_time_are_subtracted():
+    # ceil(40/4)=10, minus 2 pending, minus 3 running with time left -> 5
+    pilots = {("a", "md"): PilotCounts(pending=2, running=4, running_with_time=3)}
+    d = plan({"md": CategoryDemand(ready=40)}, [cluster(fpp=4, q=100, r=100)], pilots)[0]
+    assert (d.submit, d.pending, d.running) == (5, 2, 4)
+
+
+def test_running_without_time_left_does_not_count():
+    pilots = {("a", "md"): PilotCounts(pending=0, running=5, running_with_time=0)}
+    d = plan({"md": CategoryDemand(ready=8)}, [cluster(fpp=4, q=100, r=100)], pilots)[0]
+    assert d.submit == 2
+
+
+def test_covered_when_pilots_already_take_the_work():
+    pilots = {("a", "md"): PilotCounts(pending=3)}
+    d = plan({"md": CategoryDemand(ready=10)}, [cluster(fpp=4)], pilots)[0]
+    assert (d.submit, d.reason) == (0, "covered")
+
+
+def test_max_queued_clamps_and_is_named():
+    # ceil(40/1)=40 wanted; 2 already pending, max_queued 10 -> 8
+    pilots = {("a", "md"): PilotCounts(pending=2, running=3, running_with_time=0)}
+    d = plan({"md": CategoryDemand(ready=40)}, [cluster(fpp=1, q=10, r=100)], pilots)[0]
+    assert (d.submit, d.reason) == (8, "max_queued")
+    assert d.log_line() == "a/md: ready=40 pending=2 running=3 -> submit 8 (max_queued)"
+
+
+def test_max_running_caps_all_live_pilots():
+    # 3 running + 1 pending = 4 live; max_running 6 -> at most 2 more although max_queued allows 10
+    pilots = {("a", "md"): PilotCounts(pending=1, running=3, running_with_time=3)}
+    d = plan({"md": CategoryDemand(ready=100)}, [cluster(fpp=1, q=10, r=6)], pilots)[0]
+    assert (d.submit, d.reason) == (2, "max_running")
+
+
+def test_limits_are_shared_by_the_categories_of_one_cluster():
+    c = cluster(cats=("md", "prep"), fpp=1, q=5, r=50)
+    out = by_key(plan({"md": CategoryDemand(ready=4), "prep": CategoryDemand(ready=4)}, [c], {}))
+    # categories in sorted order: md takes 4 of the 5 queue slots, prep gets the last one
+    assert out[("a", "md")].submit == 4
+    assert (out[("a", "prep")].submit, out[("a", "prep")].reason) == (1, "max_queued")
+
+
+def test_min_pilots_floor_without_demand():
+    d = plan({"md": CategoryDemand(ready=0)}, [cluster(mn=2)], {})[0]
+    assert (d.submit, d.reason) == (2, "min_pilots")
+    d = plan({"md": CategoryDemand(ready=0)}, [cluster(mn=2)], {("a", "md"): PilotCounts(running=2)})[0]
+    assert (d.submit, d.reason) == (0, "no demand")
+
+
+def test_backed_off_cluster_gets_nothing_and_demand_flows_to_the_other():
+    a = cluster("a", fpp=2, available=False, wait=1.0)
+    b = cluster("b", fpp=2, wait=100.0)
+    out = by_key(plan({"md": CategoryDemand(ready=6)}, [a, b], {}))
+    assert (out[("a", "md")].submit, out[("a", "md")].reason) == (0, "backed off")
+    assert out[("b", "md")].submit == 3
+
+
+def test_demand_is_shared_never_counted_twice_preferring_short_queue_waits():
+    # 12 READY at 2 per pilot = 6 pilots; a (wait 10 s) has room for 4 queued, b takes the rest
+    a = cluster("a", fpp=2, q=4, wait=10.0)
+    b = cluster("b", fpp=2, q=10, wait=300.0)
+    out = by_key(plan({"md": CategoryDemand(ready=12)}, [b, a], {}))
+    assert (out[("a", "md")].submit, out[("a", "md")].reason) == (4, "max_queued")
+    assert (out[("b", "md")].submit, out[("b", "md")].reason) == (2, "demand")
+
+
+def test_pilots_on_another_cluster_absorb_demand():
+    a = cluster("a", fpp=2)
+    b = cluster("b", fpp=2)
+    pilots = {("b", "md"): PilotCounts(pending=2)}   # b's 2 pending pilots take 4 of the 6
+    out = by_key(plan({"md": CategoryDemand(ready=6)}, [a, b], pilots))
+    assert out[("a", "md")].submit == 1
+    assert out[("b", "md")].submit == 0
+
+
+def test_unknown_queue_wait_is_tried_last_and_names_break_ties():
+    a = cluster("a", fpp=1, q=1)
+    b = cluster("b", fpp=1, q=1, wait=50.0)
+    c = cluster("c", fpp=1, q=1)
+    out = plan({"md": CategoryDemand(ready=2)}, [c, a, b], {})
+    assert [(d.cluster, d.submit) for d in out] == [("b", 1), ("a", 1), ("c", 0)]
+
+
+def test_fireworks_per_pilot_from_durations():
+    k = cluster(usable=3600.0, fpp=7)
+    # all READY Fireworks give 900 s -> 4 fit in 3600 s
+    assert fireworks_per_pilot(k, CategoryDemand(ready=3, with_duration=3, mean_duration=900.0)) == 4
+    # longer than a pilot: still one pilot each
+    assert fireworks_per_pilot(k, CategoryDemand(ready=2, with_duration=2, mean_duration=7200.0)) == 1
+    # none given: the configured number
+    assert fireworks_per_pilot(k, CategoryDemand(ready=5)) == 7
+    # 4 known at 1800 s (2 per pilot -> 2 pilots) + 7 unknown at 7 per pilot (1 pilot) = 3 pilots for 11
+    assert fireworks_per_pilot(k, CategoryDemand(ready=11, with_duration=4, mean_duration=1800.0)) == round(11 / 3)
+
+
+def test_durations_drive_the_pilot_count():
+    # 8 Fireworks of 1 h each on a 4 h (usable) pilot: 4 per pilot -> 2 pilots, whatever fpp says
+    k = cluster(usable=4 * 3600.0, fpp=1)
+    d = plan({"md": CategoryDemand(ready=8, with_duration=8, mean_duration=3600.0)}, [k], {})[0]
+    assert (d.submit, d.fireworks_per_pilot) == (2, 4)
+
+
+# --------------------------------------------------------------------------- properties
+names = st.sampled_from(["a", "b", "c"])
+
+
+@st.composite
+def scenarios(draw):
+    cats = ["md", "local", "prep"]
+    clusters = []
+    for name in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+        served = tuple(draw(st.lists(st.sampled_from(cats), min_size=1, max_size=3, unique=True)))
+        clusters.append(cluster(name, served, usable=draw(st.floats(60, 86400)), fpp=draw(st.integers(1, 10)),
+                                q=draw(st.integers(0, 12)), r=draw(st.integers(0, 30)), mn=draw(st.integers(0, 3)),
+                                available=draw(st.booleans()),
+                                wait=draw(st.one_of(st.none(), st.floats(0, 10000)))))
+    demand = {}
+    for c in cats:
+        ready = draw(st.integers(0, 300))
+        n_known = draw(st.integers(0, ready))
+        demand[c] = CategoryDemand(ready=ready, with_duration=n_known,
+                                   mean_duration=draw(st.floats(1, 100000)) if n_known else None)
+    pilots = {}
+    for k in clusters:
+        for c in k.categories:
+            pend, run = draw(st.integers(0, 8)), draw(st.integers(0, 8))
+            pilots[(k.name, c)] = PilotCounts(pending=pend, running=run, running_with_time=draw(st.integers(0, run)))
+    return demand, clusters, pilots
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios())
+def test_properties_hold_for_any_input(sc):
+    demand, clusters, pilots = sc
+    out = plan(demand, clusters, pilots)
+    assert len(out) == sum(len(k.categories) for k in clusters)
+    for k in clusters:
+        mine = [d for d in out if d.cluster == k.name]
+        new = sum(d.submit for d in mine)
+        pend = sum(p.pending for (cn, _), p in pilots.items() if cn == k.name)
+        live = sum(p.pending + p.running for (cn, _), p in pilots.items() if cn == k.name)
+        assert all(d.submit >= 0 for d in mine)
+        if not k.available:
+            assert new == 0
+        # never beyond the limits (when already beyond, nothing is added)
+        assert new <= max(0, k.limits.max_queued - pend)
+        assert new <= max(0, k.limits.max_running - live)
+    for cat, dem in demand.items():
+        mine = [d for d in out if d.category == cat]
+        if not mine:
+            continue
+        fpp = {d.cluster: d.fireworks_per_pilot for d in mine}
+        floors = sum(max(0, k.limits.min_pilots - pilots[(k.name, cat)].pending - pilots[(k.name, cat)].running)
+                     for k in clusters if cat in k.categories and k.available)
+        # no double counting: beyond the min_pilots floors, new capacity exceeds the unserved work by less
+        # than one pilot per cluster that got some
+        existing = sum((pilots[(k.name, cat)].pending + pilots[(k.name, cat)].running_with_time) * fpp[k.name]
+                       for k in clusters if cat in k.categories)
+        unserved = max(0, dem.ready - existing)
+        got = [d for d in mine if d.submit > 0]
+        surplus_pilots = sum(d.submit for d in mine) - floors
+        if surplus_pilots > 0:
+            assert sum(d.submit * d.fireworks_per_pilot for d in got) < unserved + sum(
+                d.fireworks_per_pilot for d in got) + floors * max(fpp.values())
+        if dem.ready == 0 and floors == 0:
+            assert all(d.submit == 0 for d in mine)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 500), st.integers(1, 10))
+def test_unlimited_single_cluster_is_exactly_the_formula(ready, fpp):
+    d = plan({"md": CategoryDemand(ready=ready)}, [cluster(fpp=fpp, q=10**6, r=10**6)], {})[0]
+    assert d.submit == math.ceil(ready / fpp)
