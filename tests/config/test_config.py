@@ -567,7 +567,7 @@ def test_the_documented_custom_templates_render(tmp_path, files):
     from pilot.render import render_pilot_script
     blocks = _doc_blocks("jinja")
     assert len(blocks) == 2
-    for i, (block, sched) in enumerate(zip(blocks, ("slurm", "pbs"))):
+    for i, (block, sched) in enumerate(zip(blocks, ("slurm", "pbs"), strict=True)):
         d = stampede(files)
         d.update(scheduler=sched, template=f"t{i}.sh.j2")
         cdir = write_config(tmp_path / str(i), {}, {"c": d})

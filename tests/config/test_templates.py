@@ -406,7 +406,7 @@ SIGNAL_WORKER = r"""{% extends "slurm.sh.j2" %}
 {% block worker_command %}
 bash -c 'out="$PILOT_WORK_DIR/w-$PILOT_JOB_ID"; trap "date +%s >> \"\$out.usr1\"" USR1; env | grep ^PILOT_ | sort > "$out.env"; echo ready > "$out.ready"; n=0; while [ ! -s "$out.usr1" ] && [ $n -lt {{ loops }} ]; do sleep 0.1; n=$((n+1)); done; [ -s "$out.usr1" ] && { sleep 1; exit 5; }; exit 9'
 {% endblock %}
-"""
+"""  # noqa: E501  (one bash -c line: breaking it would change the script)
 
 
 def _submit(info: Any, script_path: Path, cwd: Path) -> str:

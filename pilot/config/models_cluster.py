@@ -1,0 +1,525 @@
+"""``clusters/NAME.yaml``: one cluster, its ``pilot:`` resources and its ``limits:``.
+
+The scheduler comes first: the validators of the fields after it (host, walltime, directives, ...) depend
+on it, and pydantic validates fields in the order they are declared.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from pilot.config.errors import describe, field_error, field_errors
+from pilot.config.units import (
+    ENV_NAME_RE,
+    HOST_RE,
+    PATH_RE,
+    PROXY_RE,
+    QUEUE_RE,
+    RESERVED_ENV,
+    SLURM_MAX_SIGNAL_TIME,
+    USER_RE,
+    Scheduler,
+    base_dir_of,
+    expand_path,
+    one_line,
+    parse_memory_mb,
+    parse_walltime,
+    validate_name,
+)
+
+__all__ = ["ClusterConfig", "Limits", "PilotResources"]
+
+
+class PilotResources(BaseModel):
+    """The ``pilot:`` section of a cluster file: what each pilot job asks the scheduler for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    walltime: str | int = Field(description="Wall time of every pilot job, in the scheduler's own format "
+                                "(see docs/configuration.md). Quote it in YAML: \"24:00:00\".",
+                                examples=["24:00:00"])
+    nodes: int = Field(1, ge=1, description="Nodes per pilot job.", examples=[1])
+    cores: int = Field(1, ge=1, description="CPU cores per node (SLURM --ntasks-per-node, PBS ncpus, "
+                       "LSF span[ptile]); exported to the job as PILOT_CORES.", examples=[68])
+    memory: str | int | None = Field(None, description="Memory per node, e.g. 4G or 4000M (a bare number is "
+                                     "MiB); null leaves the scheduler's default.", examples=["64G"])
+    gpus: int | None = Field(None, ge=1, description="GPUs per node (SLURM --gpus-per-node, PBS ngpus, "
+                             "LSF -gpu num=); null asks for none.", examples=[1])
+    partition: str | None = Field(None, description="SLURM partition; the queue name for PBS (-q) and LSF (-q). "
+                                  "null uses the default.", examples=["normal"])
+    account: str | None = Field(None, description="Account/project charged (SLURM --account, PBS -A, "
+                                "LSF -P); null uses your default.", examples=["TG-ABC123"])
+    qos: str | None = Field(None, description="SLURM quality of service (--qos). SLURM only.",
+                            examples=["normal"])
+    extra_directives: list[str] = Field(default_factory=list,
+                                        description="More scheduler options, one per entry: either a "
+                                        "whole directive line ('#SBATCH --constraint=knl') or just the option "
+                                        "('--constraint=knl'), to which the scheduler's prefix is added.",
+                                        examples=[["--constraint=knl"]])
+
+    _walltime_seconds: int | None = PrivateAttr(None)
+
+    @property
+    def walltime_seconds(self) -> int:
+        """The wall time in seconds (set when the cluster, whose scheduler defines the format, validated it)."""
+        if self._walltime_seconds is None:
+            raise RuntimeError("walltime_seconds is only known inside a validated ClusterConfig")
+        return self._walltime_seconds
+
+    @property
+    def memory_mb(self) -> int | None:
+        """``memory`` in MiB, or ``None``."""
+        return None if self.memory is None else parse_memory_mb(self.memory)
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime_type(cls, v: Any) -> Any:
+        if isinstance(v, (bool, float)) or not isinstance(v, (str, int)):
+            raise field_error(f"expected a duration, got {describe(v)}: write it in quotes, e.g. \"24:00:00\"")
+        if isinstance(v, str):
+            one_line(v, "walltime")
+        return v
+
+    @field_validator("partition", "account", "qos", mode="before")
+    @classmethod
+    def _queue_like(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)          # numeric account names exist
+        if isinstance(v, str) and not QUEUE_RE.match(v):
+            raise field_error(f"{v!r} cannot be used as {info.field_name}: use only letters, digits and "
+                              "'_ . @ : + -' (no spaces, quotes, line breaks or shell characters)")
+        return v
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        if v is not None:
+            try:
+                parse_memory_mb(v)
+            except ValueError as e:
+                raise field_error(str(e)) from None
+        return v
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _extra(cls, v: list[str]) -> list[str]:
+        problems = []
+        for i, line in enumerate(v):
+            if any(c in line for c in "\n\r\0"):
+                problems.append((f"[{i}]", f"{line!r} holds a line break: write one directive per list entry"))
+            elif not line.strip():
+                problems.append((f"[{i}]", "empty entry: remove it"))
+        if problems:
+            raise field_errors(problems)
+        return [line.strip() for line in v]
+
+
+class Limits(BaseModel):
+    """How many pilots of this manager may be on the cluster at once (the policy in pilot/policy.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queued: int = Field(10, ge=1, description="Most pilots of this manager waiting in the cluster's queue "
+                            "at once, all categories together (at least 1: a new pilot waits first).",
+                            examples=[10])
+    max_running: int = Field(20, ge=1, description="Most pilots of this manager on the cluster at once, queued "
+                             "or running, all categories together.", examples=[20])
+    min_pilots: int = Field(0, ge=0, description="Pilots kept (queued or running) for each category even when "
+                            "no Firework is READY, a warm pool; 0 submits on demand only.", examples=[0])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Limits:
+        if self.max_queued > self.max_running:
+            raise field_error(f"max_queued ({self.max_queued}) is more than max_running ({self.max_running}), which "
+                              "counts queued and running pilots together, so the extra queue room is never used: write "
+                              f"max_queued: {self.max_running} or less, or raise max_running", subfield="max_queued")
+        if self.min_pilots > self.max_running:
+            raise field_error(f"min_pilots ({self.min_pilots}) is more than max_running ({self.max_running}): "
+                              f"that many pilots may never be on the cluster; write min_pilots: {self.max_running} "
+                              "or less",
+                              subfield="min_pilots")
+        return self
+
+
+class ClusterConfig(BaseModel):
+    """``clusters/NAME.yaml``: one cluster (or this machine, with ``scheduler: local``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # -- the scheduler first: the validators of the fields below depend on it
+    scheduler: Scheduler = Field(description="The cluster's batch system: slurm, pbs, lsf, or local "
+                                 "(pilots run as processes on this machine, no SSH).", examples=["slurm"])
+    # -- reaching the cluster
+    host: str | None = Field(None, validate_default=True,
+                             description="Login host to reach over SSH (a ~/.ssh/config alias works with "
+                             "use_ssh_config). Required unless scheduler is local.",
+                             examples=["login.stampede.example.org"])
+    user: str | None = Field(None, description="User name on the cluster; null: from ~/.ssh/config "
+                             "(use_ssh_config) or your local user name.", examples=["alice"])
+    port: int = Field(22, ge=1, le=65535, description="SSH port. With use_ssh_config, a Port line in "
+                      "~/.ssh/config replaces the default 22.", examples=[22])
+    identity_file: Path | None = Field(None, description="Private key file for SSH ('~' is expanded); "
+                                       "null: your SSH agent / ~/.ssh/config / default keys.",
+                                       examples=["~/.ssh/id_ed25519"])
+    proxy_jump: str | None = Field(None, description="A gateway to hop through, as [user@]host[:port] "
+                                   "(like ssh -J); null for a direct connection.",
+                                   examples=["alice@gateway.example.org:22"])
+    strict_host_key_checking: bool = Field(True, description="Refuse hosts whose key is not in known_hosts "
+                                           "(true, recommended). false accepts and records unknown keys.",
+                                           examples=[True])
+    known_hosts: Path = Field(Path("~/.ssh/known_hosts"), validate_default=True,
+                              description="known_hosts file with the cluster's host key ('~' is expanded).",
+                              examples=["~/.ssh/known_hosts"])
+    use_ssh_config: bool = Field(False, description="Also read ~/.ssh/config for this host (HostName, User, "
+                                 "Port, IdentityFile, ProxyJump, UserKnownHostsFile) where this file leaves "
+                                 "the value unset; the file must exist.", examples=[False])
+    connect_timeout: float = Field(30.0, gt=0, description="Seconds to wait for the SSH connection.",
+                                   examples=[30])
+    command_timeout: float = Field(120.0, gt=0, description="Seconds any one remote command (sbatch, squeue, "
+                                   "...) may take before it counts as failed.", examples=[120])
+    # -- what the pilots do
+    categories: list[str] = Field(min_length=1, description="FireWorks _category values this cluster serves; "
+                                  "each pilot serves one category.", examples=[["md"]])
+    launchpad_file: str = Field(description="The LaunchPad file as the pilot on the cluster sees it "
+                                "(absolute, or starting with ~/ for the cluster user's home).",
+                                examples=["/home/alice/.pilot/my_launchpad.yaml"])
+    work_dir: str = Field(description="Absolute directory on the cluster for job scripts, pilot output and "
+                          "exit-code files ('~' is not expanded in scheduler directives, so write the full "
+                          "path; for local, '~' is expanded).", examples=["/scratch/alice/pilot"])
+    python: str | None = Field(None, description="Python interpreter on the cluster; when set the worker is "
+                               "started as PYTHON -m pilot worker (instead of worker_command).",
+                               examples=["/home/alice/venvs/pilot/bin/python"])
+    worker_command: str = Field("pilot worker", description="Command that starts the pilot worker, as shell "
+                                "words (the worker options are appended).", examples=["pilot worker"])
+    setup: str = Field("", description="Shell lines run (with set -e) before the worker starts: module "
+                       "loads, venv activation. A list of lines is accepted too.",
+                       examples=["module load gromacs/2022\nsource ~/venvs/pilot/bin/activate\n"])
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables exported in "
+                                "the pilot job (values are quoted; use setup for shell expansions).",
+                                examples=[{"OMP_NUM_THREADS": "1"}])
+    pilot: PilotResources = Field(description="What every pilot job requests from the scheduler.")
+    walltime_margin: int = Field(600, ge=0, description="Seconds before the end of the wall time at which "
+                                 "the pilot stops starting work (and the scheduler's warning signal USR1 is "
+                                 "asked for).", examples=[600])
+    grace: int = Field(60, ge=0, description="Seconds the worker waits for a running task after forwarding "
+                       "SIGTERM to it before killing it; must be less than walltime_margin.", examples=[60])
+    idle_timeout: int = Field(300, ge=0, description="Seconds a pilot waits with no READY Firework before it "
+                              "exits (0: exit as soon as there is no work).", examples=[300])
+    fireworks_per_pilot: int = Field(1, ge=1, description="How many READY Fireworks one pilot is expected to "
+                                     "run, used when Fireworks give no expected duration: READY / this = "
+                                     "pilots wanted.", examples=[1])
+    limits: Limits = Field(default_factory=lambda: Limits.model_validate({}),
+                           description="How many pilots may be queued/running at once.")
+    template: Path | None = Field(None, description="A custom Jinja2 job template (may {% extends "
+                                  "\"slurm.sh.j2\" %} and override blocks); relative to the clusters/ folder. "
+                                  "null uses the built-in template of the scheduler.",
+                                  examples=["../templates/my-slurm.sh.j2"])
+
+    _source: Path | None = PrivateAttr(None)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def source_file(self) -> Path | None:
+        """The file this cluster was loaded from (``None`` when built in code)."""
+        return self._source
+
+    @property
+    def walltime_seconds(self) -> int:
+        """The pilots' wall time in seconds."""
+        return self.pilot.walltime_seconds
+
+    @property
+    def memory_mb(self) -> int | None:
+        """``pilot.memory`` in MiB, or ``None``."""
+        return self.pilot.memory_mb
+
+    @property
+    def worker_argv(self) -> list[str]:
+        """The words that start the worker (its options are appended by the template)."""
+        if self.python:
+            return [self.python, "-m", "pilot", "worker"]
+        return shlex.split(self.worker_command)
+
+    @property
+    def is_local(self) -> bool:
+        """True for ``scheduler: local`` (no SSH)."""
+        return self.scheduler is Scheduler.LOCAL
+
+    def directive_lines(self) -> list[str]:
+        """``extra_directives`` as full directive lines (the scheduler's prefix added to plain options)."""
+        prefix = self.scheduler.directive_prefix
+        out = []
+        for line in self.pilot.extra_directives:
+            out.append(line if line.startswith("#") or prefix is None else f"{prefix} {line}")
+        return out
+
+    # ------------------------------------------------------------------ validators (in field order)
+    @staticmethod
+    def _sched(info: ValidationInfo) -> Scheduler | None:
+        s = info.data.get("scheduler")
+        return s if isinstance(s, Scheduler) else None
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_name(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in {s.value for s in Scheduler}:
+            return v.lower()
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None, info: ValidationInfo) -> str | None:
+        sched = cls._sched(info)
+        if sched is Scheduler.LOCAL:
+            if v not in (None, "localhost", "127.0.0.1"):
+                raise field_error(f"scheduler local runs pilots on this machine without SSH, so host {v!r} is not "
+                                  "used: remove host (or write localhost), or choose the cluster's scheduler")
+            return None
+        if v is None:
+            if sched is None:
+                return v
+            raise field_error(f"required for scheduler {sched.value}: write the login host, e.g. "
+                              "host: login.cluster.example.org (or use scheduler: local for this machine)")
+        if not HOST_RE.match(v):
+            raise field_error(f"{v!r} is not a host name: write a name or address without spaces, "
+                              "e.g. login.cluster.example.org (user and port have their own fields)")
+        return v
+
+    @field_validator("user", "port", "identity_file", "proxy_jump")
+    @classmethod
+    def _ssh_only(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and cls._sched(info) is Scheduler.LOCAL:
+            raise field_error(f"scheduler local does not use SSH: remove {info.field_name}")
+        if v is None:
+            return v
+        if info.field_name == "user" and not USER_RE.match(v):
+            raise field_error(f"{v!r} is not a user name: write the login name only, e.g. alice")
+        if info.field_name == "identity_file":
+            p = expand_path(v, None)
+            if not p.is_file():
+                raise field_error(f"file not found: {p}; write the path of your private key "
+                                  "(e.g. ~/.ssh/id_ed25519), or null to use your SSH agent / ~/.ssh/config")
+            return p
+        if info.field_name == "proxy_jump":
+            m = PROXY_RE.match(v)
+            if not m or (m.group("port") and not 1 <= int(m.group("port")) <= 65535):
+                raise field_error(f"{v!r} is not a jump host: write [user@]host[:port], "
+                                  "e.g. alice@gateway.example.org:22 (one hop)")
+        return v
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _known_hosts(cls, v: Path, info: ValidationInfo) -> Path:
+        p = expand_path(v, None)
+        if (cls._sched(info) not in (Scheduler.LOCAL, None) and info.data.get("strict_host_key_checking", True)
+                and not p.is_file()):
+            host = info.data.get("host") or "HOST"
+            port = info.data.get("port") or 22
+            raise field_error(f"file not found: {p}; with strict_host_key_checking: true the cluster's host key "
+                              f"must be there: run `ssh-keyscan -p {port} {host} >> {p}` and check the fingerprint, "
+                              "or point known_hosts at the right file")
+        return p
+
+    @field_validator("use_ssh_config")
+    @classmethod
+    def _ssh_config(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and cls._sched(info) not in (Scheduler.LOCAL, None):
+            cfg = expand_path("~/.ssh/config", None)
+            if not cfg.is_file():
+                raise field_error(f"use_ssh_config is true but {cfg} does not exist: create it, or write "
+                                  "use_ssh_config: false and give host, user, port and identity_file here")
+        return v
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, v: list[str]) -> list[str]:
+        problems = []
+        seen: set[str] = set()
+        for i, c in enumerate(v):
+            try:
+                validate_name(c, "category")
+            except ValueError as e:
+                problems.append((f"[{i}]", str(e)))
+            if c in seen:
+                problems.append((f"[{i}]", f"category {c!r} is listed twice: remove one"))
+            seen.add(c)
+        if problems:
+            raise field_errors(problems)
+        return v
+
+    @field_validator("launchpad_file")
+    @classmethod
+    def _launchpad_file(cls, v: str, info: ValidationInfo) -> str:
+        one_line(v, "launchpad_file")
+        if cls._sched(info) is Scheduler.LOCAL:
+            return str(expand_path(v, base_dir_of(info)))
+        if not (v.startswith(("/", "~/")) or v == "~"):
+            raise field_error(f"{v!r} is relative: write the absolute path on the cluster, e.g. "
+                              "/home/alice/.pilot/my_launchpad.yaml, or ~/.pilot/my_launchpad.yaml for the cluster "
+                              "user's home")
+        return v
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir(cls, v: str, info: ValidationInfo) -> str:
+        one_line(v, "work_dir")
+        if cls._sched(info) is Scheduler.LOCAL:
+            v = str(expand_path(v, None))
+        if not v.startswith("/"):
+            hint = (" ('~' is not expanded in scheduler directives such as #SBATCH --output)"
+                    if v.startswith("~") else "")
+            raise field_error(f"{v!r} is not an absolute path{hint}: write the full path on the cluster, "
+                              "e.g. /scratch/alice/pilot")
+        if not PATH_RE.match(v):
+            raise field_error(f"{v!r} holds characters that break scheduler directives (spaces, quotes, %, $ ...): "
+                              "choose a directory whose path has only letters, digits and '_ . / + @ , = -'")
+        return v.rstrip("/") or "/"
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str | None) -> str | None:
+        if v is not None:
+            one_line(v, "python")
+            if not v.strip():
+                raise field_error("empty: write the interpreter path, e.g. ~/venvs/pilot/bin/python, or null")
+        return v
+
+    @field_validator("worker_command")
+    @classmethod
+    def _worker_command(cls, v: str, info: ValidationInfo) -> str:
+        one_line(v, "worker_command")
+        try:
+            words = shlex.split(v)
+        except ValueError as e:
+            raise field_error(f"cannot split {v!r} into words ({e}): fix the quoting, e.g. pilot worker") from None
+        if not words:
+            raise field_error("empty: write the command that starts the worker, e.g. pilot worker")
+        if info.data.get("python") and v != "pilot worker":
+            raise field_error("both python and worker_command are set: keep one (python X runs X -m pilot worker)")
+        return v
+
+    @field_validator("setup", mode="before")
+    @classmethod
+    def _setup(cls, v: Any) -> Any:
+        if v is None:
+            return ""
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            v = "\n".join(v)
+        if isinstance(v, str) and "\0" in v:
+            raise field_error("holds a NUL character: remove it")
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x)
+                    for k, x in v.items()}
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for k, x in v.items():
+            if not ENV_NAME_RE.match(k):
+                msg = f"{k!r} is not a variable name: use letters, digits and '_', not starting with a digit"
+                problems.append((k, msg))
+            elif k in RESERVED_ENV:
+                problems.append((k, f"{k} is set by the pilot script itself: remove it"))
+            elif "\0" in x:
+                problems.append((k, "value holds a NUL character: remove it"))
+        if problems:
+            raise field_errors(problems)
+        return v
+
+    @field_validator("pilot")
+    @classmethod
+    def _pilot(cls, v: PilotResources, info: ValidationInfo) -> PilotResources:
+        sched = cls._sched(info)
+        if sched is None:
+            return v
+        problems: list[tuple[str, str]] = []
+        try:
+            v._walltime_seconds = parse_walltime(v.walltime, sched)
+        except ValueError as e:
+            problems.append(("walltime", str(e)))
+        if sched is not Scheduler.SLURM and v.qos is not None:
+            problems.append(("qos", (f"qos is a SLURM option and {sched.value} has none: remove it "
+                                     "(or put the option your scheduler uses in extra_directives)")))
+        if sched is Scheduler.LOCAL:
+            for name in ("partition", "account", "memory", "gpus"):
+                if getattr(v, name) is not None:
+                    problems.append((name, f"scheduler local has no {name}: remove it"))
+            if v.nodes != 1:
+                problems.append(("nodes", "scheduler local runs on this one machine: write nodes: 1"))
+            if v.extra_directives:
+                problems.append(("extra_directives", "scheduler local has no directives: remove them"))
+        else:
+            prefix = sched.directive_prefix or ""
+            for i, line in enumerate(v.extra_directives):
+                if line.startswith("#"):
+                    if not line.startswith((prefix + " ", prefix + "\t")):
+                        problems.append((f"extra_directives[{i}]",
+                                         (f"{line!r} is not a {sched.value} directive: start it with "
+                                          f"'{prefix} ' or write just the option, e.g. '-x value'")))
+                elif not line.startswith("-"):
+                    problems.append((f"extra_directives[{i}]",
+                                     (f"{line!r} is neither an option nor a directive: write an option "
+                                      f"such as '--constraint=knl' / '-l place=scatter', or a whole line "
+                                      f"'{prefix} ...'")))
+        if problems:
+            raise field_errors(problems)
+        return v
+
+    @field_validator("walltime_margin")
+    @classmethod
+    def _margin(cls, v: int, info: ValidationInfo) -> int:
+        pilot = info.data.get("pilot")
+        sched = cls._sched(info)
+        if isinstance(pilot, PilotResources) and pilot._walltime_seconds is not None:
+            wt = pilot._walltime_seconds
+            if v >= wt:
+                raise field_error(f"{v} s is not less than the wall time ({wt} s): the pilot would have no time to "
+                                  f"work; write a smaller margin (e.g. {max(wt // 10, 0)}) or a longer walltime")
+        if sched is Scheduler.SLURM and v > SLURM_MAX_SIGNAL_TIME:
+            raise field_error(f"SLURM sends the warning signal at most {SLURM_MAX_SIGNAL_TIME} s before the end: "
+                              f"write {SLURM_MAX_SIGNAL_TIME} or less")
+        return v
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, v: int, info: ValidationInfo) -> int:
+        margin = info.data.get("walltime_margin")
+        if isinstance(margin, int) and margin > 0 and v >= margin:
+            raise field_error(f"{v} s is not less than walltime_margin ({margin} s): a task stopped at the margin "
+                              f"must finish before the wall time; write grace: {max(margin // 2, 0)} or raise "
+                              "walltime_margin")
+        return v
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: Limits, info: ValidationInfo) -> Limits:
+        cats = info.data.get("categories")
+        if isinstance(cats, list) and v.min_pilots * len(cats) > v.max_running:
+            raise field_error(f"min_pilots ({v.min_pilots}) for each of the {len(cats)} categories makes "
+                              f"{v.min_pilots * len(cats)} pilots, more than max_running ({v.max_running}): write "
+                              f"min_pilots: {v.max_running // len(cats)} or less, or raise max_running",
+                              subfield="min_pilots")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return v
+        p = expand_path(v, base_dir_of(info))
+        if not p.is_file():
+            raise field_error(f"file not found: {p}; write the path of your Jinja2 template (relative paths are "
+                              "relative to the clusters/ folder), or null for the built-in template")
+        return p
+

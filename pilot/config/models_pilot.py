@@ -1,0 +1,68 @@
+"""``pilot.yaml``: the settings of the manager itself (one file per config directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from pilot.config.errors import field_error
+from pilot.config.units import PREFIX_RE, base_dir_of, expand_path
+
+__all__ = ["BackoffConfig", "PilotConfig"]
+
+
+class BackoffConfig(BaseModel):
+    """How long the manager leaves a failing cluster alone (doubling from ``initial`` up to ``max``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial: float = Field(60.0, gt=0, description="Seconds to wait after the first failure talking to a "
+                           "cluster (SSH or scheduler command) before trying it again.", examples=[60])
+    max: float = Field(1800.0, gt=0, description="Upper bound of the wait in seconds; the wait doubles after "
+                       "every further failure until it reaches this.", examples=[1800])
+    factor: float = Field(2.0, ge=1.0, description="Multiplier applied to the wait after every further "
+                          "failure (1 = constant wait).", examples=[2])
+
+    @model_validator(mode="after")
+    def _order(self) -> BackoffConfig:
+        if self.initial > self.max:
+            raise field_error(f"initial ({self.initial:g} s) is larger than max ({self.max:g} s): "
+                              f"write max: {self.initial:g} or more, or a smaller initial", subfield="max")
+        return self
+
+
+class PilotConfig(BaseModel):
+    """``pilot.yaml``: settings of the manager itself (one per config directory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    launchpad_file: Path = Field(Path("~/.pilot/my_launchpad.yaml"), validate_default=True,
+                                 description="Where the manager finds the FireWorks LaunchPad file "
+                                 "(my_launchpad.yaml). '~' is expanded; a relative path is relative to the "
+                                 "config directory.", examples=["~/.pilot/my_launchpad.yaml"])
+    poll_interval: float = Field(60.0, ge=1, description="Seconds between two manager cycles "
+                                 "(gather -> decide -> act).", examples=[60])
+    log_dir: Path = Field(Path("~/.pilot/logs"), validate_default=True,
+                          description="Directory for the manager's log files. '~' is expanded; a relative "
+                          "path is relative to the config directory.", examples=["~/.pilot/logs"])
+    backoff: BackoffConfig = Field(default_factory=lambda: BackoffConfig.model_validate({}),
+                                   description="Retry delays for a cluster whose commands fail.")
+    max_reruns: int = Field(3, ge=0, description="How many times a Firework whose pilot died under it "
+                            "(lost run) is put back to READY before it is left FIZZLED.", examples=[3])
+    job_name_prefix: str = Field("fwp", description="First part of every pilot job name "
+                                 "(PREFIX.CATEGORY.ID): how the manager recognises its own jobs in the queue. "
+                                 "A letter, then up to 7 letters or digits.", examples=["fwp"])
+
+    @field_validator("launchpad_file", "log_dir")
+    @classmethod
+    def _paths(cls, v: Path, info: ValidationInfo) -> Path:
+        return expand_path(v, base_dir_of(info))
+
+    @field_validator("job_name_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not PREFIX_RE.match(v):
+            raise field_error(f"{v!r} is not a usable job-name prefix: write a letter followed by up to 7 letters "
+                              "or digits (no '.', '-' or '_'), e.g. fwp")
+        return v
