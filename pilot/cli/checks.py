@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from pilot.checks.results import CheckResult, ClusterReport
 
 
 def _fancy(ascii_only: bool) -> bool:
@@ -35,7 +38,7 @@ class _DoctorPrinter:
         self.indent = indent
         self.pending = False
 
-    def cluster(self, cr: Any) -> None:
+    def cluster(self, cr: ClusterReport) -> None:
         where = f", {cr.file}" if cr.file else ""
         click.echo(f"\n{cr.name} ({cr.scheduler}, {cr.address}{where})")
 
@@ -44,7 +47,7 @@ class _DoctorPrinter:
             click.echo(f"{self.indent}{'…' if self.fancy else '...'} {title}", nl=False)
             self.pending = True
 
-    def result(self, _cluster: str | None, r: Any) -> None:
+    def result(self, _cluster: str | None, r: CheckResult) -> None:
         from pilot.checks.doctor import format_check
 
         if self.pending:
@@ -123,8 +126,8 @@ def bootstrap(app: Any, cluster: str, wheels: str, db_host: str | None, venv: st
     (mode 600), the cluster file's setup and launchpad_file; then run the doctor."""
     from pilot.checks.bootstrap import BootstrapError, BootstrapOptions, Reporter, WheelMode
     from pilot.checks.bootstrap import bootstrap as do_bootstrap
-    from pilot.config import ConfigError
     from pilot.checks.doctor import ClusterDoctor
+    from pilot.config import ConfigError
     from pilot.transport import TransportError
 
     opts = BootstrapOptions(wheels=WheelMode(wheels), venv=venv, python=python, db_host=db_host,

@@ -181,76 +181,92 @@ def _bootstrap(cfg: Path, *args: str, timeout: float = 900) -> subprocess.Comple
                           capture_output=True, text=True, check=False, timeout=timeout)
 
 
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchpad, tmp_path):
-    fc = fresh_cluster
-    user, home = fc["user"], fc["home"]
-    lp_local = tmp_path / "my_launchpad.yaml"
-    launchpad.to_file(str(lp_local))
+def _fresh_config(fc: dict, tmp_path: Path, lp_local: Path) -> tuple[Path, Path, str]:
+    """A config directory with one cluster, ``fresh``: the new account, nothing installed there yet.
+    Returns (config dir, cluster file, work_dir)."""
     cfg = tmp_path / "cfg"
     (cfg / "clusters").mkdir(parents=True)
     (cfg / "pilot.yaml").write_text(f"launchpad_file: {lp_local}\nlog_dir: {tmp_path / 'logs'}\n")
-    work = f"{home}/pilot"
+    work = f"{fc['home']}/pilot"
     cluster_file = cfg / "clusters" / "fresh.yaml"
     cluster_file.write_text(
         "# a brand-new account: nothing installed there (this comment must survive)\n"
-        f"scheduler: slurm\nhost: {fc['host']}\nport: {fc['port']}\nuser: {user}\n"
+        f"scheduler: slurm\nhost: {fc['host']}\nport: {fc['port']}\nuser: {fc['user']}\n"
         f"identity_file: {fc['key']}\nknown_hosts: {fc['known_hosts']}\n"
         "categories: [md]\n"
         "launchpad_file: ~/.pilot/my_launchpad.yaml   # bootstrap writes it\n"
         f"work_dir: {work}\n"
         "pilot:\n  walltime: \"5\"\n  partition: debug\n"
         "walltime_margin: 30\n")
-    wheelhouse = tmp_path / "wheelhouse"
-    # a snapshot of the source: the working tree may change while the test runs (other work goes on in it),
-    # and a changed tree is (rightly) a different build
+    return cfg, cluster_file, work
+
+
+def _source_snapshot(tmp_path: Path) -> Path:
+    """A snapshot of the source: the working tree may change while the test runs (other work goes on in it),
+    and a changed tree is (rightly) a different build."""
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist",
                                                             ".git", ".*_cache", "tests", "benchmarks"))
+    return src
 
-    # before: the doctor fails (no fireworks-pilot there, no launchpad file)
-    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", "fresh", "--json"],
-                         capture_output=True, text=True, check=False, timeout=300)
-    before = {c["id"]: c["status"] for c in json.loads(res.stdout)["clusters"][0]["checks"]}
-    assert res.returncode == 1 and before["ssh"] == "pass" and before["python"] == "fail"
-    assert before["launchpad_file"] == "fail"
 
-    t0 = time.monotonic()
-    res = _bootstrap(cfg, "fresh", "--wheelhouse", str(wheelhouse), "--source", str(src))
-    first = time.monotonic() - t0
-    print(res.stdout, res.stderr)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "[8/8] pilot doctor fresh" in res.stdout and "all checks passed" in res.stdout
-    assert "[FAIL]" not in res.stdout
+def _doctor(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", "fresh", *args],
+                          capture_output=True, text=True, check=False, timeout=300)
 
-    # what is on the cluster now (same machine: read it directly)
-    venv = Path(work) / "venv"
-    stamp = json.loads((venv / ".pilot-bootstrap.json").read_text())
+
+def _assert_set_up(fc: dict, venv: Path, lp_local: Path, cluster_file: Path) -> dict:
+    """What is on the cluster after the first bootstrap (same machine: read it directly); returns the stamp."""
     from pilot import __version__
 
+    stamp = json.loads((venv / ".pilot-bootstrap.json").read_text())
     assert stamp["version"] == __version__
     out = subprocess.run([str(venv / "bin" / "python"), "-c", "import pilot, fireworks; print(pilot.__file__)"],
                          capture_output=True, text=True, timeout=60, check=True, cwd="/").stdout
     assert out.startswith(str(venv))
-    lp_remote = home / ".pilot" / "my_launchpad.yaml"
+    lp_remote = fc["home"] / ".pilot" / "my_launchpad.yaml"
     st = lp_remote.stat()
-    assert st.st_mode & 0o777 == 0o600 and pwd.getpwuid(st.st_uid).pw_name == user
+    assert st.st_mode & 0o777 == 0o600 and pwd.getpwuid(st.st_uid).pw_name == fc["user"]
     assert lp_remote.read_bytes() == lp_local.read_bytes()
     text = cluster_file.read_text()
     assert "# a brand-new account: nothing installed there (this comment must survive)" in text
     assert "launchpad_file: ~/.pilot/my_launchpad.yaml   # bootstrap writes it" in text
     assert yaml.safe_load(text)["setup"] == f"source {venv}/bin/activate  {BOOTSTRAP_MARK}\n"
-    assert (cfg / "clusters" / "fresh.yaml.bak").is_file()
+    assert (cluster_file.parent / "fresh.yaml.bak").is_file()
+    return stamp
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchpad, tmp_path):
+    lp_local = tmp_path / "my_launchpad.yaml"
+    launchpad.to_file(str(lp_local))
+    cfg, cluster_file, work = _fresh_config(fresh_cluster, tmp_path, lp_local)
+    where = ("--wheelhouse", str(tmp_path / "wheelhouse"), "--source", str(_source_snapshot(tmp_path)))
+
+    # before: the doctor fails (no fireworks-pilot there, no launchpad file)
+    res = _doctor(cfg, "--json")
+    before = {c["id"]: c["status"] for c in json.loads(res.stdout)["clusters"][0]["checks"]}
+    assert res.returncode == 1 and before["ssh"] == "pass" and before["python"] == "fail"
+    assert before["launchpad_file"] == "fail"
+
+    t0 = time.monotonic()
+    res = _bootstrap(cfg, "fresh", *where)
+    first = time.monotonic() - t0
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[8/8] pilot doctor fresh" in res.stdout and "all checks passed" in res.stdout
+    assert "[FAIL]" not in res.stdout
+    venv = Path(work) / "venv"
+    stamp = _assert_set_up(fresh_cluster, venv, lp_local, cluster_file)
 
     # the doctor on its own
-    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", "fresh"],
-                         capture_output=True, text=True, check=False, timeout=300)
+    res = _doctor(cfg)
     assert res.returncode == 0, res.stdout
 
     # again: nothing to install, nothing to change
     t0 = time.monotonic()
-    res = _bootstrap(cfg, "fresh", "--wheelhouse", str(wheelhouse), "--source", str(src))
+    res = _bootstrap(cfg, "fresh", *where)
     second = time.monotonic() - t0
     print(res.stdout, res.stderr)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -261,7 +277,7 @@ def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchp
     # after an upgrade here (simulated: the venv's record of its build differs): reinstalled, doctor passes
     stamp["digest"] = "an-older-build"
     (venv / ".pilot-bootstrap.json").write_text(json.dumps(stamp))
-    res = _bootstrap(cfg, "fresh", "--wheelhouse", str(wheelhouse), "--source", str(src))
+    res = _bootstrap(cfg, "fresh", *where)
     print(res.stdout, res.stderr)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "reinstalling it" in res.stdout and "already in" in res.stdout   # the wheels were not uploaded again

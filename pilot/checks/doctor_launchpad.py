@@ -1,0 +1,64 @@
+"""The doctor's LaunchPad checks: the database answers *from the cluster*, with the cluster's launchpad
+file, and that file is readable by its owner alone (it holds the database password).
+"""
+
+from __future__ import annotations
+
+from pilot.checks.doctor_base import DoctorBase, last, short_error
+from pilot.checks.probes import DB_PROBE, read_probe, ssh_prefix
+from pilot.checks.results import CheckResult, CheckStatus
+
+__all__ = ["LaunchpadChecks"]
+
+
+class LaunchpadChecks(DoctorBase):
+    """``database`` and ``launchpad_file``."""
+
+    def check_database(self) -> CheckResult:
+        title = "database reachable from the cluster"
+        lpf = self.c.launchpad_file
+        wait_ms = int(min(20.0, max(5.0, self.timeout / 3)) * 1000)
+        res = self._after_setup([self.interpreter, "-c", DB_PROBE, lpf, str(wait_ms)])
+        info = read_probe(res.stdout)
+        if res.returncode == 0 and info is not None:
+            return CheckResult("database", title, CheckStatus.PASS,
+                               detail=f"{lpf}: database {info.get('database')} answered in {info.get('seconds')} s")
+        err = short_error(last(res.stderr)) or f"exit code {res.returncode}"
+        if "FileNotFoundError" in err or "No such file" in err:
+            fix = (f"the launchpad file is missing on the cluster: `pilot bootstrap {self.name}` copies yours "
+                   f"there (mode 600), or correct launchpad_file in {self.file}")
+        elif "PermissionError" in err:
+            fix = f"the cluster user cannot read {lpf}: {ssh_prefix(self.c)}chmod 600 {lpf} (as its owner)"
+        elif "ServerSelectionTimeout" in err or "Connection refused" in err or "timed out" in err:
+            fix = ("the cluster cannot reach the database at the address in its launchpad file: the address "
+                   "must be reachable from the cluster's nodes (not 'localhost' of your laptop); if the server "
+                   "is the embedded one, run it with --host on a reachable address, then "
+                   f"`pilot bootstrap {self.name} --db-host ADDRESS` writes that address into the cluster's file; "
+                   "check firewalls between the cluster and the database")
+        elif "Authentication" in err or "auth" in err.lower():
+            fix = f"the database refused the credentials in {lpf}: check username/password there"
+        else:
+            fix = f"read the error above; test by hand: {ssh_prefix(self.c)}lpad -l {lpf} get_fws -d count"
+        return CheckResult("database", title, CheckStatus.FAIL, detail=f"{lpf}: {err}", fix=fix)
+
+    def check_launchpad_file(self) -> CheckResult:
+        import errno
+
+        from pilot.transport import RemotePathError
+
+        title = "launchpad file readable by its owner only"
+        lpf = self.c.launchpad_file
+        try:
+            st = self.transport.stat(lpf)
+        except RemotePathError as e:
+            if e.errno == errno.ENOENT:
+                return CheckResult("launchpad_file", title, CheckStatus.FAIL, detail=f"{lpf} does not exist",
+                                   fix=(f"`pilot bootstrap {self.name}` copies your launchpad file there with "
+                                        f"mode 600, or correct launchpad_file in {self.file}"))
+            raise
+        if st.mode & 0o077:
+            return CheckResult("launchpad_file", title, CheckStatus.FAIL,
+                               detail=(f"{lpf} has mode {st.mode:03o}: other users can read the database "
+                                       "credentials in it"),
+                               fix=f"{ssh_prefix(self.c)}chmod 600 {lpf}")
+        return CheckResult("launchpad_file", title, CheckStatus.PASS, detail=f"{lpf} has mode {st.mode:03o}")
