@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pilot.config import ClusterConfig
+    from pilot.transport.base import Transport
+    from queue_adapters.base import QueueAdapter
 
 
-def transport_for(name: str, cluster: Any) -> Any:
+def transport_for(name: str, cluster: ClusterConfig) -> Transport:
     """The transport for one cluster config: SSH, or local for ``scheduler: local`` / ``host: localhost``
     without a user.
 
@@ -17,7 +22,8 @@ def transport_for(name: str, cluster: Any) -> Any:
     cluster : pilot.config.ClusterConfig
         Its configuration.
     """
-    from pilot.transport import LocalTransport, SSHTransport
+    from pilot.transport.local import LocalTransport
+    from pilot.transport.ssh import SSHTransport
 
     if _scheduler(cluster) == "local" or not cluster.host:
         return LocalTransport()
@@ -34,7 +40,7 @@ def _scheduler(cluster: Any) -> str:
     return str(getattr(s, "value", s))
 
 
-def adapter_for(cluster: Any) -> Any:
+def adapter_for(cluster: ClusterConfig) -> QueueAdapter:
     """The queue adapter for a cluster config's scheduler (``local``: :mod:`pilot.localsched`)."""
     from queue_adapters import get_adapter
 

@@ -24,7 +24,7 @@ import uuid
 
 import pytest
 
-from pilot.transport import SSHTransport
+from pilot.transport.ssh import SSHTransport
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

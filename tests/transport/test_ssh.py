@@ -21,15 +21,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pilot.transport import (
+from pilot.transport.errors import (
     AuthenticationError,
     ConnectError,
     ConnectionLost,
     HostKeyError,
-    SSHTransport,
     TransportConfigError,
-    close_all_connections,
 )
+from pilot.transport.ssh import SSHTransport
+from pilot.transport.ssh_pool import close_all_connections
 from tests.helpers import OwnSshd, free_port_in, wait_for
 
 pytestmark = pytest.mark.slurm

@@ -19,16 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pilot.transport import (
-    CommandTimeout,
-    CompletedCommand,
-    LocalTransport,
-    RemotePathError,
-    SSHTransport,
-    Transport,
-    TransportConfigError,
-    TransportError,
-)
+from pilot.transport.base import CompletedCommand, Transport
+from pilot.transport.errors import CommandTimeout, RemotePathError, TransportConfigError, TransportError
+from pilot.transport.local import LocalTransport
+from pilot.transport.ssh import SSHTransport
 from tests.helpers import wait_for
 
 # Arguments a shell would otherwise interpret: quotes, expansions, separators, globs, escapes, whitespace.
