@@ -1,0 +1,103 @@
+"""The worker's side of a Firework child's pipe: it reads the Rocket's LaunchPad calls and runs them on the
+worker's own (warm) LaunchPad, noting on the child what the checkout and the completion did."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pilot.worker.children import killpg
+from pilot.worker.logs import LOG
+from pilot.worker.protocol import FRAME, ROCKET_CALLS, send_reply
+
+if TYPE_CHECKING:
+    from pilot.worker.children import ChildPool, ChildState
+
+
+class CallServer:
+    """Serves the Rocket's LaunchPad calls (:data:`~pilot.worker.protocol.ROCKET_CALLS`) of the children."""
+
+    def __init__(self, lp: Any, children: ChildPool, stopping: Callable[[], bool]) -> None:
+        self.lp = lp
+        self.children = children
+        #: True once the worker got a stop signal: a checkout then finds no work
+        self._stopping = stopping
+
+    def read_calls(self, child: ChildState) -> None:
+        """Read what the child sent; serve every complete call."""
+        try:
+            data = os.read(child.call_fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not data:
+            child.eof = True
+            return
+        child.buffer += data
+        while len(child.buffer) >= FRAME.size:
+            (size,) = FRAME.unpack_from(child.buffer)
+            if len(child.buffer) < FRAME.size + size:
+                break
+            frame = child.buffer[FRAME.size:FRAME.size + size]
+            child.buffer = child.buffer[FRAME.size + size:]
+            self.serve(child, frame)
+
+    def serve(self, child: ChildState, frame: bytes) -> None:
+        """Run one of the Rocket's LaunchPad calls for ``child`` on the worker's LaunchPad and reply."""
+        try:
+            method, args, kwargs, want_reply = pickle.loads(frame)
+        except Exception as exc:  # noqa: BLE001 - a garbled message must not end the worker
+            LOG.error("fw child %d: unreadable call (%s: %s): killing it, the conversation is lost", child.pid,
+                      type(exc).__name__, exc)
+            killpg(child.pid, signal.SIGKILL)
+            child.killed = True
+            return
+        if method not in ROCKET_CALLS:
+            if want_reply:
+                send_reply(child.reply_fd, "err", RuntimeError(f"pilot worker does not serve LaunchPad.{method}"))
+            return
+        if method == "checkout_fw":
+            if child.fworker is None or self._stopping() or child.stop_sent_at is not None:
+                send_reply(child.reply_fd, "ok", (None, None))  # stopping: the Rocket finds no work and ends
+                return
+            # the query of this moment (time left), not the one the child was forked with
+            if args:
+                args = (child.fworker, *args[1:])
+            else:
+                kwargs["fworker"] = child.fworker
+        self.lp._pilot_child = child
+        try:
+            result = getattr(self.lp, method)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - FireWorks' Rocket handles it in the child, as with its own LP
+            LOG.warning("fw child %d: LaunchPad.%s failed: %s: %s", child.pid, method, type(exc).__name__, exc)
+            if want_reply:
+                send_reply(child.reply_fd, "err", exc)
+            return
+        if want_reply:
+            self._answer(child, method, args, kwargs, result)
+
+    def _answer(self, child: ChildState, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                result: Any) -> None:
+        """Note what a checkout or completion did, reply, and have the next child forked once a Firework runs."""
+        fw_modules = None
+        if method == "checkout_fw":
+            m_fw, launch_id = result
+            if m_fw is not None:
+                from fireworks.utilities import fw_serializers
+
+                fw_modules = dict(fw_serializers.SAVED_FW_MODULES)
+                self.children.task_modules.update(type(t).__module__ for t in m_fw.tasks)
+                child.fw_id, child.launch_id, child.name = m_fw.fw_id, launch_id, m_fw.name
+                child.started_mono = time.monotonic()
+                LOG.info("fw %d '%s' started (launch %d, pid %d, dir %s)", m_fw.fw_id, m_fw.name, launch_id,
+                         child.pid, args[1] if len(args) > 1 else kwargs.get("launch_dir"))
+        elif method == "complete_launch":
+            child.end_state = str(kwargs.get("state", args[2] if len(args) > 2 else "COMPLETED"))
+        send_reply(child.reply_fd, "ok", result, fw_modules)
+        if (method == "checkout_fw" and child.fw_id is not None and not self.children.pending
+                and child.stop_sent_at is None and not self._stopping()):
+            # the next child is forked while this Firework runs
+            self.children.request()

@@ -1,0 +1,151 @@
+"""The Firework child's side: a process forked by the fork server runs one Firework with FireWorks' own
+``launch_rocket``, in its own ``launcher_*`` directory, and sends the Rocket's LaunchPad calls to the worker."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pilot.worker.protocol import (
+    CHILD_NO_WORK,
+    CHILD_RAN,
+    CHILD_UNUSED,
+    WorkerGone,
+    encode_call,
+    read_frame,
+    write_frame,
+)
+
+
+class WorkerLink:
+    """The child's side of the pipes to the worker: a blocking call/reply channel (thread-safe: FireWorks'
+    ping thread calls the LaunchPad too)."""
+
+    def __init__(self, call_fd: int, reply_fd: int) -> None:
+        self.call_fd = call_fd
+        self.reply_fd = reply_fd
+        self.lock = threading.Lock()
+        self.served = False
+
+    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """A call without reply (the worker runs it before any later call of this child)."""
+        with self.lock:
+            write_frame(self.call_fd, encode_call(method, args, kwargs, False))
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from fireworks.utilities import fw_serializers
+
+        with self.lock:
+            write_frame(self.call_fd, encode_call(method, args, kwargs, True))
+            kind, fw_modules, payload = pickle.loads(read_frame(self.reply_fd))
+            self.served = True
+        if fw_modules:
+            # where the worker found the task classes by name: spares this process FireWorks' package walk
+            fw_serializers.SAVED_FW_MODULES.update(fw_modules)
+        result = pickle.loads(payload)
+        if kind == "ok":
+            return result
+        raise result
+
+
+def child_launchpad(link: WorkerLink, lp_dict: dict[str, Any]) -> Any:
+    """The LaunchPad given to the Rocket in a Firework child.
+
+    The Rocket's own calls (:data:`~pilot.worker.protocol.ROCKET_CALLS`) go to the worker; anything else (a
+    task that receives the LaunchPad through ``_add_launchpad_and_fw_id`` and uses it) runs here, on a
+    MongoClient of the child's own, created on first use after the fork.
+    """
+    from fireworks.core.launchpad import LaunchPad
+
+    class ChildLaunchPad(LaunchPad):
+        def __init__(self) -> None:  # no connection: see __getattr__
+            self._pilot_local: Any = None
+            self.host = lp_dict.get("host")
+            self.name = lp_dict.get("name")
+            self.logdir = lp_dict.get("logdir")
+            self.strm_lvl = lp_dict.get("strm_lvl")
+
+        def __getattr__(self, attr: str) -> Any:
+            if attr.startswith("__") or attr == "_pilot_local":
+                raise AttributeError(attr)
+            if self._pilot_local is None:
+                self._pilot_local = LaunchPad.from_dict(lp_dict)
+            return getattr(self._pilot_local, attr)
+
+        def to_dict(self) -> dict[str, Any]:
+            return dict(lp_dict)
+
+        def get_logdir(self) -> Any:
+            return self.logdir
+
+        def checkout_fw(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("checkout_fw", *args, **kwargs)
+
+        def ping_launch(self, *args: Any, **kwargs: Any) -> Any:
+            # A ping (heartbeat, or the checkpoint before each task) returns nothing: the Rocket goes on while
+            # the worker writes it; the worker runs it before the child's next call, so the order holds.
+            try:
+                link.send("ping_launch", *args, **kwargs)
+            except BrokenPipeError:
+                # FireWorks' ping thread pings once more after the launch is complete; the worker has moved on
+                # by then, and a ping only ever updates a RUNNING launch: nothing is lost
+                pass
+
+        def complete_launch(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("complete_launch", *args, **kwargs)
+
+        def change_launch_dir(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("change_launch_dir", *args, **kwargs)
+
+        def restore_backup_data(self, *args: Any, **kwargs: Any) -> Any:
+            return link.call("restore_backup_data", *args, **kwargs)
+
+    return ChildLaunchPad()
+
+
+def make_launcher_dir(base: Path) -> Path:
+    """Create ``base/launcher_<timestamp>`` like ``rlaunch rapidfire`` does (unique, never reused)."""
+    while True:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S-%f")
+        path = base / f"launcher_{stamp}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            time.sleep(1e-6)
+
+
+def child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: Path, fw_log_level: str,
+               call_fd: int, reply_fd: int) -> int:
+    """Body of a Firework child; the return value is the process exit code.
+
+    The child is forked ahead of time, while the previous Firework still runs; it prepares its launcher dir and
+    calls FireWorks' ``launch_rocket`` at once. The Rocket's first call, ``checkout_fw``, waits in the pipe until
+    the worker serves it: right when the previous Firework is done, with the FWorker query of that moment.
+    """
+    from fireworks.core.fworker import FWorker
+    from fireworks.core.rocket_launcher import launch_rocket
+
+    link = WorkerLink(call_fd, reply_fd)
+    fworker = FWorker.from_dict(fworker_dict)  # name, categories, env; the worker puts in the query
+    lp = child_launchpad(link, lp_dict)
+    launch_dir = make_launcher_dir(base_dir)
+    os.chdir(launch_dir)
+    try:
+        ran = launch_rocket(lp, fworker, strm_lvl=fw_log_level)
+    except WorkerGone:
+        if link.served:
+            raise
+        return CHILD_UNUSED  # the worker stopped before this child's turn
+    finally:
+        os.chdir(base_dir)
+        try:
+            launch_dir.rmdir()  # only succeeds when empty (no Firework, or the Firework used _launch_dir)
+        except OSError:
+            pass
+    return CHILD_RAN if ran else CHILD_NO_WORK

@@ -1,0 +1,119 @@
+"""The worker's LaunchPad: loading it from the launchpad file, the hooks that record what a child's checkout
+did, and retrying the database through connection errors."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pilot.worker.logs import LOG
+from pilot.worker.model import StopRequested, WorkerError
+from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from pilot.worker.children import ChildState
+    from pilot.worker.model import WorkerConfig
+
+T = TypeVar("T")
+
+
+def install_worker_hooks(lp: Any) -> None:
+    """Let the worker's LaunchPad record, for the child it currently serves, which Firework it reserved, which
+    launch id it created, and whether a workflow lock could not be taken (FireWorks then skips the refresh)."""
+    import fireworks.core.launchpad as lpmod
+
+    class RecordingWFLock(lpmod.WFLock):
+        def __enter__(self) -> Any:
+            try:
+                return super().__enter__()
+            except lpmod.LockedWorkflowError:
+                child = getattr(self.lp, "_pilot_child", None)
+                if child is not None:
+                    child.lock_failed = True
+                raise
+
+    lpmod.WFLock = RecordingWFLock
+
+    class RecordingLaunchPad(lpmod.LaunchPad):
+        _pilot_child: ChildState | None = None
+
+        def _get_a_fw_to_run(self, query: Any = None, fw_id: Any = None, checkout: bool = True) -> Any:
+            m_fw = super()._get_a_fw_to_run(query=query, fw_id=fw_id, checkout=checkout)
+            if m_fw is not None and checkout and self._pilot_child is not None:
+                self._pilot_child.reserved_fw = m_fw.fw_id
+            return m_fw
+
+        def get_new_launch_id(self) -> Any:
+            launch_id = super().get_new_launch_id()
+            if self._pilot_child is not None:
+                self._pilot_child.launch_id = launch_id
+            return launch_id
+
+    lp.__class__ = RecordingLaunchPad
+
+
+def load_launchpad(cfg: WorkerConfig) -> Any:
+    """The worker's LaunchPad, from ``--launchpad-file``; a :class:`WorkerError` a person can act on when the
+    file is missing or is no LaunchPad file."""
+    from fireworks.core.launchpad import LaunchPad
+    from pymongo.errors import ConfigurationError
+
+    path = cfg.launchpad_file
+    try:
+        lp = LaunchPad.from_file(str(path))
+    except FileNotFoundError as exc:
+        raise WorkerError(f"launchpad file {path}: not found ({exc}); pass --launchpad-file with the path "
+                          "of a FireWorks my_launchpad.yaml", EXIT_USAGE) from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigurationError) as exc:
+        raise WorkerError(
+            f"launchpad file {path}: cannot build a LaunchPad from it ({type(exc).__name__}: {exc}); it must "
+            "be a FireWorks launchpad YAML/JSON with at least 'host' (or a mongodb:// URI with "
+            "uri_mode: true) and 'name'", EXIT_USAGE) from exc
+    return lp
+
+
+class DbRetry:
+    """Runs database calls, retrying connection errors with backoff for ``db_retry_time`` seconds."""
+
+    def __init__(self, cfg: WorkerConfig, signals: list[int], sleep: Callable[[float], None]) -> None:
+        self.cfg = cfg
+        #: the stop signals the worker received (a stoppable call ends when one is there)
+        self._signals = signals
+        #: a sleep that wakes up at once on a signal
+        self._sleep = sleep
+
+    def __call__(self, what: str, fn: Callable[..., T], *args: Any, stoppable: bool = False, **kwargs: Any) -> T:
+        """Run ``fn`` against the database, retrying connection errors with backoff for ``db_retry_time``.
+
+        With ``stoppable`` (a read that only looks for work) a stop signal ends the retrying: StopRequested.
+        """
+        from pymongo.errors import ConnectionFailure, OperationFailure
+
+        first: float | None = None
+        delay = 1.0
+        while True:
+            if stoppable and self._signals:
+                raise StopRequested(what)
+            try:
+                return fn(*args, **kwargs)
+            except ConnectionFailure as exc:
+                now = time.monotonic()
+                first = now if first is None else first
+                if now - first >= self.cfg.db_retry_time:
+                    raise WorkerError(
+                        f"database unreachable while {what}: {type(exc).__name__}: {str(exc)[:300]}; retried for "
+                        f"{now - first:.0f} s (--db-retry-time {self.cfg.db_retry_time:g}). Check that the "
+                        f"LaunchPad server in {self.cfg.launchpad_file} is running and reachable from "
+                        f"{socket.gethostname()}", EXIT_DB_UNREACHABLE) from exc
+                LOG.warning("database unreachable while %s (%s); retrying in %.0f s", what,
+                            type(exc).__name__, delay)
+                if stoppable:
+                    self._sleep(delay)
+                else:
+                    time.sleep(delay)
+                delay = min(delay * 2.0, 30.0)
+            except OperationFailure as exc:
+                raise WorkerError(f"database refused the operation while {what}: {exc}; check the credentials "
+                                  f"and database name in {self.cfg.launchpad_file}", EXIT_DB_UNREACHABLE) from exc

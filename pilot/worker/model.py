@@ -1,0 +1,118 @@
+"""What the worker was told (:class:`WorkerConfig`), what became of its pulls (:class:`Outcome`,
+:class:`LaunchRecord`, :class:`Summary`), why it stops, and the errors that end it."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Firework / launch states in which a Firework still "belongs" to a running launch.
+ACTIVE_STATES = ("RUNNING", "RESERVED")
+FINAL_LAUNCH_STATES = ("COMPLETED", "FIZZLED")
+
+
+class Outcome(enum.Enum):
+    """What became of one pull attempt."""
+
+    COMPLETED = "COMPLETED"
+    FIZZLED = "FIZZLED"
+    #: the launch was still RUNNING when the child ended: the Firework went back to READY.
+    REQUEUED = "REQUEUED"
+    #: the child found no matching READY Firework.
+    NO_WORK = "NO_WORK"
+    #: the child failed before it took a Firework (database error, broken environment).
+    CHILD_FAILED = "CHILD_FAILED"
+    #: the Firework vanished from the database while it ran (deleted by someone else).
+    LOST = "LOST"
+
+
+class StopReason(enum.Enum):
+    """Why the worker stopped pulling work."""
+
+    IDLE = "no matching work for the idle timeout"
+    DEADLINE = "deadline reached (time left minus margin <= 0)"
+    SIGNAL = "stop signal"
+
+
+class StopRequested(Exception):
+    """A stop signal arrived while the worker was waiting for the database to look for work."""
+
+
+class WorkerError(RuntimeError):
+    """A failure that ends the worker with a message a person can act on."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything ``pilot worker`` was told on its command line."""
+
+    launchpad_file: Path
+    categories: tuple[str, ...]
+    name: str
+    deadline: float | None
+    margin: float = 60.0
+    idle_timeout: float = 60.0
+    grace: float = 30.0
+    term_grace: float = 1.0
+    launch_dir: Path = field(default_factory=Path.cwd)
+    log_file: Path | None = None
+    db_retry_time: float = 300.0
+    fw_log_level: str = "INFO"
+
+    @property
+    def stop_at(self) -> float | None:
+        """Epoch seconds at which a still-running Firework is asked to stop (``deadline - margin/2``)."""
+        return None if self.deadline is None else self.deadline - self.margin / 2.0
+
+
+@dataclass
+class LaunchRecord:
+    """One pull attempt as the worker saw it."""
+
+    outcome: Outcome
+    fw_id: int | None = None
+    launch_id: int | None = None
+    name: str = ""
+    duration: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class Summary:
+    """Counters for the summary line printed at exit."""
+
+    started_mono: float = field(default_factory=time.monotonic)
+    run: int = 0
+    completed: int = 0
+    fizzled: int = 0
+    requeued: int = 0
+    lost: int = 0
+    busy: float = 0.0
+
+    def add(self, rec: LaunchRecord) -> None:
+        if rec.fw_id is None:
+            return
+        self.run += 1
+        self.busy += rec.duration
+        if rec.outcome is Outcome.COMPLETED:
+            self.completed += 1
+        elif rec.outcome is Outcome.FIZZLED:
+            self.fizzled += 1
+        elif rec.outcome is Outcome.REQUEUED:
+            self.requeued += 1
+        elif rec.outcome is Outcome.LOST:
+            self.lost += 1
+
+    def line(self, name: str, reason: str) -> str:
+        elapsed = max(time.monotonic() - self.started_mono, 1e-9)
+        util = 100.0 * self.busy / elapsed
+        lost = f", {self.lost} lost" if self.lost else ""
+        return (f"summary {name}: {self.run} Fireworks run ({self.completed} completed, {self.fizzled} fizzled, "
+                f"{self.requeued} requeued{lost}); busy {self.busy:.1f} s of {elapsed:.1f} s elapsed "
+                f"({util:.0f}% utilisation); stopped: {reason}")

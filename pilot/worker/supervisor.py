@@ -1,0 +1,326 @@
+"""The worker's loop: pull a Firework that fits the time left, run it in a child, supervise it (signals, the
+deadline, the grace period), settle it, repeat; stop when idle, at the deadline or on a signal."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import math
+import os
+import select
+import signal
+import socket
+import time
+from typing import Any
+
+from pilot.worker.calls import CallServer
+from pilot.worker.children import ChildPool, ChildState, killpg
+from pilot.worker.database import DbRetry, install_worker_hooks, load_launchpad
+from pilot.worker.forkserver import ForkServerGone
+from pilot.worker.logs import LOG
+from pilot.worker.model import LaunchRecord, Outcome, StopReason, StopRequested, Summary, WorkerConfig, WorkerError
+from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_INTERNAL, EXIT_OK
+from pilot.worker.settle import Settler, firework_final
+
+
+def _setup_env(cfg: WorkerConfig) -> None:
+    """What FireTasks learn from the environment: ``PILOT_NAME``, ``PILOT_DEADLINE``, ``PILOT_STOP_AT``."""
+    os.environ["PILOT_NAME"] = cfg.name
+    if cfg.deadline is None:
+        for var in ("PILOT_DEADLINE", "PILOT_STOP_AT"):
+            os.environ.pop(var, None)
+    else:
+        os.environ["PILOT_DEADLINE"] = str(math.floor(cfg.deadline))
+        os.environ["PILOT_STOP_AT"] = str(math.floor(cfg.stop_at or cfg.deadline))
+
+
+def _prewarm() -> None:
+    """Load, once in the worker, what every Firework child needs, so that forked children start warm."""
+    for module in ("fireworks.core.rocket", "fireworks.core.rocket_launcher"):
+        importlib.import_module(module)
+    from fireworks.utilities.fw_utilities import get_my_host, get_my_ip
+
+    get_my_host()
+    get_my_ip()
+
+
+def _log_start(cfg: WorkerConfig, time_left: float) -> None:
+    if cfg.deadline is None:
+        dl = "no deadline"
+    else:
+        when = datetime.datetime.fromtimestamp(cfg.deadline).strftime("%Y-%m-%d %H:%M:%S")
+        dl = f"deadline {when} (in {time_left:.0f} s), margin {cfg.margin:g} s"
+        if cfg.grace > cfg.margin / 2.0:
+            LOG.warning("--grace %g s is longer than half the margin (%g s): a task stopped at the deadline "
+                        "trigger (deadline - margin/2) is SIGKILLed at the deadline - 1 s at the latest",
+                        cfg.grace, cfg.margin / 2.0)
+    LOG.info("pilot worker %s (pid %d on %s): categories %s, %s, idle timeout %g s, grace %g s, "
+             "launch dirs under %s", cfg.name, os.getpid(), socket.gethostname(), ",".join(cfg.categories),
+             dl, cfg.idle_timeout, cfg.grace, cfg.launch_dir)
+
+
+class Worker:
+    """The pilot worker: pull, run in a child, supervise, settle, repeat."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.cfg = config
+        self.summary = Summary()
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.lp: Any = None
+        #: runs database calls, retrying connection errors
+        self.db = DbRetry(config, self._signals, self._sleep)
+        #: the fork server and the Firework children (made in :meth:`run`)
+        self.children: ChildPool | None = None
+        #: Fireworks whose process died here without a stop request: not pulled again by this worker
+        self._crashed: set[int] = set()
+
+    # ------------------------------------------------------------------ setup
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum != signal.SIGCHLD:
+            self._signals.append(signum)
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    # ------------------------------------------------------------------ time
+    def time_left(self) -> float:
+        """Seconds until the deadline (infinite without one)."""
+        return math.inf if self.cfg.deadline is None else self.cfg.deadline - time.time()
+
+    def available(self) -> float:
+        """Seconds a new Firework may take: time left minus the margin."""
+        return self.time_left() - self.cfg.margin
+
+    def fworker(self, available: float) -> Any:
+        """The FWorker for one pull: our name, categories, and the wall-time filter for ``available`` s."""
+        from fireworks.core.fworker import FWorker
+
+        query: dict[str, Any] = {}
+        if math.isfinite(available):
+            # {"field": None} matches a missing field and an explicit null ("fits anything").
+            query = {"$or": [{"spec._pilot.walltime": None},
+                             {"spec._pilot.walltime": {"$lte": available}}]}
+        if self._crashed:
+            # a Firework whose process died in this pilot is left to other pilots (no crash loop here)
+            query["fw_id"] = {"$nin": sorted(self._crashed)}
+        cats = list(self.cfg.categories)
+        return FWorker(name=self.cfg.name, category=cats[0] if len(cats) == 1 else cats, query=query)
+
+    # ------------------------------------------------------------------ waiting
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up at once on a signal."""
+        if seconds > 0 and not self._signals:
+            select.select([self._wake_r], [], [], seconds)
+        self._drain_wakeups()
+
+    def _stop_requested(self) -> bool:
+        return bool(self._signals)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        """Pull and run Fireworks until idle, deadline or signal; return the exit code."""
+        self._install_signals()
+        reason = StopReason.SIGNAL
+        try:
+            _setup_env(self.cfg)
+            self.cfg.launch_dir.mkdir(parents=True, exist_ok=True)
+            _prewarm()
+            # before the worker's MongoClient exists (no threads, no connection in the fork server)
+            self.children = ChildPool(self.cfg, self.fworker, close_in_server=[self._wake_r, self._wake_w])
+            self.lp = load_launchpad(self.cfg)
+            self.children.lp_dict = self.lp.to_dict()
+            install_worker_hooks(self.lp)
+            _log_start(self.cfg, self.time_left())
+            reason = self._loop(self.children, CallServer(self.lp, self.children, self._stop_requested),
+                                Settler(self.cfg, self.lp, self.db, self._crashed))
+        except WorkerError as exc:
+            LOG.error("%s", exc)
+            LOG.info("%s", self.summary.line(self.cfg.name, f"error (exit {exc.exit_code})"))
+            return exc.exit_code
+        except ForkServerGone as exc:
+            LOG.error("%s; the worker stops (the Firework it ran is requeued by the manager's reconcile)", exc)
+            return EXIT_INTERNAL
+        finally:
+            if self.children is not None:
+                self.children.close()
+        if reason is StopReason.SIGNAL:
+            names = ", ".join(sorted({signal.Signals(s).name for s in self._signals}))
+            text = f"{reason.value} ({names})"
+        else:
+            text = reason.value
+        LOG.info("%s", self.summary.line(self.cfg.name, text))
+        return EXIT_OK
+
+    def _loop(self, children: ChildPool, calls: CallServer, settler: Settler) -> StopReason:
+        last_work = time.monotonic()
+        backoff = 1.0
+        work_hint = False
+        failing_since: float | None = None
+        while True:
+            if children.forkserver.gone:
+                raise ForkServerGone(f"the fork server (pid {children.forkserver.pid}) of the worker died")
+            if children.exiting:
+                children.reap_exiting()
+            if self._stop_requested():
+                return StopReason.SIGNAL
+            avail = self.available()
+            if avail <= 0:
+                return StopReason.DEADLINE
+            fworker = self.fworker(avail)
+            if not work_hint:
+                try:
+                    has_work = self.db("checking for READY work", self.lp.run_exists, fworker, stoppable=True)
+                except StopRequested:
+                    return StopReason.SIGNAL
+                if not has_work:
+                    idle_left = self.cfg.idle_timeout - (time.monotonic() - last_work)
+                    if idle_left <= 0:
+                        return StopReason.IDLE
+                    self._sleep(min(backoff, idle_left, avail))
+                    backoff = min(backoff * 1.5, 10.0)
+                    continue
+            rec = self._run_one(children, calls, settler, fworker)
+            if rec.fw_id is not None:
+                self.summary.add(rec)
+                work_hint = True
+                failing_since = None
+                backoff = 1.0
+                last_work = time.monotonic()
+            elif rec.outcome is Outcome.CHILD_FAILED:
+                work_hint = False
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= self.cfg.db_retry_time:
+                    raise WorkerError(f"Firework children keep failing before taking a Firework for "
+                                      f"{now - failing_since:.0f} s; last: {rec.detail}", EXIT_DB_UNREACHABLE)
+                self._sleep(backoff)
+                backoff = min(backoff * 2.0, 10.0)
+            else:  # NO_WORK: another pilot was faster, or the work no longer fits
+                work_hint = False
+
+    # ------------------------------------------------------------------ one Firework
+    def _run_one(self, children: ChildPool, calls: CallServer, settler: Settler, fworker: Any) -> LaunchRecord:
+        """Run (at most) one Firework in a child process and settle its outcome."""
+        child = children.fork()  # usually the one forked while the previous Firework ran
+        child.fworker = fworker
+        try:
+            self._supervise(children, calls, child)
+        finally:
+            self.lp._pilot_child = None
+        children.close_fds(child)
+        if child.status is None:  # the Firework is final, the process is still exiting
+            children.exiting.append(child)
+        children.reap_exiting()
+        record = settler.settle(child)
+        # FireWorks keeps a backup of every launch it checks out (for restore_backup_data); a worker runs many
+        if child.launch_id is not None:
+            self.lp.backup_launch_data.pop(child.launch_id, None)
+        return record
+
+    def _next_stop_trigger(self) -> float | None:
+        """Seconds until the deadline trigger (``deadline - margin/2``), or None without a deadline."""
+        stop_at = self.cfg.stop_at
+        return None if stop_at is None else stop_at - time.time()
+
+    def _begin_stop(self, child: ChildState, grace: float, why: str) -> None:
+        now = time.monotonic()
+        if self.cfg.deadline is not None:
+            # never wait past the deadline itself: the batch system kills everything there
+            grace = min(grace, max(self.cfg.deadline - 1.0 - time.time(), 0.0))
+        kill_at = now + grace
+        if child.stop_sent_at is None:
+            child.stop_sent_at = now
+            child.stop_why = why
+            what = f"fw {child.fw_id}" if child.fw_id is not None else f"child {child.pid}"
+            LOG.info("%s: %s -> SIGTERM to process group %d, grace %.1f s", what, why, child.pid, grace)
+            killpg(child.pid, signal.SIGTERM)
+            child.kill_at = kill_at
+        elif child.kill_at is None or kill_at < child.kill_at:
+            child.kill_at = kill_at
+            LOG.info("%s: grace shortened to %.1f s", why, grace)
+
+    def _handle_signals(self, child: ChildState, handled: int) -> int:
+        """React to the stop signals from ``handled`` on; returns how many are handled now."""
+        while handled < len(self._signals):
+            sig = self._signals[handled]
+            handled += 1
+            if sig == signal.SIGUSR1:
+                self._begin_stop(child, self.cfg.grace, "SIGUSR1 (pre-walltime signal)")
+            else:
+                name = signal.Signals(sig).name
+                if child.stop_sent_at is not None and child.stop_why.startswith(name):
+                    self._begin_stop(child, 0.0, f"second {name}")
+                else:
+                    self._begin_stop(child, min(self.cfg.grace, self.cfg.term_grace), name)
+        return handled
+
+    def _supervise(self, children: ChildPool, calls: CallServer, child: ChildState) -> None:
+        """Serve the child's LaunchPad calls and wait for it, reacting to signals and the deadline."""
+        forkserver = children.forkserver
+        handled = 0
+        while True:
+            children.take_status(child)
+            if child.status is None and forkserver.gone:
+                self._child_without_fork_server(forkserver.pid, child)
+            if child.status is not None or child.status_lost:
+                # The child is gone; a process it left may still hold the pipe: take what is there and stop.
+                if not child.eof and select.select([child.call_fd], [], [], 0)[0]:
+                    calls.read_calls(child)
+                    continue
+                return
+            if firework_final(child):
+                # FireWorks has completed the launch and refreshed the workflow; the child only has to exit,
+                # which the worker reaps in the background while the next Firework starts.
+                return
+            handled = self._handle_signals(child, handled)  # stop requests
+            trigger = self._next_stop_trigger()
+            if trigger is not None and trigger <= 0 and child.stop_sent_at is None:
+                self._begin_stop(child, self.cfg.grace, "deadline - margin/2 reached")
+            now = time.monotonic()
+            if child.kill_at is not None and now >= child.kill_at and not child.killed:
+                LOG.warning("fw %s: still running after the grace period -> SIGKILL to process group %d",
+                            child.fw_id, child.pid)
+                killpg(child.pid, signal.SIGKILL)
+                child.killed = True
+            timeouts = [t for t in (trigger if child.stop_sent_at is None else None,
+                                    None if child.kill_at is None or child.killed else child.kill_at - now)
+                        if t is not None]
+            timeout = max(min(timeouts), 0.0) if timeouts else None
+            fds: list[int | socket.socket] = [self._wake_r, forkserver.sock]
+            if not child.eof:
+                fds.append(child.call_fd)
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self._wake_r in ready:
+                self._drain_wakeups()
+            if child.call_fd in ready:
+                calls.read_calls(child)
+            if forkserver.sock in ready:
+                forkserver.poll()
+
+    @staticmethod
+    def _child_without_fork_server(forkserver_pid: int, child: ChildState) -> None:
+        """The fork server died (it reaps the children): end the child, so that its Firework can be settled."""
+        LOG.error("the fork server (pid %d) died while fw child %d ran: killing the child", forkserver_pid,
+                  child.pid)
+        killpg(child.pid, signal.SIGKILL)
+        limit = time.monotonic() + 5.0
+        while time.monotonic() < limit:
+            try:
+                os.kill(child.pid, 0)  # an orphaned zombie is reaped by init soon
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        child.status_lost = True
+        child.killed = True
