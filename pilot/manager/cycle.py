@@ -17,6 +17,9 @@ One cycle:
 
 A cluster that fails (SSH down, scheduler error) is backed off with growing delays and reported; the
 others carry on, and it recovers by itself.
+
+Steps 2 and 3 live in :mod:`pilot.manager.tracking`, the talking to each cluster and its backoff in
+:mod:`pilot.manager.runtime`; this module gathers the demand, decides and submits, once per cycle.
 """
 
 from __future__ import annotations
@@ -28,69 +31,35 @@ import signal
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from pilot.manager import policy
-from pilot.manager.records import (ENDED_STATES, LIVE_STATES, PENDING_STATES, SUBMIT_FAILED, SUBMITTING, VANISHED,
-                           Records)
+from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, PilotCounts, plan
+from pilot.manager.records import ENDED_STATES, LIVE_STATES, PENDING_STATES, SUBMIT_FAILED, Records
+from pilot.manager.runtime import (
+    ClusterRuntime,
+    CycleReport,
+    TransportFactory,
+    backoff_delays,
+    fworker_name,
+    walltime_seconds,
+)
+from pilot.manager.tracking import Tracker
+
+if TYPE_CHECKING:
+    from pilot.config import ClusterConfig, Config
+    from pilot.transport import CompletedCommand
 
 log = logging.getLogger("pilot.manager")
 
 
-@dataclass
-class ClusterRuntime:
-    """What the manager keeps of one cluster between cycles."""
-
-    name: str
-    config: Any                      # pilot.config.ClusterConfig
-    adapter: Any                     # queue_adapters.base.QueueAdapter
-    transport: Any | None = None     # pilot.transport.Transport, opened lazily
-    failures: int = 0
-    backoff_until: float = 0.0
-    last_error: str | None = None
-    calls: int = 0                   # scheduler/SSH commands run (for benchmarks and status)
-
-    def available(self, now: float) -> bool:
-        return now >= self.backoff_until
-
-
-@dataclass
-class CycleReport:
-    """What one cycle saw and did (printed by ``pilot manager run``, returned for tests)."""
-
-    started: float
-    demand: dict[str, policy.CategoryDemand] = field(default_factory=dict)
-    decisions: list[policy.Decision] = field(default_factory=list)
-    submitted: list[dict[str, Any]] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-    reruns: list[int] = field(default_factory=list)
-    fizzled: list[int] = field(default_factory=list)
-    duration: float = 0.0
-    db_queries: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.started, "duration": self.duration,
-            "demand": {c: vars(d) for c, d in self.demand.items()},
-            "decisions": [vars(d) for d in self.decisions],
-            "submitted": self.submitted, "errors": self.errors,
-            "reruns": self.reruns, "fizzled": self.fizzled,
-        }
-
-
-def walltime_seconds(cluster_cfg: Any) -> float:
-    """The pilot wall time of a cluster config, in seconds."""
-    return float(cluster_cfg.walltime_seconds)
-
-
-def fworker_name(cluster: str, job_id: str) -> str:
-    """The FWorker name a pilot uses in every launch: cluster name + job id."""
-    return f"{cluster}-{job_id}"
-
-
 class Manager:
     """Runs manager cycles for one config directory.
+
+    The work is shared with two helpers: each :class:`~pilot.manager.runtime.ClusterRuntime` talks to its
+    cluster and keeps its backoff, and the :class:`~pilot.manager.tracking.Tracker` keeps the pilot records
+    in step with the queues and reruns lost work. The manager gathers demand, decides (:func:`plan`) and
+    submits.
 
     Parameters
     ----------
@@ -106,11 +75,12 @@ class Manager:
         Time source (epoch seconds).
     """
 
-    def __init__(self, config: Any, launchpad: Any, dry_run: bool = False,
-                 transport_factory: Callable[[str, Any], Any] | None = None,
+    def __init__(self, config: Config, launchpad: Any, dry_run: bool = False,
+                 transport_factory: TransportFactory | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        from pilot.transport.clusters import adapter_for
-
+        if transport_factory is None:
+            from pilot.transport.clusters import transport_for
+            transport_factory = transport_for
         self.config = config
         self.lp = launchpad
         self.dry_run = dry_run
@@ -118,26 +88,31 @@ class Manager:
         self.records = Records(launchpad.db)
         if not dry_run:
             self.records.ensure_indexes()
-        if transport_factory is None:
-            from pilot.transport.clusters import transport_for
-            transport_factory = transport_for
         self._transport_factory = transport_factory
-        self.clusters: dict[str, ClusterRuntime] = {}
-        for name, ccfg in sorted(config.clusters.items()):
-            rt = ClusterRuntime(name=name, config=ccfg, adapter=adapter_for(ccfg))
-            st = self.records.cluster_state(name)
-            if st.get("backoff_until"):
-                rt.backoff_until = float(st["backoff_until"])
-                rt.failures = int(st.get("failures") or 0)
-                rt.last_error = st.get("last_error")
-            self.clusters[name] = rt
+        self.clusters: dict[str, ClusterRuntime] = {
+            name: self._runtime(name, ccfg) for name, ccfg in sorted(config.clusters.items())}
+        self.tracking = Tracker(self.records, launchpad, config.pilot, clock, dry_run=dry_run)
         self.stop_event = threading.Event()
+
+    def _runtime(self, name: str, ccfg: ClusterConfig) -> ClusterRuntime:
+        """One cluster's runtime, still backed off if its record says so (the manager was restarted)."""
+        from pilot.transport.clusters import adapter_for
+
+        rt = ClusterRuntime(name=name, config=ccfg, adapter=adapter_for(ccfg),
+                            transport_factory=self._transport_factory, backoff=self.config.pilot.backoff,
+                            records=None if self.dry_run else self.records, clock=self.clock)
+        rt.restore(self.records.cluster_state(name))
+        return rt
+
+    def _run(self, rt: ClusterRuntime, argv: list[str], stdin: str | None = None) -> CompletedCommand:
+        """Run one command on a cluster (``pilot pilots cancel`` uses this): :meth:`ClusterRuntime.run`."""
+        return rt.run(argv, stdin=stdin)
 
     # ================================================================== gather
     #: READY Fireworks read to estimate the mean expected duration of a category (a sample bounds the cost)
     DURATION_SAMPLE = 1000
 
-    def gather_demand(self) -> dict[str, policy.CategoryDemand]:
+    def gather_demand(self) -> dict[str, CategoryDemand]:
         """READY/RUNNING counts of each category the clusters serve, with the READY Fireworks' expected durations.
 
         Indexed counts (``state`` and ``spec._category`` are indexed by FireWorks) rather than one ``$group``
@@ -145,7 +120,7 @@ class Manager:
         well under a second. The mean duration comes from at most :attr:`DURATION_SAMPLE` READY Fireworks.
         """
         fws = self.lp.fireworks
-        out: dict[str, policy.CategoryDemand] = {}
+        out: dict[str, CategoryDemand] = {}
         for cat in sorted({c for rt in self.clusters.values() for c in rt.config.categories}):
             ready_q = {"state": "READY", "spec._category": cat}
             ready = fws.count_documents(ready_q)
@@ -159,206 +134,20 @@ class Manager:
                               fws.find(timed_q, {"spec._pilot.walltime": 1, "_id": 0}).limit(self.DURATION_SAMPLE)]
                     values = [float(v) for v in sample if isinstance(v, (int, float)) and v > 0]
                     mean = sum(values) / len(values) if values else None
-            out[cat] = policy.CategoryDemand(ready=ready, running=running, with_duration=known, mean_duration=mean)
+            out[cat] = CategoryDemand(ready=ready, running=running, with_duration=known, mean_duration=mean)
         return out
 
-    def _transport(self, rt: ClusterRuntime) -> Any:
-        if rt.transport is None:
-            rt.transport = self._transport_factory(rt.name, rt.config)
-        return rt.transport
-
-    def _run(self, rt: ClusterRuntime, argv: list[str], stdin: str | None = None) -> Any:
-        rt.calls += 1
-        return self._transport(rt).run(argv, timeout=float(rt.config.command_timeout), stdin=stdin)
-
-    def _fail(self, rt: ClusterRuntime, error: str, report: CycleReport) -> None:
-        now = self.clock()
-        rt.failures += 1
-        b = self.config.pilot.backoff
-        delay = min(float(b.max), float(b.initial) * float(b.factor) ** (rt.failures - 1))
-        rt.backoff_until = now + delay
-        rt.last_error = error
-        report.errors[rt.name] = error
-        log.warning("%s: %s; backing off for %.0f s (failure %d in a row)", rt.name, error, delay, rt.failures)
-        if not self.dry_run:
-            self.records.cluster_failed(rt.name, error, rt.failures, rt.backoff_until, now)
-
-    def _ok(self, rt: ClusterRuntime) -> None:
-        if rt.failures:
-            log.info("%s: reachable again after %d failure(s)", rt.name, rt.failures)
-        rt.failures = 0
-        rt.backoff_until = 0.0
-        rt.last_error = None
-        if not self.dry_run:
-            self.records.cluster_ok(rt.name, self.clock())
-
+    # ================================================================== track (see pilot.manager.tracking)
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool:
         """One status query for the cluster; update our pilots' records. False if the cluster failed."""
-        from pilot.transport import TransportError
-        from queue_adapters.base import SchedulerQueryError
+        return self.tracking.refresh_cluster(rt, report)
 
-        live = self.records.live(rt.name)
-        if not live:
-            # nothing of ours to look at: still check the cluster is reachable only when we may submit
-            return True
-        ad = rt.adapter
-        try:
-            res = self._run(rt, ad.status_command(user=rt.config.user))
-            statuses = ad.parse_status(res.returncode, res.stdout, res.stderr)
-        except (TransportError, SchedulerQueryError) as e:
-            self._fail(rt, str(e), report)
-            return False
-        by_name = {s.name: s for s in statuses.values() if s.name}
-        now = self.clock()
-        missing: list[dict[str, Any]] = []
-        for rec in live:
-            st = statuses.get(rec["job_id"]) if rec.get("job_id") else None
-            if st is None and rec["state"] == SUBMITTING:
-                st = by_name.get(rec["job_name"])
-            if st is not None:
-                self._apply_status(rec, st, now)
-            elif rec["state"] == SUBMITTING:
-                self._unseen_submission(rec, now)
-            else:
-                missing.append(rec)
-        if missing:
-            self._resolve_missing(rt, missing, report)
-        self._fill_exit_codes(rt)
-        return True
-
-    def _fill_exit_codes(self, rt: ClusterRuntime) -> None:
-        """Pilots that ended without an exit code (squeue shows none): read their exit-code files once."""
-        from pilot.transport import TransportError
-        from queue_adapters.base import exit_file_name, parse_exit_file
-
-        if self.dry_run:
-            return
-        for rec in self.records.pilots.find({"cluster": rt.name, "state": {"$in": list(ENDED_STATES)},
-                                             "exit_code": None, "job_id": {"$ne": None},
-                                             "exit_file_read": {"$ne": True}}):
-            path = f"{rt.config.work_dir}/{exit_file_name(rec['job_id'])}"
-            try:
-                res = self._run(rt, ["cat", path])
-            except TransportError as e:
-                log.info("%s: cannot read %s: %s", rt.name, path, e)
-                return
-            st = parse_exit_file(res.stdout, rec["job_id"]) if res.returncode == 0 else None
-            self.records.update(rec["_id"], exit_file_read=True,
-                                **({"exit_code": st.exit_code} if st is not None else {}))
-
-    def _apply_status(self, rec: dict[str, Any], st: Any, now: float) -> None:
-        fields: dict[str, Any] = {"state": st.state.name, "native_state": st.native_state, "reason": st.reason,
-                                  "unseen_cycles": 0}
-        if rec.get("job_id") is None:
-            fields["job_id"] = st.job_id
-            fields["fworker"] = fworker_name(rec["cluster"], st.job_id)
-            log.info("%s: submission %s reconciled by name: job %s", rec["cluster"], rec["job_name"], st.job_id)
-        if st.state.name in ("RUNNING", "COMPLETING") and not rec.get("start_time"):
-            fields["start_time"] = st.start_time.timestamp() if st.start_time else now
-        if st.state.final:
-            fields["end_time"] = st.end_time.timestamp() if st.end_time else now
-            fields["exit_code"] = st.exit_code
-            if not rec.get("start_time") and st.start_time:
-                fields["start_time"] = st.start_time.timestamp()
-        changed = {k: v for k, v in fields.items() if rec.get(k) != v}
-        if changed and not self.dry_run:
-            self.records.update(rec["_id"], **changed)
-        if "state" in changed:
-            log.info("%s: pilot %s (job %s) %s -> %s%s", rec["cluster"], rec["job_name"],
-                     fields.get("job_id", rec.get("job_id")), rec["state"], st.state.name,
-                     f" ({st.reason})" if st.reason else "")
-
-    def _unseen_submission(self, rec: dict[str, Any], now: float) -> None:
-        """A submission whose outcome is unknown and that no listing shows (yet)."""
-        grace = max(3 * float(self.config.pilot.poll_interval), 120.0)
-        if now - float(rec["submit_time"]) > grace:
-            msg = (f"submission outcome unknown and no job named {rec['job_name']} appeared within "
-                   f"{grace:.0f} s: treated as not submitted")
-            log.warning("%s: %s", rec["cluster"], msg)
-            if not self.dry_run:
-                self.records.update(rec["_id"], state=VANISHED, last_error=msg, end_time=now)
-        elif not self.dry_run:
-            self.records.update(rec["_id"], unseen_cycles=int(rec.get("unseen_cycles") or 0) + 1)
-
-    def _resolve_missing(self, rt: ClusterRuntime, missing: list[dict[str, Any]], report: CycleReport) -> None:
-        """Jobs of ours that left the queue listing: scheduler history, then the exit-code file."""
-        from pilot.transport import TransportError
-        from queue_adapters.base import SchedulerQueryError, exit_file_name, parse_exit_file
-
-        ad = rt.adapter
-        now = self.clock()
-        ids = [r["job_id"] for r in missing]
-        hist: dict[str, Any] = {}
-        cmd = ad.history_command(ids)
-        if cmd:
-            try:
-                res = self._run(rt, cmd)
-                hist = ad.parse_history(res.returncode, res.stdout, res.stderr)
-            except (TransportError, SchedulerQueryError) as e:
-                log.info("%s: history query failed (%s); using exit-code files", rt.name, e)
-        for rec in missing:
-            st = hist.get(rec["job_id"])
-            if st is None or not st.state.final:
-                path = f"{rt.config.work_dir}/{exit_file_name(rec['job_id'])}"
-                try:
-                    res = self._run(rt, ["cat", path])
-                    st = parse_exit_file(res.stdout, rec["job_id"]) if res.returncode == 0 else None
-                except TransportError as e:
-                    log.info("%s: cannot read %s: %s", rt.name, path, e)
-                    st = None
-            if st is not None and st.state.final:
-                self._apply_status(rec, st, now)
-            else:
-                unseen = int(rec.get("unseen_cycles") or 0) + 1
-                if unseen >= 2:
-                    msg = f"job {rec['job_id']} left the queue with no record in the scheduler or {rt.config.work_dir}"
-                    log.warning("%s: pilot %s: %s", rt.name, rec["job_name"], msg)
-                    if not self.dry_run:
-                        self.records.update(rec["_id"], state=VANISHED, last_error=msg, end_time=now)
-                elif not self.dry_run:
-                    self.records.update(rec["_id"], unseen_cycles=unseen)
-
-    # ================================================================== reconcile
     def reconcile_lost_work(self, report: CycleReport) -> None:
         """Rerun the Fireworks still RUNNING under pilots that ended (at most max_reruns times each)."""
-        from fireworks.core.firework import FWAction
-
-        max_reruns = int(self.config.pilot.max_reruns)
-        for rec in self.records.ended_unreconciled():
-            fworker = rec.get("fworker")
-            if fworker:
-                launches = list(self.lp.launches.find({"fworker.name": fworker, "state": "RUNNING"},
-                                                      {"launch_id": 1, "fw_id": 1}))
-            else:
-                launches = []
-            for launch in launches:
-                fw = self.lp.fireworks.find_one({"fw_id": launch["fw_id"]}, {"state": 1, "launches": 1, "name": 1})
-                if not fw or fw.get("state") != "RUNNING" or launch["launch_id"] not in (fw.get("launches") or []):
-                    continue
-                fw_id = int(launch["fw_id"])
-                why = (f"pilot {rec['job_name']} (job {rec.get('job_id')}) on {rec['cluster']} ended "
-                       f"{rec['state']} while running it")
-                if self.dry_run:
-                    log.info("dry run: would rerun fw %d: %s", fw_id, why)
-                    continue
-                done = self.records.rerun_count(fw_id)
-                if done < max_reruns:
-                    self.records.add_rerun(fw_id, rec["job_name"], why, self.clock())
-                    self.lp.rerun_fw(fw_id)
-                    report.reruns.append(fw_id)
-                    log.warning("fw %d '%s': %s; rerun %d/%d", fw_id, fw.get("name"), why, done + 1, max_reruns)
-                else:
-                    msg = f"{why}; not rerun: it was already rerun {done} times (max_reruns={max_reruns})"
-                    action = FWAction(stored_data={"_message": msg,
-                                                   "_exception": {"_stacktrace": msg, "_details": None}})
-                    self.lp.complete_launch(launch["launch_id"], action, "FIZZLED")
-                    report.fizzled.append(fw_id)
-                    log.error("fw %d '%s': FIZZLED: %s", fw_id, fw.get("name"), msg)
-            if not self.dry_run:
-                self.records.update(rec["_id"], reconciled=True)
+        self.tracking.reconcile_lost_work(report)
 
     # ================================================================== decide
-    def pilot_counts(self, demand: dict[str, policy.CategoryDemand]) -> dict[tuple[str, str], policy.PilotCounts]:
+    def pilot_counts(self, demand: dict[str, CategoryDemand]) -> dict[tuple[str, str], PilotCounts]:
         now = self.clock()
         counts: dict[tuple[str, str], dict[str, int]] = {}
         for rec in self.records.live():
@@ -378,21 +167,21 @@ class Manager:
                 left = start + float(rec["walltime"]) - now - float(rec["margin"])
                 if left > need:
                     c["rt"] += 1
-        return {k: policy.PilotCounts(pending=v["p"], running=v["r"], running_with_time=v["rt"])
+        return {k: PilotCounts(pending=v["p"], running=v["r"], running_with_time=v["rt"])
                 for k, v in counts.items()}
 
-    def cluster_views(self) -> list[policy.ClusterView]:
+    def cluster_views(self) -> list[ClusterView]:
         now = self.clock()
         views = []
         for name, rt in self.clusters.items():
             c = rt.config
             waits = self.records.recent_queue_waits(name)
             wt = walltime_seconds(c)
-            views.append(policy.ClusterView(
+            views.append(ClusterView(
                 name=name, categories=tuple(c.categories), usable_seconds=max(0.0, wt - float(c.walltime_margin)),
                 fireworks_per_pilot=int(c.fireworks_per_pilot),
-                limits=policy.ClusterLimits(max_queued=c.limits.max_queued, max_running=c.limits.max_running,
-                                            min_pilots=c.limits.min_pilots),
+                limits=ClusterLimits(max_queued=c.limits.max_queued, max_running=c.limits.max_running,
+                                     min_pilots=c.limits.min_pilots),
                 available=rt.available(now), queue_wait=statistics.median(waits) if waits else None))
         return views
 
@@ -410,28 +199,29 @@ class Manager:
         now = self.clock()
         self.records.add_intent(name, rt.name, category, walltime_seconds(c), float(c.walltime_margin), path, now)
         try:
-            tr = self._transport(rt)
+            tr = rt.connect()
             tr.put(script.encode(), path, mode=0o700)
             ad = rt.adapter
             stdin = script if getattr(ad, "submit_stdin_from_script", False) else None
-            res = self._run(rt, ad.submit_command(path), stdin=stdin)
+            res = rt.run(ad.submit_command(path), stdin=stdin)
         except ConnectError as e:
             # nothing reached the scheduler
             self.records.update(name, state=SUBMIT_FAILED, last_error=str(e), end_time=now, reconciled=True)
-            self._fail(rt, str(e), report)
+            rt.fail(str(e), report)
             return False
         except TransportError as e:
             # the command may have run: keep the intent, reconcile by job name next cycle
             self.records.update(name, last_error=f"submission outcome unknown: {e}")
-            self._fail(rt, str(e), report)
+            rt.fail(str(e), report)
             return False
         if os.environ.get("PILOT_FAULT") == "kill-after-submit":
             # fault injection for the tests: die like `kill -9` between the scheduler's answer and the record
             os.kill(os.getpid(), signal.SIGKILL)
         result = rt.adapter.parse_submit(res.returncode, res.stdout, res.stderr)
         if result.outcome == SubmitOutcome.SUBMITTED:
+            # SUBMITTED always carries the job id (str() only says so to the type checker)
             self.records.update(name, job_id=result.job_id, state="PENDING",
-                                fworker=fworker_name(rt.name, result.job_id))
+                                fworker=fworker_name(rt.name, str(result.job_id)))
             report.submitted.append({"cluster": rt.name, "category": category, "job_id": result.job_id,
                                      "job_name": name})
             log.info("%s/%s: submitted %s as job %s", rt.name, category, name, result.job_id)
@@ -444,10 +234,10 @@ class Manager:
         self.records.update(name, state=SUBMIT_FAILED, last_error=result.reason, end_time=now, reconciled=True)
         msg = f"submission refused: {result.reason}"
         if result.retryable:
-            self._fail(rt, msg, report)
+            rt.fail(msg, report)
         else:
             # a config problem (bad partition, account...): report it, back off too so it is not hammered
-            self._fail(rt, msg + " (fix the cluster config; retrying will not help)", report)
+            rt.fail(msg + " (fix the cluster config; retrying will not help)", report)
         return False
 
     # ================================================================== cycle
@@ -464,12 +254,12 @@ class Manager:
                 continue
             if self.refresh_cluster(rt, report) and rt.name not in report.errors:
                 if rt.failures or self.records.live(rt.name):
-                    self._ok(rt)
+                    rt.ok()
         self.reconcile_lost_work(report)
         # FWs that ended while we looked may have made others READY: demand as of now
         report.demand = self.gather_demand()
         counts = self.pilot_counts(report.demand)
-        report.decisions = policy.plan(report.demand, self.cluster_views(), counts)
+        report.decisions = plan(report.demand, self.cluster_views(), counts)
         for d in report.decisions:
             (log.info if d.submit or d.ready else log.debug)(d.log_line())
             if d.submit <= 0 or self.dry_run:
@@ -479,7 +269,7 @@ class Manager:
                 if self.stop_event.is_set() or not self.submit(rt, d.category, report):
                     break
             else:
-                self._ok(rt)
+                rt.ok()
         report.duration = self.clock() - t0
         if not self.dry_run:
             self.records.heartbeat({"last_cycle": t0, "last_cycle_duration": report.duration,
@@ -502,14 +292,7 @@ class Manager:
 
     def close(self) -> None:
         for rt in self.clusters.values():
-            if rt.transport is not None:
-                rt.transport.close()
-                rt.transport = None
-
-
-def backoff_delays(initial: float, maximum: float, n: int) -> list[float]:
-    """The first ``n`` backoff delays (for docs and status): doubling from ``initial`` up to ``maximum``."""
-    return [min(maximum, initial * 2 ** i) for i in range(n)]
+            rt.close()
 
 
 __all__ = ["Manager", "CycleReport", "ClusterRuntime", "fworker_name", "walltime_seconds", "backoff_delays",

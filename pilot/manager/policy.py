@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,8 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
 
         for k in serving:
             p = pilots.get((k.name, cat), PilotCounts())
-            base = dict(cluster=k.name, category=cat, ready=d.ready, pending=p.pending, running=p.running,
-                        fireworks_per_pilot=fpp[k.name])
+            base: dict[str, Any] = dict(cluster=k.name, category=cat, ready=d.ready, pending=p.pending,
+                                        running=p.running, fireworks_per_pilot=fpp[k.name])
             if not k.available:
                 decisions.append(Decision(submit=0, reason="backed off", **base))
                 continue

@@ -103,6 +103,7 @@ class Records:
             {"_id": fw_id}, {"$inc": {"count": 1}, "$push": {"history": {"pilot": pilot, "reason": reason,
                                                                          "time": now}}},
             upsert=True, return_document=True)
+        assert doc is not None  # upsert with return_document=True (AFTER): the document, always
         return int(doc["count"])
 
     # ------------------------------------------------------------------ manager heartbeat

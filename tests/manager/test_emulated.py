@@ -12,8 +12,14 @@ import pytest
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from tests.manager.helpers import (add_sleepers, completed_launches_per_fw, fw_states, run_cycles_until,
-                                   ssh_cluster, write_config)
+from tests.manager.helpers import (
+    add_sleepers,
+    completed_launches_per_fw,
+    fw_states,
+    run_cycles_until,
+    ssh_cluster,
+    write_config,
+)
 
 pytestmark = [pytest.mark.emulated]
 
@@ -34,7 +40,7 @@ def world(launchpad, remote_tmp, pbs_cluster, lsf_cluster, cluster_venv, tmp_pat
     for rt in mgr.clusters.values():
         ids = [r["job_id"] for r in mgr.records.live(rt.name) if r.get("job_id")]
         if ids:
-            mgr._run(rt, rt.adapter.cancel_command(ids))
+            rt.run(rt.adapter.cancel_command(ids))
     mgr.close()
 
 

@@ -14,8 +14,14 @@ import pytest
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
 from tests.helpers import pid_alive, wait_for
-from tests.manager.helpers import (add_sleepers, completed_launches_per_fw, fw_states, local_cluster,
-                                   run_cycles_until, write_config)
+from tests.manager.helpers import (
+    add_sleepers,
+    completed_launches_per_fw,
+    fw_states,
+    local_cluster,
+    run_cycles_until,
+    write_config,
+)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def lsched(tmp_path):
     def status(jid: str) -> dict[str, str]:
         line = run("status", jid).stdout.strip()
         keys = ["id", "state", "name", "submit", "start", "end", "exit", "reason"]
-        return dict(zip(keys, line.split("|"))) if line else {}
+        return dict(zip(keys, line.split("|"), strict=False)) if line else {}
 
     run.status = status  # type: ignore[attr-defined]
     yield run
@@ -66,8 +66,8 @@ def test_failure_keeps_exit_code(lsched, tmp_path):
 
 def test_walltime_signal_then_timeout(lsched, tmp_path):
     out = tmp_path / "sig.txt"
-    body = ("trap 'echo got-USR1 >> %s' USR1\n"
-            "for i in $(seq 100); do sleep 0.1; done\n" % out)
+    body = (f"trap 'echo got-USR1 >> {out}' USR1\n"
+            "for i in $(seq 100); do sleep 0.1; done\n")
     t0 = time.time()
     jid = lsched("submit", script(tmp_path, "long", body, time="3", signal="USR1@2")).stdout.strip()
     st = wait_for(lambda: (s := lsched.status(jid)).get("state") == "TIMEOUT" and s, 20, 0.2)

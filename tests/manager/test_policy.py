@@ -13,8 +13,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pilot.manager.policy import (CategoryDemand, ClusterLimits, ClusterView, PilotCounts, fireworks_per_pilot,
-                          plan)
+from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, PilotCounts, fireworks_per_pilot, plan
 
 
 def cluster(name="a", cats=("md",), usable=3600.0, fpp=4, q=10, r=20, mn=0, available=True, wait=None):

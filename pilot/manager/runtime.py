@@ -1,0 +1,153 @@
+"""What the manager keeps of each cluster between cycles, and what one cycle reports.
+
+:class:`ClusterRuntime` is one cluster as the manager sees it: its queue adapter, its transport (opened
+lazily, one pooled connection kept across cycles), a count of the commands run through it, and its health:
+a cluster that fails (SSH down, scheduler error) is backed off with growing delays, in memory and in its
+``pilot_clusters`` record (so a restarted manager and ``pilot status`` see the backoff too), and recovers by
+itself when a later command succeeds.
+
+:class:`CycleReport` is what one cycle saw and did; the decisions in it are :class:`pilot.manager.policy.Decision`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pilot.manager.policy import CategoryDemand, Decision
+
+if TYPE_CHECKING:
+    from pilot.config import BackoffConfig, ClusterConfig
+    from pilot.manager.records import Records
+    from pilot.transport import CompletedCommand, Transport
+    from queue_adapters.base import QueueAdapter
+
+log = logging.getLogger("pilot.manager")
+
+#: ``f(cluster_name, cluster_config) -> Transport``: how a cluster's transport is opened
+#: (:func:`pilot.transport.clusters.transport_for` unless a test or benchmark passes its own)
+TransportFactory = Callable[[str, "ClusterConfig"], "Transport"]
+
+
+def walltime_seconds(cluster_cfg: ClusterConfig) -> float:
+    """The pilot wall time of a cluster config, in seconds."""
+    return float(cluster_cfg.walltime_seconds)
+
+
+def fworker_name(cluster: str, job_id: str) -> str:
+    """The FWorker name a pilot uses in every launch: cluster name + job id."""
+    return f"{cluster}-{job_id}"
+
+
+def backoff_delays(initial: float, maximum: float, n: int) -> list[float]:
+    """The first ``n`` backoff delays (for docs and status): doubling from ``initial`` up to ``maximum``."""
+    return [min(maximum, initial * 2 ** i) for i in range(n)]
+
+
+@dataclass
+class CycleReport:
+    """What one cycle saw and did (printed by ``pilot manager run``, returned for tests)."""
+
+    started: float
+    demand: dict[str, CategoryDemand] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    submitted: list[dict[str, Any]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    reruns: list[int] = field(default_factory=list)
+    fizzled: list[int] = field(default_factory=list)
+    duration: float = 0.0
+    db_queries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started": self.started, "duration": self.duration,
+            "demand": {c: vars(d) for c, d in self.demand.items()},
+            "decisions": [vars(d) for d in self.decisions],
+            "submitted": self.submitted, "errors": self.errors,
+            "reruns": self.reruns, "fizzled": self.fizzled,
+        }
+
+
+@dataclass
+class ClusterRuntime:
+    """What the manager keeps of one cluster between cycles, and the one way it talks to the cluster.
+
+    The keyword-only fields are shared with the manager: how to open the transport, the backoff settings
+    (``pilot.yaml``), where failures and recoveries are recorded (None in a dry run: nothing is written),
+    and the clock.
+    """
+
+    name: str
+    config: ClusterConfig
+    adapter: QueueAdapter
+    transport: Transport | None = None   # opened lazily by connect()
+    failures: int = 0
+    backoff_until: float = 0.0
+    last_error: str | None = None
+    calls: int = 0                       # scheduler/SSH commands run (for benchmarks and status)
+    transport_factory: TransportFactory | None = field(default=None, kw_only=True, repr=False)
+    backoff: BackoffConfig = field(kw_only=True, repr=False)
+    records: Records | None = field(default=None, kw_only=True, repr=False)
+    clock: Callable[[], float] = field(default=time.time, kw_only=True, repr=False)
+
+    def available(self, now: float) -> bool:
+        return now >= self.backoff_until
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take over a backoff from the cluster's record (a failing cluster stays backed off across restarts)."""
+        if state.get("backoff_until"):
+            self.backoff_until = float(state["backoff_until"])
+            self.failures = int(state.get("failures") or 0)
+            self.last_error = state.get("last_error")
+
+    # ------------------------------------------------------------------ talking to the cluster
+    def connect(self) -> Transport:
+        """The cluster's transport, opened on first use and kept for the next cycles."""
+        if self.transport is None:
+            if self.transport_factory is None:
+                from pilot.transport.clusters import transport_for
+
+                self.transport_factory = transport_for
+            self.transport = self.transport_factory(self.name, self.config)
+        return self.transport
+
+    def run(self, argv: list[str], stdin: str | None = None) -> CompletedCommand:
+        """Run one command on the cluster, with the cluster's ``command_timeout`` (counted in :attr:`calls`)."""
+        self.calls += 1
+        return self.connect().run(argv, timeout=float(self.config.command_timeout), stdin=stdin)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    # ------------------------------------------------------------------ health
+    def fail(self, error: str, report: CycleReport) -> None:
+        """The cluster failed: back off (``initial * factor ** (failures - 1)``, at most ``max``), report, record."""
+        now = self.clock()
+        self.failures += 1
+        b = self.backoff
+        delay = min(float(b.max), float(b.initial) * float(b.factor) ** (self.failures - 1))
+        self.backoff_until = now + delay
+        self.last_error = error
+        report.errors[self.name] = error
+        log.warning("%s: %s; backing off for %.0f s (failure %d in a row)", self.name, error, delay, self.failures)
+        if self.records is not None:
+            self.records.cluster_failed(self.name, error, self.failures, self.backoff_until, now)
+
+    def ok(self) -> None:
+        """The cluster answered: forget its failures and record it reachable."""
+        if self.failures:
+            log.info("%s: reachable again after %d failure(s)", self.name, self.failures)
+        self.failures = 0
+        self.backoff_until = 0.0
+        self.last_error = None
+        if self.records is not None:
+            self.records.cluster_ok(self.name, self.clock())
+
+
+__all__ = ["ClusterRuntime", "CycleReport", "TransportFactory", "backoff_delays", "fworker_name",
+           "walltime_seconds"]

@@ -1,0 +1,218 @@
+"""Keeping the pilot records in step with the schedulers, and putting lost work back.
+
+Per cluster, one status query for this manager's own pilots, matched to its records by job id, and by job
+name for submissions whose outcome was unknown. Jobs that left the queue are resolved from the scheduler's
+history, then from the exit-code file the pilot script writes; a job found nowhere twice in a row is
+VANISHED. Then, over all clusters: Fireworks still RUNNING under a pilot that ended are put back to READY
+(at most ``max_reruns`` times each, then FIZZLED with the reason, for a person).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pilot.manager.records import ENDED_STATES, SUBMITTING, VANISHED, Records
+from pilot.manager.runtime import ClusterRuntime, CycleReport, fworker_name
+
+if TYPE_CHECKING:
+    from pilot.config import PilotConfig
+    from queue_adapters.base import JobStatus
+
+log = logging.getLogger("pilot.manager")
+
+
+class Tracker:
+    """Pilot records from queue status, and reruns of the work their ended pilots left RUNNING.
+
+    Parameters
+    ----------
+    records : Records
+        The manager's records.
+    launchpad : fireworks.LaunchPad
+        The LaunchPad the pilots serve (lost work is rerun or fizzled there).
+    pilot_config : pilot.config.PilotConfig
+        ``pilot.yaml`` (``poll_interval``, ``max_reruns``).
+    clock : callable
+        Time source (epoch seconds).
+    dry_run : bool
+        Look, but write no record and rerun nothing.
+    """
+
+    def __init__(self, records: Records, launchpad: Any, pilot_config: PilotConfig, clock: Callable[[], float],
+                 dry_run: bool = False) -> None:
+        self.records = records
+        self.lp = launchpad
+        self.pilot_config = pilot_config
+        self.clock = clock
+        self.dry_run = dry_run
+
+    # ================================================================== queue status -> records
+    def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool:
+        """One status query for the cluster; update our pilots' records. False if the cluster failed."""
+        from pilot.transport import TransportError
+        from queue_adapters.base import SchedulerQueryError
+
+        live = self.records.live(rt.name)
+        if not live:
+            # nothing of ours to look at: still check the cluster is reachable only when we may submit
+            return True
+        ad = rt.adapter
+        try:
+            res = rt.run(ad.status_command(user=rt.config.user))
+            statuses = ad.parse_status(res.returncode, res.stdout, res.stderr)
+        except (TransportError, SchedulerQueryError) as e:
+            rt.fail(str(e), report)
+            return False
+        by_name = {s.name: s for s in statuses.values() if s.name}
+        now = self.clock()
+        missing: list[dict[str, Any]] = []
+        for rec in live:
+            st = statuses.get(rec["job_id"]) if rec.get("job_id") else None
+            if st is None and rec["state"] == SUBMITTING:
+                st = by_name.get(rec["job_name"])
+            if st is not None:
+                self._apply_status(rec, st, now)
+            elif rec["state"] == SUBMITTING:
+                self._unseen_submission(rec, now)
+            else:
+                missing.append(rec)
+        if missing:
+            self._resolve_missing(rt, missing, report)
+        self._fill_exit_codes(rt)
+        return True
+
+    def _fill_exit_codes(self, rt: ClusterRuntime) -> None:
+        """Pilots that ended without an exit code (squeue shows none): read their exit-code files once."""
+        from pilot.transport import TransportError
+        from queue_adapters.base import exit_file_name, parse_exit_file
+
+        if self.dry_run:
+            return
+        for rec in self.records.pilots.find({"cluster": rt.name, "state": {"$in": list(ENDED_STATES)},
+                                             "exit_code": None, "job_id": {"$ne": None},
+                                             "exit_file_read": {"$ne": True}}):
+            path = f"{rt.config.work_dir}/{exit_file_name(rec['job_id'])}"
+            try:
+                res = rt.run(["cat", path])
+            except TransportError as e:
+                log.info("%s: cannot read %s: %s", rt.name, path, e)
+                return
+            st = parse_exit_file(res.stdout, rec["job_id"]) if res.returncode == 0 else None
+            self.records.update(rec["_id"], exit_file_read=True,
+                                **({"exit_code": st.exit_code} if st is not None else {}))
+
+    def _apply_status(self, rec: dict[str, Any], st: JobStatus, now: float) -> None:
+        fields: dict[str, Any] = {"state": st.state.name, "native_state": st.native_state, "reason": st.reason,
+                                  "unseen_cycles": 0}
+        if rec.get("job_id") is None:
+            fields["job_id"] = st.job_id
+            fields["fworker"] = fworker_name(rec["cluster"], st.job_id)
+            log.info("%s: submission %s reconciled by name: job %s", rec["cluster"], rec["job_name"], st.job_id)
+        if st.state.name in ("RUNNING", "COMPLETING") and not rec.get("start_time"):
+            fields["start_time"] = st.start_time.timestamp() if st.start_time else now
+        if st.state.final:
+            fields["end_time"] = st.end_time.timestamp() if st.end_time else now
+            fields["exit_code"] = st.exit_code
+            if not rec.get("start_time") and st.start_time:
+                fields["start_time"] = st.start_time.timestamp()
+        changed = {k: v for k, v in fields.items() if rec.get(k) != v}
+        if changed and not self.dry_run:
+            self.records.update(rec["_id"], **changed)
+        if "state" in changed:
+            log.info("%s: pilot %s (job %s) %s -> %s%s", rec["cluster"], rec["job_name"],
+                     fields.get("job_id", rec.get("job_id")), rec["state"], st.state.name,
+                     f" ({st.reason})" if st.reason else "")
+
+    def _unseen_submission(self, rec: dict[str, Any], now: float) -> None:
+        """A submission whose outcome is unknown and that no listing shows (yet)."""
+        grace = max(3 * float(self.pilot_config.poll_interval), 120.0)
+        if now - float(rec["submit_time"]) > grace:
+            msg = (f"submission outcome unknown and no job named {rec['job_name']} appeared within "
+                   f"{grace:.0f} s: treated as not submitted")
+            log.warning("%s: %s", rec["cluster"], msg)
+            if not self.dry_run:
+                self.records.update(rec["_id"], state=VANISHED, last_error=msg, end_time=now)
+        elif not self.dry_run:
+            self.records.update(rec["_id"], unseen_cycles=int(rec.get("unseen_cycles") or 0) + 1)
+
+    def _resolve_missing(self, rt: ClusterRuntime, missing: list[dict[str, Any]], report: CycleReport) -> None:
+        """Jobs of ours that left the queue listing: scheduler history, then the exit-code file."""
+        from pilot.transport import TransportError
+        from queue_adapters.base import SchedulerQueryError, exit_file_name, parse_exit_file
+
+        ad = rt.adapter
+        now = self.clock()
+        ids = [r["job_id"] for r in missing]
+        hist: dict[str, JobStatus] = {}
+        cmd = ad.history_command(ids)
+        if cmd:
+            try:
+                res = rt.run(cmd)
+                hist = ad.parse_history(res.returncode, res.stdout, res.stderr)
+            except (TransportError, SchedulerQueryError) as e:
+                log.info("%s: history query failed (%s); using exit-code files", rt.name, e)
+        for rec in missing:
+            st = hist.get(rec["job_id"])
+            if st is None or not st.state.final:
+                path = f"{rt.config.work_dir}/{exit_file_name(rec['job_id'])}"
+                try:
+                    res = rt.run(["cat", path])
+                    st = parse_exit_file(res.stdout, rec["job_id"]) if res.returncode == 0 else None
+                except TransportError as e:
+                    log.info("%s: cannot read %s: %s", rt.name, path, e)
+                    st = None
+            if st is not None and st.state.final:
+                self._apply_status(rec, st, now)
+            else:
+                unseen = int(rec.get("unseen_cycles") or 0) + 1
+                if unseen >= 2:
+                    msg = f"job {rec['job_id']} left the queue with no record in the scheduler or {rt.config.work_dir}"
+                    log.warning("%s: pilot %s: %s", rt.name, rec["job_name"], msg)
+                    if not self.dry_run:
+                        self.records.update(rec["_id"], state=VANISHED, last_error=msg, end_time=now)
+                elif not self.dry_run:
+                    self.records.update(rec["_id"], unseen_cycles=unseen)
+
+    # ================================================================== lost work
+    def reconcile_lost_work(self, report: CycleReport) -> None:
+        """Rerun the Fireworks still RUNNING under pilots that ended (at most max_reruns times each)."""
+        from fireworks.core.firework import FWAction
+
+        max_reruns = int(self.pilot_config.max_reruns)
+        for rec in self.records.ended_unreconciled():
+            fworker = rec.get("fworker")
+            if fworker:
+                launches = list(self.lp.launches.find({"fworker.name": fworker, "state": "RUNNING"},
+                                                      {"launch_id": 1, "fw_id": 1}))
+            else:
+                launches = []
+            for launch in launches:
+                fw = self.lp.fireworks.find_one({"fw_id": launch["fw_id"]}, {"state": 1, "launches": 1, "name": 1})
+                if not fw or fw.get("state") != "RUNNING" or launch["launch_id"] not in (fw.get("launches") or []):
+                    continue
+                fw_id = int(launch["fw_id"])
+                why = (f"pilot {rec['job_name']} (job {rec.get('job_id')}) on {rec['cluster']} ended "
+                       f"{rec['state']} while running it")
+                if self.dry_run:
+                    log.info("dry run: would rerun fw %d: %s", fw_id, why)
+                    continue
+                done = self.records.rerun_count(fw_id)
+                if done < max_reruns:
+                    self.records.add_rerun(fw_id, rec["job_name"], why, self.clock())
+                    self.lp.rerun_fw(fw_id)
+                    report.reruns.append(fw_id)
+                    log.warning("fw %d '%s': %s; rerun %d/%d", fw_id, fw.get("name"), why, done + 1, max_reruns)
+                else:
+                    msg = f"{why}; not rerun: it was already rerun {done} times (max_reruns={max_reruns})"
+                    action = FWAction(stored_data={"_message": msg,
+                                                   "_exception": {"_stacktrace": msg, "_details": None}})
+                    self.lp.complete_launch(launch["launch_id"], action, "FIZZLED")
+                    report.fizzled.append(fw_id)
+                    log.error("fw %d '%s': FIZZLED: %s", fw_id, fw.get("name"), msg)
+            if not self.dry_run:
+                self.records.update(rec["_id"], reconciled=True)
+
+
+__all__ = ["Tracker"]
