@@ -55,7 +55,8 @@ PBS_HISTJOB_RC = 35
 PBS_UNKQUE_RC = 170
 # Exit_status of a job killed for its walltime: JOB_EXEC_KILL_WALLTIME (MetaCentrum PBS documentation)
 PBS_WALLTIME_EXIT = -29
-# PBS Pro MoM's message in the job's stderr (e.g. ESMF test logs: '=>> PBS: job killed: walltime 3611 exceeded limit 3600')
+# PBS Pro MoM's message in the job's stderr
+# (e.g. ESMF test logs: '=>> PBS: job killed: walltime 3611 exceeded limit 3600')
 PBS_WALLTIME_MSG_RE = re.compile(r"^=>> PBS: job killed: walltime (\d+) exceeded limit (\d+)$", re.MULTILINE)
 
 # lsf-15 / lsf-16 (Whitehead Institute LSF via nextflow's tests) and openlava bjobs.c
@@ -488,10 +489,10 @@ FOLDED = [
 
 @pytest.mark.parametrize("captured", FOLDED, ids=lambda s: s.split(" = ")[0].strip())
 def test_pbs_full_format_folds_like_real_qstat(captured):
-    import pbsemu
+    import pbsformat
 
     name, value = captured[4:].split(" = ", 1)
-    assert pbsemu.fold_attr(name, value.replace("\n\t", "")) == captured
+    assert pbsformat.fold_attr(name, value.replace("\n\t", "")) == captured
 
 
 def test_pbs_long_values_are_folded_over_ssh(pbs):

@@ -52,7 +52,8 @@ def _float_env(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number (emulator setting, see docs/emulated-schedulers.md)")
+        raise SystemExit(f"{name}={raw!r} is not a number "
+                         "(emulator setting, see docs/emulated-schedulers.md)") from None
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Settings:
             try:
                 data = json.loads(cfg.read_text())
             except (OSError, ValueError) as exc:
-                raise SystemExit(f"{cfg}: unreadable emulator config ({exc}); fix or delete the file")
+                raise SystemExit(f"{cfg}: unreadable emulator config ({exc}); fix or delete the file") from None
             if not isinstance(data, dict):
                 raise SystemExit(f"{cfg}: must hold a JSON object of settings")
             unknown = set(data) - {f for f in cls.__dataclass_fields__ if f != "state_dir"}
@@ -112,7 +113,7 @@ def state_dir_for(kind: str) -> Path:
         (path / "jobs").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SystemExit(f"cannot create the emulator state directory {path}: {exc} "
-                         "(set PILOT_EMU_STATE to a writable directory)")
+                         "(set PILOT_EMU_STATE to a writable directory)") from None
     return path
 
 
@@ -151,7 +152,7 @@ class Store:
             return {"next_id": self.settings.first_id, "jobs": {}}
         except ValueError as exc:
             raise SystemExit(f"{self.path}: corrupt emulator state ({exc}); "
-                             "remove the directory to start afresh")
+                             "remove the directory to start afresh") from None
         data.setdefault("jobs", {})
         data.setdefault("next_id", self.settings.first_id)
         return data
@@ -689,8 +690,9 @@ def reap(policy: Any, store: Store) -> None:
     purge: list[str] = []
     st = store.read()
     needs_lock = False
-    for jid, job in st["jobs"].items():
-        if job["state"] == FINISHED and now - job.get("end_time", now) > store.settings.history or job["state"] in ACTIVE_STATES and _supervisor_lost(job, now):
+    for job in st["jobs"].values():
+        expired = job["state"] == FINISHED and now - job.get("end_time", now) > store.settings.history
+        if expired or job["state"] in ACTIVE_STATES and _supervisor_lost(job, now):
             needs_lock = True
     if not needs_lock:
         return

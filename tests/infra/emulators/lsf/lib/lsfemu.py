@@ -5,11 +5,14 @@ Texts and layouts follow the LSF 10.1 command reference and the captures in
 the openlava sources (the open LSF 4 code base: ``lsbatch/cmd/bjobs.c``, ``cmd.sig.c``,
 ``lsb.err.c``) is used.  Every error exits 255 (LSF's ``exit(-1)``).
 See docs/emulated-schedulers.md for what is emulated and what is not.
+
+This module holds the commands (option parsing, the job table, the supervisor's LSF policy) and the
+entry point of the supervisor and the execution daemon (``lsfemu.py supervise <id>`` / ``lsfemu.py mom``);
+what bjobs prints (and the report appended to the -o file) is built in lsfformat.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -17,6 +20,7 @@ import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +28,11 @@ from typing import Any
 sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "common"))
 import emucore as core  # noqa: E402
 from emucore import EXITING, FINISHED, HELD, QUEUED, RUNNING
+from lsfformat import BJOBS_HEADER, default_row, field_value, format_cell, job_report, lsf_json, parse_format, stat
 
 KIND = "lsf"
 DEFAULTS: dict[str, Any] = {"queues": ["normal"], "default_queue": "normal", "server": "emulsf"}
 FAIL = 255
-
-TERM_TEXT = {  # bjobs/bacct termination reasons (LSF 10.1 "Termination reasons")
-    "TERM_RUNLIMIT": "job killed after reaching LSF run time limit",
-    "TERM_OWNER": "job killed by owner",
-    "TERM_FORCE_OWNER": "job killed by owner without time for cleanup",
-}
-
-
-def cfmt(fmt: str, *args: object) -> str:
-    """printf-style formatting, kept to mirror the format strings of openlava bjobs.c."""
-    return fmt % args
 
 
 def load() -> tuple[core.Settings, core.Store, LsfPolicy]:
@@ -47,21 +41,6 @@ def load() -> tuple[core.Settings, core.Store, LsfPolicy]:
     policy = LsfPolicy(settings)
     core.reap(policy, store)
     return settings, store, policy
-
-
-def stat(job: dict[str, Any]) -> str:
-    s = job["state"]
-    if s == QUEUED:
-        return "PEND"
-    if s == HELD:
-        return "PSUSP"
-    if s in (RUNNING, EXITING):
-        return "RUN"
-    return job.get("stat", "EXIT")
-
-
-def lsf_time(t: float | None) -> str:
-    return time.strftime("%b %e %H:%M", time.localtime(t)) if t else "-"
 
 
 def parse_minutes(text: str) -> float | None:
@@ -164,45 +143,6 @@ class LsfPolicy:
                 pass
 
 
-def job_report(job: dict[str, Any], settings: core.Settings) -> str:
-    """The report LSF appends to the -o file (layout of LSB_STDOUT_DIRECT=y output)."""
-    host = core.short_hostname()
-    cluster = settings.server
-    done = job.get("stat") == "DONE"
-    ctime = lambda t: time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(t))
-    if done:
-        outcome = "Successfully completed."
-    else:
-        reason = job.get("term_reason")
-        outcome = (f"{reason}: {TERM_TEXT[reason]}.\n" if reason in TERM_TEXT else "")
-        outcome += f"Exited with exit code {job.get('exit_status')}."
-    body = job["command"] if job.get("command_mode") else job["script_text"].rstrip("\n")
-    run = int(job.get("end_time", 0) - job.get("stime", 0))
-    turnaround = int(job.get("end_time", 0) - job["ctime"])
-    return (f"\n------------------------------------------------------------\n"
-            f"Sender: LSF System <lsfadmin@{host}>\n"
-            f"Subject: Job {job['id']}: <{job['name']}> in cluster <{cluster}> {'Done' if done else 'Exited'}\n\n"
-            f"Job <{job['name']}> was submitted from host <{job['submit_host']}> by user <{job['owner']}> "
-            f"in cluster <{cluster}> at {ctime(job['ctime'])}\n"
-            f"Job was executed on host(s) <{host}>, in queue <{job['queue']}>, as user <{job['owner']}> "
-            f"in cluster <{cluster}> at {ctime(job['stime'])}\n"
-            f"<{job['home']}> was used as the home directory.\n"
-            f"<{job['cwd']}> was used as the working directory.\n"
-            f"Started at {ctime(job['stime'])}\n"
-            f"Terminated at {ctime(job['end_time'])}\n"
-            f"Results reported at {ctime(job['end_time'])}\n\n"
-            f"Your job looked like:\n\n"
-            f"------------------------------------------------------------\n"
-            f"# LSBATCH: User input\n{body}\n"
-            f"------------------------------------------------------------\n\n"
-            f"{outcome}\n\n"
-            f"Resource usage summary:\n\n"
-            f"    CPU time :{job.get('cpu_time', 0.0):>40.2f} sec.\n"
-            f"    Max Memory :{max(1, job.get('max_rss_kb', 0) // 1024):>38} MB\n"
-            f"    Run time :{run:>40} sec.\n"
-            f"    Turnaround time :{turnaround:>33} sec.\n\n")
-
-
 # =========================================================================== bsub
 BSUB_ARG = {"-J", "-q", "-o", "-oo", "-e", "-eo", "-W", "-n", "-wa", "-wt", "-cwd", "-P", "-R", "-M", "-G",
             "-g", "-m", "-u", "-L", "-app", "-sla", "-w", "-E", "-Ep", "-i", "-is", "-b", "-t", "-c", "-F",
@@ -260,7 +200,7 @@ def _bsub_directives(script: str) -> list[str]:
             try:
                 args.extend(shlex.split(m.group(1) or "", comments=True))
             except ValueError:
-                raise BsubError(f"{line}: bad #BSUB line. Job not submitted.")
+                raise BsubError(f"{line}: bad #BSUB line. Job not submitted.") from None
     return args
 
 
@@ -285,7 +225,28 @@ def bsub(argv: list[str]) -> int:
         return FAIL
 
 
+@dataclass
+class Submission:
+    """One bsub call: the job's command or script and its options (the command line over ``#BSUB`` lines)."""
+
+    merged: dict[str, Any]
+    command_words: list[str]
+    command_mode: bool             # `bsub command args` (not a script)
+    script_text: str
+
+
 def _bsub(argv: list[str], settings: core.Settings, store: core.Store, policy: LsfPolicy) -> int:
+    sub = _parse_submission(argv)
+    fields = _checked_fields(sub.merged, settings)
+    queue_given = "-q" in sub.merged
+    seq, jid = _store_job(store, settings, sub, fields)
+    policy.spawn_supervisor(store, jid)
+    print(f"Job <{seq}> is submitted to {'queue' if queue_given else 'default queue'} <{fields['queue']}>.")
+    return 0
+
+
+def _parse_submission(argv: list[str]) -> Submission:
+    """Options, the command or the script (stdin, or a file with LSB_BSUB_PARSE_SCRIPT) and its ``#BSUB`` lines."""
     cmdline, command_words = parse_bsub_args(argv)
     for opt, what in (("-K", "-K"), ("-I", "-I"), ("-Is", "-Is"), ("-Ip", "-Ip")):
         if opt in cmdline:
@@ -306,8 +267,12 @@ def _bsub(argv: list[str], settings: core.Settings, store: core.Store, policy: L
         dopts, _ = parse_bsub_args(_bsub_directives(script_text))
         merged.update(dopts)
     merged.update(cmdline)   # the command line overrides #BSUB lines
+    return Submission(merged=merged, command_words=command_words, command_mode=command_mode,
+                      script_text=script_text)
 
-    queue_given = "-q" in merged
+
+def _checked_fields(merged: dict[str, Any], settings: core.Settings) -> dict[str, Any]:
+    """Queue, run limit, warning action and slots, refused with bsub's messages."""
     queue = merged.get("-q", settings.default_queue)
     if queue not in settings.queues:
         raise BsubError(f"{queue}: No such queue. Job not submitted.")
@@ -335,7 +300,26 @@ def _bsub(argv: list[str], settings: core.Settings, store: core.Store, policy: L
         ncpus = int(m.group(1))
     if ncpus > settings.slots:
         raise BsubError("Too many processors requested. Job not submitted.")
+    return {"queue": queue, "runlimit": runlimit, "warning_signal": warning_signal, "warning_time": warning_time,
+            "ncpus": ncpus, "ncpus_requested": "-n" in merged}
 
+
+def _output_file(merged: dict[str, Any], cwd: str, jid: str, opt_append: str, opt_over: str,
+                 suffix: str) -> tuple[str | None, str | None, bool]:
+    """-o/-oo (-e/-eo): (the name as given, the file it names, overwrite?); %J is the job id."""
+    raw = merged.get(opt_over) or merged.get(opt_append)
+    if not raw:
+        return None, None, False
+    shown = raw.replace("%J", jid).replace("%I", "0")
+    full = os.path.normpath(os.path.join(cwd, os.path.expanduser(shown)))
+    if os.path.isdir(full):          # a directory gets <dir>/<jobid>.out / .err
+        full = os.path.join(full, f"{jid}.{suffix}")
+    return raw, full, opt_over in merged
+
+
+def _store_job(store: core.Store, settings: core.Settings, sub: Submission, fields: dict[str, Any]) -> tuple[int, str]:
+    """Give the job the next id, keep a copy of its script and add its record to the job table."""
+    merged, script_text = sub.merged, sub.script_text
     pw = pwd.getpwuid(os.getuid())
     submit_cwd = os.getcwd()
     cwd = os.path.join(submit_cwd, merged["-cwd"]) if "-cwd" in merged else submit_cwd
@@ -349,251 +333,66 @@ def _bsub(argv: list[str], settings: core.Settings, store: core.Store, policy: L
         jdir.mkdir(parents=True, exist_ok=True)
         (jdir / "script").write_text(script_text)
         (jdir / "script").chmod(0o700)
-        command = _command_string(command_words) if command_mode else ";".join(
+        command = _command_string(sub.command_words) if sub.command_mode else ";".join(
             ln for ln in script_text.splitlines() if ln.strip())
-        name = merged.get("-J") or command
-
-        def path(opt_append: str, opt_over: str, suffix: str) -> tuple[str | None, str | None, bool]:
-            raw = merged.get(opt_over) or merged.get(opt_append)
-            if not raw:
-                return None, None, False
-            shown = raw.replace("%J", jid).replace("%I", "0")
-            full = os.path.normpath(os.path.join(cwd, os.path.expanduser(shown)))
-            if os.path.isdir(full):          # a directory gets <dir>/<jobid>.out / .err
-                full = os.path.join(full, f"{jid}.{suffix}")
-            return raw, full, opt_over in merged
-
-        out_given, out_path, out_over = path("-o", "-oo", "out")
-        err_given, err_path, err_over = path("-e", "-eo", "err")
+        out_given, out_path, out_over = _output_file(merged, cwd, jid, "-o", "-oo", "out")
+        err_given, err_path, err_over = _output_file(merged, cwd, jid, "-e", "-eo", "err")
         hold = bool(merged.get("-H"))
         st["jobs"][jid] = {
-            "id": seq, "kind": KIND, "name": name, "owner": pw.pw_name, "home": pw.pw_dir, "submit_host": host,
-            "queue": queue, "state": HELD if hold else QUEUED, "hold": hold, "ctime": now, "mtime": now,
-            "eligible_at": now + settings.start_delay, "time_scale": settings.time_scale,
-            "kill_delay": settings.kill_delay, "grace": settings.grace, "runlimit": runlimit,
-            "warning_signal": warning_signal, "warning_time": warning_time, "ncpus": ncpus,
-            "ncpus_requested": "-n" in merged, "script_text": script_text, "command": command,
-            "command_mode": command_mode, "cwd": cwd, "sub_cwd": submit_cwd,
+            "id": seq, "kind": KIND, "name": merged.get("-J") or command, "owner": pw.pw_name, "home": pw.pw_dir,
+            "submit_host": host, **fields, "state": HELD if hold else QUEUED, "hold": hold, "ctime": now,
+            "mtime": now, "eligible_at": now + settings.start_delay, "time_scale": settings.time_scale,
+            "kill_delay": settings.kill_delay, "grace": settings.grace, "script_text": script_text,
+            "command": command, "command_mode": sub.command_mode, "cwd": cwd, "sub_cwd": submit_cwd,
             "output_file": out_given, "output_path": out_path, "output_overwrite": out_over,
             "error_file": err_given, "error_path": err_path, "error_overwrite": err_over,
             "project": merged.get("-P", "default"), "submit_env": dict(os.environ),
             "res_req": merged.get("-R"), "mem_limit": merged.get("-M"),
             "pend_reason": "New job is waiting for scheduling", "spawned_at": now, "sup_pid": None,
         }
-    policy.spawn_supervisor(store, jid)
-    print(f"Job <{seq}> is submitted to {'queue' if queue_given else 'default queue'} <{queue}>.")
-    return 0
+    return seq, jid
 
 
 # =========================================================================== bjobs
-FIELD_ALIASES = {
-    "id": "jobid", "ugroup": "user_group", "name": "job_name", "description": "job_description",
-    "proj": "proj_name", "project": "proj_name", "app": "application", "sla": "service_class",
-    "group": "job_group", "priority": "job_priority", "cmd": "command", "estart_time": "estimated_start_time",
-    "sstart_time": "specified_start_time", "sterminate_time": "specified_terminate_time",
-    "warn_act": "warning_action", "warn_time": "action_warning_time", "except_stat": "exception_status",
-    "cwd": "sub_cwd",
-}
-FIELDS = ["jobid", "jobindex", "stat", "user", "user_group", "queue", "job_name", "job_description",
-          "proj_name", "application", "service_class", "job_group", "job_priority", "dependency", "pend_reason",
-          "command", "pids", "exit_code", "exit_reason", "interactive", "from_host", "first_host", "exec_host",
-          "nexec_host", "alloc_slot", "nalloc_slot", "host_file", "exclusive", "nreq_slot", "submit_time",
-          "start_time", "estimated_start_time", "specified_start_time", "specified_terminate_time", "time_left",
-          "finish_time", "%complete", "warning_action", "action_warning_time", "cpu_used", "run_time",
-          "idle_factor", "exception_status", "slots", "mem", "max_mem", "avg_mem", "memlimit", "swap",
-          "swaplimit", "min_req_proc", "max_req_proc", "nthreads", "runtimelimit", "exec_home", "exec_cwd",
-          "output_file", "error_file", "input_file", "sub_cwd", "kill_reason", "suspend_reason",
-          "resume_reason"]
-
-
-def field_value(job: dict[str, Any], f: str, now: float) -> str:
-    """One bjobs -o field as LSF prints it ('-' when empty; JSON output turns '-' into '')."""
-    s = stat(job)
-    started = bool(job.get("stime"))
-    running = job["state"] in (RUNNING, EXITING)
-    finished = job["state"] == FINISHED
-    host = core.short_hostname()
-    n = job["ncpus"]
-    limit = job.get("runlimit")
-    elapsed = 0.0
-    if started:
-        elapsed = ((job.get("end_time") or now) - job["stime"]) * job["time_scale"]
-    if f == "jobid":
-        return str(job["id"])
-    if f == "jobindex":
-        return "0"
-    if f == "stat":
-        return s
-    if f == "user":
-        return job["owner"]
-    if f == "queue":
-        return job["queue"]
-    if f == "job_name":
-        return job["name"]
-    if f == "proj_name":
-        return job["project"]
-    if f == "command":
-        return job["command"]
-    if f == "pend_reason":
-        return job.get("pend_reason", "-") if job["state"] == QUEUED else (
-            "The job was suspended by the user while pending" if job["state"] == HELD else "-")
-    if f == "pids":
-        return ",".join(map(str, core.group_usage(job.get("pgid")).pids)) or "-" if running else "-"
-    if f == "exit_code":
-        return str(job["exit_status"]) if s == "EXIT" and job.get("exit_status") is not None else "-"
-    if f == "exit_reason":
-        r = job.get("term_reason")
-        return f"{r}: {TERM_TEXT[r]}" if s == "EXIT" and r in TERM_TEXT else "-"
-    if f == "from_host":
-        return job["submit_host"]
-    if f in ("first_host", "exec_host"):
-        if not started:
-            return "-"
-        return host if f == "first_host" or n == 1 else f"{n}*{host}"
-    if f == "nexec_host":
-        return "1" if started else "-"
-    if f == "alloc_slot":
-        return f"{n}*{host}" if started else "-"
-    if f in ("nalloc_slot", "slots"):
-        return str(n) if started else "-"
-    if f in ("nreq_slot", "min_req_proc", "max_req_proc"):
-        return str(n) if job.get("ncpus_requested") or f == "nreq_slot" else "-"
-    if f == "submit_time":
-        return lsf_time(job["ctime"])
-    if f == "start_time":
-        return lsf_time(job.get("stime"))
-    if f == "finish_time":
-        if finished:
-            return lsf_time(job.get("end_time"))
-        if running and limit:
-            return lsf_time(job["stime"] + limit / job["time_scale"]) + " L"
-        return "-"
-    if f == "time_left":
-        if running and limit:
-            left = max(0, int(limit - elapsed))
-            return f"{left // 3600}:{left % 3600 // 60:02d} L"
-        return "-"
-    if f == "%complete":
-        if started and limit:
-            return f"{min(100.0, elapsed * 100 / limit):.2f}% L"
-        return "-"
-    if f == "warning_action":
-        return core.signal_name(job["warning_signal"]).removeprefix("SIG") if job.get("warning_signal") else "-"
-    if f == "action_warning_time":
-        return f"{int(job['warning_time'])} second(s)" if job.get("warning_time") is not None else "-"
-    if f == "cpu_used":
-        if not started:
-            return "-"
-        cpu = job.get("cpu_time", 0.0) if finished else core.group_usage(job.get("pgid")).cpu_seconds
-        return f"{cpu:.1f} second(s)"
-    if f == "run_time":
-        return f"{int(elapsed)} second(s)" if started else "-"
-    if f in ("mem", "max_mem", "avg_mem"):
-        if running:
-            return f"{max(1, core.group_usage(job.get('pgid')).rss_kb // 1024)} Mbytes"
-        if finished and started and f != "mem":
-            return f"{max(1, job.get('max_rss_kb', 0) // 1024)} Mbytes"
-        return "-"
-    if f == "nthreads":
-        return str(core.group_usage(job.get("pgid")).threads) if running else "-"
-    if f == "runtimelimit":
-        return f"{limit / 60:.1f} min" if limit else "-"
-    if f == "exec_home":
-        return job["home"] if started else "-"
-    if f == "exec_cwd":
-        return job["cwd"] if started else "-"
-    if f == "output_file":
-        return job.get("output_file") or "-"
-    if f == "error_file":
-        return job.get("error_file") or "-"
-    if f == "sub_cwd":
-        return job["sub_cwd"]
-    return "-"
-
-
-def parse_format(spec: str) -> tuple[list[tuple[str, int | None, bool]], str | None]:
-    """``"jobid stat:5 exit_code:-3 delimiter='|'"`` -> [(field, width, right_justify)], delimiter."""
-    delim = None
-    m = re.search(r"""delimiter=(['"])(.*?)\1""", spec)
-    if m:
-        delim = m.group(2)
-        spec = spec[: m.start()] + spec[m.end():]
-    fields = []
-    for tok in spec.split():
-        parts = tok.split(":")
-        name = parts[0].lower()
-        name = FIELD_ALIASES.get(name, name)
-        if name not in FIELDS:
-            raise ValueError(parts[0])
-        width, right = None, False
-        if len(parts) > 1 and parts[1]:
-            w = parts[1]
-            right = w.startswith("-")
-            w = w.lstrip("-")
-            if w:
-                if not w.isdigit():
-                    raise ValueError(tok)
-                width = int(w)
-        fields.append((name, width, right))
-    return fields, delim
-
-
-def _cell(value: str, width: int | None, right: bool, job_name: bool) -> str:
-    if width is None:
-        return value
-    if len(value) > width:
-        value = "*" + value[len(value) - width + 1:] if job_name else value[:width]
-    return value.rjust(width) if right else value.ljust(width)
-
-
-def lsf_json(records: list[dict[str, str]]) -> str:
-    """bjobs -json layout: two-space indent, no space after ':', every value a string."""
-    lines = ["{", '  "COMMAND":"bjobs",', f'  "JOBS":{len(records)},', '  "RECORDS":[']
-    for i, rec in enumerate(records):
-        lines.append("    {")
-        items = [f"      {json.dumps(k)}:{json.dumps(v)}" for k, v in rec.items()]
-        lines.append(",\n".join(items))
-        lines.append("    }" + ("," if i + 1 < len(records) else ""))
-    lines.append("  ]")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-BJOBS_HEADER = "JOBID   USER    STAT  QUEUE      FROM_HOST   EXEC_HOST   JOB_NAME   SUBMIT_TIME"
-
-
-def default_row(job: dict[str, Any], wide: bool) -> str:
-    name = job["name"]
-    started = bool(job.get("stime"))
-    n = job["ncpus"]
-    host = core.short_hostname()
-    exec_host = "" if not started else (host if n == 1 else f"{n}*{host}")
-    if wide:
-        return cfmt("%-7d %-7s %-5.5s %-10s %-11s %-11s %-10s %s", 
-            job["id"], job["owner"], stat(job), job["queue"], job["submit_host"], exec_host or "   -    ", name,
-            lsf_time(job["ctime"]))
-    if len(name) > 10:
-        name = "*" + name[-9:]
-    return cfmt("%-7d %-7.7s %-5.5s %-10.10s %-11.11s %-11.11s %-10.10s %s", 
-        job["id"], job["owner"], stat(job), job["queue"], job["submit_host"], exec_host, name,
-        lsf_time(job["ctime"]))
+BJOBS_WITH_ARG = {"-o", "-u", "-q", "-J", "-m", "-P", "-g", "-G", "-app", "-sla", "-N", "-Lp"}
+BJOBS_FLAGS = {"-a", "-d", "-p", "-r", "-s", "-w", "-W", "-l", "-noheader", "-json", "-A", "-x", "-X", "-UF", "-hms"}
+Fields = list[tuple[str, int | None, bool]]   # bjobs -o: (field, width, right-justified)
 
 
 def bjobs(argv: list[str]) -> int:
+    request = _bjobs_request(argv)
+    if isinstance(request, int):
+        return request
+    opts, ids, fields, delim = request
+    _settings, store, _policy = load()
+    now = time.time()
+    jobs = store.read()["jobs"]
+    if ids:
+        selected, errors, json_errors = _jobs_by_id(ids, jobs)
+    else:
+        selected, errors, json_errors = _jobs_by_filter(opts, jobs), [], []
+        if not selected:
+            errors.append(_no_job_message(opts))
+    sys.stdout.write(_bjobs_output(opts, fields, delim, selected, json_errors, now))
+    for e in errors:
+        sys.stderr.write(e + "\n")
+    return FAIL if errors else 0
+
+
+def _bjobs_request(argv: list[str]) -> tuple[dict[str, Any], list[str], Fields, str | None] | int:
+    """(options, job ids, -o fields, -o delimiter), or the exit code after an error was printed."""
     opts: dict[str, Any] = {}
     ids: list[str] = []
     i = 0
-    with_arg = {"-o", "-u", "-q", "-J", "-m", "-P", "-g", "-G", "-app", "-sla", "-N", "-Lp"}
-    flags = {"-a", "-d", "-p", "-r", "-s", "-w", "-W", "-l", "-noheader", "-json", "-A", "-x", "-X", "-UF", "-hms"}
     while i < len(argv):
         a = argv[i]
-        if a in with_arg:
+        if a in BJOBS_WITH_ARG:
             if i + 1 >= len(argv):
                 sys.stderr.write(f"{a}: option requires an argument.\n")
                 return FAIL
             opts[a] = argv[i + 1]
             i += 2
-        elif a in flags:
+        elif a in BJOBS_FLAGS:
             opts[a] = True
             i += 1
         elif a.startswith("-"):
@@ -608,7 +407,7 @@ def bjobs(argv: list[str]) -> int:
     if "-json" in opts and "-o" not in opts:
         sys.stderr.write("bjobs: -json requires -o (customized output)\n")
         return FAIL
-    fields: list[tuple[str, int | None, bool]] = []
+    fields: Fields = []
     delim = None
     if "-o" in opts:
         try:
@@ -616,49 +415,67 @@ def bjobs(argv: list[str]) -> int:
         except ValueError as exc:
             sys.stderr.write(f"{exc.args[0]}: Illegal field name or format for bjobs -o.\n")
             return FAIL
-    _settings, store, _policy = load()
-    now = time.time()
-    jobs = store.read()["jobs"]
+    return opts, ids, fields, delim
+
+
+def _jobs_by_id(ids: list[str], jobs: dict[str, dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], list[str], list[tuple[int, dict[str, str]]]]:
+    """Explicit job ids -> (jobs found, error lines, -json error records with their positions)."""
     errors: list[str] = []
     selected: list[dict[str, Any]] = []
     json_errors: list[tuple[int, dict[str, str]]] = []
-    if ids:
-        for raw in ids:
-            if not raw.isdigit():
-                errors.append(f"{raw}: Illegal job ID.")
-                continue
-            job = jobs.get(str(int(raw)))
-            if job is None:
-                errors.append(f"Job <{raw}> is not found")
-                json_errors.append((len(selected), {"ERROR": f"Job <{raw}> is not found"}))
-            else:
-                selected.append(job)
-    else:
-        user = opts.get("-u", core.current_user())
-        if "-d" in opts:
-            want, empty = {"DONE", "EXIT"}, "No recently finished job found"
-        elif "-p" in opts:
-            want, empty = {"PEND", "PSUSP"}, "No pending job found"
-        elif "-r" in opts:
-            want, empty = {"RUN"}, "No running job found"
-        elif "-s" in opts:
-            want, empty = {"PSUSP", "USUSP", "SSUSP"}, "No suspended job found"
-        elif "-a" in opts:
-            want, empty = {"PEND", "PSUSP", "RUN", "DONE", "EXIT"}, "No job found"
+    for raw in ids:
+        if not raw.isdigit():
+            errors.append(f"{raw}: Illegal job ID.")
+            continue
+        job = jobs.get(str(int(raw)))
+        if job is None:
+            errors.append(f"Job <{raw}> is not found")
+            json_errors.append((len(selected), {"ERROR": f"Job <{raw}> is not found"}))
         else:
-            want, empty = {"PEND", "PSUSP", "RUN"}, "No unfinished job found"
-        for _, job in sorted(jobs.items(), key=lambda kv: int(kv[0])):
-            if stat(job) not in want or (user != "all" and job["owner"] != user):
-                continue
-            if "-q" in opts and job["queue"] != opts["-q"]:
-                continue
-            if "-J" in opts and job["name"] != opts["-J"]:
-                continue
             selected.append(job)
-        if not selected:
-            if "-J" in opts:
-                empty = f"Job <{opts['-J']}> is not found"
-            errors.append(empty)
+    return selected, errors, json_errors
+
+
+BJOBS_STATES = [  # option -> (stats shown, message when none is), first match wins; default: unfinished jobs
+    ("-d", {"DONE", "EXIT"}, "No recently finished job found"),
+    ("-p", {"PEND", "PSUSP"}, "No pending job found"),
+    ("-r", {"RUN"}, "No running job found"),
+    ("-s", {"PSUSP", "USUSP", "SSUSP"}, "No suspended job found"),
+    ("-a", {"PEND", "PSUSP", "RUN", "DONE", "EXIT"}, "No job found"),
+    ("", {"PEND", "PSUSP", "RUN"}, "No unfinished job found"),
+]
+
+
+def _state_filter(opts: dict[str, Any]) -> tuple[set[str], str]:
+    return next((want, empty) for opt, want, empty in BJOBS_STATES if not opt or opt in opts)
+
+
+def _jobs_by_filter(opts: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """No job ids: the user's (-u) jobs in the states the options ask for, by -q queue and -J name."""
+    user = opts.get("-u", core.current_user())
+    want, _empty = _state_filter(opts)
+    selected = []
+    for _, job in sorted(jobs.items(), key=lambda kv: int(kv[0])):
+        if stat(job) not in want or (user != "all" and job["owner"] != user):
+            continue
+        if "-q" in opts and job["queue"] != opts["-q"]:
+            continue
+        if "-J" in opts and job["name"] != opts["-J"]:
+            continue
+        selected.append(job)
+    return selected
+
+
+def _no_job_message(opts: dict[str, Any]) -> str:
+    if "-J" in opts:
+        return f"Job <{opts['-J']}> is not found"
+    return _state_filter(opts)[1]
+
+
+def _bjobs_output(opts: dict[str, Any], fields: Fields, delim: str | None, selected: list[dict[str, Any]],
+                  json_errors: list[tuple[int, dict[str, str]]], now: float) -> str:
+    """Everything bjobs prints on stdout: -json records, -o columns, or the default table."""
     out: list[str] = []
     if "-json" in opts:
         records: list[dict[str, str]] = []
@@ -674,18 +491,15 @@ def bjobs(argv: list[str]) -> int:
     elif fields:
         sep = delim if delim is not None else " "
         if selected and "-noheader" not in opts:
-            out.append(sep.join(_cell(n.upper(), w, r, False) for n, w, r in fields).rstrip() + "\n")
+            out.append(sep.join(format_cell(n.upper(), w, r, False) for n, w, r in fields).rstrip() + "\n")
         for job in selected:
-            out.append(sep.join(_cell(field_value(job, n, now), w, r, n == "job_name") for n, w, r in fields)
+            out.append(sep.join(format_cell(field_value(job, n, now), w, r, n == "job_name") for n, w, r in fields)
                        .rstrip() + "\n")
     elif selected:
         if "-noheader" not in opts:
             out.append(BJOBS_HEADER + "\n")
         out.extend(default_row(job, bool(opts.get("-w") or opts.get("-W"))) + "\n" for job in selected)
-    sys.stdout.write("".join(out))
-    for e in errors:
-        sys.stderr.write(e + "\n")
-    return FAIL if errors else 0
+    return "".join(out)
 
 
 # =========================================================================== bkill / bresume
@@ -762,7 +576,7 @@ def bkill(argv: list[str]) -> int:
                 msg_err = f"Job <{shown}>: Job has already finished"
             elif sig is not None:
                 if job["state"] in (RUNNING, EXITING):
-                    core.write_kill_request(store, jid, {"signal": sig, "at": now})
+                    core.write_kill_request(store, str(jid), {"signal": sig, "at": now})
                     msg_out = f"Job <{shown}> is being signaled"
                 else:
                     msg_err = f"Job <{shown}>: Job has not started yet"
@@ -773,7 +587,7 @@ def bkill(argv: list[str]) -> int:
                 msg_out = f"Job <{shown}> is being signaled"
             else:
                 force = bool(opts.get("-r"))
-                core.write_kill_request(store, jid, {"force": force, "at": now})
+                core.write_kill_request(store, str(jid), {"force": force, "at": now})
                 if force:
                     job["term_reason"] = "TERM_FORCE_OWNER"
                 msg_out = f"Job <{shown}> is being terminated"

@@ -6,13 +6,15 @@ Output formats follow OpenPBS ``src/cmds/qstat.c`` (default table, ``-a`` altern
 Exit codes are the PBS error number modulo 256, as the real commands ``exit(pbs_errno)``:
 15001 Unknown Job Id -> 153, 15139 Job has finished -> 35, 15018 Unknown queue -> 170.
 See docs/emulated-schedulers.md for what is emulated and what is not.
+
+This module holds the commands (option parsing, the job table, the supervisor's PBS policy) and the
+entry point of the supervisor and the execution daemon (``pbsemu.py supervise <id>`` / ``pbsemu.py mom``);
+what qstat prints is built in pbsformat.py, ``-l`` resources are resolved in pbsresources.py.
 """
 
 from __future__ import annotations
 
 import getopt
-import json
-import math
 import os
 import pwd
 import re
@@ -20,6 +22,7 @@ import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,19 @@ from typing import Any
 sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "common"))
 import emucore as core  # noqa: E402
 from emucore import EXITING, FINISHED, HELD, QUEUED, RUNNING
+from pbsformat import (
+    DEFAULT_HEADER,
+    WIDE_HEADER,
+    alt_header,
+    alt_row,
+    cjson_print,
+    default_row,
+    format_dsv,
+    format_full_text,
+    full_id,
+    job_json,
+)
+from pbsresources import resource_list
 
 PBS_VERSION = "23.06.06"
 KIND = "pbs"
@@ -38,15 +54,8 @@ PBSE_TEXT = {PBSE_UNKJOBID: "Unknown Job Id", PBSE_BADATVAL: "Illegal attribute 
              PBSE_BADSTATE: "Request invalid for state of job", PBSE_UNKQUE: "Unknown queue",
              PBSE_HISTJOBID: "Job has finished"}
 
-STATE_LETTER = {QUEUED: "Q", HELD: "H", RUNNING: "R", EXITING: "E", FINISHED: "F"}
-SUBSTATE = {QUEUED: 10, HELD: 20, RUNNING: 42, EXITING: 50}
 JOB_EXEC_KILL_WALLTIME = -29   # Exit_status of a job killed for exceeding its walltime
 JOB_EXEC_FAIL1 = -1            # used by the emulator when a job's supervisor vanished (no real analogue)
-
-
-def cfmt(fmt: str, *args: object) -> str:
-    """printf-style formatting, kept to mirror the format strings of OpenPBS qstat.c."""
-    return fmt % args
 
 
 def rc(pbs_errno: int) -> int:
@@ -76,101 +85,6 @@ def parse_jobid(text: str, settings: core.Settings) -> tuple[str | None, str]:
     if server.split(".")[0] == settings.server:
         return str(int(seq)), f"{seq}.{server}"
     return None, text
-
-
-def full_id(job: dict[str, Any], settings: core.Settings) -> str:
-    return f"{job['id']}.{settings.server}"
-
-
-# =========================================================================== resources
-def parse_select(spec: str) -> list[dict[str, str]] | None:
-    """``2:ncpus=4:mem=1gb+1:ncpus=1`` -> chunks [{'count': '2', 'ncpus': '4', ...}, ...]."""
-    chunks = []
-    for part in spec.split("+"):
-        items = part.split(":")
-        chunk: dict[str, str] = {"count": "1"}
-        for i, item in enumerate(items):
-            if i == 0 and item.isdigit():
-                chunk["count"] = item
-                continue
-            if "=" not in item:
-                return None
-            k, v = item.split("=", 1)
-            if not k or not v:
-                return None
-            chunk[k] = v
-        if int(chunk["count"]) < 1:
-            return None
-        if "ncpus" in chunk and not chunk["ncpus"].isdigit():
-            return None
-        chunks.append(chunk)
-    return chunks
-
-
-def chunks_to_select(chunks: list[dict[str, str]]) -> str:
-    return "+".join(":".join([c["count"]] + [f"{k}={v}" for k, v in c.items() if k != "count"]) for c in chunks)
-
-
-def resource_list(res: dict[str, str]) -> tuple[dict[str, str], list[dict[str, str]]] | str:
-    """Resolve ``-l`` resources into Resource_List and chunks; a string names the bad resource."""
-    out = dict(res)
-    if "walltime" in out:
-        secs = core.parse_hms(out["walltime"])
-        if secs is None:
-            return "walltime"
-        out["walltime"] = core.fmt_hms(secs)
-    if "select" in out:
-        chunks = parse_select(out["select"])
-        if chunks is None:
-            return "select"
-    elif "nodes" in out:  # Torque-style nodes=N:ppn=M, converted by the PBS Pro server
-        m = re.match(r"^(\d+)(?::ppn=(\d+))?$", out["nodes"])
-        if not m:
-            return "nodes"
-        chunks = [{"count": m.group(1), "ncpus": m.group(2) or "1"}]
-        out["select"] = chunks_to_select(chunks)
-    else:
-        ncpus = out.get("ncpus", "1")
-        if not ncpus.isdigit():
-            return "ncpus"
-        chunks = [{"count": "1", "ncpus": ncpus}]
-        if "mem" in out:
-            chunks[0]["mem"] = out["mem"]
-        out["select"] = chunks_to_select(chunks)
-    out["ncpus"] = str(sum(int(c["count"]) * int(c.get("ncpus", "1")) for c in chunks))
-    out["nodect"] = str(sum(int(c["count"]) for c in chunks))
-    for name in ("mpiprocs", "ngpus"):   # the server sums consumable chunk resources into Resource_List
-        if any(name in c for c in chunks):
-            if not all(c.get(name, "0").isdigit() for c in chunks):
-                return "select"
-            out[name] = str(sum(int(c["count"]) * int(c.get(name, "0")) for c in chunks))
-    if any("mem" in c for c in chunks):
-        sizes = [_size_bytes(c.get("mem", "0b")) for c in chunks]
-        if None in sizes:
-            return "select"
-        out["mem"] = _size_text(sum(int(c["count"]) * b for c, b in zip(chunks, sizes)))
-    out.setdefault("place", "pack" if out["nodect"] == "1" else "free")
-    return out, chunks
-
-
-SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4, "w": 8, "kw": 8 * 1024,
-              "mw": 8 * 1024**2, "gw": 8 * 1024**3, "tw": 8 * 1024**4}
-
-
-def _size_bytes(text: str) -> int | None:
-    m = re.match(r"^(\d+)([kmgt]?[bw]?)$", text.lower())
-    if not m:
-        return None
-    unit = m.group(2) or "b"
-    return int(m.group(1)) * SIZE_UNITS[unit if unit[-1] in "bw" else unit + "b"]
-
-
-def _size_text(n: int) -> str:
-    """Bytes as PBS prints a size: the largest unit that keeps an integer (8gb, 1536mb)."""
-    for unit in ("tb", "gb", "mb", "kb"):
-        if n and n % SIZE_UNITS[unit] == 0:
-            return f"{n // SIZE_UNITS[unit]}{unit}"
-    return f"{n}b"
 
 
 # =========================================================================== the policy
@@ -371,7 +285,7 @@ def _directives(script: str, prefix: str) -> list[str]:
             try:
                 args.extend(shlex.split(rest, posix=True))
             except ValueError:
-                raise QsubError(f"qsub: directive error: {line}", 2)
+                raise QsubError(f"qsub: directive error: {line}", 2) from None
     return args
 
 
@@ -387,14 +301,68 @@ def qsub(argv: list[str]) -> int:
         return exc.code
 
 
+@dataclass
+class Submission:
+    """One qsub call: where the job comes from and its options (the command line merged over the directives)."""
+
+    argv: list[str]
+    cwd: str
+    command: list[str] | None      # `qsub -- command args...`
+    script_text: str
+    script_name: str               # the default job name: the script's file name, or STDIN
+    merged: dict[str, Any] = field(default_factory=dict)
+
+
 def _qsub(argv: list[str], settings: core.Settings, store: core.Store, policy: PbsPolicy) -> int:
+    sub = _parse_submission(argv)
+    fields = _checked_fields(sub, settings)
+    fields.update(_environment(sub, fields["queue"]))
+    seq, jid = _store_job(store, settings, sub, fields)
+    policy.spawn_supervisor(store, jid)
+    if not sub.merged.get("-z"):
+        print(f"{seq}.{settings.server}")
+        sys.stdout.flush()
+    if str(sub.merged["-W"].get("block", "")).lower() in ("true", "t", "1", "y"):
+        return _block(store, jid)
+    return 0
+
+
+def _parse_submission(argv: list[str]) -> Submission:
+    """Options, the job's script (or command) and its directives; the command line wins over the script."""
     try:
         opts, rest = getopt.getopt(argv, QSUB_OPTS)
     except getopt.GetoptError as exc:
-        raise QsubError(f"qsub: {exc.msg}\n{QSUB_USAGE}", 2)
+        raise QsubError(f"qsub: {exc.msg}\n{QSUB_USAGE}", 2) from None
     cmdline = _collect(opts)
+    sub = _job_source(argv, rest, os.getcwd())
+    prefix = cmdline.get("-C") or os.environ.get("PBS_DPREFIX") or "#PBS"
+    merged: dict[str, Any] = {"-l": {}, "-v": [], "-W": {}}
+    if sub.script_text:
+        try:
+            dopts, _ = getopt.getopt(_directives(sub.script_text, prefix), QSUB_OPTS)
+        except getopt.GetoptError as exc:
+            raise QsubError(f"qsub: directive error: {exc.msg}", 2) from None
+        merged.update({k: v for k, v in _collect(dopts).items() if k not in ("-l", "-v", "-W")})
+        d = _collect(dopts)
+        merged["-l"].update(d["-l"])
+        merged["-v"].extend(d["-v"])
+        merged["-W"].update(d["-W"])
+    for k, v in cmdline.items():   # the command line wins over the script
+        if k == "-l":
+            merged["-l"].update(v)
+        elif k == "-v":
+            merged["-v"].extend(v)
+        elif k == "-W":
+            merged["-W"].update(v)
+        else:
+            merged[k] = v
+    sub.merged = merged
+    return sub
+
+
+def _job_source(argv: list[str], rest: list[str], cwd: str) -> Submission:
+    """`-- command args`, a script file, or the script on stdin."""
     command: list[str] | None = None
-    cwd = os.getcwd()
     if len(argv) > len(rest) and argv[len(argv) - len(rest) - 1] == "--":
         command = rest
         if not command:
@@ -407,33 +375,18 @@ def _qsub(argv: list[str], settings: core.Settings, store: core.Store, policy: P
         try:
             script_text = path.read_text()
         except OSError as exc:
-            raise QsubError(f"qsub: script file:: {exc.strerror}", 1)
+            raise QsubError(f"qsub: script file:: {exc.strerror}", 1) from None
         script_name = path.name
     else:
         script_text, script_name = sys.stdin.read(), "STDIN"
         if not script_text.strip():
             raise QsubError("qsub: script file is empty", 1)
+    return Submission(argv=argv, cwd=cwd, command=command, script_text=script_text, script_name=script_name)
 
-    prefix = cmdline.get("-C") or os.environ.get("PBS_DPREFIX") or "#PBS"
-    merged = {"-l": {}, "-v": [], "-W": {}}
-    if script_text:
-        try:
-            dopts, _ = getopt.getopt(_directives(script_text, prefix), QSUB_OPTS)
-        except getopt.GetoptError as exc:
-            raise QsubError(f"qsub: directive error: {exc.msg}", 2)
-        merged.update({k: v for k, v in _collect(dopts).items() if k not in ("-l", "-v", "-W")})
-        d = _collect(dopts)
-        merged["-l"].update(d["-l"]); merged["-v"].extend(d["-v"]); merged["-W"].update(d["-W"])
-    for k, v in cmdline.items():   # the command line wins over the script
-        if k == "-l":
-            merged["-l"].update(v)
-        elif k == "-v":
-            merged["-v"].extend(v)
-        elif k == "-W":
-            merged["-W"].update(v)
-        else:
-            merged[k] = v
 
+def _checked_fields(sub: Submission, settings: core.Settings) -> dict[str, Any]:
+    """The options the server checks (name, queue, join, rerun, resources), refused as qsub refuses them."""
+    merged = sub.merged
     for opt, what in (("-J", "job arrays"), ("-I", "interactive jobs"), ("-a", "deferred execution (-a)")):
         if opt in merged:
             raise QsubError(f"qsub: {what} are not supported by the PBS emulator", 2)
@@ -443,7 +396,7 @@ def _qsub(argv: list[str], settings: core.Settings, store: core.Store, policy: P
     rerun = merged.get("-r", "y")
     if rerun not in ("y", "n"):
         raise QsubError(f"qsub: illegal -r value\n{QSUB_USAGE}", 2)
-    name = merged.get("-N", script_name)
+    name = merged.get("-N", sub.script_name)
     if not name or any(ch.isspace() for ch in name) or len(name) > 236:
         raise QsubError(f"qsub: illegal -N value\n{QSUB_USAGE}", 2)
 
@@ -454,10 +407,16 @@ def _qsub(argv: list[str], settings: core.Settings, store: core.Store, policy: P
     if isinstance(resolved, str):
         raise QsubError(f"qsub: {PBSE_TEXT[PBSE_BADATVAL]} Resource_List.{resolved}", rc(PBSE_BADATVAL))
     resources, chunks = resolved
+    walltime = core.parse_hms(resources["walltime"]) if "walltime" in resources else None
+    return {"name": name, "queue": queue, "join": join, "rerunable": rerun == "y", "resources": resources,
+            "chunks": chunks, "ncpus": int(resources["ncpus"]), "walltime": walltime}
 
+
+def _environment(sub: Submission, queue: str) -> dict[str, Any]:
+    """The submitter and the job's Variable_List: PBS_O_* of the submission, then -v, then queue and host."""
     submit_env = dict(os.environ)
     variables: list[list[str]] = []
-    for item in merged["-v"]:
+    for item in sub.merged["-v"]:
         k, eq, v = item.partition("=")
         if not eq:
             if k not in os.environ:
@@ -469,13 +428,18 @@ def _qsub(argv: list[str], settings: core.Settings, store: core.Store, policy: P
     host = core.short_hostname()
     o_vars = [["PBS_O_HOME", home], ["PBS_O_LANG", submit_env.get("LANG", "C")], ["PBS_O_LOGNAME", user],
               ["PBS_O_PATH", submit_env.get("PATH", "/usr/bin:/bin")], ["PBS_O_MAIL", f"/var/mail/{user}"],
-              ["PBS_O_SHELL", submit_env.get("SHELL", login_shell)], ["PBS_O_WORKDIR", cwd],
+              ["PBS_O_SHELL", submit_env.get("SHELL", login_shell)], ["PBS_O_WORKDIR", sub.cwd],
               ["PBS_O_SYSTEM", os.uname().sysname]]
     variable_list = o_vars + variables + [["PBS_O_QUEUE", queue], ["PBS_O_HOST", host]]
-    walltime = core.parse_hms(resources["walltime"]) if "walltime" in resources else None
+    return {"owner": user, "home": home, "login_shell": login_shell, "submit_host": host,
+            "variable_list": variable_list, "submit_env": submit_env}
+
+
+def _store_job(store: core.Store, settings: core.Settings, sub: Submission, fields: dict[str, Any]) -> tuple[int, str]:
+    """Give the job the next id, keep a copy of its script and add its record to the job table."""
+    merged = sub.merged
     hold = bool(merged.get("-h"))
     now = time.time()
-
     with store.locked() as st:
         seq = st["next_id"]
         st["next_id"] = seq + 1
@@ -483,32 +447,22 @@ def _qsub(argv: list[str], settings: core.Settings, store: core.Store, policy: P
         jdir = store.job_dir(jid)
         jdir.mkdir(parents=True, exist_ok=True)
         script_path = jdir / "script"
-        script_path.write_text(script_text or "")
+        script_path.write_text(sub.script_text or "")
         script_path.chmod(0o700)
-        out_path = _output_path(merged.get("-o"), cwd, f"{name}.o{seq}")
-        err_path = _output_path(merged.get("-e"), cwd, f"{name}.e{seq}")
-        submit_args = [a for a in argv]
-        job = {
-            "id": seq, "kind": KIND, "name": name, "owner": user, "home": home, "login_shell": login_shell,
-            "submit_host": host, "queue": queue, "state": HELD if hold else QUEUED, "hold": hold,
+        name = fields["name"]
+        st["jobs"][jid] = {
+            "id": seq, "kind": KIND, **fields, "state": HELD if hold else QUEUED, "hold": hold,
             "ctime": now, "qtime": now, "mtime": now, "etime": now, "eligible_at": now + settings.start_delay,
             "time_scale": settings.time_scale, "kill_delay": settings.kill_delay,
-            "walltime": walltime, "resources": resources, "chunks": chunks, "ncpus": int(resources["ncpus"]),
-            "script_text": script_text, "command": command, "shell": merged.get("-S"), "cwd": cwd,
-            "output_path": out_path, "error_path": err_path, "join": join, "rerunable": rerun == "y",
-            "variable_list": variable_list, "export_all": bool(merged.get("-V")), "submit_env": submit_env,
+            "script_text": sub.script_text, "command": sub.command, "shell": merged.get("-S"), "cwd": sub.cwd,
+            "output_path": _output_path(merged.get("-o"), sub.cwd, f"{name}.o{seq}"),
+            "error_path": _output_path(merged.get("-e"), sub.cwd, f"{name}.e{seq}"),
+            "export_all": bool(merged.get("-V")),
             "account": merged.get("-A"), "project": merged.get("-P", "_pbs_project_default"),
             "priority": merged.get("-p", "0"), "other": merged["-W"],
-            "submit_args": " ".join(submit_args), "spawned_at": now, "sup_pid": None,
+            "submit_args": " ".join(sub.argv), "spawned_at": now, "sup_pid": None,
         }
-        st["jobs"][jid] = job
-    policy.spawn_supervisor(store, jid)
-    if not merged.get("-z"):
-        print(f"{seq}.{settings.server}")
-        sys.stdout.flush()
-    if str(merged["-W"].get("block", "")).lower() in ("true", "t", "1", "y"):
-        return _block(store, jid)
-    return 0
+    return seq, jid
 
 
 def _block(store: core.Store, jid: str) -> int:
@@ -531,421 +485,179 @@ def _output_path(value: str | None, cwd: str, default_name: str) -> str:
     return os.path.normpath(path)
 
 
-# =========================================================================== attributes
-def ctime_str(t: float) -> str:
-    return time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(t))
-
-
-def usage(job: dict[str, Any], now: float) -> dict[str, str] | None:
-    if not job.get("stime"):
-        return None
-    if job["state"] == FINISHED:
-        cpu, rss, vmem = job.get("cpu_time", 0.0), job.get("max_rss_kb", 0), 0
-        wall = job.get("walltime_used", 0.0)
-        real = max(job.get("end_time", now) - job["stime"], 1e-9)
-    else:
-        u = core.group_usage(job.get("pgid"))
-        cpu, rss, vmem = u.cpu_seconds, u.rss_kb, u.vsize_kb
-        wall = (now - job["stime"]) * job["time_scale"]
-        real = max(now - job["stime"], 1e-9)
-    return {"cpupercent": str(int(cpu * 100 / real)), "cput": core.fmt_hms(cpu), "mem": f"{rss}kb",
-            "ncpus": job["resources"]["ncpus"], "vmem": f"{vmem}kb", "walltime": core.fmt_hms(wall)}
-
-
-def attributes(job: dict[str, Any], settings: core.Settings, now: float) -> list[tuple[str, str | None, str]]:
-    """The job's attributes in the order a PBS Pro server returns them (qstat -f)."""
-    a: list[tuple[str, str | None, str]] = []
-    host = job["submit_host"]
-    a.append(("Job_Name", None, job["name"]))
-    a.append(("Job_Owner", None, f"{job['owner']}@{host}"))
-    used = usage(job, now)
-    if used:
-        a.extend(("resources_used", k, v) for k, v in used.items())
-    a.append(("job_state", None, STATE_LETTER[job["state"]]))
-    a.append(("queue", None, job["queue"]))
-    a.append(("server", None, settings.server))
-    if job.get("account"):
-        a.append(("Account_Name", None, job["account"]))
-    a.append(("Checkpoint", None, "u"))
-    a.append(("ctime", None, ctime_str(job["ctime"])))
-    a.append(("Error_Path", None, f"{host}:{job['error_path']}"))
-    if job.get("stime"):
-        a.append(("exec_host", None, job["exec_host"]))
-        a.append(("exec_vnode", None, job["exec_vnode"]))
-    a.append(("Hold_Types", None, "u" if job["state"] == HELD else "n"))
-    a.append(("Join_Path", None, job["join"]))
-    a.append(("Keep_Files", None, "n"))
-    a.append(("Mail_Points", None, "a"))
-    a.append(("mtime", None, ctime_str(job["mtime"])))
-    a.append(("Output_Path", None, f"{host}:{job['output_path']}"))
-    a.append(("Priority", None, str(job.get("priority", "0"))))
-    a.append(("qtime", None, ctime_str(job["qtime"])))
-    a.append(("Rerunable", None, "True" if job.get("rerunable", True) else "False"))
-    a.extend(("Resource_List", k, v) for k, v in sorted(job["resources"].items()))
-    if job.get("stime"):
-        a.append(("stime", None, ctime_str(job["stime"])))
-    if job["state"] == FINISHED and job.get("stime"):
-        a.append(("obittime", None, ctime_str(job["end_time"])))
-    if job["state"] in (RUNNING, EXITING) and job.get("session_id"):
-        a.append(("session_id", None, str(job["session_id"])))
-        a.append(("jobdir", None, job["home"]))
-    sub = job.get("substate") if job["state"] == FINISHED else SUBSTATE[job["state"]]
-    a.append(("substate", None, str(sub if sub is not None else 92)))
-    a.append(("Variable_List", None, ",".join(f"{k}={_escape_commas(v)}" for k, v in job["variable_list"])))
-    if job.get("comment"):
-        a.append(("comment", None, job["comment"]))
-    a.append(("etime", None, ctime_str(job["etime"])))
-    if job.get("run_count"):
-        a.append(("run_count", None, str(job["run_count"])))
-    if job["state"] == FINISHED and job.get("stime"):
-        a.append(("Stageout_status", None, "1"))
-        if job.get("exit_status") is not None:
-            a.append(("Exit_status", None, str(job["exit_status"])))
-    a.append(("Submit_arguments", None, job["submit_args"]))
-    if job["state"] == FINISHED:
-        a.append(("history_timestamp", None, str(int(job["end_time"]))))
-    a.append(("project", None, job["project"]))
-    a.append(("Submit_Host", None, host))
-    return a
-
-
-def _escape_commas(v: str) -> str:
-    return v.replace(",", "\\,")
-
-
-# ---- text (-f): prt_attr folding
-CHAR_LINE_LIMIT = 78
-
-
-def fold_attr(name: str, value: str, one_line: bool = False) -> str:
-    """One attribute as qstat -f prints it (OpenPBS prt_attr): comma tokens, 78-column fold, tab."""
-    if one_line:
-        return f"    {name} = " + value.replace("\n", "\\n")
-    out = [f"    {name} = "]
-    start = len(name) + 7
-    tokens = [t for t in value.split(",") if t != ""]   # strtok() drops empty tokens
-    first = True
-    for i, tok in enumerate(tokens):
-        if len(tok) + start < CHAR_LINE_LIMIT:
-            out.append(tok)
-            start += len(tok)
-        else:
-            if not first:
-                out.append("\n\t")
-                start = 9
-            for ch in tok:
-                out.append(ch)
-                start += 1
-                if start > CHAR_LINE_LIMIT:
-                    start = 8
-                    out.append("\n\t")
-        if i + 1 < len(tokens):
-            first = False
-            out.append(",")
-    return "".join(out)
-
-
-def format_full_text(job: dict[str, Any], settings: core.Settings, now: float, one_line: bool) -> str:
-    lines = [fold_attr(f"{n}.{r}" if r else n, v, one_line) for n, r, v in attributes(job, settings, now)]
-    return f"Job Id: {full_id(job, settings)}\n" + "\n".join(lines) + "\n\n"
-
-
-def format_dsv(job: dict[str, Any], settings: core.Settings, now: float, delim: str) -> str:
-    def esc(v: str) -> str:
-        return v.replace(delim, "\\" + delim).replace("\n", "\\n").replace("\f", "\\f")
-    parts = [f"{n}.{r}={esc(v)}" if r else f"{n}={esc(v)}" for n, r, v in attributes(job, settings, now)]
-    return f"Job Id: {full_id(job, settings)}{delim}" + delim.join(parts) + "\n"
-
-
-# ---- JSON (-F json): values parsed like pbs_json_insert_parsed, printed like cJSON_Print
-NUMBER_RE = re.compile(r"^-?(0|[1-9]\d*|\d+)(\.\d+)?([eE][+-]?\d+)?$")
-
-
-def parse_value(text: str) -> Any:
-    if NUMBER_RE.match(text):
-        v = float(text)
-        return int(v) if v.is_integer() and "." not in text and "e" not in text.lower() else v
-    if text in ("true", "false", "null"):
-        return {"true": True, "false": False, "null": None}[text]
-    if text[:1] in ('"', "[", "{"):
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass
-    return text
-
-
-def job_json(job: dict[str, Any], settings: core.Settings, now: float) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, res, value in attributes(job, settings, now):
-        if name == "Variable_List":
-            out[name] = {k: parse_value(v) for k, v in job["variable_list"]}
-        elif res:
-            out.setdefault(name, {})[res] = parse_value(value)
-        else:
-            out[name] = parse_value(value)
-    return out
-
-
-def cjson_print(value: Any, depth: int = 0) -> str:
-    """cJSON_Print: tabs for indentation, a tab after ':', integers without a fraction."""
-    if isinstance(value, dict):
-        if not value:
-            return "{\n" + "\t" * depth + "}"
-        items = [("\t" * (depth + 1)) + _cjson_string(k) + ":\t" + cjson_print(v, depth + 1) for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + "\t" * depth + "}"
-    if isinstance(value, list):
-        if not value:
-            return "[]"
-        return "[" + ", ".join(cjson_print(v, depth + 1) for v in value) + "]"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        d = float(value)
-        if math.isnan(d) or math.isinf(d):
-            return "null"
-        if d.is_integer() and abs(d) <= 2**31 - 1:
-            return str(int(d))
-        s = cfmt("%1.15g", d)
-        return s if float(s) == d else cfmt("%1.17g", d)
-    return _cjson_string(str(value))
-
-
-def _cjson_string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 32:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-# ---- tables
-def _trunc(value: str, width: int) -> str:
-    return value[: width - 1] + "*" if len(value) > width else value
-
-
-def default_row(job: dict[str, Any], settings: core.Settings, now: float, wide: bool) -> str:
-    jid = full_id(job, settings)
-    jid = ".".join(jid.split(".")[:2])       # the job id up to the first part of the server name
-    used = usage(job, now)
-    timeu = used["cput"] if used else "0"
-    name = job["name"]
-    if wide:
-        name = name[:14] + "*" if len(name) >= 15 else name
-        return cfmt("%-30s %-15s %-15s  %8s %1s %-15s\n", 
-            _trunc(jid, 30), name, _trunc(job["owner"], 15), _trunc(timeu, 8), STATE_LETTER[job["state"]],
-            _trunc(job["queue"], 15))
-    name = name[:15] + "*" if len(name) >= 16 else name
-    return cfmt("%-17s %-16s %-16s  %8s %1s %-16s\n", 
-        _trunc(jid, 17), name, _trunc(job["owner"], 16), _trunc(timeu, 8), STATE_LETTER[job["state"]],
-        _trunc(job["queue"], 16))
-
-
-DEFAULT_HEADER = ("Job id            Name             User              Time Use S Queue\n"
-                  "----------------  ---------------- ----------------  -------- - -----\n")
-WIDE_HEADER = ("Job id                         Name            User             Time Use S Queue\n"
-               "-----------------------------  --------------- ---------------  -------- - ---------------\n")
-
-
-def cnv_size(value: str) -> str:
-    """qstat's cnv_size without -M/-G: keep the unit, scale up while > 9999."""
-    m = re.match(r"^(\d+)([kmgt]?)([bw]?)$", value.lower())
-    if not m:
-        return value
-    n, mag = int(m.group(1)), " kmgt".index(m.group(2) or " ")
-    suffix = m.group(3) or "b"
-    while n > 9999:
-        n = (n + 1023) >> 10
-        mag += 1
-    return f"{n}{' kmgtp?'[mag].strip()}{suffix}"
-
-
-def alt_header(settings: core.Settings) -> str:
-    return (f"\n{settings.server}: \n" + cfmt("%60s%-7s%-8s%s\n", " ", "Req'd", "Req'd", "Elap")
-            + "Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time\n"
-            + "--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----\n")
-
-
-def alt_row(job: dict[str, Any], settings: core.Settings, now: float, show_nodes: bool, show_comment: bool,
-            one_line: bool) -> str:
-    blank = " -- "
-    used = usage(job, now)
-    res = job["resources"]
-    sess = str(job["session_id"]) if job["state"] in (RUNNING, EXITING) and job.get("session_id") else blank
-    mem = cnv_size(res["mem"]) if "mem" in res else blank
-    line = cfmt("%-15.15s %-8.8s %-8.8s ", _trunc(full_id(job, settings), 15), _trunc(job["owner"], 8),
-                                        _trunc(job["queue"], 8))
-    line += cfmt("%-10.10s %6.6s %3.3s %3.3s ", _trunc(job["name"], 10), _trunc(sess, 6), _trunc(res["nodect"], 3),
-                                             _trunc(res["ncpus"], 3))
-    line += cfmt("%6.6s %5.5s %1.1s %5.5s", mem, res.get("walltime", blank), STATE_LETTER[job["state"]],
-                                         used["walltime"] if used else blank)
-    extra = ""
-    if show_nodes:
-        nodes = job.get("exec_host", "") if job.get("stime") else ""
-        extra += (nodes + "\n") if one_line else (f"   {nodes}\n" if nodes else "")
-    if show_comment and job.get("comment"):
-        extra += f"   {job['comment']}\n"
-    return line + (" " if one_line else "\n") + extra
-
-
 # =========================================================================== qstat
-QSTAT_USAGE = """usage: 
-qstat [-f] [-J] [-p] [-t] [-x] [-E] [-F format | -w] [-D delim] [ job_identifier... | destination... ]
+QSTAT_USAGE = ("usage: \n"   # sic: qstat.c prints a blank after "usage:"
+               """qstat [-f] [-J] [-p] [-t] [-x] [-E] [-F format | -w] [-D delim] [ job_identifier... | destination... ]
 qstat [-a|-i|-r|-H|-T] [-J] [-t] [-u user] [-n] [-s] [-G|-M] [-1] [-w]
 \t[ job_identifier... | destination... ]
 qstat -Q [-f] [-F format] [-D delim] [ destination... ]
 qstat -q [-G|-M] [ destination... ]
 qstat -B [-f] [-F format] [-D delim] [ server_name... ]
 qstat --version
-"""
+""")
+
+
+@dataclass
+class QstatRequest:
+    """What a qstat command line asks for: which jobs (operands and filters) and in which layout."""
+
+    flags: set[str]
+    operands: list[str]
+    fmt: str = "default"             # -F: default, dsv or json
+    delim: str = "|"                 # -D
+    users: set[str] | None = None    # -u
+    states: set[str] | None = None   # -i / -r / -H
+    full: bool = False               # -f
+    wide: bool = False               # -w
+    alt: bool = False                # the alternate table (-a and friends)
+    history: bool = False            # -x / -H: finished jobs too
 
 
 def qstat(argv: list[str]) -> int:
     if argv and argv[0] == "--version":
         print(f"pbs_version = {PBS_VERSION}")
         return 0
+    req = _qstat_request(argv)
+    if isinstance(req, int):
+        return req
+    settings, store, _policy = load()
+    now = time.time()
+    groups, any_failed = _qstat_groups(req, store.read()["jobs"], settings)
+    sys.stdout.write(_qstat_output(req, groups, settings, now))
+    return any_failed
+
+
+def _qstat_request(argv: list[str]) -> QstatRequest | int:
+    """Parse and check the options like qstat.c; an int is the exit code after the usage was printed."""
     try:
         opts, operands = getopt.getopt(argv, "ainpqrstwxu:fGHJMQEBW:T1F:D:")
     except getopt.GetoptError as exc:
         sys.stderr.write(f"qstat: {exc.msg}\n{QSTAT_USAGE}qstat --version\n")
         return 2
-    flags = {o for o, _ in opts}
-    fmt, delim, users = "default", "|", None
+    req = QstatRequest(flags={o for o, _ in opts}, operands=operands)
+    flags = req.flags
     errflg = False
     for o, v in opts:
         if o == "-F":
             if v.lower() not in ("default", "dsv", "json"):
                 errflg = True
-            fmt = v.lower()
+            req.fmt = v.lower()
         elif o == "-D":
-            delim = v
+            req.delim = v
         elif o == "-u":
-            users = set(v.split(","))
+            req.users = set(v.split(","))
     for unsupported in ("-Q", "-B", "-q", "-T", "-p", "-W", "-E"):
         if unsupported in flags:
             sys.stderr.write(f"qstat: option {unsupported} is not supported by the PBS emulator\n")
             return 2
-    full = "-f" in flags
-    wide = "-w" in flags
-    alt = bool(flags & {"-a", "-i", "-r", "-u", "-n", "-s", "-H", "-G", "-M"}) and not full
-    if fmt != "default" and not full:
+    req.full = "-f" in flags
+    req.wide = "-w" in flags
+    req.alt = bool(flags & {"-a", "-i", "-r", "-u", "-n", "-s", "-H", "-G", "-M"}) and not req.full
+    if req.fmt != "default" and not req.full:
         sys.stderr.write("qstat: conflicting options.\n")
         errflg = True
-    if wide and fmt != "default":
+    if req.wide and req.fmt != "default":
         sys.stderr.write("qstat: option w cannot be used with -F\n")
         errflg = True
     if errflg:
         sys.stderr.write(f"{QSTAT_USAGE}qstat --version\n")
         return 2
-    history = bool(flags & {"-x", "-H"})
-    states: set[str] | None = None
+    req.history = bool(flags & {"-x", "-H"})
     if "-i" in flags:
-        states = {EXITING, HELD, QUEUED}
+        req.states = {EXITING, HELD, QUEUED}
     elif "-r" in flags:
-        states = {RUNNING}
+        req.states = {RUNNING}
     elif "-H" in flags:
-        states = {FINISHED}
+        req.states = {FINISHED}
+    return req
 
-    settings, store, _policy = load()
-    now = time.time()
-    jobs = store.read()["jobs"]
-    out: list[str] = []
-    json_jobs: dict[str, Any] = {}
-    any_failed = 0
-    header_pending = True     # qstat prints the header with the first operand's answer only
+
+def _qstat_visible(req: QstatRequest, j: dict[str, Any]) -> bool:
+    """Whether a job listed by queue (or with no operand) passes the filters."""
+    if "-J" in req.flags:          # only array jobs, and the emulator has none
+        return False
+    if j["state"] == FINISHED and not req.history:
+        return False
+    if req.states is not None and j["state"] not in req.states:
+        return False
+    return req.users is None or j["owner"] in req.users
+
+
+def _qstat_groups(req: QstatRequest, jobs: dict[str, dict[str, Any]],
+                  settings: core.Settings) -> tuple[list[list[dict[str, Any]]], int]:
+    """The jobs to show, one group per operand (errors reported here), and the exit code so far."""
+    by_id = [j for _, j in sorted(jobs.items(), key=lambda kv: int(kv[0]))]
+    if not req.operands:
+        return [[j for j in by_id if _qstat_visible(req, j)]], 0
     groups: list[list[dict[str, Any]]] = []
-
-    def visible(j: dict[str, Any]) -> bool:
-        if "-J" in flags:          # only array jobs, and the emulator has none
-            return False
-        if j["state"] == FINISHED and not history:
-            return False
-        if states is not None and j["state"] not in states:
-            return False
-        return users is None or j["owner"] in users
-
-    if not operands:
-        groups.append([j for _, j in sorted(jobs.items(), key=lambda kv: int(kv[0])) if visible(j)])
-    for operand in operands:
+    any_failed = 0
+    for operand in req.operands:
         if operand[:1].isdigit():
-            try:
-                seq, shown = parse_jobid(operand, settings)
-            except ValueError:
-                sys.stderr.write(f"qstat: illegally formed job identifier: {operand}\n")
-                any_failed = 1
-                groups.append([])
-                continue
-            job = jobs.get(seq) if seq is not None else None
-            if job is None:
-                sys.stderr.write(f"qstat: {PBSE_TEXT[PBSE_UNKJOBID]} {shown}\n")
-                any_failed = rc(PBSE_UNKJOBID)
-                groups.append([])
-            elif job["state"] == FINISHED and not history:
-                sys.stderr.write(f"qstat: {shown} {PBSE_TEXT[PBSE_HISTJOBID]}, "
-                                 "use -x or -H to obtain historical job information\n")
-                any_failed = rc(PBSE_HISTJOBID)
-                groups.append([])
-            else:
-                groups.append([job] if (states is None or job["state"] in states) else [])
+            group, failed = _qstat_job_operand(req, operand, jobs, settings)
         else:
             queue = operand.split("@")[0]
             if queue and queue not in settings.queues:
                 sys.stderr.write(f"qstat: {PBSE_TEXT[PBSE_UNKQUE]} {queue}\n")
-                any_failed = rc(PBSE_UNKQUE)
-                groups.append([])
-                continue
-            groups.append([j for _, j in sorted(jobs.items(), key=lambda kv: int(kv[0]))
-                           if visible(j) and (not queue or j["queue"] == queue)])
+                group, failed = [], rc(PBSE_UNKQUE)
+            else:
+                group, failed = [j for j in by_id if _qstat_visible(req, j) and (not queue or j["queue"] == queue)], 0
+        groups.append(group)
+        any_failed = failed or any_failed
+    return groups, any_failed
 
+
+def _qstat_job_operand(req: QstatRequest, operand: str, jobs: dict[str, dict[str, Any]],
+                       settings: core.Settings) -> tuple[list[dict[str, Any]], int]:
+    """One job id operand -> ([the job] or [], exit code: 0 or the error it reported)."""
+    try:
+        seq, shown = parse_jobid(operand, settings)
+    except ValueError:
+        sys.stderr.write(f"qstat: illegally formed job identifier: {operand}\n")
+        return [], 1
+    job = jobs.get(seq) if seq is not None else None
+    if job is None:
+        sys.stderr.write(f"qstat: {PBSE_TEXT[PBSE_UNKJOBID]} {shown}\n")
+        return [], rc(PBSE_UNKJOBID)
+    if job["state"] == FINISHED and not req.history:
+        sys.stderr.write(f"qstat: {shown} {PBSE_TEXT[PBSE_HISTJOBID]}, "
+                         "use -x or -H to obtain historical job information\n")
+        return [], rc(PBSE_HISTJOBID)
+    return ([job] if (req.states is None or job["state"] in req.states) else []), 0
+
+
+def _qstat_output(req: QstatRequest, groups: list[list[dict[str, Any]]], settings: core.Settings,
+                  now: float) -> str:
+    """Everything qstat prints on stdout, in the requested layout."""
+    out: list[str] = []
+    json_jobs: dict[str, Any] = {}
+    header_pending = True     # qstat prints the header with the first operand's answer only
     for i, group in enumerate(groups):
         with_header = i == 0
         for job in group:
-            if fmt == "json":
+            if req.fmt == "json":
                 json_jobs[full_id(job, settings)] = job_json(job, settings, now)
-            elif fmt == "dsv":
-                out.append(format_dsv(job, settings, now, delim))
-            elif full:
-                out.append(format_full_text(job, settings, now, one_line=wide))
-            elif alt:
+            elif req.fmt == "dsv":
+                out.append(format_dsv(job, settings, now, req.delim))
+            elif req.full:
+                out.append(format_full_text(job, settings, now, one_line=req.wide))
+            elif req.alt:
                 if with_header and header_pending:
                     out.append(alt_header(settings))
                     header_pending = False
-                out.append(alt_row(job, settings, now, "-n" in flags, "-s" in flags, "-1" in flags))
+                out.append(alt_row(job, settings, now, "-n" in req.flags, "-s" in req.flags, "-1" in req.flags))
             else:
                 if with_header and header_pending:
-                    out.append(WIDE_HEADER if wide else DEFAULT_HEADER)
+                    out.append(WIDE_HEADER if req.wide else DEFAULT_HEADER)
                     header_pending = False
-                out.append(default_row(job, settings, now, wide))
+                out.append(default_row(job, settings, now, req.wide))
         if group:
             header_pending = False
-    if fmt == "json":
+    if req.fmt == "json":
         doc: dict[str, Any] = {"timestamp": int(now), "pbs_version": PBS_VERSION, "pbs_server": settings.server}
         if json_jobs:
             doc["Jobs"] = json_jobs
         out.append(cjson_print(doc) + "\n")
-    sys.stdout.write("".join(out))
-    return any_failed
+    return "".join(out)
 
 
 # =========================================================================== qdel / qhold / qrls
@@ -977,7 +689,7 @@ def qdel(argv: list[str]) -> int:
         return 2
     settings, store, _policy = load()
     any_failed = 0
-    for operand, seq, shown in _job_operands("qdel", operands, settings):
+    for operand, seq, _shown in _job_operands("qdel", operands, settings):
         if seq == "bad":
             any_failed = 1
             continue
@@ -1017,7 +729,7 @@ def qhold_qrls(cmd: str, argv: list[str]) -> int:
         return 2
     settings, store, _policy = load()
     any_failed = 0
-    for operand, seq, shown in _job_operands(cmd, operands, settings):
+    for _operand, seq, shown in _job_operands(cmd, operands, settings):
         if seq == "bad":
             any_failed = 1
             continue
