@@ -30,14 +30,13 @@ from typing import Any
 
 from fireworks.utilities.fw_utilities import explicit_serialize
 
+from tasks.contract import COMMON_PARAMS, StopReason
 from tasks.segment import (
-    COMMON_PARAMS,
     EngineRun,
     MDSegmentTask,
     Prepared,
     SegmentError,
     StopFlag,
-    StopReason,
     tail_file,
     tail_lines,
 )

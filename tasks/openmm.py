@@ -29,20 +29,19 @@ import re
 import struct
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from fireworks.utilities.fw_utilities import explicit_serialize
 
+from tasks.contract import COMMON_PARAMS, StopReason
 from tasks.segment import (
-    COMMON_PARAMS,
     EngineRun,
     MDSegmentTask,
     Prepared,
     SegmentError,
     StopFlag,
-    StopReason,
     tail_file,
 )
 
@@ -189,6 +188,23 @@ def _environment(extra: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _save_checkpoint(sim: Any, files: dict[str, Path], dcd: _DCDWriter | None, csv: IO[str] | None) -> None:
+    """Flush the outputs, then write ``NAME.chk`` and ``NAME_state.xml`` (each atomically).
+
+    The outputs go to disk first, so that a checkpoint never runs ahead of the frames/lines it implies.
+    """
+    import openmm as mm
+
+    if dcd is not None:
+        dcd.flush()
+    if csv is not None:
+        csv.flush()
+        os.fsync(csv.fileno())
+    _write_atomic(files["chk"], sim.context.createCheckpoint())
+    state = sim.context.getState(positions=True, velocities=True, parameters=True, integratorParameters=True)
+    _write_atomic(files["state"], mm.XmlSerializer.serialize(state).encode())
+
+
 class _DCDWriter:
     """An OpenMM reporter writing DCD frames to a file handle we own (so it can be flushed at checkpoints).
 
@@ -216,6 +232,34 @@ class _DCDWriter:
     def flush(self) -> None:
         self._fh.flush()
         os.fsync(self._fh.fileno())
+
+
+def _integrate(sim: Any, stop: StopFlag, stop_at: int, target: int, t_end: float, checkpoint: Callable[[], None],
+               cpt_seconds: float, chunk_seconds: float) -> StopReason:
+    """Step in chunks of about ``chunk_seconds`` until ``stop_at``, ``t_end`` (monotonic) or SIGTERM, with a
+    checkpoint every ``cpt_seconds`` (0: none) before the target; returns why the loop stopped."""
+    last_cpt = time.monotonic()
+    rate: float | None = None
+    while sim.currentStep < stop_at:
+        if stop.is_set():
+            return StopReason.SIGTERM
+        now = time.monotonic()
+        remaining = t_end - now
+        if remaining <= 0:
+            return StopReason.TIME_LIMIT
+        n = stop_at - sim.currentStep
+        if rate is None:
+            n = min(n, 10)
+        else:
+            n = max(1, min(n, int(rate * min(chunk_seconds, remaining))))
+        t0 = time.monotonic()
+        sim.step(n)
+        dt = time.monotonic() - t0
+        rate = n / dt if dt > 0 else None
+        if cpt_seconds > 0 and time.monotonic() - last_cpt >= cpt_seconds and sim.currentStep < target:
+            checkpoint()
+            last_cpt = time.monotonic()
+    return StopReason.COMPLETED if sim.currentStep >= target else StopReason.SEGMENT_STEPS
 
 
 @explicit_serialize
@@ -317,7 +361,6 @@ class OpenMMSegmentTask(MDSegmentTask):
     def _run(self, run_dir: Path, prepared: Prepared, limit_s: float, stop: StopFlag, t_start: float,
              files: dict[str, Path], out_log: IO[str]) -> EngineRun:
         import openmm as mm
-        from openmm import app
 
         before = prepared.checkpoint_step
         target = int(self["nsteps"])
@@ -328,100 +371,25 @@ class OpenMMSegmentTask(MDSegmentTask):
         fatal: str | None = None
         hint: StopReason | None = None
         handles: list[IO[Any]] = []
-        fh: IO[bytes]
-        dcd: _DCDWriter | None = None
-        csv: IO[str] | None = None
         start_step = before if before is not None else 0
         seg_steps = int(self.get("segment_steps") or 0)
         stop_at = min(target, start_step + seg_steps) if seg_steps > 0 else target
         run_seconds = 0.0
         try:
-            system = mm.XmlSerializer.deserialize(self._path(run_dir, "system", "system.xml").read_text())
-            integrator = mm.XmlSerializer.deserialize(self._path(run_dir, "integrator", "integrator.xml").read_text())
-            top_path = self._path(run_dir, "topology", "start.pdb")
-            top = app.PDBxFile(str(top_path)) if top_path.suffix.lower() in (".cif", ".pdbx") else app.PDBFile(
-                str(top_path))
-            platform_name = self.get("platform")
-            props = {str(k): str(v) for k, v in (self.get("platform_properties") or {}).items()}
-            if platform_name:
-                sim = app.Simulation(top.topology, system, integrator, mm.Platform.getPlatformByName(platform_name),
-                                     props)
-            else:
-                sim = app.Simulation(top.topology, system, integrator)
+            sim, top = self._simulation(run_dir)
             if before is not None:
                 how = self._load(sim, files, before, out_log)
             else:
                 how = self._fresh(sim, top, run_dir)
             self._say(out_log, f"start at step {sim.currentStep} ({how}) on "
                                f"{sim.context.getPlatform().getName()}, target {target}, limit {limit_s:.0f} s")
-            # outputs: truncate to the checkpoint (resume) or start new files (fresh)
-            resume = before is not None
-            if traj_interval > 0:
-                empty = files["dcd"].exists() and files["dcd"].stat().st_size == 0
-                if empty and (before or 0) >= traj_interval:
-                    raise SegmentError(
-                        f"trajectory {files['dcd']} is empty but the checkpoint at step {before} implies frames "
-                        f"(one every {traj_interval} steps): frames were lost. Restore the trajectory from the "
-                        "archive copy, or move it away to start a new file from the checkpoint.",
-                        {"path": str(files["dcd"]), "frames": 0})
-                if resume and files["dcd"].exists() and not empty:
-                    # (an empty file: the previous segment stopped before its first frame; start it anew)
-                    truncate_dcd(files["dcd"], before or 0)
-                    fh = open(files["dcd"], "r+b")
-                    dcd = _DCDWriter(fh, traj_interval, append=True)
-                else:
-                    fh = open(files["dcd"], "wb")
-                    dcd = _DCDWriter(fh, traj_interval, append=False)
-                handles.append(fh)
-                sim.reporters.append(dcd)
-            if energy_interval > 0:
-                append_csv = resume and files["csv"].exists()
-                if append_csv:
-                    truncate_csv(files["csv"], before or 0)
-                csv = open(files["csv"], "a" if append_csv else "w", encoding="utf-8")
-                handles.append(csv)
-                sim.reporters.append(app.StateDataReporter(
-                    csv, energy_interval, step=True, time=True, potentialEnergy=True, kineticEnergy=True,
-                    totalEnergy=True, temperature=True, volume=True, append=append_csv))
+            dcd, csv = self._open_outputs(sim, files, before, handles, traj_interval, energy_interval)
 
             def checkpoint() -> None:
-                if dcd is not None:
-                    dcd.flush()
-                if csv is not None:
-                    csv.flush()
-                    os.fsync(csv.fileno())
-                _write_atomic(files["chk"], sim.context.createCheckpoint())
-                state = sim.context.getState(positions=True, velocities=True, parameters=True,
-                                             integratorParameters=True)
-                _write_atomic(files["state"], mm.XmlSerializer.serialize(state).encode())
+                _save_checkpoint(sim, files, dcd, csv)
 
-            t_end = t_start + limit_s
             t_run = time.monotonic()
-            last_cpt = t_run
-            rate: float | None = None
-            while sim.currentStep < stop_at:
-                if stop.is_set():
-                    hint = StopReason.SIGTERM
-                    break
-                now = time.monotonic()
-                remaining = t_end - now
-                if remaining <= 0:
-                    hint = StopReason.TIME_LIMIT
-                    break
-                n = stop_at - sim.currentStep
-                if rate is None:
-                    n = min(n, 10)
-                else:
-                    n = max(1, min(n, int(rate * min(chunk_seconds, remaining))))
-                t0 = time.monotonic()
-                sim.step(n)
-                dt = time.monotonic() - t0
-                rate = n / dt if dt > 0 else None
-                if cpt_seconds > 0 and time.monotonic() - last_cpt >= cpt_seconds and sim.currentStep < target:
-                    checkpoint()
-                    last_cpt = time.monotonic()
-            else:
-                hint = StopReason.COMPLETED if sim.currentStep >= target else StopReason.SEGMENT_STEPS
+            hint = _integrate(sim, stop, stop_at, target, t_start + limit_s, checkpoint, cpt_seconds, chunk_seconds)
             run_seconds = time.monotonic() - t_run
             checkpoint()
             end_step = sim.currentStep
@@ -435,6 +403,71 @@ class OpenMMSegmentTask(MDSegmentTask):
             for fh in handles:
                 with contextlib.suppress(OSError):
                     fh.close()
+        return self._engine_run(run_dir, files, prepared, start_step, run_seconds, fatal, hint)
+
+    def _simulation(self, run_dir: Path) -> tuple[Any, Any]:
+        """The ``app.Simulation`` of the serialized system and integrator, and the topology file read."""
+        import openmm as mm
+        from openmm import app
+
+        system = mm.XmlSerializer.deserialize(self._path(run_dir, "system", "system.xml").read_text())
+        integrator = mm.XmlSerializer.deserialize(self._path(run_dir, "integrator", "integrator.xml").read_text())
+        top_path = self._path(run_dir, "topology", "start.pdb")
+        top = app.PDBxFile(str(top_path)) if top_path.suffix.lower() in (".cif", ".pdbx") else app.PDBFile(
+            str(top_path))
+        platform_name = self.get("platform")
+        props = {str(k): str(v) for k, v in (self.get("platform_properties") or {}).items()}
+        if platform_name:
+            sim = app.Simulation(top.topology, system, integrator, mm.Platform.getPlatformByName(platform_name),
+                                 props)
+        else:
+            sim = app.Simulation(top.topology, system, integrator)
+        return sim, top
+
+    def _open_outputs(self, sim: Any, files: dict[str, Path], before: int | None, handles: list[IO[Any]],
+                      traj_interval: int, energy_interval: int) -> tuple[_DCDWriter | None, IO[str] | None]:
+        """Attach the DCD and CSV reporters: truncated to the checkpoint (resume) or new files (fresh).
+
+        Every file opened is appended to ``handles`` at once (the caller closes them, whatever happens).
+        """
+        from openmm import app
+
+        resume = before is not None
+        dcd: _DCDWriter | None = None
+        csv: IO[str] | None = None
+        fh: IO[bytes]
+        if traj_interval > 0:
+            empty = files["dcd"].exists() and files["dcd"].stat().st_size == 0
+            if empty and (before or 0) >= traj_interval:
+                raise SegmentError(
+                    f"trajectory {files['dcd']} is empty but the checkpoint at step {before} implies frames "
+                    f"(one every {traj_interval} steps): frames were lost. Restore the trajectory from the "
+                    "archive copy, or move it away to start a new file from the checkpoint.",
+                    {"path": str(files["dcd"]), "frames": 0})
+            if resume and files["dcd"].exists() and not empty:
+                # (an empty file: the previous segment stopped before its first frame; start it anew)
+                truncate_dcd(files["dcd"], before or 0)
+                fh = open(files["dcd"], "r+b")
+                dcd = _DCDWriter(fh, traj_interval, append=True)
+            else:
+                fh = open(files["dcd"], "wb")
+                dcd = _DCDWriter(fh, traj_interval, append=False)
+            handles.append(fh)
+            sim.reporters.append(dcd)
+        if energy_interval > 0:
+            append_csv = resume and files["csv"].exists()
+            if append_csv:
+                truncate_csv(files["csv"], before or 0)
+            csv = open(files["csv"], "a" if append_csv else "w", encoding="utf-8")
+            handles.append(csv)
+            sim.reporters.append(app.StateDataReporter(
+                csv, energy_interval, step=True, time=True, potentialEnergy=True, kineticEnergy=True,
+                totalEnergy=True, temperature=True, volume=True, append=append_csv))
+        return dcd, csv
+
+    def _engine_run(self, run_dir: Path, files: dict[str, Path], prepared: Prepared, start_step: int,
+                    run_seconds: float, fatal: str | None, hint: StopReason | None) -> EngineRun:
+        """What the run reported: the checkpoint step on disk, the speed, the log's tail."""
         after = read_state_step(files["state"])
         steps = (after - start_step) if after is not None else 0
         dt_ps = prepared.dt_ps

@@ -15,13 +15,14 @@ pilot's deadline or a SIGTERM, and then decides **from the checkpoint** (never f
 The engine modules (:mod:`tasks.gromacs`, :mod:`tasks.openmm`) implement only :meth:`MDSegmentTask.prepare`
 (read the checkpoint step and the target) and :meth:`MDSegmentTask.run_engine` (run until the limit).
 This module never imports the pilot manager: it learns the pilot's deadline from ``PILOT_DEADLINE``
-(epoch seconds) in the environment.
+(epoch seconds) in the environment. What comes after a segment (the next segment's Fireworks, or the
+final workflow) is built by :mod:`tasks.chain`; the names shared with the worker and with stored workflows
+(spec keys, environment variables, outcomes) live in :mod:`tasks.contract` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import fcntl
 import logging
 import math
@@ -37,44 +38,21 @@ from typing import Any, ClassVar
 from fireworks import FiretaskBase, FWAction
 from fireworks.utilities.fw_utilities import explicit_serialize
 
+from tasks.chain import next_additions
+from tasks.contract import (
+    COMMON_PARAMS,
+    DEADLINE_ENV,
+    DEFAULT_DEADLINE_MARGIN_S,
+    DEFAULT_MIN_SEGMENT_S,
+    DEFAULT_SEGMENT_HOURS,
+    RESULT_SPEC_KEY,
+    STOP_AT_ENV,
+    STOP_AT_MARGIN_S,
+    Outcome,
+    StopReason,
+)
+
 log = logging.getLogger(__name__)
-
-#: Environment variable holding the pilot job's deadline (epoch seconds), set by the pilot worker.
-DEADLINE_ENV = "PILOT_DEADLINE"
-#: When the pilot worker will send SIGTERM to the Firework (epoch seconds), set by the pilot worker.
-STOP_AT_ENV = "PILOT_STOP_AT"
-#: A segment aims to end this many seconds before PILOT_STOP_AT (by its own time limit, not by SIGTERM).
-STOP_AT_MARGIN_S = 30.0
-#: Key under which a segment's result is passed to its child Fireworks (``update_spec``).
-RESULT_SPEC_KEY = "md_segment"
-
-DEFAULT_SEGMENT_HOURS = 4.0
-#: Seconds kept free before the pilot's deadline: final checkpoint, FireWorks bookkeeping.
-DEFAULT_DEADLINE_MARGIN_S = 300.0
-#: A segment with less time than this (or than its own length, if shorter) is not started.
-DEFAULT_MIN_SEGMENT_S = 60.0
-
-
-class Outcome(str, enum.Enum):
-    """What a segment decided."""
-
-    FINISHED = "finished"
-    CONTINUE = "continue"
-    FAILED = "failed"
-
-
-class StopReason(str, enum.Enum):
-    """Why a segment stopped (recorded; the decision itself comes from the checkpoint)."""
-
-    COMPLETED = "completed"          # reached the target step
-    TIME_LIMIT = "time_limit"        # segment length or pilot deadline (-maxh)
-    SEGMENT_STEPS = "segment_steps"  # the segment's step budget (OpenMM segment_steps)
-    SIGTERM = "sigterm"              # the pilot asked us to stop
-    ALREADY_DONE = "already_done"    # the checkpoint was already at the target: engine not started
-    NO_TIME = "no_time"              # too little time before the pilot's deadline: engine not started
-    ENGINE_EXIT = "engine_exit"      # the engine exited early without a fatal error (e.g. killed)
-    FATAL_ERROR = "fatal_error"
-    NO_PROGRESS = "no_progress"
 
 
 @dataclass(frozen=True)
@@ -332,18 +310,6 @@ def sigterm_flag() -> Iterator[StopFlag]:
 
 
 # --------------------------------------------------------------------------------------------- the task
-COMMON_PARAMS = [
-    "segment",            # int, 1-based segment number (default 1)
-    "expect_step",        # int | None: checkpoint step the previous segment ended at (guards a lost checkpoint)
-    "segment_hours",      # float, segment length (default 4)
-    "deadline_margin_s",  # float, seconds kept free before PILOT_DEADLINE (default 300)
-    "min_segment_s",      # float, do not start with less time than this (default 60)
-    "stop_margin_s",      # float, aim to end this long before PILOT_STOP_AT (default 30)
-    "env",                # dict, extra environment variables for the engine
-    "chain",              # dict, how to build the next segment (see tasks.workflow)
-]
-
-
 class MDSegmentTask(FiretaskBase):
     """Base FireTask for one MD segment. Subclasses implement :meth:`prepare` and :meth:`run_engine`.
 
@@ -372,8 +338,8 @@ class MDSegmentTask(FiretaskBase):
     env : dict
         Extra environment variables for the engine.
     chain : dict
-        How the next segment is built (categories, staging, post-processing); written by
-        :func:`tasks.workflow.make_md_workflow`.
+        How the next segment is built (categories, staging, post-processing; read by :mod:`tasks.chain`);
+        written by :func:`tasks.workflow.make_md_workflow`.
     """
 
     engine: ClassVar[str] = "abstract"
@@ -548,19 +514,25 @@ class MDSegmentTask(FiretaskBase):
                            log_tail=run.log_tail, output_tail=run.output_tail)
         return SegmentError("\n".join(parts), details)
 
+    def continue_task(self) -> ContinueTask:
+        """The FireTask that adds the next segment after the pull (staged runs; see :mod:`tasks.chain`)."""
+        return ContinueTask(md_task=self)
+
+    def next_segment(self, params: dict[str, Any]) -> MDSegmentTask:
+        """A task of this engine with ``params`` (the next segment's, built by :mod:`tasks.chain`)."""
+        return type(self)(params)
+
     def make_action(self, result: SegmentResult) -> FWAction:
         """FWAction: record the result, pass it to children, add the next segment or the final workflow.
 
         With staging, the decision travels in ``update_spec`` to the continue Firework (after the pull),
         which adds the next segment; without staging this task adds it itself.
         """
-        from tasks import workflow  # lazy: workflow imports the engine modules
-
         stored = result.to_dict()
         chain = self.get("chain") or {}
         if chain.get("stage"):
             return FWAction(stored_data=stored, update_spec={RESULT_SPEC_KEY: stored})
-        additions = workflow.next_additions(self, stored)
+        additions = next_additions(self, stored)
         return FWAction(stored_data=stored, update_spec={RESULT_SPEC_KEY: stored}, additions=additions)
 
 
@@ -580,8 +552,6 @@ class ContinueTask(FiretaskBase):
     optional_params: list[str] = []
 
     def run_task(self, fw_spec: dict[str, Any]) -> FWAction:
-        from tasks import workflow
-
         result = fw_spec.get(RESULT_SPEC_KEY)
         md_task = self["md_task"]
         if not isinstance(result, dict) or "outcome" not in result:
@@ -592,7 +562,7 @@ class ContinueTask(FiretaskBase):
         if not isinstance(md_task, MDSegmentTask):
             raise SegmentError(f"continue Firework: md_task is a {type(md_task).__name__}, not an MD segment "
                                "task (the workflow was not built by tasks.workflow.make_md_workflow?)")
-        additions = workflow.next_additions(md_task, result)
+        additions = next_additions(md_task, result)
         added = sum(len(wf.fws) for wf in additions)
         return FWAction(stored_data={"continued_from_segment": result.get("segment"),
                                      "outcome": result.get("outcome"), "added_fireworks": added},

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from fireworks import FiretaskBase, FWAction
 from fireworks.utilities.fw_utilities import explicit_serialize
 
-from tasks.segment import RESULT_SPEC_KEY
+from tasks.contract import RESULT_SPEC_KEY
 
 log = logging.getLogger(__name__)
 

@@ -158,7 +158,7 @@ class TrackedCollectionStore(CollectionStore):
         self._ready = True
 
     # -- mongomock's mutation points -------------------------------------------------------------
-    @property  # type: ignore[override]
+    @property
     def indexes(self) -> dict[str, dict[str, Any]]:
         return self._indexes
 
@@ -419,4 +419,4 @@ def install_planner() -> None:
 
     Only collections backed by :class:`TrackedCollectionStore` are affected.
     """
-    Collection._iter_documents = _planned_iter_documents
+    Collection._iter_documents = _planned_iter_documents  # type: ignore[method-assign]

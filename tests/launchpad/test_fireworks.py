@@ -369,6 +369,51 @@ def test_three_rlaunchers_and_an_adder_run_every_firework_exactly_once(launchpad
     print(msg)
 
 
+def _assert_nothing_acknowledged_lost(data_dir, old_port, acked_at_kill, completed_before) -> None:
+    """Restart the killed server's data on another port and check that every acknowledged write is there.
+
+    Another port, so that the surviving rockets cannot reconnect and move on before the check (a rocket whose
+    command died with the server may, for example, mark its Firework FIZZLED).
+    """
+    check = EmbeddedServer(data_dir, port=0).start()
+    assert check.port != old_port
+    # nothing acknowledged is lost: the adder's workflows and every Firework seen COMPLETED
+    with pymongo.MongoClient(check.uri, serverSelectionTimeoutMS=10000) as c:
+        db = c.killrun
+        for rec in acked_at_kill:
+            assert db.fireworks.count_documents({"fw_id": {"$in": rec["fw_ids"]}}) == 3, rec
+            assert db.workflows.count_documents({"nodes": rec["fw_ids"][0]}) == 1, rec
+        now_done = {d["fw_id"] for d in db.fireworks.find({"state": "COMPLETED"}, {"fw_id": 1})}
+        missing = completed_before - now_done
+        assert not missing, [(d, list(db.launches.find({"fw_id": d["fw_id"]}, {"state_history": 1, "_id": 0})))
+                             for d in db.fireworks.find({"fw_id": {"$in": list(missing)}},
+                                                        {"spec": 0, "_id": 0})]
+    assert check.stop() == 0
+
+
+def _drive_to_completion(lp, fleet, lp_file, fw_config, timeout: float = 120) -> None:
+    """Keep rlaunchers going until every Firework is COMPLETED, rerunning what the crash left behind."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _count_states(lp)
+        if fleet.adder_done() and set(counts) == {"COMPLETED"}:
+            return
+        assert time.monotonic() < deadline, f"run did not complete after the restart: {counts}"
+        if not fleet.adder_done() or "READY" in counts:
+            fleet.ensure_workers(3)
+        elif not fleet.workers_running():
+            # only rockets killed with the server remain (RUNNING/RESERVED/FIZZLED): nothing runs now
+            time.sleep(1.5)
+            lpad(lp_file, "detect_lostruns", "--time", "1", "--rerun", "--refresh", fw_config=fw_config)
+            lpad(lp_file, "detect_unreserved", "--time", "1", "--rerun", fw_config=fw_config)
+            # a rocket killed between reserving a Firework and creating its launch leaves it RESERVED
+            # with no launch (detect_unreserved looks at launches): rerun those too
+            for st in ("FIZZLED", "RESERVED"):
+                if counts.get(st):
+                    lpad(lp_file, "rerun_fws", "-s", st, fw_config=fw_config)
+        time.sleep(0.3)
+
+
 def test_kill9_mid_run_loses_no_acknowledged_write_and_the_run_completes(tmp_path):
     from fireworks import LaunchPad
 
@@ -398,45 +443,12 @@ def test_kill9_mid_run_loses_no_acknowledged_write_and_the_run_completes(tmp_pat
         server.kill9()
         acked_at_kill = [r for r in fleet.acked() if r.get("acked")]
         assert not fleet.adder_done() or len(acked_at_kill) == 100
-        # Check the restored data on another port first, before the surviving rockets reconnect and move on
-        # (a rocket whose command died with the server may, for example, mark its Firework FIZZLED).
-        check = EmbeddedServer(tmp_path / "lpdata", port=0).start()
-        assert check.port != port
-        # nothing acknowledged is lost: the adder's workflows and every Firework seen COMPLETED
-        with pymongo.MongoClient(check.uri, serverSelectionTimeoutMS=10000) as c:
-            db = c.killrun
-            for rec in acked_at_kill:
-                assert db.fireworks.count_documents({"fw_id": {"$in": rec["fw_ids"]}}) == 3, rec
-                assert db.workflows.count_documents({"nodes": rec["fw_ids"][0]}) == 1, rec
-            now_done = {d["fw_id"] for d in db.fireworks.find({"state": "COMPLETED"}, {"fw_id": 1})}
-            missing = completed_before - now_done
-            assert not missing, [(d, list(db.launches.find({"fw_id": d["fw_id"]}, {"state_history": 1, "_id": 0})))
-                                 for d in db.fireworks.find({"fw_id": {"$in": list(missing)}},
-                                                            {"spec": 0, "_id": 0})]
-        assert check.stop() == 0
+        _assert_nothing_acknowledged_lost(tmp_path / "lpdata", port, acked_at_kill, completed_before)
         server = EmbeddedServer(tmp_path / "lpdata", port=port).start()
         assert server.port == port
 
         # the run completes: restart rlaunchers that died; recover the rockets the crash killed
-        deadline = time.monotonic() + 120
-        while True:
-            counts = _count_states(lp)
-            if fleet.adder_done() and set(counts) == {"COMPLETED"}:
-                break
-            assert time.monotonic() < deadline, f"run did not complete after the restart: {counts}"
-            if not fleet.adder_done() or "READY" in counts:
-                fleet.ensure_workers(3)
-            elif not fleet.workers_running():
-                # only rockets killed with the server remain (RUNNING/RESERVED/FIZZLED): nothing runs now
-                time.sleep(1.5)
-                lpad(lp_file, "detect_lostruns", "--time", "1", "--rerun", "--refresh", fw_config=fw_config)
-                lpad(lp_file, "detect_unreserved", "--time", "1", "--rerun", fw_config=fw_config)
-                # a rocket killed between reserving a Firework and creating its launch leaves it RESERVED
-                # with no launch (detect_unreserved looks at launches): rerun those too
-                for st in ("FIZZLED", "RESERVED"):
-                    if counts.get(st):
-                        lpad(lp_file, "rerun_fws", "-s", st, fw_config=fw_config)
-            time.sleep(0.3)
+        _drive_to_completion(lp, fleet, lp_file, fw_config)
         wait_for(lambda: not fleet.workers_running(), timeout=60, interval=0.2, what="rlaunchers to exit")
         assert fleet.adder.returncode == 0, (tmp_path / "adder.log").read_text()[-2000:]
         records = fleet.acked()

@@ -340,7 +340,8 @@ def test_two_segments_of_one_run_never_run_at_once(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(SegmentError, match=rf"another segment of this run is running \(pid {holder.pid} .*segment 2"):
+        busy = rf"another segment of this run is running \(pid {holder.pid} .*segment 2"
+        with pytest.raises(SegmentError, match=busy):
             task.run_segment()
     finally:
         holder.kill()

@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 
-def test_gromacs_segments_through_real_pilots(launchpad, water, remote_tmp, slurm_cluster, cluster_venv, tmp_path):
+def test_gromacs_segments_through_real_pilots(launchpad, water, remote_tmp, slurm_cluster, cluster_venv, tmp_path):  # noqa: F811
     from tasks.workflow import make_md_workflow
 
     lp_file = remote_tmp / "my_launchpad.yaml"

@@ -1,0 +1,287 @@
+"""Write commands: insert, update, delete, findAndModify.
+
+Each write resolves its target documents itself (through the stores' hash indexes, and for a sorted
+findAndModify through a fast sort of the candidates), announces them as touched, and applies each change
+by ``_id`` through mongomock's own update/replace code, so the journal holds exact post-images and the
+indexes stay exact.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import mongomock
+import pymongo.errors
+from bson import Int64, ObjectId
+from mongomock import filtering
+
+from pilot.launchpad.commands import Command, CommandBase, CommandError, Reply, Sequences
+from pilot.launchpad.store import TrackedCollectionStore, doc_key
+
+
+def _sort_docs(docs: list[dict[str, Any]], sort: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Sort like mongomock's cursor does (stable sorts from the last key to the first)."""
+    if not sort:
+        return docs
+    for key, direction in reversed(list(sort.items())):
+        if key == "$natural":
+            if direction < 0:
+                docs = list(reversed(docs))
+            continue
+        if key.startswith("$") or isinstance(direction, dict):
+            raise CommandError(f"sorting by {key!r} is not supported by the embedded server", 115)
+        docs = sorted(docs, key=partial(filtering.resolve_sort_key, key), reverse=direction < 0)
+    return docs
+
+
+class _NoFastKey(Exception):
+    """A sort value outside the simple cases: sort with mongomock's general comparison instead."""
+
+
+_NUMBERS = (int, float, Int64)
+
+
+def _fast_key(doc: dict[str, Any], path: list[str]) -> tuple[Any, ...]:
+    """A sort key for ``path`` in BSON comparison order for the common types.
+
+    Order (MongoDB manual, "Comparison/Sort Order"): null (and missing) < numbers < strings < ObjectId <
+    booleans < dates. Arrays, sub-documents and other types raise :class:`_NoFastKey`.
+    """
+    v: Any = doc
+    for part in path:
+        if type(v) is dict:
+            if part not in v:
+                return (1, 0)
+            v = v[part]
+        elif isinstance(v, list):
+            raise _NoFastKey
+        else:
+            return (1, 0)
+    t = type(v)
+    if v is None:
+        return (1, 0)
+    if t is bool:
+        return (8, v)
+    if t in _NUMBERS:
+        if t is float and math.isnan(v):
+            raise _NoFastKey
+        return (2, v)
+    if t is str:
+        return (3, v)
+    if t is ObjectId:
+        return (7, v)
+    if t is datetime.datetime:
+        return (9, v)
+    raise _NoFastKey
+
+
+def _fast_sort(docs: list[dict[str, Any]], sort: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Sort with C-level tuple keys (stable, last key first); None when a value needs the general comparison."""
+    fields = list(sort.items())
+    if not fields or any(k.startswith("$") or type(d) not in (int, float, Int64) for k, d in fields):
+        return None
+    try:
+        for key, direction in reversed(fields):
+            path = key.split(".")
+            docs = sorted(docs, key=partial(_fast_key, path=path), reverse=direction < 0)
+    except _NoFastKey:
+        return None
+    return docs
+
+
+def _is_operator_update(u: Any) -> bool:
+    return isinstance(u, dict) and bool(u) and all(isinstance(k, str) and k.startswith("$") for k in u)
+
+
+class WriteCommands(CommandBase):
+    """The commands that change documents."""
+
+    # -------------------------------------------------------------------------------- writes
+    def _targets(self, coll: mongomock.Collection, q: dict[str, Any], sort: dict[str, Any] | None,
+                 limit: int) -> list[dict[str, Any]]:
+        """The stored documents a write applies to (live references), in sort/natural order."""
+        if sort:
+            # Sort the candidates first, then test the filter in that order only until `limit` match:
+            # FireWorks' reservation (findAndModify, sort by priority and creation) then checks a handful of
+            # documents instead of every READY one.
+            cs = coll._store
+            cands = cs.candidates(q) if isinstance(cs, TrackedCollectionStore) else None
+            if cands is None:
+                cands = list(cs.raw_documents()) if isinstance(cs, TrackedCollectionStore) else None
+            ordered = _fast_sort(cands, sort) if cands is not None else None
+            if ordered is not None:
+                if not ordered:
+                    filtering.filter_applies(q, {})  # validate the filter like mongomock does
+                out = []
+                for d in ordered:
+                    if filtering.filter_applies(q, d):
+                        out.append(d)
+                        if limit and len(out) >= limit:
+                            break
+                return out
+            docs = _sort_docs(list(coll._iter_documents(q)), sort)
+            return docs[:limit] if limit else docs
+        it: Iterator[dict[str, Any]] = coll._iter_documents(q)
+        if limit:
+            return list(itertools.islice(it, limit))
+        return list(it)
+
+    @staticmethod
+    def _by_id(q: dict[str, Any], _id: Any) -> dict[str, Any]:
+        """``q`` narrowed to one document, keeping q's fields for the positional ``$`` operator."""
+        if "_id" in q:
+            return {"$and": [{"_id": _id}, q]}
+        spec = dict(q)
+        spec["_id"] = _id
+        return spec
+
+    def _apply_update(self, coll: mongomock.Collection, cs: TrackedCollectionStore, q: dict[str, Any],
+                      doc: dict[str, Any], u: Any, array_filters: Any) -> int:
+        """Apply ``u`` to one stored document; returns modified count."""
+        _id = doc["_id"]
+        key = doc_key(_id)
+        cs.touch(key)
+        spec = self._by_id(q, _id)
+        try:
+            if isinstance(u, list) or _is_operator_update(u):
+                kw = {"array_filters": array_filters} if array_filters else {}
+                return coll.update_one(spec, u, **kw).modified_count
+            return coll.replace_one(spec, u).modified_count
+        finally:
+            cs.refresh(key)
+
+    def _upsert(self, coll: mongomock.Collection, q: dict[str, Any], u: Any, array_filters: Any) -> Any:
+        if isinstance(u, list) or _is_operator_update(u):
+            kw = {"array_filters": array_filters} if array_filters else {}
+            return coll.update_one(q, u, upsert=True, **kw).upserted_id
+        return coll.replace_one(q, u, upsert=True).upserted_id
+
+    @staticmethod
+    def _write_error(index: int, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, pymongo.errors.DuplicateKeyError):
+            code = 11000
+        elif isinstance(exc, pymongo.errors.OperationFailure):
+            code = exc.code or 2
+        elif isinstance(exc, CommandError):
+            code = exc.code
+        else:
+            code = 2
+        return {"index": index, "code": code, "errmsg": str(exc) or type(exc).__name__}
+
+    _WRITE_ERRORS = (pymongo.errors.OperationFailure, CommandError, ValueError, TypeError, KeyError)
+
+    def _insert(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
+        coll = self.coll(db, cmd[name])
+        docs = list(cmd.get("documents") or []) + list(seqs.get("documents", []))
+        ordered = cmd.get("ordered", True)
+        n, errors = 0, []
+        for i, d in enumerate(docs):
+            if "_id" not in d:
+                d = {"_id": ObjectId(), **d}
+            try:
+                coll.insert_one(d)
+                n += 1
+            except self._WRITE_ERRORS as exc:
+                errors.append(self._write_error(i, exc))
+                if ordered:
+                    break
+        out: dict[str, Any] = {"n": n, "ok": 1.0}
+        if errors:
+            out["writeErrors"] = errors
+        return out
+
+    def _update(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
+        coll = self.coll(db, cmd[name])
+        cs = self.cstore(db, cmd[name])
+        specs = list(cmd.get("updates") or []) + list(seqs.get("updates", []))
+        ordered = cmd.get("ordered", True)
+        n = nmod = 0
+        upserted, errors = [], []
+        for i, s in enumerate(specs):
+            try:
+                if s.get("collation"):
+                    raise CommandError("update with collation is not supported by the embedded server", 115)
+                q, u = s.get("q") or {}, s.get("u")
+                if u is None:
+                    raise CommandError("update spec without 'u'", 9)
+                targets = self._targets(coll, q, None, 0 if s.get("multi") else 1)
+                if s.get("multi") and not (isinstance(u, list) or _is_operator_update(u)):
+                    raise CommandError("multi update is not supported for replacement-style update", 9)
+                if not targets:
+                    if s.get("upsert"):
+                        upserted.append({"index": i, "_id": self._upsert(coll, q, u, s.get("arrayFilters"))})
+                        n += 1
+                    continue
+                for doc in targets:
+                    nmod += self._apply_update(coll, cs, q, doc, u, s.get("arrayFilters"))
+                    n += 1
+            except self._WRITE_ERRORS as exc:
+                errors.append(self._write_error(i, exc))
+                if ordered:
+                    break
+        out: dict[str, Any] = {"n": n, "nModified": nmod, "ok": 1.0}
+        if upserted:
+            out["upserted"] = upserted
+        if errors:
+            out["writeErrors"] = errors
+        return out
+
+    def _delete(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
+        coll = self.coll(db, cmd[name])
+        cs = self.cstore(db, cmd[name])
+        specs = list(cmd.get("deletes") or []) + list(seqs.get("deletes", []))
+        ordered = cmd.get("ordered", True)
+        n, errors = 0, []
+        for i, s in enumerate(specs):
+            try:
+                if s.get("collation"):
+                    raise CommandError("delete with collation is not supported by the embedded server", 115)
+                limit = int(s.get("limit") or 0)
+                for doc in self._targets(coll, s.get("q") or {}, None, 1 if limit == 1 else 0):
+                    del cs[doc_key(doc["_id"])]
+                    n += 1
+            except self._WRITE_ERRORS as exc:
+                errors.append(self._write_error(i, exc))
+                if ordered:
+                    break
+        out: dict[str, Any] = {"n": n, "ok": 1.0}
+        if errors:
+            out["writeErrors"] = errors
+        return out
+
+    def _findandmodify(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
+        coll = self.coll(db, cmd[name])
+        cs = self.cstore(db, cmd[name])
+        q = cmd.get("query") or {}
+        fields = cmd.get("fields") or None
+        remove, u, new, upsert = bool(cmd.get("remove")), cmd.get("update"), bool(cmd.get("new")), \
+            bool(cmd.get("upsert"))
+        if cmd.get("collation"):
+            raise CommandError("findAndModify with collation is not supported by the embedded server", 115)
+        if remove and (u is not None or new or upsert):
+            raise CommandError("remove cannot be combined with update, new or upsert", 9)
+        if not remove and u is None:
+            raise CommandError("Either an update or remove=true must be specified", 9)
+        targets = self._targets(coll, q, cmd.get("sort"), 1)
+        if targets:
+            doc = targets[0]
+            _id = doc["_id"]
+            before = coll.find_one({"_id": _id}, fields) if not new else None
+            if remove:
+                del cs[doc_key(_id)]
+                return {"lastErrorObject": {"n": 1}, "value": before, "ok": 1.0}
+            self._apply_update(coll, cs, q, doc, u, cmd.get("arrayFilters"))
+            value = coll.find_one({"_id": _id}, fields) if new else before
+            return {"lastErrorObject": {"n": 1, "updatedExisting": True}, "value": value, "ok": 1.0}
+        if remove or not upsert:
+            return {"lastErrorObject": {"n": 0, "updatedExisting": False} if not remove else {"n": 0},
+                    "value": None, "ok": 1.0}
+        up_id = self._upsert(coll, q, u, cmd.get("arrayFilters"))
+        value = coll.find_one({"_id": up_id}, fields) if new else None
+        return {"lastErrorObject": {"n": 1, "updatedExisting": False, "upserted": up_id}, "value": value,
+                "ok": 1.0}
