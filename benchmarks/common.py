@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.helpers import INFRA_STATE, ClusterInfo, EmbeddedServer, launchpad_host, load_clusters
+from tests.helpers import INFRA_STATE, ClusterInfo, EmbeddedServer, launchpad_host, load_clusters  # noqa: E402
 
 __all__ = [
     "INFRA_STATE",
@@ -525,10 +525,10 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[fmt_num(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     for r in cells:
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     return "\n".join(out)
 
 

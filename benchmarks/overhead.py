@@ -9,9 +9,9 @@ each on its own fresh database holding N READY one-Firework workflows whose only
 * FireWorks: ``rlaunch -l LP -w FWORKER rapidfire`` in DIR (exits when nothing is READY or will be).
 
 With ``repeat`` > 1 the two alternate (ours first, then rlaunch first, ...) and the median run of each is
-reported, with the range. Reported: wall time from process start to exit and Fireworks per second (N / wall), the steady rate from the
-launches themselves ((N - 1) / (last launch start - first launch start), without interpreter start-up), the
-database commands per Firework (served by the embedded server, ``pilotStats``), and peak RSS of the process
+reported, with the range. Reported: wall time from process start to exit and Fireworks per second (N / wall),
+the steady rate from the launches themselves ((N - 1) / (last launch start - first launch start), without
+interpreter start-up), the database commands per Firework (served by the embedded server, ``pilotStats``), and peak RSS of the process
 and of its children (the worker forks one child per Firework).
 """
 
@@ -103,7 +103,7 @@ def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dic
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait(10)
-            raise BenchError(f"{which}: {n} no-op Fireworks not done in {timeout:.0f} s; log: {log_path}")
+            raise BenchError(f"{which}: {n} no-op Fireworks not done in {timeout:.0f} s; log: {log_path}") from None
         finally:
             rss = sampler.stop()
         wall = time.perf_counter() - t0
@@ -137,7 +137,8 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print) -> dict[str
         for k in range(repeat):
             order = ("ours", "rlaunch") if k % 2 == 0 else ("rlaunch", "ours")
             for which in order:
-                log(f"overhead: {n} no-op Fireworks through {'pilot worker' if which == 'ours' else 'rlaunch rapidfire'}"
+                through = "pilot worker" if which == "ours" else "rlaunch rapidfire"
+                log(f"overhead: {n} no-op Fireworks through {through}"
                     f" (run {k + 1}/{repeat}) ...")
                 runs[which].append(run_one(db, which, n, work / f"r{k}", timeout=max(300.0, n * 2.0)))
         log("overhead: where a forked child's time goes ...")

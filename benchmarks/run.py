@@ -43,7 +43,8 @@ NAMES = ("submission", "overhead", "waste", "scale")
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"submission": {"sizes": [8, 40, 200], "cap": 20, "default_interval_for": 8},
-             "overhead": {"n": 500, "repeat": 3}, "waste": "full", "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}},
+             "overhead": {"n": 500, "repeat": 3}, "waste": "full",
+             "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}},
     "quick": {"submission": {"sizes": [8], "cap": 20, "default_interval_for": None},
               "overhead": {"n": 50, "repeat": 1}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20}},
     "smoke": {"submission": {"sizes": [4], "cap": 4, "default_interval_for": None},
@@ -255,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     out_path = a.json or REPO / "benchmarks" / "results" / f"results-{stamp}{'' if mode == 'full' else '-' + mode}.json"
     results: dict[str, Any] = {"machine": machine_info(), "mode": mode, "only": only, "benchmarks": {},
                                "loadavg": {}, "errors": {}}
-    log(f"fireworks-pilot benchmarks ({mode}): {', '.join(only)}; machine {results['machine']['cores']} cores, "
-        f"{results['machine']['memory_gib']} GiB, {results['machine']['os']}; load {results['machine']['loadavg_start']}")
+    machine = results["machine"]
+    log(f"fireworks-pilot benchmarks ({mode}): {', '.join(only)}; machine {machine['cores']} cores, "
+        f"{machine['memory_gib']} GiB, {machine['os']}; load {machine['loadavg_start']}")
     failed = False
     for name in only:
         t0 = time.time()

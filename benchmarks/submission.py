@@ -147,7 +147,7 @@ def run_qlaunch(db: Database, info: Any, venv: str, remote: Path, category: str,
         remote_path = tr.run(["printenv", "PATH"], timeout=60).stdout.strip()
         tr.makedirs(str(qdir / "bin"))
         log = qdir / "calls.log"
-        for prog, real in zip(("sbatch", "squeue"), paths):
+        for prog, real in zip(("sbatch", "squeue"), paths, strict=True):
             wrapper = (f"#!/bin/sh\n# counts {prog} calls for the benchmark, then runs the real one\n"
                        f"printf '%s %s\\n' \"$(date +%s.%N)\" {prog} >> {log}\nexec {real} \"$@\"\n")
             tr.put(wrapper.encode(), str(qdir / "bin" / prog), mode=0o755)

@@ -216,11 +216,89 @@ def _usr1_diagnostics(work_dir: Path) -> dict[str, Any]:
             "usr1_s_before_deadline": sorted(early)}
 
 
+def _systems(size: WasteSize, venv: Path, tag: str, walltime_s: int) -> dict[str, dict[str, Any]]:
+    """The four systems run side by side: system -> its cluster file's name, category, template and overrides."""
+    rlaunch = f"{venv}/bin/rlaunch"
+    return {
+        "ours": {"cluster": "pilotci", "category": f"segours{tag}", "template": None,
+                 "over": {"walltime_margin": size.margin, "grace": size.grace}},
+        "ours_no_usr1": {"cluster": "pilotcidl", "category": f"segdl{tag}", "template": NO_USR1_TEMPLATE,
+                         "over": {"walltime_margin": size.margin, "grace": size.grace}},
+        "rlaunch": {"cluster": "pilotcirl", "category": f"segrl{tag}",
+                    "template": RLAUNCH_TEMPLATE.format(rlaunch=rlaunch, timeout=walltime_s - size.margin, sleep=5),
+                    "over": {"walltime_margin": 0, "grace": 0}},
+        "rlaunch_close": {"cluster": "pilotcirlc", "category": f"segrc{tag}",
+                          "template": RLAUNCH_TEMPLATE.format(rlaunch=rlaunch,
+                                                              timeout=walltime_s - RLAUNCH_CLOSE_MARGIN, sleep=5),
+                          "over": {"walltime_margin": 0, "grace": 0}},
+    }
+
+
+def _write_clusters(size: WasteSize, systems: dict[str, dict[str, Any]], info: Any, venv: Path, remote: Path,
+                    lib: Path, lp_file: Path, cfg_dir: Path, prefix: str) -> Path:
+    """One cluster file per system (all on the same SLURM cluster), and pilot.yaml; returns the config dir."""
+    from tests.manager.helpers import ssh_cluster, write_config
+
+    (cfg_dir / "clusters").mkdir(parents=True)
+    cluster_files = {}
+    for k, s in systems.items():
+        over = dict(s["over"], pilot={"walltime": str(size.walltime_min), "cores": 1, "partition": "debug"},
+                    idle_timeout=size.idle_timeout, env={"PYTHONPATH": str(lib)},
+                    limits={"max_queued": size.max_pilots, "max_running": size.max_pilots})
+        if s["template"]:
+            tpl = cfg_dir / "clusters" / f"{k}.sh.j2"
+            tpl.write_text(s["template"])
+            over["template"] = tpl.name
+        cluster_files[s["cluster"]] = ssh_cluster(info, str(remote / s["cluster"]), str(lp_file),
+                                                  [s["category"]], venv, **over)
+    return write_config(cfg_dir, lp_file, cluster_files, poll_interval=3, job_name_prefix=prefix)
+
+
+def _drive(mgr: Any, systems: dict[str, dict[str, Any]], run_names: list[str], size: WasteSize,
+           log: Callable[[str], None]) -> tuple[float, dict[str, float | None], int]:
+    """Cycle the manager until every system's campaign is done (or the timeout), then let the pilots drain."""
+    started = time.time()
+    log(f"waste: {size.runs} runs x {size.segments} segments of ~{size.length:g} s, {size.walltime_min} min "
+        f"pilots; {', '.join(systems)} side by side (up to {size.timeout:.0f} s) ...")
+    finished: dict[str, float | None] = {k: None for k in systems}
+    cycles = 0
+    while True:
+        mgr.run_cycle()
+        cycles += 1
+        now = time.time()
+        for k, s in systems.items():
+            if finished[k] is None and _campaign_done(s["run_dir"], run_names, size.segments):
+                finished[k] = now
+                log(f"waste: {k}: campaign complete after {now - started:.0f} s")
+        if all(finished.values()) or now - started > size.timeout:
+            break
+        time.sleep(3)
+    # let the pilots leave by themselves (idle timeout / no more work), then cancel what is left
+    drain_until = time.time() + size.idle_timeout + 45
+    while time.time() < drain_until and mgr.records.live():
+        mgr.run_cycle()
+        time.sleep(3)
+    return started, finished, cycles
+
+
+def _system_metrics(lp: Any, s: dict[str, Any], pilots: list[dict[str, Any]], acct: dict[str, Any],
+                    reruns: set[Any], required: float, started: float, finished: float | None,
+                    walltime_s: int) -> dict[str, Any]:
+    """One system's waste metrics from its pilots' accounting and its segments' attempt records."""
+    mine = [p for p in pilots if p["cluster"] == s["cluster"]]
+    jobs = {str(p["job_id"]): acct.get(str(p["job_id"]), {"state": "UNKNOWN", "elapsed": 0})
+            for p in mine if p.get("job_id")}
+    fw_ids = {d["fw_id"] for d in lp.fireworks.find({"spec._category": s["category"]}, {"fw_id": 1})}
+    m = _metrics(_attempts(s["run_dir"]), jobs, mine, required, finished is not None, finished,
+                 started, len(reruns & fw_ids), walltime_s)
+    m["timeout_overrun_s"] = sorted(j["elapsed"] - walltime_s for j in jobs.values() if j["state"] == "TIMEOUT")
+    return m
+
+
 def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
     from benchmarks.segtask import segment_firework
     from pilot.config import load_config
     from pilot.manager.cycle import Manager
-    from tests.manager.helpers import ssh_cluster, write_config
 
     clusters = require_infra()
     info = clusters["pilotci"]
@@ -230,23 +308,8 @@ def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
     remote = make_remote_dir("pilot-bench-waste-", info.user)
     cfg_dir = Path(tempfile.mkdtemp(prefix="pilot-bench-cfg-"))
     prefix = "bw" + short_id()[:4]
-    tag = short_id()
     walltime_s = size.walltime_min * 60
-    # system -> its cluster file; one manager serves all three at once
-    systems: dict[str, dict[str, Any]] = {
-        "ours": {"cluster": "pilotci", "category": f"segours{tag}", "template": None,
-                 "over": {"walltime_margin": size.margin, "grace": size.grace}},
-        "ours_no_usr1": {"cluster": "pilotcidl", "category": f"segdl{tag}", "template": NO_USR1_TEMPLATE,
-                         "over": {"walltime_margin": size.margin, "grace": size.grace}},
-        "rlaunch": {"cluster": "pilotcirl", "category": f"segrl{tag}",
-                    "template": RLAUNCH_TEMPLATE.format(rlaunch=f"{venv}/bin/rlaunch",
-                                                        timeout=walltime_s - size.margin, sleep=5),
-                    "over": {"walltime_margin": 0, "grace": 0}},
-        "rlaunch_close": {"cluster": "pilotcirlc", "category": f"segrc{tag}",
-                          "template": RLAUNCH_TEMPLATE.format(rlaunch=f"{venv}/bin/rlaunch",
-                                                              timeout=walltime_s - RLAUNCH_CLOSE_MARGIN, sleep=5),
-                          "over": {"walltime_margin": 0, "grace": 0}},
-    }
+    systems = _systems(size, venv, short_id(), walltime_s)  # one manager serves all of them at once
     mgr = None
     out: dict[str, Any] = {}
     try:
@@ -258,69 +321,28 @@ def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
             s["run_dir"] = remote / f"runs-{s['category']}"
             (s["run_dir"] / "attempts").mkdir(parents=True)
         chown_tree(remote, info.user)
-        (cfg_dir / "clusters").mkdir(parents=True)
-        cluster_files = {}
-        for k, s in systems.items():
-            over = dict(s["over"], pilot={"walltime": str(size.walltime_min), "cores": 1, "partition": "debug"},
-                        idle_timeout=size.idle_timeout, env={"PYTHONPATH": str(lib)},
-                        limits={"max_queued": size.max_pilots, "max_running": size.max_pilots})
-            if s["template"]:
-                tpl = cfg_dir / "clusters" / f"{k}.sh.j2"
-                tpl.write_text(s["template"])
-                over["template"] = tpl.name
-            cluster_files[s["cluster"]] = ssh_cluster(info, str(remote / s["cluster"]), str(lp_file),
-                                                      [s["category"]], venv, **over)
-        cfg = load_config(write_config(cfg_dir, lp_file, cluster_files, poll_interval=3, job_name_prefix=prefix))
+        cfg = load_config(_write_clusters(size, systems, info, venv, remote, lib, lp_file, cfg_dir, prefix))
         lengths = _lengths(size)
         run_names = [f"r{i}" for i in range(size.runs)]
         for s in systems.values():
-            for name, length in zip(run_names, lengths):
+            for name, length in zip(run_names, lengths, strict=True):
                 lp.add_wf(segment_firework(str(s["run_dir"]), name, 0, size.segments, length, s["category"]))
         required = sum(lengths) * size.segments
         mgr = Manager(cfg, lp)
-        started = time.time()
-        log(f"waste: {size.runs} runs x {size.segments} segments of ~{size.length:g} s, {size.walltime_min} min "
-            f"pilots; {', '.join(systems)} side by side (up to {size.timeout:.0f} s) ...")
-        finished: dict[str, float | None] = {k: None for k in systems}
-        cycles = 0
-        while True:
-            mgr.run_cycle()
-            cycles += 1
-            now = time.time()
-            for k, s in systems.items():
-                if finished[k] is None and _campaign_done(s["run_dir"], run_names, size.segments):
-                    finished[k] = now
-                    log(f"waste: {k}: campaign complete after {now - started:.0f} s")
-            if all(finished.values()) or now - started > size.timeout:
-                break
-            time.sleep(3)
-        # let the pilots leave by themselves (idle timeout / no more work), then cancel what is left
-        drain_until = time.time() + size.idle_timeout + 45
-        while time.time() < drain_until and mgr.records.live():
-            mgr.run_cycle()
-            time.sleep(3)
+        started, finished, cycles = _drive(mgr, systems, run_names, size, log)
         left = slurm.cancel_names(prefix)
         pilots = list(lp.db["pilots"].find({}))
-        job_ids = [str(p["job_id"]) for p in pilots if p.get("job_id")]
         time.sleep(2)
-        acct = slurm.accounting(job_ids)
+        acct = slurm.accounting([str(p["job_id"]) for p in pilots if p.get("job_id")])
         reruns = {d["_id"] for d in lp.db["pilot_reruns"].find({})}
         out.update({"size": vars(size), "segment_lengths_s": lengths, "manager_cycles": cycles,
                     "cancelled_at_end": len(left), "walltime_s": walltime_s,
                     "rlaunch_timeout_s": walltime_s - size.margin,
                     "rlaunch_close_timeout_s": walltime_s - RLAUNCH_CLOSE_MARGIN, "systems": list(systems)})
         for k, s in systems.items():
-            mine = [p for p in pilots if p["cluster"] == s["cluster"]]
-            jobs = {str(p["job_id"]): acct.get(str(p["job_id"]), {"state": "UNKNOWN", "elapsed": 0})
-                    for p in mine if p.get("job_id")}
-            fw_ids = {d["fw_id"] for d in lp.fireworks.find({"spec._category": s["category"]}, {"fw_id": 1})}
-            m = _metrics(_attempts(s["run_dir"]), jobs, mine, required, finished[k] is not None, finished[k],
-                         started, len(reruns & fw_ids), walltime_s)
-            m["timeout_overrun_s"] = sorted(j["elapsed"] - walltime_s for j in jobs.values()
-                                            if j["state"] == "TIMEOUT")
+            out[k] = _system_metrics(lp, s, pilots, acct, reruns, required, started, finished[k], walltime_s)
             if not k.startswith("rlaunch"):
-                m.update(_usr1_diagnostics(remote / s["cluster"]))
-            out[k] = m
+                out[k].update(_usr1_diagnostics(remote / s["cluster"]))
         return out
     finally:
         if mgr is not None:

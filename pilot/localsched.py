@@ -127,6 +127,7 @@ def _supervise(jid: str) -> None:
         time.sleep(0.2)
     rc = proc.wait()
     cur = _read(jid) or job
+    reason: str | None
     if timed_out:
         state, reason = "TIMEOUT", "TimeLimit"
     elif cur.get("cancel_requested"):

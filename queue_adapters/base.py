@@ -3,7 +3,7 @@
 Everything here is pure: no subprocess, no files, no network.  An adapter turns a request
 into an argument list (``["sbatch", "--parsable", path]``) and turns the ``(returncode,
 stdout, stderr)`` of that command into typed results.  Running the command is the job of
-the transport (``pilot/transport.py``).
+the transport (``pilot/transport/``).
 
 Conventions shared by every adapter
 -----------------------------------

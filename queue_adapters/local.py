@@ -100,7 +100,8 @@ class LocalAdapter(QueueAdapter):
     def parse_cancel(self, returncode: int, stdout: str, stderr: str, job_ids: Sequence[str] = ()) -> CancelResult:
         if returncode != 0:
             return CancelResult(ok=False, reason=output_tail(stderr) or f"exit code {returncode}", retryable=True)
-        cancelled, gone = [], []
+        cancelled: list[str] = []
+        gone: list[str] = []
         for line in stdout.splitlines():
             jid, _, what = line.partition("|")
             (cancelled if what == "cancelled" else gone).append(jid)

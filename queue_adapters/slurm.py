@@ -356,9 +356,9 @@ class SlurmAdapter(QueueAdapter):
         state, and sacct then lists every job that ever had the id; for equal submit times (a
         requeued job) the later line wins.  Note: for a few seconds after a pending job is
         cancelled, Slurm 22.05 reports it with JobName ``allocation`` and User ``root``
-        (fixture ``cap-sacct-just-cancelled``); the state is already right.  Job steps (``123.batch``) are skipped.  Accounting errors (slurmdbd
-        down) raise :class:`SchedulerQueryError`; "accounting storage is disabled" is not
-        retryable.
+        (fixture ``cap-sacct-just-cancelled``); the state is already right.  Job steps (``123.batch``)
+        are skipped.  Accounting errors (slurmdbd down) raise :class:`SchedulerQueryError`;
+        "accounting storage is disabled" is not retryable.
         """
         return self.parse_sacct_table(returncode, stdout, stderr, columns=SACCT_COLUMNS,
                                       delimiter="|")
@@ -576,7 +576,7 @@ def _split_row(
         parts = line.split(None, n - 1)
         if len(parts) != n:
             return None
-        return {key: value for key, value in zip(columns, parts) if key is not None}
+        return {key: value for key, value in zip(columns, parts, strict=True) if key is not None}
     if trailing:
         if not line.endswith(delimiter):
             return None
@@ -588,7 +588,7 @@ def _split_row(
         parts[i : i + extra + 1] = [delimiter.join(parts[i : i + extra + 1])]
     if len(parts) != n:
         return None
-    return {key: value for key, value in zip(columns, parts) if key is not None}
+    return {key: value for key, value in zip(columns, parts, strict=True) if key is not None}
 
 
 _ID_ARG_RE = re.compile(r"^[0-9][0-9_\[\]\-,%+]*$")

@@ -3,7 +3,8 @@
 #   - as root: installs the system packages (GROMACS, SLURM, munge, MariaDB, OpenSSH) and starts the real test
 #     services (tests/infra/services.sh), then stops them by PID when pytest ends;
 #   - installs this package with its test extra (and the md extra: OpenMM, matplotlib);
-#   - runs pytest with any arguments you pass (e.g. tests/run.sh -k dbserver -x).
+#   - runs ruff and mypy (a finding stops the run), then pytest with any arguments you pass
+#     (e.g. tests/run.sh -k launchpad -x).
 # Set MONGODB_URI=mongodb://host:port to run the LaunchPad tests against a real MongoDB instead of the
 # embedded server.
 set -euo pipefail
@@ -34,6 +35,12 @@ log "installing fireworks-pilot with its test and md extras"
 t0=$SECONDS
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test,md]"
 log "pip install took $((SECONDS - t0)) s"
+
+# lint and types are habits, not afterthoughts: a finding stops the run before the (long) suite starts
+log "ruff check (pyproject.toml [tool.ruff])"
+"$PY" -m ruff check --quiet .
+log "mypy (pyproject.toml [tool.mypy]: pilot, queue_adapters, tasks)"
+"$PY" -m mypy --no-error-summary
 
 started=0
 if [[ $(id -u) == 0 && ${PILOT_NO_SERVICES:-0} != 1 ]]; then

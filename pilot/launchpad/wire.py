@@ -38,7 +38,7 @@ MAX_BSON_SIZE = 16 * 1024 * 1024
 _HEADER = struct.Struct("<iiii")
 
 #: Naive UTC datetimes like mongomock stores them; out-of-range dates decode to DatetimeMS instead of failing.
-CODEC = CodecOptions(tz_aware=False, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=False, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
 class ProtocolError(Exception):

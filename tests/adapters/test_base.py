@@ -100,13 +100,11 @@ def check_case(adapter: QueueAdapter, case: dict[str, Any], caplog: pytest.LogCa
                 assert res.reason, "a failed cancel must say why"
             return
         options = case.get("options") or {}
-        if parser == "status":
-            call = lambda: adapter.parse_status(rc, out, err)
-        elif parser == "history":
-            call = lambda: adapter.parse_history(rc, out, err)
-        else:
-            method = getattr(adapter, f"parse_{parser}")
-            call = lambda: method(rc, out, err, **options)
+        method = getattr(adapter, f"parse_{parser}")
+        kwargs = options if parser not in ("status", "history") else {}
+
+        def call() -> Any:
+            return method(rc, out, err, **kwargs)
         if "error" in expect:
             with pytest.raises(SchedulerQueryError) as info:
                 call()

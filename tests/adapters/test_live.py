@@ -143,7 +143,8 @@ def emulator(request: pytest.FixtureRequest) -> Iterator[tuple[QueueAdapter, Cal
     ids: list[str] = []
 
     def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-        p = subprocess.run(argv, check=False, capture_output=True, text=True, input=stdin, env=env, cwd=state, timeout=60)
+        p = subprocess.run(argv, check=False, capture_output=True, text=True, input=stdin, env=env, cwd=state,
+                           timeout=60)
         if argv[0] in ("qsub", "bsub") and p.returncode == 0:
             res = adapter.parse_submit(p.returncode, p.stdout, p.stderr)
             if res.job_id:

@@ -13,7 +13,11 @@ from queue_adapters.lsf import BJOBS_FIELDS, LSF_STATES
 from tests.adapters.test_base import check_case, load_cases
 
 UTC = dt.timezone.utc
-CLOCK = lambda: dt.datetime(2024, 6, 1, tzinfo=UTC)
+
+
+def CLOCK() -> dt.datetime:
+    """A fixed clock, passed where the adapter takes one."""
+    return dt.datetime(2024, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -103,7 +107,8 @@ def test_year_less_times(adapter: LsfAdapter, text: str, expected: dt.datetime |
 def test_error_record_that_is_not_not_found_raises(adapter: LsfAdapter) -> None:
     with pytest.raises(SchedulerQueryError):
         adapter.parse_status(0, json.dumps({"RECORDS": [{"ERROR": "User permission denied"}]}), "")
-    assert adapter.parse_status(255, json.dumps({"RECORDS": [{"JOBID": "9", "ERROR": "Job <9> is not found"}]}), "") == {}
+    not_found = {"RECORDS": [{"JOBID": "9", "ERROR": "Job <9> is not found"}]}
+    assert adapter.parse_status(255, json.dumps(not_found), "") == {}
 
 
 def test_unknown_state_warns(adapter: LsfAdapter, caplog: pytest.LogCaptureFixture) -> None:

@@ -141,7 +141,8 @@ def test_text_continuation_lines_are_joined_without_separator() -> None:
 
 def test_time_zone_is_applied() -> None:
     tz = dt.timezone(dt.timedelta(hours=10))
-    doc = {"Jobs": {"1.s": {"job_state": "R", "ctime": "Tue Oct 11 08:13:45 2022", "stime": "Tue Oct 11 08:13:45 2022"}}}
+    when = "Tue Oct 11 08:13:45 2022"
+    doc = {"Jobs": {"1.s": {"job_state": "R", "ctime": when, "stime": when}}}
     st = PbsAdapter(tz=tz).parse_status(0, json.dumps(doc), "")["1.s"]
     assert st.submit_time == dt.datetime(2022, 10, 10, 22, 13, 45, tzinfo=dt.timezone.utc)
 
