@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,39 @@ def demo_cmd(
     )
     ctx = click.get_current_context()
     try:
-        ok = run_demo(Path(obj.config_dir), opts, ctx=ctx)
+        ok = run_demo(
+            Path(obj.config_dir),
+            opts,
+            show_status=_status_shower(ctx),
+            echo=click.echo,
+            verbose=int(getattr(obj, "verbose", 0)) if obj is not None else 0,
+        )
     except DemoError as e:
         raise click.ClickException(str(e)) from None
     if not ok:
         ctx.exit(1)
+
+
+def _status_shower(ctx: click.Context) -> Callable[[], None] | None:
+    """What the demo calls to show ``pilot status`` at the end: the ``status`` command itself, run in this
+    context; None when this CLI has no such command (the demo then prints a short summary of its own)."""
+    from pilot.cli import COMMANDS
+
+    if "status" not in COMMANDS:
+        return None
+    cmd = ctx.command.get_command(ctx, "status") if isinstance(ctx.command, click.Group) else None
+    if cmd is None and ctx.parent is not None and isinstance(ctx.parent.command, click.Group):
+        cmd = ctx.parent.command.get_command(ctx.parent, "status")
+    if cmd is None:
+        return None
+    status_cmd = cmd
+
+    def show() -> None:
+        try:
+            ctx.invoke(status_cmd)
+        except click.exceptions.Exit:
+            pass  # status exits 1 when something needs a person: it said what
+        except click.ClickException as e:
+            click.echo(f"pilot status failed: {e.format_message()}")
+
+    return show

@@ -9,6 +9,7 @@ never from pilot.status.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -52,8 +53,16 @@ def validate(doc: dict) -> None:
     jsonschema.Draft202012Validator(SCHEMA).validate(doc)
 
 
+def epoch(text: str) -> float:
+    """Epoch seconds of a ``--json`` time: ISO 8601 UTC text without offset (as ``pilot report --json``)."""
+    d = dt.datetime.fromisoformat(text)
+    assert d.tzinfo is None, text
+    return d.replace(tzinfo=dt.timezone.utc).timestamp()
+
+
 def pilot_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pilot", *args], capture_output=True, text=True, check=False, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "pilot", *args], capture_output=True, text=True, check=False,
+                          timeout=timeout)
 
 
 # ============================================================================ pure
@@ -138,6 +147,11 @@ def test_gather_from_records_only(launchpad):
     validate(doc)
 
     clusters = {c["name"]: c for c in doc["clusters"]}
+    # times are ISO UTC text (microseconds kept), the same instants as the records' epoch seconds
+    assert epoch(doc["generated_at"]) == pytest.approx(now, abs=1e-6)
+    assert epoch(clusters["c1"]["last_contact"]) == pytest.approx(now - 10, abs=1e-6)
+    assert epoch(clusters["c2"]["backoff_until"]) == pytest.approx(now + 300, abs=1e-6)
+    assert clusters["c2"]["last_contact"] is None
     assert clusters["c1"]["categories"] == ["md"]
     assert clusters["c1"]["usable_walltime"] == 3000.0
     assert clusters["c1"]["pilots"] == {"pending": 1, "running": 1, "ended_recently": 1,
@@ -157,9 +171,13 @@ def test_gather_from_records_only(launchpad):
         [("md", [too_long], 7200.0, 3000.0)]
     assert needs["pending_long"]["total"] == 1
     assert needs["pending_long"]["items"][0]["reason"] == "Priority"
+    assert epoch(needs["pending_long"]["items"][0]["submit_time"]) == pytest.approx(now - 7200, abs=1e-6)
+    assert needs["pending_long"]["items"][0]["waiting"] == pytest.approx(7200, abs=1e-6)   # a duration: seconds
     assert [b["cluster"] for b in needs["backed_off"]] == ["c2"]
+    assert epoch(needs["backed_off"][0]["until"]) == pytest.approx(now + 300, abs=1e-6)
     assert [(x["fw_id"], x["pilot"], x["pilot_state"]) for x in needs["running_under_ended_pilots"]] == \
         [(lost, "fwp.md.aaa", "CANCELLED")]
+    assert epoch(needs["running_under_ended_pilots"][0]["pilot_end_time"]) == pytest.approx(now - 30, abs=1e-6)
     assert orphan in lp.get_fw_ids({"spec._category": "orphan"})
 
     text = format_status(report, now=now)
@@ -192,7 +210,12 @@ def test_fizzled_firework_error_and_paths(launchpad, tmp_path, monkeypatch):
         # above the recorded job script (work_dir/scripts/NAME.sh)
         assert f.pilot_output == "/scratch/w-c9/pilot-123.out"
         assert f.pilot == "fwp.md.zzz" and f.cluster == "c9"
-        validate(report.to_dict())
+        doc = report.to_dict()
+        validate(doc)
+        # FireWorks writes time_end as datetime.isoformat() of a UTC time; --json gives the same instant
+        end = dt.datetime.fromisoformat(launch["time_end"])
+        end = end if end.tzinfo else end.replace(tzinfo=dt.timezone.utc)
+        assert epoch(doc["needs_you"]["fizzled"]["items"][0]["time"]) == pytest.approx(end.timestamp(), abs=1e-6)
 
 
 def test_query_count_does_not_grow_with_the_number_of_fireworks(launchpad):
@@ -210,7 +233,7 @@ def test_query_count_does_not_grow_with_the_number_of_fireworks(launchpad):
 
 
 def test_unknown_categories_beyond_the_cap_are_summed(launchpad, monkeypatch):
-    import pilot.status as st
+    import pilot.status.gather as st
 
     monkeypatch.setattr(st, "MAX_DISCOVERED", 2)
     lp = launchpad
@@ -257,8 +280,10 @@ def test_watch_redraws_until_interrupted(launchpad, tmp_path):
 
 
 # ============================================================================ a real run on SLURM
-@pytest.mark.slurm
-def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_venv, tmp_path):
+def _run_with_a_failure_and_a_cluster_down(launchpad, remote_tmp, slurm_cluster, cluster_venv, tmp_path):
+    """The manager runs real pilots on pilotci until 3 Fireworks completed and one fizzled on purpose;
+    pilotdown's sshd is not there. Then a category nobody serves and a Firework longer than pilotci's pilots
+    are added. Returns (config dir, launchpad file, the failing Firework's id, the long one's id)."""
     from pilot.config import load_config
     from pilot.manager.cycle import Manager
     from tests.manager.helpers import add_sleepers, fw_states, run_cycles_until, ssh_cluster, write_config
@@ -298,6 +323,36 @@ def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_v
                        name="too-long")
     launchpad.add_wf(Workflow([long_fw]))
     long_id = max(launchpad.get_fw_ids({"name": "too-long"}))
+    return cfg_dir, lp_file, bad_id, long_id
+
+
+def _check_status_json(doc, launchpad, bad_id, long_id, launch, pilot_out, rec):
+    """``pilot status --json`` of the real run against the database read directly."""
+    validate(doc)
+    cats = {c["name"]: c for c in doc["categories"]}
+    for state in ("READY", "COMPLETED", "FIZZLED", "RUNNING", "WAITING"):
+        assert cats["md"]["counts"][state] == launchpad.fireworks.count_documents(
+            {"spec._category": "md", "state": state}), state
+    assert cats["md"]["counts"]["COMPLETED"] == 3 and cats["md"]["counts"]["FIZZLED"] == 1
+    assert cats["md"]["served_by"] == ["pilotci"] and cats["post"]["served_by"] == ["pilotdown"]
+    clusters_doc = {c["name"]: c for c in doc["clusters"]}
+    assert clusters_doc["pilotci"]["reachable"] is True
+    contact = launchpad.db["pilot_clusters"].find_one({"_id": "pilotci"})["last_contact"]
+    assert epoch(clusters_doc["pilotci"]["last_contact"]) == pytest.approx(contact, abs=1e-6)
+    assert clusters_doc["pilotdown"]["reachable"] is False and clusters_doc["pilotdown"]["backed_off"] is True
+    assert "127.0.0.2" in clusters_doc["pilotdown"]["last_error"] and "2299" in clusters_doc["pilotdown"]["last_error"]
+    (fz,) = doc["needs_you"]["fizzled"]["items"]
+    assert (fz["fw_id"], fz["launch_dir"], fz["pilot_output"], fz["pilot"]) == \
+        (bad_id, launch["launch_dir"], pilot_out, rec["_id"])
+    assert {"category": "orphan", "ready": 1} in doc["needs_you"]["unserved_categories"]
+    assert [t["fw_ids"] for t in doc["needs_you"]["too_long"]] == [[long_id]]
+    assert doc["needs_you"]["too_long"][0]["usable"] == 300 - 30   # walltime "5" (SLURM minutes) - margin 30
+
+
+@pytest.mark.slurm
+def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_venv, tmp_path):
+    cfg_dir, lp_file, bad_id, long_id = _run_with_a_failure_and_a_cluster_down(
+        launchpad, remote_tmp, slurm_cluster, cluster_venv, tmp_path)
 
     # what the database and the file system say (read directly, not through pilot.status)
     launch = launchpad.launches.find_one({"fw_id": bad_id, "state": "FIZZLED"})
@@ -322,25 +377,7 @@ def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_v
 
     res = pilot_cli("--config-dir", str(cfg_dir), "status", "--json")
     assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
-    validate(doc)
-    cats = {c["name"]: c for c in doc["categories"]}
-    for state in ("READY", "COMPLETED", "FIZZLED", "RUNNING", "WAITING"):
-        assert cats["md"]["counts"][state] == launchpad.fireworks.count_documents(
-            {"spec._category": "md", "state": state}), state
-    assert cats["md"]["counts"]["COMPLETED"] == 3 and cats["md"]["counts"]["FIZZLED"] == 1
-    assert cats["md"]["served_by"] == ["pilotci"] and cats["post"]["served_by"] == ["pilotdown"]
-    clusters_doc = {c["name"]: c for c in doc["clusters"]}
-    assert clusters_doc["pilotci"]["reachable"] is True
-    assert clusters_doc["pilotci"]["last_contact"] is not None
-    assert clusters_doc["pilotdown"]["reachable"] is False and clusters_doc["pilotdown"]["backed_off"] is True
-    assert "127.0.0.2" in clusters_doc["pilotdown"]["last_error"] and "2299" in clusters_doc["pilotdown"]["last_error"]
-    (fz,) = doc["needs_you"]["fizzled"]["items"]
-    assert (fz["fw_id"], fz["launch_dir"], fz["pilot_output"], fz["pilot"]) == \
-        (bad_id, launch["launch_dir"], pilot_out, rec["_id"])
-    assert {"category": "orphan", "ready": 1} in doc["needs_you"]["unserved_categories"]
-    assert [t["fw_ids"] for t in doc["needs_you"]["too_long"]] == [[long_id]]
-    assert doc["needs_you"]["too_long"][0]["usable"] == 300 - 30   # walltime "5" (SLURM minutes) - margin 30
+    _check_status_json(json.loads(res.stdout), launchpad, bad_id, long_id, launch, pilot_out, rec)
 
     # the doctor on the cluster that is down: its SSH check fails, with the fix, exit code 1
     res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg_dir), "doctor", "pilotdown"],
@@ -366,6 +403,12 @@ def test_a_manager_that_stopped_cycling_is_reported(launchpad):
     report = gather_status(launchpad.db, None, now=now)
     assert report.manager_stale == {"last_cycle": now - 4000, "limit": 600.0}
     assert report.problem_count == 1
+    doc = report.to_dict()
+    validate(doc)
+    assert epoch(doc["manager"]["last_cycle"]) == pytest.approx(now - 4000, abs=1e-6)
+    assert doc["manager"]["last_cycle_duration"] == 1.5
+    assert doc["needs_you"]["manager_stale"]["limit"] == 600.0
+    assert epoch(doc["needs_you"]["manager_stale"]["last_cycle"]) == pytest.approx(now - 4000, abs=1e-6)
     text = format_status(report, now=now)
     assert "manager: last cycle 1 h 6 min ago (took 1.5 s)" in text
     assert "the manager is not cycling (last cycle 1 h 6 min ago" in text

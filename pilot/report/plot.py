@@ -1,0 +1,183 @@
+"""``pilot report --plot``: the throughput figure (PNG, matplotlib, imported only when a figure is asked for).
+
+Two panels sharing a local-time axis: cumulative completions per cluster (stacked), and pilots running.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pilot.report.format import short_num
+from pilot.report.model import ThroughputReport
+
+#: A matplotlib ``Axes``: typed ``Any`` because its stubs refuse the datetimes it plots (and converts) fine.
+Axes = Any
+
+__all__ = ["plot_report"]
+
+
+def _step_running(intervals: list[tuple[float, float]]) -> tuple[list[float], list[int]]:
+    """Times and counts of a step function: how many intervals are open at each change."""
+    events: list[tuple[float, int]] = []
+    for a, b in intervals:
+        events.append((a, 1))
+        events.append((b, -1))
+    events.sort(key=lambda e: (e[0], e[1]))
+    ts: list[float] = []
+    ns: list[int] = []
+    n = 0
+    for t, dn in events:
+        n += dn
+        if ts and ts[-1] == t:
+            ns[-1] = n
+        else:
+            ts.append(t)
+            ns.append(n)
+    return ts, ns
+
+
+def plot_report(r: ThroughputReport, path: str | Path, what: str = "auto", title: str | None = None) -> Path:
+    """Write the throughput figure (PNG): cumulative completions per cluster (stacked), and pilots running.
+
+    Parameters
+    ----------
+    r : ThroughputReport
+    path : str | Path
+        The PNG to write (its folder must exist).
+    what : str
+        ``segments``, ``fireworks``, or ``auto`` (segments when there are any, else Fireworks).
+    title : str | None
+        Figure title (default: a summary of the window).
+
+    Returns
+    -------
+    Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tot = r.total()
+    if what == "auto":
+        what = "segments" if tot.segments > 0 else "fireworks"
+    if what not in ("segments", "fireworks"):
+        raise ValueError(f"what={what!r}: use segments, fireworks or auto")
+    names = [
+        c.name for c in r.clusters if r.timeline.completions.get(c.name) or r.timeline.pilots.get(c.name)
+    ]
+    start, end = _axis_span(r)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=[2.2, 1])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    _completions_panel(ax1, r, names, what, start, end, colors)
+    _pilots_panel(ax2, r, names, start, end, colors)
+    total = sum(c.segments if what == "segments" else c.fireworks for c in r.clusters)
+    fig.suptitle(
+        title
+        or f"{total} {what} on {len(names)} cluster{'s' if len(names) != 1 else ''} in {_span_text(end - start)} "
+        f"({short_num(tot.cpu_hours)} CPU hours)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _to_dt(ts: Iterable[float]) -> list[_dt.datetime]:
+    return [_dt.datetime.fromtimestamp(t) for t in ts]  # local time on the axis
+
+
+def _axis_span(r: ThroughputReport) -> tuple[float, float]:
+    """Start and end of the time axis: the window, or shortly after the last activity when it has no end."""
+    start = r.since if r.since is not None else r.first_activity
+    if start is None:
+        start = r.until - 3600.0
+    end = min(r.until, r.generated_at)
+    if r.until >= r.generated_at:
+        # no explicit end: stop the axis shortly after the last activity rather than at "now"
+        last = max(
+            [b for ivs in r.timeline.pilots.values() for (_a, b) in ivs]
+            + [t for series in r.timeline.completions.values() for (t, *_x) in series],
+            default=None,
+        )
+        if last is not None and last > start:
+            end = min(end, last + max(0.05 * (last - start), r.timeline.resolution_s))
+    return start, end
+
+
+def _cumulative(r: ThroughputReport, names: list[str], all_t: list[float], idx: int) -> list[list[int]]:
+    """Per cluster, the completions (field ``idx`` of the timeline's entries) summed up to each time."""
+    cum_rows = []
+    for n in names:
+        series = r.timeline.completions.get(n, [])
+        j, acc = 0, 0
+        ys: list[int] = []
+        for t in all_t:
+            while j < len(series) and series[j][0] <= t:
+                acc += int(series[j][idx])
+                j += 1
+            ys.append(acc)
+        cum_rows.append(ys)
+    return cum_rows
+
+
+def _completions_panel(
+    ax: Axes, r: ThroughputReport, names: list[str], what: str, start: float, end: float, colors: list[str]
+) -> None:
+    """The upper panel: cumulative completions per cluster, stacked."""
+    idx = 1 if what == "segments" else 2
+    all_t = sorted({t for n in names for (t, *_x) in r.timeline.completions.get(n, [])} | {start, end})
+    cum_rows = _cumulative(r, names, all_t, idx)
+    if cum_rows:
+        ax.stackplot(
+            _to_dt(all_t),
+            cum_rows,
+            labels=names,
+            step="post",
+            colors=[colors[i % len(colors)] for i in range(len(names))],
+        )
+        ax.legend(loc="upper left", frameon=False)
+    ax.set_ylabel(f"{what} completed (cumulative)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+
+
+def _pilots_panel(
+    ax: Axes, r: ThroughputReport, names: list[str], start: float, end: float, colors: list[str]
+) -> None:
+    """The lower panel: pilots running per cluster (a step line each), and the shared time axis."""
+    import matplotlib.dates as mdates
+
+    for i, n in enumerate(names):
+        ts, ns = _step_running(r.timeline.pilots.get(n, []))
+        if not ts:
+            continue
+        ts = [start, *ts, end]
+        ns = [0, *ns, ns[-1]]
+        ax.step(_to_dt(ts), ns, where="post", label=n, color=colors[i % len(colors)])
+    ax.set_ylabel("pilots running")
+    ax.set_ylim(bottom=0)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.set_xlim(_to_dt([start])[0], _to_dt([end])[0])
+    loc = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+
+
+def _span_text(secs: float) -> str:
+    """The window's length for the title: ``90 s``, ``45 min``, ``12 h``, ``3 days``."""
+    span_h = secs / 3600.0
+    return (
+        f"{secs:.0f} s"
+        if secs < 120
+        else f"{secs / 60:.0f} min"
+        if span_h < 2
+        else f"{span_h:.0f} h"
+        if span_h < 72
+        else f"{span_h / 24:.0f} days"
+    )

@@ -1,0 +1,227 @@
+"""``pilot status`` as text: a header, the clusters and categories tables and the "needs you" list (pure).
+
+The JSON document is :meth:`pilot.status.model.StatusReport.to_dict`; this module makes what people read:
+aligned tables, "3 min ago", "in 9 min (12:10:03)".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pilot.status.model import (
+    OTHER_CATEGORIES,
+    SHOWN_FW_STATES,
+    CategoryStatus,
+    ClusterStatus,
+    StatusReport,
+    first_line,
+)
+
+__all__ = ["format_status", "format_table", "human_ago", "human_duration", "human_until"]
+
+
+def human_duration(seconds: float) -> str:
+    """A duration for people: ``45 s``, ``3 min``, ``2 h 5 min``, ``3 d 4 h`` (rounded down)."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 600:
+        m, sec = divmod(s, 60)
+        return f"{m} min {sec} s" if sec else f"{m} min"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d} d {h} h" if h else f"{d} d"
+
+
+def human_ago(t: float | None, now: float) -> str:
+    """``just now``, ``40 s ago``, ``3 min ago``, ``2 h 5 min ago``; ``never`` for ``None``."""
+    if t is None:
+        return "never"
+    delta = now - float(t)
+    if delta < 0:
+        return f"in {human_duration(-delta)}"
+    if delta < 5:
+        return "just now"
+    return f"{human_duration(delta)} ago"
+
+
+def human_until(t: float | None, now: float) -> str:
+    """``in 9 min (12:10:03)`` for a future time, ``-`` for ``None`` or the past."""
+    if t is None or float(t) <= now:
+        return "-"
+    clock = _dt.datetime.fromtimestamp(float(t)).strftime("%H:%M:%S")
+    return f"in {human_duration(float(t) - now)} ({clock})"
+
+
+def _try_line(text: str | None) -> str | None:
+    """The ``try: ...`` line of a transport error message, if any."""
+    for ln in (text or "").splitlines():
+        if ln.strip().startswith("try:"):
+            return ln.strip()
+    return None
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = "  ") -> list[str]:
+    """Rows as left-aligned columns (two spaces apart); the header underlined with dashes."""
+    body = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+
+    def line(cells: Sequence[str]) -> str:
+        return (indent + "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells))).rstrip()
+
+    return [line(list(headers)), line(["-" * w for w in widths]), *(line(r) for r in body)]
+
+
+
+def _served(cat: CategoryStatus, by_name: dict[str, ClusterStatus]) -> str:
+    if cat.name is None:
+        return "- (no category: no pilot takes these)"
+    if cat.name == OTHER_CATEGORIES:
+        return "- (categories no cluster serves any more)"
+    if not cat.served_by:
+        return "- (no cluster)"
+    parts = []
+    for n in cat.served_by:
+        c = by_name.get(n)
+        parts.append(f"{n} (backed off)" if c is not None and c.backed_off else n)
+    return ", ".join(parts)
+
+
+def _reach(c: ClusterStatus) -> str:
+    if c.reachable is None:
+        return "not yet"
+    return "yes" if c.reachable else "NO"
+
+
+def format_status(report: StatusReport, now: float | None = None, width: int = 120) -> str:
+    """The report as text: a header, the clusters and categories tables and the "needs you" list.
+
+    Pure: the same report and ``now`` give the same text.
+    """
+    now = report.generated_at if now is None else now
+    out: list[str] = []
+    lp = report.launchpad
+    stamp = _dt.datetime.fromtimestamp(report.generated_at).strftime("%Y-%m-%d %H:%M:%S")
+    out.append(f"fireworks-pilot status at {stamp}: LaunchPad {lp.get('host') or '?'} database {lp.get('name')}")
+    if report.config_dir:
+        out.append(f"config: {report.config_dir}")
+    else:
+        out.append("config: none (clusters and categories come from the manager's records)")
+    m = report.manager
+    if m and m.get("last_cycle") is not None:
+        took = m.get("last_cycle_duration")
+        out.append(f"manager: last cycle {human_ago(m['last_cycle'], now)}"
+                   + (f" (took {took:.1f} s)" if took is not None else ""))
+    else:
+        out.append("manager: no cycle recorded in this database")
+    for w in report.warnings:
+        out.append(f"warning: {w}")
+
+    out += ["", "CLUSTERS"]
+    if report.clusters:
+        rec = human_duration(report.options.recent)
+        rows = []
+        err_width = max(20, width - 95)
+        for c in report.clusters:
+            p = c.pilots
+            rows.append([c.name + ("" if c.in_config or not report.config_dir else " (not in config)"),
+                         c.scheduler or "-", _reach(c), human_ago(c.last_contact, now), p.pending, p.running,
+                         p.ended_recently, human_until(c.backoff_until, now) if c.backed_off else "-",
+                         first_line(c.last_error, err_width) or "-"])
+        out += format_table(["cluster", "scheduler", "reachable", "last contact", "pending", "running",
+                             f"ended ({rec})", "backed off", "last error"], rows)
+    else:
+        out.append("  (no clusters: no config dir given and no pilot records yet)")
+
+    out += ["", "CATEGORIES"]
+    if report.categories:
+        by_name = {c.name: c for c in report.clusters}
+        rows = []
+        for cat in report.categories:
+            other = cat.total - sum(cat.count(s) for s in SHOWN_FW_STATES)
+            rows.append([cat.name if cat.name is not None else "(none)", *(cat.count(s) for s in SHOWN_FW_STATES),
+                         other, _served(cat, by_name)])
+        out += format_table(["category", *SHOWN_FW_STATES, "other", "served by"], rows)
+    else:
+        out.append("  (no Fireworks)")
+
+    out += ["", _needs_title(report)]
+    out += _needs_lines(report, now)
+    return "\n".join(out) + "\n"
+
+
+def _needs_title(report: StatusReport) -> str:
+    n = report.problem_count
+    return "NEEDS YOU: nothing" if n == 0 else f"NEEDS YOU ({n})"
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _needs_lines(r: StatusReport, now: float) -> list[str]:
+    out: list[str] = []
+    if r.manager_stale:
+        last = r.manager_stale.get("last_cycle")
+        when = f"last cycle {human_ago(last, now)}" if last is not None else "no cycle recorded"
+        out.append(f"* the manager is not cycling ({when}, more than {human_duration(r.manager_stale['limit'])} "
+                   "without one): see `pilot manager status`, start it with `pilot manager start`")
+    if r.fizzled_total:
+        shown = f" (the {len(r.fizzled)} latest)" if len(r.fizzled) < r.fizzled_total else ""
+        out.append(f"* {_plural(r.fizzled_total, 'FIZZLED Firework')}{shown}: read the error, fix the cause, "
+                   "then `lpad rerun_fws -i ID`")
+        for f in r.fizzled:
+            where = f" ({f.category})" if f.category else ""
+            out.append(f"    fw {f.fw_id} {f.name or ''}{where}: {f.error}")
+            if f.launch_dir:
+                out.append(f"      launch dir:   {f.launch_dir}" + (f" on {f.host}" if f.host else ""))
+            if f.pilot_output:
+                out.append(f"      pilot output: {f.pilot_output} (pilot {f.pilot} on {f.cluster})")
+            elif f.fworker:
+                out.append(f"      worker:       {f.fworker}")
+    for u in r.unserved:
+        name = u["category"]
+        if name is None:
+            out.append(f"* {_plural(u['ready'], 'READY Firework')} without spec._category: pilots only take "
+                       "Fireworks of their categories; give them a _category that a cluster serves")
+        else:
+            src = "" if r.config_dir else " (no config given: from the records, no pilot has served it)"
+            out.append(f"* category {name}: {_plural(u['ready'], 'READY Firework')} but no cluster serves it{src}: "
+                       f"add {name} to `categories:` in a cluster file")
+    for t in r.too_long:
+        ids = ", ".join(str(i) for i in t.fw_ids) + (" ..." if len(t.fw_ids) < t.count else "")
+        out.append(f"* category {t.category}: {_plural(t.count, 'READY Firework')} "
+                   f"need{'s' if t.count == 1 else ''} more than "
+                   f"{human_duration(t.usable or 0)} (spec._pilot.walltime up to {human_duration(t.longest)}), "
+                   f"the most a pilot of {', '.join(t.clusters)} gives (wall time minus walltime_margin): "
+                   f"no pilot will take them. Raise pilot.walltime, or split the work (fw {ids})")
+    for c in r.backed_off:
+        out.append(f"* cluster {c.name} is backed off {human_until(c.backoff_until, now)} after "
+                   f"{_plural(c.failures, 'failure')} in a row: {first_line(c.last_error)}")
+        hint = _try_line(c.last_error)
+        if hint:
+            out.append(f"    {hint}")
+        out.append(f"    check it with: pilot doctor {c.name}")
+    if r.pending_total:
+        shown = f" (the {len(r.pending_long)} oldest)" if len(r.pending_long) < r.pending_total else ""
+        out.append(f"* {_plural(r.pending_total, 'pilot')} waiting in the queue for more than "
+                   f"{human_duration(r.options.pending_warn)}{shown}:")
+        for p in r.pending_long:
+            out.append(f"    {p.cluster}: {p.job_name} (job {p.job_id or '?'}) {p.state} for "
+                       f"{human_duration(p.waiting)}, reason: {p.reason or 'none given'}")
+    if r.lost_runs:
+        out.append(f"* {_plural(len(r.lost_runs), 'Firework')} RUNNING under a pilot that has ended (the manager "
+                   "reruns these on its next cycle; if they stay, is the manager running?):")
+        for x in r.lost_runs:
+            out.append(f"    fw {x.fw_id} {x.name or ''}: pilot {x.pilot} on {x.cluster} ended {x.pilot_state} "
+                       f"{human_ago(x.pilot_end_time, now)}")
+    return out

@@ -1,0 +1,282 @@
+"""The ``pilot status`` report: its dataclasses, and the ``--json`` document (``docs/status.schema.json``).
+
+Times are epoch seconds in the dataclasses (what the records hold and what the text compares with "now");
+the JSON document gives them as ISO 8601 UTC text, the form ``pilot report --json`` uses
+(:func:`pilot.isotime.iso_utc`); durations stay seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pilot.isotime import iso_utc
+
+__all__ = [
+    "FW_STATES",
+    "OTHER_CATEGORIES",
+    "SCHEMA_VERSION",
+    "SHOWN_FW_STATES",
+    "CategoryStatus",
+    "ClusterStatus",
+    "FizzledFirework",
+    "LostRun",
+    "PendingPilot",
+    "PilotCounts",
+    "StatusOptions",
+    "StatusReport",
+    "TooLong",
+    "first_line",
+]
+
+#: Version of the ``--json`` document (``schema_version``); raised when a field changes meaning or goes away.
+#: 2: times are ISO 8601 UTC text (1: epoch seconds).
+SCHEMA_VERSION = 2
+#: Every Firework state FireWorks knows (fireworks.core.firework.Firework.STATE_RANKS).
+FW_STATES = ("ARCHIVED", "FIZZLED", "DEFUSED", "PAUSED", "WAITING", "READY", "RESERVED", "RUNNING", "COMPLETED")
+#: The columns of the categories table (the others are summed under "other").
+SHOWN_FW_STATES = ("READY", "WAITING", "RUNNING", "COMPLETED", "FIZZLED")
+#: The row for the Fireworks of categories beyond ``gather.MAX_DISCOVERED`` (or whose _category is not a string).
+OTHER_CATEGORIES = "(other categories)"
+
+
+def first_line(text: str | None, width: int | None = None) -> str:
+    """The first non-empty line of ``text`` (shortened to ``width`` with ``...``)."""
+    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
+    if width is not None and len(line) > width:
+        line = line[: max(0, width - 3)] + "..."
+    return line
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else iso_utc(t)
+
+
+def _with_iso(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``d`` with the epoch seconds under ``keys`` as ISO UTC text."""
+    for k in keys:
+        d[k] = _iso(d[k])
+    return d
+
+
+# ============================================================================ options and results
+@dataclass(frozen=True)
+class StatusOptions:
+    """What counts as a problem, and how much of each list to show.
+
+    Attributes
+    ----------
+    pending_warn : float
+        A pilot waiting in the queue longer than this (seconds) is listed under "needs you".
+    recent : float
+        Pilots that ended within this many seconds count as "ended recently".
+    limit : int
+        At most this many entries per "needs you" list (totals are always exact).
+    stale_after : float | None
+        The manager's last cycle is "too old" after this many seconds; ``None``: three poll intervals
+        from the config (at least 5 min), or 10 min without a config.
+    """
+
+    pending_warn: float = 1800.0
+    recent: float = 3600.0
+    limit: int = 20
+    stale_after: float | None = None
+
+
+@dataclass
+class PilotCounts:
+    """A cluster's pilots by phase."""
+
+    pending: int = 0
+    running: int = 0
+    ended_recently: int = 0
+    ended_recently_by_state: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterStatus:
+    """One cluster as the manager last saw it.
+
+    Attributes
+    ----------
+    name : str
+    in_config : bool
+        Whether the config directory defines it (False: known from the records only).
+    scheduler, address : str | None
+        From the config: ``slurm``, ``user@host:port`` (``local`` for this machine).
+    categories : list[str]
+        The categories it serves (config; else the categories of its pilot records).
+    usable_walltime : float | None
+        Seconds a pilot gives to work: wall time minus ``walltime_margin``.
+    reachable : bool | None
+        The manager's last verdict; ``None`` when it never needed to contact the cluster.
+    last_contact, last_error_time, backoff_until : float | None
+        Epoch seconds.
+    last_error : str | None
+        The manager's last error for this cluster (what failed, the command, what to try).
+    failures : int
+        Failures in a row.
+    backed_off : bool
+        The manager leaves the cluster alone until ``backoff_until``.
+    pilots : PilotCounts
+    """
+
+    name: str
+    in_config: bool = False
+    scheduler: str | None = None
+    address: str | None = None
+    categories: list[str] = field(default_factory=list)
+    usable_walltime: float | None = None
+    reachable: bool | None = None
+    last_contact: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    failures: int = 0
+    backoff_until: float | None = None
+    backed_off: bool = False
+    pilots: PilotCounts = field(default_factory=PilotCounts)
+
+
+@dataclass
+class CategoryStatus:
+    """The Fireworks of one ``spec._category`` (``name`` ``None``: Fireworks without one)."""
+
+    name: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+    served_by: list[str] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        return int(self.counts.get(state, 0))
+
+
+@dataclass
+class FizzledFirework:
+    """A FIZZLED Firework, with where to look.
+
+    Attributes
+    ----------
+    error : str
+        The last line of the stored stack trace (``_exception._stacktrace``), else ``_message``.
+    launch_dir : str | None
+        The launch's directory (on the cluster's file system).
+    pilot_output, pilot_error : str | None
+        The output/error files of the pilot job that ran it (``work_dir/pilot-<jobid>.out``/``.err``).
+    """
+
+    fw_id: int
+    name: str | None
+    category: str | None
+    error: str
+    launch_id: int | None = None
+    launch_dir: str | None = None
+    host: str | None = None
+    fworker: str | None = None
+    pilot: str | None = None
+    cluster: str | None = None
+    pilot_output: str | None = None
+    pilot_error: str | None = None
+    time: float | None = None
+
+
+@dataclass
+class PendingPilot:
+    """A pilot waiting in the queue for long, with the scheduler's reason."""
+
+    job_name: str
+    cluster: str
+    category: str | None
+    job_id: str | None
+    state: str
+    reason: str | None
+    submit_time: float | None
+    waiting: float
+
+
+@dataclass
+class LostRun:
+    """A Firework still RUNNING under a pilot that has ended."""
+
+    fw_id: int
+    name: str | None
+    launch_id: int
+    fworker: str
+    pilot: str
+    cluster: str
+    pilot_state: str
+    pilot_end_time: float | None
+
+
+@dataclass
+class TooLong:
+    """READY Fireworks of a category that need more wall time than any cluster serving it gives."""
+
+    category: str
+    count: int
+    longest: float
+    usable: float | None
+    clusters: list[str]
+    fw_ids: list[int]
+
+
+@dataclass
+class StatusReport:
+    """Everything ``pilot status`` shows (see ``docs/status-and-doctor.md``)."""
+
+    generated_at: float
+    launchpad: dict[str, Any]
+    config_dir: str | None
+    options: StatusOptions
+    manager: dict[str, Any] | None
+    manager_stale: dict[str, Any] | None
+    clusters: list[ClusterStatus]
+    categories: list[CategoryStatus]
+    fizzled_total: int
+    fizzled: list[FizzledFirework]
+    unserved: list[dict[str, Any]]
+    pending_total: int
+    pending_long: list[PendingPilot]
+    lost_runs: list[LostRun]
+    too_long: list[TooLong]
+    warnings: list[str] = field(default_factory=list)
+    queries: int = 0
+
+    @property
+    def backed_off(self) -> list[ClusterStatus]:
+        return [c for c in self.clusters if c.backed_off]
+
+    @property
+    def problem_count(self) -> int:
+        """How many entries the "needs you" section has (0: nothing to do)."""
+        return (self.fizzled_total + len(self.unserved) + self.pending_total + len(self.backed_off)
+                + len(self.lost_runs) + len(self.too_long) + (1 if self.manager_stale else 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document (schema: ``docs/status.schema.json``); times as ISO 8601 UTC text."""
+        manager = _with_iso(dict(self.manager), "last_cycle") if self.manager is not None else None
+        stale = _with_iso(dict(self.manager_stale), "last_cycle") if self.manager_stale is not None else None
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "generated_at": iso_utc(self.generated_at),
+            "launchpad": dict(self.launchpad),
+            "config_dir": self.config_dir,
+            "options": asdict(self.options),
+            "manager": manager,
+            "clusters": [_with_iso(asdict(c), "last_contact", "last_error_time", "backoff_until")
+                         for c in self.clusters],
+            "categories": [asdict(c) for c in self.categories],
+            "needs_you": {
+                "count": self.problem_count,
+                "fizzled": {"total": self.fizzled_total,
+                            "items": [_with_iso(asdict(f), "time") for f in self.fizzled]},
+                "unserved_categories": list(self.unserved),
+                "pending_long": {"total": self.pending_total,
+                                 "items": [_with_iso(asdict(p), "submit_time") for p in self.pending_long]},
+                "backed_off": [{"cluster": c.name, "until": _iso(c.backoff_until), "failures": c.failures,
+                                "error": c.last_error} for c in self.backed_off],
+                "running_under_ended_pilots": [_with_iso(asdict(x), "pilot_end_time") for x in self.lost_runs],
+                "too_long": [asdict(t) for t in self.too_long],
+                "manager_stale": stale,
+            },
+            "warnings": list(self.warnings),
+        }
