@@ -113,20 +113,7 @@ def check_config(config_dir: Path) -> tuple[CheckResult, Config | None, dict[str
 
 # ============================================================================ one cluster
 class ClusterDoctor(ConnectionChecks, EnvironmentChecks, LaunchpadChecks):
-    """Runs the checks of one cluster in order (see the module docstring).
-
-    Parameters
-    ----------
-    name : str
-        The cluster's name.
-    cluster : pilot.config.ClusterConfig
-    job_name_prefix : str
-        For the rendered test script.
-    transport : Transport | None
-        Default: :func:`pilot.transport.clusters.transport_for` (SSH, or local for ``scheduler: local``).
-    local_version : str | None
-        This machine's fireworks-pilot version, compared with the cluster's (default: ``pilot.__version__``).
-    """
+    """Runs the checks of one cluster in order (see the module docstring); parameters as :class:`DoctorBase`."""
 
     # the checks, in order: (id, title, method, ids it needs to have passed)
     def plan(self) -> list[tuple[str, str, Callable[[], CheckResult], tuple[str, ...]]]:

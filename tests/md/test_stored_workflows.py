@@ -168,22 +168,24 @@ def _check_chain(lp, wf_name: str, wf: Any, stored_ids: list[int]) -> dict[str, 
     return results
 
 
+def _restore_and_run(launchpad, tmp_path, monkeypatch, names, run_root, work_root) -> None:
+    """Restore the stored workflows ``names``, run them, and check each chain and the stored task names."""
+    stored = _restore(launchpad, {"/RUN_DIR": str(run_root), "/WORK_DIR": str(work_root)}, names)
+    before = {d["fw_id"]: _stored_names(d) for d in stored}
+    wfs = _run_stored(launchpad, tmp_path, monkeypatch, names)
+    for name, wf in wfs.items():
+        _check_chain(launchpad, name, wf, STORED_ORDER[name])
+    for doc in launchpad.fireworks.find({"fw_id": {"$in": list(before)}}):
+        assert _stored_names(doc) == before[doc["fw_id"]]
+
+
 def test_stored_openmm_workflows_load_and_complete(launchpad, openmm_inputs, tmp_path, monkeypatch):
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     run_root, work_root = tmp_path / "run", tmp_path / "work"
     for name in ("sim-openmm", "staged-openmm"):
         shutil.copytree(openmm_inputs, run_root / name)
-    names = ["sim-openmm", "staged-openmm"]
-    stored = _restore(launchpad, {"/RUN_DIR": str(run_root), "/WORK_DIR": str(work_root)}, names)
-    before = {d["fw_id"]: _stored_names(d) for d in stored}
-
-    wfs = _run_stored(launchpad, tmp_path, monkeypatch, names)
-
-    for name, wf in wfs.items():
-        _check_chain(launchpad, name, wf, STORED_ORDER[name])
-    for doc in launchpad.fireworks.find({"fw_id": {"$in": list(before)}}):
-        assert _stored_names(doc) == before[doc["fw_id"]]
+    _restore_and_run(launchpad, tmp_path, monkeypatch, ["sim-openmm", "staged-openmm"], run_root, work_root)
     for d in (run_root / "sim-openmm", work_root / "staged-openmm", run_root / "staged-openmm"):
         assert _state_step(d / "md_state.xml") == NSTEPS, d
         for f in ("md.chk", "md.dcd", "md.csv"):
@@ -200,16 +202,7 @@ def test_stored_gromacs_workflows_load_and_complete(launchpad, gromacs_inputs, t
     for name in ("sim-gromacs", "staged-gromacs"):
         (run_root / name).mkdir(parents=True)
         shutil.copy(gromacs_inputs / "md.tpr", run_root / name / "md.tpr")
-    names = ["sim-gromacs", "staged-gromacs"]
-    stored = _restore(launchpad, {"/RUN_DIR": str(run_root), "/WORK_DIR": str(work_root)}, names)
-    before = {d["fw_id"]: _stored_names(d) for d in stored}
-
-    wfs = _run_stored(launchpad, tmp_path, monkeypatch, names)
-
-    for name, wf in wfs.items():
-        _check_chain(launchpad, name, wf, STORED_ORDER[name])
-    for doc in launchpad.fireworks.find({"fw_id": {"$in": list(before)}}):
-        assert _stored_names(doc) == before[doc["fw_id"]]
+    _restore_and_run(launchpad, tmp_path, monkeypatch, ["sim-gromacs", "staged-gromacs"], run_root, work_root)
     for d in (run_root / "sim-gromacs", work_root / "staged-gromacs", run_root / "staged-gromacs"):
         assert _cpt_step(d / "md.cpt") == NSTEPS, d
         for f in ("md.xtc", "md.edr", "md.log"):
