@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from pilot import __version__
+from pilot.launchpad.files import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
 
 #: command name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {
@@ -65,7 +66,7 @@ def setup_logging(verbose: int) -> None:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fireworks-pilot")
 @click.option("--config-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=lambda: os.environ.get("PILOT_CONFIG_DIR", "~/.pilot"), show_default="~/.pilot",
+              default=lambda: os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR, show_default=DEFAULT_CONFIG_DIR,
               help="Configuration directory (pilot.yaml, clusters/*.yaml, my_launchpad.yaml). "
                    "Environment: PILOT_CONFIG_DIR.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")

@@ -24,14 +24,15 @@ from pilot.config import (
     load_config,
     load_pilot_config,
 )
+from pilot.launchpad.files import pilot_command
 
 EXAMPLE_PILOT_YAML = """\
 # fireworks-pilot: settings of the manager. Every field is optional; the values below are the defaults.
 # Reference: docs/configuration.md.  Check with: pilot config check
 
-# Where the manager finds the FireWorks LaunchPad (my_launchpad.yaml). A relative path is relative to
-# this directory.
-launchpad_file: ~/.pilot/my_launchpad.yaml
+# Where the commands of this directory find the FireWorks LaunchPad file. A relative path is relative to
+# this directory: my_launchpad.yaml is the file `pilot launchpad init` writes here.
+launchpad_file: my_launchpad.yaml
 
 # Seconds between two manager cycles (each cycle: one LaunchPad query, one queue query per cluster).
 poll_interval: 60
@@ -128,7 +129,8 @@ def init(app: Any, force: bool) -> None:
         path.write_text(text, encoding="utf-8")
         click.echo(f"wrote {path}")
     click.echo(f"next: edit {cdir / CLUSTERS_DIR / 'example.yaml'} (rename it to your cluster's name), "
-               "then run `pilot config check`")
+               f"run `{pilot_command(cdir, 'launchpad init')}` for the LaunchPad, "
+               f"then `{pilot_command(cdir, 'config check')}`")
 
 
 @click.group("config")
@@ -154,12 +156,14 @@ def _script_problems(cfg: Config) -> list[ConfigProblem]:
                 out.append(ConfigProblem(shown, "template", text.removeprefix(prefix)))
                 break
             if bash:
-                res = subprocess.run([bash, "-n"], check=False, input=script, capture_output=True, text=True, timeout=30)
+                res = subprocess.run([bash, "-n"], check=False, input=script, capture_output=True, text=True,
+                                     timeout=30)
                 if res.returncode != 0:
                     err = res.stderr.strip().splitlines()[-1:] or ["(no message)"]
                     out.append(ConfigProblem(shown, "template" if cl.template else "setup",
                                              f"the rendered job script is not valid bash: {err[0]}; "
-                                             "see it with `pilot render " + name + "` and fix the lines"))
+                                             f"see it with `{pilot_command(cfg.config_dir, 'render ' + name)}` and "
+                                             "fix the lines"))
                     break
     return out
 
@@ -170,6 +174,23 @@ def _job_name(category: str, prefix: str, fallback: str) -> str:
     except ImportError:
         return fallback
     return job_name(category, secrets.token_hex(3), prefix=prefix)
+
+
+def _launchpad_file_problems(config_dir: Path, cfg: Config) -> list[ConfigProblem]:
+    """The LaunchPad file the commands of ``config_dir`` use must exist (found as they find it)."""
+    from pilot.launchpad.files import LAUNCHPAD_FILE, find_launchpad_file, pilot_command
+
+    lpf = find_launchpad_file(config_dir, pilot=cfg.pilot, option=None)
+    if lpf.path.is_file():
+        return []
+    init = f"`{pilot_command(config_dir, 'launchpad init')}`"
+    own = config_dir / LAUNCHPAD_FILE
+    if lpf.path == own.absolute():
+        fix = (f"write it with {init} (embedded server) or {init} --uri mongodb://... (your MongoDB), "
+               "or point launchpad_file at yours")
+    else:
+        fix = f"correct launchpad_file, or remove it to use {own} (which {init} writes)"
+    return [ConfigProblem(str(config_dir / PILOT_FILE), "launchpad_file", f"file not found: {lpf.path}; {fix}")]
 
 
 @config.command("check")
@@ -188,12 +209,7 @@ def check(app: Any, as_json: bool, no_render: bool) -> None:
     except ConfigError as e:
         problems = e.problems
     if cfg is not None:
-        lp = cfg.pilot.launchpad_file
-        if not lp.is_file():
-            problems.append(ConfigProblem(str(app.config_dir / PILOT_FILE), "launchpad_file",
-                                          f"file not found: {lp}; write the LaunchPad file there "
-                                          "(`lpad init`, or `pilot launchpad` for the embedded server) or point "
-                                          "launchpad_file at yours"))
+        problems.extend(_launchpad_file_problems(app.config_dir, cfg))
         if not no_render:
             problems.extend(_script_problems(cfg))
     summary = (f"{_plural(len(cfg.clusters), 'cluster')}, {_plural(len(cfg.categories), 'category', 'categories')}"
@@ -252,8 +268,9 @@ def _cluster_file(config_dir: Path, name: str) -> Path:
     import difflib
     close = difflib.get_close_matches(name, known, n=1)
     did = f" (did you mean {close[0]!r}?)" if close else ""
+    none = f"none (run `{pilot_command(config_dir, 'init')}`)"
     raise click.ClickException(f"no cluster {name!r}{did}: {cdir / (name + '.yaml')} does not exist; "
-                               f"known clusters: {', '.join(known) or 'none (run `pilot init`)'}")
+                               f"known clusters: {', '.join(known) or none}")
 
 
 @click.command("render")

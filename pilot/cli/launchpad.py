@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
+from pilot.launchpad.files import TIMEOUT_S, pilot_command
 from pilot.launchpad.server import (
     DEFAULT_COMPACT_BYTES,
     DEFAULT_COMPACT_INTERVAL_S,
@@ -69,7 +71,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path | None, compa
               help="Database name (when the URI names none, or for the embedded server).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help=f"Port for a newly started embedded server (default {DEFAULT_PORT} if free, else any).")
-@click.option("--check-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--check-timeout", type=click.FloatRange(min=0.1), default=TIMEOUT_S, show_default=True,
               help="Seconds to wait for the database when checking the connection.")
 @click.pass_context
 def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check_timeout: float) -> None:
@@ -114,7 +116,7 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
                 click.echo(f"reusing the running embedded LaunchPad server: pid {server.pid}, "
                            f"{server.host}:{server.port}, data {data_dir}")
             click.echo("note: the embedded server is for one machine; for production use MongoDB "
-                       "(pilot launchpad init --uri mongodb://...)")
+                       f"({pilot_command(config_dir, 'launchpad init')} --uri mongodb://...)")
             lp = launchpad_dict(name, server.host, server.port)
         result = check_launchpad(lp, timeout_ms=int(check_timeout * 1000))
     except ControlError as exc:
@@ -128,6 +130,19 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
     if backup:
         click.echo(f"kept the previous file as {backup}")
     click.echo(f"wrote {target} (mode 600); use it with `lpad -l {target}` and `rlaunch -l {target}`")
+    _warn_if_not_read(config_dir, target)
+
+
+def _warn_if_not_read(config_dir: Path, written: Path) -> None:
+    """Say so when the commands of ``config_dir`` read another LaunchPad file than the one just written
+    (``pilot.yaml`` names another ``launchpad_file``, e.g. ``~/.pilot``'s, as ``pilot init`` once wrote)."""
+    from pilot.launchpad.files import find_launchpad_file
+
+    lpf = find_launchpad_file(config_dir, option=None)
+    if lpf.path != written.absolute():
+        click.echo(f"warning: {lpf.describe()} is {lpf.path}, so the commands of {config_dir} use that file, not "
+                   f"{written}: point launchpad_file at {written.name} (or remove that line) to use this one",
+                   err=True)
 
 
 @launchpad.command()
@@ -171,11 +186,15 @@ def status(ctx: click.Context, data_dir: Path | None) -> None:
         ctx.exit(3)
         return
     click.echo(f"running: pid {server.pid}, {server.host}:{server.port}, data {data_dir}")
-    client = pymongo.MongoClient(server.host, server.port, serverSelectionTimeoutMS=5000)
+    from pilot.launchpad.files import short_reason
+
+    wait_ms = int(TIMEOUT_S * 1000)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        server.host, server.port, serverSelectionTimeoutMS=wait_ms, connectTimeoutMS=wait_ms)
     try:
         st = client.admin.command("pilotStats")
     except pymongo.errors.PyMongoError as exc:
-        click.echo(f"error: the server does not answer: {exc}", err=True)
+        click.echo(f"error: the server does not answer within {TIMEOUT_S:g} s: {short_reason(str(exc))}", err=True)
         ctx.exit(1)
         return
     finally:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,24 +23,30 @@ from pilot.manager.daemon import (
     release_lock,
 )
 
+if TYPE_CHECKING:
+    from pilot.config import Config
+    from pilot.launchpad.files import LaunchPadFile
+
 log = logging.getLogger("pilot.manager")
 
 
-def _load(ctx_obj: Any) -> tuple[Any, Any]:
-    from fireworks import LaunchPad
+def _load(ctx_obj: Any, interactive: bool = True) -> tuple[Config, Any, LaunchPadFile]:
+    """The config dir's configuration, its LaunchPad and the LaunchPad file (read by :mod:`pilot.launchpad.files`).
 
+    ``interactive`` False (the daemon): the database gets the driver's own wait, not the 5 s of a prompt.
+    """
     from pilot.config import ConfigError, load_config
+    from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad
 
     try:
         config = load_config(ctx_obj.config_dir)
     except ConfigError as e:
         raise click.ClickException(f"the configuration has problems:\n{e}") from None
-    lp_file = Path(os.path.expanduser(str(config.pilot.launchpad_file)))
-    if not lp_file.exists():
-        raise click.ClickException(
-            f"{ctx_obj.config_dir / 'pilot.yaml'}: launchpad_file: {lp_file} does not exist; "
-            "create it with `pilot launchpad init` or point launchpad_file at your my_launchpad.yaml")
-    return config, LaunchPad.from_file(str(lp_file))
+    try:
+        lpf = find_launchpad_file(ctx_obj.config_dir, pilot=config.pilot, option=None)
+        return config, open_launchpad(lpf, interactive=interactive), lpf
+    except LaunchPadUnavailable as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _file_logging(log_dir: Path) -> None:
@@ -71,7 +77,7 @@ def run_cmd(obj: Any, once: bool, dry_run: bool, as_json: bool) -> None:
     """Run the manager in the foreground (SIGTERM finishes the current cycle, then exits)."""
     from pilot.manager.cycle import Manager
 
-    config, lp = _load(obj)
+    config, lp, _ = _load(obj, interactive=False)
     try:
         lock = None if dry_run else acquire_lock(obj.config_dir)
     except ManagerRunningError as e:
@@ -162,6 +168,23 @@ def stop_cmd(obj: Any, timeout: float) -> None:
     raise click.ClickException(f"the manager (pid {pid}) is still finishing its cycle after {timeout:.0f} s")
 
 
+def _heartbeat(obj: Any) -> dict[str, Any]:
+    """The manager's last cycle as it recorded it in the LaunchPad (click.ClickException: no LaunchPad)."""
+    import pymongo.errors
+
+    from pilot.launchpad.files import database_error
+
+    _, lp, lpf = _load(obj)
+    try:
+        hb = lp.db["pilot_manager"].find_one({"_id": "manager"}) or {}
+    except pymongo.errors.PyMongoError as e:
+        raise click.ClickException(str(database_error(e, lp, lpf))) from None
+    finally:
+        lp.connection.close()
+    return {"last_cycle": hb.get("last_cycle"), "last_cycle_duration": hb.get("last_cycle_duration"),
+            "errors": hb.get("errors") or {}}
+
+
 @manager.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
@@ -172,16 +195,13 @@ def status_cmd(obj: Any, as_json: bool) -> None:
     running = bool(pid and is_our_manager(pid))
     info: dict[str, Any] = {"running": running, "pid": pid if running else None}
     try:
-        _, lp = _load(obj)
-        hb = lp.db["pilot_manager"].find_one({"_id": "manager"}) or {}
-        info.update({"last_cycle": hb.get("last_cycle"), "last_cycle_duration": hb.get("last_cycle_duration"),
-                     "errors": hb.get("errors") or {}})
+        info.update(_heartbeat(obj))
     except click.ClickException as e:
         info["error"] = e.message
     if as_json:
         click.echo(json.dumps(info, default=str))
         return
-    click.echo(f"manager: {'running (pid %d)' % pid if running else 'not running'}")
+    click.echo(f"manager: {f'running (pid {pid})' if running else 'not running'}")
     if info.get("last_cycle"):
         ago = time.time() - float(info["last_cycle"])
         click.echo(f"last cycle: {ago:.0f} s ago, took {info['last_cycle_duration']:.1f} s")

@@ -6,13 +6,13 @@ Thin: parses options, calls :func:`tasks.workflow.make_md_workflow`, adds the wo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-LAUNCHPAD_FILE = "my_launchpad.yaml"
+if TYPE_CHECKING:
+    from pilot.launchpad.files import LaunchPadFile
 
 
 def _key_values(pairs: tuple[str, ...], option: str, parse: bool) -> dict[str, Any]:
@@ -34,20 +34,18 @@ def _key_values(pairs: tuple[str, ...], option: str, parse: bool) -> dict[str, A
     return out
 
 
-def _launchpad(obj: Any, launchpad_file: Path | None) -> Any:
-    from fireworks import LaunchPad
+def _launchpad(obj: Any, launchpad_file: Path | None) -> tuple[Any, LaunchPadFile]:
+    """The LaunchPad of ``-l``, else of the config dir (``launchpad_file`` of pilot.yaml, else my_launchpad.yaml),
+    pinged: a database that is not there is reported before anything is added, within the timeout."""
+    from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad, ping
 
-    path = launchpad_file or Path(obj.config_dir) / LAUNCHPAD_FILE
-    path = Path(os.path.expanduser(str(path)))
-    if not path.is_file():
-        raise click.ClickException(f"LaunchPad file {path} not found: run `pilot launchpad init` (embedded server) "
-                                   "or `pilot launchpad init --uri mongodb://...`, or give -l FILE")
     try:
-        return LaunchPad.from_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - FireWorks raises many types here; all mean "bad file"
-        raise click.ClickException(f"LaunchPad file {path}: cannot use it ({type(exc).__name__}: {exc}); it must be "
-                                   "a FireWorks launchpad YAML (host, port, name) as written by "
-                                   "`pilot launchpad init`") from None
+        lpf = find_launchpad_file(Path(obj.config_dir), launchpad_file)
+        lp = open_launchpad(lpf)
+        ping(lp, lpf)
+    except LaunchPadUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    return lp, lpf
 
 
 def _check_inputs(run_dir: Path, engine: str, deffnm: str, params: dict[str, Any], staged: bool) -> None:
@@ -96,7 +94,8 @@ def md() -> None:
 @click.option("--known-hosts", default=None, help="known_hosts file for --host (default ~/.ssh/known_hosts).")
 @click.option("--priority", type=int, default=None, help="FireWorks _priority of the run's Fireworks.")
 @click.option("-l", "--launchpad-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="FireWorks LaunchPad file (default: CONFIG_DIR/my_launchpad.yaml).")
+              help="FireWorks LaunchPad file (default: launchpad_file of pilot.yaml, else "
+                   "CONFIG_DIR/my_launchpad.yaml).")
 @click.option("--dry-run", is_flag=True, help="Print the first segment's Fireworks as JSON; add nothing.")
 @click.pass_obj
 def add(obj: Any, run_dir: Path, engine: str, md_category: str, local_category: str, segment_hours: float,
@@ -140,15 +139,20 @@ def add(obj: Any, run_dir: Path, engine: str, md_category: str, local_category: 
     if dry_run:
         click.echo(json.dumps(wf.to_dict(), indent=2, default=str))
         return
-    lp = _launchpad(obj, launchpad_file)
+    import pymongo.errors
+
+    from pilot.launchpad.files import database_error
+
+    lp, lpf = _launchpad(obj, launchpad_file)
     old_ids = [(fw.fw_id, fw) for fw in wf.fws]  # add_wf renumbers the Fireworks in place
     root_old = wf.root_fw_ids[0]
     try:
         id_map = lp.add_wf(wf)
-    except Exception as exc:  # noqa: BLE001 - pymongo/FireWorks errors: report where and what
+    except pymongo.errors.PyMongoError as exc:
+        raise click.ClickException(f"cannot add the workflow: {database_error(exc, lp, lpf)}") from None
+    except Exception as exc:  # noqa: BLE001 - FireWorks raises many types: report where and what
         raise click.ClickException(f"cannot add the workflow to the LaunchPad at {lp.host}:{lp.port} "
-                                   f"(database {lp.name}): {type(exc).__name__}: {exc}. Is the server running? "
-                                   "(`pilot launchpad status`)") from None
+                                   f"(database {lp.name}): {type(exc).__name__}: {exc}") from None
     click.echo(f"added workflow {wf.name!r} ({engine}, segments of {segment_hours:g} h): workflow id "
                f"{id_map[root_old]}")
     for old, fw in sorted(old_ids, key=lambda item: id_map[item[0]]):
@@ -159,16 +163,23 @@ def add(obj: Any, run_dir: Path, engine: str, md_category: str, local_category: 
 @md.command("show")
 @click.argument("fw_id", type=int)
 @click.option("-l", "--launchpad-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="FireWorks LaunchPad file (default: CONFIG_DIR/my_launchpad.yaml).")
+              help="FireWorks LaunchPad file (default: launchpad_file of pilot.yaml, else "
+                   "CONFIG_DIR/my_launchpad.yaml).")
 @click.option("--json", "as_json", is_flag=True, help="Print the segments as JSON.")
 @click.pass_obj
 def show(obj: Any, fw_id: int, launchpad_file: Path | None, as_json: bool) -> None:
     """One line per segment of the MD workflow holding FW_ID: state, steps, ns/day, wall time, why it stopped."""
-    lp = _launchpad(obj, launchpad_file)
+    import pymongo.errors
+
+    from pilot.launchpad.files import database_error
+
+    lp, lpf = _launchpad(obj, launchpad_file)
     try:
         wf = lp.get_wf_by_fw_id(fw_id)
     except ValueError:
         raise click.ClickException(f"no Firework with id {fw_id} in {lp.name}") from None
+    except pymongo.errors.PyMongoError as exc:
+        raise click.ClickException(str(database_error(exc, lp, lpf))) from None
     rows = []
     for fw in wf.fws:
         task = fw.tasks[0] if fw.tasks else None

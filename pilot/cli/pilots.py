@@ -12,7 +12,7 @@ def _manager(obj: Any, cluster: str) -> tuple[Any, Any]:
     from pilot.cli.manager import _load
     from pilot.manager.cycle import Manager
 
-    config, lp = _load(obj)
+    config, lp, _ = _load(obj)
     if cluster not in config.clusters:
         known = ", ".join(sorted(config.clusters)) or "none"
         raise click.ClickException(f"no cluster named {cluster!r} in {obj.config_dir / 'clusters'} (known: {known})")

@@ -1,87 +1,62 @@
-"""``pilot report`` and ``pilot demo``: the click commands (the work is in pilot.report and pilot.demo)."""
+"""``pilot report``: the click command (the work is in :mod:`pilot.report`)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from pilot.launchpad.files import pilot_command
 
-def open_launchpad(config_dir: Path, launchpad_file: Path | None = None) -> tuple[Any, Any | None, list[str]]:
-    """The LaunchPad of a config dir, its config (or None), and notes on what could not be used.
+if TYPE_CHECKING:
+    from pilot.config import Config
+    from pilot.launchpad.files import LaunchPadFile
 
-    The LaunchPad file is ``--launchpad-file``, else ``launchpad_file`` of ``pilot.yaml``, else
-    ``CONFIG_DIR/my_launchpad.yaml``. The config is optional: without it the report has no cores per pilot.
+
+def _optional_config(config_dir: Path) -> tuple[Config | None, list[str]]:
+    """The config of ``config_dir`` if it loads (the report needs it only for cores per pilot), and notes."""
+    from pilot.config import PILOT_FILE, ConfigError, load_config
+
+    if not (config_dir.is_dir() and ((config_dir / PILOT_FILE).exists() or (config_dir / "clusters").is_dir())):
+        return None, [f"no config in {config_dir}"]
+    try:
+        return load_config(config_dir), []
+    except ConfigError as e:
+        first = e.problems[0] if e.problems else None
+        more = f" and {len(e.problems) - 1} more" if len(e.problems) > 1 else ""
+        return None, [f"the config in {config_dir} is not usable ({first}{more}); "
+                      f"run `{pilot_command(config_dir, 'config check')}`"]
+
+
+def _report_sources(config_dir: Path, launchpad_file: Path | None = None
+                    ) -> tuple[Any, LaunchPadFile, Config | None, list[str]]:
+    """The LaunchPad of a config dir (pinged), its file, its config (or None), and notes on what could not be used.
+
+    The LaunchPad file is found by :func:`pilot.launchpad.files.find_launchpad_file` (``--launchpad-file``, else
+    ``launchpad_file`` of ``pilot.yaml``, else ``CONFIG_DIR/my_launchpad.yaml``). The config is optional:
+    without it the report has no cores per pilot.
 
     Raises
     ------
     click.ClickException
-        No LaunchPad file, or it cannot be read.
+        No LaunchPad file, it cannot be read, or the database does not answer within the timeout.
     """
-    from fireworks import LaunchPad
+    from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad, ping
 
-    from pilot.config import PILOT_FILE, ConfigError, load_config, load_pilot_config
-
-    notes: list[str] = []
-    config = None
-    lp_file: Path | None = launchpad_file
-    if config_dir.is_dir() and ((config_dir / PILOT_FILE).exists() or (config_dir / "clusters").is_dir()):
-        try:
-            config = load_config(config_dir)
-        except ConfigError as e:
-            first = e.problems[0] if e.problems else None
-            notes.append(
-                f"the config in {config_dir} is not usable ({first}"
-                f"{f' and {len(e.problems) - 1} more' if len(e.problems) > 1 else ''}); "
-                "run `pilot config check`"
-            )
-    else:
-        notes.append(f"no config in {config_dir}")
-    if lp_file is None:
-        if config is not None:
-            lp_file = Path(config.pilot.launchpad_file)
-        elif (config_dir / PILOT_FILE).exists():
-            try:
-                lp_file = Path(load_pilot_config(config_dir / PILOT_FILE).launchpad_file)
-            except ConfigError:
-                lp_file = None
-        if lp_file is None:
-            lp_file = config_dir / "my_launchpad.yaml"
-    lp_file = Path(os.path.expanduser(str(lp_file)))
-    if not lp_file.is_file():
-        raise click.ClickException(
-            f"no LaunchPad file at {lp_file}: pass --launchpad-file, point launchpad_file in "
-            f"{config_dir / PILOT_FILE} at your my_launchpad.yaml, or create one with `pilot launchpad init`"
-        )
+    config, notes = _optional_config(config_dir)
     try:
-        import yaml
-
-        data = yaml.safe_load(lp_file.read_text()) or {}
-        if not isinstance(data, dict):
-            raise click.ClickException(
-                f"the LaunchPad file {lp_file} is not a YAML mapping of LaunchPad "
-                "settings (host, port, name, ...); write it with `pilot launchpad init`"
-            )
-        data.update(strm_lvl="ERROR", logdir=None)
-        kw = dict(data.get("mongoclient_kwargs") or {})
-        kw.setdefault("serverSelectionTimeoutMS", 5000)
-        data["mongoclient_kwargs"] = kw
-        lp = LaunchPad.from_dict(data)
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
-        raise click.ClickException(f"cannot read the LaunchPad file {lp_file}: {e}") from None
-    return lp, config, notes
-
-
-def _db_error(lp_file_hint: str, exc: Exception) -> click.ClickException:
-    return click.ClickException(
-        f"cannot read the LaunchPad database ({lp_file_hint}): {type(exc).__name__}: "
-        f"{str(exc).split(' (configured timeouts')[0][:300]}. "
-        "Is the database running? For the embedded server: `pilot launchpad status`, "
-        "`pilot launchpad init` starts it."
-    )
+        lpf = find_launchpad_file(config_dir, launchpad_file, pilot=config.pilot if config else None)
+        lp = open_launchpad(lpf, quiet=True)
+        try:
+            ping(lp, lpf)
+        except LaunchPadUnavailable:
+            lp.connection.close()
+            raise
+    except LaunchPadUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    return lp, lpf, config, notes
 
 
 @click.command("report")
@@ -138,6 +113,7 @@ def report_cmd(
 
     import pymongo.errors
 
+    from pilot.launchpad.files import database_error
     from pilot.report import format_report, gather_report, parse_when, plot_report
 
     now = time.time()
@@ -148,13 +124,13 @@ def report_cmd(
         raise click.BadParameter(str(e)) from None
     if plot is not None and not plot.parent.is_dir():
         raise click.BadParameter(f"folder {plot.parent} does not exist", param_hint="--plot")
-    lp, config, notes = open_launchpad(Path(obj.config_dir), launchpad_file)
+    lp, lpf, config, notes = _report_sources(Path(obj.config_dir), launchpad_file)
     try:
         rep = gather_report(lp.db, config, since=t_since, until=t_until, now=now, notes=notes)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--since/--until") from None
     except pymongo.errors.PyMongoError as e:
-        raise _db_error(f"{lp.host}:{lp.port}/{lp.name}", e) from None
+        raise click.ClickException(str(database_error(e, lp, lpf))) from None
     finally:
         lp.connection.close()
     if plot is not None:

@@ -6,67 +6,57 @@ See ``docs/status-and-doctor.md``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from pilot.launchpad.files import pilot_command
 
-def _status_sources(app: Any, launchpad_file: Path | None) -> tuple[Any | None, Path, list[str]]:
-    """(config or None, the launchpad file, warnings): the config dir is optional for status."""
-    from pilot.config import PILOT_FILE, ConfigError, load_config, load_pilot_config
-
-    warnings: list[str] = []
-    config = None
-    lp_from_config: Path | None = None
-    cdir = Path(app.config_dir)
-    if cdir.is_dir():
-        try:
-            config = load_config(cdir)
-            lp_from_config = Path(os.path.expanduser(str(config.pilot.launchpad_file)))
-        except ConfigError as e:
-            warnings.append(f"the config in {cdir} has problems ({len(e.problems)}; see `pilot config check`): "
-                            "clusters and categories come from the records")
-            try:
-                lp_from_config = Path(os.path.expanduser(str(load_pilot_config(cdir / PILOT_FILE).launchpad_file)))
-            except ConfigError:
-                lp_from_config = None
-    lp = Path(os.path.expanduser(str(launchpad_file))) if launchpad_file else lp_from_config
-    if lp is None:
-        raise click.ClickException(
-            f"no launchpad file: {cdir} is not a config directory; pass --launchpad-file my_launchpad.yaml "
-            "(status needs only that file), or --config-dir")
-    if not lp.is_file():
-        where = "--launchpad-file" if launchpad_file else f"{cdir / PILOT_FILE}: launchpad_file"
-        raise click.ClickException(f"{where}: {lp} does not exist; pass the my_launchpad.yaml of your LaunchPad")
-    return config, lp, warnings
+if TYPE_CHECKING:
+    from pilot.config import Config
+    from pilot.launchpad.files import LaunchPadFile
 
 
-def _open_launchpad(lp_file: Path) -> Any:
-    import yaml
-    from fireworks import LaunchPad
+def _status_config(cdir: Path) -> tuple[Config | None, list[str]]:
+    """(config or None, warnings): the config dir is optional for status."""
+    from pilot.config import ConfigError, load_config
 
+    if not cdir.is_dir():
+        return None, []
     try:
-        lp = LaunchPad.from_file(str(lp_file))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
-        # FireWorks passes on whatever its YAML/JSON reader raises; a file without "host" is a KeyError
-        raise click.ClickException(f"cannot read the launchpad file {lp_file}: {type(e).__name__}: {e}") from None
-    d = lp.to_dict()
-    kw = dict(d.get("mongoclient_kwargs") or {})
-    kw.setdefault("serverSelectionTimeoutMS", 10000)
-    d["mongoclient_kwargs"] = kw
-    d["strm_lvl"] = "ERROR"
-    return LaunchPad.from_dict(d)
+        return load_config(cdir), []
+    except ConfigError as e:
+        return None, [f"the config in {cdir} has problems ({len(e.problems)}; see "
+                      f"`{pilot_command(cdir, 'config check')}`): clusters and categories come from the records"]
+
+
+def _status_sources(app: Any, launchpad_file: Path | None) -> tuple[Config | None, Any, LaunchPadFile, list[str]]:
+    """(config or None, the LaunchPad, its file, warnings), by the one reader of LaunchPad files.
+
+    Raises
+    ------
+    click.ClickException
+        No usable LaunchPad file (the message says which file and the command that writes one).
+    """
+    from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad
+
+    cdir = Path(app.config_dir)
+    config, warnings = _status_config(cdir)
+    try:
+        lpf = find_launchpad_file(cdir, launchpad_file, pilot=config.pilot if config else None)
+        return config, open_launchpad(lpf, quiet=True), lpf, warnings
+    except LaunchPadUnavailable as e:
+        raise click.ClickException(str(e)) from None
 
 
 @click.command("status")
 @click.option("--launchpad-file", "-l", type=click.Path(dir_okay=False, path_type=Path),
-              help="The LaunchPad file (default: launchpad_file of the config dir's pilot.yaml). With it, no "
-                   "config dir is needed.")
+              help="The LaunchPad file (default: launchpad_file of the config dir's pilot.yaml, else "
+                   "CONFIG_DIR/my_launchpad.yaml). With it, no config dir is needed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (docs/status.schema.json).")
 @click.option("--watch", type=float, is_flag=False, flag_value=10.0, default=None, metavar="[SECONDS]",
               help="Redraw every SECONDS (default 10) until Ctrl-C. With --json: one JSON document per line.")
@@ -82,10 +72,10 @@ def status(app: Any, launchpad_file: Path | None, as_json: bool, watch: float | 
     """Clusters, categories and what needs you, from the LaunchPad database (no SSH)."""
     from pymongo.errors import PyMongoError
 
+    from pilot.launchpad.files import database_error
     from pilot.status import StatusOptions, describe_launchpad, format_status, gather_status
 
-    config, lp_file, warnings = _status_sources(app, launchpad_file)
-    lp = _open_launchpad(lp_file)
+    config, lp, lpf, warnings = _status_sources(app, launchpad_file)
     opts = StatusOptions(pending_warn=pending_warn * 60, recent=recent * 60, limit=limit)
     info = describe_launchpad(lp)
 
@@ -93,9 +83,7 @@ def status(app: Any, launchpad_file: Path | None, as_json: bool, watch: float | 
         try:
             report = gather_status(lp.db, config, options=opts, launchpad_info=info, warnings=warnings)
         except PyMongoError as e:
-            msg = (f"cannot read the LaunchPad database {info.get('host')} ({info.get('name')}): "
-                   f"{type(e).__name__}: {str(e).splitlines()[0][:300]}; is the database running and reachable "
-                   f"from here? (launchpad file: {lp_file})")
+            msg = str(database_error(e, lp, lpf))
             if watch is None:
                 raise click.ClickException(msg) from None
             return json.dumps({"error": msg}) if as_json else f"error: {msg}\n"

@@ -21,10 +21,13 @@ from typing import Any
 import psutil
 import yaml
 
+from pilot.launchpad.files import LAUNCHPAD_FILE, TIMEOUT_S, redact_uri
 from pilot.launchpad.server import DEFAULT_PORT, INFO_FILE, LOCK_FILE, PID_FILE, read_server_info
 
-#: Name of the FireWorks LaunchPad file written into the config dir.
-LAUNCHPAD_FILE = "my_launchpad.yaml"
+__all__ = ["LAUNCHPAD_FILE", "SERVER_DIR", "SERVER_LOG", "CheckResult", "ControlError", "RunningServer", "ServerState",
+           "check_launchpad", "find_running", "is_our_server", "launchpad_dict", "redact_uri", "server_state",
+           "start_background", "stop_server", "write_private_yaml"]
+
 #: Data dir of the background server, relative to the config dir.
 SERVER_DIR = "lpserver"
 SERVER_LOG = "server.log"
@@ -177,16 +180,6 @@ def stop_server(data_dir: Path, timeout: float = 60.0) -> int:
                        "loses no acknowledged write (the journal has them)")
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return uri
-    creds, _, tail = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}"
-
-
 def write_private_yaml(path: Path, data: dict[str, Any]) -> Path | None:
     """Write ``data`` as YAML with mode 600 (atomically); returns the backup path if an older, different file
     was kept as ``<name>.bak``."""
@@ -224,7 +217,7 @@ class CheckResult:
     initialized: bool
 
 
-def check_launchpad(lp_dict: dict[str, Any], timeout_ms: int = 10000) -> CheckResult:
+def check_launchpad(lp_dict: dict[str, Any], timeout_ms: int = int(TIMEOUT_S * 1000)) -> CheckResult:
     """Ping the database and make one LaunchPad call; initialize (``lpad reset``) a database with no collections.
 
     Raises

@@ -76,7 +76,8 @@ def test_add_refuses_missing_inputs_and_options(launchpad, lp_file, tmp_path):
     assert code != 0 and "system.xml, integrator.xml, start.pdb" in out
     (run / "md.tpr").write_bytes(b"x")
     code, out = invoke("md", "add", str(run), "--engine", "gromacs", config_dir=tmp_path / "nocfg")
-    assert code != 0 and "my_launchpad.yaml not found" in out and "pilot launchpad init" in out
+    assert code != 0 and f"no LaunchPad file at {tmp_path / 'nocfg' / 'my_launchpad.yaml'}" in out
+    assert f"pilot --config-dir {tmp_path / 'nocfg'} launchpad init" in out
     code, out = invoke("md", "add", str(run), "--engine", "gromacs", "-p", "nonsense", config_dir=tmp_path)
     assert code != 0 and "KEY=VALUE" in out
     assert launchpad.get_fw_ids() == []
