@@ -11,8 +11,8 @@ each on its own fresh database holding N READY one-Firework workflows whose only
 With ``repeat`` > 1 the two alternate (ours first, then rlaunch first, ...) and the median run of each is
 reported, with the range. Reported: wall time from process start to exit and Fireworks per second (N / wall),
 the steady rate from the launches themselves ((N - 1) / (last launch start - first launch start), without
-interpreter start-up), the database commands per Firework (served by the embedded server, ``pilotStats``), and peak RSS of the process
-and of its children (the worker forks one child per Firework).
+interpreter start-up), the database commands per Firework (served by the embedded server, ``pilotStats``),
+and peak RSS of the process and of its children (the worker forks one child per Firework).
 """
 
 from __future__ import annotations

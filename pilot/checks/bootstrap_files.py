@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from pilot.checks.bootstrap_context import BootstrapContext, BootstrapError
+from pilot.configdir import pilot_command
 
 __all__ = [
     "BOOTSTRAP_MARK",
@@ -174,8 +175,9 @@ def step_launchpad(ctx: BootstrapContext) -> str:
     target = ctx.opts.launchpad_path or ctx.cluster.launchpad_file
     with ctx.rep.step(f"writing the launchpad file {target} on the cluster (mode 600)") as ev:
         if not local.is_file():
+            init = pilot_command(ctx.config.config_dir, "launchpad init")
             raise BootstrapError(f"{Path(ctx.config.config_dir) / 'pilot.yaml'}: launchpad_file: {local} does "
-                                 "not exist; create it (`pilot launchpad init`) or point launchpad_file at your "
+                                 f"not exist; create it (`{init}`) or point launchpad_file at your "
                                  "my_launchpad.yaml")
         data = local.read_bytes()
         if ctx.opts.db_host:

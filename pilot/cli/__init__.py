@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from pilot import __version__
-from pilot.launchpad.files import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
+from pilot.configdir import CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR
 
 #: command name -> "module:attribute" of a click command or group.
 COMMANDS: dict[str, str] = {

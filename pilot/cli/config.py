@@ -37,8 +37,8 @@ launchpad_file: my_launchpad.yaml
 # Seconds between two manager cycles (each cycle: one LaunchPad query, one queue query per cluster).
 poll_interval: 60
 
-# The manager's log files.
-log_dir: ~/.pilot/logs
+# The manager's log files (relative: inside this directory).
+log_dir: logs
 
 # A cluster whose commands fail (SSH down, scheduler error) is left alone for `initial` seconds, then
 # twice as long after every further failure, up to `max`.

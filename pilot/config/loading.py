@@ -23,6 +23,7 @@ from pilot.config.messages import error_message, model_at
 from pilot.config.models_cluster import ClusterConfig
 from pilot.config.models_pilot import PilotConfig
 from pilot.config.units import validate_name
+from pilot.configdir import pilot_command
 
 __all__ = ["CLUSTERS_DIR", "PILOT_FILE", "Config", "current_user", "load_cluster", "load_config",
            "load_pilot_config"]
@@ -57,12 +58,18 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+def _config_dir_of(path: Path) -> Path:
+    """The config dir a file belongs to: ``D`` for ``D/pilot.yaml`` and ``D/clusters/NAME.yaml``."""
+    return path.parent.parent if path.parent.name == CLUSTERS_DIR else path.parent
+
+
 def _read_yaml(path: Path, shown: str) -> tuple[Any, yaml.Node | None, list[ConfigProblem]]:
     """Parse one YAML file; returns (data, node tree for line numbers, problems)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return None, None, [ConfigProblem(shown, "(file)", "file not found; run `pilot init` to write an "
+        return None, None, [ConfigProblem(shown, "(file)", "file not found; run "
+                                          f"`{pilot_command(_config_dir_of(path), 'init')}` to write an "
                                           "example, or pass the right --config-dir")]
     except (OSError, UnicodeDecodeError) as e:
         return None, None, [ConfigProblem(shown, "(file)", f"cannot read the file ({e}); check its "
@@ -165,8 +172,9 @@ def _validate_file(path: Path, model: type[BaseModel], base_dir: Path,
         return None, problems
     if data is None:
         if not allow_empty:
+            init = pilot_command(_config_dir_of(path), "init")
             return None, problems + [ConfigProblem(shown, "(file)", "the file is empty; write the cluster "
-                                                   "settings (`pilot init` writes a commented example)")]
+                                                   f"settings (`{init}` writes a commented example)")]
         data = {}
     if not isinstance(data, dict):
         return None, problems + [ConfigProblem(shown, "(file)", f"expected a mapping of settings (key: value "
@@ -292,7 +300,7 @@ def load_config(config_dir: Path | str) -> Config:
     problems: list[ConfigProblem] = []
     if not config_dir.is_dir():
         raise ConfigError([ConfigProblem(str(config_dir), "(dir)", "configuration directory not found; run "
-                                         f"`pilot --config-dir {config_dir} init` to create it, or pass "
+                                         f"`{pilot_command(config_dir, 'init')}` to create it, or pass "
                                          "--config-dir / set PILOT_CONFIG_DIR to an existing one")])
     pilot_path = config_dir / PILOT_FILE
     pilot_obj, more = _validate_file(pilot_path, PilotConfig, config_dir, allow_empty=True)
@@ -303,7 +311,8 @@ def load_config(config_dir: Path | str) -> Config:
     files = sorted([*cdir.glob("*.yaml"), *cdir.glob("*.yml")]) if cdir.is_dir() else []
     if not files:
         problems.append(ConfigProblem(str(cdir), "(dir)", "no cluster files: add one clusters/NAME.yaml per "
-                                      "cluster (`pilot init` writes clusters/example.yaml)"))
+                                      f"cluster (`{pilot_command(config_dir, 'init')}` writes "
+                                      "clusters/example.yaml)"))
     stems: dict[str, Path] = {}
     for path in files:
         if path.stem in stems:

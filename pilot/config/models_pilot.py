@@ -37,15 +37,17 @@ class PilotConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    launchpad_file: Path = Field(Path("~/.pilot/my_launchpad.yaml"), validate_default=True,
-                                 description="Where the manager finds the FireWorks LaunchPad file "
-                                 "(my_launchpad.yaml). '~' is expanded; a relative path is relative to the "
-                                 "config directory.", examples=["~/.pilot/my_launchpad.yaml"])
+    launchpad_file: Path = Field(Path("my_launchpad.yaml"), validate_default=True,
+                                 description="Where the commands of this config directory find the FireWorks "
+                                 "LaunchPad file. '~' is expanded; a relative path is relative to the config "
+                                 "directory (the default is the file `pilot launchpad init` writes there).",
+                                 examples=["my_launchpad.yaml"])
     poll_interval: float = Field(60.0, ge=1, description="Seconds between two manager cycles "
                                  "(gather -> decide -> act).", examples=[60])
-    log_dir: Path = Field(Path("~/.pilot/logs"), validate_default=True,
+    log_dir: Path = Field(Path("logs"), validate_default=True,
                           description="Directory for the manager's log files. '~' is expanded; a relative "
-                          "path is relative to the config directory.", examples=["~/.pilot/logs"])
+                          "path is relative to the config directory (so two config directories never share "
+                          "a manager.log).", examples=["logs"])
     backoff: BackoffConfig = Field(default_factory=lambda: BackoffConfig.model_validate({}),
                                    description="Retry delays for a cluster whose commands fail.")
     max_reruns: int = Field(3, ge=0, description="How many times a Firework whose pilot died under it "

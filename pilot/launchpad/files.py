@@ -30,20 +30,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pilot.configdir import pilot_command
+from pilot.configdir import same_path as _same_path
 
 if TYPE_CHECKING:
     from pilot.config import PilotConfig
 
 #: Name of the FireWorks LaunchPad file in a config dir (written by ``pilot launchpad init``).
 LAUNCHPAD_FILE = "my_launchpad.yaml"
-#: The config dir when neither ``--config-dir`` nor :data:`CONFIG_DIR_ENV` names one.
-DEFAULT_CONFIG_DIR = "~/.pilot"
-#: Environment variable that names the config dir (``--config-dir`` overrides it).
-CONFIG_DIR_ENV = "PILOT_CONFIG_DIR"
 #: Seconds an interactive command waits for the database (server selection and connecting); see above.
 TIMEOUT_S = 5.0
 
@@ -67,35 +65,6 @@ class LaunchPadUnavailable(Exception):
         super().__init__(f"{problem}; {fix}")
         self.problem = problem
         self.fix = fix
-
-
-# ------------------------------------------------------------------------------------------ hints
-def default_config_dir() -> Path:
-    """The config dir a bare ``pilot`` uses: ``$PILOT_CONFIG_DIR``, else ``~/.pilot``."""
-    return Path(os.path.expanduser(os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR))
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return Path(os.path.expanduser(str(a))).resolve() == Path(os.path.expanduser(str(b))).resolve()
-    except OSError:
-        return False
-
-
-def pilot_command(config_dir: Path | str, args: str) -> str:
-    """The command line to suggest: ``pilot ARGS``, with ``--config-dir D`` when D is not the default.
-
-    A hint that drops the ``--config-dir`` the user typed sends them to another configuration (and
-    another database); this keeps it.
-
-    Examples
-    --------
-    >>> pilot_command("/srv/lab", "launchpad init")
-    'pilot --config-dir /srv/lab launchpad init'
-    """
-    if _same_path(Path(config_dir), default_config_dir()):
-        return f"pilot {args}"
-    return f"pilot --config-dir {shlex.quote(str(config_dir))} {args}"
 
 
 def redact_uri(uri: str) -> str:

@@ -37,6 +37,7 @@ from pilot.config import (
     format_walltime,
     load_cluster,
     load_config,
+    load_pilot_config,
     parse_memory_mb,
     parse_walltime,
 )
@@ -122,7 +123,9 @@ def test_defaults_and_tilde_expansion(tmp_path, files, monkeypatch):
     assert c.launchpad_file == "~/.pilot/lp.yaml"       # expanded by the job's shell, on the cluster
     assert (c.port, c.user, c.grace, c.idle_timeout, c.fireworks_per_pilot) == (22, None, 60, 300, 1)
     assert c.use_ssh_config is False
-    assert cfg.pilot.launchpad_file == tmp_path / ".pilot" / "my_launchpad.yaml"
+    # docs/configuration.md: the default is relative to the config directory
+    assert cfg.pilot.launchpad_file == cdir / "my_launchpad.yaml"
+    assert cfg.pilot.log_dir == cdir / "logs"
     assert cfg.pilot.poll_interval == 60
     assert cfg.categories == ["analysis", "md"]
 
@@ -351,7 +354,8 @@ def test_cluster_file_that_is_not_a_mapping(tmp_path):
 def test_empty_cluster_file(tmp_path):
     cdir = write_config(tmp_path, {}, {"empty": ""})
     (p,) = problems_of(cdir)
-    assert "empty.yaml: (file): the file is empty" in p and "pilot init" in p
+    # the hint keeps the --config-dir the user typed (issue "One package per room": hints dropped it)
+    assert "empty.yaml: (file): the file is empty" in p and f"`pilot --config-dir {cdir} init`" in p
 
 
 def test_duplicate_key_is_reported(tmp_path, files):
@@ -374,8 +378,10 @@ def test_missing_files_and_dirs(tmp_path, files):
     assert problems_of(tmp_path / "nope") == [want]
     cdir = write_config(tmp_path, None, {})
     lines = problems_of(cdir)
-    assert f"{cdir / 'pilot.yaml'}: (file): file not found; run `pilot init` to write an example, or pass the " \
-           "right --config-dir" in lines
+    assert f"{cdir / 'pilot.yaml'}: (file): file not found; run `pilot --config-dir {cdir} init` to write an " \
+           "example, or pass the right --config-dir" in lines
+    assert any(p.startswith(f"{cdir / 'clusters'}: (dir): no cluster files") and f"`pilot --config-dir {cdir} init`"
+               in p for p in lines), lines
     assert any(p.startswith(f"{cdir / 'clusters'}: (dir): no cluster files") for p in lines)
 
 
@@ -578,3 +584,19 @@ def test_the_documented_custom_templates_render(tmp_path, files):
         assert ("#SBATCH --constraint=knl" in script and "module purge" in script
                 and "module load gromacs/2022\nsource ~/venvs" in script) if sched == "slurm" else \
                ("#PBS -l nodes=1:ppn=68" in script and "select=" not in script)
+
+
+def test_the_documented_pilot_yaml_is_what_init_writes(tmp_path):
+    """The example under "what `pilot init` writes" is the file the command writes, and it loads."""
+    import subprocess
+    import sys
+
+    (block,) = [b for b in _doc_blocks("yaml") if b.startswith("# fireworks-pilot: settings of the manager")]
+    res = subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(tmp_path / "d"), "init"],
+                         check=False, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "d" / "pilot.yaml").read_text() == block
+    cfg = load_pilot_config(tmp_path / "d" / "pilot.yaml")
+    # relative defaults land inside the config directory, not in ~/.pilot
+    assert cfg.launchpad_file == tmp_path / "d" / "my_launchpad.yaml"
+    assert cfg.log_dir == tmp_path / "d" / "logs"

@@ -43,31 +43,33 @@ EXEMPT = {
 ROOMS = (
     "pilot.cli", "pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager",
     "pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched",
-    "pilot.worker", "pilot.isotime", "queue_adapters", "tasks",
+    "pilot.worker", "pilot.isotime", "pilot.configdir", "queue_adapters", "tasks",
 )
 
 #: room -> the other rooms it may import. Arrows point down: cli -> demo -> status/report/checks/manager ->
 #: render/transport/config/launchpad/localsched -> queue_adapters; ``pilot`` is the root package (__version__),
-#: ``pilot.isotime`` the one way times are written for people and scripts (status and report share it).
+#: ``pilot.isotime`` the one way times are written for scripts (status and report share it), ``pilot.configdir``
+#: which config dir a command uses and how a hint names it (the CLI, the loader and the LaunchPad reader).
 ALLOWED: dict[str, set[str]] = {
     "pilot.cli": {"pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager", "pilot.render",
                   "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched", "pilot.worker",
-                  "pilot.isotime", "pilot", "queue_adapters", "tasks"},
+                  "pilot.isotime", "pilot.configdir", "pilot", "queue_adapters", "tasks"},
     "pilot.demo": {"pilot.report", "pilot.manager", "pilot.transport", "pilot.config", "pilot.launchpad",
-                   "pilot.localsched", "pilot", "tasks"},
+                   "pilot.localsched", "pilot.configdir", "pilot", "tasks"},
     "pilot.status": {"pilot.manager", "pilot.checks", "pilot.config", "pilot.launchpad", "pilot.isotime", "pilot"},
     "pilot.report": {"pilot.manager", "pilot.config", "pilot.launchpad", "pilot.isotime", "pilot"},
-    "pilot.checks": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot",
-                     "queue_adapters"},
+    "pilot.checks": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.configdir",
+                     "pilot", "queue_adapters"},
     "pilot.manager": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot",
                       "queue_adapters"},
     "pilot.render": {"pilot.config", "pilot"},
     "pilot.transport": {"queue_adapters"},
-    "pilot.config": set(),
-    "pilot.launchpad": {"pilot.config", "pilot"},
+    "pilot.config": {"pilot.configdir"},
+    "pilot.launchpad": {"pilot.config", "pilot.configdir", "pilot"},
     "pilot.localsched": set(),
     "pilot.worker": set(),
     "pilot.isotime": set(),
+    "pilot.configdir": set(),
     "pilot": set(),
     "queue_adapters": set(),
     "tasks": {"pilot.transport"},

@@ -52,7 +52,8 @@ class WorkerProc:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker {self.name} still running after {timeout} s; log:\n{self.log()[-4000:]}")
+            raise AssertionError(
+                f"worker {self.name} still running after {timeout} s; log:\n{self.log()[-4000:]}") from None
 
     def stop(self) -> None:
         """Stop the worker by its PID, and any Firework process it left (they run in their own sessions)."""
