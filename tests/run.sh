@@ -48,7 +48,8 @@ if [[ $(id -u) == 0 && ${PILOT_NO_SERVICES:-0} != 1 ]]; then
   bash tests/infra/services.sh up
   started=1
 fi
-stop() { ((started)) && { log "stopping the test services"; bash tests/infra/services.sh down; }; }
+# (an `if`, not `((started)) && ...`: a false test as the trap's last command would make the run exit 1)
+stop() { if ((started)); then log "stopping the test services"; bash tests/infra/services.sh down; fi; }
 trap stop EXIT
 
 log "running pytest"
