@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import INFRA_STATE, REPO, ClusterInfo, EmbeddedServer, launchpad_host, load_clusters
+from tests.helpers import (
+    INFRA_STATE,
+    REPO,
+    ClusterInfo,
+    EmbeddedServer,
+    clean_source_copy,
+    launchpad_host,
+    load_clusters,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -94,8 +102,10 @@ def cluster_venv(clusters) -> str:
     with open("/tmp/pilot-venv.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not stamp.exists() or stamp.read_text() != digest:
-            subprocess.run([f"{venv}/bin/pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO)],
-                           check=True, capture_output=True)
+            with tempfile.TemporaryDirectory(prefix="pilot-src-") as tmp:
+                src = clean_source_copy(Path(tmp) / "src")
+                subprocess.run([f"{venv}/bin/pip", "install", "-q", "--no-deps", "--force-reinstall", str(src)],
+                               check=True, capture_output=True)
             subprocess.run(["chmod", "-R", "a+rX", venv], check=True)
             stamp.write_text(digest)
     return venv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: What a wheel of this project is built from (everything else in the tree is not part of it).
+SOURCE_PARTS = ("pilot", "queue_adapters", "tasks", "templates", "pyproject.toml", "README.md")
+
+
+def clean_source_copy(dest: Path) -> Path:
+    """Copy the project's sources to ``dest`` (no ``build/``, ``*.egg-info`` or caches) and return it.
+
+    Building from the working tree reuses its ``build/lib``, where setuptools never deletes a module that has
+    since moved: a wheel built there would still carry it, and a test could pass on an import path that no
+    longer exists. A copy also keeps concurrent builds from racing in the tree.
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SOURCE_PARTS:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
 INFRA_STATE = Path(os.environ.get("PILOT_INFRA_STATE", "/tmp/pilot-infra/state"))
 
 

@@ -520,14 +520,20 @@ chmod 644 "$ST/ssh/known_hosts"
 # with this project and its dependencies (tests/conftest.py refreshes the project with --no-deps).
 t=$(now)
 PY=$VENV/bin/python
+# built from a clean copy: the tree's own build/lib keeps modules that have since moved (tests/helpers.py
+# clean_source_copy does the same for the tests' reinstalls)
+SRC=$(mktemp -d /tmp/pilot-src.XXXXXX)
+cp -r "$REPO"/{pilot,queue_adapters,tasks,templates,pyproject.toml,README.md} "$SRC/"
+find "$SRC" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 if ! "$PY" -c 'import fireworks, paramiko, pymongo, pydantic, jinja2, click, psutil' 2>/dev/null; then
   rm -rf "$VENV"; /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip >"$BASE/pip.log" 2>&1
-  "$VENV/bin/pip" install -q "$REPO" >>"$BASE/pip.log" 2>&1 || { cat "$BASE/pip.log"; die "pip install into $VENV failed"; }
+  "$VENV/bin/pip" install -q "$SRC" >>"$BASE/pip.log" 2>&1 || { cat "$BASE/pip.log"; die "pip install into $VENV failed"; }
 else
-  "$VENV/bin/pip" install -q --no-deps --force-reinstall "$REPO" >"$BASE/pip.log" 2>&1 \
+  "$VENV/bin/pip" install -q --no-deps --force-reinstall "$SRC" >"$BASE/pip.log" 2>&1 \
     || { cat "$BASE/pip.log"; die "pip install into $VENV failed"; }
 fi
+rm -rf "$SRC"
 chmod -R a+rX "$VENV"
 T[cluster_venv]=$(since "$t")
 

@@ -6,7 +6,6 @@ races other processes installing the tree at the same time.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, clean_source_copy
 
 TEMPLATES = ["_base.sh.j2", "local.sh.j2", "lsf.sh.j2", "pbs.sh.j2", "slurm.sh.j2"]
 
@@ -28,13 +27,7 @@ def _run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
-    for name in ("pilot", "queue_adapters", "tasks", "templates"):
-        shutil.copytree(REPO / name, src / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, src / name)
+    src = clean_source_copy(tmp / "src")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), "."], cwd=src)
     (whl,) = (tmp / "dist").glob("fireworks_pilot-*.whl")
     return whl
