@@ -119,7 +119,7 @@ class PilotResources(BaseModel):
 
 
 class Limits(BaseModel):
-    """How many pilots of this manager may be on the cluster at once (the policy in pilot/policy.py)."""
+    """How many pilots of this manager may be on the cluster at once (the policy in pilot/manager/policy.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -46,8 +46,9 @@ ROOMS = (
     "pilot.worker", "pilot.isotime", "pilot.configdir", "queue_adapters", "tasks",
 )
 
-#: room -> the other rooms it may import. Arrows point down: cli -> demo -> status/report/checks/manager ->
-#: render/transport/config/launchpad/localsched -> queue_adapters; ``pilot`` is the root package (__version__),
+#: room -> the other rooms it may import. Arrows point down: cli -> demo -> report/manager (status and checks
+#: are the CLI's) -> render/transport/config/launchpad/localsched -> queue_adapters; ``pilot`` is the root
+#: package (__version__),
 #: ``pilot.isotime`` the one way times are written for scripts (status and report share it), ``pilot.configdir``
 #: which config dir a command uses and how a hint names it (the CLI, the loader and the LaunchPad reader).
 ALLOWED: dict[str, set[str]] = {
