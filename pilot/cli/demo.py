@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from pilot.cli import AppContext
 
 
 @click.command("demo")
@@ -48,7 +51,7 @@ import click
 )
 @click.pass_obj
 def demo_cmd(
-    obj: Any, engine: str, sims: int, segments: int, segment_seconds: float, keep_going: bool, timeout: float
+    obj: AppContext, engine: str, sims: int, segments: int, segment_seconds: float, keep_going: bool, timeout: float
 ) -> None:
     """Run a small real MD campaign on this machine: LaunchPad, manager and pilots, nothing to configure.
 
@@ -75,7 +78,7 @@ def demo_cmd(
             opts,
             show_status=_status_shower(ctx),
             echo=click.echo,
-            verbose=int(getattr(obj, "verbose", 0)) if obj is not None else 0,
+            verbose=obj.verbose,
         )
     except DemoError as e:
         raise click.ClickException(str(e)) from None

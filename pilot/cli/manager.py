@@ -24,14 +24,19 @@ from pilot.manager.daemon import (
 )
 
 if TYPE_CHECKING:
+    from pilot.cli import AppContext
     from pilot.config import Config
     from pilot.launchpad.files import LaunchPadFile
+    from pilot.manager.runtime import CycleReport
 
 log = logging.getLogger("pilot.manager")
 
 
-def _load(ctx_obj: Any, interactive: bool = True) -> tuple[Config, Any, LaunchPadFile]:
+def load_manager_inputs(app: AppContext, interactive: bool = True) -> tuple[Config, Any, LaunchPadFile]:
     """The config dir's configuration, its LaunchPad and the LaunchPad file (read by :mod:`pilot.launchpad.files`).
+
+    What a :class:`~pilot.manager.cycle.Manager` is built from (``pilot manager run``, ``pilot submit``,
+    ``pilot cancel``); click.ClickException when the configuration has problems or there is no LaunchPad.
 
     ``interactive`` False (the daemon): the database gets the driver's own wait, not the 5 s of a prompt.
     """
@@ -39,11 +44,11 @@ def _load(ctx_obj: Any, interactive: bool = True) -> tuple[Config, Any, LaunchPa
     from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad
 
     try:
-        config = load_config(ctx_obj.config_dir)
+        config = load_config(app.config_dir)
     except ConfigError as e:
         raise click.ClickException(f"the configuration has problems:\n{e}") from None
     try:
-        lpf = find_launchpad_file(ctx_obj.config_dir, pilot=config.pilot, option=None)
+        lpf = find_launchpad_file(app.config_dir, pilot=config.pilot, option=None)
         return config, open_launchpad(lpf, interactive=interactive), lpf
     except LaunchPadUnavailable as e:
         raise click.ClickException(str(e)) from None
@@ -73,11 +78,11 @@ def manager() -> None:
 @click.option("--dry-run", is_flag=True, help="Query and print the decisions; submit, record and rerun nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print each cycle's report as one JSON line.")
 @click.pass_obj
-def run_cmd(obj: Any, once: bool, dry_run: bool, as_json: bool) -> None:
+def run_cmd(obj: AppContext, once: bool, dry_run: bool, as_json: bool) -> None:
     """Run the manager in the foreground (SIGTERM finishes the current cycle, then exits)."""
     from pilot.manager.cycle import Manager
 
-    config, lp, _ = _load(obj, interactive=False)
+    config, lp, _ = load_manager_inputs(obj, interactive=False)
     try:
         lock = None if dry_run else acquire_lock(obj.config_dir)
     except ManagerRunningError as e:
@@ -92,7 +97,7 @@ def run_cmd(obj: Any, once: bool, dry_run: bool, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
 
-    def show(report: Any) -> None:
+    def show(report: CycleReport) -> None:
         if as_json:
             click.echo(json.dumps(report.to_dict(), default=str))
             return
@@ -117,7 +122,7 @@ def run_cmd(obj: Any, once: bool, dry_run: bool, as_json: bool) -> None:
 
 @manager.command("start")
 @click.pass_obj
-def start_cmd(obj: Any) -> None:
+def start_cmd(obj: AppContext) -> None:
     """Start the manager in the background (log: LOG_DIR/manager.log, pidfile: CONFIG_DIR/manager.pid)."""
     from pilot.config import ConfigError, load_config
 
@@ -150,7 +155,7 @@ def start_cmd(obj: Any) -> None:
 @manager.command("stop")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the current cycle to end.")
 @click.pass_obj
-def stop_cmd(obj: Any, timeout: float) -> None:
+def stop_cmd(obj: AppContext, timeout: float) -> None:
     """Stop the background manager (SIGTERM: it finishes its cycle first)."""
     _, pidfile = lock_paths(obj.config_dir)
     pid = read_pid(pidfile)
@@ -168,13 +173,13 @@ def stop_cmd(obj: Any, timeout: float) -> None:
     raise click.ClickException(f"the manager (pid {pid}) is still finishing its cycle after {timeout:.0f} s")
 
 
-def _heartbeat(obj: Any) -> dict[str, Any]:
+def _heartbeat(obj: AppContext) -> dict[str, Any]:
     """The manager's last cycle as it recorded it in the LaunchPad (click.ClickException: no LaunchPad)."""
     import pymongo.errors
 
     from pilot.launchpad.files import database_error
 
-    _, lp, lpf = _load(obj)
+    _, lp, lpf = load_manager_inputs(obj)
     try:
         hb = lp.db["pilot_manager"].find_one({"_id": "manager"}) or {}
     except pymongo.errors.PyMongoError as e:
@@ -188,7 +193,7 @@ def _heartbeat(obj: Any) -> dict[str, Any]:
 @manager.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def status_cmd(obj: Any, as_json: bool) -> None:
+def status_cmd(obj: AppContext, as_json: bool) -> None:
     """Is the manager running, and when did it last cycle?"""
     _, pidfile = lock_paths(obj.config_dir)
     pid = read_pid(pidfile)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from pilot.cli import AppContext
     from pilot.launchpad.files import LaunchPadFile
 
 
@@ -34,7 +35,7 @@ def _key_values(pairs: tuple[str, ...], option: str, parse: bool) -> dict[str, A
     return out
 
 
-def _launchpad(obj: Any, launchpad_file: Path | None) -> tuple[Any, LaunchPadFile]:
+def _launchpad(obj: AppContext, launchpad_file: Path | None) -> tuple[Any, LaunchPadFile]:
     """The LaunchPad of ``-l``, else of the config dir (``launchpad_file`` of pilot.yaml, else my_launchpad.yaml),
     pinged: a database that is not there is reported before anything is added, within the timeout."""
     from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad, ping
@@ -98,7 +99,7 @@ def md() -> None:
                    "CONFIG_DIR/my_launchpad.yaml).")
 @click.option("--dry-run", is_flag=True, help="Print the first segment's Fireworks as JSON; add nothing.")
 @click.pass_obj
-def add(obj: Any, run_dir: Path, engine: str, md_category: str, local_category: str, segment_hours: float,
+def add(obj: AppContext, run_dir: Path, engine: str, md_category: str, local_category: str, segment_hours: float,
         name: str | None, deffnm: str, nsteps: int | None, params: tuple[str, ...], envs: tuple[str, ...],
         work_dir: str | None, host: str | None, user: str | None, port: int | None, identity_file: str | None,
         known_hosts: str | None, priority: int | None, launchpad_file: Path | None, dry_run: bool) -> None:
@@ -167,7 +168,7 @@ def add(obj: Any, run_dir: Path, engine: str, md_category: str, local_category: 
                    "CONFIG_DIR/my_launchpad.yaml).")
 @click.option("--json", "as_json", is_flag=True, help="Print the segments as JSON.")
 @click.pass_obj
-def show(obj: Any, fw_id: int, launchpad_file: Path | None, as_json: bool) -> None:
+def show(obj: AppContext, fw_id: int, launchpad_file: Path | None, as_json: bool) -> None:
     """One line per segment of the MD workflow holding FW_ID: state, steps, ns/day, wall time, why it stopped."""
     import pymongo.errors
 

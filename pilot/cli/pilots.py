@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from pilot.cli import AppContext
+    from pilot.manager.cycle import Manager
+    from pilot.manager.runtime import ClusterRuntime
 
-def _manager(obj: Any, cluster: str) -> tuple[Any, Any]:
-    from pilot.cli.manager import _load
+
+def _manager(obj: AppContext, cluster: str) -> tuple[Manager, ClusterRuntime]:
+    """A manager for the config dir, and its runtime of ``cluster`` (click.ClickException: no such cluster)."""
+    from pilot.cli.manager import load_manager_inputs
     from pilot.manager.cycle import Manager
 
-    config, lp, _ = _load(obj)
+    config, lp, _ = load_manager_inputs(obj)
     if cluster not in config.clusters:
         known = ", ".join(sorted(config.clusters)) or "none"
         raise click.ClickException(f"no cluster named {cluster!r} in {obj.config_dir / 'clusters'} (known: {known})")
@@ -26,13 +32,13 @@ def _manager(obj: Any, cluster: str) -> tuple[Any, Any]:
 @click.option("-n", "count", default=1, show_default=True, type=click.IntRange(1, 1000), help="How many pilots.")
 @click.option("--json", "as_json", is_flag=True, help="Print the submitted pilots as JSON.")
 @click.pass_obj
-def submit_cmd(obj: Any, cluster: str, category: str | None, count: int, as_json: bool) -> None:
+def submit_cmd(obj: AppContext, cluster: str, category: str | None, count: int, as_json: bool) -> None:
     """Upload the pilot script and submit COUNT pilots to CLUSTER now, printing their job ids.
 
     The pilots are recorded like the manager's own, so the manager counts them and reruns their work if
     they die.
     """
-    from pilot.manager.cycle import CycleReport
+    from pilot.manager.runtime import CycleReport
 
     mgr, rt = _manager(obj, cluster)
     cats = list(rt.config.categories)
@@ -62,7 +68,7 @@ def submit_cmd(obj: Any, cluster: str, category: str | None, count: int, as_json
 @click.argument("job_ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Cancel every live pilot of this manager on CLUSTER.")
 @click.pass_obj
-def cancel_cmd(obj: Any, cluster: str, job_ids: tuple[str, ...], all_: bool) -> None:
+def cancel_cmd(obj: AppContext, cluster: str, job_ids: tuple[str, ...], all_: bool) -> None:
     """Cancel pilots on CLUSTER: the given JOB_IDS, or --all of ours (never other jobs of the user)."""
     from pilot.transport import TransportError
 
@@ -75,7 +81,7 @@ def cancel_cmd(obj: Any, cluster: str, job_ids: tuple[str, ...], all_: bool) -> 
             click.echo(f"no live pilots on {cluster}")
             return
         try:
-            res = mgr._run(rt, rt.adapter.cancel_command(ids))
+            res = rt.run(rt.adapter.cancel_command(ids))
         except TransportError as e:
             raise click.ClickException(str(e)) from None
         result = rt.adapter.parse_cancel(res.returncode, res.stdout, res.stderr, ids)

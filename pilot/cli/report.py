@@ -8,26 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pilot.launchpad.files import pilot_command
+from pilot.cli.common import optional_config
 
 if TYPE_CHECKING:
+    from pilot.cli import AppContext
     from pilot.config import Config
     from pilot.launchpad.files import LaunchPadFile
-
-
-def _optional_config(config_dir: Path) -> tuple[Config | None, list[str]]:
-    """The config of ``config_dir`` if it loads (the report needs it only for cores per pilot), and notes."""
-    from pilot.config import PILOT_FILE, ConfigError, load_config
-
-    if not (config_dir.is_dir() and ((config_dir / PILOT_FILE).exists() or (config_dir / "clusters").is_dir())):
-        return None, [f"no config in {config_dir}"]
-    try:
-        return load_config(config_dir), []
-    except ConfigError as e:
-        first = e.problems[0] if e.problems else None
-        more = f" and {len(e.problems) - 1} more" if len(e.problems) > 1 else ""
-        return None, [f"the config in {config_dir} is not usable ({first}{more}); "
-                      f"run `{pilot_command(config_dir, 'config check')}`"]
 
 
 def _report_sources(config_dir: Path, launchpad_file: Path | None = None
@@ -45,7 +31,7 @@ def _report_sources(config_dir: Path, launchpad_file: Path | None = None
     """
     from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad, ping
 
-    config, notes = _optional_config(config_dir)
+    config, notes = optional_config(config_dir)
     try:
         lpf = find_launchpad_file(config_dir, launchpad_file, pilot=config.pilot if config else None)
         lp = open_launchpad(lpf, quiet=True)
@@ -99,7 +85,7 @@ def _report_sources(config_dir: Path, launchpad_file: Path | None = None
 )
 @click.pass_obj
 def report_cmd(
-    obj: Any,
+    obj: AppContext,
     since: str | None,
     until: str | None,
     plot: Path | None,

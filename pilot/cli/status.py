@@ -14,27 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pilot.launchpad.files import pilot_command
+from pilot.cli.common import optional_config
 
 if TYPE_CHECKING:
+    from pilot.cli import AppContext
     from pilot.config import Config
     from pilot.launchpad.files import LaunchPadFile
 
 
-def _status_config(cdir: Path) -> tuple[Config | None, list[str]]:
-    """(config or None, warnings): the config dir is optional for status."""
-    from pilot.config import ConfigError, load_config
-
-    if not cdir.is_dir():
-        return None, []
-    try:
-        return load_config(cdir), []
-    except ConfigError as e:
-        return None, [f"the config in {cdir} has problems ({len(e.problems)}; see "
-                      f"`{pilot_command(cdir, 'config check')}`): clusters and categories come from the records"]
-
-
-def _status_sources(app: Any, launchpad_file: Path | None) -> tuple[Config | None, Any, LaunchPadFile, list[str]]:
+def _status_sources(app: AppContext, launchpad_file: Path | None
+                    ) -> tuple[Config | None, Any, LaunchPadFile, list[str]]:
     """(config or None, the LaunchPad, its file, warnings), by the one reader of LaunchPad files.
 
     Raises
@@ -45,7 +34,7 @@ def _status_sources(app: Any, launchpad_file: Path | None) -> tuple[Config | Non
     from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, open_launchpad
 
     cdir = Path(app.config_dir)
-    config, warnings = _status_config(cdir)
+    config, warnings = optional_config(cdir)
     try:
         lpf = find_launchpad_file(cdir, launchpad_file, pilot=config.pilot if config else None)
         return config, open_launchpad(lpf, quiet=True), lpf, warnings
@@ -67,7 +56,7 @@ def _status_sources(app: Any, launchpad_file: Path | None) -> tuple[Config | Non
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True,
               help="Entries per 'needs you' list (the totals are always complete).")
 @click.pass_obj
-def status(app: Any, launchpad_file: Path | None, as_json: bool, watch: float | None, pending_warn: float,
+def status(app: AppContext, launchpad_file: Path | None, as_json: bool, watch: float | None, pending_warn: float,
            recent: float, limit: int) -> None:
     """Clusters, categories and what needs you, from the LaunchPad database (no SSH)."""
     from pymongo.errors import PyMongoError

@@ -13,14 +13,43 @@ Modules, each importing only the ones listed before it:
 :mod:`~pilot.manager.daemon`
     One manager per configuration directory: the lock and the pidfile.
 :mod:`~pilot.manager.runtime`
-    :class:`ClusterRuntime` (one cluster's adapter and transport, the commands run, its backoff) and
-    :class:`CycleReport` (what one cycle saw and did).
+    :class:`ClusterRuntime` (one cluster's adapter and transport, the commands run, its backoff),
+    :class:`CycleReport` (what one cycle saw and did) and :class:`ManagerSettings` (the clock and dry-run
+    switch the manager shares with its helpers).
 :mod:`~pilot.manager.tracking`
     Queue status -> pilot records (by job id, by name for unknown submissions, history and exit-code files
     for jobs that left the queue), and the rerun of work left RUNNING by pilots that ended.
 :mod:`~pilot.manager.cycle`
     :class:`Manager`: gather -> decide -> act -> record, once per cycle, and ``run_forever``.
 
-Import what you need from its module (``from pilot.manager.cycle import Manager, CycleReport``): this
-package imports nothing, so ``pilot status`` (which needs only :mod:`~pilot.manager.records`) stays cheap.
+``from pilot.manager import Manager, CycleReport, ClusterRuntime`` works as before the split, but lazily: this
+package imports none of its modules until one of those names is asked for (a module-level ``__getattr__``), so
+``pilot status`` (which needs only :mod:`~pilot.manager.records`) does not pay for the cycle and its imports.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pilot.manager.cycle import Manager
+    from pilot.manager.runtime import ClusterRuntime, CycleReport
+
+__all__ = ["ClusterRuntime", "CycleReport", "Manager"]
+
+
+def __getattr__(name: str) -> Any:
+    """``pilot.manager.Manager``, ``CycleReport`` and ``ClusterRuntime``, imported from their module on first use."""
+    value: Any
+    if name == "Manager":
+        from pilot.manager import cycle
+
+        value = cycle.Manager
+    elif name in ("CycleReport", "ClusterRuntime"):
+        from pilot.manager import runtime
+
+        value = getattr(runtime, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups find it without this function
+    return value

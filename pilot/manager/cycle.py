@@ -35,12 +35,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, PilotCounts, plan
-from pilot.manager.records import ENDED_STATES, LIVE_STATES, PENDING_STATES, SUBMIT_FAILED, Records
+from pilot.manager.records import PENDING_STATES, SUBMIT_FAILED, Records
 from pilot.manager.runtime import (
     ClusterRuntime,
     CycleReport,
+    ManagerSettings,
     TransportFactory,
-    backoff_delays,
     fworker_name,
     walltime_seconds,
 )
@@ -48,7 +48,6 @@ from pilot.manager.tracking import Tracker
 
 if TYPE_CHECKING:
     from pilot.config import ClusterConfig, Config
-    from pilot.transport import CompletedCommand
 
 log = logging.getLogger("pilot.manager")
 
@@ -73,6 +72,9 @@ class Manager:
         ``f(name, cluster_config) -> Transport``; defaults to :func:`pilot.transport.clusters.transport_for`.
     clock : callable
         Time source (epoch seconds).
+
+    :attr:`clock` and :attr:`dry_run` live in one :class:`~pilot.manager.runtime.ManagerSettings` that the
+    tracker and every cluster runtime share: setting them on the manager later governs all of them.
     """
 
     def __init__(self, config: Config, launchpad: Any, dry_run: bool = False,
@@ -83,16 +85,33 @@ class Manager:
             transport_factory = transport_for
         self.config = config
         self.lp = launchpad
-        self.dry_run = dry_run
-        self.clock = clock
+        self.settings = ManagerSettings(clock=clock, dry_run=dry_run)
         self.records = Records(launchpad.db)
         if not dry_run:
             self.records.ensure_indexes()
         self._transport_factory = transport_factory
         self.clusters: dict[str, ClusterRuntime] = {
             name: self._runtime(name, ccfg) for name, ccfg in sorted(config.clusters.items())}
-        self.tracking = Tracker(self.records, launchpad, config.pilot, clock, dry_run=dry_run)
+        self.tracking = Tracker(self.records, launchpad, config.pilot, self.settings)
         self.stop_event = threading.Event()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Time source (epoch seconds) of the manager, its tracker and its cluster runtimes."""
+        return self.settings.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self.settings.clock = value
+
+    @property
+    def dry_run(self) -> bool:
+        """Query and decide, but submit, record and rerun nothing (the tracker and runtimes follow it too)."""
+        return self.settings.dry_run
+
+    @dry_run.setter
+    def dry_run(self, value: bool) -> None:
+        self.settings.dry_run = value
 
     def _runtime(self, name: str, ccfg: ClusterConfig) -> ClusterRuntime:
         """One cluster's runtime, still backed off if its record says so (the manager was restarted)."""
@@ -100,13 +119,9 @@ class Manager:
 
         rt = ClusterRuntime(name=name, config=ccfg, adapter=adapter_for(ccfg),
                             transport_factory=self._transport_factory, backoff=self.config.pilot.backoff,
-                            records=None if self.dry_run else self.records, clock=self.clock)
+                            records=self.records, settings=self.settings)
         rt.restore(self.records.cluster_state(name))
         return rt
-
-    def _run(self, rt: ClusterRuntime, argv: list[str], stdin: str | None = None) -> CompletedCommand:
-        """Run one command on a cluster (``pilot pilots cancel`` uses this): :meth:`ClusterRuntime.run`."""
-        return rt.run(argv, stdin=stdin)
 
     # ================================================================== gather
     #: READY Fireworks read to estimate the mean expected duration of a category (a sample bounds the cost)
@@ -295,5 +310,4 @@ class Manager:
             rt.close()
 
 
-__all__ = ["Manager", "CycleReport", "ClusterRuntime", "fworker_name", "walltime_seconds", "backoff_delays",
-           "ENDED_STATES", "LIVE_STATES"]
+__all__ = ["Manager", "CycleReport", "ClusterRuntime", "fworker_name", "walltime_seconds"]

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import IO
 
+from pilot.configdir import pilot_command
+
 
 class ManagerRunningError(RuntimeError):
     """Another manager holds the lock of this configuration directory."""
@@ -59,7 +61,7 @@ def acquire_lock(config_dir: Path) -> IO[str]:
         fh.close()
         raise ManagerRunningError(
             f"another manager is already running for {config_dir}" + (f" (pid {pid})" if pid else "")
-            + ": stop it with `pilot manager stop`, or use another --config-dir") from None
+            + f": stop it with `{pilot_command(config_dir, 'manager stop')}`, or use another --config-dir") from None
     pidfile.write_text(f"{os.getpid()}\n")
     return fh
 

@@ -42,9 +42,17 @@ def fworker_name(cluster: str, job_id: str) -> str:
     return f"{cluster}-{job_id}"
 
 
-def backoff_delays(initial: float, maximum: float, n: int) -> list[float]:
-    """The first ``n`` backoff delays (for docs and status): doubling from ``initial`` up to ``maximum``."""
-    return [min(maximum, initial * 2 ** i) for i in range(n)]
+@dataclass
+class ManagerSettings:
+    """The manager's clock and dry-run switch, read at each use by the manager and by its helpers.
+
+    One object shared by reference (the :class:`~pilot.manager.cycle.Manager`'s ``clock`` and ``dry_run`` are
+    views of it, and each :class:`ClusterRuntime` and the tracker hold it), so that setting ``mgr.clock`` or
+    ``mgr.dry_run`` after the manager was built governs every backoff, record time and write from then on.
+    """
+
+    clock: Callable[[], float] = time.time
+    dry_run: bool = False
 
 
 @dataclass
@@ -76,8 +84,9 @@ class ClusterRuntime:
     """What the manager keeps of one cluster between cycles, and the one way it talks to the cluster.
 
     The keyword-only fields are shared with the manager: how to open the transport, the backoff settings
-    (``pilot.yaml``), where failures and recoveries are recorded (None in a dry run: nothing is written),
-    and the clock.
+    (``pilot.yaml``), where failures and recoveries are recorded (None: nowhere), and the manager's
+    :class:`ManagerSettings` (its clock, and its dry-run switch: in a dry run nothing is recorded), read at
+    each use so that a clock set on the manager later still governs the backoff.
     """
 
     name: str
@@ -91,7 +100,7 @@ class ClusterRuntime:
     transport_factory: TransportFactory | None = field(default=None, kw_only=True, repr=False)
     backoff: BackoffConfig = field(kw_only=True, repr=False)
     records: Records | None = field(default=None, kw_only=True, repr=False)
-    clock: Callable[[], float] = field(default=time.time, kw_only=True, repr=False)
+    settings: ManagerSettings = field(default_factory=ManagerSettings, kw_only=True, repr=False)
 
     def available(self, now: float) -> bool:
         return now >= self.backoff_until
@@ -125,9 +134,13 @@ class ClusterRuntime:
             self.transport = None
 
     # ------------------------------------------------------------------ health
+    def _recorder(self) -> Records | None:
+        """Where failures and recoveries are written: nowhere without records or in a dry run."""
+        return None if self.settings.dry_run else self.records
+
     def fail(self, error: str, report: CycleReport) -> None:
         """The cluster failed: back off (``initial * factor ** (failures - 1)``, at most ``max``), report, record."""
-        now = self.clock()
+        now = self.settings.clock()
         self.failures += 1
         b = self.backoff
         delay = min(float(b.max), float(b.initial) * float(b.factor) ** (self.failures - 1))
@@ -135,8 +148,9 @@ class ClusterRuntime:
         self.last_error = error
         report.errors[self.name] = error
         log.warning("%s: %s; backing off for %.0f s (failure %d in a row)", self.name, error, delay, self.failures)
-        if self.records is not None:
-            self.records.cluster_failed(self.name, error, self.failures, self.backoff_until, now)
+        records = self._recorder()
+        if records is not None:
+            records.cluster_failed(self.name, error, self.failures, self.backoff_until, now)
 
     def ok(self) -> None:
         """The cluster answered: forget its failures and record it reachable."""
@@ -145,9 +159,10 @@ class ClusterRuntime:
         self.failures = 0
         self.backoff_until = 0.0
         self.last_error = None
-        if self.records is not None:
-            self.records.cluster_ok(self.name, self.clock())
+        records = self._recorder()
+        if records is not None:
+            records.cluster_ok(self.name, self.settings.clock())
 
 
-__all__ = ["ClusterRuntime", "CycleReport", "TransportFactory", "backoff_delays", "fworker_name",
+__all__ = ["ClusterRuntime", "CycleReport", "ManagerSettings", "TransportFactory", "fworker_name",
            "walltime_seconds"]

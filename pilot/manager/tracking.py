@@ -10,11 +10,10 @@ VANISHED. Then, over all clusters: Fireworks still RUNNING under a pilot that en
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pilot.manager.records import ENDED_STATES, SUBMITTING, VANISHED, Records
-from pilot.manager.runtime import ClusterRuntime, CycleReport, fworker_name
+from pilot.manager.runtime import ClusterRuntime, CycleReport, ManagerSettings, fworker_name
 
 if TYPE_CHECKING:
     from pilot.config import PilotConfig
@@ -34,19 +33,26 @@ class Tracker:
         The LaunchPad the pilots serve (lost work is rerun or fizzled there).
     pilot_config : pilot.config.PilotConfig
         ``pilot.yaml`` (``poll_interval``, ``max_reruns``).
-    clock : callable
-        Time source (epoch seconds).
-    dry_run : bool
-        Look, but write no record and rerun nothing.
+    settings : ManagerSettings
+        The manager's clock (epoch seconds) and dry-run switch (look, but write no record and rerun nothing),
+        shared with the manager and read at each use.
     """
 
-    def __init__(self, records: Records, launchpad: Any, pilot_config: PilotConfig, clock: Callable[[], float],
-                 dry_run: bool = False) -> None:
+    def __init__(self, records: Records, launchpad: Any, pilot_config: PilotConfig,
+                 settings: ManagerSettings) -> None:
         self.records = records
         self.lp = launchpad
         self.pilot_config = pilot_config
-        self.clock = clock
-        self.dry_run = dry_run
+        self.settings = settings
+
+    @property
+    def dry_run(self) -> bool:
+        """The manager's dry-run switch, as it is now."""
+        return self.settings.dry_run
+
+    def clock(self) -> float:
+        """The manager's clock, as it is now (epoch seconds)."""
+        return self.settings.clock()
 
     # ================================================================== queue status -> records
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool:

@@ -23,7 +23,9 @@ reruns with one aggregation. So the report stays fast on a LaunchPad with a mill
 
 The room's modules, each importing only those above it:
 
-* :mod:`~pilot.report.times`: ISO UTC text, UTC days, ``--since``/``--until`` (shared with ``pilot status``);
+* :mod:`~pilot.report.times`: UTC days, time bins and the ``--since``/``--until`` values people type (options of
+  ``pilot report`` only); the ISO UTC text and the reading of stored times, which ``pilot status`` shares, are
+  :mod:`pilot.isotime`'s;
 * :mod:`~pilot.report.model`: :class:`ThroughputReport` and its rows, and the ``--json`` document
   (:meth:`ThroughputReport.to_dict`);
 * :mod:`~pilot.report.queries`: the database reads, one method per query;

@@ -11,9 +11,10 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pilot.isotime import epoch_seconds
 from pilot.manager.records import PENDING_STATES, RUNNING_STATES
 from pilot.report.model import OTHER, ClusterThroughput, DayThroughput, ThroughputReport, Timeline
-from pilot.report.times import bin_start, parse_iso, split_days, utc_day
+from pilot.report.times import bin_start, split_days, utc_day
 
 if TYPE_CHECKING:
     from pilot.config import Config
@@ -201,7 +202,7 @@ class Fold:
 
     def add_running(self, docs: Iterable[Row]) -> None:
         for doc in docs:
-            start = parse_iso(doc.get("time_start"))
+            start = epoch_seconds(doc.get("time_start"))
             if start is None:
                 continue
             a, b = max(start, self.lo), self.end_now

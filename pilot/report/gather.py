@@ -6,10 +6,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pilot.isotime import epoch_seconds
 from pilot.report.fold import Fold, resolution
 from pilot.report.model import ThroughputReport
 from pilot.report.queries import ReportQueries, launch_match
-from pilot.report.times import iso_utc, parse_iso
+from pilot.report.times import iso_utc
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -60,7 +61,7 @@ def gather_report(
     match = launch_match(since, until)
     if since is None and fold.first is None:
         # no pilot ran: the first launch gives the span (pilots give it otherwise; one query saved)
-        fold.first = parse_iso(q.earliest_launch_end(match))
+        fold.first = epoch_seconds(q.earliest_launch_end(match))
     prefix, res = resolution(since, until, fold.first)
     fold.add_launch_groups(q.launch_groups(match, prefix), res)
     # 3. the Fireworks running now under running pilots: busy up to now

@@ -3,7 +3,8 @@ the ``--since``/``--until`` values people type.
 
 FireWorks stores launch times as ISO strings in UTC without an offset, so the report's window bounds and its
 JSON use the same form (:func:`iso_utc`, from :mod:`pilot.isotime`, which ``pilot status --json`` uses too):
-such strings compare like the times they stand for.
+such strings compare like the times they stand for. Stored times are read by :func:`pilot.isotime.epoch_seconds`
+(``pilot status`` reads them with it too).
 """
 
 from __future__ import annotations
@@ -13,30 +14,14 @@ import re
 import time
 from collections.abc import Iterable
 
-from pilot.isotime import iso_utc
+from pilot.isotime import epoch_seconds, iso_utc
 
-__all__ = ["bin_start", "iso_utc", "parse_iso", "parse_when", "split_days", "utc_day"]
+__all__ = ["bin_start", "iso_utc", "parse_when", "split_days", "utc_day"]
 
 
 def utc_day(t: float) -> str:
     """``YYYY-MM-DD`` of epoch seconds, in UTC."""
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d")
-
-
-def parse_iso(text: object) -> float | None:
-    """Epoch seconds of an ISO time as FireWorks writes it (naive means UTC); None if unreadable."""
-    if not isinstance(text, str) or len(text) < 10:
-        return None
-    s = text.strip().replace(" ", "T", 1)
-    if s.endswith("Z"):
-        s = s[:-1] + "+00:00"
-    try:
-        d = _dt.datetime.fromisoformat(s)
-    except ValueError:
-        return None
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=_dt.timezone.utc)
-    return d.timestamp()
 
 
 def bin_start(prefix: str) -> float | None:
@@ -46,7 +31,7 @@ def bin_start(prefix: str) -> float | None:
         prefix += ":00:00"
     elif n == 16:
         prefix += ":00"
-    return parse_iso(prefix)
+    return epoch_seconds(prefix)
 
 
 _REL = re.compile(
@@ -97,7 +82,7 @@ def parse_when(text: str, now: float | None = None) -> float:
     m = _REL.match(s)
     if m:
         return now - float(m.group(1)) * _REL_UNITS[m.group(2).lower()]
-    t = parse_iso(s)
+    t = epoch_seconds(s)
     if t is None:
         raise ValueError(
             f"{text!r} is not a date: write 2024-05-01, 2024-05-01T12:30 (UTC, or with an offset "

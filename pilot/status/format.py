@@ -10,6 +10,7 @@ import datetime as _dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pilot.configdir import pilot_command
 from pilot.status.model import (
     OTHER_CATEGORIES,
     SHOWN_FW_STATES,
@@ -168,13 +169,18 @@ def _plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
+def _pilot(r: StatusReport, args: str) -> str:
+    """``pilot ARGS`` for a hint, keeping the report's config dir (``--config-dir D`` when D is not the default)."""
+    return pilot_command(r.config_dir, args) if r.config_dir else f"pilot {args}"
+
+
 def _needs_lines(r: StatusReport, now: float) -> list[str]:
     out: list[str] = []
     if r.manager_stale:
         last = r.manager_stale.get("last_cycle")
         when = f"last cycle {human_ago(last, now)}" if last is not None else "no cycle recorded"
         out.append(f"* the manager is not cycling ({when}, more than {human_duration(r.manager_stale['limit'])} "
-                   "without one): see `pilot manager status`, start it with `pilot manager start`")
+                   f"without one): see `{_pilot(r, 'manager status')}`, start it with `{_pilot(r, 'manager start')}`")
     if r.fizzled_total:
         shown = f" (the {len(r.fizzled)} latest)" if len(r.fizzled) < r.fizzled_total else ""
         out.append(f"* {_plural(r.fizzled_total, 'FIZZLED Firework')}{shown}: read the error, fix the cause, "
@@ -210,7 +216,7 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
         hint = _try_line(c.last_error)
         if hint:
             out.append(f"    {hint}")
-        out.append(f"    check it with: pilot doctor {c.name}")
+        out.append(f"    check it with: {_pilot(r, f'doctor {c.name}')}")
     if r.pending_total:
         shown = f" (the {len(r.pending_long)} oldest)" if len(r.pending_long) < r.pending_total else ""
         out.append(f"* {_plural(r.pending_total, 'pilot')} waiting in the queue for more than "

@@ -13,7 +13,6 @@ indexed look-ups with a limit.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import posixpath
 import time
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pilot.checks.probes import address_of
+from pilot.isotime import epoch_seconds
 from pilot.manager.records import LIVE_STATES, PENDING_STATES, RUNNING_STATES
 from pilot.status.model import (
     FW_STATES,
@@ -379,7 +379,7 @@ def _fizzled(q: _Queries, config: Config | None, opts: StatusOptions) -> list[Fi
             item.launch_dir = ld.get("launch_dir")
             item.host = ld.get("host")
             item.fworker = (ld.get("fworker") or {}).get("name")
-            item.time = _time(ld.get("time_end")) or _time(fw.get("updated_on"))
+            item.time = epoch_seconds(ld.get("time_end")) or epoch_seconds(fw.get("updated_on"))
             rec = pilots.get(str(item.fworker)) if item.fworker else None
             if rec is not None:
                 item.pilot = rec.get("job_name")
@@ -387,20 +387,6 @@ def _fizzled(q: _Queries, config: Config | None, opts: StatusOptions) -> list[Fi
                 item.pilot_output, item.pilot_error = pilot_files(_work_dir(config, rec), rec.get("job_id"))
         out.append(item)
     return out
-
-
-def _time(value: Any) -> float | None:
-    """FireWorks stores times as datetimes (UTC, naive) or ISO strings."""
-    if isinstance(value, _dt.datetime):
-        v = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
-        return v.timestamp()
-    if isinstance(value, str):
-        try:
-            v = _dt.datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return (v if v.tzinfo else v.replace(tzinfo=_dt.timezone.utc)).timestamp()
-    return _num(value)
 
 
 def _work_dir(config: Config | None, pilot: dict[str, Any]) -> str | None:

@@ -103,6 +103,7 @@ def test_daemon_start_status_stop_and_single_instance(env, launchpad):
         res2 = subprocess.run([*pilot, "run", "--once"], capture_output=True, text=True, timeout=60)
         assert res2.returncode == 1
         assert f"another manager is already running for {cfg_dir} (pid {pid})" in res2.stderr
+        assert f"stop it with `pilot --config-dir {cfg_dir} manager stop`" in res2.stderr   # the dir typed
         add_sleepers(launchpad, "md", 3, 0.1)
         wait_for(lambda: fw_states(launchpad) == {"COMPLETED": 3}, 90, 1, "the daemon's pilots to do the work")
         st = subprocess.run([*pilot, "status"], capture_output=True, text=True, timeout=60)

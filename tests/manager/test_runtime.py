@@ -1,4 +1,5 @@
-"""ClusterRuntime on its own: lazy transport, counted commands, backoff in memory, in the records and the report."""
+"""ClusterRuntime on its own: lazy transport, counted commands, backoff in memory, in the records and the report;
+and inside a Manager, whose clock and dry-run switch it reads at each use."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from types import SimpleNamespace
 
 import mongomock
 
-from pilot.config import BackoffConfig
+from pilot.config import BackoffConfig, load_config
+from pilot.manager.cycle import Manager
 from pilot.manager.records import Records
-from pilot.manager.runtime import ClusterRuntime, CycleReport
+from pilot.manager.runtime import ClusterRuntime, CycleReport, ManagerSettings
+from pilot.transport import ConnectError
+from tests.manager.helpers import local_cluster, write_config
 
 
 class FakeTransport:
@@ -33,7 +37,7 @@ def runtime(records=None, now=1000.0):
 
     rt = ClusterRuntime(name="c1", config=SimpleNamespace(command_timeout=7), adapter=None,
                         transport_factory=factory, backoff=BackoffConfig(initial=10, max=25, factor=2),
-                        records=records, clock=lambda: now)
+                        records=records, settings=ManagerSettings(clock=lambda: now))
     return rt, made
 
 
@@ -76,3 +80,52 @@ def test_dry_run_records_nothing():
     rt.fail("refused", report)
     rt.ok()
     assert report.errors == {"c1": "refused"} and rt.failures == 0
+
+    records = Records(mongomock.MongoClient().db)
+    rt, _ = runtime(records)
+    rt.settings.dry_run = True
+    rt.fail("refused", report)
+    assert rt.failures == 1 and records.cluster_state("c1") == {}
+
+
+def unreachable_manager(tmp_path, clock):
+    """A Manager (mongomock database) with one cluster ``box`` whose transport never connects, and 1 READY md."""
+    db = mongomock.MongoClient().db
+    db.fireworks.insert_one({"fw_id": 1, "state": "READY", "spec": {"_category": "md"}})
+    lp_file = tmp_path / "lp.yaml"
+    lp_file.write_text("host: 127.0.0.1\nport: 1\nname: x\n")
+    # backoff (tests.manager.helpers): initial 1 s, doubling, at most 4 s
+    cfg = load_config(write_config(tmp_path / "cfg", lp_file, {"box": local_cluster(tmp_path / "w", lp_file, ["md"])}))
+
+    def refuse(name, ccfg):
+        raise ConnectError("no route to host", host=name)
+
+    lp = SimpleNamespace(db=db, fireworks=db.fireworks, launches=db.launches)
+    return Manager(cfg, lp, transport_factory=refuse, clock=clock), db
+
+
+def test_a_clock_set_on_the_manager_later_governs_the_backoff(tmp_path):
+    """Before the runtimes were split out, the backoff read ``Manager.clock`` at each failure; it still does."""
+    mgr, db = unreachable_manager(tmp_path, clock=lambda: 1000.0)
+    mgr.clock = lambda: 5000.0          # after construction: the runtimes and the tracker follow
+    report = mgr.run_cycle()
+    rt = mgr.clusters["box"]
+    assert "no route to host" in report.errors["box"]
+    assert (rt.failures, rt.backoff_until) == (1, 5001.0)
+    st = Records(db).cluster_state("box")
+    assert (st["failures"], st["backoff_until"]) == (1, 5001.0)
+    assert mgr.tracking.clock() == 5000.0 and report.started == 5000.0
+
+    mgr.clock = lambda: 6000.0          # again, between cycles: the next failure backs off from the new now
+    mgr.run_cycle()
+    assert rt.backoff_until == 6001.0 and Records(db).cluster_state("box")["backoff_until"] == 6001.0
+    assert not rt.available(6000.5) and rt.available(6001.0)
+
+
+def test_dry_run_set_on_the_manager_later_governs_its_helpers(tmp_path):
+    mgr, db = unreachable_manager(tmp_path, clock=lambda: 1000.0)
+    mgr.dry_run = True
+    rt = mgr.clusters["box"]
+    assert rt.settings.dry_run and mgr.tracking.dry_run
+    rt.fail("ssh down", CycleReport(started=0.0))
+    assert rt.failures == 1 and Records(db).cluster_state("box") == {}

@@ -433,6 +433,20 @@ def test_text_table_and_plot(local_run, tmp_path):
     check_png(png)
 
 
+def test_status_and_report_take_an_optional_config_by_one_rule(tmp_path):
+    """No config (no folder, or one without pilot.yaml and clusters/): a note; a broken one: its first problem."""
+    from pilot.cli.common import optional_config
+
+    assert optional_config(tmp_path / "absent") == (None, [f"no config in {tmp_path / 'absent'}"])
+    (tmp_path / "my_launchpad.yaml").write_text("host: 127.0.0.1\nport: 1\nname: x\n")
+    assert optional_config(tmp_path) == (None, [f"no config in {tmp_path}"])   # only a LaunchPad file
+    (tmp_path / "pilot.yaml").write_text("poll_interval: 0\n")
+    config, notes = optional_config(tmp_path)
+    assert config is None and len(notes) == 1
+    assert notes[0].startswith(f"the config in {tmp_path} is not usable (") and "more)" in notes[0]
+    assert notes[0].endswith(f"run `pilot --config-dir {tmp_path} config check`")
+
+
 def test_without_config_cores_are_assumed_one_and_said_so(local_run, tmp_path):
     cfg_dir, _lp, _facts = local_run
     lp_file = Path(load_config(cfg_dir).pilot.launchpad_file)

@@ -96,6 +96,19 @@ def test_error_line_takes_the_last_line_of_the_trace_else_the_message():
     assert error_line({}).startswith("no error recorded")
 
 
+def test_stored_times_are_read_one_way():
+    """``pilot status`` and ``pilot report`` read FireWorks' times with one function (pilot.isotime)."""
+    from pilot.isotime import epoch_seconds
+
+    t = 1714564800.0   # 2024-05-01T12:00:00 UTC
+    assert epoch_seconds("2024-05-01T12:00:00") == t                  # FireWorks' form: naive means UTC
+    assert epoch_seconds("2024-05-01 14:00:00+02:00") == t
+    assert epoch_seconds("2024-05-01T12:00:00Z") == t
+    assert epoch_seconds(dt.datetime(2024, 5, 1, 12)) == t
+    assert epoch_seconds(t) == t
+    assert [epoch_seconds(v) for v in ("soon", "", None, True, float("nan"))] == [None] * 5
+
+
 def test_format_table_aligns_columns():
     lines = format_table(["a", "long header"], [["xxxxx", 1], [None, 22]])
     assert lines == ["  a      long header", "  -----  -----------", "  xxxxx  1", "  -      22"]
@@ -186,6 +199,9 @@ def test_gather_from_records_only(launchpad):
     assert "c1: fwp.md.bbb (job 78) PENDING for 2 h, reason: Priority" in text
     assert "try: check that sshd runs" in text and "pilot doctor c2" in text
     assert f"fw {lost} lost: pilot fwp.md.aaa on c1 ended CANCELLED" in text
+    # a report made for a config dir that is not the default: the hint keeps its --config-dir
+    report.config_dir = "/srv/lab"
+    assert "check it with: pilot --config-dir /srv/lab doctor c2" in format_status(report, now=now)
 
 
 def test_fizzled_firework_error_and_paths(launchpad, tmp_path, monkeypatch):
@@ -371,7 +387,7 @@ def test_status_after_a_real_run(launchpad, remote_tmp, slurm_cluster, cluster_v
     assert f"fw {bad_id} fails-on-purpose (md): RuntimeError: ScriptTask fizzled! Return code: [3]" in text
     assert launch["launch_dir"] in text
     assert pilot_out in text
-    assert "cluster pilotdown is backed off" in text and "pilot doctor pilotdown" in text
+    assert "cluster pilotdown is backed off" in text and f"pilot --config-dir {cfg_dir} doctor pilotdown" in text
     assert "category orphan: 1 READY Firework but no cluster serves it" in text
     assert f"fw {long_id}" in text
 
@@ -412,6 +428,10 @@ def test_a_manager_that_stopped_cycling_is_reported(launchpad):
     text = format_status(report, now=now)
     assert "manager: last cycle 1 h 6 min ago (took 1.5 s)" in text
     assert "the manager is not cycling (last cycle 1 h 6 min ago" in text
+    assert "see `pilot manager status`, start it with `pilot manager start`" in text
+    report.config_dir = "/srv/lab"   # made with --config-dir /srv/lab: the commands to type keep it
+    assert ("see `pilot --config-dir /srv/lab manager status`, start it with "
+            "`pilot --config-dir /srv/lab manager start`") in format_status(report, now=now)
     launchpad.db["pilot_manager"].update_one({"_id": "manager"}, {"$set": {"last_cycle": now - 30}})
     report = gather_status(launchpad.db, None, now=now)
     assert report.manager_stale is None and "NEEDS YOU: nothing" in format_status(report, now=now)
