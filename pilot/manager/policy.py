@@ -1,6 +1,6 @@
 """How many pilots to submit: a pure function of demand, our own pilots and the cluster limits.
 
-No I/O here: the manager gathers the inputs (one LaunchPad aggregation, one scheduler query per
+No I/O here: the manager gathers the inputs (a few indexed counts per category, one scheduler query per
 cluster), calls :func:`plan`, and acts on the result. Everything in this module is tested
 exhaustively in ``tests/manager/test_policy.py``.
 
