@@ -1,7 +1,8 @@
 """Which configuration directory a command uses, and how a hint names it.
 
 A leaf module (standard library only) because every room needs it cheaply: the command line's
-``--config-dir`` default, the LaunchPad-file reader, and the configuration loader's hints. A hint that drops
+``--config-dir`` default, the name of its ``pilot.yaml``, the LaunchPad-file reader, and the configuration
+loader's hints. A hint that drops
 the ``--config-dir`` the user typed sends them to another configuration and another database;
 :func:`pilot_command` keeps it.
 """
@@ -12,12 +13,15 @@ import os
 import shlex
 from pathlib import Path
 
-__all__ = ["CONFIG_DIR_ENV", "DEFAULT_CONFIG_DIR", "default_config_dir", "pilot_command", "same_path"]
+__all__ = ["CONFIG_DIR_ENV", "DEFAULT_CONFIG_DIR", "PILOT_FILE", "default_config_dir", "pilot_command", "same_path"]
 
 #: The config dir when neither ``--config-dir`` nor :data:`CONFIG_DIR_ENV` names one.
 DEFAULT_CONFIG_DIR = "~/.pilot"
 #: Environment variable that names the config dir (``--config-dir`` overrides it).
 CONFIG_DIR_ENV = "PILOT_CONFIG_DIR"
+#: The config dir's main file (pilot settings, ``launchpad_file``); here so that the LaunchPad reader can name
+#: it without importing the configuration loader (pydantic).
+PILOT_FILE = "pilot.yaml"
 
 
 def default_config_dir() -> Path:

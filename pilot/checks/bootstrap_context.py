@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pilot.checks.probes import with_setup
+from pilot.checks.probes import tail, with_setup
 from pilot.checks.progress import Reporter
 
 if TYPE_CHECKING:
@@ -119,11 +120,6 @@ class BootstrapContext:
         return self.transport.run(cmd, timeout=timeout or self.timeout, env=full or None)
 
 
-def _tail(text: str, n: int = 8) -> str:
-    rows = [ln for ln in (text or "").rstrip().splitlines() if ln.strip()]
-    return "\n".join("        " + r for r in rows[-n:])
-
-
 def _shown(argv: list[str]) -> str:
     """An argument list for a message (display only, never run): the setup wrapper is summarised."""
     prefix = ""
@@ -137,4 +133,4 @@ def _shown(argv: list[str]) -> str:
 def command_failed(what: str, res: CompletedCommand, fix: str) -> BootstrapError:
     """The error for a failed command: what failed, the command, its exit code and stderr, what to try."""
     return BootstrapError(f"{what}\n    command: {_shown(res.argv)}\n    exit code: {res.returncode}\n"
-                          f"    stderr (last lines):\n{_tail(res.stderr)}\n    try: {fix}")
+                          f"    stderr (last lines):\n{textwrap.indent(tail(res.stderr, 8), ' ' * 8)}\n    try: {fix}")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from pilot.checks.bootstrap_context import BootstrapContext, BootstrapError
-from pilot.configdir import pilot_command
+from pilot.launchpad.files import find_launchpad_file, missing_file
 
 __all__ = [
     "BOOTSTRAP_MARK",
@@ -171,14 +171,13 @@ def edit_cluster_yaml(text: str, updates: dict[str, str]) -> str:
 def step_launchpad(ctx: BootstrapContext) -> str:
     from pilot.transport import RemotePathError
 
-    local = Path(os.path.expanduser(str(ctx.config.pilot.launchpad_file)))
+    # the file the commands of this config dir use, found (and its absence told) as they do
+    lpf = find_launchpad_file(ctx.config.config_dir, pilot=ctx.config.pilot, option=None)
+    local = lpf.path
     target = ctx.opts.launchpad_path or ctx.cluster.launchpad_file
     with ctx.rep.step(f"writing the launchpad file {target} on the cluster (mode 600)") as ev:
         if not local.is_file():
-            init = pilot_command(ctx.config.config_dir, "launchpad init")
-            raise BootstrapError(f"{Path(ctx.config.config_dir) / 'pilot.yaml'}: launchpad_file: {local} does "
-                                 f"not exist; create it (`{init}`) or point launchpad_file at your "
-                                 "my_launchpad.yaml")
+            raise BootstrapError(str(missing_file(lpf)))
         data = local.read_bytes()
         if ctx.opts.db_host:
             try:

@@ -40,6 +40,7 @@ from pilot.checks.doctor_environment import EnvironmentChecks
 from pilot.checks.doctor_launchpad import LaunchpadChecks
 from pilot.checks.probes import DB_PROBE, PROBE_MARK, PY_PROBE, address_of, ssh_prefix, with_setup
 from pilot.checks.results import CheckResult, CheckStatus, ClusterReport, DoctorReport, format_check, mark
+from pilot.configdir import pilot_command
 
 if TYPE_CHECKING:
     from pilot.config import ClusterConfig, Config
@@ -101,8 +102,9 @@ def check_config(config_dir: Path) -> tuple[CheckResult, Config | None, dict[str
         except ConfigError:
             prefix = "fwp"
         res = CheckResult("config", title, CheckStatus.FAIL, detail=str(e),
-                          fix="correct each field named above (docs/configuration.md); `pilot config check` "
-                              "repeats this list", seconds=time.monotonic() - t0)
+                          fix="correct each field named above (docs/configuration.md); "
+                              f"`{pilot_command(config_dir, 'config check')}` repeats this list",
+                          seconds=time.monotonic() - t0)
         return res, None, clusters, prefix
     n = len(cfg.clusters)
     res = CheckResult("config", title, CheckStatus.PASS,
@@ -189,7 +191,7 @@ def run_doctor(config_dir: Path, names: list[str] | None = None,
         report.clusters.append(cr)
         if on_cluster:
             on_cluster(cr)
-        doc = ClusterDoctor(n, c, job_name_prefix=prefix)
+        doc = ClusterDoctor(n, c, job_name_prefix=prefix, config_dir=config_dir)
         started: Callable[[str, str], None] | None = None
         if on_start is not None:
             started = functools.partial(on_start, n)

@@ -9,37 +9,18 @@ ClusterDoctor` combines them and runs them in order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pilot.checks.probes import with_setup
 from pilot.checks.results import CheckResult, CheckStatus
+from pilot.configdir import default_config_dir, pilot_command
 
 if TYPE_CHECKING:
     from pilot.config import ClusterConfig
     from pilot.transport import CompletedCommand, Transport
 
 __all__ = ["DoctorBase"]
-
-
-def tail(text: str, lines: int = 6) -> str:
-    """The last ``lines`` non-blank lines of ``text`` (the end of a stderr)."""
-    rows = [ln for ln in (text or "").rstrip().splitlines() if ln.strip()]
-    return "\n".join(rows[-lines:])
-
-
-def last(text: str) -> str:
-    """The last non-blank line of ``text``, stripped."""
-    rows = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return rows[-1] if rows else ""
-
-
-def short_error(line: str, limit: int = 300) -> str:
-    """A Python error line without pymongo's topology dump (``..., Timeout: 10.0s, Topology Description: ...``)."""
-    for cut in (" (configured timeouts", ", Timeout:", ", Topology Description"):
-        i = line.find(cut)
-        if i > 0:
-            line = line[:i]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class DoctorBase:
@@ -56,14 +37,19 @@ class DoctorBase:
         Default: :func:`pilot.transport.clusters.transport_for` (SSH, or local for ``scheduler: local``).
     local_version : str | None
         This machine's fireworks-pilot version, compared with the cluster's (default: ``pilot.__version__``).
+    config_dir : Path | str | None
+        The config dir the cluster comes from, named in the fixes (``pilot --config-dir D bootstrap ...``);
+        default: the default config dir (:func:`pilot.configdir.default_config_dir`).
     """
 
     def __init__(self, name: str, cluster: ClusterConfig, job_name_prefix: str = "fwp",
-                 transport: Transport | None = None, local_version: str | None = None) -> None:
+                 transport: Transport | None = None, local_version: str | None = None,
+                 config_dir: Path | str | None = None) -> None:
         from pilot import __version__
 
         self.name = name
         self.c = cluster
+        self.config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
         self.prefix = job_name_prefix
         self._transport = transport
         self.local_version = local_version or __version__
@@ -85,6 +71,10 @@ class DoctorBase:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+
+    def command(self, args: str) -> str:
+        """``pilot ARGS`` as a fix names it: with the ``--config-dir`` of this cluster's config dir."""
+        return pilot_command(self.config_dir, args)
 
     @property
     def file(self) -> str:

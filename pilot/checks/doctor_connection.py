@@ -9,8 +9,8 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from pilot.checks.doctor_base import DoctorBase, last, tail
-from pilot.checks.probes import address_of, ssh_prefix
+from pilot.checks.doctor_base import DoctorBase
+from pilot.checks.probes import address_of, last, ssh_prefix, tail
 from pilot.checks.results import CheckResult, CheckStatus
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@ These run the way the pilot job runs: after the setup lines, under ``bash`` with
 
 from __future__ import annotations
 
-from pilot.checks.doctor_base import DoctorBase, tail
-from pilot.checks.probes import PY_PROBE, read_probe, ssh_prefix
+from pilot.checks.doctor_base import DoctorBase
+from pilot.checks.probes import PY_PROBE, read_probe, ssh_prefix, tail
 from pilot.checks.results import CheckResult, CheckStatus
 
 __all__ = ["EnvironmentChecks"]
@@ -37,8 +37,9 @@ class EnvironmentChecks(DoctorBase):
         py = self.interpreter
         res = self._after_setup([py, "-c", PY_PROBE])
         info = read_probe(res.stdout)
+        bootstrap = self.command(f"bootstrap {self.name}")
         fix = (f"install fireworks-pilot {self.local_version} in the environment your setup lines activate: "
-               f"`pilot bootstrap {self.name}` does it (a venv in work_dir), or set python: in {self.file}")
+               f"`{bootstrap}` does it (a venv in work_dir), or set python: in {self.file}")
         if res.returncode != 0 or info is None:
             why = f"{py} exited with {res.returncode}" if res.returncode != 127 else f"{py}: command not found"
             return CheckResult("python", title, CheckStatus.FAIL, detail=f"{why}: {tail(res.stderr, 3)}", fix=fix)
@@ -50,7 +51,7 @@ class EnvironmentChecks(DoctorBase):
         if info.get("pilot") != self.local_version:
             return CheckResult("python", title, CheckStatus.WARN,
                                detail=detail + f"; this machine has fireworks-pilot {self.local_version}",
-                               fix=f"use the same version on both sides: `pilot bootstrap {self.name}`")
+                               fix=f"use the same version on both sides: `{bootstrap}`")
         return CheckResult("python", title, CheckStatus.PASS, detail=detail)
 
     def check_worker(self) -> CheckResult:
@@ -65,7 +66,7 @@ class EnvironmentChecks(DoctorBase):
                     f"`{shown} --help` exited with {res.returncode}")
             return CheckResult("worker", title, CheckStatus.FAIL, detail=f"{what}: {tail(res.stderr, 3)}",
                                fix=(f"the job starts the worker as `{shown}` after the setup lines: install "
-                                    f"fireworks-pilot there (`pilot bootstrap {self.name}`), or correct "
+                                    f"fireworks-pilot there (`{self.command(f'bootstrap {self.name}')}`), or correct "
                                     f"worker_command / python in {self.file}"))
         return CheckResult("worker", title, CheckStatus.PASS, detail=f"`{shown} --help` works after setup")
 
@@ -81,7 +82,8 @@ class EnvironmentChecks(DoctorBase):
                                                          job_name(cat, "doctor", prefix=self.prefix))))
             except RenderError as e:
                 return CheckResult("render", title, CheckStatus.FAIL, detail=str(e),
-                                   fix=f"correct the template or the field named above; see `pilot render {self.name}`")
+                                   fix=("correct the template or the field named above; see "
+                                        f"`{self.command(f'render {self.name}')}`"))
         if self.state.get("ssh") not in (CheckStatus.PASS, CheckStatus.WARN):
             return CheckResult("render", title, CheckStatus.PASS,
                                detail=f"rendered for {', '.join(c for c, _ in scripts)} (bash -n skipped: no SSH)")
@@ -90,7 +92,7 @@ class EnvironmentChecks(DoctorBase):
             if res.returncode != 0:
                 return CheckResult("render", title, CheckStatus.FAIL,
                                    detail=f"bash -n on the cluster rejects the script for {cat}: {tail(res.stderr)}",
-                                   fix=f"look at the script with `pilot render {self.name} -c {cat}` and correct "
-                                       "the setup lines or the template")
+                                   fix=(f"look at the script with `{self.command(f'render {self.name} -c {cat}')}` "
+                                        "and correct the setup lines or the template"))
         return CheckResult("render", title, CheckStatus.PASS,
                            detail=f"rendered for {', '.join(c for c, _ in scripts)}; bash -n on the cluster passes")

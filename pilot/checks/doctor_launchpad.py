@@ -4,9 +4,10 @@ file, and that file is readable by its owner alone (it holds the database passwo
 
 from __future__ import annotations
 
-from pilot.checks.doctor_base import DoctorBase, last, short_error
-from pilot.checks.probes import DB_PROBE, read_probe, ssh_prefix
+from pilot.checks.doctor_base import DoctorBase
+from pilot.checks.probes import DB_PROBE, last, read_probe, ssh_prefix
 from pilot.checks.results import CheckResult, CheckStatus
+from pilot.launchpad.files import short_reason
 
 __all__ = ["LaunchpadChecks"]
 
@@ -23,17 +24,18 @@ class LaunchpadChecks(DoctorBase):
         if res.returncode == 0 and info is not None:
             return CheckResult("database", title, CheckStatus.PASS,
                                detail=f"{lpf}: database {info.get('database')} answered in {info.get('seconds')} s")
-        err = short_error(last(res.stderr)) or f"exit code {res.returncode}"
+        err = short_reason(last(res.stderr), limit=300) or f"exit code {res.returncode}"
+        bootstrap = self.command(f"bootstrap {self.name}")
         if "FileNotFoundError" in err or "No such file" in err:
-            fix = (f"the launchpad file is missing on the cluster: `pilot bootstrap {self.name}` copies yours "
-                   f"there (mode 600), or correct launchpad_file in {self.file}")
+            fix = (f"the launchpad file is missing on the cluster: `{bootstrap}` copies yours there (mode 600), "
+                   f"or correct launchpad_file in {self.file}")
         elif "PermissionError" in err:
             fix = f"the cluster user cannot read {lpf}: {ssh_prefix(self.c)}chmod 600 {lpf} (as its owner)"
         elif "ServerSelectionTimeout" in err or "Connection refused" in err or "timed out" in err:
             fix = ("the cluster cannot reach the database at the address in its launchpad file: the address "
                    "must be reachable from the cluster's nodes (not 'localhost' of your laptop); if the server "
                    "is the embedded one, run it with --host on a reachable address, then "
-                   f"`pilot bootstrap {self.name} --db-host ADDRESS` writes that address into the cluster's file; "
+                   f"`{bootstrap} --db-host ADDRESS` writes that address into the cluster's file; "
                    "check firewalls between the cluster and the database")
         elif "Authentication" in err or "auth" in err.lower():
             fix = f"the database refused the credentials in {lpf}: check username/password there"
@@ -53,8 +55,8 @@ class LaunchpadChecks(DoctorBase):
         except RemotePathError as e:
             if e.errno == errno.ENOENT:
                 return CheckResult("launchpad_file", title, CheckStatus.FAIL, detail=f"{lpf} does not exist",
-                                   fix=(f"`pilot bootstrap {self.name}` copies your launchpad file there with "
-                                        f"mode 600, or correct launchpad_file in {self.file}"))
+                                   fix=(f"`{self.command(f'bootstrap {self.name}')}` copies your launchpad file "
+                                        f"there with mode 600, or correct launchpad_file in {self.file}"))
             raise
         if st.mode & 0o077:
             return CheckResult("launchpad_file", title, CheckStatus.FAIL,

@@ -3,7 +3,8 @@
 The doctor and bootstrap ask the cluster the same way: the command goes through :func:`with_setup` (the
 setup lines under ``bash`` with ``set -e``, as the pilot job script runs them), the script prints one line
 ``PILOT-PROBE {json}`` (:data:`PROBE_MARK`), and :func:`read_probe` finds that line among whatever the setup
-lines printed. Everything here is text: no transport, no I/O.
+lines printed; a failed command's stderr is cut to its end for messages (:func:`tail`, :func:`last`).
+Everything here is text: no transport, no I/O.
 
 Also here: how a cluster is named in messages (:func:`address_of`, used by ``pilot status`` too) and the
 ``ssh ...`` words a person types to reach it (:func:`ssh_prefix`, used in fixes).
@@ -25,8 +26,10 @@ __all__ = [
     "PY_PROBE",
     "VENV_PROBE",
     "address_of",
+    "last",
     "read_probe",
     "ssh_prefix",
+    "tail",
     "with_setup",
 ]
 
@@ -152,6 +155,20 @@ def read_probe(stdout: str) -> dict[str, Any] | None:
                 return None
             return data if isinstance(data, dict) else None
     return None
+
+
+def tail(text: str | None, lines: int = 6) -> str:
+    """The last ``lines`` non-blank lines of ``text`` (the end of a stderr, for a check's detail or a
+    bootstrap error). Not :func:`pilot.transport.errors.tail`: that one keeps a raw excerpt (blank lines and
+    all, capped in characters) inside the transport's exceptions; this one is for a short message."""
+    rows = [ln for ln in (text or "").rstrip().splitlines() if ln.strip()]
+    return "\n".join(rows[-lines:])
+
+
+def last(text: str | None) -> str:
+    """The last non-blank line of ``text``, stripped (a Python error's final line)."""
+    rows = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return rows[-1] if rows else ""
 
 
 # ============================================================================ naming the cluster

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pilot.configdir import pilot_command
+
 if TYPE_CHECKING:
     from pilot.checks.results import CheckResult, ClusterReport
 
@@ -145,14 +147,15 @@ def bootstrap(app: Any, cluster: str, wheels: str, db_host: str | None, venv: st
     except (BootstrapError, TransportError) as e:
         raise click.ClickException(f"bootstrap of {cluster} stopped:\n{e}") from None
     if no_doctor:
-        click.echo(f"{cluster} is set up; check it with `pilot doctor {cluster}`")
+        click.echo(f"{cluster} is set up; check it with `{pilot_command(app.config_dir, f'doctor {cluster}')}`")
         return
     from pilot.config import load_config
 
     cfg = load_config(app.config_dir)
     fancy = _fancy(ascii_only)
     pr = _DoctorPrinter(fancy, live=fancy, indent="      ")
-    doc = ClusterDoctor(cluster, cfg.clusters[cluster], job_name_prefix=cfg.pilot.job_name_prefix)
+    doc = ClusterDoctor(cluster, cfg.clusters[cluster], job_name_prefix=cfg.pilot.job_name_prefix,
+                        config_dir=app.config_dir)
     failed = 0
     with rep.step(f"pilot doctor {cluster}") as ev:
         try:

@@ -24,7 +24,7 @@ from pilot.config import (
     load_config,
     load_pilot_config,
 )
-from pilot.launchpad.files import pilot_command
+from pilot.configdir import pilot_command
 
 EXAMPLE_PILOT_YAML = """\
 # fireworks-pilot: settings of the manager. Every field is optional; the values below are the defaults.
@@ -178,18 +178,13 @@ def _job_name(category: str, prefix: str, fallback: str) -> str:
 
 def _launchpad_file_problems(config_dir: Path, cfg: Config) -> list[ConfigProblem]:
     """The LaunchPad file the commands of ``config_dir`` use must exist (found as they find it)."""
-    from pilot.launchpad.files import LAUNCHPAD_FILE, find_launchpad_file, pilot_command
+    from pilot.launchpad.files import find_launchpad_file, missing_file
 
     lpf = find_launchpad_file(config_dir, pilot=cfg.pilot, option=None)
     if lpf.path.is_file():
         return []
-    init = f"`{pilot_command(config_dir, 'launchpad init')}`"
-    own = config_dir / LAUNCHPAD_FILE
-    if lpf.path == own.absolute():
-        fix = (f"write it with {init} (embedded server) or {init} --uri mongodb://... (your MongoDB), "
-               "or point launchpad_file at yours")
-    else:
-        fix = f"correct launchpad_file, or remove it to use {own} (which {init} writes)"
+    # the reader's own fix (the FILE: FIELD: prefix already says where the path came from)
+    fix = missing_file(lpf).fix
     return [ConfigProblem(str(config_dir / PILOT_FILE), "launchpad_file", f"file not found: {lpf.path}; {fix}")]
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from pilot.launchpad.files import TIMEOUT_S, pilot_command
+from pilot.configdir import pilot_command, same_path
+from pilot.launchpad.files import TIMEOUT_S
 from pilot.launchpad.server import (
     DEFAULT_COMPACT_BYTES,
     DEFAULT_COMPACT_INTERVAL_S,
@@ -139,7 +140,7 @@ def _warn_if_not_read(config_dir: Path, written: Path) -> None:
     from pilot.launchpad.files import find_launchpad_file
 
     lpf = find_launchpad_file(config_dir, option=None)
-    if lpf.path != written.absolute():
+    if not same_path(lpf.path, written):
         click.echo(f"warning: {lpf.describe()} is {lpf.path}, so the commands of {config_dir} use that file, not "
                    f"{written}: point launchpad_file at {written.name} (or remove that line) to use this one",
                    err=True)

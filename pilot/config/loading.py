@@ -23,14 +23,12 @@ from pilot.config.messages import error_message, model_at
 from pilot.config.models_cluster import ClusterConfig
 from pilot.config.models_pilot import PilotConfig
 from pilot.config.units import validate_name
-from pilot.configdir import pilot_command
+from pilot.configdir import PILOT_FILE, pilot_command
 
 __all__ = ["CLUSTERS_DIR", "PILOT_FILE", "Config", "current_user", "load_cluster", "load_config",
            "load_pilot_config"]
 
 
-#: The manager's settings file in a config directory.
-PILOT_FILE = "pilot.yaml"
 #: The folder of the cluster files (one NAME.yaml per cluster) in a config directory.
 CLUSTERS_DIR = "clusters"
 

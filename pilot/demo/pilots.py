@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pilot.manager.cycle import Manager
 
 __all__ = ["refresh_only", "stop_pilots"]
 
 
-def _live_records(mgr: Any, job_names: set[str]) -> list[dict[str, Any]]:
+def _live_records(mgr: Manager, job_names: set[str]) -> list[dict[str, Any]]:
     return [r for r in mgr.records.live() if r["_id"] in job_names]
 
 
-def refresh_only(mgr: Any) -> None:
+def refresh_only(mgr: Manager) -> None:
     """Update our pilots' records from the scheduler without submitting anything."""
     from pilot.manager.cycle import CycleReport
 
@@ -38,7 +41,7 @@ def _local_job_pids(job_ids: list[str]) -> list[int]:
     return pids
 
 
-def stop_pilots(mgr: Any, job_names: set[str], drain_s: float, say: Callable[[str], None]) -> None:
+def stop_pilots(mgr: Manager, job_names: set[str], drain_s: float, say: Callable[[str], None]) -> None:
     """Let our pilots leave by themselves for ``drain_s`` seconds, then cancel the rest; wait until every
     pilot process (the localsched supervisor and the job's process group) is gone."""
     import psutil

@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from pilot.configdir import pilot_command
 from pilot.demo.directory import check_config_dir, start_launchpad, write_config
 from pilot.demo.engine import add_simulations, choose_engine, measure_gromacs, measure_openmm, steps_for
 from pilot.demo.options import CLUSTER_NAME, IDLE_TIMEOUT_S, POLL_INTERVAL_S, DemoError, DemoOptions
@@ -43,11 +44,6 @@ __all__ = ["DemoRun", "run_demo"]
 def _echo(message: str) -> None:
     """The default ``echo``: a line on stdout, flushed (progress lines must show while the demo runs)."""
     print(message, flush=True)
-
-
-def _cmd_prefix(config_dir: Path) -> str:
-    default = Path(os.path.expanduser(os.environ.get("PILOT_CONFIG_DIR", "~/.pilot")))
-    return "pilot" if config_dir.resolve() == default.resolve() else f"pilot --config-dir {config_dir}"
 
 
 def _next_run(config_dir: Path) -> int:
@@ -106,7 +102,7 @@ class DemoRun:
     config: Config
     lp: Any  # fireworks.LaunchPad
     server: RunningServer
-    lock: Any
+    lock: IO[str]
     log: logging.Logger
     log_handlers: list[logging.Handler]
     log_propagate: bool
@@ -204,7 +200,7 @@ def _run(
     except KeyboardInterrupt:
         echo(
             f"\ninterrupted: stopping the pilots; unfinished segments go back to READY "
-            f"(`{_cmd_prefix(config_dir)} manager run` "
+            f"(`{pilot_command(config_dir, 'manager run')}` "
             "continues them)"
         )
         raise
@@ -302,8 +298,8 @@ def _loop(run: DemoRun) -> Sim | None:
             raise DemoError(
                 f"not finished after {opts.timeout:.0f} s ({sum(s.state == 'finished' for s in sims)} of "
                 f"{len(sims)} simulations done); see {run.config_dir / 'logs' / 'manager.log'} and "
-                "`pilot status`. "
-                "The pilots were cancelled; `pilot manager run` continues the work."
+                f"`{pilot_command(run.config_dir, 'status')}`. "
+                f"The pilots were cancelled; `{pilot_command(run.config_dir, 'manager run')}` continues the work."
             )
         time.sleep(POLL_INTERVAL_S)
 
@@ -366,17 +362,17 @@ def _show_results(run: DemoRun, show_status: Callable[[], None] | None) -> None:
     echo("$ pilot report")
     echo(format_report(rep))
     echo(f"wrote {png}")
-    pre = _cmd_prefix(config_dir)
     echo("")
     echo(
         f"Done in {time.monotonic() - run.t_start:.0f} s. The LaunchPad server keeps running "
         f"(pid {server.pid}, "
         f"{server.host}:{server.port}), so these work on what the demo left:"
     )
-    echo(f"  {pre} status")
-    echo(f"  {pre} report --plot report.png")
+    echo(f"  {pilot_command(config_dir, 'status')}")
+    echo(f"  {pilot_command(config_dir, 'report --plot report.png')}")
     echo(f"  lpad -l {config_dir / 'my_launchpad.yaml'} get_wflows")
-    echo(f"Stop the server with `{pre} launchpad stop`; delete {config_dir} to remove everything.")
+    echo(f"Stop the server with `{pilot_command(config_dir, 'launchpad stop')}`; delete {config_dir} to remove "
+         "everything.")
 
 
 def _teardown(run: DemoRun) -> None:

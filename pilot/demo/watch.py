@@ -7,7 +7,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pilot.manager.records import Records
 
 __all__ = ["Pilots", "Progress", "Sim", "count_pilots", "refresh_sims"]
 
@@ -104,7 +107,7 @@ def refresh_sims(lp: Any, sims: list[Sim]) -> None:
             s.state, s.where = "waiting", ""
 
 
-def count_pilots(records: Any, job_names: set[str]) -> Pilots:
+def count_pilots(records: Records, job_names: set[str]) -> Pilots:
     from pilot.manager.records import PENDING_STATES, RUNNING_STATES
 
     out = Pilots()

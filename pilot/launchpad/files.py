@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pilot.configdir import pilot_command
+from pilot.configdir import PILOT_FILE, pilot_command
 from pilot.configdir import same_path as _same_path
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 LAUNCHPAD_FILE = "my_launchpad.yaml"
 #: Seconds an interactive command waits for the database (server selection and connecting); see above.
 TIMEOUT_S = 5.0
-
-_PILOT_FILE = "pilot.yaml"   # pilot.config.PILOT_FILE; not imported, to keep this module free of pydantic
 
 
 class LaunchPadUnavailable(Exception):
@@ -110,7 +108,7 @@ class LaunchPadFile:
         if self.origin == "option":
             return self.option or "the given file"
         if self.origin == "pilot.yaml":
-            return f"{self.config_dir / _PILOT_FILE}: launchpad_file"
+            return f"{self.config_dir / PILOT_FILE}: launchpad_file"
         return f"the default {self.config_dir}/{LAUNCHPAD_FILE}"
 
 
@@ -118,7 +116,7 @@ def _named_in_pilot_yaml(config_dir: Path, pilot: PilotConfig | None) -> Path | 
     """The ``launchpad_file`` that ``pilot.yaml`` writes (None when it names none)."""
     if pilot is not None:
         return Path(pilot.launchpad_file) if "launchpad_file" in pilot.model_fields_set else None
-    path = config_dir / _PILOT_FILE
+    path = config_dir / PILOT_FILE
     if not path.is_file():
         return None
     from pilot.config import ConfigError, load_pilot_config
@@ -167,7 +165,10 @@ def find_launchpad_file(config_dir: Path | str, explicit: Path | str | None = No
 
 
 # ------------------------------------------------------------------------------------------ reading
-def _missing(lpf: LaunchPadFile) -> LaunchPadUnavailable:
+def missing_file(lpf: LaunchPadFile) -> LaunchPadUnavailable:
+    """The one message for a LaunchPad file that does not exist: where the path came from, and the command
+    that writes it (or the line of ``pilot.yaml`` to correct). Returned, not raised: ``config check`` lists
+    it as one problem among others, bootstrap wraps it in its own error."""
     init = f"`{lpf.init_command}`"
     other = f", or pass {lpf.option} FILE" if lpf.option else ""
     if lpf.origin == "option":
@@ -179,13 +180,13 @@ def _missing(lpf: LaunchPadFile) -> LaunchPadUnavailable:
         if _same_path(lpf.path, own):
             fix = f"create it with {init} (embedded server) or {init} --uri mongodb://... (your MongoDB){other}"
         else:
-            fix = (f"correct launchpad_file in {lpf.config_dir / _PILOT_FILE}, or remove that line to use {own} "
+            fix = (f"correct launchpad_file in {lpf.config_dir / PILOT_FILE}, or remove that line to use {own} "
                    f"(which {init} writes){other}")
         return LaunchPadUnavailable(f"{lpf.describe()}: {lpf.path} does not exist", fix)
     return LaunchPadUnavailable(
         f"no LaunchPad file at {lpf.path}",
         f"create it with {init} (embedded server) or {init} --uri mongodb://... (your MongoDB){other}, "
-        f"or point launchpad_file in {lpf.config_dir / _PILOT_FILE} at yours")
+        f"or point launchpad_file in {lpf.config_dir / PILOT_FILE} at yours")
 
 
 def read_settings(lpf: LaunchPadFile) -> dict[str, Any]:
@@ -199,7 +200,7 @@ def read_settings(lpf: LaunchPadFile) -> dict[str, Any]:
     import yaml
 
     if not lpf.path.is_file():
-        raise _missing(lpf)
+        raise missing_file(lpf)
     rewrite = f"write it with `{lpf.init_command}` (or `{lpf.init_command} --uri mongodb://...`)"
     try:
         data = yaml.safe_load(lpf.path.read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import threading
@@ -200,8 +201,10 @@ class LaunchPadServer:
                 other = (d / PID_FILE).read_text().strip() or other
             except OSError:
                 pass
+            # `pilot launchpad stop` alone stops the server of the default config dir's data dir: name this one
+            stop = f"pilot launchpad stop --data {shlex.quote(str(d))}"
             raise StartupError(f"data dir {d} is in use by another embedded LaunchPad server (pid {other}); "
-                               "stop it with `pilot launchpad stop` or use another --data") from exc
+                               f"stop it with `{stop}` or use another --data") from exc
         self._lock_fd = fd
         try:
             _write_atomic(d / PID_FILE, f"{os.getpid()}\n")

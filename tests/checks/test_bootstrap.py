@@ -35,6 +35,7 @@ from pilot.checks.bootstrap import (
     strip_bootstrap_lines,
 )
 from tests.helpers import REPO, OwnSshd
+from tests.manager.helpers import local_cluster, write_config
 
 CLUSTER_FILE = """\
 # my cluster (this comment must survive)
@@ -132,6 +133,27 @@ def test_platform_tags_follow_pep_600():
     assert not same_platform(_remote("2.28"), here)        # wheels built here may need a newer glibc
     assert not same_platform(_remote(minor=10), here)
     assert not same_platform(_remote(machine="aarch64"), here)
+
+
+def test_a_missing_launchpad_file_is_told_as_the_commands_of_the_config_dir_tell_it(tmp_path):
+    # the file pilot.yaml names does not exist: bootstrap stops before it touches the cluster, naming that
+    # line and the command that writes the config dir's own file (with the --config-dir typed)
+    from pilot.checks.bootstrap_context import BootstrapContext, BootstrapOptions
+    from pilot.checks.bootstrap_files import step_launchpad
+    from pilot.checks.progress import Reporter
+    from pilot.config import load_config
+
+    cfg = tmp_path / "cfg"
+    gone = tmp_path / "elsewhere" / "my_launchpad.yaml"
+    write_config(cfg, gone, {"box": local_cluster(tmp_path / "work", gone, ["md"])})
+    config = load_config(cfg)
+    ctx = BootstrapContext(name="box", cluster=config.cluster("box"), config=config, opts=BootstrapOptions(),
+                           rep=Reporter(total=1, echo=lambda text="", nl=True: None), transport=None)
+    with pytest.raises(BootstrapError) as err:
+        step_launchpad(ctx)
+    msg = str(err.value)
+    assert f"{cfg / 'pilot.yaml'}: launchpad_file: {gone} does not exist" in msg
+    assert f"`pilot --config-dir {cfg} launchpad init`" in msg
 
 
 # ============================================================================ a fresh cluster account
@@ -249,6 +271,8 @@ def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchp
     before = {c["id"]: c["status"] for c in json.loads(res.stdout)["clusters"][0]["checks"]}
     assert res.returncode == 1 and before["ssh"] == "pass" and before["python"] == "fail"
     assert before["launchpad_file"] == "fail"
+    fixes = {c["id"]: c["fix"] for c in json.loads(res.stdout)["clusters"][0]["checks"]}
+    assert f"`pilot --config-dir {cfg} bootstrap fresh`" in fixes["launchpad_file"]   # the config dir typed
 
     t0 = time.monotonic()
     res = _bootstrap(cfg, "fresh", *where)
@@ -264,14 +288,15 @@ def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchp
     res = _doctor(cfg)
     assert res.returncode == 0, res.stdout
 
-    # again: nothing to install, nothing to change
+    # again: nothing to install, nothing to change (the doctor left to the user, with the config dir typed)
     t0 = time.monotonic()
-    res = _bootstrap(cfg, "fresh", *where)
+    res = _bootstrap(cfg, "fresh", *where, "--no-doctor")
     second = time.monotonic() - t0
     print(res.stdout, res.stderr)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "skipping the install" in res.stdout
     assert "unchanged" in res.stdout
+    assert f"fresh is set up; check it with `pilot --config-dir {cfg} doctor fresh`" in res.stdout
     assert second < first
 
     # after an upgrade here (simulated: the venv's record of its build differs): reinstalled, doctor passes

@@ -185,7 +185,7 @@ def test_python_without_pilot_and_unreachable_database(env, remote_tmp):
     assert rc == 1
     got = checks(doc, "nopilot")
     assert got["python"]["status"] == "fail" and "cannot import fireworks" in got["python"]["detail"]
-    assert "pilot bootstrap nopilot" in got["python"]["fix"]
+    assert f"`pilot --config-dir {cfg} bootstrap nopilot`" in got["python"]["fix"]   # the config dir typed
     assert got["worker"]["status"] == "fail" and "command not found" in got["worker"]["detail"]
     got = checks(doc, "deaddb")
     assert got["database"]["status"] == "fail"
@@ -216,6 +216,7 @@ def test_config_problems_are_reported_and_the_valid_clusters_still_checked(launc
     assert rc == 1
     assert doc["config"]["status"] == "fail"
     assert "broken.yaml" in doc["config"]["detail"] and "wallclock" in doc["config"]["detail"]
+    assert f"`pilot --config-dir {cfg} config check` repeats this list" in doc["config"]["fix"]
     assert [c["name"] for c in doc["clusters"]] == ["box"] and doc["clusters"][0]["ok"]
     res = doctor(cfg, "boxx")
     assert res.returncode == 1 and "did you mean 'box'" in res.stderr

@@ -577,10 +577,18 @@ def test_second_server_on_same_data_dir_refuses(own_server, tmp_path):
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use" in lines[0] and str(srv.proc.pid) in lines[0]
+    # the hint names this data dir (a bare `pilot launchpad stop` stops the default config dir's server)
+    stop = f"pilot launchpad stop --data {tmp_path / 'data'}"
+    assert f"stop it with `{stop}`" in lines[0]
     with client_for(srv) as c:  # the first one is unaffected
         assert c.admin.command("ping")["ok"] == 1.0
     info = json.loads((tmp_path / "data" / "server.json").read_text())
     assert info["pid"] == srv.proc.pid and info["port"] == srv.port and info["host"] == "127.0.0.1"
+    # and the hinted command stops it
+    res = subprocess.run([sys.executable, "-m", *stop.split()], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: srv.proc.poll() is not None, timeout=15)
 
 
 def test_credentials_get_a_clear_authentication_error(own_server):
