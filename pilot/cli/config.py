@@ -34,7 +34,7 @@ EXAMPLE_PILOT_YAML = """\
 # this directory: my_launchpad.yaml is the file `pilot launchpad init` writes here.
 launchpad_file: my_launchpad.yaml
 
-# Seconds between two manager cycles (each cycle: one LaunchPad query, one queue query per cluster).
+# Seconds between two manager cycles (each cycle: a few LaunchPad counts per category, one queue query per cluster).
 poll_interval: 60
 
 # The manager's log files (relative: inside this directory).
