@@ -37,6 +37,7 @@ from pilot.launchpad.commands import (
     CommandStats,
     Handler,
     error_reply,
+    session_key,
 )
 from pilot.launchpad.reads import ReadCommands
 from pilot.launchpad.schema import SchemaCommands
@@ -105,6 +106,7 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
             return error_reply("empty command", 9), 0
         name = next(iter(cmd))
         lname = name.lower()
+        session = session_key(cmd.get("lsid"))
         for k in _GENERIC_FIELDS:
             cmd.pop(k, None)
         handler = self._handlers.get(lname)
@@ -129,6 +131,7 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
                     raise CommandError(
                         f"no such command: '{name}' (the embedded LaunchPad server implements the commands "
                         "FireWorks and pymongo use; for anything else use MongoDB)", 59)
+                self._current_conn, self._current_session = conn_id, session
                 reply = handler(db, name, cmd, seqs, conn_id)
             except CommandError as exc:
                 reply = error_reply(str(exc), exc.code)
@@ -158,6 +161,13 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
             if reply.get("ok") != 1.0:
                 self.stats.errors += 1
         return reply, seq
+
+    def connection_closed(self, conn_id: int) -> None:
+        """The server's hook for a connection that ended: the cursors it owned go with it."""
+        with self.lock:
+            n = self.drop_connection_cursors(conn_id)
+        if n:
+            log.debug("connection %d closed: discarded its %d open cursor(s)", conn_id, n)
 
     # --------------------------------------------------------------------------- snapshot/restore
     def export(self) -> list[dict[str, Any]]:

@@ -11,10 +11,10 @@ document, OP_MSG document sequences, connection id) and returns the reply docume
 
 from __future__ import annotations
 
-import itertools
-import os
+import secrets
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,10 +62,42 @@ def error_reply(message: str, code: int) -> dict[str, Any]:
     return {"ok": 0.0, "errmsg": message, "code": code, "codeName": CODE_NAMES.get(code, f"Location{code}")}
 
 
+def session_key(lsid: Any) -> bytes | None:
+    """The logical session id a command carries (``lsid: {id: UUID}``) as bytes; None without one."""
+    sid = lsid.get("id") if isinstance(lsid, dict) else None
+    if isinstance(sid, uuid.UUID):
+        return sid.bytes
+    if isinstance(sid, bytes):  # bson.Binary (subtype 4) is a bytes subclass
+        return bytes(sid)
+    return None
+
+
+@dataclass(frozen=True)
+class CursorOwner:
+    """Who opened a cursor, and so who may continue or kill it (a later change adds the authenticated user).
+
+    A cursor opened in a logical session belongs to that session, as in MongoDB: drivers send every
+    ``getMore`` of a cursor with the session of its ``find`` but over whichever pooled connection is free
+    (pymongo does), so binding such a cursor to one connection would break every multi-threaded client. A
+    cursor opened without a session belongs to its connection. Anyone else gets exactly MongoDB's answer
+    for an unknown cursor (``CursorNotFound``), so a guessed or leaked id tells nothing.
+    """
+
+    conn: int
+    session: bytes | None = None
+
+    def admits(self, other: CursorOwner) -> bool:
+        """May ``other`` (the sender of a getMore/killCursors) use a cursor of this owner?"""
+        if self.session is not None:
+            return other.session == self.session
+        return other.conn == self.conn
+
+
 @dataclass
 class _Cursor:
     ns: str
     docs: deque[bytes]
+    owner: CursorOwner
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -110,7 +142,10 @@ class CommandBase:
         self.stats = CommandStats()
         self.started = time.time()
         self._cursors: dict[int, _Cursor] = {}
-        self._cursor_ids = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
+        #: The connection and logical session of the command being executed (the backend sets them under its
+        #: lock before each handler): whoever opens, continues or kills a cursor.
+        self._current_conn = 0
+        self._current_session: bytes | None = None
         self._last_cursor_sweep = time.monotonic()
         self._colls: dict[tuple[str, str], mongomock.Collection] = {}
 
@@ -128,15 +163,48 @@ class CommandBase:
 
     # ------------------------------------------------------------------------------ cursors
     def _cursor_reply(self, ns: str, docs: Iterable[dict[str, Any]], batch_size: int | None = None,
-                      single: bool = False) -> dict[str, Any]:
+                      single: bool = False, conn: int | None = None) -> dict[str, Any]:
+        """The first batch; the rest stays behind a new cursor of the current command's owner (see CursorOwner)."""
         raw = deque(bson.encode(d, codec_options=CODEC) for d in docs)
         first, more = _batch(raw, batch_size)
         cid = 0
         if more and not single:
             self._sweep_cursors()
-            cid = next(self._cursor_ids)
-            self._cursors[cid] = _Cursor(ns, raw)
+            cid = self._new_cursor_id()
+            self._cursors[cid] = _Cursor(ns, raw, self._owner(self._current_conn if conn is None else conn))
         return {"cursor": {"firstBatch": first, "id": Int64(cid), "ns": ns}, "ok": 1.0}
+
+    def _new_cursor_id(self) -> int:
+        """A random positive 63-bit id, never 0 (MongoDB's "no cursor"), never one that is open.
+
+        Unpredictable as MongoDB's own (random, positive, non-zero): an id seen or guessed is not a key to the
+        documents behind it, and the owner check below answers a foreign id as an unknown one anyway.
+        """
+        while True:
+            cid = secrets.randbits(63)
+            if cid and cid not in self._cursors:
+                return cid
+
+    def _owner(self, conn: int) -> CursorOwner:
+        return CursorOwner(conn, self._current_session)
+
+    def _owned_cursor(self, cid: int, conn: int) -> _Cursor | None:
+        """The open cursor ``cid`` if the current command's sender may use it; None if unknown or foreign."""
+        cur = self._cursors.get(cid)
+        if cur is None or not cur.owner.admits(self._owner(conn)):
+            return None
+        return cur
+
+    def drop_connection_cursors(self, conn: int) -> int:
+        """Discard the cursors that belonged to a closed connection (call with the lock held); how many.
+
+        Those are the ones it opened outside a session; a session's cursors outlive the connection that
+        opened them (the driver continues them over another one), as in MongoDB, until killed or idle.
+        """
+        gone = [cid for cid, cur in self._cursors.items() if cur.owner.session is None and cur.owner.conn == conn]
+        for cid in gone:
+            del self._cursors[cid]
+        return len(gone)
 
     def _sweep_cursors(self) -> None:
         now = time.monotonic()
@@ -148,10 +216,11 @@ class CommandBase:
 
     def _getmore(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         cid = int(cmd[name])
-        cur = self._cursors.get(cid)
+        cur = self._owned_cursor(cid, conn)
         if cur is None:
-            raise CommandError(f"cursor id {cid} not found (it was exhausted, killed or timed out after "
-                               f"{CURSOR_TIMEOUT_S:.0f} s idle)", 43)
+            # MongoDB's own words for an unknown cursor (CursorManager::pinCursor): exhausted, killed, timed
+            # out, never existed and someone else's all look the same.
+            raise CommandError(f"cursor id {cid} not found", 43)
         batch, more = _batch(cur.docs, int(cmd.get("batchSize") or 0))
         cur.last_used = time.monotonic()
         if not more:
@@ -159,9 +228,14 @@ class CommandBase:
         return {"cursor": {"nextBatch": batch, "id": Int64(cid if more else 0), "ns": cur.ns}, "ok": 1.0}
 
     def _killcursors(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
+        """MongoDB's reply shape; someone else's cursor is reported not found and stays open."""
         killed: list[Any] = []
         missing: list[Any] = []
         for cid in cmd.get("cursors", []):
-            (killed if self._cursors.pop(int(cid), None) is not None else missing).append(cid)
+            if self._owned_cursor(int(cid), conn) is not None:
+                del self._cursors[int(cid)]
+                killed.append(cid)
+            else:
+                missing.append(cid)
         return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [], "cursorsUnknown": [],
                 "ok": 1.0}

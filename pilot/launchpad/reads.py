@@ -30,7 +30,7 @@ class ReadCommands(CommandBase):
         projection = cmd.get("projection") or None
         docs = coll.find(cmd.get("filter") or {}, projection, **kw)
         return self._cursor_reply(f"{db}.{cmd[name]}", docs, int(cmd.get("batchSize") or 0),
-                                  single=bool(cmd.get("singleBatch")) or limit < 0)
+                                  single=bool(cmd.get("singleBatch")) or limit < 0, conn=conn)
 
     def _count(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         coll = self.coll(db, cmd[name])
@@ -72,7 +72,7 @@ class ReadCommands(CommandBase):
         else:
             docs = list(coll.find())
         out = list(mm_aggregate.process_pipeline(docs, coll.database, pipeline, None)) if pipeline else docs
-        return self._cursor_reply(f"{db}.{target}", out, (cmd.get("cursor") or {}).get("batchSize"))
+        return self._cursor_reply(f"{db}.{target}", out, (cmd.get("cursor") or {}).get("batchSize"), conn=conn)
 
     def _listindexes(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         cs = self.cstore(db, cmd[name])
@@ -85,4 +85,5 @@ class ReadCommands(CommandBase):
                 if opt in spec:
                     d[opt] = spec[opt]
             docs.append(d)
-        return self._cursor_reply(f"{db}.{cmd[name]}", docs, (cmd.get("cursor") or {}).get("batchSize"))
+        return self._cursor_reply(f"{db}.{cmd[name]}", docs, (cmd.get("cursor") or {}).get("batchSize"),
+                                  conn=conn)
