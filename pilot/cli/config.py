@@ -24,7 +24,7 @@ from pilot.config import (
     load_config,
     load_pilot_config,
 )
-from pilot.configdir import pilot_command
+from pilot.configdir import pilot_command, private_dir, write_private
 
 EXAMPLE_PILOT_YAML = """\
 # fireworks-pilot: settings of the manager. Every field is optional; the values below are the defaults.
@@ -116,7 +116,10 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 @click.option("--force", is_flag=True, help="Overwrite existing pilot.yaml / clusters/example.yaml.")
 @click.pass_obj
 def init(app: Any, force: bool) -> None:
-    """Write a commented example pilot.yaml and clusters/example.yaml into the config directory."""
+    """Write a commented example pilot.yaml and clusters/example.yaml into the config directory.
+
+    The directory and clusters/ are made 0700, the files 0600 (they point at the LaunchPad file).
+    """
     cdir: Path = app.config_dir
     targets = [(cdir / PILOT_FILE, EXAMPLE_PILOT_YAML), (cdir / CLUSTERS_DIR / "example.yaml", EXAMPLE_CLUSTER_YAML)]
     existing = [p for p, _ in targets if p.exists()]
@@ -124,10 +127,16 @@ def init(app: Any, force: bool) -> None:
         raise click.ClickException(
             f"{', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}; "
             "nothing written. Use --force to overwrite, or --config-dir for another directory.")
-    (cdir / CLUSTERS_DIR).mkdir(parents=True, exist_ok=True)
-    for path, text in targets:
-        path.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {path}")
+    # 0700 dirs, 0600 files: they name the LaunchPad file and the clusters' accounts (an older 0755 dir is
+    # tightened, with a log line)
+    try:
+        private_dir(cdir)
+        private_dir(cdir / CLUSTERS_DIR)
+        for path, text in targets:
+            write_private(path, text)
+            click.echo(f"wrote {path}")
+    except OSError as e:
+        raise click.ClickException(f"cannot write in {cdir}: {e}") from None
     click.echo(f"next: edit {cdir / CLUSTERS_DIR / 'example.yaml'} (rename it to your cluster's name), "
                f"run `{pilot_command(cdir, 'launchpad init')}` for the LaunchPad, "
                f"then `{pilot_command(cdir, 'config check')}`")

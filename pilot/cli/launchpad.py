@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from pilot.configdir import pilot_command, same_path
+from pilot.configdir import pilot_command, private_dir, same_path
 from pilot.launchpad.files import TIMEOUT_S
 from pilot.launchpad.server import (
     DEFAULT_COMPACT_BYTES,
@@ -29,6 +29,20 @@ def _default_data(ctx: click.Context) -> Path:
     from pilot.launchpad.control import SERVER_DIR
 
     return Path(ctx.obj.config_dir) / SERVER_DIR
+
+
+def _private_config_dir(ctx: click.Context, data_dir: Path | None) -> None:
+    """Make the config dir 0700 (created so, or tightened) when the data dir is in it: a first ``serve``
+    must not leave ``~/.pilot`` readable by others. An error is left to the server, which names the data dir."""
+    if ctx.obj is None:
+        return
+    config_dir = Path(ctx.obj.config_dir)
+    if data_dir is not None and not Path(data_dir).absolute().is_relative_to(config_dir.absolute()):
+        return
+    try:
+        private_dir(config_dir)
+    except OSError:
+        pass
 
 
 @click.group()
@@ -56,6 +70,7 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path | None, compa
     """
     if ctx.obj is None or ctx.obj.verbose <= 0:
         logging.getLogger("pilot.launchpad").setLevel(logging.INFO)
+    _private_config_dir(ctx, data_dir)
     opts = ServerOptions(data_dir=data_dir or _default_data(ctx), host=host, port=port,
                          compact_bytes=int(compact_mb * 2**20), compact_interval=compact_interval)
     try:
@@ -79,7 +94,8 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
     """Write CONFIG_DIR/my_launchpad.yaml and check that the LaunchPad works.
 
     Without --uri: use the embedded server with data in CONFIG_DIR/lpserver (started in the background if
-    it is not running). With --uri: point at that MongoDB. The file is mode 600 (it may hold a password).
+    it is not running). With --uri: point at that MongoDB. The file is mode 600 (it may hold a password); the
+    config dir and the data dir are 0700.
     """
     from pilot.launchpad.control import (
         LAUNCHPAD_FILE,
@@ -95,6 +111,10 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
     config_dir = Path(ctx.obj.config_dir)
     target = config_dir / LAUNCHPAD_FILE
     try:
+        try:
+            private_dir(config_dir)  # 0700 before anything is written in it (an older one is tightened)
+        except OSError as exc:
+            raise ControlError(f"cannot create the config dir {config_dir}: {exc.strerror or exc}") from exc
         if uri:
             from pymongo import uri_parser
             from pymongo.errors import ConfigurationError, InvalidURI

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pilot.configdir import PrivateFileHandler, open_private, private_dir
 from pilot.manager.daemon import (
     ManagerRunningError,
     acquire_lock,
@@ -54,9 +55,22 @@ def load_manager_inputs(app: AppContext, interactive: bool = True) -> tuple[Conf
         raise click.ClickException(str(e)) from None
 
 
-def _file_logging(log_dir: Path) -> None:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    h = logging.FileHandler(log_dir / "manager.log")
+def private_log_dir(log_dir: Path, config_dir: Path) -> Path:
+    """Make the manager's log dir 0700 (its logs name clusters, accounts and the LaunchPad).
+
+    An existing one is tightened only inside the config dir: a ``log_dir`` the user pointed elsewhere may be
+    shared on purpose (its files are 0600 all the same).
+    """
+    inside = log_dir.absolute().is_relative_to(config_dir.absolute())
+    if inside:
+        private_dir(config_dir)
+    return private_dir(log_dir, tighten=inside)
+
+
+def _file_logging(log_dir: Path, config_dir: Path) -> None:
+    """Log INFO and up to LOG_DIR/manager.log (0600, in a 0700 dir: see :func:`private_log_dir`)."""
+    private_log_dir(log_dir, config_dir)
+    h = PrivateFileHandler(log_dir / "manager.log")
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     h.setLevel(logging.INFO)
     root = logging.getLogger()
@@ -87,7 +101,7 @@ def run_cmd(obj: AppContext, once: bool, dry_run: bool, as_json: bool) -> None:
         lock = None if dry_run else acquire_lock(obj.config_dir)
     except ManagerRunningError as e:
         raise click.ClickException(str(e)) from None
-    _file_logging(Path(os.path.expanduser(str(config.pilot.log_dir))))
+    _file_logging(Path(os.path.expanduser(str(config.pilot.log_dir))), obj.config_dir)
     mgr = Manager(config, lp, dry_run=dry_run)
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -135,8 +149,8 @@ def start_cmd(obj: AppContext) -> None:
     except ConfigError as e:
         raise click.ClickException(f"the configuration has problems:\n{e}") from None
     log_dir = Path(os.path.expanduser(str(config.pilot.log_dir)))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    out = open(log_dir / "manager.out", "ab")
+    private_log_dir(log_dir, obj.config_dir)
+    out = open_private(log_dir / "manager.out", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "pilot", "--config-dir", str(obj.config_dir), "manager", "run"],
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     out.close()

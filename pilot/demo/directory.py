@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pilot.configdir import open_private, private_dir, write_private
 from pilot.demo.options import (
     CLUSTER_NAME,
     DB_NAME,
@@ -84,13 +85,19 @@ def _yaml_text(doc: dict[str, Any], comment: str) -> str:
 
 
 def write_config(config_dir: Path, max_pilots: int) -> list[Path]:
-    """Write ``pilot.yaml`` and ``clusters/local.yaml`` where they do not exist yet; return those written."""
+    """Write ``pilot.yaml`` and ``clusters/local.yaml`` where they do not exist yet; return those written.
+
+    Like everything pilot writes in a config dir: directories 0700, files 0600 (an older, looser config dir
+    is tightened).
+    """
     from pilot.launchpad.control import LAUNCHPAD_FILE
 
     written = []
+    private_dir(config_dir)
     pilot_yaml = config_dir / "pilot.yaml"
     if not pilot_yaml.exists():
-        pilot_yaml.write_text(
+        write_private(
+            pilot_yaml,
             _yaml_text(
                 {
                     "launchpad_file": LAUNCHPAD_FILE,
@@ -104,10 +111,11 @@ def write_config(config_dir: Path, max_pilots: int) -> list[Path]:
         )
         written.append(pilot_yaml)
     cdir = config_dir / "clusters"
-    cdir.mkdir(exist_ok=True)
+    private_dir(cdir)
     cluster = cdir / f"{CLUSTER_NAME}.yaml"
     if not cluster.exists():
-        cluster.write_text(
+        write_private(
+            cluster,
             _yaml_text(
                 {
                     "scheduler": "local",
@@ -125,6 +133,10 @@ def write_config(config_dir: Path, max_pilots: int) -> list[Path]:
             )
         )
         written.append(cluster)
+    # the manager's log (log_dir above): made 0600 here, in a 0700 dir, so that the handler that appends to it
+    # later keeps it private
+    private_dir(config_dir / "logs")
+    open_private(config_dir / "logs" / "manager.log", "a").close()
     return written
 
 
@@ -151,6 +163,10 @@ def start_launchpad(config_dir: Path, say: Callable[[str], None]) -> tuple[Any, 
         old = yaml.safe_load(lp_file.read_text()) or {}
         name = str(old.get("name") or DB_NAME)
     try:
+        try:
+            private_dir(config_dir)  # 0700 before the server's data dir goes in it
+        except OSError as e:
+            raise ControlError(f"cannot create {config_dir}: {e.strerror or e}") from None
         server = find_running(data_dir)
         if server is None:
             server = start_background(data_dir, None)

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import yaml
 
+from pilot.configdir import open_private, private_dir, write_private
 from pilot.launchpad.files import LAUNCHPAD_FILE, TIMEOUT_S, redact_uri
 from pilot.launchpad.server import DEFAULT_PORT, INFO_FILE, LOCK_FILE, PID_FILE, read_server_info
 
@@ -97,20 +98,23 @@ def _port_free(port: int) -> bool:
 def start_background(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> RunningServer:
     """Start ``pilot launchpad serve`` detached (own session, output to DATA/server.log); wait until it listens.
 
+    The data dir is made 0700 and the log 0600 (see :func:`pilot.configdir.private_dir`); the server makes
+    everything else it writes there private.
+
     ``port`` None: the default port when free, else any free port.
     """
     data_dir = Path(data_dir).absolute()
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
     except OSError as exc:
-        raise ControlError(f"cannot create the server data dir {data_dir}: {exc.strerror}") from exc
+        raise ControlError(f"cannot create the server data dir {data_dir}: {exc.strerror or exc}") from exc
     if port is None:
         port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else 0
     (data_dir / INFO_FILE).unlink(missing_ok=True)
     log_path = data_dir / SERVER_LOG
     argv = [sys.executable, "-m", "pilot", "launchpad", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--data", str(data_dir)]
-    with open(log_path, "ab") as log:
+    with open_private(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=str(data_dir))
     deadline = time.monotonic() + timeout
@@ -181,25 +185,17 @@ def stop_server(data_dir: Path, timeout: float = 60.0) -> int:
 
 
 def write_private_yaml(path: Path, data: dict[str, Any]) -> Path | None:
-    """Write ``data`` as YAML with mode 600 (atomically); returns the backup path if an older, different file
-    was kept as ``<name>.bak``."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write ``data`` as YAML with mode 600 (atomically) in a 0700 directory; returns the backup path if an
+    older, different file was kept as ``<name>.bak`` (0600 too)."""
+    private_dir(path.parent)
     text = yaml.safe_dump(data, sort_keys=False)
     backup = None
     if path.exists():
         old = path.read_text()
         if old != text:
             backup = path.with_name(path.name + ".bak")
-            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(old)
-            os.chmod(backup, 0o600)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+            write_private(backup, old)
+    write_private(path, text)
     return backup
 
 

@@ -6,7 +6,8 @@ Files in the data dir::
     journal-<G>.log         effects of every write since that snapshot, one record per command
     journal-<G+1>.log ...   (a newer generation exists only while a snapshot is being written)
 
-Every file is a magic header followed by records framed as ``<u32 length><u32 crc32><BSON payload>``.
+Every file is mode 0600 (the data dir 0700: it is the database). Every file is a magic header followed by
+records framed as ``<u32 length><u32 crc32><BSON payload>``.
 A journal record is ``{"ops": [...]}``; the ops are *effects*, never commands (replaying a findAndModify,
 an upsert or ``$currentDate`` would not be deterministic):
 
@@ -41,6 +42,7 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 
+from pilot.configdir import write_private
 from pilot.launchpad.wire import CODEC
 
 log = logging.getLogger(__name__)
@@ -353,7 +355,7 @@ def plan_restore(data_dir: Path, truncate_torn_tail: bool = True) -> RestorePlan
                 raw = path.read_bytes()
                 if len(raw) > res.good_end:
                     side = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
-                    side.write_bytes(raw[res.good_end:])
+                    write_private(side, raw[res.good_end:])  # 0600, as every file here
                     warnings.append(f"kept the {len(raw) - res.good_end} dropped bytes in {side}")
                 with open(path, "r+b") as fh:
                     if res.good_end < len(JOURNAL_MAGIC):

@@ -3,7 +3,8 @@
 Lifecycle of :meth:`LaunchPadServer.run`:
 
 1. refuse any ``--host`` that is not loopback (exit 2);
-2. create and lock the data dir (``server.lock``, flock), write ``server.pid`` (exit 1 on failure);
+2. create and lock the data dir (``server.lock``, flock), write ``server.pid`` (exit 1 on failure); the data
+   dir is 0700 and every file in it 0600 (an older one is tightened: :func:`pilot.configdir.tighten_tree`);
 3. bind the port (exit 1 when busy);
 4. restore: snapshot + journals, dropping a torn last record; compact right away if anything was replayed;
 5. accept connections (one thread each), write ``server.json`` ``{"pid", "host", "port"}``, print the banner;
@@ -30,6 +31,7 @@ from typing import Any
 
 import bson
 
+from pilot.configdir import open_private, private_dir, tighten_tree, write_private
 from pilot.launchpad import wire
 from pilot.launchpad.backend import Backend, error_reply
 from pilot.launchpad.journal import (
@@ -135,16 +137,6 @@ def read_server_info(data_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class ServerOptions:
     data_dir: Path
@@ -181,13 +173,14 @@ class LaunchPadServer:
         d = self.data_dir
         hint = "choose a writable directory with --data"
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)  # 0700; an older data dir is tightened below, files included
         except FileExistsError as exc:
             raise StartupError(f"cannot use data dir {d}: it exists and is not a directory; {hint}") from exc
         except OSError as exc:
             raise StartupError(f"cannot create data dir {d}: {exc.strerror}; {hint}") from exc
         if not d.is_dir():
             raise StartupError(f"cannot use data dir {d}: not a directory; {hint}")
+        tighten_tree(d)
         try:
             fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -207,9 +200,10 @@ class LaunchPadServer:
                                f"stop it with `{stop}` or use another --data") from exc
         self._lock_fd = fd
         try:
-            _write_atomic(d / PID_FILE, f"{os.getpid()}\n")
+            write_private(d / PID_FILE, f"{os.getpid()}\n", fsync=True)
             probe = d / ".write-probe"
-            probe.write_bytes(b"ok")
+            with open_private(probe, "wb") as fh:
+                fh.write(b"ok")
             probe.unlink()
         except OSError as exc:
             raise StartupError(f"cannot write in data dir {d}: {exc.strerror}; {hint}") from exc
@@ -335,6 +329,7 @@ class LaunchPadServer:
                 sock.close()
             except OSError:
                 pass
+            self.backend.connection_closed(conn_id)  # hook: the cursors this connection owned are discarded
 
     # ----------------------------------------------------------------------------- compaction
     def compact(self) -> None:
@@ -399,9 +394,9 @@ class LaunchPadServer:
         signal.signal(signal.SIGINT, self._request_stop)
         threading.Thread(target=self._accept_loop, daemon=True, name="accept").start()
         threading.Thread(target=self._compactor, daemon=True, name="compactor").start()
-        _write_atomic(self.data_dir / INFO_FILE, json.dumps(
+        write_private(self.data_dir / INFO_FILE, json.dumps(
             {"pid": os.getpid(), "host": self.host, "port": self.port, "data": str(self.data_dir),
-             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n", fsync=True)
         print(f"pilot launchpad server: listening on {self.host}:{self.port}, data {self.data_dir} "
               f"({ndocs} documents), pid {os.getpid()}", flush=True)
         print(BANNER, flush=True)

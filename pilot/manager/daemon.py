@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from pilot.configdir import pilot_command
+from pilot.configdir import open_private, pilot_command, private_dir, write_private
 
 
 class ManagerRunningError(RuntimeError):
@@ -52,8 +52,8 @@ def acquire_lock(config_dir: Path) -> IO[str]:
         another process holds the lock (its pid in the message when the pidfile names it).
     """
     lock_path, pidfile = lock_paths(config_dir)
-    config_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(lock_path, "a+")
+    private_dir(config_dir)
+    fh = open_private(lock_path, "a")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -62,7 +62,7 @@ def acquire_lock(config_dir: Path) -> IO[str]:
         raise ManagerRunningError(
             f"another manager is already running for {config_dir}" + (f" (pid {pid})" if pid else "")
             + f": stop it with `{pilot_command(config_dir, 'manager stop')}`, or use another --config-dir") from None
-    pidfile.write_text(f"{os.getpid()}\n")
+    write_private(pidfile, f"{os.getpid()}\n")
     return fh
 
 
