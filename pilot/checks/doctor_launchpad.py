@@ -7,7 +7,7 @@ from __future__ import annotations
 from pilot.checks.doctor_base import DoctorBase
 from pilot.checks.probes import DB_PROBE, last, read_probe, ssh_prefix
 from pilot.checks.results import CheckResult, CheckStatus
-from pilot.launchpad.files import short_reason
+from pilot.launchpad.files import scrub, short_reason
 
 __all__ = ["LaunchpadChecks"]
 
@@ -24,7 +24,7 @@ class LaunchpadChecks(DoctorBase):
         if res.returncode == 0 and info is not None:
             return CheckResult("database", title, CheckStatus.PASS,
                                detail=f"{lpf}: database {info.get('database')} answered in {info.get('seconds')} s")
-        err = short_reason(last(res.stderr), limit=300) or f"exit code {res.returncode}"
+        err = short_reason(scrub(last(res.stderr), self._known_secrets()), limit=300) or f"exit code {res.returncode}"
         bootstrap = self.command(f"bootstrap {self.name}")
         if "FileNotFoundError" in err or "No such file" in err:
             fix = (f"the launchpad file is missing on the cluster: `{bootstrap}` copies yours there (mode 600), "
@@ -42,6 +42,19 @@ class LaunchpadChecks(DoctorBase):
         else:
             fix = f"read the error above; test by hand: {ssh_prefix(self.c)}lpad -l {lpf} get_fws -d count"
         return CheckResult("database", title, CheckStatus.FAIL, detail=f"{lpf}: {err}", fix=fix)
+
+    def _known_secrets(self) -> list[str]:
+        """The passwords of the LaunchPad files on this machine (the config dir's, and the cluster's path when it
+        is here too): the cluster's file is normally a copy, and the probe's error may quote its URI."""
+        from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, read_settings, secrets_of
+
+        out: list[str] = []
+        for explicit in (None, self.c.launchpad_file):
+            try:
+                out += secrets_of(read_settings(find_launchpad_file(self.config_dir, explicit)))
+            except (LaunchPadUnavailable, OSError):
+                pass
+        return out
 
     def check_launchpad_file(self) -> CheckResult:
         import errno

@@ -142,7 +142,7 @@ def add(obj: AppContext, run_dir: Path, engine: str, md_category: str, local_cat
         return
     import pymongo.errors
 
-    from pilot.launchpad.files import database_error
+    from pilot.launchpad.files import database_error, error_text, launchpad_address
 
     lp, lpf = _launchpad(obj, launchpad_file)
     old_ids = [(fw.fw_id, fw) for fw in wf.fws]  # add_wf renumbers the Fireworks in place
@@ -152,8 +152,8 @@ def add(obj: AppContext, run_dir: Path, engine: str, md_category: str, local_cat
     except pymongo.errors.PyMongoError as exc:
         raise click.ClickException(f"cannot add the workflow: {database_error(exc, lp, lpf)}") from None
     except Exception as exc:  # noqa: BLE001 - FireWorks raises many types: report where and what
-        raise click.ClickException(f"cannot add the workflow to the LaunchPad at {lp.host}:{lp.port} "
-                                   f"(database {lp.name}): {type(exc).__name__}: {exc}") from None
+        raise click.ClickException(f"cannot add the workflow to the LaunchPad at {launchpad_address(lp)} "
+                                   f"(database {lp.name}): {error_text(exc, lp)}") from None
     click.echo(f"added workflow {wf.name!r} ({engine}, segments of {segment_hours:g} h): workflow id "
                f"{id_map[root_old]}")
     for old, fw in sorted(old_ids, key=lambda item: id_map[item[0]]):

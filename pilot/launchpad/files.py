@@ -23,6 +23,12 @@ How a failure reads
     reason in one short line, never pymongo's topology dump) and the exact command that fixes it, with the
     ``--config-dir`` the user typed (:func:`pilot_command`).
 
+What a message never holds
+    A password. Addresses are shown by :func:`launchpad_address` (:func:`redact_uri` for a URI), and every
+    driver message goes through :func:`scrub` with the LaunchPad's :func:`secrets_of` first: pymongo quotes the
+    URI, or pieces of it, in its errors. These live in :mod:`pilot.redact`, a standard-library-only leaf that
+    the pilot worker uses too.
+
 Library code: no click. The CLI turns :class:`LaunchPadUnavailable` into its error message.
 """
 
@@ -36,6 +42,15 @@ from typing import TYPE_CHECKING, Any
 
 from pilot.configdir import PILOT_FILE, pilot_command
 from pilot.configdir import same_path as _same_path
+from pilot.redact import (  # noqa: F401 - re-exported: the reader's callers use them from here
+    HIDDEN,
+    error_text,
+    redact_uri,
+    scrub,
+    secrets_of,
+    uri_hosts,
+    uri_password,
+)
 
 if TYPE_CHECKING:
     from pilot.config import PilotConfig
@@ -63,16 +78,6 @@ class LaunchPadUnavailable(Exception):
         super().__init__(f"{problem}; {fix}")
         self.problem = problem
         self.fix = fix
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return uri
-    creds, _, tail = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}"
 
 
 # ------------------------------------------------------------------------------------------ which file
@@ -254,7 +259,7 @@ def open_launchpad(lpf: LaunchPadFile, *, interactive: bool = True, quiet: bool 
     except (pymongo.errors.PyMongoError, ValueError, TypeError, KeyError) as exc:
         # a bad or unresolvable URI (ConfigurationError, InvalidURI), an unknown client option (TypeError), ...
         raise LaunchPadUnavailable(f"the LaunchPad file {lpf.path} cannot be used: {type(exc).__name__}: "
-                                   f"{short_reason(str(exc))}",
+                                   f"{short_reason(scrub(str(exc), secrets_of(d)))}",
                                    f"correct it, or rewrite it with `{lpf.init_command}` "
                                    f"(or `{lpf.init_command} --uri mongodb://...`)") from None
 
@@ -270,7 +275,8 @@ def short_reason(text: str, limit: int = 200) -> str:
     return text
 
 
-def _address(lp: Any) -> str:
+def launchpad_address(lp: Any) -> str:
+    """Where a LaunchPad's database is, for messages: ``host:port``, or its URI without the password."""
     host = str(getattr(lp, "host", "") or "")
     if getattr(lp, "uri_mode", False) or "://" in host:
         return redact_uri(host)
@@ -301,8 +307,8 @@ def database_error(exc: Exception, lp: Any, lpf: LaunchPadFile) -> LaunchPadUnav
     """The one message for a database that failed a command: what, where, and the command that helps."""
     import pymongo.errors
 
-    where = f"the LaunchPad database {getattr(lp, 'name', None)!r} at {_address(lp)}"
-    reason = short_reason(str(exc)) or type(exc).__name__
+    where = f"the LaunchPad database {getattr(lp, 'name', None)!r} at {launchpad_address(lp)}"
+    reason = short_reason(scrub(str(exc), secrets_of(lp))) or type(exc).__name__
     source = f"LaunchPad file: {lpf.path}"
     if isinstance(exc, pymongo.errors.OperationFailure) and exc.code in (13, 18):
         return LaunchPadUnavailable(f"{where} refused the login or the access ({reason})",

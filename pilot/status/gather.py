@@ -18,10 +18,10 @@ import posixpath
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from pilot.checks.probes import address_of
 from pilot.isotime import epoch_seconds
+from pilot.launchpad.files import uri_hosts
 from pilot.manager.records import LIVE_STATES, PENDING_STATES, RUNNING_STATES
 from pilot.status.model import (
     FW_STATES,
@@ -75,9 +75,7 @@ def describe_launchpad(lp: Any) -> dict[str, Any]:
     """Where the LaunchPad lives, without credentials: ``{"host": ..., "name": ...}``."""
     host = str(getattr(lp, "host", "") or "")
     if "://" in host:
-        parts = urlsplit(host)
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        host = f"{parts.scheme}://{netloc}/"
+        host = uri_hosts(host)
     elif getattr(lp, "port", None):
         host = f"{host}:{lp.port}"
     return {"host": host, "name": getattr(lp, "name", None) or getattr(getattr(lp, "db", None), "name", None)}

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pilot.redact import scrub, secrets_of
 from pilot.worker.logs import LOG
 from pilot.worker.model import StopRequested, WorkerError
 from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_USAGE
@@ -54,6 +55,19 @@ def install_worker_hooks(lp: Any) -> None:
     lp.__class__ = RecordingLaunchPad
 
 
+def file_secrets(path: Any) -> list[str]:
+    """The secrets of a launchpad file (its password, its URI's, ...), for scrubbing messages; [] when the file
+    cannot be read as a mapping (then nothing of it reached the driver either)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    return secrets_of(data) if isinstance(data, dict) else []
+
+
 def load_launchpad(cfg: WorkerConfig) -> Any:
     """The worker's LaunchPad, from ``--launchpad-file``; a :class:`WorkerError` a person can act on when the
     file is missing or is no LaunchPad file."""
@@ -68,7 +82,8 @@ def load_launchpad(cfg: WorkerConfig) -> Any:
                           "of a FireWorks my_launchpad.yaml", EXIT_USAGE) from exc
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigurationError) as exc:
         raise WorkerError(
-            f"launchpad file {path}: cannot build a LaunchPad from it ({type(exc).__name__}: {exc}); it must "
+            f"launchpad file {path}: cannot build a LaunchPad from it ({type(exc).__name__}: "
+            f"{scrub(str(exc), file_secrets(path))}); it must "
             "be a FireWorks launchpad YAML/JSON with at least 'host' (or a mongodb:// URI with "
             "uri_mode: true) and 'name'", EXIT_USAGE) from exc
     return lp
@@ -83,6 +98,14 @@ class DbRetry:
         self._signals = signals
         #: a sleep that wakes up at once on a signal
         self._sleep = sleep
+        #: the launchpad file's secrets, read when a message needs them
+        self._secrets: list[str] | None = None
+
+    def _text(self, exc: BaseException, limit: int = 300) -> str:
+        """The driver's message without the launchpad file's secrets (scrubbed before it is cut)."""
+        if self._secrets is None:
+            self._secrets = file_secrets(self.cfg.launchpad_file)
+        return scrub(str(exc), self._secrets)[:limit]
 
     def __call__(self, what: str, fn: Callable[..., T], *args: Any, stoppable: bool = False, **kwargs: Any) -> T:
         """Run ``fn`` against the database, retrying connection errors with backoff for ``db_retry_time``.
@@ -103,7 +126,7 @@ class DbRetry:
                 first = now if first is None else first
                 if now - first >= self.cfg.db_retry_time:
                     raise WorkerError(
-                        f"database unreachable while {what}: {type(exc).__name__}: {str(exc)[:300]}; retried for "
+                        f"database unreachable while {what}: {type(exc).__name__}: {self._text(exc)}; retried for "
                         f"{now - first:.0f} s (--db-retry-time {self.cfg.db_retry_time:g}). Check that the "
                         f"LaunchPad server in {self.cfg.launchpad_file} is running and reachable from "
                         f"{socket.gethostname()}", EXIT_DB_UNREACHABLE) from exc
@@ -115,5 +138,6 @@ class DbRetry:
                     time.sleep(delay)
                 delay = min(delay * 2.0, 30.0)
             except OperationFailure as exc:
-                raise WorkerError(f"database refused the operation while {what}: {exc}; check the credentials "
-                                  f"and database name in {self.cfg.launchpad_file}", EXIT_DB_UNREACHABLE) from exc
+                raise WorkerError(f"database refused the operation while {what}: {self._text(exc)}; check the "
+                                  f"credentials and database name in {self.cfg.launchpad_file}",
+                                  EXIT_DB_UNREACHABLE) from exc

@@ -4,7 +4,8 @@ The rules are the ones docs/architecture.md draws (and ../shared/DESIGN.md, "Rul
 
 * only ``pilot/cli/`` imports click, and nothing imports ``pilot.cli``;
 * every arrow between rooms is one of :data:`ALLOWED` (each room lists the rooms it may import);
-* ``pilot/worker/`` imports nothing else of ``pilot`` (start-up inside a batch job stays cheap) and
+* ``pilot/worker/`` imports nothing else of ``pilot`` but the standard-library leaf ``pilot.redact`` (start-up
+  inside a batch job stays cheap) and
   ``queue_adapters/`` is pure (no transport, no database, no FireWorks);
 * no module imports itself back through any chain (lazy imports inside functions count: a circle is a
   circle, whether Python notices it at import time or not; ``if TYPE_CHECKING:`` imports do not count);
@@ -43,42 +44,46 @@ EXEMPT = {
 ROOMS = (
     "pilot.cli", "pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager",
     "pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched",
-    "pilot.worker", "pilot.isotime", "pilot.configdir", "queue_adapters", "tasks",
+    "pilot.worker", "pilot.isotime", "pilot.configdir", "pilot.redact", "queue_adapters",
+    "tasks",
 )
 
 #: room -> the other rooms it may import. Arrows point down: cli -> demo -> report/manager (status and checks
-#: are the CLI's) -> render/transport/config/launchpad/localsched -> queue_adapters; ``pilot`` is the root
-#: package (__version__),
-#: ``pilot.isotime`` the one way times are written for scripts (status and report share it), ``pilot.configdir``
-#: which config dir a command uses and how a hint names it (the CLI, the loader and the LaunchPad reader).
+#: are the CLI's) -> render/transport/config/launchpad/localsched -> queue_adapters.
+#: The leaves (standard library only, cheap) may be imported by the rooms that name them: ``pilot`` (the root
+#: package, __version__), ``pilot.isotime`` (how times are written for scripts), ``pilot.configdir`` (which config
+#: dir a command uses, how a hint names it, private files) and ``pilot.redact`` (no password in any output).
+LEAVES = {"pilot", "pilot.isotime", "pilot.configdir", "pilot.redact"}
 ALLOWED: dict[str, set[str]] = {
     "pilot.cli": {"pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager", "pilot.render",
                   "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched", "pilot.worker",
-                  "pilot.isotime", "pilot.configdir", "pilot", "queue_adapters", "tasks"},
+                  "queue_adapters", "tasks"} | LEAVES,
     "pilot.demo": {"pilot.report", "pilot.manager", "pilot.transport", "pilot.config", "pilot.launchpad",
-                   "pilot.localsched", "pilot.configdir", "pilot", "tasks"},
-    "pilot.status": {"pilot.manager", "pilot.checks", "pilot.config", "pilot.launchpad", "pilot.isotime",
-                     "pilot.configdir", "pilot"},
-    "pilot.report": {"pilot.manager", "pilot.config", "pilot.launchpad", "pilot.isotime", "pilot.configdir", "pilot"},
-    "pilot.checks": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.configdir",
-                     "pilot", "queue_adapters"},
-    "pilot.manager": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.configdir",
-                      "pilot", "queue_adapters"},
+                   "pilot.localsched", "tasks", "pilot", "pilot.configdir", "pilot.redact"},
+    "pilot.status": {"pilot.manager", "pilot.checks", "pilot.config", "pilot.launchpad"} | LEAVES,
+    "pilot.report": {"pilot.manager", "pilot.config", "pilot.launchpad"} | LEAVES,
+    "pilot.checks": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "queue_adapters",
+                     "pilot", "pilot.configdir", "pilot.redact"},
+    "pilot.manager": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "queue_adapters",
+                      "pilot", "pilot.configdir", "pilot.redact"},
     "pilot.render": {"pilot.config", "pilot"},
     "pilot.transport": {"queue_adapters"},
     "pilot.config": {"pilot.configdir"},
-    "pilot.launchpad": {"pilot.config", "pilot.configdir", "pilot"},
+    "pilot.launchpad": {"pilot.config", "pilot", "pilot.configdir", "pilot.redact"},
     "pilot.localsched": set(),
-    "pilot.worker": set(),
+    "pilot.worker": {"pilot.redact"},  # a stdlib-only leaf: the worker still loads nothing heavy
     "pilot.isotime": set(),
     "pilot.configdir": set(),
+    "pilot.redact": set(),
     "pilot": set(),
     "queue_adapters": set(),
     "tasks": {"pilot.transport"},
 }
 
 #: Third-party packages a room must not import (what keeps it pure or cheap).
+_THIRD_PARTY = {"paramiko", "pymongo", "bson", "fireworks", "pydantic", "yaml", "jinja2", "click", "mongomock"}
 FORBIDDEN_LIBRARIES: dict[str, set[str]] = {
+    **{leaf: _THIRD_PARTY for leaf in LEAVES},  # the leaves are standard library only
     "queue_adapters": {"paramiko", "pymongo", "fireworks", "subprocess", "socket", "click"},
     "pilot.worker": {"paramiko", "pydantic", "jinja2", "click"},
 }
