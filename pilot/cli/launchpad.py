@@ -107,6 +107,7 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
         start_background,
         write_private_yaml,
     )
+    from pilot.redact import scrub, uri_password
 
     config_dir = Path(ctx.obj.config_dir)
     target = config_dir / LAUNCHPAD_FILE
@@ -122,7 +123,8 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
             try:
                 parsed = uri_parser.parse_uri(uri)
             except (InvalidURI, ConfigurationError, ValueError) as exc:
-                raise ControlError(f"--uri {redact_uri(uri)} is not a valid MongoDB URI: {exc}") from exc
+                why = scrub(str(exc), [p for p in [uri_password(uri)] if p])
+                raise ControlError(f"--uri {redact_uri(uri)} is not a valid MongoDB URI: {why}") from exc
             db = parsed.get("database") or name
             lp = launchpad_dict(db, uri, None, uri_mode=True)
             click.echo(f"using MongoDB at {redact_uri(uri)}, database {db!r}")

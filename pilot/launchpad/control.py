@@ -24,6 +24,7 @@ import yaml
 from pilot.configdir import open_private, private_dir, write_private
 from pilot.launchpad.files import LAUNCHPAD_FILE, TIMEOUT_S, redact_uri
 from pilot.launchpad.server import DEFAULT_PORT, INFO_FILE, LOCK_FILE, PID_FILE, read_server_info
+from pilot.redact import scrub, secrets_of
 
 __all__ = ["LAUNCHPAD_FILE", "SERVER_DIR", "SERVER_LOG", "CheckResult", "ControlError", "RunningServer", "ServerState",
            "check_launchpad", "find_running", "is_our_server", "launchpad_dict", "redact_uri", "server_state",
@@ -242,5 +243,5 @@ def check_launchpad(lp_dict: dict[str, Any], timeout_ms: int = int(TIMEOUT_S * 1
             lp.connection.close()
     except pymongo.errors.PyMongoError as exc:
         raise ControlError(f"cannot use the LaunchPad database {d['name']!r} at {where}: "
-                           f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+                           f"{type(exc).__name__}: {scrub(str(exc), secrets_of(lp_dict))[:300]}") from exc
     return CheckResult(int(nfw), int(nwf), initialized)
