@@ -153,8 +153,9 @@ class Manager:
         return out
 
     # ================================================================== track (see pilot.manager.tracking)
-    def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool:
-        """One status query for the cluster; update our pilots' records. False if the cluster failed."""
+    def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool | None:
+        """One status query for the cluster; update our pilots' records (True: it answered, False: it failed,
+        None: not asked, nothing of ours is there)."""
         return self.tracking.refresh_cluster(rt, report)
 
     def reconcile_lost_work(self, report: CycleReport) -> None:
@@ -267,9 +268,9 @@ class Manager:
                 log.info("%s: backed off until %s (%s)", rt.name,
                          time.strftime("%H:%M:%S", time.localtime(rt.backoff_until)), rt.last_error)
                 continue
+            # only an answer resets the back-off: a cluster that was not asked has not recovered
             if self.refresh_cluster(rt, report) and rt.name not in report.errors:
-                if rt.failures or self.records.live(rt.name):
-                    rt.ok()
+                rt.ok()
         self.reconcile_lost_work(report)
         # FWs that ended while we looked may have made others READY: demand as of now
         report.demand = self.gather_demand()

@@ -55,15 +55,19 @@ class Tracker:
         return self.settings.clock()
 
     # ================================================================== queue status -> records
-    def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool:
-        """One status query for the cluster; update our pilots' records. False if the cluster failed."""
+    def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool | None:
+        """One status query for the cluster; update our pilots' records.
+
+        Returns True when the cluster answered, False when it failed, and None when it was not asked (no live
+        pilot of ours there): not asking is no evidence that a failing cluster has recovered.
+        """
         from pilot.transport import TransportError
         from queue_adapters.base import SchedulerQueryError
 
         live = self.records.live(rt.name)
         if not live:
-            # nothing of ours to look at: still check the cluster is reachable only when we may submit
-            return True
+            # nothing of ours to look at: the cluster's health shows when we submit to it
+            return None
         ad = rt.adapter
         try:
             res = rt.run(ad.status_command(user=rt.config.user))

@@ -117,9 +117,9 @@ def test_a_clock_set_on_the_manager_later_governs_the_backoff(tmp_path):
     assert mgr.tracking.clock() == 5000.0 and report.started == 5000.0
 
     mgr.clock = lambda: 6000.0          # again, between cycles: the next failure backs off from the new now
-    mgr.run_cycle()
-    assert rt.backoff_until == 6001.0 and Records(db).cluster_state("box")["backoff_until"] == 6001.0
-    assert not rt.available(6000.5) and rt.available(6001.0)
+    mgr.run_cycle()                     # (the second failure in a row: initial 1 s * factor 2)
+    assert rt.backoff_until == 6002.0 and Records(db).cluster_state("box")["backoff_until"] == 6002.0
+    assert not rt.available(6001.5) and rt.available(6002.0)
 
 
 def test_dry_run_set_on_the_manager_later_governs_its_helpers(tmp_path):
@@ -129,3 +129,22 @@ def test_dry_run_set_on_the_manager_later_governs_its_helpers(tmp_path):
     assert rt.settings.dry_run and mgr.tracking.dry_run
     rt.fail("ssh down", CycleReport(started=0.0))
     assert rt.failures == 1 and Records(db).cluster_state("box") == {}
+
+
+def test_a_cluster_that_fails_at_every_submission_backs_off_longer_each_time(tmp_path):
+    """docs/configuration.md: after the n-th failure in a row the wait is initial * factor**(n-1), at most max.
+
+    The cluster has no live pilot, so no status query is made; its failures come from submitting. Not asking it
+    must not count as an answer (the manager used to reset the back-off then, and retried every `initial`).
+    """
+    now = [1000.0]
+    mgr, db = unreachable_manager(tmp_path, clock=lambda: now[0])
+    rt = mgr.clusters["box"]
+    waits = []
+    for _ in range(5):
+        mgr.run_cycle()
+        waits.append(rt.backoff_until - now[0])
+        now[0] = rt.backoff_until          # the next cycle comes exactly when the cluster may be tried again
+    # tests.manager.helpers: backoff initial 1 s, factor 2, max 4 s
+    assert waits == [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert rt.failures == 5 and Records(db).cluster_state("box")["failures"] == 5
