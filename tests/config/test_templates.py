@@ -9,7 +9,7 @@ Expected directive spellings come from the schedulers' documentation:
 - PBS Pro qsub / pbs_resources: "#PBS -l walltime=hh:mm:ss", "#PBS -l select=N:ncpus=C:mem=Xmb:ngpus=G",
   -N name, -q queue, -A account, -j oe, -o path, -r n.
 - LSF bsub(1): -J name, -o/-e with %J, -W [hour:]minute, -n slots, -R "span[ptile=C]", -M limit with a
-  unit (LSF 10.1.0.2+), -gpu "num=G", -q, -P project, -wa signal, -wt [hour:]minute.
+  unit (LSF 10.1 fix pack 2 and later), -gpu "num=G", -q, -P project, -wa signal, -wt [hour:]minute.
 """
 
 from __future__ import annotations
