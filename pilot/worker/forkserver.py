@@ -137,7 +137,21 @@ def _fork_firework_child(request: ChildRequest, sock: socket.socket, imported: s
 
 
 def fork_server_main(sock: socket.socket) -> int:
-    """Loop of the fork server: fork a Firework child per request, reap children, report their exit status."""
+    """Loop of the fork server: fork a Firework child per request, reap children, report their exit status.
+
+    However the loop ends -- the worker closed its end (killed, OOM), a report to it failed because it is gone,
+    or an error here -- the Firework children still alive are killed with their process groups: no Firework may
+    run on unsupervised, or the manager's rerun would run it twice at once.
+    """
+    live: set[int] = set()  # Firework children not reaped yet (each leads its own process group)
+    try:
+        return _serve(sock, live)
+    finally:
+        for pid in live:
+            _kill_group(pid)
+
+
+def _serve(sock: socket.socket, live: set[int]) -> int:
     imported: set[str] = set()
     _warm_up_fireworks()
     wake_r, wake_w = os.pipe()
@@ -145,7 +159,6 @@ def fork_server_main(sock: socket.socket) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    live: set[int] = set()  # Firework children not reaped yet (each leads its own process group)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
         # the batch system signals every process of the job: the worker decides, this process must not die
         signal.signal(sig, signal.SIG_IGN)
@@ -153,16 +166,16 @@ def fork_server_main(sock: socket.socket) -> int:
         ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:
             _drain(wake_r)
-        _reap(sock, live)
-        if sock.fileno() in ready:
+        try:
+            _reap(sock, live)
+            if sock.fileno() not in ready:
+                continue
             msg = sock.recv(1 << 16)
             if not msg:
-                # the worker is gone (killed, OOM): no Firework of it may run on unsupervised, or the manager's
-                # rerun would run it twice at once
-                for pid in live:
-                    _kill_group(pid)
-                return 0
+                return 0  # the worker is gone
             _fork_firework_child(pickle.loads(msg), sock, imported, live, (wake_r, wake_w))
+        except (BrokenPipeError, ConnectionResetError):
+            return 0  # the worker is gone: a report to it failed
 
 
 # ============================================================================ in the worker process

@@ -354,14 +354,19 @@ def test_fork_server_killed_while_firework_runs(launchpad, tmp_path, workers):
 def test_worker_killed_takes_its_fireworks_with_it(launchpad, tmp_path, workers):
     """SIGKILL of the worker alone (an OOM kill): its Firework's processes must not run on unsupervised,
     or the manager's rerun of that Firework would run it twice at once."""
-    fw_id = add(launchpad, ScriptTask.from_str("sleep 781"), "orphan-candidate", "wkill")
+    marker = f"781.{os.getpid()}{time.monotonic_ns() % 10**6}"   # this test's sleep, and no other's
+    fw_id = add(launchpad, ScriptTask.from_str(f"sleep {marker}"), "orphan-candidate", "wkill")
     w = workers(launchpad, tmp_path, ["wkill"], "--no-deadline", "--idle-timeout", "60")
-    wait_for(lambda: processes_with_cmdline("sleep", "781"), 60, 0.1, "sleep 781")
-    os.kill(w.pid, signal.SIGKILL)
-    w.wait(30)
-    wait_for(lambda: processes_with_cmdline("sleep", "781") == [], 10, 0.1, "the Firework's sleep to be killed")
-    # the launch stays RUNNING in the database: that is the manager's to rerun (its pilot ended)
-    assert fw_doc(launchpad, fw_id)["state"] == "RUNNING"
+    try:
+        wait_for(lambda: processes_with_cmdline("sleep", marker), 60, 0.1, f"sleep {marker}")
+        os.kill(w.pid, signal.SIGKILL)
+        w.wait(30)
+        wait_for(lambda: processes_with_cmdline("sleep", marker) == [], 10, 0.1, "the Firework's sleep to be killed")
+        # the launch stays RUNNING in the database: that is the manager's to rerun (its pilot ended)
+        assert fw_doc(launchpad, fw_id)["state"] == "RUNNING"
+    finally:
+        for p in processes_with_cmdline("sleep", marker):   # a failed run leaves no orphan behind
+            p.kill()
 
 
 # --------------------------------------------------------------------------- errors a person can act on
