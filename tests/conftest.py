@@ -54,6 +54,7 @@ def mongo_uri():
     tmp = Path(tempfile.mkdtemp(prefix="pilot-lpserver-"))
     os.chmod(tmp, 0o755)
     server = EmbeddedServer(tmp / "data", host=launchpad_host()).start()
+    server.publish_ca(tmp / "ca.pem")   # the cluster users' pilots verify the server with it
     try:
         yield server.uri
     finally:

@@ -12,6 +12,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 #: What a wheel of this project is built from (everything else in the tree is not part of it).
@@ -51,10 +55,54 @@ class EmbeddedServer:
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.server.log"
+        self.ca_copy = ""
+
+    @property
+    def anonymous_uri(self) -> str:
+        """The server's address with no credentials (what an unauthenticated client uses)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mongodb://{host}:{self.port}/" + ("?tls=true&tlsCAFile=" + quote(self.ca_file) if self.ca_file else "")
 
     @property
     def uri(self) -> str:
-        return f"mongodb://{self.host}:{self.port}/"
+        """The admin's URI, from the LaunchPad file the server wrote in its data dir (``my_launchpad.yaml``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if not self.admin:
+            return self.anonymous_uri
+        user = quote(str(self.admin["username"]), safe="")
+        pw = quote(str(self.admin["password"]), safe="")
+        query = f"authSource={quote(str(self.admin.get('authsource') or 'admin'))}"
+        if self.ca_file:
+            query += "&tls=true&tlsCAFile=" + quote(self.ca_file)
+        return f"mongodb://{user}:{pw}@{host}:{self.port}/?{query}"
+
+    @property
+    def admin(self) -> dict[str, Any]:
+        """The data dir's admin LaunchPad file ({} before the server wrote one)."""
+        try:
+            data = yaml.safe_load((self.data_dir / "my_launchpad.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def ca_file(self) -> str:
+        """The CA file clients verify the server with ("" when the server does not use TLS)."""
+        if self.ca_copy:
+            return self.ca_copy
+        kwargs = self.admin.get("mongoclient_kwargs") or {}
+        return str(kwargs.get("tlsCAFile") or "") if kwargs.get("tls") else ""
+
+    def publish_ca(self, path: Path) -> str:
+        """Copy the server's CA certificate (public) to ``path``, world-readable, for other accounts' clients
+        (the data dir is 0700); later URIs name that copy. Returns it ("" without TLS)."""
+        ca = self.ca_file
+        if not ca:
+            return ""
+        shutil.copyfile(ca, path)
+        os.chmod(path, 0o644)
+        self.ca_copy = str(path)
+        return self.ca_copy
 
     def start(self, timeout: float = 30.0) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -500,7 +500,9 @@ for c in "${CLUSTERS[@]}"; do
     pbs|lsf) start_mom "$name" "$sched"
        extra=("SetEnv PATH=$EMU/$sched/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-$sched PILOT_EMU_EXEC_SPOOL=$d/spool") ;;
   esac
-  start_sshd "$name" "$name-login" "$(login_up "$idx")" sshd "${extra[@]}"
+  # the login node's sshd answers on its inner address too, as real login nodes do: compute nodes reach it
+  # there (the LaunchPad's ssh route: a pilot's `ssh -L` to the manager's forward on the login node)
+  start_sshd "$name" "$name-login" "$(login_up "$idx")" sshd "ListenAddress $(login_in "$idx"):22" "${extra[@]}"
   node_ssh=""
   if ((!routed)); then   # a compute node reached only through its login node (ProxyJump tests)
     start_sshd "$name" "$name-node" "$(node_ip "$idx")" sshd-node "${extra[@]}"
