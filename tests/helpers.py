@@ -112,7 +112,7 @@ class EmbeddedServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pilot", "launchpad", "serve", "--host", self.host,
              "--port", str(self.port), "--data", str(self.data_dir), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self._env())
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -129,13 +129,6 @@ class EmbeddedServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"embedded server did not start in {timeout}s: {self.log_path.read_text()[-2000:]}")
-
-    def _env(self) -> dict[str, str]:
-        """The test network's fileserver address is not loopback: name it as the one the server may use."""
-        env = dict(os.environ)
-        if self.host != "127.0.0.1":
-            env["PILOT_LAUNCHPAD_TEST_NETWORK"] = self.host
-        return env
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Stop the server by its PID (SIGTERM, then SIGKILL); returns its exit code."""

@@ -1,7 +1,8 @@
 """``pilot launchpad``: serve, init, status and stop the embedded LaunchPad server.
 
 Exit codes: 0 success; 1 the server could not start or an action failed (port busy, data dir unwritable or
-locked, corrupt data, connection check failed); 2 refused arguments (a non-loopback ``--host``, click usage
+locked, corrupt data, connection check failed, an address of another machine as ``--host``); 2 refused
+arguments (``--no-tls`` off loopback, a ``--host`` that does not resolve, a bad ``--tls-name``, click usage
 errors); 3 ``status``/``stop``: no server runs for that data dir.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import click
 
+from pilot.cli.launchpad_users import user as user_group
 from pilot.configdir import pilot_command, private_dir, same_path
 from pilot.launchpad.files import TIMEOUT_S
 from pilot.launchpad.server import (
@@ -47,32 +49,44 @@ def _private_config_dir(ctx: click.Context, data_dir: Path | None) -> None:
 
 @click.group()
 def launchpad() -> None:
-    """The embedded LaunchPad server (MongoDB wire protocol, one machine) and the LaunchPad file."""
+    """The embedded LaunchPad server (MongoDB wire protocol, users, TLS off loopback) and the LaunchPad file."""
+
+
+#: ``--host``/``--tls``/``--tls-name``: the same for ``serve`` and for the server ``init`` starts.
+_HOST_HELP = ("Address or name to listen on: 127.0.0.1 (this machine only), an address of this machine that the "
+              "clusters reach, or 0.0.0.0 / :: (all). Off loopback TLS is always on.")
+_TLS_HELP = "TLS on loopback too (--tls); --no-tls is refused off loopback. Default: TLS exactly off loopback."
+_TLS_NAME_HELP = ("Another name or address for the server certificate (repeatable): one that clients use and that "
+                  "this machine does not know as its own, e.g. a DNS alias or a NAT address.")
 
 
 @launchpad.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; must be loopback (127.0.0.1, ::1, localhost).")
+@click.option("--host", default="127.0.0.1", show_default=True, help=_HOST_HELP)
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
               help="TCP port; 0 picks a free one (written to DATA/server.json).")
+@click.option("--tls/--no-tls", "tls", default=None, help=_TLS_HELP)
+@click.option("--tls-name", "tls_names", multiple=True, metavar="NAME", help=_TLS_NAME_HELP)
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Data dir (journal, snapshot, server.json). Default: CONFIG_DIR/lpserver.")
+              help="Data dir (journal, snapshot, server.json, tls/). Default: CONFIG_DIR/lpserver.")
 @click.option("--compact-mb", type=click.FloatRange(min=0.001), default=DEFAULT_COMPACT_BYTES / 2**20,
               show_default=True, help="Write a snapshot when the journal grows past this size (MiB).")
 @click.option("--compact-interval", type=click.FloatRange(min=0.1), default=DEFAULT_COMPACT_INTERVAL_S,
               show_default=True, help="...or when it has unsnapshotted writes this many seconds old.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, data_dir: Path | None, compact_mb: float,
-          compact_interval: float) -> None:
-    """Serve a LaunchPad database on loopback (MongoDB wire protocol; for one machine).
+def serve(ctx: click.Context, host: str, port: int, tls: bool | None, tls_names: tuple[str, ...],
+          data_dir: Path | None, compact_mb: float, compact_interval: float) -> None:
+    """Serve a LaunchPad database (MongoDB wire protocol, SCRAM authentication, TLS off loopback).
 
     Every write is journaled and fsynced before it is acknowledged; SIGTERM/SIGINT write a final snapshot.
+    With TLS, the CA that clients verify the server with is DATA/tls/ca.pem; the admin's LaunchPad file is
+    DATA/my_launchpad.yaml.
     """
     if ctx.obj is None or ctx.obj.verbose <= 0:
         logging.getLogger("pilot.launchpad").setLevel(logging.INFO)
     _private_config_dir(ctx, data_dir)
-    opts = ServerOptions(data_dir=data_dir or _default_data(ctx), host=host, port=port,
-                         compact_bytes=int(compact_mb * 2**20), compact_interval=compact_interval)
+    opts = ServerOptions(data_dir=data_dir or _default_data(ctx), host=host, port=port, tls=tls,
+                         tls_names=tuple(tls_names), compact_bytes=int(compact_mb * 2**20),
+                         compact_interval=compact_interval)
     try:
         LaunchPadServer(opts).run()
     except StartupError as exc:
@@ -82,32 +96,28 @@ def serve(ctx: click.Context, host: str, port: int, data_dir: Path | None, compa
 
 @launchpad.command()
 @click.option("--uri", default=None, help="Use this MongoDB instead of the embedded server "
-              "(mongodb://user:pass@host:port/dbname?authSource=admin, or mongodb+srv://...).")
+              "(mongodb://user:pass@host:port/dbname?authSource=admin, or mongodb+srv://...). '-' reads it "
+              "from standard input, so that its password is in no process list or shell history.")
 @click.option("--name", default="fireworks", show_default=True,
               help="Database name (when the URI names none, or for the embedded server).")
+@click.option("--host", default=None, help=_HOST_HELP + " Default: as the last init, else 127.0.0.1.")
+@click.option("--tls", is_flag=True, default=False, help="TLS on loopback too (off loopback it is always on).")
+@click.option("--tls-name", "tls_names", multiple=True, metavar="NAME", help=_TLS_NAME_HELP)
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help=f"Port for a newly started embedded server (default {DEFAULT_PORT} if free, else any).")
 @click.option("--check-timeout", type=click.FloatRange(min=0.1), default=TIMEOUT_S, show_default=True,
               help="Seconds to wait for the database when checking the connection.")
 @click.pass_context
-def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check_timeout: float) -> None:
+def init(ctx: click.Context, uri: str | None, name: str, host: str | None, tls: bool, tls_names: tuple[str, ...],
+         port: int | None, check_timeout: float) -> None:
     """Write CONFIG_DIR/my_launchpad.yaml and check that the LaunchPad works.
 
-    Without --uri: use the embedded server with data in CONFIG_DIR/lpserver (started in the background if
-    it is not running). With --uri: point at that MongoDB. The file is mode 600 (it may hold a password); the
+    Without --uri: use the embedded server with data in CONFIG_DIR/lpserver (started in the background with
+    --host/--tls/--tls-name if it is not running); the file holds its admin's credentials and, with TLS, the
+    CA to verify it with. With --uri: point at that MongoDB. The file is mode 600 (it holds a password); the
     config dir and the data dir are 0700.
     """
-    from pilot.launchpad.control import (
-        LAUNCHPAD_FILE,
-        ControlError,
-        check_launchpad,
-        find_running,
-        launchpad_dict,
-        redact_uri,
-        start_background,
-        write_private_yaml,
-    )
-    from pilot.redact import scrub, uri_password
+    from pilot.launchpad.control import LAUNCHPAD_FILE, ControlError, check_launchpad, write_private_yaml
 
     config_dir = Path(ctx.obj.config_dir)
     target = config_dir / LAUNCHPAD_FILE
@@ -117,30 +127,12 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
         except OSError as exc:
             raise ControlError(f"cannot create the config dir {config_dir}: {exc.strerror or exc}") from exc
         if uri:
-            from pymongo import uri_parser
-            from pymongo.errors import ConfigurationError, InvalidURI
-
-            try:
-                parsed = uri_parser.parse_uri(uri)
-            except (InvalidURI, ConfigurationError, ValueError) as exc:
-                why = scrub(str(exc), [p for p in [uri_password(uri)] if p])
-                raise ControlError(f"--uri {redact_uri(uri)} is not a valid MongoDB URI: {why}") from exc
-            db = parsed.get("database") or name
-            lp = launchpad_dict(db, uri, None, uri_mode=True)
-            click.echo(f"using MongoDB at {redact_uri(uri)}, database {db!r}")
+            if host is not None or tls or tls_names:
+                raise ControlError("--host, --tls and --tls-name are for the embedded server; a MongoDB given with "
+                                   "--uri is configured where it runs (TLS options go in the URI)")
+            lp = _uri_launchpad(_read_uri(uri), name)
         else:
-            data_dir = _default_data(ctx)
-            server = find_running(data_dir)
-            if server is None:
-                server = start_background(data_dir, port)
-                click.echo(f"started the embedded LaunchPad server in the background: pid {server.pid}, "
-                           f"{server.host}:{server.port}, data {data_dir} (log {data_dir / 'server.log'})")
-            else:
-                click.echo(f"reusing the running embedded LaunchPad server: pid {server.pid}, "
-                           f"{server.host}:{server.port}, data {data_dir}")
-            click.echo("note: the embedded server is for one machine; for production use MongoDB "
-                       f"({pilot_command(config_dir, 'launchpad init')} --uri mongodb://...)")
-            lp = launchpad_dict(name, server.host, server.port)
+            lp = _embedded_launchpad(ctx, name, port, host, tls, tls_names)
         result = check_launchpad(lp, timeout_ms=int(check_timeout * 1000))
     except ControlError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -154,6 +146,85 @@ def init(ctx: click.Context, uri: str | None, name: str, port: int | None, check
         click.echo(f"kept the previous file as {backup}")
     click.echo(f"wrote {target} (mode 600); use it with `lpad -l {target}` and `rlaunch -l {target}`")
     _warn_if_not_read(config_dir, target)
+
+
+def _read_uri(uri: str) -> str:
+    """``--uri -``: the URI from standard input (its first line); else ``uri``, with a warning when it carries a
+    password: an argument is visible to every user of the machine in ``ps`` while the command runs, and stays
+    in the shell's history."""
+    from pilot.launchpad.control import ControlError
+    from pilot.redact import uri_password
+
+    if uri == "-":
+        text = click.get_text_stream("stdin").readline().strip()
+        if not text:
+            raise ControlError("--uri -: no URI on standard input (pipe it in, e.g. `pilot launchpad init --uri - "
+                               "< uri.txt`)")
+        return text
+    if uri_password(uri):
+        click.echo("warning: the password in --uri is visible to other users in `ps` and stays in your shell "
+                   "history; next time pass the URI on standard input: `pilot launchpad init --uri - < FILE`",
+                   err=True)
+    return uri
+
+
+def _uri_launchpad(uri: str, name: str) -> dict[str, Any]:
+    """The LaunchPad dict for ``init --uri`` (ControlError for a URI pymongo cannot parse, password hidden)."""
+    from pymongo import uri_parser
+    from pymongo.errors import ConfigurationError, InvalidURI
+
+    from pilot.launchpad.control import ControlError, launchpad_dict, redact_uri
+    from pilot.redact import scrub, uri_password
+
+    try:
+        parsed = uri_parser.parse_uri(uri)
+    except (InvalidURI, ConfigurationError, ValueError) as exc:
+        why = scrub(str(exc), [p for p in [uri_password(uri)] if p])
+        raise ControlError(f"--uri {redact_uri(uri)} is not a valid MongoDB URI: {why}") from exc
+    db = parsed.get("database") or name
+    click.echo(f"using MongoDB at {redact_uri(uri)}, database {db!r}")
+    return launchpad_dict(db, uri, None, uri_mode=True)
+
+
+def _embedded_launchpad(ctx: click.Context, name: str, port: int | None, host: str | None, tls: bool,
+                        tls_names: tuple[str, ...]) -> dict[str, Any]:
+    """Start (or reuse) the background server with these options; its admin's LaunchPad dict for ``name``.
+
+    Without --host/--tls/--tls-name the options of the last ``init`` are used: the clusters' LaunchPad files
+    point there. A running server that does not listen as asked is an error (stop it first), not reused."""
+    from pilot.launchpad.control import (
+        ListenOptions,
+        admin_launchpad,
+        check_matches,
+        find_running,
+        start_background,
+    )
+
+    config_dir = Path(ctx.obj.config_dir)
+    data_dir = _default_data(ctx)
+    explicit = host is not None or tls or bool(tls_names)
+    wanted = ListenOptions(host or "127.0.0.1", True if tls else None, tls_names) if explicit else \
+        ListenOptions.load(data_dir) or ListenOptions()
+    server = find_running(data_dir)
+    if server is None:
+        server = start_background(data_dir, port, listen=wanted)
+        wanted.save(data_dir)
+        again = "" if explicit or wanted == ListenOptions() else f" (as the last init: {' '.join(wanted.argv())})"
+        click.echo(f"started the embedded LaunchPad server in the background{again}: pid {server.pid}, "
+                   f"{server.listen}:{server.port}, data {data_dir} (log {data_dir / 'server.log'})")
+    else:
+        if explicit:
+            check_matches(server, wanted, stop=pilot_command(config_dir, "launchpad stop"))
+        click.echo(f"reusing the running embedded LaunchPad server: pid {server.pid}, "
+                   f"{server.listen}:{server.port}, data {data_dir}")
+    if server.tls:
+        click.echo(f"TLS on: clients verify the server with {server.client_kwargs['tlsCAFile']}; "
+                   f"`{pilot_command(config_dir, 'bootstrap CLUSTER')}` copies it to a cluster")
+    else:
+        click.echo(f"note: the server listens on {server.listen} (this machine only); for pilots on clusters, "
+                   f"stop it and run `{pilot_command(config_dir, 'launchpad init --host ADDRESS')}` with an "
+                   "address they reach (TLS is then on)")
+    return admin_launchpad(server, name)
 
 
 def _warn_if_not_read(config_dir: Path, written: Path) -> None:
@@ -200,7 +271,8 @@ def status(ctx: click.Context, data_dir: Path | None) -> None:
     import pymongo
     import pymongo.errors
 
-    from pilot.launchpad.control import find_running
+    from pilot.launchpad.control import ControlError, admin_client_kwargs, find_running
+    from pilot.redact import scrub, secrets_of
 
     data_dir = data_dir or _default_data(ctx)
     server = find_running(data_dir)
@@ -208,16 +280,24 @@ def status(ctx: click.Context, data_dir: Path | None) -> None:
         click.echo(f"not running (data dir {data_dir})")
         ctx.exit(3)
         return
-    click.echo(f"running: pid {server.pid}, {server.host}:{server.port}, data {data_dir}")
+    click.echo(f"running: pid {server.pid}, {server.listen}:{server.port}, TLS {'on' if server.tls else 'off'}, "
+               f"data {data_dir}")
     from pilot.launchpad.files import short_reason
 
     wait_ms = int(TIMEOUT_S * 1000)
+    try:
+        kwargs = admin_client_kwargs(server)  # the admin's credentials and the CA (pilotStats needs root)
+    except ControlError as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
+        return
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-        server.host, server.port, serverSelectionTimeoutMS=wait_ms, connectTimeoutMS=wait_ms)
+        **kwargs, serverSelectionTimeoutMS=wait_ms, connectTimeoutMS=wait_ms)
     try:
         st = client.admin.command("pilotStats")
     except pymongo.errors.PyMongoError as exc:
-        click.echo(f"error: the server does not answer within {TIMEOUT_S:g} s: {short_reason(str(exc))}", err=True)
+        why = scrub(short_reason(str(exc)), secrets_of(kwargs))
+        click.echo(f"error: the server does not answer within {TIMEOUT_S:g} s: {why}", err=True)
         ctx.exit(1)
         return
     finally:
@@ -230,3 +310,6 @@ def status(ctx: click.Context, data_dir: Path | None) -> None:
         click.echo(f"journal generation {j['generation']}: {j['size']} bytes, {j['fsyncs']} fsyncs "
                    f"({1000 * j['fsyncSeconds'] / max(j['fsyncs'], 1):.2f} ms each), "
                    f"{st['snapshots']} snapshots since start")
+
+
+launchpad.add_command(user_group)  # pilot launchpad user add|password|remove|list

@@ -149,9 +149,9 @@ def start_launchpad(config_dir: Path, say: Callable[[str], None]) -> tuple[Any, 
         LAUNCHPAD_FILE,
         SERVER_DIR,
         ControlError,
+        admin_launchpad,
         check_launchpad,
         find_running,
-        launchpad_dict,
         start_background,
         write_private_yaml,
     )
@@ -176,7 +176,7 @@ def start_launchpad(config_dir: Path, say: Callable[[str], None]) -> tuple[Any, 
             )
         else:
             say(f"using the running embedded LaunchPad server: pid {server.pid}, {server.host}:{server.port}")
-        lpd = launchpad_dict(name, server.host, server.port)
+        lpd = admin_launchpad(server, name)  # the server's admin: credentials (and TLS settings, if any)
         check_launchpad(lpd)
     except ControlError as e:
         raise DemoError(f"the embedded LaunchPad server: {e}") from None

@@ -1,7 +1,9 @@
-"""Handshake, authentication refusal, statistics and listings: the commands drivers send about the server.
+"""Handshake, statistics and listings: the commands drivers send about the server.
 
 Most of these are answered without the backend's lock (see ``_LOCK_FREE`` in :mod:`pilot.launchpad.backend`):
-a driver whose heartbeat waits for a long command declares the server down.
+a driver whose heartbeat waits for a long command declares the server down. The handshake carries the start of
+the login (``saslSupportedMechs``, ``speculativeAuthenticate``); the login itself, the users and who may run
+what are :mod:`pilot.launchpad.users`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import time
 from bson import Int64
 from mongomock import filtering
 
-from pilot.launchpad.commands import Command, CommandBase, CommandError, Reply, Sequences
+from pilot.launchpad.commands import Command, CommandError, Reply, Sequences
+from pilot.launchpad.scram import MECHANISM
+from pilot.launchpad.users import AuthCommands
 from pilot.launchpad.wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
 
 #: The MongoDB version and wire version we present (6.0: OP_MSG, hello, the commands below).
@@ -21,7 +25,7 @@ SERVER_VERSION = "6.0.0"
 MAX_WIRE_VERSION = 17
 
 
-class AdminCommands(CommandBase):
+class AdminCommands(AuthCommands):
     """hello/isMaster, ping, buildInfo, serverStatus, pilotStats, listDatabases/listCollections, dbStats, ..."""
 
     # ------------------------------------------------------------------------- handshake, admin
@@ -29,6 +33,23 @@ class AdminCommands(CommandBase):
         return {"ok": 1.0}
 
     def _hello(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
+        """MongoDB's handshake, with the start of the login when the driver offers it.
+
+        ``saslSupportedMechs: "DB.USER"`` is answered ``["SCRAM-SHA-256"]`` whether or not that user exists (the
+        only mechanism there is; the handshake tells nobody which users exist), so drivers pick SCRAM-SHA-256.
+        ``speculativeAuthenticate`` (a saslStart inside the hello) is answered, which saves the driver one round
+        trip per connection; a failure there is left out and the driver's own saslStart then gets the error.
+        """
+        reply = self._hello_reply(conn)
+        if "saslSupportedMechs" in cmd:
+            reply["saslSupportedMechs"] = [MECHANISM]
+        if "speculativeAuthenticate" in cmd:
+            spec = self.speculative(db, cmd["speculativeAuthenticate"], conn)
+            if spec is not None:
+                reply["speculativeAuthenticate"] = spec
+        return reply
+
+    def _hello_reply(self, conn: int) -> Reply:
         return {"helloOk": True, "ismaster": True, "isWritablePrimary": True, "maxBsonObjectSize": MAX_BSON_SIZE,
                 "maxMessageSizeBytes": MAX_MESSAGE_SIZE, "maxWriteBatchSize": 100000,
                 "localTime": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None),
@@ -51,7 +72,11 @@ class AdminCommands(CommandBase):
         return {"names": [], "log": [], "totalLinesWritten": 0, "ok": 1.0}
 
     def _connstatus(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
-        return {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}, "ok": 1.0}
+        """Who this connection is authenticated as, in MongoDB's shape (nobody: empty lists)."""
+        me = self.principal(conn)
+        users = [{"user": me.user, "db": me.db}] if me is not None else []
+        return {"authInfo": {"authenticatedUsers": users, "authenticatedUserRoles": me.role_docs() if me else []},
+                "ok": 1.0}
 
     def _serverstatus(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         return {"host": os.uname().nodename, "version": SERVER_VERSION, "process": "pilot-launchpad-server",
@@ -60,10 +85,6 @@ class AdminCommands(CommandBase):
 
     def _getlasterror(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         return {"err": None, "n": 0, "ok": 1.0}
-
-    def _auth(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
-        raise CommandError("the embedded LaunchPad server has no users and no authentication: remove username/"
-                           "password from the LaunchPad file (it only listens on loopback)", 18)
 
     def _pilotstats(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         ndocs = sum(len(c._documents) for d in self.store.database_stores() for c in d.collection_stores())
@@ -77,6 +98,9 @@ class AdminCommands(CommandBase):
             colls = dstore.collection_stores()
             if colls:
                 dbs.append({"name": dstore.name, "sizeOnDisk": 0, "empty": False})
+        me = self.principal(conn)
+        if me is not None and not me.is_root:  # MongoDB's authorizedDatabases: what the user may read
+            dbs = [d for d in dbs if me.can_read(str(d["name"]))]
         flt = cmd.get("filter")
         if flt:
             dbs = [d for d in dbs if filtering.filter_applies(flt, d)]

@@ -14,6 +14,10 @@ The commands themselves live in groups, one module each, mixed into :class:`Back
 :mod:`pilot.launchpad.writes`, :mod:`pilot.launchpad.schema` (collections, indexes), all over
 :class:`pilot.launchpad.commands.CommandBase` (state, cursors, errors). This module dispatches, takes the
 lock and journals; it also snapshots and restores the stores.
+
+Every command is authorized before it is dispatched, the lock-free ones included
+(:func:`pilot.launchpad.users.authorize`): before a connection authenticates only the handshake and the login
+answer, and a refused command reads and writes nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from pilot.launchpad.commands import (
 from pilot.launchpad.reads import ReadCommands
 from pilot.launchpad.schema import SchemaCommands
 from pilot.launchpad.store import doc_key
+from pilot.launchpad.users import authorize
 from pilot.launchpad.wire import CODEC
 from pilot.launchpad.writes import WriteCommands
 
@@ -86,9 +91,11 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
             "hello": self._hello, "ismaster": self._hello, "ping": self._ok, "buildinfo": self._buildinfo,
             "getparameter": self._ok, "getcmdlineopts": self._cmdline, "hostinfo": self._hostinfo,
             "whatsmyuri": self._ok, "getlog": self._getlog, "connectionstatus": self._connstatus,
-            "serverstatus": self._serverstatus, "getfreemonitoringstatus": self._ok, "logout": self._ok,
-            "endsessions": self._ok, "getlasterror": self._getlasterror, "saslstart": self._auth,
-            "authenticate": self._auth, "saslcontinue": self._auth, "pilotstats": self._pilotstats,
+            "serverstatus": self._serverstatus, "getfreemonitoringstatus": self._ok,
+            "endsessions": self._ok, "getlasterror": self._getlasterror, "saslstart": self._saslstart,
+            "authenticate": self._authenticate, "saslcontinue": self._saslcontinue, "logout": self._logout,
+            "createuser": self._createuser, "updateuser": self._updateuser, "dropuser": self._dropuser,
+            "usersinfo": self._usersinfo, "pilotstats": self._pilotstats,
             "killcursors": self._killcursors, "getmore": self._getmore, "listdatabases": self._listdatabases,
             "listcollections": self._listcollections, "dbstats": self._dbstats, "collstats": self._collstats,
             "find": self._find, "count": self._count, "distinct": self._distinct, "aggregate": self._aggregate,
@@ -111,12 +118,14 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
             cmd.pop(k, None)
         handler = self._handlers.get(lname)
         t0 = time.perf_counter()
+        self.conn_auth(conn_id, peer)
         if lname in _LOCK_FREE:
             # Handshakes and pings never wait for a long command: a driver whose heartbeat times out
             # declares the server down and cancels its operations.
             assert handler is not None
             try:
-                reply = handler(db, name, cmd, seqs, conn_id)
+                reply = authorize(self.principal(conn_id), lname, name, db, cmd) or handler(db, name, cmd, seqs,
+                                                                                            conn_id)
             except CommandError as exc:
                 reply = error_reply(str(exc), exc.code)
             self.stats.add(name, time.perf_counter() - t0)
@@ -126,12 +135,19 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
                 return error_reply(self.failure, 1), 0
             if self.closing:
                 return error_reply("the embedded LaunchPad server is shutting down", 91), 0
+            denied = authorize(self.principal(conn_id), lname, name, db, cmd)
+            if denied is not None:
+                self.stats.add(name, time.perf_counter() - t0)
+                self.stats.errors += 1
+                return denied, 0
             try:
                 if handler is None:
                     raise CommandError(
                         f"no such command: '{name}' (the embedded LaunchPad server implements the commands "
                         "FireWorks and pymongo use; for anything else use MongoDB)", 59)
+                me = self.principal(conn_id)
                 self._current_conn, self._current_session = conn_id, session
+                self._current_user = me.key if me is not None else None
                 reply = handler(db, name, cmd, seqs, conn_id)
             except CommandError as exc:
                 reply = error_reply(str(exc), exc.code)
@@ -152,20 +168,35 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
                 log.exception("command %r from %s failed inside the embedded server", name, peer)
                 reply = error_reply(f"internal error of the embedded LaunchPad server in {name}: "
                                     f"{type(exc).__name__}: {exc}", 1)
-            ops = self.tracker.collect()
-            if ops and self.journal_append is not None:
-                seq = self.journal_append(ops)
-            else:
-                seq = self.journal_seq()
+            seq = self._journal_effects()
             self.stats.add(name, time.perf_counter() - t0)
             if reply.get("ok") != 1.0:
                 self.stats.errors += 1
         return reply, seq
 
+    def _journal_effects(self) -> int:
+        """Journal what the command just run changed (call with the lock held); the sequence to wait for."""
+        ops = self.tracker.collect()
+        if not ops:
+            return self.journal_seq()
+        self.note_ops(ops)
+        return self.journal_append(ops) if self.journal_append is not None else self.journal_seq()
+
+    def write_internal(self, change: Callable[[], None]) -> int:
+        """Make a change of the server's own (the first admin user) under the lock, journaled like a command's
+        effects; returns the journal sequence to wait for."""
+        with self.lock:
+            try:
+                change()
+            finally:
+                seq = self._journal_effects()
+        return seq
+
     def connection_closed(self, conn_id: int) -> None:
-        """The server's hook for a connection that ended: the cursors it owned go with it."""
+        """The server's hook for a connection that ended: the cursors it owned and its login go with it."""
         with self.lock:
             n = self.drop_connection_cursors(conn_id)
+        self.forget_connection(conn_id)
         if n:
             log.debug("connection %d closed: discarded its %d open cursor(s)", conn_id, n)
 

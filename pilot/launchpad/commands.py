@@ -43,10 +43,10 @@ CURSOR_TIMEOUT_S = 600.0
 #: https://github.com/mongodb/mongo/blob/master/src/mongo/base/error_codes.yml
 CODE_NAMES = {
     1: "InternalError", 2: "BadValue", 9: "FailedToParse", 11: "UserNotFound", 13: "Unauthorized",
-    14: "TypeMismatch", 18: "AuthenticationFailed", 26: "NamespaceNotFound", 27: "IndexNotFound",
-    43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound", 72: "InvalidOptions",
-    73: "InvalidNamespace", 85: "IndexOptionsConflict", 91: "ShutdownInProgress",
-    115: "CommandNotSupported", 11000: "DuplicateKey", 40324: "Location40324",
+    14: "TypeMismatch", 17: "ProtocolError", 18: "AuthenticationFailed", 26: "NamespaceNotFound",
+    27: "IndexNotFound", 31: "RoleNotFound", 43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound",
+    72: "InvalidOptions", 73: "InvalidNamespace", 85: "IndexOptionsConflict", 91: "ShutdownInProgress",
+    115: "CommandNotSupported", 334: "MechanismUnavailable", 11000: "DuplicateKey", 40324: "Location40324",
 }
 
 
@@ -74,20 +74,26 @@ def session_key(lsid: Any) -> bytes | None:
 
 @dataclass(frozen=True)
 class CursorOwner:
-    """Who opened a cursor, and so who may continue or kill it (a later change adds the authenticated user).
+    """Who opened a cursor, and so who may continue or kill it: the authenticated user, and its session or
+    connection.
 
-    A cursor opened in a logical session belongs to that session, as in MongoDB: drivers send every
-    ``getMore`` of a cursor with the session of its ``find`` but over whichever pooled connection is free
-    (pymongo does), so binding such a cursor to one connection would break every multi-threaded client. A
-    cursor opened without a session belongs to its connection. Anyone else gets exactly MongoDB's answer
+    A cursor belongs to the user that opened it (``DB.USER``; None before authentication, which opens none):
+    another user never continues it, not even in a session with the same id. Within the user, a cursor opened
+    in a logical session belongs to that session, as in MongoDB: drivers send every ``getMore`` of a cursor
+    with the session of its ``find`` but over whichever pooled connection is free (pymongo does), so binding
+    such a cursor to one connection would break every multi-threaded client. A cursor opened without a
+    session belongs to its connection. Anyone else gets exactly MongoDB's answer
     for an unknown cursor (``CursorNotFound``), so a guessed or leaked id tells nothing.
     """
 
     conn: int
     session: bytes | None = None
+    user: str | None = None
 
     def admits(self, other: CursorOwner) -> bool:
         """May ``other`` (the sender of a getMore/killCursors) use a cursor of this owner?"""
+        if other.user != self.user:
+            return False
         if self.session is not None:
             return other.session == self.session
         return other.conn == self.conn
@@ -146,6 +152,8 @@ class CommandBase:
         #: lock before each handler): whoever opens, continues or kills a cursor.
         self._current_conn = 0
         self._current_session: bytes | None = None
+        #: ... and its authenticated user (``DB.USER``): cursors are bound to it.
+        self._current_user: str | None = None
         self._last_cursor_sweep = time.monotonic()
         self._colls: dict[tuple[str, str], mongomock.Collection] = {}
 
@@ -186,7 +194,7 @@ class CommandBase:
                 return cid
 
     def _owner(self, conn: int) -> CursorOwner:
-        return CursorOwner(conn, self._current_session)
+        return CursorOwner(conn, self._current_session, self._current_user)
 
     def _owned_cursor(self, cid: int, conn: int) -> _Cursor | None:
         """The open cursor ``cid`` if the current command's sender may use it; None if unknown or foreign."""

@@ -8,9 +8,9 @@ that the process is a ``launchpad serve`` that holds that data dir's ``server.lo
 from __future__ import annotations
 
 import enum
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +22,23 @@ import psutil
 import yaml
 
 from pilot.configdir import open_private, private_dir, write_private
+from pilot.launchpad.credentials import AdminFileError, read_admin_file
 from pilot.launchpad.files import LAUNCHPAD_FILE, TIMEOUT_S, redact_uri
+from pilot.launchpad.listen import ListenPlan, StartupError, bind, plan_listen
 from pilot.launchpad.server import DEFAULT_PORT, INFO_FILE, LOCK_FILE, PID_FILE, read_server_info
+from pilot.launchpad.tls import SERVER_PEM, client_kwargs, server_names, tls_dir
 from pilot.redact import scrub, secrets_of
 
-__all__ = ["LAUNCHPAD_FILE", "SERVER_DIR", "SERVER_LOG", "CheckResult", "ControlError", "RunningServer", "ServerState",
-           "check_launchpad", "find_running", "is_our_server", "launchpad_dict", "redact_uri", "server_state",
+__all__ = ["LAUNCHPAD_FILE", "SERVER_DIR", "SERVER_LOG", "CheckResult", "ControlError", "ListenOptions",
+           "RunningServer", "ServerState", "admin_client_kwargs", "admin_launchpad", "check_launchpad",
+           "check_matches", "find_running", "is_our_server", "launchpad_dict", "redact_uri", "server_state",
            "start_background", "stop_server", "write_private_yaml"]
 
 #: Data dir of the background server, relative to the config dir.
 SERVER_DIR = "lpserver"
 SERVER_LOG = "server.log"
+#: Where ``init`` remembers the ``--host``/``--tls``/``--tls-name`` it started the server with.
+OPTIONS_FILE = "init-options.json"
 
 
 class ControlError(Exception):
@@ -41,16 +47,26 @@ class ControlError(Exception):
 
 @dataclass(frozen=True)
 class RunningServer:
+    """A live server, from its ``server.json``: ``host`` is the one clients use (``listen`` is what it bound)."""
+
     pid: int
     host: str
     port: int
     data_dir: Path
     started_now: bool = False
+    tls: bool = False
+    listen: str = ""
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], data_dir: Path, started_now: bool = False) -> RunningServer:
+        host = str(info.get("host", "127.0.0.1"))
+        return cls(int(info["pid"]), host, int(info["port"]), Path(data_dir), started_now,
+                   tls=bool(info.get("tls", False)), listen=str(info.get("listen") or host))
 
     @property
-    def uri(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"mongodb://{host}:{self.port}/"
+    def client_kwargs(self) -> dict[str, Any]:
+        """``MongoClient`` keyword arguments for TLS (``{}`` without)."""
+        return client_kwargs(self.data_dir, self.tls)
 
 
 def _alive(pid: int) -> bool:
@@ -80,40 +96,79 @@ def find_running(data_dir: Path) -> RunningServer | None:
     info = read_server_info(data_dir)
     if not info or not isinstance(info.get("pid"), int):
         return None
-    pid = info["pid"]
-    if not is_our_server(pid, data_dir):
+    if not is_our_server(info["pid"], data_dir):
         return None
-    return RunningServer(pid, str(info.get("host", "127.0.0.1")), int(info["port"]), Path(data_dir))
+    return RunningServer.from_info(info, data_dir)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+def _port_free(plan: ListenPlan, port: int) -> bool:
+    try:
+        bind(plan, port).close()
+    except OSError:
+        return False
     return True
 
 
-def start_background(data_dir: Path, port: int | None = None, timeout: float = 60.0) -> RunningServer:
+@dataclass(frozen=True)
+class ListenOptions:
+    """``--host``/``--tls``/``--tls-name`` of the background server, remembered in ``DATA/init-options.json``
+    so that a later ``init`` without them starts it where the clusters' LaunchPad files point."""
+
+    host: str = "127.0.0.1"
+    tls: bool | None = None
+    tls_names: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        out = ["--host", self.host]
+        if self.tls is not None:
+            out.append("--tls" if self.tls else "--no-tls")
+        for n in self.tls_names:
+            out += ["--tls-name", n]
+        return out
+
+    def save(self, data_dir: Path) -> None:
+        write_private(Path(data_dir) / OPTIONS_FILE, json.dumps(
+            {"host": self.host, "tls": self.tls, "tls_names": list(self.tls_names)}) + "\n")
+
+    @classmethod
+    def load(cls, data_dir: Path) -> ListenOptions | None:
+        """The options the last ``init`` started the server with, None if there are none (or unreadable)."""
+        try:
+            d = json.loads((Path(data_dir) / OPTIONS_FILE).read_text())
+            return cls(str(d["host"]), d.get("tls"), tuple(str(n) for n in d.get("tls_names") or ()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def plan_for(opts: ListenOptions) -> ListenPlan:
+    """What the server would do with ``opts`` (ControlError with the server's own words if it would refuse)."""
+    try:
+        return plan_listen(opts.host, opts.tls, opts.tls_names)
+    except StartupError as exc:
+        raise ControlError(str(exc)) from exc
+
+
+def start_background(data_dir: Path, port: int | None = None, timeout: float = 60.0,
+                     listen: ListenOptions | None = None) -> RunningServer:
     """Start ``pilot launchpad serve`` detached (own session, output to DATA/server.log); wait until it listens.
 
     The data dir is made 0700 and the log 0600 (see :func:`pilot.configdir.private_dir`); the server makes
     everything else it writes there private.
 
-    ``port`` None: the default port when free, else any free port.
+    ``port`` None: the default port when free, else any free port. ``listen`` None: loopback, no TLS.
     """
     data_dir = Path(data_dir).absolute()
+    listen = listen or ListenOptions()
+    plan = plan_for(listen)  # a refused --host/--tls-name fails here, with the server's message
     try:
         private_dir(data_dir)
     except OSError as exc:
         raise ControlError(f"cannot create the server data dir {data_dir}: {exc.strerror or exc}") from exc
     if port is None:
-        port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else 0
+        port = DEFAULT_PORT if _port_free(plan, DEFAULT_PORT) else 0
     (data_dir / INFO_FILE).unlink(missing_ok=True)
     log_path = data_dir / SERVER_LOG
-    argv = [sys.executable, "-m", "pilot", "launchpad", "serve", "--host", "127.0.0.1", "--port", str(port),
+    argv = [sys.executable, "-m", "pilot", "launchpad", "serve", *listen.argv(), "--port", str(port),
             "--data", str(data_dir)]
     with open_private(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -127,10 +182,31 @@ def start_background(data_dir: Path, port: int | None = None, timeout: float = 6
                                f"(log {log_path}): {' | '.join(tail)}")
         info = read_server_info(data_dir)
         if info and info.get("pid") == proc.pid:
-            return RunningServer(proc.pid, str(info["host"]), int(info["port"]), data_dir, started_now=True)
+            return RunningServer.from_info(info, data_dir, started_now=True)
         time.sleep(0.05)
     proc.terminate()
     raise ControlError(f"the embedded LaunchPad server did not start within {timeout:.0f}s (log {log_path})")
+
+
+def check_matches(server: RunningServer, listen: ListenOptions, stop: str = "pilot launchpad stop") -> None:
+    """Raise ControlError when the running ``server`` does not listen as ``listen`` asks (address, TLS, the
+    certificate's names): silently reusing it would write LaunchPad files the clusters cannot use."""
+    plan = plan_for(listen)
+    names = plan.tls_names
+    have = set(tls_names_of(server.data_dir)) if server.tls else set()
+    if plan.address == server.listen and plan.tls == server.tls and set(names) <= have:
+        return
+    what = ", ".join(f"{n} missing from its certificate" for n in names if n not in have) if \
+        plan.address == server.listen and plan.tls == server.tls else \
+        f"{server.listen} with TLS {'on' if server.tls else 'off'}"
+    raise ControlError(f"the embedded LaunchPad server of {server.data_dir} already runs (pid {server.pid}, "
+                       f"{what}); stop it (`{stop}`) and run this again to start it with "
+                       f"{' '.join(listen.argv())}")
+
+
+def tls_names_of(data_dir: Path) -> list[str]:
+    """The SANs of the server certificate in ``DATA/tls`` ([] when there is none)."""
+    return server_names(tls_dir(data_dir) / SERVER_PEM)
 
 
 class ServerState(enum.Enum):
@@ -198,6 +274,32 @@ def write_private_yaml(path: Path, data: dict[str, Any]) -> Path | None:
             write_private(backup, old)
     write_private(path, text)
     return backup
+
+
+def admin_launchpad(server: RunningServer, name: str) -> dict[str, Any]:
+    """The LaunchPad dict of the server's admin (``DATA/my_launchpad.yaml``, which the server keeps up to date
+    with where it listens and its TLS settings), for database ``name``.
+
+    Raises
+    ------
+    ControlError
+        The file is missing or unusable (the message says how to recover).
+    """
+    try:
+        data = read_admin_file(server.data_dir)
+    except AdminFileError as exc:
+        raise ControlError(str(exc)) from exc
+    return {**data, "host": server.host, "port": server.port, "name": name,
+            "mongoclient_kwargs": {**(data.get("mongoclient_kwargs") or {}), **server.client_kwargs}}
+
+
+def admin_client_kwargs(server: RunningServer) -> dict[str, Any]:
+    """``MongoClient`` keyword arguments for the server's admin: address, credentials, TLS."""
+    lp = admin_launchpad(server, "admin")
+    kw: dict[str, Any] = {"host": server.host, "port": server.port, **(lp.get("mongoclient_kwargs") or {})}
+    if lp.get("username"):
+        kw.update(username=lp["username"], password=lp.get("password"), authSource=lp.get("authsource") or "admin")
+    return kw
 
 
 def launchpad_dict(name: str, host: str, port: int | None = None, uri_mode: bool = False) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""The embedded LaunchPad server process: loopback TCP listener, data dir, journal, snapshots, shutdown.
+"""The embedded LaunchPad server process: TCP listener (TLS off loopback), data dir, journal, snapshots, shutdown.
 
 Lifecycle of :meth:`LaunchPadServer.run`:
 
-1. refuse any ``--host`` that is not loopback (exit 2);
+1. decide where to listen and whether TLS is on (:func:`pilot.launchpad.listen.plan_listen`): a name that does
+   not resolve, a bad ``--tls-name`` or ``--no-tls`` off loopback exit 2 before anything is touched;
 2. create and lock the data dir (``server.lock``, flock), write ``server.pid`` (exit 1 on failure); the data
    dir is 0700 and every file in it 0600 (an older one is tightened: :func:`pilot.configdir.tighten_tree`);
-3. bind the port (exit 1 when busy);
+3. bind the port (exit 1 when busy); with TLS, make or reuse the CA and server certificate in ``DATA/tls``;
 4. restore: snapshot + journals, dropping a torn last record; compact right away if anything was replayed;
-5. accept connections (one thread each), write ``server.json`` ``{"pid", "host", "port"}``, print the banner;
+5. accept connections (one thread each, which also runs the TLS handshake), write ``server.json``
+   ``{"pid", "host", "port", "listen", "tls", ...}``, print the banner;
 6. on SIGTERM/SIGINT: stop accepting, refuse new commands, write a final snapshot, remove pid/json files.
 """
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import ipaddress
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -32,8 +34,9 @@ from typing import Any
 import bson
 
 from pilot.configdir import open_private, private_dir, tighten_tree, write_private
-from pilot.launchpad import wire
+from pilot.launchpad import listen, tls, wire
 from pilot.launchpad.backend import Backend, error_reply
+from pilot.launchpad.credentials import ADMIN_FILE, ensure_admin
 from pilot.launchpad.journal import (
     JOURNAL_MAGIC,
     CorruptDataError,
@@ -45,6 +48,8 @@ from pilot.launchpad.journal import (
     plan_restore,
     write_snapshot,
 )
+from pilot.launchpad.listen import ClientAddress, ListenPlan
+from pilot.launchpad.listen import StartupError as StartupError  # the CLI's name for it
 
 log = logging.getLogger(__name__)
 
@@ -54,78 +59,6 @@ DEFAULT_COMPACT_INTERVAL_S = 300.0
 PID_FILE = "server.pid"
 INFO_FILE = "server.json"
 LOCK_FILE = "server.lock"
-BANNER = ("This embedded LaunchPad server is for one machine (loopback only, no authentication); "
-          "for production or several machines use MongoDB (see docs/launchpad-server.md).")
-
-
-class StartupError(Exception):
-    """The server cannot start; ``exit_code`` 2 = refused arguments, 1 = environment problem."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-#: Addresses the server may listen on although they are not loopback, for the project's own test network
-#: (tests/infra/services.sh: the fileserver's address that the test clusters' namespaces route to). The
-#: server has no authentication and no TLS yet (issue "A LaunchPad that clusters reach, and only its owner
-#: can use"), so this is not a user setting: it exists so that pilots in the test clusters reach the
-#: LaunchPad over a network, as they do in a real deployment, instead of through a shared loopback.
-TEST_NETWORK_ENV = "PILOT_LAUNCHPAD_TEST_NETWORK"
-
-
-#: the only ranges it accepts: RFC 5737's documentation networks, which the test hosts use and no real
-#: network routes
-TEST_NETWORKS = (ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24"))
-
-
-def _test_network_addresses() -> set[str]:
-    """The addresses named in PILOT_LAUNCHPAD_TEST_NETWORK; StartupError (exit 2) for anything else."""
-    out = set()
-    for a in (x.strip() for x in os.environ.get(TEST_NETWORK_ENV, "").split(",")):
-        if not a:
-            continue
-        try:
-            ok = any(ipaddress.ip_address(a) in net for net in TEST_NETWORKS)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise StartupError(f"{TEST_NETWORK_ENV}={a!r}: only an IPv4 address in 198.51.100.0/24 or "
-                               "203.0.113.0/24 (the test network) is accepted there", 2)
-        out.add(a)
-    return out
-
-
-def loopback_address(host: str) -> tuple[int, str]:
-    """Resolve ``host``; return ``(family, address)`` to bind, or raise StartupError(exit 2) if not loopback.
-
-    The one exception is an exact address named in ``PILOT_LAUNCHPAD_TEST_NETWORK`` (see above).
-    """
-    if host in _test_network_addresses():
-        log.warning("listening on %s for the test network (%s): no authentication, no TLS", host, TEST_NETWORK_ENV)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return family, host
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot resolve --host {host!r}: {exc.strerror}; use 127.0.0.1", 2) from exc
-    addrs: list[tuple[int, str]] = []
-    bad: list[str] = []
-    for family, _t, _p, _c, sockaddr in infos:
-        addr = str(sockaddr[0])
-        try:
-            ok = ipaddress.ip_address(addr.split("%")[0]).is_loopback
-        except ValueError:
-            ok = False
-        (addrs.append((family, addr)) if ok else bad.append(addr))
-    if bad or not addrs:
-        shown = ", ".join(sorted(set(bad))) or "nothing"
-        raise StartupError(
-            f"refusing --host {host}: it resolves to {shown}, which is not a loopback address; the embedded "
-            "LaunchPad server has no authentication and listens on loopback only (127.0.0.1 or ::1). "
-            "To share a LaunchPad between machines, use MongoDB.", 2)
-    addrs.sort(key=lambda fa: fa[0] != socket.AF_INET)  # prefer 127.0.0.1 when both are offered
-    return addrs[0]
 
 
 def read_server_info(data_dir: Path) -> dict[str, Any] | None:
@@ -144,6 +77,10 @@ class ServerOptions:
     port: int = DEFAULT_PORT
     compact_bytes: int = DEFAULT_COMPACT_BYTES
     compact_interval: float = DEFAULT_COMPACT_INTERVAL_S
+    #: None: TLS exactly when off loopback; True also on loopback; False is refused off loopback
+    tls: bool | None = None
+    #: more names (or addresses) for the server certificate: those clients use that the machine does not know
+    tls_names: tuple[str, ...] = ()
 
 
 class LaunchPadServer:
@@ -165,6 +102,9 @@ class LaunchPadServer:
         self._conns_lock = threading.Lock()
         self.port = opts.port
         self.host = opts.host
+        self.plan: ListenPlan | None = None
+        self.tls_files: tls.TLSFiles | None = None
+        self._ssl: ssl.SSLContext | None = None
         self.snapshots = 0
         self._snapshot_bytes = 0
 
@@ -209,21 +149,44 @@ class LaunchPadServer:
             raise StartupError(f"cannot write in data dir {d}: {exc.strerror}; {hint}") from exc
 
     def _bind(self) -> None:
-        family, addr = loopback_address(self.opts.host)
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart on the same port after kill -9
+        assert self.plan is not None
+        addr = self.plan.address
         try:
-            sock.bind((addr, self.opts.port))
-            sock.listen(128)
+            sock = listen.bind(self.plan, self.opts.port)
         except OSError as exc:
-            sock.close()
-            why = "address already in use (another server or a MongoDB?)" if exc.errno == errno.EADDRINUSE \
-                else exc.strerror
-            raise StartupError(f"cannot listen on {addr}:{self.opts.port}: {why}; choose another --port "
-                               "(--port 0 picks a free one)") from exc
+            if exc.errno == errno.EADDRINUSE:
+                why = "address already in use (another server or a MongoDB?); choose another --port (--port 0 " \
+                      "picks a free one)"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                why = f"{addr} is not an address of this machine; give one of its addresses (or 0.0.0.0) as --host"
+            else:
+                why = f"{exc.strerror}; choose another --port (--port 0 picks a free one)"
+            raise StartupError(f"cannot listen on {addr}:{self.opts.port}: {why}") from exc
         self._listener = sock
-        self.host = addr
+        self.host = self.plan.client_host
         self.port = sock.getsockname()[1]
+
+    def _setup_tls(self) -> None:
+        """With TLS: CA and server certificate in DATA/tls (made, reused or reissued), and the server context."""
+        assert self.plan is not None
+        if not self.plan.tls:
+            return
+        try:
+            self.tls_files = tls.ensure_certificates(self.data_dir, listen.certificate_names(self.plan))
+            self._ssl = tls.server_context(self.tls_files)
+        except tls.TLSSetupError as exc:
+            raise StartupError(str(exc)) from exc
+        f = self.tls_files
+        log.info("TLS: certificate %s (%s) for %s; CA %s (%s, SHA-256 %s)", f.server,
+                 "issued now" if f.reissued else "reused", ", ".join(f.names), f.ca, "new" if f.new_ca else "reused",
+                 f.ca_fingerprint)
+
+    @property
+    def client_address(self) -> ClientAddress:
+        """Where and how clients reach this server: the host and port its LaunchPad files name, and the
+        ``MongoClient`` keyword arguments for TLS (``{}`` without)."""
+        host = self.plan.client_host if self.plan is not None else self.host
+        return ClientAddress(host, self.port, tls.client_kwargs(self.data_dir, self._ssl is not None))
 
     def _restore(self) -> int:
         """Load snapshot + journals; returns the number of documents."""
@@ -283,8 +246,13 @@ class LaunchPadServer:
                              name=f"conn-{peer[1]}").start()
 
     def _serve_conn(self, sock: socket.socket, peer: str) -> None:
-        conn_id = next(self._conn_ids)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl is not None:  # here, not in the accept loop: a silent client delays nobody else
+            wrapped = tls.handshake(self._ssl, sock, peer)
+            if wrapped is None:
+                return
+            sock = wrapped
+        conn_id = next(self._conn_ids)
         with self._conns_lock:
             self._conns.add(sock)
         try:
@@ -379,31 +347,59 @@ class LaunchPadServer:
         log.info("signal %d: shutting down", signum)
         self._stop.set()
 
-    def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT, shut down cleanly. Raises StartupError before serving."""
-        loopback_address(self.opts.host)  # refuse non-loopback before touching anything
+    def _start(self) -> int:
+        """Steps 1-4 of the module docstring; returns the number of documents restored."""
+        # refusals before touching anything
+        self.plan = listen.plan_listen(self.opts.host, self.opts.tls, self.opts.tls_names)
         self._prepare_data_dir()
         try:
             self._bind()
+            self._setup_tls()
             ndocs = self._restore()
+            ensure_admin(self.backend, self.data_dir, self.client_address,  # first admin, DATA/my_launchpad.yaml
+                         durable=self.journal.wait_durable if self.journal else None)
+            return ndocs
         except BaseException:
             (self.data_dir / PID_FILE).unlink(missing_ok=True)
             self._release()
             raise
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, shut down cleanly. Raises StartupError before serving."""
+        ndocs = self._start()
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         threading.Thread(target=self._accept_loop, daemon=True, name="accept").start()
         threading.Thread(target=self._compactor, daemon=True, name="compactor").start()
+        assert self.plan is not None
         write_private(self.data_dir / INFO_FILE, json.dumps(
-            {"pid": os.getpid(), "host": self.host, "port": self.port, "data": str(self.data_dir),
+            {"pid": os.getpid(), "host": self.host, "port": self.port, "listen": self.plan.address,
+             "tls": self._ssl is not None, "data": str(self.data_dir),
              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n", fsync=True)
-        print(f"pilot launchpad server: listening on {self.host}:{self.port}, data {self.data_dir} "
-              f"({ndocs} documents), pid {os.getpid()}", flush=True)
-        print(BANNER, flush=True)
+        self._banner(ndocs)
         while not self._stop.wait(0.5):
             pass
         self.shutdown()
         return 0
+
+    def _banner(self, ndocs: int) -> None:
+        """Where it listens, whether TLS is on (and what clients verify it with), and the admin's LaunchPad file."""
+        assert self.plan is not None
+        p = self.plan
+        where = f"[{p.address}]" if ":" in p.address else p.address
+        scope = ("" if not (p.wildcard or p.loopback) else " (loopback: this machine only)" if p.loopback
+                 else " (every IPv4 address of this machine)" if p.family == socket.AF_INET
+                 else " (every address of this machine)")
+        if self.tls_files is not None:
+            tls_line = (f"TLS on: clients verify the server with the CA {self.tls_files.ca}; the certificate names "
+                        f"{', '.join(self.tls_files.names)}")
+        else:
+            tls_line = "TLS off (loopback; --tls turns it on)"
+        print(f"pilot launchpad server: listening on {where}:{self.port}{scope}, data {self.data_dir} "
+              f"({ndocs} documents), pid {os.getpid()}", flush=True)
+        print(tls_line, flush=True)
+        print(f"admin LaunchPad file: {self.data_dir / ADMIN_FILE} (clients use host {self.host}, port {self.port})",
+              flush=True)
 
     def shutdown(self) -> None:
         """Stop accepting, refuse new commands, final snapshot, remove server.json/server.pid."""

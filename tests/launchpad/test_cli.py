@@ -21,9 +21,10 @@ from pilot.launchpad.control import is_our_server
 PILOT = [sys.executable, "-m", "pilot"]
 
 
-def pilot(config_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def pilot(config_dir: Path, *args: str, timeout: float = 120, stdin: str | None = None
+          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PILOT, "--config-dir", str(config_dir), "launchpad", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, input=stdin)
 
 
 def _gone(pid: int) -> bool:
@@ -53,7 +54,8 @@ def test_init_starts_the_embedded_server_reuses_it_and_stop_stops_it(config_dir,
     res = pilot(config_dir, "init", "--port", "0")
     assert res.returncode == 0, res.stderr
     assert "started the embedded LaunchPad server in the background" in res.stdout
-    assert "production use MongoDB" in res.stdout
+    assert "note: the server listens on 127.0.0.1 (this machine only)" in res.stdout  # and how to share it
+    assert "launchpad init --host ADDRESS" in res.stdout
     assert "initialized the empty database 'fireworks'" in res.stdout
     lp_file = config_dir / "my_launchpad.yaml"
     assert stat.S_IMODE(lp_file.stat().st_mode) == 0o600
@@ -101,11 +103,13 @@ def test_init_starts_the_embedded_server_reuses_it_and_stop_stops_it(config_dir,
 def test_init_with_uri(mongo_uri, tmp_path):
     cfg = tmp_path / "cfg"
     db = f"pilot_init_{uuid.uuid4().hex[:8]}"
-    uri = mongo_uri.rstrip("/") + f"/{db}"
+    base, q, options = mongo_uri.partition("?")   # the session server's URI carries credentials and options
+    uri = base.rstrip("/") + f"/{db}" + q + options
     try:
-        res = pilot(cfg, "init", "--uri", uri)
+        res = pilot(cfg, "init", "--uri", "-", stdin=uri + "\n")   # the password in no process's argv
         assert res.returncode == 0, res.stderr
         assert f"initialized the empty database '{db}'" in res.stdout and "0 Fireworks" in res.stdout
+        assert "warning" not in res.stderr
         lp_file = cfg / "my_launchpad.yaml"
         assert stat.S_IMODE(lp_file.stat().st_mode) == 0o600
         conf = yaml.safe_load(lp_file.read_text())
@@ -125,6 +129,7 @@ def test_init_with_unreachable_uri_fails_clearly_and_hides_the_password(tmp_path
         cfg = tmp_path / "cfg"
         res = pilot(cfg, "init", "--uri", f"mongodb://alice:s3cret@127.0.0.1:{port}/fw", "--check-timeout", "1")
     assert res.returncode == 1
+    assert "the password in --uri is visible to other users in `ps`" in res.stderr   # and how to avoid that
     assert "cannot use the LaunchPad database 'fw'" in res.stderr and "alice:***@" in res.stderr
     assert "s3cret" not in res.stdout + res.stderr
     assert not (cfg / "my_launchpad.yaml").exists()

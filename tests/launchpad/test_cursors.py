@@ -31,6 +31,7 @@ import pytest
 from bson import Int64
 
 from tests.helpers import EmbeddedServer, wait_for
+from tests.launchpad.scram_client import login
 
 CURSOR_NOT_FOUND = 43
 NDOCS = 20
@@ -66,11 +67,16 @@ def _open_cursors(server: EmbeddedServer) -> int:
 
 # ------------------------------------------------------------------------------ raw OP_MSG, no driver
 class RawConn:
-    """One TCP connection speaking bare OP_MSG: commands carry a session only when given ``lsid``."""
+    """One TCP connection speaking bare OP_MSG: commands carry a session only when given ``lsid``.
+
+    It logs in as the server's admin first (SCRAM-SHA-256, tests/launchpad/scram_client.py): authentication
+    belongs to the connection, and every command but the handshake needs it."""
 
     def __init__(self, server: EmbeddedServer) -> None:
         self.sock = socket.create_connection((server.host, server.port), timeout=10)
         self._rid = 0
+        done = login(lambda doc: self.command(doc, db="admin"), server.admin["username"], server.admin["password"])
+        assert done["ok"] == 1.0 and done["done"], done
 
     def _recv(self, n: int) -> bytes:
         buf = b""
@@ -81,8 +87,8 @@ class RawConn:
             buf += chunk
         return buf
 
-    def command(self, doc: dict[str, Any], lsid: uuid.UUID | None = None) -> dict[str, Any]:
-        doc = {**doc, "$db": "cur"}
+    def command(self, doc: dict[str, Any], lsid: uuid.UUID | None = None, db: str = "cur") -> dict[str, Any]:
+        doc = {**doc, "$db": db}
         if lsid is not None:
             doc["lsid"] = {"id": bson.Binary(lsid.bytes, 4)}
         self._rid += 1

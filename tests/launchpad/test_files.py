@@ -118,7 +118,9 @@ def test_a_config_dir_of_its_own_talks_to_its_own_server(user, tmp_path, launchp
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["launchpad"]["host"] == f"127.0.0.1:{port}"                  # D's own server
-    own = pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=5000)
+    admin = yaml.safe_load((d / "lpserver" / "my_launchpad.yaml").read_text())   # the data dir's admin
+    own = pymongo.MongoClient("127.0.0.1", port, username=admin["username"], password=admin["password"],
+                              authSource="admin", serverSelectionTimeoutMS=5000)
     try:
         assert own["fireworks"]["fireworks"].count_documents({"name": "water-md-1", "state": "READY"}) == 1
     finally:

@@ -497,36 +497,55 @@ def off_loopback_name():
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "lan", "hostname"])
-def test_non_loopback_host_is_refused(tmp_path, host, request):
+def test_no_tls_off_loopback_is_refused(tmp_path, host, request):
+    """Off loopback TLS is always on: --no-tls there is refused before anything is touched (the server then
+    listens off loopback only with TLS: tests/launchpad/test_tls.py)."""
     if host == "lan":
         host = _lan_address()
     elif host == "hostname":
         host = request.getfixturevalue("off_loopback_name")
     data = tmp_path / "data"
-    res = run_serve(["--host", host, "--port", "0", "--data", str(data)])
+    res = run_serve(["--host", host, "--no-tls", "--port", "0", "--data", str(data)])
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not a loopback address" in lines[0] and host in lines[0]
+    assert len(lines) == 1 and "refusing --no-tls" in lines[0] and host in lines[0]
+    assert "always uses TLS" in lines[0]
     assert not data.exists()  # refused before touching anything
 
 
-@pytest.mark.parametrize("value", ["0.0.0.0", "192.0.2.10", "localhost", "198.51.100.1/24", "::1"])
-def test_the_test_network_switch_takes_only_documentation_addresses(tmp_path, value):
-    """PILOT_LAUNCHPAD_TEST_NETWORK (the test hosts' fileserver address) cannot open the server to a real network."""
+def test_the_test_network_switch_is_gone(tmp_path):
+    """PILOT_LAUNCHPAD_TEST_NETWORK used to let the test address through without TLS; it opens nothing now."""
     data = tmp_path / "data"
-    res = run_serve(["--host", value, "--port", "0", "--data", str(data)],
-                    env={"PILOT_LAUNCHPAD_TEST_NETWORK": value})
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "PILOT_LAUNCHPAD_TEST_NETWORK" in lines[0] and "198.51.100.0/24" in lines[0]
+    res = run_serve(["--host", "198.51.100.1", "--no-tls", "--port", "0", "--data", str(data)],
+                    env={"PILOT_LAUNCHPAD_TEST_NETWORK": "198.51.100.1"})
+    assert res.returncode == 2 and "refusing --no-tls" in res.stderr
     assert not data.exists()
 
 
-def test_the_test_network_switch_opens_only_the_address_it_names(tmp_path):
-    # a documentation address named in the switch does not let any other non-loopback --host through
-    res = run_serve(["--host", "0.0.0.0", "--port", "0", "--data", str(tmp_path / "data")],
-                    env={"PILOT_LAUNCHPAD_TEST_NETWORK": "198.51.100.1"})
-    assert res.returncode == 2 and "not a loopback address" in res.stderr
+def test_unresolvable_host_and_bad_tls_names_are_refused(tmp_path):
+    data = tmp_path / "data"
+    res = run_serve(["--host", "no-such-host.invalid", "--port", "0", "--data", str(data)])
+    assert res.returncode == 2 and "cannot resolve --host 'no-such-host.invalid'" in res.stderr
+    res = run_serve(["--tls-name", "bad name!", "--tls", "--port", "0", "--data", str(data)])
+    assert res.returncode == 2 and "--tls-name 'bad name!'" in res.stderr
+    # a name for a certificate that loopback without --tls does not have
+    res = run_serve(["--tls-name", "db.example.org", "--port", "0", "--data", str(data)])
+    assert res.returncode == 2 and "add --tls" in res.stderr
+    assert not data.exists()
+
+
+def test_an_address_of_another_machine_is_a_clear_error(tmp_path):
+    addr = "192.0.2.10"  # TEST-NET-1 (RFC 5737): documentation only
+    with socket.socket() as s:
+        try:
+            s.bind((addr, 0))
+            pytest.skip(f"{addr} is an address of this machine")
+        except OSError:
+            pass
+    res = run_serve(["--host", addr, "--port", "0", "--data", str(tmp_path / "data")])
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{addr} is not an address of this machine" in lines[0]
 
 
 def test_busy_port_is_a_clear_error(tmp_path):
@@ -591,13 +610,16 @@ def test_second_server_on_same_data_dir_refuses(own_server, tmp_path):
     wait_for(lambda: srv.proc.poll() is not None, timeout=15)
 
 
-def test_credentials_get_a_clear_authentication_error(own_server):
+def test_unknown_credentials_get_mongodb_s_authentication_error(own_server):
+    """A user the server does not have fails like a wrong password (code 18, MongoDB's words; more in
+    tests/launchpad/test_auth.py)."""
     srv = own_server()
     uri = f"mongodb://alice:secret@127.0.0.1:{srv.port}/x?authSource=admin"
     with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as c, \
             pytest.raises(pymongo.errors.OperationFailure) as exc:
         c.x.c.find_one()
-    assert exc.value.code == 18 and "no users and no authentication" in str(exc.value)
+    assert exc.value.code == 18 and exc.value.details is not None
+    assert exc.value.details["errmsg"] == "Authentication failed."
 
 
 def test_sigint_is_a_clean_shutdown_with_banner(own_server, tmp_path):
@@ -606,7 +628,9 @@ def test_sigint_is_a_clean_shutdown_with_banner(own_server, tmp_path):
         c.t.c.insert_one({"x": 1})
     assert srv.stop(signal.SIGINT) == 0
     log = srv.log_path.read_text()
-    assert log.count("for one machine") == 1 and "use MongoDB" in log
+    assert f"listening on 127.0.0.1:{srv.port} (loopback: this machine only)" in log
+    assert log.count("TLS off (loopback; --tls turns it on)") == 1
+    assert f"admin LaunchPad file: {tmp_path / 'data' / 'my_launchpad.yaml'}" in log
     assert "stopped (final snapshot" in log
     assert sorted(p.name for p in (tmp_path / "data").glob("journal-*.log")) == ["journal-00000002.log"]
 
