@@ -13,6 +13,8 @@ The room, from the bottom up (each module imports only the ones above it):
 * :mod:`~pilot.config.errors`: :class:`ConfigProblem`, :class:`ConfigError`, the validators' error helpers;
 * :mod:`~pilot.config.units`: :class:`Scheduler`, wall times, memory amounts, names and their patterns;
 * :mod:`~pilot.config.models_pilot`: ``pilot.yaml`` (:class:`PilotConfig`, :class:`BackoffConfig`);
+* :mod:`~pilot.config.models_route`: ``launchpad_route:`` of a cluster file (:class:`LaunchPadRoute`,
+  :class:`SshRoute`);
 * :mod:`~pilot.config.models_cluster`: ``clusters/NAME.yaml`` (:class:`ClusterConfig` and its sections);
 * :mod:`~pilot.config.messages`: the text of each problem, with "did you mean" suggestions;
 * :mod:`~pilot.config.loading`: reading the YAML files, :func:`load_config` and friends, :class:`Config`.
@@ -34,6 +36,7 @@ from pilot.config.loading import (
 )
 from pilot.config.models_cluster import ClusterConfig, Limits, PilotResources
 from pilot.config.models_pilot import BackoffConfig, PilotConfig
+from pilot.config.models_route import LaunchPadRoute, SshRoute
 from pilot.config.units import (
     Scheduler,
     format_walltime,
@@ -45,6 +48,7 @@ from pilot.config.units import (
 
 __all__ = [
     "CLUSTERS_DIR", "PILOT_FILE", "BackoffConfig", "ClusterConfig", "Config", "ConfigError", "ConfigProblem",
-    "Limits", "PilotConfig", "PilotResources", "Scheduler", "current_user", "format_walltime", "load_cluster",
-    "load_config", "load_pilot_config", "parse_memory_mb", "parse_walltime", "validate_job_name", "validate_name",
+    "LaunchPadRoute", "Limits", "PilotConfig", "PilotResources", "Scheduler", "SshRoute", "current_user",
+    "format_walltime", "load_cluster", "load_config", "load_pilot_config", "parse_memory_mb", "parse_walltime",
+    "validate_job_name", "validate_name",
 ]

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 from pilot.config.errors import describe
 from pilot.config.models_cluster import ClusterConfig, Limits, PilotResources
 from pilot.config.models_pilot import BackoffConfig, PilotConfig
+from pilot.config.models_route import LaunchPadRoute
 from pilot.config.units import Scheduler
 
 __all__ = ["SYNONYMS", "error_message", "field_example", "model_at", "other_places", "unknown_key"]
@@ -40,6 +41,9 @@ SYNONYMS = {
     "directives": "extra_directives", "extra": "extra_directives", "margin": "walltime_margin",
     "pre_rocket": "setup", "prerun": "setup", "modules": "setup", "environment": "env", "limit": "limits",
     "max_jobs_queue": "max_queued", "max_queue": "max_queued", "max_jobs_running": "max_running",
+    "route": "launchpad_route", "lp_route": "launchpad_route", "tunnel": "launchpad_route",
+    "forward": "launchpad_route", "remote_port": "port", "forward_port": "port", "login_host": "login_address",
+    "login_node": "login_address", "login_ssh_port": "login_port", "ssh_port": "login_port",
     "interval": "poll_interval", "sleep_time": "poll_interval", "logdir": "log_dir", "prefix": "job_name_prefix",
 }
 
@@ -80,7 +84,8 @@ def other_places() -> dict[str, dict[str, str]]:
     if not _OTHER_PLACES:
         places: dict[type[BaseModel], str] = {
             ClusterConfig: "at the top level of the cluster file", PilotResources: "under 'pilot:'",
-            Limits: "under 'limits:'", PilotConfig: "in pilot.yaml", BackoffConfig: "under 'backoff:' in pilot.yaml",
+            Limits: "under 'limits:'", LaunchPadRoute: "under 'launchpad_route:'", PilotConfig: "in pilot.yaml",
+            BackoffConfig: "under 'backoff:' in pilot.yaml",
         }
         for model, where in places.items():
             for name in model.model_fields:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from pilot.config.errors import describe, field_error, field_errors
+from pilot.config.models_route import LaunchPadRoute, SshRoute
 from pilot.config.units import (
     ENV_NAME_RE,
     HOST_RE,
@@ -187,6 +188,12 @@ class ClusterConfig(BaseModel):
     launchpad_file: str = Field(description="The LaunchPad file as the pilot on the cluster sees it "
                                 "(absolute, or starting with ~/ for the cluster user's home).",
                                 examples=["/home/alice/.pilot/my_launchpad.yaml"])
+    launchpad_route: LaunchPadRoute = Field(default_factory=lambda: LaunchPadRoute.model_validate({}),
+                                            description="How the pilots on the "
+                                            "compute nodes reach the LaunchPad: direct (the host and port of "
+                                            "launchpad_file), or ssh (through a forward the manager keeps on the "
+                                            "login node); a word or a mapping (see docs/configuration.md).",
+                                            examples=["direct"])
     work_dir: str = Field(description="Absolute directory on the cluster for job scripts, pilot output and "
                           "exit-code files ('~' is not expanded in scheduler directives, so write the full "
                           "path; for local, '~' is expanded).", examples=["/scratch/alice/pilot"])
@@ -243,6 +250,13 @@ class ClusterConfig(BaseModel):
         if self.python:
             return [self.python, "-m", "pilot", "worker"]
         return shlex.split(self.worker_command)
+
+    @property
+    def ssh_route(self) -> SshRoute | None:
+        """The ssh route with its defaults filled in (login node = ``host``:``port``), ``None`` for ``direct``."""
+        import getpass
+
+        return self.launchpad_route.resolve(self.host, self.port, self.user or getpass.getuser())
 
     @property
     def is_local(self) -> bool:
@@ -361,6 +375,14 @@ class ClusterConfig(BaseModel):
             raise field_error(f"{v!r} is relative: write the absolute path on the cluster, e.g. "
                               "/home/alice/.pilot/my_launchpad.yaml, or ~/.pilot/my_launchpad.yaml for the cluster "
                               "user's home")
+        return v
+
+    @field_validator("launchpad_route")
+    @classmethod
+    def _launchpad_route(cls, v: LaunchPadRoute, info: ValidationInfo) -> LaunchPadRoute:
+        if v.is_ssh and cls._sched(info) is Scheduler.LOCAL:
+            raise field_error("scheduler local runs pilots on this machine, which reaches the LaunchPad itself: "
+                              "remove launchpad_route (or write launchpad_route: direct)")
         return v
 
     @field_validator("work_dir")

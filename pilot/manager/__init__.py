@@ -19,8 +19,12 @@ Modules, each importing only the ones listed before it:
 :mod:`~pilot.manager.tracking`
     Queue status -> pilot records (by job id, by name for unknown submissions, history and exit-code files
     for jobs that left the queue), and the rerun of work left RUNNING by pilots that ended.
+:mod:`~pilot.manager.routes`
+    ``launchpad_route: ssh``: a :class:`~pilot.manager.routes.RouteKeeper` per such cluster keeps a remote
+    forward on its login node back to the LaunchPad, re-established when it drops.
 :mod:`~pilot.manager.cycle`
-    :class:`Manager`: gather -> decide -> act -> record, once per cycle, and ``run_forever``.
+    :class:`Manager`: gather -> decide -> act -> record, once per cycle, and ``run_forever``; starts the route
+    keepers at its first cycle and stops them in ``close``.
 
 ``from pilot.manager import Manager, CycleReport, ClusterRuntime`` works as before the split, but lazily: this
 package imports none of its modules until one of those names is asked for (a module-level ``__getattr__``), so

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, PilotCounts, plan
 from pilot.manager.records import PENDING_STATES, SUBMIT_FAILED, Records
+from pilot.manager.routes import RouteKeepers
 from pilot.manager.runtime import (
     ClusterRuntime,
     CycleReport,
@@ -94,6 +95,8 @@ class Manager:
             name: self._runtime(name, ccfg) for name, ccfg in sorted(config.clusters.items())}
         self.tracking = Tracker(self.records, launchpad, config.pilot, self.settings)
         self.stop_event = threading.Event()
+        #: the forwards of the clusters with ``launchpad_route: ssh`` (started by the first cycle)
+        self.routes = RouteKeepers(config.clusters, launchpad)
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -257,8 +260,15 @@ class Manager:
         return False
 
     # ================================================================== cycle
+    def start_routes(self) -> None:
+        """Start keeping the ssh-routed clusters' forwards (once). Not in a dry run: it submits nothing, and a
+        running manager holds those ports."""
+        if not self.dry_run:
+            self.routes.start()
+
     def run_cycle(self) -> CycleReport:
         """One manager cycle. Never raises for a single cluster's failure."""
+        self.start_routes()
         t0 = self.clock()
         report = CycleReport(started=t0)
         report.demand = self.gather_demand()
@@ -288,8 +298,9 @@ class Manager:
                 rt.ok()
         report.duration = self.clock() - t0
         if not self.dry_run:
+            routes = {n: s.to_dict() for n, s in self.routes.states().items()}
             self.records.heartbeat({"last_cycle": t0, "last_cycle_duration": report.duration,
-                                    "errors": report.errors})
+                                    "errors": report.errors, **({"routes": routes} if routes else {})})
         return report
 
     def run_forever(self, on_cycle: Callable[[CycleReport], None] | None = None) -> None:
@@ -307,6 +318,8 @@ class Manager:
             self.stop_event.wait(max(0.0, interval - (self.clock() - start)))
 
     def close(self) -> None:
+        """Stop the route keepers (forwards cancelled) and close every cluster's connection."""
+        self.routes.stop()
         for rt in self.clusters.values():
             rt.close()
 

@@ -22,7 +22,8 @@ Modules
 ``errors`` (the exceptions and their retry flags) · ``base`` (:class:`Transport`, :class:`CompletedCommand`,
 :class:`FileStat`) · ``local`` (:class:`LocalTransport`) · ``ssh`` (:class:`SSHTransport`, made of
 ``ssh_base``, ``ssh_commands`` and ``ssh_files``) · ``ssh_config`` (``~/.ssh/config``, ProxyJump) ·
-``ssh_hostkeys`` (unknown host keys) · ``ssh_pool`` (the pooled connection) · ``clusters`` (a cluster's
+``ssh_hostkeys`` (unknown host keys) · ``ssh_pool`` (the pooled connection) · ``ssh_forward`` (a remote
+port forward on a connection of its own, for ``launchpad_route: ssh``) · ``clusters`` (a cluster's
 config -> its transport and queue adapter). This module re-exports the names the rest of the pilot uses.
 """
 
