@@ -20,10 +20,15 @@ import jinja2
 from pilot import __version__
 from pilot.config import ClusterConfig, Scheduler, format_walltime, validate_job_name, validate_name
 
-__all__ = ["RenderError", "builtin_template_names", "exit_file_path", "get_environment", "remote_path",
-           "render_pilot_script", "template_context", "template_name_for"]
+__all__ = ["ROUTE_KEY", "ROUTE_KNOWN_HOSTS", "RenderError", "builtin_template_names", "exit_file_path",
+           "get_environment", "remote_path", "render_pilot_script", "route_context", "template_context",
+           "template_name_for"]
 
 TEMPLATE_PACKAGE = "pilot.templates"
+#: The ssh route's private key on the cluster (made there by ``pilot bootstrap``, never copied anywhere).
+ROUTE_KEY = "~/.pilot/route_key"
+#: The login node's host key for the route's ssh, as ``pilot bootstrap``'s own connection verified it.
+ROUTE_KNOWN_HOSTS = "~/.pilot/route_known_hosts"
 
 
 class RenderError(ValueError):
@@ -119,6 +124,19 @@ def template_name_for(scheduler: Scheduler | str) -> str:
     return f"{Scheduler(scheduler).value}.sh.j2"
 
 
+def route_context(cluster: ClusterConfig) -> dict[str, Any] | None:
+    """The ``route`` template variable: what the worker's ``--route-*`` options say for ``launchpad_route:
+    ssh`` (None for ``direct``). The user is the cluster's ``user`` when the file names one; else ssh takes the
+    job's own account, which is the one that logged in to submit it."""
+    route = cluster.ssh_route
+    if route is None:
+        return None
+    host = f"[{route.login_address}]" if ":" in route.login_address else route.login_address
+    return {"target": (f"{cluster.user}@" if cluster.user else "") + f"{host}:{route.login_port}",
+            "port": route.port, "login_address": route.login_address, "login_port": route.login_port,
+            "key": ROUTE_KEY, "known_hosts": ROUTE_KNOWN_HOSTS}
+
+
 def template_context(cluster: ClusterConfig, cluster_name: str, category: str, job_name: str,
                      job_id_hint: str | None = None) -> dict[str, Any]:
     """The variables a pilot template sees (documented in docs/configuration.md)."""
@@ -150,6 +168,7 @@ def template_context(cluster: ClusterConfig, cluster_name: str, category: str, j
         "setup": cluster.setup.strip("\n"),
         "env": dict(cluster.env),
         "worker_argv": cluster.worker_argv,
+        "route": route_context(cluster),
     }
 
 

@@ -16,7 +16,11 @@ Steps (each reported as it runs):
    ``pip install --no-index --find-links`` them (``--wheels upload``, the default: it works without any
    package index on the cluster), or upload only the project's wheel and take the dependencies from the
    cluster's index (``--wheels index``); ``--wheels auto`` asks the cluster whether an index answers;
-6. write the launchpad file on the cluster with mode 600 (the host rewritten with ``--db-host``);
+6. when the LaunchPad file names a CA certificate (TLS): copy it to ``~/.pilot/launchpad-ca.pem``; for
+   ``launchpad_route: ssh``: make the route's key on the cluster, allow it on the login node for the one
+   forward, and write the login node's host key for the pilots' ssh (:mod:`pilot.checks.bootstrap_route`);
+   then write the launchpad file on the cluster with mode 600 (the host rewritten with ``--db-host``, or to
+   ``127.0.0.1:PORT`` for the ssh route; ``tlsCAFile`` pointing at the copied CA);
 7. update the cluster's config file: ``setup`` gains ``source <venv>/bin/activate  # added by pilot
    bootstrap`` (replacing an earlier one), ``launchpad_file`` points at the written file, ``python`` (if
    set) at the venv's python; the file's other lines and comments are kept and the old version is saved
@@ -29,7 +33,8 @@ fireworks-pilot here the venv is updated to the new version.
 This module is the entry point (:func:`bootstrap`) and the facade of the pieces: the shared context and
 options (:mod:`pilot.checks.bootstrap_context`), the progress lines (:mod:`pilot.checks.progress`), the
 wheels built here (:mod:`pilot.checks.bootstrap_wheels`), the venv on the cluster
-(:mod:`pilot.checks.bootstrap_venv`) and the two files written (:mod:`pilot.checks.bootstrap_files`).
+(:mod:`pilot.checks.bootstrap_venv`), the two files written (:mod:`pilot.checks.bootstrap_files`) and the
+CA and the ssh route (:mod:`pilot.checks.bootstrap_route`).
 """
 
 from __future__ import annotations
@@ -51,12 +56,14 @@ from pilot.checks.bootstrap_files import (
     activation_line,
     edit_cluster_yaml,
     new_setup,
+    read_launchpad,
     rewrite_db_host,
     split_host_port,
     step_config,
     step_launchpad,
     strip_bootstrap_lines,
 )
+from pilot.checks.bootstrap_route import ca_file_of, step_ca, steps_route
 from pilot.checks.bootstrap_venv import decide_mode, step_check_venv, step_connect, step_install, step_venv
 from pilot.checks.bootstrap_wheels import (
     platform_tags,
@@ -82,6 +89,9 @@ __all__ = [
     "activation_line",
     "bootstrap",
     "edit_cluster_yaml",
+    "launchpad_doc",
+    "launchpad_step_count",
+    "launchpad_steps",
     "new_setup",
     "platform_tags",
     "project_source",
@@ -95,6 +105,35 @@ __all__ = [
 ]
 
 _SAFE_PATH = re.compile(r"^(~/)?[A-Za-z0-9_./+@,=-]+$")
+
+
+def launchpad_doc(ctx: BootstrapContext) -> tuple[Path, dict[str, Any]] | None:
+    """The LaunchPad file of the config dir and its content, None when it cannot be read (the step that writes
+    the cluster's copy says why)."""
+    import yaml
+
+    try:
+        path, data = read_launchpad(ctx)
+        doc = yaml.safe_load(data)
+    except (BootstrapError, OSError, yaml.YAMLError):
+        return None
+    return (path, doc) if isinstance(doc, dict) else None
+
+
+def launchpad_step_count(ctx: BootstrapContext, found: tuple[Path, dict[str, Any]] | None) -> int:
+    """How many steps :func:`launchpad_steps` reports: the CA (when the file names one), the route's three
+    (for ``launchpad_route: ssh``), the LaunchPad file."""
+    return 1 + (1 if found is not None and ca_file_of(found[1]) else 0) + (3 if ctx.cluster.ssh_route else 0)
+
+
+def launchpad_steps(ctx: BootstrapContext, found: tuple[Path, dict[str, Any]] | None) -> str:
+    """What lets the pilots reach the LaunchPad: its CA certificate, the ssh route's key, authorization and host
+    key, then the cluster's LaunchPad file (``found``: :func:`launchpad_doc`). Returns that file's path."""
+    ca_remote = step_ca(ctx, found[1], found[0]) if found is not None else None
+    route = ctx.cluster.ssh_route
+    if route is not None:
+        steps_route(ctx, route)
+    return step_launchpad(ctx, ca_remote)
 
 
 def bootstrap(config_dir: Path, name: str, opts: BootstrapOptions, rep: Reporter | None = None,
@@ -133,11 +172,17 @@ def bootstrap(config_dir: Path, name: str, opts: BootstrapOptions, rep: Reporter
         version = m.group(1)
     else:
         version = __version__
+    if opts.db_host and cluster.ssh_route is not None:
+        raise BootstrapError(f"--db-host {opts.db_host}: cluster {name} has launchpad_route: ssh, so its pilots "
+                             f"reach the LaunchPad at 127.0.0.1:{cluster.ssh_route.port} on the login node (the "
+                             "manager's forward); leave --db-host out, or write launchpad_route: direct")
     rep = rep or Reporter(total=8 if opts.run_doctor else 7)
     tr = transport or transport_for(name, cluster)
     ctx = BootstrapContext(name=name, cluster=cluster, config=config, opts=opts, rep=rep, transport=tr,
                            base_setup=strip_bootstrap_lines(cluster.setup), venv=venv.rstrip("/"), version=version,
                            digest=source_digest(root) if root is not None else f"release-{version}", source=root)
+    found = launchpad_doc(ctx)
+    rep.total += launchpad_step_count(ctx, found) - 1  # the callers count the LaunchPad file's step
     try:
         step_connect(ctx)
         step_check_venv(ctx)
@@ -152,7 +197,7 @@ def bootstrap(config_dir: Path, name: str, opts: BootstrapOptions, rep: Reporter
             mode = decide_mode(ctx)
             wheels = step_wheels(ctx, mode)
             step_install(ctx, mode, wheels)
-        lp_path = step_launchpad(ctx)
+        lp_path = launchpad_steps(ctx, found)
         step_config(ctx, lp_path)
         ctx.summary.update({"cluster": name, "venv": ctx.venv, "version": ctx.version,
                             "installed": not ctx.skip_install, "launchpad_file": lp_path,

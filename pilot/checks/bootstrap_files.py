@@ -1,6 +1,7 @@
-"""The two files bootstrap writes: the launchpad file on the cluster (mode 600, the database host rewritten
-with ``--db-host``) and the cluster's config file here (``setup``, ``launchpad_file``, ``python``), edited
-line by line so that the user's other lines and comments stay.
+"""The two files bootstrap writes: the launchpad file on the cluster (mode 600; the database host rewritten
+with ``--db-host``, or to the forward's port for ``launchpad_route: ssh``; the CA file where bootstrap put it)
+and the cluster's config file here (``setup``, ``launchpad_file``, ``python``), edited line by line so that
+the user's other lines and comments stay.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from pilot.checks.bootstrap_context import BootstrapContext, BootstrapError
+from pilot.checks.bootstrap_route import with_ca_file
 from pilot.launchpad.files import find_launchpad_file, missing_file
 
 __all__ = [
     "BOOTSTRAP_MARK",
     "activation_line",
+    "cluster_launchpad",
     "edit_cluster_yaml",
     "new_setup",
+    "read_launchpad",
     "rewrite_db_host",
     "split_host_port",
     "step_config",
@@ -168,25 +172,49 @@ def edit_cluster_yaml(text: str, updates: dict[str, str]) -> str:
     return out
 
 
-def step_launchpad(ctx: BootstrapContext) -> str:
+def read_launchpad(ctx: BootstrapContext) -> tuple[Path, bytes]:
+    """The LaunchPad file the commands of this config dir use (found, and its absence told, as they do)."""
+    lpf = find_launchpad_file(ctx.config.config_dir, pilot=ctx.config.pilot, option=None)
+    if not lpf.path.is_file():
+        raise BootstrapError(str(missing_file(lpf)))
+    return lpf.path, lpf.path.read_bytes()
+
+
+def cluster_launchpad(ctx: BootstrapContext, local: Path, data: bytes, ca_remote: str | None) -> bytes:
+    """The LaunchPad file as the cluster gets it: the database address as the pilots reach it (``--db-host``,
+    or ``127.0.0.1:PORT`` of the manager's forward for ``launchpad_route: ssh``, so that ``lpad`` on the login
+    node works too) and the CA file where bootstrap copied it; the file's bytes unchanged when nothing changes."""
+    route = ctx.cluster.ssh_route
+    db_host = f"127.0.0.1:{route.port}" if route is not None else ctx.opts.db_host
+    if not db_host and not ca_remote:
+        return data
+    try:
+        doc = yaml.safe_load(data) or {}
+        host = str(doc.get("host") or "")
+        if route is not None and (host.startswith("mongodb+srv://") or "," in host.rpartition("@")[2].split("/")[0]):
+            raise ValueError("launchpad_route: ssh carries one host:port, and this URI names an SRV record or "
+                             "several hosts; write the LaunchPad's host and port (or one mongodb://HOST:PORT)")
+        if db_host:
+            doc = rewrite_db_host(doc, db_host)
+    except (yaml.YAMLError, ValueError, AttributeError) as e:
+        raise BootstrapError(f"cannot rewrite the database host in {local}: {e}") from None
+    if db_host:
+        ctx.rep.note(f"database address as the cluster sees it: {db_host}"
+                     + (" (the manager's forward on the login node)" if route is not None else ""))
+    if ca_remote:
+        doc = with_ca_file(doc, ca_remote)
+        ctx.rep.note(f"CA certificate: {ca_remote}")
+    return yaml.safe_dump(doc, default_flow_style=False, sort_keys=False).encode()
+
+
+def step_launchpad(ctx: BootstrapContext, ca_remote: str | None = None) -> str:
+    """Write the cluster's LaunchPad file (mode 600; see :func:`cluster_launchpad`), unless it is there."""
     from pilot.transport import RemotePathError
 
-    # the file the commands of this config dir use, found (and its absence told) as they do
-    lpf = find_launchpad_file(ctx.config.config_dir, pilot=ctx.config.pilot, option=None)
-    local = lpf.path
     target = ctx.opts.launchpad_path or ctx.cluster.launchpad_file
     with ctx.rep.step(f"writing the launchpad file {target} on the cluster (mode 600)") as ev:
-        if not local.is_file():
-            raise BootstrapError(str(missing_file(lpf)))
-        data = local.read_bytes()
-        if ctx.opts.db_host:
-            try:
-                doc = yaml.safe_load(data) or {}
-                doc = rewrite_db_host(doc, ctx.opts.db_host)
-            except (yaml.YAMLError, ValueError, AttributeError) as e:
-                raise BootstrapError(f"cannot rewrite the database host in {local}: {e}") from None
-            data = yaml.safe_dump(doc, default_flow_style=False, sort_keys=False).encode()
-            ctx.rep.note(f"database host as the cluster sees it: {ctx.opts.db_host}")
+        local, data = read_launchpad(ctx)
+        data = cluster_launchpad(ctx, local, data, ca_remote)
         want = hashlib.sha256(data).hexdigest()
         try:
             st = ctx.transport.stat(target)

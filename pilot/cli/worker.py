@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from pilot.worker import EXIT_INTERNAL, LOG, Worker, WorkerConfig, setup_worker_logging
+from pilot.worker import EXIT_INTERNAL, LOG, SshRoute, Worker, WorkerConfig, parse_route_target, setup_worker_logging
 
 
 def _env_float(name: str) -> float | None:
@@ -24,6 +24,27 @@ def _env_float(name: str) -> float | None:
         return float(raw)
     except ValueError:
         raise click.UsageError(f"environment variable {name}={raw!r} is not a number of epoch seconds") from None
+
+
+def _route(target: str | None, port: int | None, key: Path | None, known_hosts: Path | None) -> SshRoute | None:
+    """The ssh route the --route-* options describe, None without --route-ssh (the others need it)."""
+    if target is None:
+        given = [opt for opt, value in (("--route-port", port), ("--route-key", key),
+                                        ("--route-known-hosts", known_hosts)) if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} without --route-ssh: pass --route-ssh USER@ADDRESS:PORT "
+                                   "too, or leave them out to connect directly")
+        return None
+    if port is None:
+        raise click.UsageError("--route-ssh needs --route-port PORT (the login node's port of the manager's "
+                               "forward, launchpad_route.port in the cluster file)")
+    try:
+        user, address, ssh_port = parse_route_target(target)
+    except ValueError as exc:
+        raise click.UsageError(f"--route-ssh: {exc}") from None
+    return SshRoute(address=address, ssh_port=ssh_port, remote_port=port, user=user,
+                    key=(key or Path("~/.pilot/route_key")).expanduser().absolute(),
+                    known_hosts=(known_hosts or Path("~/.pilot/route_known_hosts")).expanduser().absolute())
 
 
 @click.command("worker")
@@ -56,10 +77,23 @@ def _env_float(name: str) -> float | None:
               help="Keep retrying an unreachable database this many seconds before giving up (exit 3).")
 @click.option("--fw-log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
               default="INFO", show_default=True, help="Stream log level of FireWorks' own rocket logger.")
+@click.option("--route-ssh", metavar="USER@ADDRESS:PORT", default=None,
+              help="Reach the LaunchPad through an ssh forward to this login node (launchpad_route: ssh): the "
+                   "worker runs `ssh -N -L` to it and uses the LaunchPad file's credentials and TLS settings "
+                   "on the forwarded local port. USER@ may be left out (this account). Default: connect "
+                   "to the LaunchPad file's address.")
+@click.option("--route-port", type=click.IntRange(1, 65535), default=None,
+              help="With --route-ssh: the login node's loopback port of the manager's forward.")
+@click.option("--route-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --route-ssh: the private key of the route. Default: ~/.pilot/route_key.")
+@click.option("--route-known-hosts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --route-ssh: the known_hosts file with the login node's host key. "
+                   "Default: ~/.pilot/route_known_hosts.")
 def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str | None, deadline: float | None,
                    no_deadline: bool, margin: float, idle_timeout: float, grace: float, term_grace: float,
                    launch_dir: Path | None, log_file: Path | None, db_retry_time: float,
-                   fw_log_level: str) -> None:
+                   fw_log_level: str, route_ssh: str | None, route_port: int | None, route_key: Path | None,
+                   route_known_hosts: Path | None) -> None:
     """Run inside a batch job: pull Fireworks of CATEGORY that fit the time left, until idle or the deadline.
 
     Exit codes: 0 drained normally (idle, deadline, stop signal handled), 2 usage or launchpad-file error,
@@ -80,12 +114,13 @@ def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str 
                        ("--term-grace", term_grace), ("--db-retry-time", db_retry_time)):
         if value < 0 or not math.isfinite(value):
             raise click.UsageError(f"{opt} must be a finite number >= 0, got {value:g}")
+    route = _route(route_ssh, route_port, route_key, route_known_hosts)
     setup_worker_logging(log_file)
     cfg = WorkerConfig(launchpad_file=launchpad_file, categories=tuple(categories), name=name,
                        deadline=deadline, margin=margin, idle_timeout=idle_timeout, grace=grace,
                        term_grace=term_grace,
                        launch_dir=(launch_dir or Path.cwd()).absolute(), log_file=log_file,
-                       db_retry_time=db_retry_time, fw_log_level=fw_log_level)
+                       db_retry_time=db_retry_time, fw_log_level=fw_log_level, route=route)
     try:
         code = Worker(cfg).run()
     except Exception:  # noqa: BLE001 - the last line of defence: say what broke, exit 1

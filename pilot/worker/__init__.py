@@ -31,6 +31,7 @@ this package, so that start-up inside a batch job stays cheap):
 * :mod:`~pilot.worker.database`: the worker's LaunchPad, its hooks, retries through connection errors;
 * :mod:`~pilot.worker.calls`: serving the Rocket's LaunchPad calls of a child;
 * :mod:`~pilot.worker.settle`: what happens to a Firework at the end of its child (requeue, archive);
+* :mod:`~pilot.worker.tunnel`: the ssh route to the LaunchPad (``launchpad_route: ssh``), :class:`Tunnel`;
 * :mod:`~pilot.worker.supervisor`: :class:`Worker`, the loop.
 
 See ``docs/worker.md`` for the user-facing description.
@@ -40,6 +41,7 @@ from pilot.worker.logs import LOG, setup_worker_logging
 from pilot.worker.model import LaunchRecord, Outcome, StopReason, Summary, WorkerConfig, WorkerError
 from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 from pilot.worker.supervisor import Worker
+from pilot.worker.tunnel import SshRoute, Tunnel, TunnelError, parse_route_target
 
 __all__ = [
     "EXIT_DB_UNREACHABLE",
@@ -49,10 +51,14 @@ __all__ = [
     "LOG",
     "LaunchRecord",
     "Outcome",
+    "SshRoute",
     "StopReason",
     "Summary",
+    "Tunnel",
+    "TunnelError",
     "Worker",
     "WorkerConfig",
     "WorkerError",
+    "parse_route_target",
     "setup_worker_logging",
 ]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pilot.worker.children import killpg
 from pilot.worker.logs import LOG
+from pilot.worker.model import WorkerError
 from pilot.worker.protocol import FRAME, ROCKET_CALLS, send_reply
 
 if TYPE_CHECKING:
@@ -21,11 +22,15 @@ if TYPE_CHECKING:
 class CallServer:
     """Serves the Rocket's LaunchPad calls (:data:`~pilot.worker.protocol.ROCKET_CALLS`) of the children."""
 
-    def __init__(self, lp: Any, children: ChildPool, stopping: Callable[[], bool]) -> None:
+    def __init__(self, lp: Any, children: ChildPool, stopping: Callable[[], bool],
+                 retry: Callable[..., Any] | None = None) -> None:
         self.lp = lp
         self.children = children
         #: True once the worker got a stop signal: a checkout then finds no work
         self._stopping = stopping
+        #: runs a database call through connection errors (the worker's DbRetry): a Rocket's completion must
+        #: outlast a short outage (an ssh route put back, a server restart), or its Firework would be lost
+        self._retry = retry
 
     def read_calls(self, child: ChildState) -> None:
         """Read what the child sent; serve every complete call."""
@@ -70,11 +75,17 @@ class CallServer:
                 kwargs["fworker"] = child.fworker
         self.lp._pilot_child = child
         try:
-            result = getattr(self.lp, method)(*args, **kwargs)
+            call = getattr(self.lp, method)
+            if self._retry is None:
+                result = call(*args, **kwargs)
+            else:
+                result = self._retry(f"serving LaunchPad.{method} to fw child {child.pid}", call, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - FireWorks' Rocket handles it in the child, as with its own LP
-            LOG.warning("fw child %d: LaunchPad.%s failed: %s: %s", child.pid, method, type(exc).__name__, exc)
+            # the retry gave up (or the server refused): the Rocket gets the driver's own exception
+            err = exc.__cause__ if isinstance(exc, WorkerError) and isinstance(exc.__cause__, Exception) else exc
+            LOG.warning("fw child %d: LaunchPad.%s failed: %s: %s", child.pid, method, type(err).__name__, exc)
             if want_reply:
-                send_reply(child.reply_fd, "err", exc)
+                send_reply(child.reply_fd, "err", err)
             return
         if want_reply:
             self._answer(child, method, args, kwargs, result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pilot.redact import scrub, secrets_of
@@ -68,15 +69,37 @@ def file_secrets(path: Any) -> list[str]:
     return secrets_of(data) if isinstance(data, dict) else []
 
 
-def load_launchpad(cfg: WorkerConfig) -> Any:
-    """The worker's LaunchPad, from ``--launchpad-file``; a :class:`WorkerError` a person can act on when the
-    file is missing or is no LaunchPad file."""
+def _routed_launchpad(path: Path, local_port: int) -> Any:
+    """The LaunchPad of the file at ``path`` with its address replaced by the route's local port: the file is
+    read here (not by ``LaunchPad.from_file``, which would first start a client towards the unreachable
+    address), credentials and TLS settings stay as written."""
+    import json
+
+    import yaml
+    from fireworks.core.launchpad import LaunchPad
+
+    from pilot.worker.tunnel import launchpad_via_route
+
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("the file does not hold a mapping of LaunchPad settings")
+    return LaunchPad.from_dict(launchpad_via_route(doc, local_port))
+
+
+def load_launchpad(cfg: WorkerConfig, local_port: int | None = None) -> Any:
+    """The worker's LaunchPad, from ``--launchpad-file`` (through the ssh route's ``local_port`` when there is
+    one); a :class:`WorkerError` a person can act on when the file is missing or is no LaunchPad file."""
     from fireworks.core.launchpad import LaunchPad
     from pymongo.errors import ConfigurationError
 
     path = cfg.launchpad_file
     try:
-        lp = LaunchPad.from_file(str(path))
+        lp = LaunchPad.from_file(str(path)) if local_port is None else _routed_launchpad(path, local_port)
     except FileNotFoundError as exc:
         raise WorkerError(f"launchpad file {path}: not found ({exc}); pass --launchpad-file with the path "
                           "of a FireWorks my_launchpad.yaml", EXIT_USAGE) from exc

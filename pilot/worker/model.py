@@ -7,6 +7,10 @@ import enum
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pilot.worker.tunnel import SshRoute
 
 #: Firework / launch states in which a Firework still "belongs" to a running launch.
 ACTIVE_STATES = ("RUNNING", "RESERVED")
@@ -64,6 +68,8 @@ class WorkerConfig:
     log_file: Path | None = None
     db_retry_time: float = 300.0
     fw_log_level: str = "INFO"
+    #: the ssh route to the LaunchPad (``--route-ssh`` ...); None: connect to the LaunchPad file's address
+    route: SshRoute | None = None
 
     @property
     def stop_at(self) -> float | None:

@@ -21,6 +21,7 @@ from pilot.worker.logs import LOG
 from pilot.worker.model import LaunchRecord, Outcome, StopReason, StopRequested, Summary, WorkerConfig, WorkerError
 from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_INTERNAL, EXIT_OK
 from pilot.worker.settle import Settler, firework_final
+from pilot.worker.tunnel import Tunnel, TunnelError
 
 
 def _setup_env(cfg: WorkerConfig) -> None:
@@ -76,6 +77,8 @@ class Worker:
         self.children: ChildPool | None = None
         #: Fireworks whose process died here without a stop request: not pulled again by this worker
         self._crashed: set[int] = set()
+        #: the ssh route to the LaunchPad (``--route-ssh``), opened in :meth:`run`
+        self.tunnel: Tunnel | None = None
 
     # ------------------------------------------------------------------ setup
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -128,6 +131,21 @@ class Worker:
     def _stop_requested(self) -> bool:
         return bool(self._signals)
 
+    # ------------------------------------------------------------------ the route
+    def _open_route(self) -> int | None:
+        """Open the ssh route when there is one: its local port, or None (no route, or a stop signal came
+        while it was being opened). It is given the database's retry time, so a login node whose sshd is being
+        restarted is waited for as long as the database would be."""
+        if self.cfg.route is None:
+            return None
+        self.tunnel = Tunnel(self.cfg.route, start_timeout=max(self.cfg.db_retry_time, 30.0))
+        try:
+            return self.tunnel.start(abort=self._stop_requested)
+        except TunnelError as exc:
+            if self._stop_requested():
+                return None
+            raise WorkerError(str(exc), EXIT_DB_UNREACHABLE) from exc
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         """Pull and run Fireworks until idle, deadline or signal; return the exit code."""
@@ -139,11 +157,15 @@ class Worker:
             _prewarm()
             # before the worker's MongoClient exists (no threads, no connection in the fork server)
             self.children = ChildPool(self.cfg, self.fworker, close_in_server=[self._wake_r, self._wake_w])
-            self.lp = load_launchpad(self.cfg)
+            # the route's threads start after the fork server exists (it must be forked without threads)
+            local_port = self._open_route()
+            if local_port is None and self.cfg.route is not None:
+                raise StopRequested("opening the route")
+            self.lp = load_launchpad(self.cfg, local_port)
             self.children.lp_dict = self.lp.to_dict()
             install_worker_hooks(self.lp)
             _log_start(self.cfg, self.time_left())
-            reason = self._loop(self.children, CallServer(self.lp, self.children, self._stop_requested),
+            reason = self._loop(self.children, CallServer(self.lp, self.children, self._stop_requested, self.db),
                                 Settler(self.cfg, self.lp, self.db, self._crashed))
         except WorkerError as exc:
             LOG.error("%s", exc)
@@ -152,9 +174,13 @@ class Worker:
         except ForkServerGone as exc:
             LOG.error("%s; the worker stops (the Firework it ran is requeued by the manager's reconcile)", exc)
             return EXIT_INTERNAL
+        except StopRequested:
+            reason = StopReason.SIGNAL
         finally:
             if self.children is not None:
                 self.children.close()
+            if self.tunnel is not None:
+                self.tunnel.stop()  # last: closing the children may still settle a Firework through it
         if reason is StopReason.SIGNAL:
             names = ", ".join(sorted({signal.Signals(s).name for s in self._signals}))
             text = f"{reason.value} ({names})"

@@ -34,6 +34,7 @@ from pilot.checks.bootstrap import (
     same_platform,
     strip_bootstrap_lines,
 )
+from pilot.checks.bootstrap_route import ca_file_of, with_ca_file
 from tests.helpers import REPO, OwnSshd
 from tests.manager.helpers import local_cluster, write_config
 
@@ -249,7 +250,13 @@ def _assert_set_up(fc: dict, venv: Path, lp_local: Path, cluster_file: Path) -> 
     lp_remote = fc["home"] / ".pilot" / "my_launchpad.yaml"
     st = lp_remote.stat()
     assert st.st_mode & 0o777 == 0o600 and pwd.getpwuid(st.st_uid).pw_name == fc["user"]
-    assert lp_remote.read_bytes() == lp_local.read_bytes()
+    local_doc = yaml.safe_load(lp_local.read_text())
+    if ca_file_of(local_doc):  # a LaunchPad with TLS: its CA was copied, and the cluster's file names the copy
+        ca = fc["home"] / ".pilot" / "launchpad-ca.pem"
+        assert ca.read_bytes() == Path(str(ca_file_of(local_doc))).read_bytes() and ca.stat().st_mode & 0o777 == 0o600
+        assert yaml.safe_load(lp_remote.read_text()) == with_ca_file(local_doc, str(ca))
+    else:
+        assert lp_remote.read_bytes() == lp_local.read_bytes()
     text = cluster_file.read_text()
     assert "# a brand-new account: nothing installed there (this comment must survive)" in text
     assert "launchpad_file: ~/.pilot/my_launchpad.yaml   # bootstrap writes it" in text
@@ -279,7 +286,8 @@ def test_bootstrap_a_fresh_account_then_doctor_then_again(fresh_cluster, launchp
     first = time.monotonic() - t0
     print(res.stdout, res.stderr)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "[8/8] pilot doctor fresh" in res.stdout and "all checks passed" in res.stdout
+    steps = 9 if ca_file_of(yaml.safe_load(lp_local.read_text())) else 8   # + copying the LaunchPad's CA
+    assert f"[{steps}/{steps}] pilot doctor fresh" in res.stdout and "all checks passed" in res.stdout
     assert "[FAIL]" not in res.stdout
     venv = Path(work) / "venv"
     stamp = _assert_set_up(fresh_cluster, venv, lp_local, cluster_file)

@@ -428,8 +428,8 @@ def test_database_restart_does_not_kill_the_pilot(tmp_path, workers):
     server = EmbeddedServer(tmp_path / "db").start()
     try:
         # a short server selection timeout, so that a poll during the outage fails instead of waiting it out
-        lp = LaunchPad(host=server.uri + "?serverSelectionTimeoutMS=500", name="restart", uri_mode=True,
-                       strm_lvl="ERROR")
+        lp = LaunchPad(host=server.uri, name="restart", uri_mode=True, strm_lvl="ERROR",
+                       mongoclient_kwargs={"serverSelectionTimeoutMS": 500})
         lp.reset("", require_password=False)
         first = add(lp, EnvTask(), "before", "restart")
         w = workers(lp, tmp_path, ["restart"], "--no-deadline", "--idle-timeout", "30", "--db-retry-time", "60")
@@ -444,6 +444,30 @@ def test_database_restart_does_not_kill_the_pilot(tmp_path, workers):
         os.kill(w.pid, signal.SIGUSR1)
         assert w.wait(30) == 0, w.log()
         assert "database unreachable while checking for READY work" in w.log()
+    finally:
+        server.stop()
+
+
+def test_a_fireworks_completion_outlasts_a_database_outage(tmp_path, workers):
+    """The server goes away while a Firework runs and comes back after the Firework ended: the Rocket's
+    completion (served by the worker) waits through the outage, so the Firework ends COMPLETED with its one
+    launch instead of failing to report and being left to a rerun."""
+    server = EmbeddedServer(tmp_path / "db").start()
+    try:
+        lp = LaunchPad(host=server.uri, name="outage", uri_mode=True, strm_lvl="ERROR",
+                       mongoclient_kwargs={"serverSelectionTimeoutMS": 500})
+        lp.reset("", require_password=False)
+        fw_id = add(lp, ScriptTask.from_str("sleep 3"), "through-outage", "outage")
+        w = workers(lp, tmp_path, ["outage"], "--no-deadline", "--idle-timeout", "5", "--db-retry-time", "60")
+        wait_for(lambda: fw_doc(lp, fw_id)["state"] == "RUNNING", 60, 0.1, "the Firework to start")
+        port = server.port
+        server.stop()
+        time.sleep(6)   # the Firework ends (3 s) while the server is down
+        server = EmbeddedServer(tmp_path / "db", port=port).start()
+        assert w.wait(90) == 0, w.log()
+        doc = fw_doc(lp, fw_id)
+        assert doc["state"] == "COMPLETED" and len(launches_of(lp, fw_id)) == 1
+        assert "database unreachable while serving LaunchPad." in w.log()
     finally:
         server.stop()
 
