@@ -248,6 +248,7 @@ class Database:
             return self
         os.chmod(self.tmp, 0o755)
         self.server = EmbeddedServer(self.tmp / "data", host=launchpad_host()).start()
+        self.server.publish_ca(self.tmp / "ca.pem")   # pilots run as the clusters' user: the data dir is 0700
         self.uri = self.server.uri
         return self
 

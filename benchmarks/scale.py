@@ -98,11 +98,14 @@ def insert_fireworks_api(lp: Any, n: int, categories: list[str]) -> float:
 
 
 # ============================================================================ the manager's process
+#: The database URI reaches the child in its environment: it carries a password, and argv is visible in ps.
+URI_ENV = "PILOT_BENCH_URI"
+
+
 def child_main(argv: list[str]) -> int:
     """``run.py _scale-child``: build the manager, run cycles, print one JSON line with the measurements."""
     ap = argparse.ArgumentParser(prog="run.py _scale-child")
     ap.add_argument("--config-dir", required=True)
-    ap.add_argument("--uri", required=True)
     ap.add_argument("--db", required=True)
     ap.add_argument("--cycles", type=int, default=2)
     a = ap.parse_args(argv)
@@ -112,7 +115,7 @@ def child_main(argv: list[str]) -> int:
     from pilot.manager.cycle import Manager
 
     counter = CommandCounter()
-    lp = LaunchPad(host=a.uri, name=a.db, uri_mode=True, logdir=None, strm_lvl="ERROR",
+    lp = LaunchPad(host=os.environ[URI_ENV], name=a.db, uri_mode=True, logdir=None, strm_lvl="ERROR",
                    mongoclient_kwargs={"event_listeners": [counter.listener]})
     cfg = load_config(Path(a.config_dir))
     factory, made = counting_factory()
@@ -207,9 +210,9 @@ def run(sizes: list[int], n_clusters: int = 20, log: Callable[[str], None] = pri
             before_s = _server_seconds(lp) if db.server else None
             try:
                 res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "_scale-child",
-                                      "--config-dir", str(cfg_dir), "--uri", db.uri, "--db", lp.db.name],
+                                      "--config-dir", str(cfg_dir), "--db", lp.db.name],
                                      capture_output=True, text=True, timeout=1800, cwd=REPO, check=False,
-                                     env=dict(os.environ, TQDM_DISABLE="1"))
+                                     env=dict(os.environ, TQDM_DISABLE="1", **{URI_ENV: db.uri}))
             finally:
                 slurm.cancel_names(prefix)
                 shutil.rmtree(cfg_dir, ignore_errors=True)

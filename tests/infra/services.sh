@@ -45,7 +45,7 @@ ACCOUNTING=${ACCOUNTING:-1}
 FS_IP=198.51.100.1
 FS_DEV=lo   # the fileserver's address sits on its loopback device (no dummy interfaces in every kernel)
 DBD_PORT=6819
-PKGS=(munge slurmctld slurmd slurm-client openssh-server python3-venv python3-pip procps iproute2 util-linux)
+PKGS=(munge slurmctld slurmd slurm-client openssh-server openssh-client openssl python3-venv python3-pip procps iproute2 util-linux)
 if [[ $ACCOUNTING == 1 ]]; then PKGS+=(slurmdbd mariadb-server); fi
 #          name     idx scheduler routed
 TEST_NETS=(198.51.100.0/24 203.0.113.128/25)   # the ranges the clusters' addresses come from

@@ -21,9 +21,7 @@ from urllib.parse import urlparse
 import psutil
 import pytest
 
-from pilot.manager.cycle import Manager
 from tests.helpers import fileserver_address, wait_for
-from tests.manager.helpers import add_sleepers, fw_states, run_cycles_until, ssh_cluster, write_config
 
 pytestmark = pytest.mark.slurm
 
@@ -143,43 +141,3 @@ def test_emulated_job_runs_on_the_compute_node(clusters, remote_tmp, name, submi
     _ssh(c, submit.format(out=out))
     wait_for(lambda: out.exists() and f"inet {c.node}/28" in out.read_text(), 60, 0.2,
              f"the {name} job to write its node's address")
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="needs the issue 'A LaunchPad that clusters reach, and only its owner can use' "
-                          "(launchpad_route: ssh): this compute node cannot route to the fileserver, and the test "
-                          "does not fake a route")
-def test_pilots_on_the_unrouted_cluster_run_fireworks(launchpad, unrouted_cluster, remote_tmp, cluster_venv,
-                                                      tmp_path):
-    from pilot.config import load_config
-    from pilot.manager.records import ENDED_STATES
-
-    c = unrouted_cluster
-    lp_file = remote_tmp / "my_launchpad.yaml"
-    launchpad.to_file(str(lp_file))
-    os.chmod(lp_file, 0o644)
-    cluster = ssh_cluster(c, str(remote_tmp / "work"), str(lp_file), ["md"], cluster_venv,
-                          pilot={"walltime": "1", "cores": 1, "partition": "debug"}, walltime_margin=20,
-                          fireworks_per_pilot=1)
-    prefix = "t" + os.urandom(3).hex()
-    mgr = Manager(load_config(write_config(tmp_path / "cfg", lp_file, {"pilotci3": cluster},
-                                           job_name_prefix=prefix)), launchpad)
-
-    def done() -> bool:   # the Firework ran, or a pilot the manager sent has ended
-        states = {p["state"] for p in launchpad.db["pilots"].find({}, {"state": 1})}
-        return fw_states(launchpad) == {"COMPLETED": 1} or bool(states & set(ENDED_STATES))
-
-    try:
-        add_sleepers(launchpad, "md", 1, 0.1)
-        mgr.run_cycle()
-        run_cycles_until(mgr, done, timeout=240, interval=3)
-        assert fw_states(launchpad) == {"COMPLETED": 1}
-    finally:
-        mgr.close()
-        env = dict(os.environ, SLURM_CONF=c.slurm_conf)
-        jobs = subprocess.run(c.on_login(["squeue", "-h", "-u", c.user, "-o", "%i %j"]), env=env,
-                              capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
-        ids = [j.split()[0] for j in jobs if j.strip() and j.split()[1].startswith(prefix)]
-        if ids:
-            subprocess.run(c.on_login(["scancel", *ids]), env=env, capture_output=True, timeout=30, check=True)
