@@ -300,7 +300,8 @@ class Manager:
         if not self.dry_run:
             routes = {n: s.to_dict() for n, s in self.routes.states().items()}
             self.records.heartbeat({"last_cycle": t0, "last_cycle_duration": report.duration,
-                                    "errors": report.errors, **({"routes": routes} if routes else {})})
+                                    "errors": report.errors, **({"routes": routes} if routes else {})},
+                                   drop=() if routes else ("routes",))
         return report
 
     def run_forever(self, on_cycle: Callable[[CycleReport], None] | None = None) -> None:

@@ -107,5 +107,10 @@ class Records:
         return int(doc["count"])
 
     # ------------------------------------------------------------------ manager heartbeat
-    def heartbeat(self, info: dict[str, Any]) -> None:
-        self.manager.update_one({"_id": "manager"}, {"$set": info}, upsert=True)
+    def heartbeat(self, info: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
+        """Write the manager's heartbeat fields; ``drop`` names fields that no longer apply (an older manager's
+        ``routes`` when no cluster has an ssh route any more), so that nobody reads them as current."""
+        update: dict[str, Any] = {"$set": info}
+        if drop:
+            update["$unset"] = {k: "" for k in drop}
+        self.manager.update_one({"_id": "manager"}, update, upsert=True)

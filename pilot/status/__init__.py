@@ -18,7 +18,15 @@ The room has three modules, each importing only those above it:
 
 from __future__ import annotations
 
-from pilot.status.format import format_status, format_table, human_ago, human_duration, human_until
+from pilot.status.format import (
+    format_status,
+    format_table,
+    human_ago,
+    human_clock,
+    human_duration,
+    human_until,
+    short_duration,
+)
 from pilot.status.gather import describe_launchpad, error_line, gather_status
 from pilot.status.model import (
     FW_STATES,
@@ -30,6 +38,8 @@ from pilot.status.model import (
     FizzledFirework,
     LostRun,
     PendingPilot,
+    RouteCondition,
+    RouteStatus,
     StatusOptions,
     StatusReport,
     TooLong,
@@ -46,6 +56,8 @@ __all__ = [
     "FizzledFirework",
     "LostRun",
     "PendingPilot",
+    "RouteCondition",
+    "RouteStatus",
     "StatusOptions",
     "StatusReport",
     "TooLong",
@@ -56,6 +68,8 @@ __all__ = [
     "format_table",
     "gather_status",
     "human_ago",
+    "human_clock",
     "human_duration",
     "human_until",
+    "short_duration",
 ]

@@ -16,11 +16,17 @@ from pilot.status.model import (
     SHOWN_FW_STATES,
     CategoryStatus,
     ClusterStatus,
+    RouteCondition,
+    RouteStatus,
     StatusReport,
     first_line,
 )
 
-__all__ = ["format_status", "format_table", "human_ago", "human_duration", "human_until"]
+#: The least the clusters table gives the last error, however wide the other columns are.
+MIN_ERROR_WIDTH = 12
+
+__all__ = ["format_status", "format_table", "human_ago", "human_clock", "human_duration", "human_until",
+           "short_duration"]
 
 
 def human_duration(seconds: float) -> str:
@@ -38,6 +44,15 @@ def human_duration(seconds: float) -> str:
         return f"{h} h {m} min" if m else f"{h} h"
     d, h = divmod(s // 3600, 24)
     return f"{d} d {h} h" if h else f"{d} d"
+
+
+def short_duration(seconds: float) -> str:
+    """A duration in its largest unit, for a table cell: ``45s``, ``3m``, ``2h``, ``3d`` (rounded down)."""
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
 
 
 def human_ago(t: float | None, now: float) -> str:
@@ -58,6 +73,12 @@ def human_until(t: float | None, now: float) -> str:
         return "-"
     clock = _dt.datetime.fromtimestamp(float(t)).strftime("%H:%M:%S")
     return f"in {human_duration(float(t) - now)} ({clock})"
+
+
+def human_clock(t: float, now: float) -> str:
+    """Local clock time ``06:21:03``; with the date (``2026-11-20 06:21:03``) when ``t`` is a day or more away."""
+    fmt = "%H:%M:%S" if abs(now - t) < 86400 else "%Y-%m-%d %H:%M:%S"
+    return _dt.datetime.fromtimestamp(t).strftime(fmt)
 
 
 def _try_line(text: str | None) -> str | None:
@@ -103,6 +124,47 @@ def _reach(c: ClusterStatus) -> str:
     return "yes" if c.reachable else "NO"
 
 
+def _route_cell(r: RouteStatus | None, now: float) -> str | None:
+    """The ``route`` column: ``ssh up``, ``ssh DOWN 3m`` (down for 3 min), ``ssh unknown``...; ``-``: direct."""
+    if r is None:
+        return None
+    if r.condition is RouteCondition.DOWN:
+        return f"{r.via} DOWN" + (f" {short_duration(now - r.since)}" if r.since is not None else "")
+    word = {RouteCondition.UP: "up", RouteCondition.STARTING: "starting", RouteCondition.UNKNOWN: "unknown",
+            RouteCondition.NOT_KEPT: "NOT KEPT"}[r.condition]
+    return f"{r.via} {word}"
+
+
+def _clusters_lines(report: StatusReport, now: float, width: int) -> list[str]:
+    """The CLUSTERS table; its ``route`` column only when a cluster has a route (``launchpad_route: ssh``)."""
+    if not report.clusters:
+        return ["  (no clusters: no config dir given and no pilot records yet)"]
+    routes = [_route_cell(c.route, now) for c in report.clusters]
+    shown = any(r is not None for r in routes)
+    headers = ["cluster", "scheduler", "reachable", *(["route"] if shown else []), "last contact", "pending",
+               "running", f"ended ({human_duration(report.options.recent)})", "backed off", "last error"]
+    rows: list[list[Any]] = []
+    for c, route in zip(report.clusters, routes, strict=True):
+        p = c.pilots
+        rows.append([c.name + ("" if c.in_config or not report.config_dir else " (not in config)"),
+                     c.scheduler or "-", _reach(c), *([route] if shown else []), human_ago(c.last_contact, now),
+                     p.pending, p.running, p.ended_recently,
+                     _backoff_cell(c.backoff_until, now) if c.backed_off else "-"])
+    # the last error gets what the other columns leave of the width (its whole first line is under NEEDS YOU)
+    used = 2 + sum(max(len(h), *(len("-" if row[i] is None else str(row[i])) for row in rows)) + 2
+                   for i, h in enumerate(headers[:-1]))
+    for c, row in zip(report.clusters, rows, strict=True):
+        row.append(first_line(c.last_error, max(MIN_ERROR_WIDTH, width - used)) or "-")
+    return format_table(headers, rows)
+
+
+def _backoff_cell(until: float | None, now: float) -> str:
+    """``in 9 min``: the table's short form (the "needs you" entry adds the clock time)."""
+    if until is None or until <= now:
+        return "-"
+    return f"in {human_duration(until - now)}"
+
+
 def format_status(report: StatusReport, now: float | None = None, width: int = 120) -> str:
     """The report as text: a header, the clusters and categories tables and the "needs you" list.
 
@@ -127,21 +189,7 @@ def format_status(report: StatusReport, now: float | None = None, width: int = 1
     for w in report.warnings:
         out.append(f"warning: {w}")
 
-    out += ["", "CLUSTERS"]
-    if report.clusters:
-        rec = human_duration(report.options.recent)
-        rows = []
-        err_width = max(20, width - 95)
-        for c in report.clusters:
-            p = c.pilots
-            rows.append([c.name + ("" if c.in_config or not report.config_dir else " (not in config)"),
-                         c.scheduler or "-", _reach(c), human_ago(c.last_contact, now), p.pending, p.running,
-                         p.ended_recently, human_until(c.backoff_until, now) if c.backed_off else "-",
-                         first_line(c.last_error, err_width) or "-"])
-        out += format_table(["cluster", "scheduler", "reachable", "last contact", "pending", "running",
-                             f"ended ({rec})", "backed off", "last error"], rows)
-    else:
-        out.append("  (no clusters: no config dir given and no pilot records yet)")
+    out += ["", "CLUSTERS", *_clusters_lines(report, now, width)]
 
     out += ["", "CATEGORIES"]
     if report.categories:
@@ -217,6 +265,7 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
         if hint:
             out.append(f"    {hint}")
         out.append(f"    check it with: {_pilot(r, f'doctor {c.name}')}")
+    out += _route_lines(r, now)
     if r.pending_total:
         shown = f" (the {len(r.pending_long)} oldest)" if len(r.pending_long) < r.pending_total else ""
         out.append(f"* {_plural(r.pending_total, 'pilot')} waiting in the queue for more than "
@@ -230,4 +279,30 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
         for x in r.lost_runs:
             out.append(f"    fw {x.fw_id} {x.name or ''}: pilot {x.pilot} on {x.cluster} ended {x.pilot_state} "
                        f"{human_ago(x.pilot_end_time, now)}")
+    return out
+
+
+def _route_lines(r: StatusReport, now: float) -> list[str]:
+    """The "needs you" entries of the LaunchPad routes that are down, or that the manager does not keep."""
+    out: list[str] = []
+    for c in r.routes_down:
+        route = c.route
+        if route is None:   # routes_down lists clusters with a route only
+            continue
+        where = f"the login node's 127.0.0.1:{route.port}" if route.port is not None else "the login node"
+        if route.condition is RouteCondition.NOT_KEPT:
+            out.append(f"* cluster {c.name}: its launchpad_route is ssh, but the manager keeps no LaunchPad route "
+                       f"for it (no forward on {where}), so its pilots cannot reach the LaunchPad. The manager "
+                       f"reads the cluster files when it starts: restart it (`{_pilot(r, 'manager stop')}`, then "
+                       f"`{_pilot(r, 'manager start')}`); if the route is still missing, its log says why")
+        else:
+            since = (f" since {human_clock(route.since, now)} ({human_ago(route.since, now)})"
+                     if route.since is not None else "")
+            error = f": {first_line(route.last_error)}" if route.last_error else ""
+            out.append(f"* cluster {c.name}: the LaunchPad route (the manager's forward on {where}) is down"
+                       f"{since}{error}")
+            hint = _try_line(route.last_error)
+            if hint:
+                out.append(f"    {hint}")
+        out.append(f"    check it with: {_pilot(r, f'doctor {c.name}')}")
     return out

@@ -31,6 +31,8 @@ from pilot.status.model import (
     FizzledFirework,
     LostRun,
     PendingPilot,
+    RouteCondition,
+    RouteStatus,
     StatusOptions,
     StatusReport,
     TooLong,
@@ -132,7 +134,14 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
     now = time.time() if now is None else float(now)
     q = _Queries(db)
 
-    clusters = _clusters(q, config, now, opts)
+    manager = q.find_one("pilot_manager", {"_id": "manager"})
+    manager_info = None
+    if manager:
+        manager_info = {"last_cycle": _num(manager.get("last_cycle")),
+                        "last_cycle_duration": _num(manager.get("last_cycle_duration")),
+                        "errors": {str(k): str(v) for k, v in (manager.get("errors") or {}).items()}}
+    stale = _manager_stale(manager_info, config, now, opts)
+    clusters = _clusters(q, config, now, opts, manager, stale is not None)
     categories = _categories(q, config, clusters)
     by_cluster = {c.name: c for c in clusters}
     fizzled_total = sum(c.count("FIZZLED") for c in categories)
@@ -142,13 +151,6 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
     pending_total, pending = _pending_long(q, now, opts)
     lost = _lost_runs(q, opts)
     too_long = _too_long(q, categories, by_cluster, opts)
-    manager = q.find_one("pilot_manager", {"_id": "manager"})
-    manager_info = None
-    if manager:
-        manager_info = {"last_cycle": _num(manager.get("last_cycle")),
-                        "last_cycle_duration": _num(manager.get("last_cycle_duration")),
-                        "errors": {str(k): str(v) for k, v in (manager.get("errors") or {}).items()}}
-    stale = _manager_stale(manager_info, config, now, opts)
     return StatusReport(
         generated_at=now, launchpad=launchpad_info or {"host": None, "name": getattr(db, "name", None)},
         config_dir=str(config.config_dir) if config is not None else None, options=opts,
@@ -197,8 +199,10 @@ class _Queries:
 
 
 
-def _clusters(q: _Queries, config: Config | None, now: float, opts: StatusOptions) -> list[ClusterStatus]:
-    """Every cluster: the config's, and any the pilot records or the manager's cluster records name."""
+def _clusters(q: _Queries, config: Config | None, now: float, opts: StatusOptions,
+              manager: dict[str, Any] | None = None, stale: bool = False) -> list[ClusterStatus]:
+    """Every cluster: the config's, and any the pilot records, the manager's cluster records or the routes of
+    its heartbeat (``manager``, too old to tell when ``stale``) name."""
     out: dict[str, ClusterStatus] = {}
     if config is not None:
         for cname, c in config.clusters.items():
@@ -210,6 +214,7 @@ def _clusters(q: _Queries, config: Config | None, now: float, opts: StatusOption
     if config is None:
         _add_served_categories(q, out, now)
     _add_cluster_records(q, out, now)
+    _add_routes(out, config, manager, stale)
     return [out[k] for k in sorted(out)]
 
 
@@ -282,6 +287,62 @@ def _add_cluster_records(q: _Queries, out: dict[str, ClusterStatus], now: float)
         cs.backed_off = bool(cs.backoff_until and cs.backoff_until > now)
         if cs.reachable and (cs.last_error_time or 0) <= (cs.last_contact or 0):
             cs.last_error = None  # an error from before the last good contact is history
+
+
+def _add_routes(out: dict[str, ClusterStatus], config: Config | None, manager: dict[str, Any] | None,
+                stale: bool) -> None:
+    """The LaunchPad route of each ssh-routed cluster: the state the manager's heartbeat holds (field ``routes``,
+    written by :meth:`pilot.manager.cycle.Manager.run_cycle` while it keeps any route).
+
+    With a config, only the clusters it routes ``ssh`` have a route (a state the heartbeat still holds for another
+    cluster was left there by a manager that ran an older config: nothing says it is kept now), and one of them
+    that the heartbeat lacks is "not kept" (or unknown when the heartbeat is ``stale``). Without a config, the
+    heartbeat alone says which clusters have a route.
+    """
+    states = _heartbeat_routes(manager)
+    if config is None:
+        for name, state in sorted(states.items()):
+            out.setdefault(name, ClusterStatus(name=name)).route = _route_status(state, None, stale)
+        return
+    for name, c in config.clusters.items():
+        route = c.ssh_route
+        if route is not None and name in out:
+            out[name].route = _route_status(states.get(name), route.port, stale)
+
+
+def _heartbeat_routes(manager: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Cluster name -> its route state, from the heartbeat (entries that are not mappings are left out)."""
+    routes = (manager or {}).get("routes")
+    if not isinstance(routes, dict):
+        return {}
+    return {str(k): dict(v) for k, v in routes.items() if isinstance(v, dict)}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _route_status(state: dict[str, Any] | None, config_port: int | None, stale: bool) -> RouteStatus:
+    """One route's :class:`RouteStatus`. A stale heartbeat's ``up`` is no news: it becomes unknown (``None``)."""
+    if state is None:
+        if stale:
+            return RouteStatus(via="ssh", condition=RouteCondition.UNKNOWN, up=None, port=config_port)
+        return RouteStatus(via="ssh", condition=RouteCondition.NOT_KEPT, up=False, port=config_port)
+    up = state.get("up")
+    error = state.get("last_error")
+    route = RouteStatus(via="ssh", condition=RouteCondition.UNKNOWN, up=None, since=_num(state.get("since")),
+                        last_error=error if isinstance(error, str) and error.strip() else None,
+                        port=_int(state.get("port")) or config_port, connects=_int(state.get("connects")))
+    if stale or not isinstance(up, bool):
+        return route
+    route.up = up
+    if up:
+        route.condition = RouteCondition.UP
+    elif route.since is None and route.last_error is None:
+        route.condition = RouteCondition.STARTING     # the keeper's first attempt has not ended yet
+    else:
+        route.condition = RouteCondition.DOWN
+    return route
 
 
 def _categories(q: _Queries, config: Config | None, clusters: list[ClusterStatus]) -> list[CategoryStatus]:

@@ -8,6 +8,7 @@ the JSON document gives them as ISO 8601 UTC text, the form ``pilot report --jso
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 from pilot.isotime import iso_utc
@@ -23,6 +24,8 @@ __all__ = [
     "LostRun",
     "PendingPilot",
     "PilotCounts",
+    "RouteCondition",
+    "RouteStatus",
     "StatusOptions",
     "StatusReport",
     "TooLong",
@@ -93,6 +96,67 @@ class PilotCounts:
     ended_recently_by_state: dict[str, int] = field(default_factory=dict)
 
 
+class RouteCondition(Enum):
+    """How ``pilot status`` judges a cluster's LaunchPad route (from the manager's heartbeat)."""
+
+    #: The manager's forward listens on the login node.
+    UP = "up"
+    #: It dropped or could not be established; the manager keeps trying (a "needs you" entry).
+    DOWN = "down"
+    #: The manager's first attempt is still under way (no error yet).
+    STARTING = "starting"
+    #: The heartbeat is too old to tell (the "manager is not cycling" entry says why).
+    UNKNOWN = "unknown"
+    #: The config says ``launchpad_route: ssh`` but the cycling manager keeps no forward for the cluster:
+    #: it started before the cluster file said so, or could not make a target of the LaunchPad's address.
+    NOT_KEPT = "not kept"
+
+    @property
+    def needs_you(self) -> bool:
+        """The pilots cannot reach the LaunchPad by this route now, and the manager's heartbeat is fresh."""
+        return self in (RouteCondition.DOWN, RouteCondition.NOT_KEPT)
+
+
+@dataclass
+class RouteStatus:
+    """A cluster's LaunchPad route (``launchpad_route: ssh``) as the manager's heartbeat last described it.
+
+    The manager writes its route keepers' states (:class:`pilot.manager.routes.RouteState`) into its heartbeat
+    (``pilot_manager`` ``_id: "manager"``, field ``routes``); ``direct`` clusters have none.
+
+    Attributes
+    ----------
+    via : str
+        ``ssh``: the manager's remote forward on the login node's loopback.
+    condition : RouteCondition
+        The verdict shown in the text (not in ``--json``: ``up`` with ``since`` and ``connects`` say it there).
+    up : bool | None
+        ``None`` when the heartbeat is too old to tell.
+    since : float | None
+        Epoch seconds of the last change (up or down); ``None`` before the first attempt ended, or when
+        the heartbeat has no state for the route.
+    last_error : str | None
+        Why the route dropped or the last attempt failed.
+    port : int | None
+        The login node's loopback port of the forward (the heartbeat's, else the cluster file's).
+    connects : int | None
+        How often the manager established the route; ``None`` when the heartbeat has no state for it.
+    """
+
+    via: str
+    condition: RouteCondition
+    up: bool | None
+    since: float | None = None
+    last_error: str | None = None
+    port: int | None = None
+    connects: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``route`` of a cluster in the ``--json`` document."""
+        return {"via": self.via, "up": self.up, "since": _iso(self.since), "last_error": self.last_error,
+                "port": self.port, "connects": self.connects}
+
+
 @dataclass
 class ClusterStatus:
     """One cluster as the manager last saw it.
@@ -119,6 +183,8 @@ class ClusterStatus:
     backed_off : bool
         The manager leaves the cluster alone until ``backoff_until``.
     pilots : PilotCounts
+    route : RouteStatus | None
+        Its LaunchPad route, for ``launchpad_route: ssh`` (``None``: direct).
     """
 
     name: str
@@ -135,6 +201,13 @@ class ClusterStatus:
     backoff_until: float | None = None
     backed_off: bool = False
     pilots: PilotCounts = field(default_factory=PilotCounts)
+    route: RouteStatus | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The cluster in the ``--json`` document."""
+        d = _with_iso(asdict(self), "last_contact", "last_error_time", "backoff_until")
+        d["route"] = self.route.to_dict() if self.route is not None else None
+        return d
 
 
 @dataclass
@@ -246,10 +319,16 @@ class StatusReport:
         return [c for c in self.clusters if c.backed_off]
 
     @property
+    def routes_down(self) -> list[ClusterStatus]:
+        """The clusters whose LaunchPad route is down or not kept (by a manager that is cycling)."""
+        return [c for c in self.clusters if c.route is not None and c.route.condition.needs_you]
+
+    @property
     def problem_count(self) -> int:
         """How many entries the "needs you" section has (0: nothing to do)."""
         return (self.fizzled_total + len(self.unserved) + self.pending_total + len(self.backed_off)
-                + len(self.lost_runs) + len(self.too_long) + (1 if self.manager_stale else 0))
+                + len(self.lost_runs) + len(self.too_long) + (1 if self.manager_stale else 0)
+                + len(self.routes_down))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (schema: ``docs/status.schema.json``); times as ISO 8601 UTC text."""
@@ -262,8 +341,7 @@ class StatusReport:
             "config_dir": self.config_dir,
             "options": asdict(self.options),
             "manager": manager,
-            "clusters": [_with_iso(asdict(c), "last_contact", "last_error_time", "backoff_until")
-                         for c in self.clusters],
+            "clusters": [c.to_dict() for c in self.clusters],
             "categories": [asdict(c) for c in self.categories],
             "needs_you": {
                 "count": self.problem_count,
