@@ -5,8 +5,10 @@ The room's modules, from the bottom up:
 ``probes``       the one probe code: the small scripts run on the cluster after the setup lines, how they are
                  run (:func:`~pilot.checks.probes.with_setup`) and read (:func:`~pilot.checks.probes.read_probe`),
                  and how a cluster is named in messages (:func:`~pilot.checks.probes.address_of`)
+``route_probe``  the route probe: the batch job that tries each route to the LaunchPad from a compute node, and
+                 how its answers and the login node's route files are read
 ``results``      what the doctor finds (check results per cluster) and how it reads as text
-``doctor_base``, ``doctor_connection``, ``doctor_environment``, ``doctor_launchpad``
+``doctor_base``, ``doctor_connection``, ``doctor_environment``, ``doctor_launchpad``, ``doctor_route``
                  the doctor's checks, grouped by what they check
 ``doctor``       runs them: :class:`~pilot.checks.doctor.ClusterDoctor`, :func:`~pilot.checks.doctor.run_doctor`
 ``progress``     the numbered step lines of a long job

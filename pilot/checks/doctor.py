@@ -15,6 +15,7 @@ The checks, in order (ids as in ``--json``):
 ``python``      after setup, Python imports fireworks and pilot (versions compared with this machine's)
 ``worker``      after setup, the worker command starts (``<worker command> --help``)
 ``database``    after setup, the cluster's launchpad file reaches the database (ping + one read)
+``route``       a tiny batch job reaches the LaunchPad from a compute node, by each route it can try
 ``launchpad_file``  that file is readable by its owner alone (it holds the database password)
 ``render``      a pilot script renders for every category and passes ``bash -n`` on the cluster
 
@@ -22,9 +23,10 @@ A failed check makes the ones that depend on it ``skip``; ``warn`` is a pass wit
 ``pilot doctor`` is 0 only when no check failed.
 
 This module runs them (:class:`ClusterDoctor`, :func:`run_doctor`); the checks themselves are grouped by
-what they check in :mod:`pilot.checks.doctor_connection`, :mod:`pilot.checks.doctor_environment` and
-:mod:`pilot.checks.doctor_launchpad`; the results and their text are in :mod:`pilot.checks.results`, the
-probe scripts in :mod:`pilot.checks.probes`.
+what they check in :mod:`pilot.checks.doctor_connection`, :mod:`pilot.checks.doctor_environment`,
+:mod:`pilot.checks.doctor_launchpad` and :mod:`pilot.checks.doctor_route`; the results and their text are in
+:mod:`pilot.checks.results`, the probe scripts in :mod:`pilot.checks.probes` and
+:mod:`pilot.checks.route_probe`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pilot.checks.doctor_base import KeeperFactory
 from pilot.checks.doctor_connection import ConnectionChecks, scheduler_commands
 from pilot.checks.doctor_environment import EnvironmentChecks
 from pilot.checks.doctor_launchpad import LaunchpadChecks
+from pilot.checks.doctor_route import ROUTE_TITLE, RouteChecks
 from pilot.checks.probes import DB_PROBE, PROBE_MARK, PY_PROBE, address_of, ssh_prefix, with_setup
 from pilot.checks.results import CheckResult, CheckStatus, ClusterReport, DoctorReport, format_check, mark
 from pilot.configdir import pilot_command
@@ -54,6 +58,7 @@ __all__ = [
     "ClusterDoctor",
     "ClusterReport",
     "DoctorReport",
+    "KeeperFactory",
     "address_of",
     "check_config",
     "format_check",
@@ -114,7 +119,7 @@ def check_config(config_dir: Path) -> tuple[CheckResult, Config | None, dict[str
 
 
 # ============================================================================ one cluster
-class ClusterDoctor(ConnectionChecks, EnvironmentChecks, LaunchpadChecks):
+class ClusterDoctor(ConnectionChecks, EnvironmentChecks, LaunchpadChecks, RouteChecks):
     """Runs the checks of one cluster in order (see the module docstring); parameters as :class:`DoctorBase`."""
 
     # the checks, in order: (id, title, method, ids it needs to have passed)
@@ -128,6 +133,7 @@ class ClusterDoctor(ConnectionChecks, EnvironmentChecks, LaunchpadChecks):
             ("python", "Python imports fireworks and pilot", self.check_python, ("setup",)),
             ("worker", "pilot worker starts", self.check_worker, ("setup",)),
             ("database", "database reachable from the cluster", self.check_database, ("python",)),
+            ("route", ROUTE_TITLE, self.check_route, ("python", "scheduler", "work_dir")),
             ("launchpad_file", "launchpad file readable by its owner only", self.check_launchpad_file, ("ssh",)),
             ("render", "pilot script renders", self.check_render, ()),
         ]
@@ -152,7 +158,9 @@ class ClusterDoctor(ConnectionChecks, EnvironmentChecks, LaunchpadChecks):
 def run_doctor(config_dir: Path, names: list[str] | None = None,
                on_cluster: Callable[[ClusterReport], None] | None = None,
                on_start: Callable[[str, str, str], None] | None = None,
-               on_result: Callable[[str | None, CheckResult], None] | None = None) -> DoctorReport:
+               on_result: Callable[[str | None, CheckResult], None] | None = None,
+               on_progress: Callable[[str, str], None] | None = None, route_keeper: KeeperFactory | None = None,
+               route_timeout: float = 180.0) -> DoctorReport:
     """Check the config directory, then every cluster (or those in ``names``), one check at a time.
 
     Parameters
@@ -164,6 +172,13 @@ def run_doctor(config_dir: Path, names: list[str] | None = None,
         Called when a cluster's checks begin, when a check starts (cluster, id, title), and with each
         result as soon as it is known (cluster ``None`` for the config check), so a caller can print
         progress.
+    on_progress : callable, optional
+        ``on_progress(cluster, text)``: where a long check is (the route check's job pending, running).
+    route_keeper : KeeperFactory | None
+        Opens an ssh route's forward while a check needs it (:class:`pilot.manager.routes.RouteKeeper`, which
+        this room may not import: the command line passes it in).
+    route_timeout : float
+        Seconds the route check waits for its probe job to start.
 
     Raises
     ------
@@ -191,7 +206,9 @@ def run_doctor(config_dir: Path, names: list[str] | None = None,
         report.clusters.append(cr)
         if on_cluster:
             on_cluster(cr)
-        doc = ClusterDoctor(n, c, job_name_prefix=prefix, config_dir=config_dir)
+        doc = ClusterDoctor(n, c, job_name_prefix=prefix, config_dir=config_dir, route_keeper=route_keeper,
+                            route_timeout=route_timeout,
+                            progress=functools.partial(on_progress, n) if on_progress is not None else None)
         started: Callable[[str, str], None] | None = None
         if on_start is not None:
             started = functools.partial(on_start, n)

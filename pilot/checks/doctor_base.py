@@ -8,9 +8,10 @@ ClusterDoctor` combines them and runs them in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pilot.checks.probes import with_setup
 from pilot.checks.results import CheckResult, CheckStatus
@@ -20,7 +21,36 @@ if TYPE_CHECKING:
     from pilot.config import ClusterConfig
     from pilot.transport import CompletedCommand, Transport
 
-__all__ = ["DoctorBase"]
+__all__ = ["DoctorBase", "ForwardKeeper", "KeeperFactory"]
+
+
+class ForwardState(Protocol):
+    """What the doctor reads of a route keeper's state (:class:`pilot.manager.routes.RouteState`)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class ForwardKeeper(Protocol):
+    """The part of :class:`pilot.manager.routes.RouteKeeper` the doctor uses: the manager's own forward, opened
+    for the length of one check. The checks room may not import the manager's, so the caller (the command line)
+    hands a :data:`KeeperFactory` in."""
+
+    def start(self) -> None: ...
+
+    def wait_up(self, timeout: float) -> bool: ...
+
+    def state(self) -> ForwardState: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+#: ``factory(cluster_name, cluster, launchpad_settings)``: a keeper of the cluster's ssh route leading to the
+#: LaunchPad that ``launchpad_settings`` (this config dir's LaunchPad file) names; ValueError when it cannot.
+KeeperFactory = Callable[[str, "ClusterConfig", Mapping[str, Any]], ForwardKeeper]
 
 
 class DoctorBase:
@@ -40,11 +70,19 @@ class DoctorBase:
     config_dir : Path | str | None
         The config dir the cluster comes from, named in the fixes (``pilot --config-dir D bootstrap ...``);
         default: the default config dir (:func:`pilot.configdir.default_config_dir`).
+    route_keeper : KeeperFactory | None
+        Opens the ssh route's forward on the login node while a check needs it (the command line passes
+        :class:`pilot.manager.routes.RouteKeeper`); None: the checks rely on a running manager's forward.
+    route_timeout : float
+        Seconds the ``route`` check waits for its probe job to start.
+    progress : callable | None
+        ``progress(text)``: how a long check tells where it is (a job pending, running).
     """
 
     def __init__(self, name: str, cluster: ClusterConfig, job_name_prefix: str = "fwp",
                  transport: Transport | None = None, local_version: str | None = None,
-                 config_dir: Path | str | None = None) -> None:
+                 config_dir: Path | str | None = None, route_keeper: KeeperFactory | None = None,
+                 route_timeout: float = 180.0, progress: Callable[[str], None] | None = None) -> None:
         from pilot import __version__
 
         self.name = name
@@ -56,6 +94,9 @@ class DoctorBase:
         self.timeout = float(cluster.command_timeout)
         self.state: dict[str, CheckStatus] = {}
         self.python_info: dict[str, Any] | None = None
+        self.route_keeper = route_keeper
+        self.route_timeout = float(route_timeout)
+        self._progress = progress
 
     @property
     def transport(self) -> Transport:
@@ -105,3 +146,80 @@ class DoctorBase:
         cwd = self.c.work_dir if self.state.get("work_dir") is CheckStatus.PASS else None
         return self._run(with_setup(self.c.setup, argv), cwd=cwd, env=dict(self.c.env) or None, timeout=timeout)
 
+
+    def progress(self, text: str) -> None:
+        """Tell the caller where a long check is (nothing when nobody listens)."""
+        if self._progress is not None:
+            self._progress(text)
+
+    # ------------------------------------------------------------------ this machine's LaunchPad
+    def local_launchpad(self) -> dict[str, Any]:
+        """The settings of this config dir's LaunchPad file (the one the manager uses).
+
+        Raises
+        ------
+        pilot.launchpad.files.LaunchPadUnavailable
+        """
+        from pilot.launchpad.files import find_launchpad_file, read_settings
+
+        return read_settings(find_launchpad_file(self.config_dir))
+
+    def _known_secrets(self) -> list[str]:
+        """The passwords of the LaunchPad files on this machine (the config dir's, and the cluster's path when it
+        is here too): the cluster's file is normally a copy, and the probe's error may quote its URI."""
+        from pilot.launchpad.files import LaunchPadUnavailable, find_launchpad_file, read_settings, secrets_of
+
+        out: list[str] = []
+        for explicit in (None, self.c.launchpad_file):
+            try:
+                out += secrets_of(read_settings(find_launchpad_file(self.config_dir, explicit)))
+            except (LaunchPadUnavailable, OSError):
+                pass
+        return out
+
+    # ------------------------------------------------------------------ the ssh route's forward
+    @contextmanager
+    def route_forward(self, cluster: ClusterConfig) -> Iterator[str | None]:
+        """The forward of ``cluster``'s ssh route on its login node, for the length of the ``with`` block.
+
+        Yields None when the doctor's own forward is up, else why not (the block goes on: when the login
+        node's sshd refuses the port, the manager's own forward most likely holds it, and whatever is run
+        through the port tells whether it leads to the LaunchPad). The forward is closed afterwards.
+        """
+        from pilot.launchpad.files import LaunchPadUnavailable
+
+        route = cluster.ssh_route
+        if route is None or self.route_keeper is None:
+            yield "the doctor opens no forward of its own here (it relies on the manager's)"
+            return
+        try:
+            keeper = self.route_keeper(self.name, cluster, self.local_launchpad())
+        except (LaunchPadUnavailable, ValueError) as e:
+            yield f"the doctor could not open a forward: {e}"
+            return
+        keeper.start()
+        try:
+            if self._first_attempt(keeper, float(cluster.connect_timeout) + 15.0):
+                yield None
+                return
+            error = keeper.state().last_error or "it did not come up in time"
+            keeper.stop()    # no retries meanwhile: one answer is enough here
+            if "refused to listen" in error:
+                yield (f"the login node's sshd would not open 127.0.0.1:{route.port} for the doctor: most likely the "
+                       "manager's own forward holds it")
+            else:
+                yield f"the doctor's forward did not come up: {error.split(chr(10))[0][:300]}"
+        finally:
+            keeper.stop()
+
+    @staticmethod
+    def _first_attempt(keeper: ForwardKeeper, timeout: float) -> bool:
+        """Whether the keeper's first attempt brought the forward up; returns as soon as that attempt ended
+        (the keeper would go on retrying with growing waits: one answer is what a check needs)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not keeper.wait_up(0.25):
+            if keeper.state().last_error is not None or time.monotonic() >= deadline:
+                return keeper.state().up
+        return True

@@ -16,7 +16,11 @@ import click
 from pilot.configdir import pilot_command
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pilot.checks.doctor_base import ForwardKeeper
     from pilot.checks.results import CheckResult, ClusterReport
+    from pilot.config import ClusterConfig
 
 
 def _fancy(ascii_only: bool) -> bool:
@@ -30,6 +34,46 @@ def _fancy(ascii_only: bool) -> bool:
     return True
 
 
+class _QuietKeeper:
+    """The manager's own keeper of an ssh route (:class:`pilot.manager.routes.RouteKeeper`), for the doctor's
+    checks that need the forward up; the checks room may not import the manager's, so the command line hands it
+    in. Its log lines are held back while it runs: they are written for a manager's log (a taken port is a
+    problem there), and the doctor says what it found in its own words (a taken port is most likely the
+    manager's forward)."""
+
+    def __init__(self, keeper: Any) -> None:
+        import logging
+
+        self._keeper = keeper
+        self._logger = logging.getLogger("pilot.manager")
+        thread = f"pilot-route-{keeper.name}"
+        self._filter = lambda record: record.threadName != thread
+
+    def start(self) -> None:
+        self._logger.addFilter(self._filter)
+        self._keeper.start()
+
+    def wait_up(self, timeout: float) -> bool:
+        return bool(self._keeper.wait_up(timeout))
+
+    def state(self) -> Any:
+        return self._keeper.state()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._keeper.stop(timeout)
+        self._logger.removeFilter(self._filter)
+
+
+def _route_keeper(name: str, cluster: ClusterConfig, launchpad: Mapping[str, Any]) -> ForwardKeeper:
+    """A keeper of ``cluster``'s ssh route leading to the LaunchPad of ``launchpad`` (this config dir's file)."""
+    from types import SimpleNamespace
+
+    from pilot.manager.routes import RouteKeeper, launchpad_target
+
+    where = SimpleNamespace(host=launchpad.get("host"), port=launchpad.get("port"), uri_mode=launchpad.get("uri_mode"))
+    return _QuietKeeper(RouteKeeper(name, cluster, launchpad_target(where)))
+
+
 # ============================================================================ status
 class _DoctorPrinter:
     """Prints the doctor's checks as they run (a pending line on a terminal, replaced by the result)."""
@@ -39,15 +83,22 @@ class _DoctorPrinter:
         self.live = live
         self.indent = indent
         self.pending = False
+        self.title = ""
 
     def cluster(self, cr: ClusterReport) -> None:
         where = f", {cr.file}" if cr.file else ""
         click.echo(f"\n{cr.name} ({cr.scheduler}, {cr.address}{where})")
 
     def start(self, _cluster: str, _cid: str, title: str) -> None:
+        self.title = title
         if self.live:
             click.echo(f"{self.indent}{'…' if self.fancy else '...'} {title}", nl=False)
             self.pending = True
+
+    def progress(self, _cluster: str, text: str) -> None:
+        """Where a long check is, rewritten in place on the pending line (terminals only)."""
+        if self.live and self.pending:
+            click.echo(f"\r\033[K{self.indent}{'…' if self.fancy else '...'} {self.title}: {text}", nl=False)
 
     def result(self, _cluster: str | None, r: CheckResult) -> None:
         from pilot.checks.doctor import format_check
@@ -64,8 +115,11 @@ class _DoctorPrinter:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (no progress lines).")
 @click.option("--ascii", "ascii_only", is_flag=True, help="Marks [ok]/[FAIL] instead of ✓/✗ (the default when "
               "the output is not a terminal).")
+@click.option("--route-timeout", type=click.FloatRange(min=5), default=180, show_default=True, metavar="SECONDS",
+              help="How long the route check waits for its probe job to start on a compute node (a job still "
+                   "pending then is cancelled, and the check warns).")
 @click.pass_obj
-def doctor(app: Any, cluster: str | None, as_json: bool, ascii_only: bool) -> None:
+def doctor(app: Any, cluster: str | None, as_json: bool, ascii_only: bool, route_timeout: float) -> None:
     """Check everything a cluster needs, one check at a time, with a fix for each failure.
 
     Checks CLUSTER, or every cluster of the config dir. Exit code 0 only if no check failed.
@@ -76,11 +130,13 @@ def doctor(app: Any, cluster: str | None, as_json: bool, ascii_only: bool) -> No
     pr = _DoctorPrinter(fancy, live=fancy and not as_json)
     try:
         if as_json:
-            report = run_doctor(app.config_dir, [cluster] if cluster else None)
+            report = run_doctor(app.config_dir, [cluster] if cluster else None, route_keeper=_route_keeper,
+                                route_timeout=route_timeout)
         else:
             click.echo(f"checking {app.config_dir}" + (f", cluster {cluster}" if cluster else ""))
             report = run_doctor(app.config_dir, [cluster] if cluster else None, on_cluster=pr.cluster,
-                                on_start=pr.start, on_result=pr.result)
+                                on_start=pr.start, on_result=pr.result, on_progress=pr.progress,
+                                route_keeper=_route_keeper, route_timeout=route_timeout)
     except KeyError as e:
         raise click.ClickException(str(e.args[0])) from None
     if as_json:
@@ -155,7 +211,8 @@ def bootstrap(app: Any, cluster: str, wheels: str, db_host: str | None, venv: st
     fancy = _fancy(ascii_only)
     pr = _DoctorPrinter(fancy, live=fancy, indent="      ")
     doc = ClusterDoctor(cluster, cfg.clusters[cluster], job_name_prefix=cfg.pilot.job_name_prefix,
-                        config_dir=app.config_dir)
+                        config_dir=app.config_dir, route_keeper=_route_keeper,
+                        progress=lambda text: pr.progress(cluster, text))
     failed = 0
     with rep.step(f"pilot doctor {cluster}") as ev:
         try:

@@ -20,10 +20,11 @@ import yaml
 
 from tests.manager.helpers import local_cluster, ssh_cluster, write_config
 
-ALL_CHECKS = ["ssh", "scheduler", "work_dir", "setup", "python", "worker", "database", "launchpad_file", "render"]
+ALL_CHECKS = ["ssh", "scheduler", "work_dir", "setup", "python", "worker", "database", "route", "launchpad_file",
+              "render"]
 
 
-def doctor(cfg: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def doctor(cfg: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pilot", "--config-dir", str(cfg), "doctor", *args],
                           capture_output=True, text=True, check=False, timeout=timeout)
 
@@ -70,7 +71,7 @@ def test_healthy_cluster_passes_every_check(env):
     lines = [ln for ln in res.stdout.splitlines() if ln.strip().startswith("[")]
     assert len(lines) == 1 + len(ALL_CHECKS)
     assert all(ln.strip().startswith("[ok]") for ln in lines), res.stdout
-    assert "all 10 checks passed" in res.stdout
+    assert "all 11 checks passed" in res.stdout
     rc, doc = doctor_json(cfg, "pilotci")
     assert rc == 0 and doc["ok"] is True
     got = checks(doc, "pilotci")
@@ -191,6 +192,12 @@ def test_python_without_pilot_and_unreachable_database(env, remote_tmp):
     assert got["database"]["status"] == "fail"
     assert "127.0.0.1:1" in got["database"]["detail"] and "Connection refused" in got["database"]["detail"]
     assert "--db-host" in got["database"]["fix"]
+    # the fix names commands that exist: the server is started on an address (init --host), bootstrap writes it
+    assert f"`pilot --config-dir {cfg} launchpad init --host ADDRESS`" in got["database"]["fix"]
+    assert f"`pilot --config-dir {cfg} bootstrap deaddb`" in got["database"]["fix"]
+    # from the compute node too, nothing listens there
+    assert got["route"]["status"] == "fail"
+    assert "direct: connection refused (127.0.0.1:1)" in got["route"]["detail"]
 
 
 def test_local_cluster_is_checked_on_this_machine(launchpad, tmp_path):
