@@ -387,6 +387,9 @@ def test_bytes_flow_through_the_route_and_a_killed_ssh_is_started_again(route_se
                      what="a new ssh")
     assert state["restarts"] == 1 and _ssh_pids(c.user, port) == [state["pid"]]
     wait_for(lambda: drv.ask("echo 65536")["ok"], timeout=30, interval=0.3, what="bytes through the new ssh")
+    # the watchdog sees the forward listening (it polls for it) and says so
+    wait_for(lambda: f"forwarding again on 127.0.0.1:{port}" in drv.log.read_text(), timeout=30, interval=0.2,
+             what="the watchdog's report of the new forward")
 
     # stopped: no ssh of the route is left
     bye = drv.ask("stop")
