@@ -10,7 +10,9 @@ Three collections, so that ``pilot status`` works from any machine that has the 
 ``pilot_clusters``
     One document per cluster: reachable, last_contact, last_error, failures, backoff_until.
 ``pilot_reruns``
-    One document per Firework the manager put back to READY after its pilot died: count, history.
+    One document per Firework put back to READY after its pilot died under it (``_id`` = fw_id), by the manager
+    or by the worker's requeue: count, history [{time, by, reason, pilot}]. One bound (``max_reruns``) for
+    both; see :mod:`pilot.manager.reruns` for why it is a collection and not a field of the Firework.
 
 Times are epoch seconds (floats).
 """
@@ -98,13 +100,13 @@ class Records:
         doc = self.reruns.find_one({"_id": fw_id})
         return int(doc["count"]) if doc else 0
 
-    def add_rerun(self, fw_id: int, pilot: str, reason: str, now: float) -> int:
-        doc = self.reruns.find_one_and_update(
-            {"_id": fw_id}, {"$inc": {"count": 1}, "$push": {"history": {"pilot": pilot, "reason": reason,
-                                                                         "time": now}}},
-            upsert=True, return_document=True)
-        assert doc is not None  # upsert with return_document=True (AFTER): the document, always
-        return int(doc["count"])
+    def rerun_history(self, fw_id: int) -> list[dict[str, Any]]:
+        """The Firework's reruns, oldest first: {time, by (manager or the worker's name), reason, pilot}.
+
+        Written only by :func:`pilot.manager.reruns.conditional_rerun` and the worker's requeue, after the
+        rerun won, so the history never holds a rerun that did not happen."""
+        doc = self.reruns.find_one({"_id": fw_id}, {"history": 1})
+        return list(doc.get("history") or []) if doc else []
 
     # ------------------------------------------------------------------ manager heartbeat
     def heartbeat(self, info: dict[str, Any], drop: tuple[str, ...] = ()) -> None:

@@ -3,13 +3,15 @@
 Per cluster, one status query for this manager's own pilots, matched to its records by job id, and by job
 name for submissions whose outcome was unknown. Jobs that left the queue are resolved from the scheduler's
 history, then from the exit-code file the pilot script writes; a job found nowhere twice in a row is
-VANISHED. Then, over all clusters: Fireworks still RUNNING under a pilot that ended are put back to READY
-(at most ``max_reruns`` times each, then FIZZLED with the reason, for a person).
+VANISHED. Then, over all clusters: Fireworks still RUNNING or RESERVED under a pilot that ended are put back
+to READY by a compare-and-set (:mod:`pilot.manager.reruns`: a pilot that finished first wins), at most
+``max_reruns`` times each, then FIZZLED with their history, for a person.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pilot.manager.records import ENDED_STATES, SUBMITTING, VANISHED, Records
@@ -17,6 +19,7 @@ from pilot.manager.runtime import ClusterRuntime, CycleReport, ManagerSettings, 
 
 if TYPE_CHECKING:
     from pilot.config import PilotConfig
+    from pilot.manager.reruns import LostLaunch
     from queue_adapters.base import JobStatus
 
 log = logging.getLogger("pilot.manager")
@@ -186,43 +189,88 @@ class Tracker:
                     self.records.update(rec["_id"], unseen_cycles=unseen)
 
     # ================================================================== lost work
+    #: a test hook, called with each :class:`~pilot.manager.reruns.LostLaunch` after the manager's read and
+    #: before its compare-and-set (tests complete the Firework there); None in production
+    before_claim: Callable[[LostLaunch], None] | None = None
+
     def reconcile_lost_work(self, report: CycleReport) -> None:
-        """Rerun the Fireworks still RUNNING under pilots that ended (at most max_reruns times each)."""
-        from fireworks.core.firework import FWAction
+        """Rerun the Fireworks still RUNNING or RESERVED under pilots that ended (conditionally, bounded).
+
+        Each record is guarded on its own: one that fails (a database error, a workflow lock held too long)
+        is logged, stays unreconciled and is tried again next cycle; the others, and the rest of the cycle,
+        go on (issue 16, item 6).
+        """
+        from pilot.manager.reruns import publish_bound
+
+        if not self.dry_run:
+            publish_bound(self.lp.db, int(self.pilot_config.max_reruns))
+        for rec in self.records.ended_unreconciled():
+            try:
+                done = self._reconcile_record(rec, report)
+            except Exception as e:  # noqa: BLE001 - one record must never stop the cycle; retried next cycle
+                log.exception("pilot %s: reconciling its lost work failed (%s: %s); retried next cycle",
+                              rec.get("job_name"), type(e).__name__, e)
+                continue
+            if done and not self.dry_run:
+                self.records.update(rec["_id"], reconciled=True)
+
+    def lost_launches(self, rec: dict[str, Any]) -> list[LostLaunch]:
+        """The launches an ended pilot still holds RUNNING or RESERVED whose Firework is still RUNNING or
+        RESERVED: held by the Firework, or never written into it (``half``: a checkout left half done)."""
+        from pilot.manager.reruns import LostLaunch
+
+        fworker = rec.get("fworker")
+        if not fworker:
+            return []
+        out = []
+        for launch in self.lp.launches.find({"fworker.name": fworker, "state": {"$in": ["RUNNING", "RESERVED"]}},
+                                            {"launch_id": 1, "fw_id": 1, "state": 1}):
+            fw = self.lp.fireworks.find_one({"fw_id": launch["fw_id"]}, {"state": 1, "launches": 1})
+            if not fw or fw.get("state") not in ("RUNNING", "RESERVED"):
+                continue
+            held = launch["launch_id"] in (fw.get("launches") or [])
+            if held and fw.get("state") != launch["state"]:
+                continue
+            why = (f"pilot {rec['job_name']} (job {rec.get('job_id')}) on {rec['cluster']} ended "
+                   f"{rec['state']} while it {'ran' if launch['state'] == 'RUNNING' else 'had reserved'} it")
+            out.append(LostLaunch(int(launch["fw_id"]), int(launch["launch_id"]), str(launch["state"]),
+                                  str(rec["job_name"]), why, half=not held))
+        return out
+
+    def _reconcile_record(self, rec: dict[str, Any], report: CycleReport) -> bool:
+        """Rerun one ended pilot's lost launches; True when all were handled (the record is then done)."""
+        from pilot.manager.reruns import RerunResult, conditional_rerun, release_half_checkout
 
         max_reruns = int(self.pilot_config.max_reruns)
-        for rec in self.records.ended_unreconciled():
-            fworker = rec.get("fworker")
-            if fworker:
-                launches = list(self.lp.launches.find({"fworker.name": fworker, "state": "RUNNING"},
-                                                      {"launch_id": 1, "fw_id": 1}))
-            else:
-                launches = []
-            for launch in launches:
-                fw = self.lp.fireworks.find_one({"fw_id": launch["fw_id"]}, {"state": 1, "launches": 1, "name": 1})
-                if not fw or fw.get("state") != "RUNNING" or launch["launch_id"] not in (fw.get("launches") or []):
-                    continue
-                fw_id = int(launch["fw_id"])
-                why = (f"pilot {rec['job_name']} (job {rec.get('job_id')}) on {rec['cluster']} ended "
-                       f"{rec['state']} while running it")
-                if self.dry_run:
-                    log.info("dry run: would rerun fw %d: %s", fw_id, why)
-                    continue
-                done = self.records.rerun_count(fw_id)
-                if done < max_reruns:
-                    self.records.add_rerun(fw_id, rec["job_name"], why, self.clock())
-                    self.lp.rerun_fw(fw_id)
-                    report.reruns.append(fw_id)
-                    log.warning("fw %d '%s': %s; rerun %d/%d", fw_id, fw.get("name"), why, done + 1, max_reruns)
+        ok = True
+        for lost in self.lost_launches(rec):
+            if self.dry_run:
+                log.info("dry run: would rerun fw %d: %s", lost.fw_id, lost.reason)
+                continue
+            try:
+                if lost.half:
+                    result = release_half_checkout(self.lp, lost)
                 else:
-                    msg = f"{why}; not rerun: it was already rerun {done} times (max_reruns={max_reruns})"
-                    action = FWAction(stored_data={"_message": msg,
-                                                   "_exception": {"_stacktrace": msg, "_details": None}})
-                    self.lp.complete_launch(launch["launch_id"], action, "FIZZLED")
-                    report.fizzled.append(fw_id)
-                    log.error("fw %d '%s': FIZZLED: %s", fw_id, fw.get("name"), msg)
-            if not self.dry_run:
-                self.records.update(rec["_id"], reconciled=True)
+                    result = conditional_rerun(self.lp, lost, max_reruns, now=self.clock(),
+                                               before_claim=self.before_claim)
+            except Exception as e:  # noqa: BLE001 - the pilot's other launches still get their turn
+                log.exception("fw %d: rerun failed (%s: %s); retried next cycle", lost.fw_id, type(e).__name__, e)
+                ok = False
+                continue
+            if result is RerunResult.RERUN:
+                report.reruns.append(lost.fw_id)
+                counted = lost.state == "RUNNING" and not lost.half
+                log.warning("fw %d: %s; back to READY (%s)", lost.fw_id, lost.reason,
+                            f"rerun {self.records.rerun_count(lost.fw_id)}/{max_reruns}" if counted
+                            else "it never ran under that launch: not counted")
+            elif result is RerunResult.FIZZLED:
+                report.fizzled.append(lost.fw_id)
+                log.error("fw %d: FIZZLED: %s; already rerun max_reruns=%d times", lost.fw_id, lost.reason,
+                          max_reruns)
+            else:
+                log.info("fw %d: not rerun: it moved on since it was read (its pilot finished it first)",
+                         lost.fw_id)
+        return ok
 
 
 __all__ = ["Tracker"]
