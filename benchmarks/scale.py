@@ -11,7 +11,7 @@ cluster (``limits: max_queued 1``), cycle 2 is the steady state (one ``squeue`` 
 submit). Reported per cycle: wall time, database commands the manager's client sent (pymongo
 ``CommandListener``) and, on the embedded server, the commands it served and the seconds it spent in them
 (``pilotStats``), plus scheduler calls, and the time spent in the demand aggregation
-(:meth:`Manager.gather_demand`, twice per cycle). Pilots are cancelled afterwards.
+(:meth:`Manager.gather_demand`, once per cycle). Pilots are cancelled afterwards.
 """
 
 from __future__ import annotations

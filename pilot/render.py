@@ -8,6 +8,7 @@ template uses but the context lacks is an error, never an empty gap in a script.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from collections.abc import Callable
@@ -169,6 +170,9 @@ def template_context(cluster: ClusterConfig, cluster_name: str, category: str, j
         "env": dict(cluster.env),
         "worker_argv": cluster.worker_argv,
         "route": route_context(cluster),
+        # one JSON argument (quoted by the template); None when the cluster file gives no fworker_query
+        "fworker_query": (json.dumps(cluster.fworker_query, sort_keys=True, separators=(",", ":"))
+                          if cluster.fworker_query else None),
     }
 
 

@@ -5,11 +5,13 @@ Only click and :mod:`pilot.worker` are imported here, so the pilot's start-up in
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -47,6 +49,20 @@ def _route(target: str | None, port: int | None, key: Path | None, known_hosts: 
                     known_hosts=(known_hosts or Path("~/.pilot/route_known_hosts")).expanduser().absolute())
 
 
+def _query(text: str | None) -> dict[str, Any] | None:
+    """The ``--query`` JSON object (None without it or when empty): refused at once when it is not one, so a
+    broken job script ends the pilot before it takes anything."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.UsageError(f"--query: not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise click.UsageError(f"--query: a JSON object (a MongoDB filter) is needed, got {text!r}")
+    return value or None
+
+
 @click.command("worker")
 @click.option("--launchpad-file", "-l", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="FireWorks LaunchPad file (my_launchpad.yaml) of the database to pull from.")
@@ -77,6 +93,9 @@ def _route(target: str | None, port: int | None, key: Path | None, known_hosts: 
               help="Keep retrying an unreachable database this many seconds before giving up (exit 3).")
 @click.option("--fw-log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
               default="INFO", show_default=True, help="Stream log level of FireWorks' own rocket logger.")
+@click.option("--query", "query_json", metavar="JSON", default=None,
+              help="A FWorker query (a MongoDB filter on the fireworks collection, as a JSON object) ANDed into "
+                   "every pull: the cluster file's fworker_query, passed by the job script.")
 @click.option("--route-ssh", metavar="USER@ADDRESS:PORT", default=None,
               help="Reach the LaunchPad through an ssh forward to this login node (launchpad_route: ssh): the "
                    "worker runs `ssh -N -L` to it and uses the LaunchPad file's credentials and TLS settings "
@@ -92,8 +111,8 @@ def _route(target: str | None, port: int | None, key: Path | None, known_hosts: 
 def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str | None, deadline: float | None,
                    no_deadline: bool, margin: float, idle_timeout: float, grace: float, term_grace: float,
                    launch_dir: Path | None, log_file: Path | None, db_retry_time: float,
-                   fw_log_level: str, route_ssh: str | None, route_port: int | None, route_key: Path | None,
-                   route_known_hosts: Path | None) -> None:
+                   fw_log_level: str, query_json: str | None, route_ssh: str | None, route_port: int | None,
+                   route_key: Path | None, route_known_hosts: Path | None) -> None:
     """Run inside a batch job: pull Fireworks of CATEGORY that fit the time left, until idle or the deadline.
 
     Exit codes: 0 drained normally (idle, deadline, stop signal handled), 2 usage or launchpad-file error,
@@ -115,12 +134,13 @@ def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str 
         if value < 0 or not math.isfinite(value):
             raise click.UsageError(f"{opt} must be a finite number >= 0, got {value:g}")
     route = _route(route_ssh, route_port, route_key, route_known_hosts)
+    query = _query(query_json)
     setup_worker_logging(log_file)
     cfg = WorkerConfig(launchpad_file=launchpad_file, categories=tuple(categories), name=name,
                        deadline=deadline, margin=margin, idle_timeout=idle_timeout, grace=grace,
                        term_grace=term_grace,
                        launch_dir=(launch_dir or Path.cwd()).absolute(), log_file=log_file,
-                       db_retry_time=db_retry_time, fw_log_level=fw_log_level, route=route)
+                       db_retry_time=db_retry_time, fw_log_level=fw_log_level, route=route, query=query)
     try:
         code = Worker(cfg).run()
     except Exception:  # noqa: BLE001 - the last line of defence: say what broke, exit 1

@@ -5,20 +5,21 @@ This is the only room that combines the others: the LaunchPad (demand, lost work
 
 One cycle:
 
-1. demand from the LaunchPad: READY and RUNNING counts of each served ``_category`` (indexed counts) with
-   the mean expected duration of the READY Fireworks that give one (``spec._pilot.walltime``, sampled);
-2. one status query per cluster for this manager's own pilots (matched to its records by job id, and by
+1. one status query per cluster for this manager's own pilots (matched to its records by job id, and by
    job name for submissions whose outcome was unknown); jobs that left the queue are resolved from the
    scheduler's history, then from the exit-code file the pilot script writes;
-3. reconcile: Fireworks still RUNNING under a pilot that ended are put back to READY (at most
+2. reconcile: Fireworks still RUNNING under a pilot that ended are put back to READY (at most
    ``max_reruns`` times each, then FIZZLED with the reason, for a person);
+3. demand from the LaunchPad, once: READY and RUNNING counts of each served ``_category`` (indexed counts),
+   and of the READY ones what a fresh pilot of each cluster could take (:mod:`pilot.manager.demand`: wall
+   time that fits, not pinned to another FWorker), with their mean expected duration (sampled);
 4. the pure policy (:func:`pilot.manager.policy.plan`) decides how many pilots each cluster submits;
 5. submit: render, upload, submit, with the record written *before* the scheduler sees the job.
 
 A cluster that fails (SSH down, scheduler error) is backed off with growing delays and reported; the
 others carry on, and it recovers by itself.
 
-Steps 2 and 3 live in :mod:`pilot.manager.tracking`, the talking to each cluster and its backoff in
+Steps 1 and 2 live in :mod:`pilot.manager.tracking`, the talking to each cluster and its backoff in
 :mod:`pilot.manager.runtime`; this module gathers the demand, decides and submits, once per cycle.
 """
 
@@ -34,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pilot.manager.demand import Demand, PilotOffer, gather_demand
 from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, PilotCounts, plan
 from pilot.manager.records import PENDING_STATES, SUBMIT_FAILED, Records
 from pilot.manager.routes import RouteKeepers
@@ -127,33 +129,23 @@ class Manager:
         return rt
 
     # ================================================================== gather
-    #: READY Fireworks read to estimate the mean expected duration of a category (a sample bounds the cost)
-    DURATION_SAMPLE = 1000
+    def pilot_offers(self) -> list[PilotOffer]:
+        """What a fresh pilot of each cluster would take: its categories, its usable wall time and the cluster
+        file's ``fworker_query``."""
+        return [PilotOffer(cluster=name, categories=tuple(rt.config.categories),
+                           usable_seconds=max(0.0, walltime_seconds(rt.config) - float(rt.config.walltime_margin)),
+                           query=rt.config.fworker_query or None)
+                for name, rt in self.clusters.items()]
 
-    def gather_demand(self) -> dict[str, CategoryDemand]:
-        """READY/RUNNING counts of each category the clusters serve, with the READY Fireworks' expected durations.
+    def gather_demand(self) -> Demand:
+        """The READY work of each category, and of it what a fresh pilot of each cluster could take.
 
         Indexed counts (``state`` and ``spec._category`` are indexed by FireWorks) rather than one ``$group``
         over the collection: on the embedded server a group over 100,000 Fireworks takes minutes, counts take
-        well under a second. The mean duration comes from at most :attr:`DURATION_SAMPLE` READY Fireworks.
+        well under a second. Only work a pilot could take counts (:mod:`pilot.manager.demand`): a Firework
+        longer than any pilot, or pinned to another FWorker, costs no pilot.
         """
-        fws = self.lp.fireworks
-        out: dict[str, CategoryDemand] = {}
-        for cat in sorted({c for rt in self.clusters.values() for c in rt.config.categories}):
-            ready_q = {"state": "READY", "spec._category": cat}
-            ready = fws.count_documents(ready_q)
-            running = fws.count_documents({"state": "RUNNING", "spec._category": cat})
-            known, mean = 0, None
-            if ready:
-                timed_q = {**ready_q, "spec._pilot.walltime": {"$gt": 0}}
-                known = fws.count_documents(timed_q)
-                if known:
-                    sample = [d.get("spec", {}).get("_pilot", {}).get("walltime") for d in
-                              fws.find(timed_q, {"spec._pilot.walltime": 1, "_id": 0}).limit(self.DURATION_SAMPLE)]
-                    values = [float(v) for v in sample if isinstance(v, (int, float)) and v > 0]
-                    mean = sum(values) / len(values) if values else None
-            out[cat] = CategoryDemand(ready=ready, running=running, with_duration=known, mean_duration=mean)
-        return out
+        return gather_demand(self.lp.fireworks, self.pilot_offers())
 
     # ================================================================== track (see pilot.manager.tracking)
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool | None:
@@ -166,7 +158,12 @@ class Manager:
         self.tracking.reconcile_lost_work(report)
 
     # ================================================================== decide
-    def pilot_counts(self, demand: dict[str, CategoryDemand]) -> dict[tuple[str, str], PilotCounts]:
+    def pilot_counts(self, demand: dict[tuple[str, str], CategoryDemand]) -> dict[tuple[str, str], PilotCounts]:
+        """Our live pilots per (cluster, category): pending, running, and running with time for more work.
+
+        ``demand`` is the work a pilot of each cluster could take (:attr:`Demand.by_cluster`): a running pilot
+        counts as serving it while its time left, less the margin, fits that work's mean expected duration.
+        """
         now = self.clock()
         counts: dict[tuple[str, str], dict[str, int]] = {}
         for rec in self.records.live():
@@ -180,7 +177,7 @@ class Manager:
                     c["p"] += 1
             else:
                 c["r"] += 1
-                d = demand.get(rec["category"])
+                d = demand.get((rec["cluster"], rec["category"]))
                 need = max(60.0, d.mean_duration or 0.0) if d else 60.0
                 start = rec.get("start_time") or now
                 left = start + float(rec["walltime"]) - now - float(rec["margin"])
@@ -271,7 +268,6 @@ class Manager:
         self.start_routes()
         t0 = self.clock()
         report = CycleReport(started=t0)
-        report.demand = self.gather_demand()
         now = self.clock()
         for rt in self.clusters.values():
             if not rt.available(now):
@@ -282,10 +278,13 @@ class Manager:
             if self.refresh_cluster(rt, report) and rt.name not in report.errors:
                 rt.ok()
         self.reconcile_lost_work(report)
-        # FWs that ended while we looked may have made others READY: demand as of now
-        report.demand = self.gather_demand()
-        counts = self.pilot_counts(report.demand)
-        report.decisions = plan(report.demand, self.cluster_views(), counts)
+        # counted once, after the pilots and their lost work: work put back to READY, and Fireworks that ended
+        # meanwhile (making others READY), are in it
+        demand = self.gather_demand()
+        report.demand = demand.by_category
+        report.db_queries += demand.queries
+        counts = self.pilot_counts(demand.by_cluster)
+        report.decisions = plan(report.demand, self.cluster_views(), counts, fits=demand.by_cluster)
         for d in report.decisions:
             (log.info if d.submit or d.ready else log.debug)(d.log_line())
             if d.submit <= 0 or self.dry_run:

@@ -41,12 +41,17 @@ class CategoryDemand:
         How many of the READY Fireworks give an expected duration (``spec._pilot.walltime``).
     mean_duration : float | None
         The mean of those durations in seconds (None when none gives one).
+    takeable : int | None
+        How many of the READY Fireworks a fresh pilot of at least one serving cluster could take (wall time
+        that fits, not pinned to another FWorker: :mod:`pilot.manager.demand`); None: all of them. No pilot
+        is planned for the rest: no pilot would take it.
     """
 
     ready: int
     running: int = 0
     with_duration: int = 0
     mean_duration: float | None = None
+    takeable: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,9 @@ class Decision:
     """The plan for one cluster and category: how many pilots to submit, and why.
 
     ``reason`` names what bound the number: ``demand`` (exactly what the work needs), ``covered``
-    (existing pilots take all the work), ``no demand``, ``max_queued``, ``max_running``,
-    ``min_pilots`` or ``backed off``.
+    (existing pilots take all the work), ``no demand``, ``none fit`` (READY work, but none that a pilot of
+    this cluster could take), ``max_queued``, ``max_running``, ``min_pilots`` or ``backed off``.
+    ``fits`` is how many of the ``ready`` Fireworks a fresh pilot of the cluster could take.
     """
 
     cluster: str
@@ -125,10 +131,16 @@ class Decision:
     submit: int
     reason: str
     fireworks_per_pilot: int
+    fits: int | None = None
 
     def log_line(self) -> str:
-        """One line per decision: ``stampede/md: ready=40 pending=2 running=3 -> submit 3 (max_queued)``."""
-        return (f"{self.cluster}/{self.category}: ready={self.ready} pending={self.pending} "
+        """One line per decision: ``stampede/md: ready=40 pending=2 running=3 -> submit 3 (max_queued)``.
+
+        When a pilot of the cluster could not take all the READY work, how many it could take follows the
+        READY count (``ready=1 (0 fit)``): the line then says why no pilot is submitted for the rest.
+        """
+        fit = f" ({self.fits} fit)" if self.fits is not None and self.fits < self.ready else ""
+        return (f"{self.cluster}/{self.category}: ready={self.ready}{fit} pending={self.pending} "
                 f"running={self.running} -> submit {self.submit} ({self.reason})")
 
 
@@ -159,8 +171,22 @@ def _preference(cluster: ClusterView) -> tuple[float, str]:
     return (wait, cluster.name)
 
 
+def _rooms(clusters: list[ClusterView], pilots: dict[tuple[str, str], PilotCounts]) -> tuple[dict[str, int],
+                                                                                              dict[str, int]]:
+    """Room left on each cluster under ``max_queued`` and ``max_running``, shared by all its categories."""
+    queued_room: dict[str, int] = {}
+    live_room: dict[str, int] = {}
+    for k in clusters:
+        pend = sum(p.pending for (cn, _), p in pilots.items() if cn == k.name)
+        live = sum(p.pending + p.running for (cn, _), p in pilots.items() if cn == k.name)
+        queued_room[k.name] = max(0, k.limits.max_queued - pend)
+        live_room[k.name] = max(0, k.limits.max_running - live)
+    return queued_room, live_room
+
+
 def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
-         pilots: dict[tuple[str, str], PilotCounts]) -> list[Decision]:
+         pilots: dict[tuple[str, str], PilotCounts],
+         fits: dict[tuple[str, str], CategoryDemand] | None = None) -> list[Decision]:
     """Decide how many pilots each cluster submits for each category.
 
     Parameters
@@ -171,29 +197,26 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
         Every configured cluster.
     pilots : dict[tuple[str, str], PilotCounts]
         Our live pilots per (cluster, category); missing keys mean none.
+    fits : dict[tuple[str, str], CategoryDemand] | None
+        Per (cluster, category), the READY work a fresh pilot of that cluster could take
+        (:func:`pilot.manager.demand.gather_demand`); a missing key (or None) means all of ``demand``. A
+        cluster is planned only for what its pilots could take, and ``demand[c].takeable`` bounds what all
+        clusters together plan for, so that no pilot is submitted for work none would take.
 
     Returns
     -------
     list[Decision]
         One decision per (cluster, category served), in a stable order (category, then preference).
     """
-    # room left on each cluster, shared by all its categories
-    queued_room: dict[str, int] = {}
-    live_room: dict[str, int] = {}
-    for k in clusters:
-        pend = sum(p.pending for (cn, _), p in pilots.items() if cn == k.name)
-        live = sum(p.pending + p.running for (cn, _), p in pilots.items() if cn == k.name)
-        queued_room[k.name] = max(0, k.limits.max_queued - pend)
-        live_room[k.name] = max(0, k.limits.max_running - live)
-
-    categories = sorted({c for k in clusters for c in k.categories})
+    queued_room, live_room = _rooms(clusters, pilots)
     decisions: list[Decision] = []
-    for cat in categories:
+    for cat in sorted({c for k in clusters for c in k.categories}):
         d = demand.get(cat, CategoryDemand(ready=0))
         serving = sorted((k for k in clusters if cat in k.categories), key=_preference)
-        fpp = {k.name: fireworks_per_pilot(k, d) for k in serving}
+        here = {k.name: (fits or {}).get((k.name, cat), d) for k in serving}
+        fpp = {k.name: fireworks_per_pilot(k, here[k.name]) for k in serving}
         # what existing pilots (every cluster) will take: demand is never counted twice
-        unserved = d.ready
+        unserved = d.ready if d.takeable is None else min(d.ready, d.takeable)
         for k in serving:
             p = pilots.get((k.name, cat), PilotCounts())
             unserved -= (p.pending + p.running_with_time) * fpp[k.name]
@@ -202,27 +225,37 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
         for k in serving:
             p = pilots.get((k.name, cat), PilotCounts())
             base: dict[str, Any] = dict(cluster=k.name, category=cat, ready=d.ready, pending=p.pending,
-                                        running=p.running, fireworks_per_pilot=fpp[k.name])
+                                        running=p.running, fireworks_per_pilot=fpp[k.name],
+                                        fits=here[k.name].ready)
             if not k.available:
                 decisions.append(Decision(submit=0, reason="backed off", **base))
                 continue
-            need = math.ceil(unserved / fpp[k.name]) if unserved > 0 else 0
+            # of the unserved work, only what a pilot here could take (less what our pilots here will take)
+            cap = min(unserved, max(0, here[k.name].ready - (p.pending + p.running_with_time) * fpp[k.name]))
+            need = math.ceil(cap / fpp[k.name]) if cap > 0 else 0
             floor = max(0, k.limits.min_pilots - (p.pending + p.running))
             want = max(need, floor)
             room_q, room_l = queued_room[k.name], live_room[k.name]
             n = min(want, room_q, room_l)
-            if want == 0:
-                # nothing to add: no READY work, or the pilots already there (here or on preferred
-                # clusters, including the ones just planned) will take all of it
-                reason = "no demand" if d.ready == 0 else "covered"
-            elif n < want:
-                reason = "max_queued" if room_q <= room_l else "max_running"
-            elif floor > need:
-                reason = "min_pilots"
-            else:
-                reason = "demand"
+            reason = _reason(d, here[k.name], want, n, need, floor, room_q, room_l)
             queued_room[k.name] -= n
             live_room[k.name] -= n
             unserved = max(0, unserved - n * fpp[k.name])
             decisions.append(Decision(submit=n, reason=reason, **base))
     return decisions
+
+
+def _reason(d: CategoryDemand, here: CategoryDemand, want: int, n: int, need: int, floor: int, room_q: int,
+            room_l: int) -> str:
+    """What bound the number of pilots of one decision (see :class:`Decision`)."""
+    if want == 0:
+        # nothing to add: no READY work, none a pilot here could take, or the pilots already there (here or
+        # on preferred clusters, including the ones just planned) will take all of it
+        if d.ready == 0:
+            return "no demand"
+        return "none fit" if here.ready == 0 else "covered"
+    if n < want:
+        return "max_queued" if room_q <= room_l else "max_running"
+    if floor > need:
+        return "min_pilots"
+    return "demand"

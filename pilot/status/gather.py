@@ -151,6 +151,7 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
     pending_total, pending = _pending_long(q, now, opts)
     lost = _lost_runs(q, opts)
     too_long = _too_long(q, categories, by_cluster, opts)
+    warnings = [*warnings, *_pinned(q, categories, opts)]
     return StatusReport(
         generated_at=now, launchpad=launchpad_info or {"host": None, "name": getattr(db, "name", None)},
         config_dir=str(config.config_dir) if config is not None else None, options=opts,
@@ -525,6 +526,37 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
         longest = _num(((top[0].get("spec") or {}).get("_pilot") or {}).get("walltime")) if top else None
         out.append(TooLong(category=str(cat.name), count=total, longest=longest or best, usable=best,
                            clusters=list(cat.served_by), fw_ids=[int(d["fw_id"]) for d in docs]))
+    return out
+
+
+def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions) -> list[str]:
+    """READY Fireworks of served categories pinned (``spec._fworker``) to a name no live pilot has.
+
+    FireWorks gives a pinned Firework only to the FWorker of that name; pilots are named ``CLUSTER-JOBID``, a
+    name known only once the job exists, so the manager counts such work as demand nowhere
+    (:mod:`pilot.manager.demand`) and it waits for ever unless someone says so: here, as one line each.
+    """
+    served = [str(c.name) for c in categories
+              if c.name not in (None, OTHER_CATEGORIES) and c.served_by and c.count("READY")]
+    if not served:
+        return []
+    live = sorted({str(d["fworker"]) for d in q.find("pilots", {"state": {"$in": list(LIVE_STATES)}},
+                                                     {"fworker": 1}) if d.get("fworker")})
+    query = {"state": "READY", "spec._category": {"$in": served}, "spec._fworker": {"$nin": [None, *live]}}
+    docs = q.find("fireworks", query, {"fw_id": 1, "spec._category": 1, "spec._fworker": 1}, sort=[("fw_id", 1)],
+                  limit=max(opts.limit, 1) * 10)
+    by_cat: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        by_cat.setdefault(str((d.get("spec") or {}).get("_category")), []).append(d)
+    out = []
+    for cat, items in sorted(by_cat.items()):
+        names = sorted({str((d.get("spec") or {}).get("_fworker")) for d in items})
+        ids = ", ".join(str(d["fw_id"]) for d in items[:opts.limit]) + (" ..." if len(items) > opts.limit else "")
+        more = " or more" if len(docs) >= max(opts.limit, 1) * 10 else ""
+        out.append(f"category {cat}: {len(items)}{more} READY "
+                   f"Firework(s) pinned to FWorker {', '.join(names)} (spec._fworker), which no live pilot is "
+                   "named (pilots are CLUSTER-JOBID): no pilot will take them and none is submitted for them. "
+                   f"Remove spec._fworker, or run them with that FWorker (fw {ids})")
     return out
 
 

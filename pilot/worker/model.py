@@ -7,7 +7,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pilot.worker.tunnel import SshRoute
@@ -70,6 +70,8 @@ class WorkerConfig:
     fw_log_level: str = "INFO"
     #: the ssh route to the LaunchPad (``--route-ssh`` ...); None: connect to the LaunchPad file's address
     route: SshRoute | None = None
+    #: a FWorker query ANDed into every pull (``--query``: the cluster file's ``fworker_query``); None: none
+    query: dict[str, Any] | None = None
 
     @property
     def stop_at(self) -> float | None:

@@ -108,6 +108,10 @@ class Worker:
             # {"field": None} matches a missing field and an explicit null ("fits anything").
             query = {"$or": [{"spec._pilot.walltime": None},
                              {"spec._pilot.walltime": {"$lte": available}}]}
+        if self.cfg.query:
+            # the cluster file's fworker_query (--query), ANDed with ours. No top-level "$or" beside a "$and":
+            # FireWorks' FWorker.query would then extend that "$and" list in place, at every read
+            query = {"$and": [dict(self.cfg.query), *([query] if query else [])]}
         if self._crashed:
             # a Firework whose process died in this pilot is left to other pilots (no crash loop here)
             query["fw_id"] = {"$nin": sorted(self._crashed)}

@@ -1,0 +1,292 @@
+"""Demand counts only what a pilot of the cluster can take (issue 16, items 10-12).
+
+Wall time that fits (``spec._pilot.walltime`` <= the pilot's wall time minus ``walltime_margin``), and no
+``_fworker`` pin (pilots are named CLUSTER-JOBID, known only once the job exists). A READY Firework no pilot
+can take costs no pilot, and ``pilot status`` says why. The demand is counted once per cycle.
+
+The expected numbers come from the cluster files written here (wall time 90 s, margin 20 s: 70 s usable),
+not from the code under test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fireworks import Firework, ScriptTask, Workflow
+
+from pilot.config import load_config
+from pilot.manager.cycle import Manager
+from pilot.manager.demand import PilotOffer, gather_demand
+from pilot.manager.policy import CategoryDemand, ClusterView, PilotCounts, plan
+from pilot.status.format import format_status
+from pilot.status.gather import gather_status
+from tests.helpers import wait_for
+from tests.manager.helpers import completed_launches_per_fw, fw_states, local_cluster, run_cycles_until, write_config
+
+SHORT_WALLTIME, SHORT_MARGIN = 90, 20          # a pilot of "short" can take Fireworks of up to 70 s
+SEGMENT = 14400                                 # a 4-hour MD segment's spec._pilot.walltime
+
+
+def add_fw(lp: Any, category: str = "md", walltime: float | None = None, fworker: str | None = None,
+           name: str = "fw", **extra: Any) -> int:
+    spec: dict[str, Any] = {"_category": category, **extra}
+    if walltime is not None:
+        spec["_pilot"] = {"walltime": walltime}
+    if fworker is not None:
+        spec["_fworker"] = fworker
+    fw = Firework([ScriptTask.from_str("true")], spec=spec, name=name)
+    lp.add_wf(Workflow([fw]))
+    return int(fw.fw_id)
+
+
+def state(lp: Any, fw_id: int) -> str:
+    return str(lp.fireworks.find_one({"fw_id": fw_id}, {"state": 1})["state"])
+
+
+@pytest.fixture
+def env(tmp_path: Path, launchpad: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    monkeypatch.setenv("PILOT_LOCAL_STATE", str(tmp_path / "work" / "localsched"))
+    lp_file = tmp_path / "my_launchpad.yaml"
+    launchpad.to_file(str(lp_file))
+    yield tmp_path, lp_file
+    # stop every local pilot still alive (tests/manager/test_local.py does the same)
+    from pilot import localsched
+
+    for line in localsched.status([]):
+        jid, state = line.split("|")[:2]
+        if state in ("PENDING", "RUNNING"):
+            localsched.cancel([jid])
+    for line in localsched.status([]):
+        jid = line.split("|")[0]
+        wait_for(lambda j=jid: localsched.status([j])[0].split("|")[1] not in ("PENDING", "RUNNING"), 20, 0.2)
+
+
+def short_cluster(tmp: Path, lp_file: Path, **over: Any) -> dict[str, Any]:
+    return local_cluster(tmp / "work", lp_file, ["md"], pilot={"walltime": SHORT_WALLTIME},
+                         walltime_margin=SHORT_MARGIN, **over)
+
+
+class CountingFireworks:
+    """The ``fireworks`` collection, counting each query by its filter (to see how often demand is asked)."""
+
+    def __init__(self, coll: Any) -> None:
+        self.coll = coll
+        self.counts: list[dict[str, Any]] = []
+
+    def count_documents(self, query: dict[str, Any], *a: Any, **kw: Any) -> int:
+        self.counts.append(query)
+        return int(self.coll.count_documents(query, *a, **kw))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.coll, name)
+
+
+# ---------------------------------------------------------------------------------------------- the counts
+def test_demand_counts_only_what_a_pilot_of_each_cluster_can_take(launchpad):
+    lp = launchpad
+    add_fw(lp, walltime=SEGMENT)
+    add_fw(lp, walltime=SEGMENT)
+    add_fw(lp, walltime=30)                       # fits 70 s
+    add_fw(lp, walltime=70)                       # fits exactly
+    add_fw(lp)                                    # no duration: fits anything (the worker's rule)
+    add_fw(lp, fworker="short-123")               # pinned: demand nowhere
+    add_fw(lp, walltime=30, fworker="elsewhere")  # pinned
+    add_fw(lp, category="post")
+    offers = [PilotOffer("short", ("md",), 70.0), PilotOffer("long", ("md", "post"), 20000.0 - 600.0)]
+    d = gather_demand(lp.fireworks, offers)
+    assert d.by_category["md"].ready == 7
+    assert d.by_category["md"].takeable == 5      # the long cluster's pilots take every unpinned one
+    assert d.by_cluster[("short", "md")].ready == 3
+    assert d.by_cluster[("short", "md")].with_duration == 2
+    assert d.by_cluster[("short", "md")].mean_duration == pytest.approx(50.0)
+    assert d.by_cluster[("long", "md")].ready == 5
+    assert d.by_cluster[("long", "md")].mean_duration == pytest.approx((SEGMENT * 2 + 30 + 70) / 4)
+    assert d.by_cluster[("long", "post")].ready == 1
+    assert ("short", "post") not in d.by_cluster
+    assert d.queries > 0
+
+
+def test_demand_matches_what_the_worker_pulls(launchpad):
+    """For unpinned Fireworks the demand query and the worker's FWorker query select the same Fireworks."""
+    from fireworks.core.fworker import FWorker
+
+    lp = launchpad
+    for wt in (None, 10, 69.5, 70, 70.5, SEGMENT):
+        add_fw(lp, walltime=wt)
+    # the worker's query for a fresh pilot with 70 s left (pilot/worker/supervisor.py, Worker.fworker)
+    worker_q = FWorker(name="short-1", category="md", query={"$or": [{"spec._pilot.walltime": None},
+                                                                    {"spec._pilot.walltime": {"$lte": 70.0}}]})
+    pulled = {d["fw_id"] for d in lp.fireworks.find({"state": "READY", **worker_q.query}, {"fw_id": 1})}
+    d = gather_demand(lp.fireworks, [PilotOffer("short", ("md",), 70.0)])
+    assert d.by_cluster[("short", "md")].ready == len(pulled) == 4
+
+
+# ---------------------------------------------------------------------------------------------- the policy
+def test_plan_gives_no_pilot_for_work_no_pilot_can_take():
+    k = ClusterView(name="short", categories=("md",), usable_seconds=70.0, fireworks_per_pilot=1)
+    d = plan({"md": CategoryDemand(ready=3, takeable=0)}, [k], {},
+             fits={("short", "md"): CategoryDemand(ready=0)})[0]
+    assert (d.submit, d.reason, d.fits) == (0, "none fit", 0)
+    assert d.log_line() == "short/md: ready=3 (0 fit) pending=0 running=0 -> submit 0 (none fit)"
+
+
+def test_plan_sends_long_work_to_the_cluster_that_can_take_it():
+    # "short" is preferred (shorter queue wait) but takes only 2 of the 6; "long" takes all 6
+    short = ClusterView(name="short", categories=("md",), usable_seconds=70.0, queue_wait=1.0)
+    long = ClusterView(name="long", categories=("md",), usable_seconds=19400.0, queue_wait=100.0)
+    fits = {("short", "md"): CategoryDemand(ready=2), ("long", "md"): CategoryDemand(ready=6)}
+    out = {x.cluster: x for x in plan({"md": CategoryDemand(ready=6, takeable=6)}, [short, long], {}, fits=fits)}
+    assert (out["short"].submit, out["short"].reason) == (2, "demand")
+    assert (out["long"].submit, out["long"].reason) == (4, "demand")
+    # a pending pilot on "short" already serves both short ones: "long" gets only the 4 long ones
+    pilots = {("short", "md"): PilotCounts(pending=2)}
+    out = {x.cluster: x for x in plan({"md": CategoryDemand(ready=6, takeable=6)}, [short, long], pilots,
+                                      fits=fits)}
+    assert (out["short"].submit, out["short"].reason) == (0, "covered")
+    assert (out["long"].submit, out["long"].reason) == (4, "demand")
+
+
+def test_plan_keeps_min_pilots_even_when_nothing_fits():
+    from pilot.manager.policy import ClusterLimits
+
+    k = ClusterView(name="short", categories=("md",), usable_seconds=70.0, limits=ClusterLimits(min_pilots=1))
+    d = plan({"md": CategoryDemand(ready=3, takeable=0)}, [k], {}, fits={("short", "md"): CategoryDemand(ready=0)})[0]
+    assert (d.submit, d.reason) == (1, "min_pilots")
+
+
+# ---------------------------------------------------------------------------------------------- must show
+def test_four_hour_segments_on_90_s_pilots_cost_no_pilot_and_status_says_why(env, launchpad):
+    tmp, lp_file = env
+    cfg = load_config(write_config(tmp / "cfg", lp_file, {"short": short_cluster(tmp, lp_file)}))
+    ids = [add_fw(launchpad, walltime=SEGMENT, name=f"seg-{i}") for i in range(3)]
+    mgr = Manager(cfg, launchpad)
+    counting = CountingFireworks(launchpad.fireworks)
+    mgr.lp = type("LP", (), {"fireworks": counting, "db": launchpad.db})()
+    for _ in range(10):
+        n_before = len(counting.counts)
+        rep = mgr.run_cycle()
+        assert rep.submitted == []
+        assert [(d.cluster, d.category, d.ready, d.fits, d.submit, d.reason) for d in rep.decisions] == \
+            [("short", "md", 3, 0, 0, "none fit")]
+        assert rep.decisions[0].log_line() == "short/md: ready=3 (0 fit) pending=0 running=0 -> submit 0 (none fit)"
+        # the demand is counted once per cycle (issue 16 item 12), and the cycle says how many queries it ran
+        ready_q = {"state": "READY", "spec._category": "md"}
+        assert counting.counts[n_before:].count(ready_q) == 1
+        assert rep.db_queries >= len(counting.counts) - n_before > 0
+    assert launchpad.db["pilots"].count_documents({}) == 0
+    assert fw_states(launchpad) == {"READY": 3}
+
+    report = gather_status(launchpad.db, cfg)
+    [t] = report.too_long
+    assert (t.category, t.count, t.longest, t.usable, t.clusters) == \
+        ("md", 3, float(SEGMENT), float(SHORT_WALLTIME - SHORT_MARGIN), ["short"])
+    assert t.fw_ids == sorted(ids)
+    text = format_status(report)
+    assert "no pilot will take them" in text
+    assert "more than 1 min 10 s (spec._pilot.walltime up to 4 h)" in text
+
+
+def test_pinned_fireworks_cost_no_pilot(env, launchpad):
+    tmp, lp_file = env
+    cfg = load_config(write_config(tmp / "cfg", lp_file, {"short": short_cluster(tmp, lp_file)}))
+    # pins no pilot can carry: another machine's FWorker, and a name of the pilots' own form (CLUSTER-JOBID)
+    add_fw(launchpad, walltime=30, fworker="my-laptop")
+    add_fw(launchpad, walltime=30, fworker="short-4242")
+    mgr = Manager(cfg, launchpad)
+    for _ in range(3):
+        rep = mgr.run_cycle()
+        assert rep.submitted == []
+        assert [(d.ready, d.fits, d.submit, d.reason) for d in rep.decisions] == [(2, 0, 0, "none fit")]
+    assert launchpad.db["pilots"].count_documents({}) == 0
+    # pilot status says why they wait
+    report = gather_status(launchpad.db, cfg)
+    [w] = report.warnings
+    assert w.startswith("category md: 2 READY Firework(s) pinned to FWorker my-laptop, short-4242 (spec._fworker)")
+    assert "no pilot will take them" in w
+    assert f"warning: {w}" in format_status(report)
+    # an unpinned Firework beside them is demand: one pilot for it, not three (a dry run: decide only)
+    add_fw(launchpad, walltime=30)
+    mgr.dry_run = True
+    [d] = mgr.run_cycle().decisions
+    assert (d.ready, d.fits, d.submit, d.reason) == (3, 1, 1, "demand")
+
+
+def test_two_clusters_long_work_goes_only_where_it_fits(env, launchpad):
+    tmp, lp_file = env
+    cfg = load_config(write_config(tmp / "cfg", lp_file, {
+        "short": short_cluster(tmp, lp_file),
+        "long": local_cluster(tmp / "work2", lp_file, ["md"], pilot={"walltime": 20000}, walltime_margin=600,
+                              fireworks_per_pilot=1)}))
+    for i in range(2):
+        add_fw(launchpad, walltime=SEGMENT, name=f"seg-{i}")
+    mgr = Manager(cfg, launchpad, dry_run=True)
+    out = {d.cluster: d for d in mgr.run_cycle().decisions}
+    # each 4-hour segment fills a 20000 s pilot (19400 s usable): one pilot per segment, all on "long"
+    assert (out["long"].fits, out["long"].submit, out["long"].reason) == (2, 2, "demand")
+    assert (out["short"].fits, out["short"].submit, out["short"].reason) == (0, 0, "none fit")
+
+
+# ---------------------------------------------------------------------------------------------- fworker_query
+def test_fworker_query_bounds_demand_and_what_the_pilots_take(env, launchpad, monkeypatch):
+    """The cluster file's fworker_query is ANDed into the demand and reaches the worker (``--query``): the
+    one pilot takes the matching Firework and leaves the other READY."""
+    tmp, lp_file = env
+    # render with this checkout's templates (an installed copy elsewhere may be older than the code under test)
+    monkeypatch.setitem(sys.modules, "pilot.templates", importlib.import_module("templates"))
+    cfg = load_config(write_config(tmp / "cfg", lp_file, {"short": short_cluster(
+        tmp, lp_file, fworker_query={"spec.site": {"$in": ["short", "any"]}}, fireworks_per_pilot=1)}))
+    mine = add_fw(launchpad, walltime=5, site="short", name="mine")
+    other = add_fw(launchpad, walltime=5, site="elsewhere", name="other")
+    add_fw(launchpad, walltime=5, name="untagged")     # no spec.site: the query does not match it either
+    mgr = Manager(cfg, launchpad)
+    first = mgr.run_cycle()
+    [d] = first.decisions
+    assert (d.ready, d.fits, d.submit, d.reason) == (3, 1, 1, "demand")
+    [sub] = first.submitted
+    text = (tmp / "work" / "scripts" / f"{sub['job_name']}.sh").read_text()
+    assert """--query '{"spec.site":{"$in":["short","any"]}}'""" in text
+    run_cycles_until(mgr, lambda: state(launchpad, mine) == "COMPLETED", timeout=90)
+    run_cycles_until(mgr, lambda: launchpad.db["pilots"].count_documents(
+        {"state": {"$in": ["SUBMITTING", "PENDING", "RUNNING"]}}) == 0, timeout=60)
+    assert completed_launches_per_fw(launchpad).get(other, 0) == 0
+    assert state(launchpad, other) == "READY"
+    assert launchpad.db["pilots"].count_documents({}) == 1
+
+
+def test_fworker_query_must_be_plain_json(env):
+    from pilot.config import ConfigError
+
+    tmp, lp_file = env
+    cdir = write_config(tmp / "cfg", lp_file, {"short": short_cluster(
+        tmp, lp_file, fworker_query={"$where": "this.x == 1"})})
+    with pytest.raises(ConfigError) as e:
+        load_config(cdir)
+    assert "fworker_query" in str(e.value) and "$where" in str(e.value)
+
+
+def test_worker_query_ands_the_cluster_query_and_stays_the_same_on_every_read(launchpad, tmp_path):
+    """``pilot worker --query``: ANDed with the wall-time filter; FireWorks' ``FWorker.query`` extends a top-level
+    ``$and`` in place when it also sees ``$or``, so the worker must not hand it both (the query would grow)."""
+    from pilot.worker import Worker, WorkerConfig
+
+    lp = launchpad
+    fits = add_fw(lp, walltime=30, site="beta")
+    add_fw(lp, walltime=30, site="alpha")                # the cluster query says no
+    add_fw(lp, walltime=SEGMENT, site="beta")            # too long for 70 s
+    add_fw(lp, site="beta", fworker="beta-1")            # pinned to another worker
+    mine = add_fw(lp, site="beta", fworker="beta-2")     # pinned to this worker: FireWorks gives it to us
+    w = Worker(WorkerConfig(launchpad_file=tmp_path / "lp.yaml", categories=("md",), name="beta-2", deadline=None,
+                            query={"spec.site": "beta"}))
+    fworker = w.fworker(70.0)
+    first = fworker.query
+    assert fworker.query == first                        # reading it twice changes nothing
+    got = {d["fw_id"] for d in lp.fireworks.find({"state": "READY", **first}, {"fw_id": 1})}
+    assert got == {fits, mine}
+    # the demand for a fresh pilot of that cluster: the same, less the pinned one
+    d = gather_demand(lp.fireworks, [PilotOffer("beta", ("md",), 70.0, query={"spec.site": "beta"})])
+    assert d.by_cluster[("beta", "md")].ready == 1
