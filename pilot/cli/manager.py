@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -22,12 +22,14 @@ from pilot.manager.daemon import (
     lock_paths,
     read_pid,
     release_lock,
+    write_pidfile,
 )
 
 if TYPE_CHECKING:
     from pilot.cli import AppContext
     from pilot.config import Config
     from pilot.launchpad.files import LaunchPadFile
+    from pilot.manager.lease import Lease
     from pilot.manager.runtime import CycleReport
 
 log = logging.getLogger("pilot.manager")
@@ -94,18 +96,36 @@ def manager() -> None:
 @click.pass_obj
 def run_cmd(obj: AppContext, once: bool, dry_run: bool, as_json: bool) -> None:
     """Run the manager in the foreground (SIGTERM finishes the current cycle, then exits)."""
+    config, lp, lpf = load_manager_inputs(obj, interactive=False)
+    lock, lease = (None, None) if dry_run else _take_lock_and_lease(obj, lp, lpf, config)
+    try:   # whatever fails from here on, a clean exit releases the lease: the next manager need not wait it out
+        lost = _run_manager(obj, config, lp, lease, once=once, dry_run=dry_run, as_json=as_json)
+    finally:
+        if lease is not None:
+            lease.release()
+        if lock is not None:
+            release_lock(obj.config_dir, lock)
+    if lost:
+        raise click.ClickException(lost[0])
+
+
+def _run_manager(obj: AppContext, config: Config, lp: Any, lease: Lease | None, *, once: bool, dry_run: bool,
+                 as_json: bool) -> list[str]:
+    """Build the :class:`~pilot.manager.cycle.Manager` and cycle until SIGTERM (or once); the reason the lease was
+    lost, if it was (the manager then stops at the end of its cycle: another manager acts on this LaunchPad)."""
     from pilot.manager.cycle import Manager
 
-    config, lp, _ = load_manager_inputs(obj, interactive=False)
-    try:
-        lock = None if dry_run else acquire_lock(obj.config_dir)
-    except ManagerRunningError as e:
-        raise click.ClickException(str(e)) from None
     _file_logging(Path(os.path.expanduser(str(config.pilot.log_dir))), obj.config_dir)
     mgr = Manager(config, lp, dry_run=dry_run)
+    lost: list[str] = []
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("received %s: finishing the current cycle, then exiting", signal.Signals(signum).name)
+        mgr.stop_event.set()
+
+    def _lost(reason: str) -> None:
+        log.error("%s: stopping, so that two managers never act on one LaunchPad", reason)
+        lost.append(reason)
         mgr.stop_event.set()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -120,6 +140,8 @@ def run_cmd(obj: AppContext, once: bool, dry_run: bool, as_json: bool) -> None:
         for name, err in report.errors.items():
             click.echo(f"{name}: ERROR: {err}", err=True)
 
+    if lease is not None:
+        lease.start_renewing(float(config.pilot.poll_interval), _lost)
     try:
         log.info("manager started (pid %d, config %s, %d clusters%s)", os.getpid(), obj.config_dir,
                  len(config.clusters), ", dry run" if dry_run else "")
@@ -130,8 +152,36 @@ def run_cmd(obj: AppContext, once: bool, dry_run: bool, as_json: bool) -> None:
         log.info("manager stopped")
     finally:
         mgr.close()
-        if lock is not None:
-            release_lock(obj.config_dir, lock)
+    return lost
+
+
+def _take_lock_and_lease(obj: AppContext, lp: Any, lpf: LaunchPadFile, config: Config) -> tuple[IO[str], Lease]:
+    """The config dir's lock, then the LaunchPad's lease (:mod:`pilot.manager.lease`), then the pidfile.
+
+    The lock keeps a second manager of this config dir out (and gives ``stop``/``status`` the pidfile); the lease
+    keeps out a manager of any other config dir or host on the same LaunchPad. The pidfile comes last, so that
+    ``pilot manager start`` (which waits for it) reports a refused manager as refused, with its message.
+    """
+    import pymongo.errors
+
+    from pilot.launchpad.files import database_error
+    from pilot.manager.lease import LEASE_INTERVALS, Lease, LeaseHeldError
+
+    try:
+        lock = acquire_lock(obj.config_dir, write_pid=False)
+    except ManagerRunningError as e:
+        raise click.ClickException(str(e)) from None
+    lease = Lease(lp.db, obj.config_dir, LEASE_INTERVALS * float(config.pilot.poll_interval))
+    try:
+        lease.acquire()
+    except LeaseHeldError as e:
+        release_lock(obj.config_dir, lock)
+        raise click.ClickException(str(e)) from None
+    except pymongo.errors.PyMongoError as e:
+        release_lock(obj.config_dir, lock)
+        raise click.ClickException(str(database_error(e, lp, lpf))) from None
+    write_pidfile(obj.config_dir)
+    return lock, lease
 
 
 @manager.command("start")
@@ -192,16 +242,18 @@ def _heartbeat(obj: AppContext) -> dict[str, Any]:
     import pymongo.errors
 
     from pilot.launchpad.files import database_error
+    from pilot.manager.lease import read_holder
 
     _, lp, lpf = load_manager_inputs(obj)
     try:
         hb = lp.db["pilot_manager"].find_one({"_id": "manager"}) or {}
+        holder = read_holder(lp.db)
     except pymongo.errors.PyMongoError as e:
         raise click.ClickException(str(database_error(e, lp, lpf))) from None
     finally:
         lp.connection.close()
     return {"last_cycle": hb.get("last_cycle"), "last_cycle_duration": hb.get("last_cycle_duration"),
-            "errors": hb.get("errors") or {}}
+            "errors": hb.get("errors") or {}, "lease": holder.to_dict() if holder else None}
 
 
 @manager.command("status")
@@ -221,6 +273,14 @@ def status_cmd(obj: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(info, default=str))
         return
     click.echo(f"manager: {f'running (pid {pid})' if running else 'not running'}")
+    if info.get("lease"):
+        from pilot.manager.lease import LeaseHolder
+
+        holder = LeaseHolder.from_doc(info["lease"])
+        state = "held by" if not holder.expired() else "left by (expired: free to take)"
+        click.echo(f"LaunchPad lease: {state} {holder.describe()}")
+    elif "error" not in info:
+        click.echo("LaunchPad lease: free (no manager runs on this LaunchPad)")
     if info.get("last_cycle"):
         ago = time.time() - float(info["last_cycle"])
         click.echo(f"last cycle: {ago:.0f} s ago, took {info['last_cycle_duration']:.1f} s")

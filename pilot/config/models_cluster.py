@@ -35,6 +35,26 @@ from pilot.config.units import (
 __all__ = ["ClusterConfig", "Limits", "PilotResources"]
 
 
+def check_zone_name(v: str) -> str:
+    """``timezone``: a name zoneinfo knows, checked when the file loads, since a typo would otherwise shift every
+    start time, time left and queue wait of the cluster by hours, silently (issue 16)."""
+    import difflib
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(v)
+        return v
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    names = sorted(zoneinfo.available_timezones())
+    same = [n for n in names if n.lower() == v.lower()]   # utc, europe/berlin: only the case is wrong
+    close = same or difflib.get_close_matches(v, names, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise field_error(f"{v!r} is not a time zone name{hint}: write an IANA name such as Europe/Berlin, "
+                      "America/Chicago or UTC (the zone the cluster's scheduler prints its times in), or "
+                      "null for this machine's zone")
+
+
 class PilotResources(BaseModel):
     """The ``pilot:`` section of a cluster file: what each pilot job asks the scheduler for."""
 
@@ -182,9 +202,17 @@ class ClusterConfig(BaseModel):
                                    examples=[30])
     command_timeout: float = Field(120.0, gt=0, description="Seconds any one remote command (sbatch, squeue, "
                                    "...) may take before it counts as failed.", examples=[120])
+    timezone: str | None = Field(None, description="IANA time zone in which the cluster's scheduler prints its "
+                                 "times (PBS and LSF print local times without a zone), e.g. Europe/Berlin; null: "
+                                 "the time zone of the machine the manager runs on.", examples=["America/Chicago"])
     # -- what the pilots do
     categories: list[str] = Field(min_length=1, description="FireWorks _category values this cluster serves; "
                                   "each pilot serves one category.", examples=[["md"]])
+    fworker_query: dict[str, Any] = Field(default_factory=dict, description="A FireWorks FWorker query (a "
+                                          "MongoDB filter on the fireworks collection) that the pilots of "
+                                          "this cluster add to their own: they take only Fireworks it "
+                                          "matches, and only those count as demand for this cluster.",
+                                          examples=[{"spec.needs_gpu": {"$ne": True}}])
     launchpad_file: str = Field(description="The LaunchPad file as the pilot on the cluster sees it "
                                 "(absolute, or starting with ~/ for the cluster user's home).",
                                 examples=["/home/alice/.pilot/my_launchpad.yaml"])
@@ -348,6 +376,11 @@ class ClusterConfig(BaseModel):
                                   "use_ssh_config: false and give host, user, port and identity_file here")
         return v
 
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        return None if v is None else check_zone_name(v)
+
     @field_validator("categories")
     @classmethod
     def _categories(cls, v: list[str]) -> list[str]:
@@ -363,6 +396,23 @@ class ClusterConfig(BaseModel):
             seen.add(c)
         if problems:
             raise field_errors(problems)
+        return v
+
+    @field_validator("fworker_query")
+    @classmethod
+    def _fworker_query(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """JSON-clean, because it travels to the worker as one JSON argument on the job script's command line
+        (quoted there), and without ``$where``: server-side JavaScript, which the embedded server cannot run."""
+        import json
+
+        try:
+            text = json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise field_error(f"not a plain mapping of strings, numbers, booleans, lists and mappings ({e}): "
+                              "write a MongoDB filter in YAML, e.g. {spec.needs_gpu: {$ne: true}}") from None
+        if '"$where"' in text:
+            raise field_error("$where (server-side JavaScript) is not allowed: write the condition with "
+                              "query operators ($eq, $in, $exists, ...)")
         return v
 
     @field_validator("launchpad_file")

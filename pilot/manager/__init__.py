@@ -7,11 +7,19 @@ Modules, each importing only the ones listed before it:
 
 :mod:`~pilot.manager.policy`
     How many pilots to submit: a pure function of demand, our pilots and the cluster limits (no I/O).
+:mod:`~pilot.manager.demand`
+    What a pilot of each cluster could take: the READY Fireworks that fit its wall time, are not pinned to
+    another FWorker, and match the cluster's ``fworker_query`` (one count per cluster and category per cycle).
 :mod:`~pilot.manager.records`
     The manager's collections in the LaunchPad database (pilots, clusters, reruns, heartbeat); ``pilot status``
     and ``pilot report`` read them too, so this module stays cheap to import.
 :mod:`~pilot.manager.daemon`
     One manager per configuration directory: the lock and the pidfile.
+:mod:`~pilot.manager.lease`
+    One manager per LaunchPad: a lease document (owner, expiry) taken atomically and renewed by a thread.
+:mod:`~pilot.manager.reruns`
+    Putting a dead pilot's work back: a compare-and-set on the Firework's state and launch id under FireWorks'
+    workflow lock, within the ``max_reruns`` bound and history shared with the worker.
 :mod:`~pilot.manager.runtime`
     :class:`ClusterRuntime` (one cluster's adapter and transport, the commands run, its backoff),
     :class:`CycleReport` (what one cycle saw and did) and :class:`ManagerSettings` (the clock and dry-run

@@ -1,5 +1,8 @@
 """The manager daemon's lock and pidfile: one manager per configuration directory.
 
+(One manager per LaunchPad, across config dirs and hosts, is the lease of :mod:`pilot.manager.lease`, taken
+after this lock; the lock stays because ``stop`` and ``status`` find the process through its pidfile.)
+
 Two managers on one LaunchPad would each count the other's pilots as missing and double the submissions, so
 ``pilot manager run`` takes an exclusive ``flock`` on ``CONFIG_DIR/manager.lock`` for its whole life and writes
 its pid next to it. The lock, not the pidfile, is the truth (a crash releases it); the pidfile lets ``stop`` and
@@ -43,8 +46,11 @@ def is_our_manager(pid: int) -> bool:
     return "manager" in args and "run" in args
 
 
-def acquire_lock(config_dir: Path) -> IO[str]:
+def acquire_lock(config_dir: Path, write_pid: bool = True) -> IO[str]:
     """Take the one-manager-per-config-dir lock and write our pid; keep the returned file open while running.
+
+    ``write_pid`` False: the caller writes the pidfile (:func:`write_pidfile`) once it also holds the LaunchPad's
+    lease, so that ``pilot manager start``, which waits for the pidfile, never reports a refused manager as started.
 
     Raises
     ------
@@ -62,8 +68,14 @@ def acquire_lock(config_dir: Path) -> IO[str]:
         raise ManagerRunningError(
             f"another manager is already running for {config_dir}" + (f" (pid {pid})" if pid else "")
             + f": stop it with `{pilot_command(config_dir, 'manager stop')}`, or use another --config-dir") from None
-    write_private(pidfile, f"{os.getpid()}\n")
+    if write_pid:
+        write_pidfile(config_dir)
     return fh
+
+
+def write_pidfile(config_dir: Path) -> None:
+    """Write our pid into the pidfile of ``config_dir`` (only while holding its lock)."""
+    write_private(lock_paths(config_dir)[1], f"{os.getpid()}\n")
 
 
 def release_lock(config_dir: Path, lock: IO[str]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import zoneinfo
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,7 +44,8 @@ def _scheduler(cluster: Any) -> str:
 
 
 def adapter_for(cluster: ClusterConfig) -> QueueAdapter:
-    """The queue adapter for a cluster config's scheduler (``local``: :mod:`pilot.localsched`)."""
+    """The queue adapter for a cluster config's scheduler (``local``: :mod:`pilot.localsched`), reading the
+    scheduler's zone-less times in the cluster's zone (:func:`cluster_zone`)."""
     from queue_adapters import get_adapter
 
     name = _scheduler(cluster)
@@ -51,4 +55,48 @@ def adapter_for(cluster: ClusterConfig) -> QueueAdapter:
         # each local "cluster" keeps its job table in its own work_dir: job ids and pilot names never clash
         return LocalAdapter(python=getattr(cluster, "python", None),
                             state_dir=os.path.join(os.path.expanduser(cluster.work_dir), "localsched"))
-    return get_adapter(name)
+    return get_adapter(name, tz=cluster_zone(cluster))
+
+
+def cluster_zone(cluster: ClusterConfig) -> dt.tzinfo:
+    """The zone the cluster's scheduler prints its times in: its ``timezone``, else this machine's (:func:`local_zone`).
+
+    PBS, LSF and SLURM print local wall-clock times without a zone; read in the wrong zone, every start time, time
+    left and queue wait is off by hours (issue 16, item 14).
+    """
+    name = getattr(cluster, "timezone", None)
+    return zoneinfo.ZoneInfo(name) if name else local_zone()
+
+
+def local_zone() -> dt.tzinfo:
+    """This machine's time zone with its rules (DST included): ``TZ`` if it names a zone, else ``/etc/localtime``.
+
+    A fixed offset (``datetime.now().astimezone().tzinfo``) would be wrong for half the year where clocks change, so
+    it is only the last resort (a ``TZ`` such as ``CET-1CEST`` that is no zone name, and no ``/etc/localtime``).
+    """
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        try:
+            return zoneinfo.ZoneInfo(tz) if not tz.startswith("/") else _zone_file(Path(tz))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    else:
+        try:
+            return _zone_file(Path("/etc/localtime"))
+        except (OSError, ValueError):
+            pass
+    return dt.datetime.now().astimezone().tzinfo or dt.timezone.utc
+
+
+def _zone_file(path: Path) -> dt.tzinfo:
+    """The zone of a tzfile; named (``Europe/Berlin``) when it is a link into a zoneinfo tree, for readable logs."""
+    target = path.resolve()
+    parts = target.parts
+    if "zoneinfo" in parts:
+        key = "/".join(parts[len(parts) - parts[::-1].index("zoneinfo"):])
+        try:
+            return zoneinfo.ZoneInfo(key)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    with open(target, "rb") as fh:
+        return zoneinfo.ZoneInfo.from_file(fh, key=str(path))
