@@ -15,6 +15,8 @@ The room, from the bottom up (each module imports only the ones above it):
 * :mod:`~pilot.config.models_pilot`: ``pilot.yaml`` (:class:`PilotConfig`, :class:`BackoffConfig`);
 * :mod:`~pilot.config.models_route`: ``launchpad_route:`` of a cluster file (:class:`LaunchPadRoute`,
   :class:`SshRoute`);
+* :mod:`~pilot.config.checks_cluster`: checks of single cluster-file fields (host, SSH settings, known_hosts,
+  timezone, fworker_query), called by the model's validators;
 * :mod:`~pilot.config.models_cluster`: ``clusters/NAME.yaml`` (:class:`ClusterConfig` and its sections);
 * :mod:`~pilot.config.messages`: the text of each problem, with "did you mean" suggestions;
 * :mod:`~pilot.config.loading`: reading the YAML files, :func:`load_config` and friends, :class:`Config`.

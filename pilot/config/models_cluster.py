@@ -12,17 +12,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from pilot.config.checks_cluster import (
+    check_fworker_query,
+    check_host,
+    check_known_hosts,
+    check_ssh_field,
+    check_use_ssh_config,
+    check_zone_name,
+)
 from pilot.config.errors import describe, field_error, field_errors
 from pilot.config.models_route import LaunchPadRoute, SshRoute
 from pilot.config.units import (
     ENV_NAME_RE,
-    HOST_RE,
     PATH_RE,
-    PROXY_RE,
     QUEUE_RE,
     RESERVED_ENV,
     SLURM_MAX_SIGNAL_TIME,
-    USER_RE,
     Scheduler,
     base_dir_of,
     expand_path,
@@ -33,26 +38,6 @@ from pilot.config.units import (
 )
 
 __all__ = ["ClusterConfig", "Limits", "PilotResources"]
-
-
-def check_zone_name(v: str) -> str:
-    """``timezone``: a name zoneinfo knows, checked when the file loads, since a typo would otherwise shift every
-    start time, time left and queue wait of the cluster by hours, silently (issue 16)."""
-    import difflib
-    import zoneinfo
-
-    try:
-        zoneinfo.ZoneInfo(v)
-        return v
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        pass
-    names = sorted(zoneinfo.available_timezones())
-    same = [n for n in names if n.lower() == v.lower()]   # utc, europe/berlin: only the case is wrong
-    close = same or difflib.get_close_matches(v, names, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise field_error(f"{v!r} is not a time zone name{hint}: write an IANA name such as Europe/Berlin, "
-                      "America/Chicago or UTC (the zone the cluster's scheduler prints its times in), or "
-                      "null for this machine's zone")
 
 
 class PilotResources(BaseModel):
@@ -315,66 +300,22 @@ class ClusterConfig(BaseModel):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str | None, info: ValidationInfo) -> str | None:
-        sched = cls._sched(info)
-        if sched is Scheduler.LOCAL:
-            if v not in (None, "localhost", "127.0.0.1"):
-                raise field_error(f"scheduler local runs pilots on this machine without SSH, so host {v!r} is not "
-                                  "used: remove host (or write localhost), or choose the cluster's scheduler")
-            return None
-        if v is None:
-            if sched is None:
-                return v
-            raise field_error(f"required for scheduler {sched.value}: write the login host, e.g. "
-                              "host: login.cluster.example.org (or use scheduler: local for this machine)")
-        if not HOST_RE.match(v):
-            raise field_error(f"{v!r} is not a host name: write a name or address without spaces, "
-                              "e.g. login.cluster.example.org (user and port have their own fields)")
-        return v
+        return check_host(v, cls._sched(info))
 
     @field_validator("user", "port", "identity_file", "proxy_jump")
     @classmethod
     def _ssh_only(cls, v: Any, info: ValidationInfo) -> Any:
-        if v is not None and cls._sched(info) is Scheduler.LOCAL:
-            raise field_error(f"scheduler local does not use SSH: remove {info.field_name}")
-        if v is None:
-            return v
-        if info.field_name == "user" and not USER_RE.match(v):
-            raise field_error(f"{v!r} is not a user name: write the login name only, e.g. alice")
-        if info.field_name == "identity_file":
-            p = expand_path(v, None)
-            if not p.is_file():
-                raise field_error(f"file not found: {p}; write the path of your private key "
-                                  "(e.g. ~/.ssh/id_ed25519), or null to use your SSH agent / ~/.ssh/config")
-            return p
-        if info.field_name == "proxy_jump":
-            m = PROXY_RE.match(v)
-            if not m or (m.group("port") and not 1 <= int(m.group("port")) <= 65535):
-                raise field_error(f"{v!r} is not a jump host: write [user@]host[:port], "
-                                  "e.g. alice@gateway.example.org:22 (one hop)")
-        return v
+        return check_ssh_field(str(info.field_name), v, cls._sched(info))
 
     @field_validator("known_hosts")
     @classmethod
     def _known_hosts(cls, v: Path, info: ValidationInfo) -> Path:
-        p = expand_path(v, None)
-        if (cls._sched(info) not in (Scheduler.LOCAL, None) and info.data.get("strict_host_key_checking", True)
-                and not p.is_file()):
-            host = info.data.get("host") or "HOST"
-            port = info.data.get("port") or 22
-            raise field_error(f"file not found: {p}; with strict_host_key_checking: true the cluster's host key "
-                              f"must be there: run `ssh-keyscan -p {port} {host} >> {p}` and check the fingerprint, "
-                              "or point known_hosts at the right file")
-        return p
+        return check_known_hosts(v, cls._sched(info), info.data)
 
     @field_validator("use_ssh_config")
     @classmethod
     def _ssh_config(cls, v: bool, info: ValidationInfo) -> bool:
-        if v and cls._sched(info) not in (Scheduler.LOCAL, None):
-            cfg = expand_path("~/.ssh/config", None)
-            if not cfg.is_file():
-                raise field_error(f"use_ssh_config is true but {cfg} does not exist: create it, or write "
-                                  "use_ssh_config: false and give host, user, port and identity_file here")
-        return v
+        return check_use_ssh_config(v, cls._sched(info))
 
     @field_validator("timezone")
     @classmethod
@@ -401,19 +342,7 @@ class ClusterConfig(BaseModel):
     @field_validator("fworker_query")
     @classmethod
     def _fworker_query(cls, v: dict[str, Any]) -> dict[str, Any]:
-        """JSON-clean, because it travels to the worker as one JSON argument on the job script's command line
-        (quoted there), and without ``$where``: server-side JavaScript, which the embedded server cannot run."""
-        import json
-
-        try:
-            text = json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise field_error(f"not a plain mapping of strings, numbers, booleans, lists and mappings ({e}): "
-                              "write a MongoDB filter in YAML, e.g. {spec.needs_gpu: {$ne: true}}") from None
-        if '"$where"' in text:
-            raise field_error("$where (server-side JavaScript) is not allowed: write the condition with "
-                              "query operators ($eq, $in, $exists, ...)")
-        return v
+        return check_fworker_query(v)
 
     @field_validator("launchpad_file")
     @classmethod
