@@ -436,7 +436,8 @@ def test_without_a_forward_the_database_check_of_an_ssh_route_warns_and_says_why
 
     port = free_port_in(unrouted.c.login_netns, "127.0.0.1")
     unrouted.lp_at(port)
-    unrouted.write({"launchpad_route": {"via": "ssh", "port": port}})
+    # command_timeout 15: the probe's server selection waits max(5, 15 / 3) = 5 s for the closed port, not 20
+    unrouted.write({"launchpad_route": {"via": "ssh", "port": port}, "command_timeout": 15})
     doc = ClusterDoctor("pilotci3", unrouted.config(), config_dir=unrouted.cfg)
     try:
         res = doc.check_database()
