@@ -157,6 +157,7 @@ def template_context(cluster: ClusterConfig, cluster_name: str, category: str, j
         "walltime_margin": cluster.walltime_margin,
         "warning_minutes": max(1, math.ceil(cluster.walltime_margin / 60)),
         "idle_timeout": cluster.idle_timeout,
+        "heartbeat_interval": cluster.heartbeat_interval,
         "grace": cluster.grace,
         "nodes": cluster.pilot.nodes,
         "cores": cluster.pilot.cores,

@@ -512,10 +512,11 @@ def exit_file_name(job_id: str) -> str:
 
     The pilot script writes ``<work_dir>/pilot-<jobid>.exit`` using the scheduler's job id
     variable (:attr:`QueueAdapter.job_id_env`); ``/`` and NUL cannot appear in a file name
-    and become ``_``.
+    and become ``_``; a federated SLURM id ``123;cluster`` is the file of ``123``.
     """
     if not job_id:
         raise ValueError("job id is empty")
+    job_id = job_id.split(";", 1)[0]  # a federated SLURM id: the job sees only its number
     return "pilot-" + job_id.replace("/", "_").replace("\0", "_") + ".exit"
 
 

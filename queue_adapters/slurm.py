@@ -14,6 +14,11 @@ Commands built here
   JobID,State,ExitCode,Submit,Start,End,Reason,User,JobName -j IDS`` (``-X``: allocations
   only, no ``.batch``/``.extern`` steps; ``-P``: ``|``-separated without a trailing ``|``;
   JobName last for the same reason as above).
+* federated ids: ``sbatch`` on a multi-cluster or federated site (``#SBATCH -M other``, ``SLURM_CLUSTERS``)
+  prints ``<id>;<cluster>``. The id is kept whole, and every later query names the cluster: ``squeue -M
+  CLUSTERS`` (without ``--noheader``: the ``CLUSTER: name`` lines say which cluster each job is on),
+  ``sacct -M CLUSTERS -o Cluster,...``, ``scancel -M CLUSTER``. Without it the job is missing from the plain
+  listing, and a pilot that runs looks gone.
 * cancel: ``scancel -v IDS``.  ``-v`` makes scancel name every job it works on
   (``scancel: Terminating job N``) and report per job why it could not
   (``Kill job error on job id N: ...``); without it, Slurm 22.05 prints nothing at all for
@@ -22,6 +27,7 @@ Commands built here
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Sequence
@@ -223,7 +229,8 @@ class SlurmAdapter(QueueAdapter):
         if returncode == 0 and lines:
             match = _SUBMIT_RE.match(lines[-1].strip())
             if match:
-                return SubmitResult(SubmitOutcome.SUBMITTED, job_id=match.group(1))
+                # a federated id keeps its cluster: the queries need it (-M)
+                return SubmitResult(SubmitOutcome.SUBMITTED, job_id=match.group(0))
         text = f"{stderr}\n{stdout}"
         tail = output_tail(stderr) or output_tail(stdout) or "(no output)"
         if returncode < 0 or any(p.search(text) for p in _UNKNOWN_SUBMIT):
@@ -272,10 +279,16 @@ class SlurmAdapter(QueueAdapter):
         ``name_prefix`` is not used here: filter the result with
         :func:`queue_adapters.base.filter_statuses`.
         """
+        plain, clusters = split_federated(job_ids or ())
+        if clusters:
+            # all the user's jobs on those clusters; the CLUSTER: lines (no --noheader) tell them apart
+            argv = ["env", "SLURM_TIME_FORMAT=%s", "squeue", "-M", ",".join(clusters), "--array",
+                    "--states=all", f"--format={_SQUEUE_FORMAT}"]
+            return argv + (["-u", user] if user else [])
         argv = ["env", "SLURM_TIME_FORMAT=%s", "squeue", "--noheader", "--array", "--states=all",
                 f"--format={_SQUEUE_FORMAT}"]
         if job_ids:
-            argv += ["-j", ",".join(_checked_ids(job_ids))]
+            argv += ["-j", ",".join(_checked_ids(plain))]
         if user:
             argv += ["-u", user]
         return argv
@@ -324,19 +337,23 @@ class SlurmAdapter(QueueAdapter):
             Every line (and the header) ends with the delimiter (``-O "Field:|"``).
         """
         self._check_query("squeue", returncode, stdout, stderr)
-        lines = [line for line in split_lines(stdout) if not line.startswith("CLUSTER: ")]
+        lines = split_lines(stdout)
         if columns is None:
+            lines = [line for line in lines if not line.startswith("CLUSTER: ")]
             if not lines:
                 return {}
             columns = columns_from_header(lines[0], delimiter)
             lines = lines[1:]
         result: dict[str, JobStatus] = {}
+        cluster: str | None = None
         for line in lines:
+            if line.startswith("CLUSTER: "):
+                cluster = line[len("CLUSTER: "):].strip() or None
+                continue
             row = _split_row(line, delimiter, columns, trailing)
             if row is None or not _JOB_ID_RE.match(row.get("job_id", "").strip()):
                 continue
-            status = self._row_status(row)
-            result[status.job_id] = status
+            _add_status(result, self._row_status(row), cluster)
         return result
 
     # -- history ------------------------------------------------------------------------
@@ -344,8 +361,13 @@ class SlurmAdapter(QueueAdapter):
         """``sacct -P -X -n -o ... -j IDS`` (``None`` for an empty list)."""
         if not job_ids:
             return None
+        plain, clusters = split_federated(job_ids)
+        if clusters:
+            # Cluster first: a federated id is only unique with its cluster
+            return ["env", "SLURM_TIME_FORMAT=%s", "sacct", "-M", ",".join(clusters), "-P", "-X", "-n", "-o",
+                    f"Cluster,{_SACCT_FIELDS}", "-j", ",".join(_checked_ids(plain))]
         return ["env", "SLURM_TIME_FORMAT=%s", "sacct", "-P", "-X", "-n", "-o", _SACCT_FIELDS,
-                "-j", ",".join(_checked_ids(job_ids))]
+                "-j", ",".join(_checked_ids(plain))]
 
     def parse_history(self, returncode: int, stdout: str, stderr: str) -> dict[str, JobStatus]:
         """Parse the sacct output built by :meth:`history_command`.
@@ -390,10 +412,13 @@ class SlurmAdapter(QueueAdapter):
         self._check_query("sacct", returncode, stdout, stderr)
         result: dict[str, JobStatus] = {}
         for line in split_lines(stdout):
+            cluster, line = _cluster_column(line, delimiter)
             row = _split_row(line, delimiter, columns, trailing)
             if row is None or not _JOB_ID_RE.match(row.get("job_id", "").strip()):
                 continue  # job steps (123.batch, 123.0) and junk
             status = self._row_status(row)
+            if cluster:
+                status = dataclasses.replace(status, job_id=f"{status.job_id};{cluster}")
             previous = result.get(status.job_id)
             if previous is not None and _older(status, previous):
                 continue
@@ -403,10 +428,14 @@ class SlurmAdapter(QueueAdapter):
     # -- cancel -------------------------------------------------------------------------
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:
         """``scancel -v IDS``."""
-        ids = _checked_ids(job_ids)
+        plain, clusters = split_federated(job_ids)
+        ids = _checked_ids(plain)
         if not ids:
             raise ValueError("no job ids to cancel")
-        return ["scancel", "-v", *ids]
+        if len(clusters) > 1:
+            raise ValueError(f"federated jobs of several clusters ({', '.join(clusters)}): cancel them one "
+                             "cluster at a time (scancel -M takes the same ids on every cluster it names)")
+        return ["scancel", "-v", *(["-M", clusters[0]] if clusters else []), *ids]
 
     def parse_cancel(
         self, returncode: int, stdout: str, stderr: str, job_ids: Sequence[str] = ()
@@ -596,6 +625,43 @@ _ID_ARG_RE = re.compile(r"^[0-9][0-9_\[\]\-,%+]*$")
 
 def _checked_ids(job_ids: Sequence[str]) -> list[str]:
     return checked_ids(job_ids, _ID_ARG_RE, "SLURM")
+
+
+_CLUSTER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+def split_federated(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The ids without their ``;cluster`` part, and the clusters named (sorted, once each)."""
+    plain, clusters = [], set()
+    for jid in job_ids:
+        head, sep, cluster = jid.partition(";")
+        plain.append(head)
+        if sep:
+            if not _CLUSTER_RE.match(cluster):
+                raise ValueError(f"job id {jid!r}: {cluster!r} is not a SLURM cluster name")
+            clusters.add(cluster)
+    return plain, sorted(clusters)
+
+
+def _add_status(result: dict[str, JobStatus], status: JobStatus, cluster: str | None) -> None:
+    """File a listed job under its id, and under ``id;cluster`` below a ``CLUSTER:`` line (a job listed in a
+    plain listing that prints those lines anyway keeps its plain id too, unless another cluster has it)."""
+    if cluster is None:
+        result[status.job_id] = status
+        return
+    result[f"{status.job_id};{cluster}"] = dataclasses.replace(status, job_id=f"{status.job_id};{cluster}")
+    result.setdefault(status.job_id, status)
+
+
+def _cluster_column(line: str, delimiter: str | None) -> tuple[str | None, str]:
+    """``Cluster|JobID|...`` (the federated history command) -> (cluster, ``JobID|...``); other lines as
+    they are."""
+    if not delimiter:
+        return None, line
+    head, sep, rest = line.partition(delimiter)
+    if sep and _CLUSTER_RE.match(head) and _JOB_ID_RE.match(rest.partition(delimiter)[0].strip()):
+        return head, rest
+    return None, line
 
 
 _unique = unique

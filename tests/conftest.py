@@ -26,6 +26,22 @@ from tests.helpers import (
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# --------------------------------------------------------------------------- the soak test (tests/soak)
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="also run the long chaos soak test (marker `soak`; or set PILOT_SOAK=1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``soak`` take many minutes and stop shared daemons: skipped unless asked for."""
+    if config.getoption("--soak") or os.environ.get("PILOT_SOAK", "") == "1":
+        return
+    skip = pytest.mark.skip(reason="the soak test runs only with --soak or PILOT_SOAK=1 (docs/testing.md)")
+    for item in items:
+        if item.get_closest_marker("soak") is not None:
+            item.add_marker(skip)
+
+
 def _need_infra() -> None:
     """Skip (or, in CI, fail) when the real test services are not there."""
     if os.geteuid() != 0:
@@ -149,3 +165,16 @@ def remote_tmp(clusters):
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def echo(clusters):
+    """A TCP echo server on the fileserver's address, closed after the test: the far end of the forward tests'
+    routes (tests/transport/forward_helpers.py; a forward only moves bytes)."""
+    from tests.transport.forward_helpers import EchoServer
+
+    server = EchoServer()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,6 +295,73 @@ class OwnSshd:
         return SSHTransport(**self.ssh_kwargs(), **kw)
 
 
+def start_route_sshd(cluster: ClusterInfo, public_key: Path, port: int, keys_dir: Path, workdir: Path,
+                     known_hosts: Path) -> OwnSshd:
+    """Start an sshd of the test's own on ``cluster``'s login node at its inner address (where the compute node
+    reaches it) that takes only the route key ``public_key``, by the line ``pilot bootstrap`` writes (a forward
+    to the login node's ``127.0.0.1:port``), from ``keys_dir/authorized_keys`` (sshd's StrictModes: not below
+    /tmp); write its host key line to ``known_hosts``, owned by the cluster user."""
+    from pilot.checks.bootstrap_route import authorized_line
+
+    auth = keys_dir / "authorized_keys"
+    auth.write_text(authorized_line(public_key.read_text(), port) + "\n")
+    os.chmod(auth, 0o644)
+    sshd = OwnSshd(cluster, workdir, authorized_keys=auth, host=cluster.login_inner).start()
+    known_hosts.write_text(cluster.host_key_line(cluster.login_inner, sshd.port))
+    shutil.chown(known_hosts, cluster.user, cluster.user)
+    return sshd
+
+
+def kill_user_processes(user: str) -> None:
+    """Kill, by PID, every process left running as ``user`` (a test account's SSH sessions' children)."""
+    import psutil
+
+    for p in psutil.process_iter(["username"]):
+        if p.info["username"] == user:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+@contextmanager
+def own_account(cluster: ClusterInfo, workdir: Path, prefix: str,
+                sshd_hosts: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """A new user on ``cluster`` (name ``prefix`` + 6 hex digits) with only the test key in its
+    authorized_keys, and an sshd of its own on the login node at each address of ``sshd_hosts`` (name ->
+    address; its files in ``workdir/sshd-NAME``): a test that bootstraps an account, or changes its
+    authorized_keys, leaves the shared test user's home and the shared sshds alone. Yields ``{"cluster",
+    "user", "home"}`` and each sshd under its name; afterwards the sshds stop, the user's processes are
+    killed by PID and the user is removed with its home."""
+    import pwd
+
+    import pytest
+
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd")
+    user = prefix + os.urandom(3).hex()
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True, timeout=30)
+    sshds: dict[str, OwnSshd] = {}
+    try:
+        home = Path(pwd.getpwnam(user).pw_dir)
+        ssh = home / ".ssh"
+        ssh.mkdir(mode=0o700)
+        shutil.copy(f"{cluster.key}.pub", ssh / "authorized_keys")
+        os.chmod(ssh / "authorized_keys", 0o600)
+        for p in (ssh, ssh / "authorized_keys"):
+            shutil.chown(p, user, user)
+        subprocess.run(["usermod", "-p", "*", user], check=True, timeout=30)   # not locked: sshd accepts keys
+        for name, host in sshd_hosts.items():
+            sshds[name] = OwnSshd(cluster, Path(workdir) / f"sshd-{name}", user=user, host=host,
+                                  authorized_keys=Path(".ssh/authorized_keys")).start()
+        yield {"cluster": cluster, "user": user, "home": home, **sshds}
+    finally:
+        for sshd in sshds.values():
+            sshd.stop()
+        kill_user_processes(user)
+        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60, check=True)
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; raise with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
@@ -303,6 +372,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def time_limit_now(job_id: str) -> list[str]:
+    """The ``scontrol update`` that ends a running SLURM job's time limit now (run as the job's owner).
+
+    ``--time=1`` is SLURM's smallest limit: a test waiting for it waits a minute and up to 30 s more.
+    scontrol(1) lets users lower their own job's TimeLimit; 0 puts its end at the moment of the update
+    (slurmctld/job_mgr.c). slurmctld's next time-limit pass (every 30 s: PERIODIC_TIMEOUT, slurmctld.h) then
+    ends the job as at any time limit: SIGTERM, SIGKILL KillWait later, state TIMEOUT."""
+    return ["scontrol", "update", f"JobId={job_id}", "TimeLimit=0"]
 
 
 def pid_alive(pid: int) -> bool:

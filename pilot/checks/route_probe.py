@@ -101,8 +101,8 @@ def ssh_doc(cand, base):
     from pathlib import Path
     from pilot.worker.tunnel import SshRoute, Tunnel, launchpad_via_route, parse_route_target
     user, addr, port = parse_route_target(cand["target"])
-    route = SshRoute(addr, port, cand["port"], Path(os.path.expanduser(cand["key"])),
-                     Path(os.path.expanduser(cand["known_hosts"])), user)
+    route = SshRoute(cand["port"], addr, port, user, Path(os.path.expanduser(cand["key"])),
+                     Path(os.path.expanduser(cand["known_hosts"])))
     tunnel = Tunnel(route, start_timeout=spec["ssh_timeout"], up_timeout=spec["ssh_timeout"])
     return tunnel, launchpad_via_route(base, tunnel.start())
 
@@ -250,11 +250,21 @@ def _ssh_failure(err: str) -> str:
         return f"the login node's sshd refused the route key ({_short(err)})"
     if "host key" in low or "identification has changed" in low:
         return f"the login node's host key is not the one in ~/.pilot/route_known_hosts ({_short(err)})"
-    if _has(low, _NO_ROUTE):
-        return f"ssh to the login node: no route to host ({_short(err)})"
-    if _has(low, _REFUSED):
-        return f"ssh to the login node: connection refused ({_short(err)})"
+    unreachable = _unreachable(err, "")
+    if unreachable is not None:
+        return f"ssh to the login node: {unreachable}"
     return f"ssh to the login node failed ({_short(err, 300)})"
+
+
+def _unreachable(err: str, at: str) -> str | None:
+    """No route to host, or connection refused: the same words for the pilot's ssh to the login node and for its
+    direct connection to the LaunchPad (``at``: where it tried, or empty); None for any other failure."""
+    low = err.lower()
+    if _has(low, _NO_ROUTE):
+        return f"no route to host{at}: {_short(err)}"
+    if _has(low, _REFUSED):
+        return f"connection refused{at}: nothing listens there ({_short(err)})"
+    return None
 
 
 def describe_failure(answer: ProbeAnswer, forward_port: int | None = None) -> str:
@@ -280,10 +290,9 @@ def describe_failure(answer: ProbeAnswer, forward_port: int | None = None) -> st
         port = f"127.0.0.1:{forward_port}" if forward_port is not None else "forward port"
         return (f"ssh worked, but the login node's {port} did not lead to the LaunchPad (no forward there: "
                 f"neither the manager's nor the doctor's was up) ({_short(err)})")
-    if _has(low, _NO_ROUTE):
-        return f"no route to host{at}: {_short(err)}"
-    if _has(low, _REFUSED):
-        return f"connection refused{at}: nothing listens there"
+    unreachable = _unreachable(err, at)
+    if unreachable is not None:
+        return unreachable
     if _has(low, _TLS):
         return f"TLS failed{at}: the server's certificate was not accepted with the CA file ({_short(err)})"
     if _has(low, _TIMEOUT):

@@ -44,7 +44,7 @@ def _route(target: str | None, port: int | None, key: Path | None, known_hosts: 
         user, address, ssh_port = parse_route_target(target)
     except ValueError as exc:
         raise click.UsageError(f"--route-ssh: {exc}") from None
-    return SshRoute(address=address, ssh_port=ssh_port, remote_port=port, user=user,
+    return SshRoute(port=port, login_address=address, login_port=ssh_port, user=user,
                     key=(key or Path("~/.pilot/route_key")).expanduser().absolute(),
                     known_hosts=(known_hosts or Path("~/.pilot/route_known_hosts")).expanduser().absolute())
 
@@ -71,6 +71,12 @@ def _query(text: str | None) -> dict[str, Any] | None:
 @click.option("--name", "-n", default=lambda: os.environ.get("PILOT_NAME"),
               help="FWorker name recorded in every launch (cluster name + job id, e.g. pilotci-1234). "
                    "Environment: PILOT_NAME.")
+@click.option("--record", default=None, metavar="JOB_NAME",
+              help="The pilot's record in the manager's database (its batch job name): the worker writes a "
+                   "heartbeat there every --heartbeat seconds and an exit record when it stops. Default: none "
+                   "(a worker started by hand).")
+@click.option("--heartbeat", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
+              help="Seconds between two heartbeats written into --record.")
 @click.option("--deadline", type=float, default=None,
               help="End of the job's wall time, epoch seconds. Default: environment PILOT_DEADLINE.")
 @click.option("--no-deadline", is_flag=True, help="Run without a deadline (until idle or a signal).")
@@ -108,7 +114,8 @@ def _query(text: str | None) -> dict[str, Any] | None:
 @click.option("--route-known-hosts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --route-ssh: the known_hosts file with the login node's host key. "
                    "Default: ~/.pilot/route_known_hosts.")
-def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str | None, deadline: float | None,
+def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str | None, record: str | None,
+                   heartbeat: float, deadline: float | None,
                    no_deadline: bool, margin: float, idle_timeout: float, grace: float, term_grace: float,
                    launch_dir: Path | None, log_file: Path | None, db_retry_time: float,
                    fw_log_level: str, query_json: str | None, route_ssh: str | None, route_port: int | None,
@@ -140,7 +147,8 @@ def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str 
                        deadline=deadline, margin=margin, idle_timeout=idle_timeout, grace=grace,
                        term_grace=term_grace,
                        launch_dir=(launch_dir or Path.cwd()).absolute(), log_file=log_file,
-                       db_retry_time=db_retry_time, fw_log_level=fw_log_level, route=route, query=query)
+                       db_retry_time=db_retry_time, fw_log_level=fw_log_level, route=route, query=query,
+                       record=record or None, heartbeat=heartbeat)
     try:
         code = Worker(cfg).run()
     except Exception:  # noqa: BLE001 - the last line of defence: say what broke, exit 1

@@ -183,10 +183,11 @@ class ClusterConfig(BaseModel):
     use_ssh_config: bool = Field(False, description="Also read ~/.ssh/config for this host (HostName, User, "
                                  "Port, IdentityFile, ProxyJump, UserKnownHostsFile) where this file leaves "
                                  "the value unset; the file must exist.", examples=[False])
-    connect_timeout: float = Field(30.0, gt=0, description="Seconds to wait for the SSH connection.",
-                                   examples=[30])
+    connect_timeout: float = Field(30.0, gt=0, description="Seconds the whole SSH connection set-up (TCP, "
+                                   "banner, key exchange, authentication) may take.", examples=[30])
     command_timeout: float = Field(120.0, gt=0, description="Seconds any one remote command (sbatch, squeue, "
-                                   "...) may take before it counts as failed.", examples=[120])
+                                   "...) or file transfer (the job script's upload; counted from the last data "
+                                   "that moved) may take before it counts as failed.", examples=[120])
     timezone: str | None = Field(None, description="IANA time zone in which the cluster's scheduler prints its "
                                  "times (PBS and LSF print local times without a zone), e.g. Europe/Berlin; null: "
                                  "the time zone of the machine the manager runs on.", examples=["America/Chicago"])
@@ -229,6 +230,11 @@ class ClusterConfig(BaseModel):
                        "SIGTERM to it before killing it; must be less than walltime_margin.", examples=[60])
     idle_timeout: int = Field(300, ge=0, description="Seconds a pilot waits with no READY Firework before it "
                               "exits (0: exit as soon as there is no work).", examples=[300])
+    heartbeat_interval: int = Field(60, ge=1, le=3600, description="Seconds between two heartbeats the pilot "
+                                    "writes into its record. The manager takes a pilot whose job ended for dead "
+                                    "(and reruns the work it held) once its heartbeat is older than three "
+                                    "intervals, or at once when the pilot wrote its exit record.",
+                                    examples=[60])
     fireworks_per_pilot: int = Field(1, ge=1, description="How many READY Fireworks one pilot is expected to "
                                      "run, used when Fireworks give no expected duration: READY / this = "
                                      "pilots wanted.", examples=[1])

@@ -52,6 +52,17 @@ class PilotConfig(BaseModel):
                                    description="Retry delays for a cluster whose commands fail.")
     max_reruns: int = Field(3, ge=0, description="How many times a Firework whose pilot died under it "
                             "(lost run) is put back to READY before it is left FIZZLED.", examples=[3])
+    failed_starts_before_hold: int = Field(3, ge=1, description="How many pilots of one cluster in a row may "
+                                           "end before running any Firework (the job failed to start the "
+                                           "worker, exited non-zero, or was killed at once) before the manager "
+                                           "holds the cluster back. While held, one probe pilot is tried after "
+                                           "a delay (twice poll_interval, doubling after each failed probe, at "
+                                           "most failed_start_hold_max); the hold ends when a pilot of the "
+                                           "cluster runs a Firework or exits normally, or when its cluster file "
+                                           "changes.", examples=[3])
+    failed_start_hold_max: float = Field(3600.0, gt=0, description="Upper bound, in seconds, of the wait "
+                                         "between two probe pilots of a held cluster (see "
+                                         "failed_starts_before_hold).", examples=[3600])
     job_name_prefix: str = Field("fwp", description="First part of every pilot job name "
                                  "(PREFIX.CATEGORY.ID): how the manager recognises its own jobs in the queue. "
                                  "A letter, then up to 7 letters or digits.", examples=["fwp"])

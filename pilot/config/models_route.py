@@ -15,7 +15,8 @@ Written either as a plain word (``launchpad_route: ssh``) or as a mapping::
       login_address: 203.0.113.161
       login_port: 22
 
-What the pilots and the manager use is :class:`SshRoute` (every default filled in), from
+What the pilots and the manager use is :class:`pilot.ssh_route.SshRoute` (every default filled in; the
+worker parses the same type back from its ``--route-*`` options), from
 :meth:`LaunchPadRoute.resolve` / :attr:`pilot.config.ClusterConfig.ssh_route`.
 """
 
@@ -24,12 +25,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pilot.config.errors import describe, field_error
+from pilot.ssh_route import SshRoute
 
 __all__ = ["DEFAULT_PORT_RANGE", "LaunchPadRoute", "SshRoute", "default_route_port"]
 
@@ -52,25 +53,6 @@ def default_route_port(user: str, login_host: str) -> int:
     lo, hi = DEFAULT_PORT_RANGE
     digest = hashlib.sha256(f"{user}@{login_host}".encode()).digest()
     return lo + int.from_bytes(digest[:4], "big") % (hi - lo + 1)
-
-
-@dataclass(frozen=True)
-class SshRoute:
-    """An ssh route with every default filled in: what the manager's forward and the pilots' ``ssh -L`` use.
-
-    Attributes
-    ----------
-    port : int
-        The login node's loopback port of the manager's remote forward.
-    login_address : str
-        The login node as the compute nodes reach it.
-    login_port : int
-        Its sshd port as the compute nodes reach it.
-    """
-
-    port: int
-    login_address: str
-    login_port: int
 
 
 class LaunchPadRoute(BaseModel):

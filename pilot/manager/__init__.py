@@ -14,7 +14,8 @@ Modules, each importing only the ones listed before it:
     The manager's collections in the LaunchPad database (pilots, clusters, reruns, heartbeat); ``pilot status``
     and ``pilot report`` read them too, so this module stays cheap to import.
 :mod:`~pilot.manager.daemon`
-    One manager per configuration directory: the lock and the pidfile.
+    One manager per configuration directory: the lock and the pidfile; and the watcher that reads a changed
+    cluster file into the running manager.
 :mod:`~pilot.manager.lease`
     One manager per LaunchPad: a lease document (owner, expiry) taken atomically and renewed by a thread.
 :mod:`~pilot.manager.reruns`
@@ -27,6 +28,10 @@ Modules, each importing only the ones listed before it:
 :mod:`~pilot.manager.tracking`
     Queue status -> pilot records (by job id, by name for unknown submissions, history and exit-code files
     for jobs that left the queue), and the rerun of work left RUNNING by pilots that ended.
+:mod:`~pilot.manager.holds`
+    Pilots that cannot start: each ended pilot judged once (ran a Firework, stopped normally, or a failed start);
+    after ``failed_starts_before_hold`` failed starts in a row the cluster is held (growing delays, one probe
+    pilot), until a pilot starts or its cluster file changes (:class:`~pilot.manager.daemon.ClusterFileWatcher`).
 :mod:`~pilot.manager.routes`
     ``launchpad_route: ssh``: a :class:`~pilot.manager.routes.RouteKeeper` per such cluster keeps a remote
     forward on its login node back to the LaunchPad, re-established when it drops.

@@ -17,7 +17,9 @@ One cycle:
 5. submit: render, upload, submit, with the record written *before* the scheduler sees the job.
 
 A cluster that fails (SSH down, scheduler error) is backed off with growing delays and reported; the
-others carry on, and it recovers by itself.
+others carry on, and it recovers by itself. Steps 1 and 5 talk to the clusters all at once, each cluster in a
+thread of its own, and the cycle waits for them at most one poll interval per step
+(:mod:`pilot.manager.concurrency`): a cluster that hangs is reported unreachable and never stalls the others.
 
 Steps 1 and 2 live in :mod:`pilot.manager.tracking`, the talking to each cluster and its backoff in
 :mod:`pilot.manager.runtime`; this module gathers the demand, decides and submits, once per cycle.
@@ -33,10 +35,13 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pilot.manager.concurrency import ClusterPhases, Job, clock_time
 from pilot.manager.demand import Demand, PilotOffer, gather_demand
-from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, PilotCounts, plan
+from pilot.manager.holds import Holds
+from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, Decision, PilotCounts, plan
 from pilot.manager.records import PENDING_STATES, SUBMIT_FAILED, Records
 from pilot.manager.routes import RouteKeepers
 from pilot.manager.runtime import (
@@ -97,8 +102,14 @@ class Manager:
             name: self._runtime(name, ccfg) for name, ccfg in sorted(config.clusters.items())}
         self.tracking = Tracker(self.records, launchpad, config.pilot, self.settings)
         self.stop_event = threading.Event()
+        #: each cluster's remote work runs in a thread of its own (:mod:`pilot.manager.concurrency`)
+        self.phases = ClusterPhases(self.clusters, lambda: self.clock())
+        #: seconds a cycle waits for the clusters in each of its remote phases (status query, submissions):
+        #: one poll interval, so that a hanging cluster delays the others by at most that much
+        self.phase_deadline = float(config.pilot.poll_interval)
         #: the forwards of the clusters with ``launchpad_route: ssh`` (started by the first cycle)
         self.routes = RouteKeepers(config.clusters, launchpad)
+        self.holds = Holds.for_manager(config, self.records, self.settings, launchpad)  # issue 16 item 13
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -198,7 +209,8 @@ class Manager:
                 fireworks_per_pilot=int(c.fireworks_per_pilot),
                 limits=ClusterLimits(max_queued=c.limits.max_queued, max_running=c.limits.max_running,
                                      min_pilots=c.limits.min_pilots),
-                available=rt.available(now), queue_wait=statistics.median(waits) if waits else None))
+                available=rt.available(now) and self.phases.busy(name) is None,
+                queue_wait=statistics.median(waits) if waits else None))
         return views
 
     # ================================================================== act
@@ -215,8 +227,13 @@ class Manager:
         now = self.clock()
         self.records.add_intent(name, rt.name, category, walltime_seconds(c), float(c.walltime_margin), path, now)
         try:
-            tr = rt.connect()
-            tr.put(script.encode(), path, mode=0o700)
+            rt.connect().put(script.encode(), path, mode=0o700)
+        except TransportError as e:
+            # the script did not arrive (an SFTP deadline, a full or hung work_dir): nothing reached the scheduler
+            self.records.update(name, state=SUBMIT_FAILED, last_error=str(e), end_time=now, reconciled=True)
+            rt.fail(str(e), report)
+            return False
+        try:
             ad = rt.adapter
             stdin = script if getattr(ad, "submit_stdin_from_script", False) else None
             res = rt.run(ad.submit_command(path), stdin=stdin)
@@ -264,20 +281,21 @@ class Manager:
             self.routes.start()
 
     def run_cycle(self) -> CycleReport:
-        """One manager cycle. Never raises for a single cluster's failure."""
+        """One manager cycle. Never raises for a single cluster's failure, and never waits for one cluster longer
+        than :attr:`phase_deadline` per phase (:mod:`pilot.manager.concurrency`).
+
+        The phases, in order: (1) track: one status query per cluster, all clusters at once; (2) reconcile
+        lost work (database only); (3) demand and (4) decide, for all clusters together; (5) act: each cluster's
+        submissions, all clusters at once. A cluster that does not finish a phase in time is reported
+        unreachable and left out of the rest of the cycle; its pilots count as they were last seen.
+        """
         self.start_routes()
         t0 = self.clock()
         report = CycleReport(started=t0)
-        now = self.clock()
-        for rt in self.clusters.values():
-            if not rt.available(now):
-                log.info("%s: backed off until %s (%s)", rt.name,
-                         time.strftime("%H:%M:%S", time.localtime(rt.backoff_until)), rt.last_error)
-                continue
-            # only an answer resets the back-off: a cluster that was not asked has not recovered
-            if self.refresh_cluster(rt, report) and rt.name not in report.errors:
-                rt.ok()
+        self.phases.collect_late(report)
+        self.phases.run("status query", self._refresh_jobs(), report, self.phase_deadline)
         self.reconcile_lost_work(report)
+        self.phases.run("pilot review", self.holds.jobs(self.clusters), report, self.phase_deadline)  # holds
         # counted once, after the pilots and their lost work: work put back to READY, and Fireworks that ended
         # meanwhile (making others READY), are in it
         demand = self.gather_demand()
@@ -285,16 +303,11 @@ class Manager:
         report.db_queries += demand.queries
         counts = self.pilot_counts(demand.by_cluster)
         report.decisions = plan(report.demand, self.cluster_views(), counts, fits=demand.by_cluster)
+        report.decisions = self.holds.gate(report.decisions, self.clock())  # holds (issue 16 item 13)
         for d in report.decisions:
             (log.info if d.submit or d.ready else log.debug)(d.log_line())
-            if d.submit <= 0 or self.dry_run:
-                continue
-            rt = self.clusters[d.cluster]
-            for _ in range(d.submit):
-                if self.stop_event.is_set() or not self.submit(rt, d.category, report):
-                    break
-            else:
-                rt.ok()
+        if not self.dry_run:
+            self.phases.run("submission", self._submit_jobs(report.decisions), report, self.phase_deadline)
         report.duration = self.clock() - t0
         if not self.dry_run:
             routes = {n: s.to_dict() for n, s in self.routes.states().items()}
@@ -302,6 +315,43 @@ class Manager:
                                     "errors": report.errors, **({"routes": routes} if routes else {})},
                                    drop=() if routes else ("routes",))
         return report
+
+    def _refresh_jobs(self) -> dict[str, Job]:
+        """Phase 1: the status query of each cluster that is not backed off, as a job of its own thread."""
+        now = self.clock()
+        jobs: dict[str, Job] = {}
+        for rt in self.clusters.values():
+            if not rt.available(now):
+                log.info("%s: backed off until %s (%s)", rt.name, clock_time(rt.backoff_until), rt.last_error)
+                continue
+            jobs[rt.name] = partial(self._refresh_one, rt)
+        return jobs
+
+    def _refresh_one(self, rt: ClusterRuntime, report: CycleReport) -> bool | None:
+        answered = self.refresh_cluster(rt, report)
+        # only an answer resets the back-off: a cluster that was not asked has not recovered
+        if answered and rt.name not in report.errors:
+            rt.ok()
+        return answered
+
+    def _submit_jobs(self, decisions: list[Decision]) -> dict[str, Job]:
+        """Phase 5: each cluster's submissions (all its categories, one after another) as one job."""
+        wanted: dict[str, list[Decision]] = {}
+        for d in decisions:
+            if d.submit > 0:
+                wanted.setdefault(d.cluster, []).append(d)
+        return {name: partial(self._submit_many, self.clusters[name], ds) for name, ds in wanted.items()}
+
+    def _submit_many(self, rt: ClusterRuntime, decisions: list[Decision], report: CycleReport) -> int:
+        """Submit what the decisions ask of one cluster; stops at its first failure or at :attr:`stop_event`."""
+        done = 0
+        for d in decisions:
+            for _ in range(d.submit):
+                if self.stop_event.is_set() or not self.submit(rt, d.category, report):
+                    return done
+                done += 1
+        rt.ok()
+        return done
 
     def run_forever(self, on_cycle: Callable[[CycleReport], None] | None = None) -> None:
         """Cycle every ``poll_interval`` seconds until :attr:`stop_event` is set (SIGTERM)."""
@@ -318,8 +368,13 @@ class Manager:
             self.stop_event.wait(max(0.0, interval - (self.clock() - start)))
 
     def close(self) -> None:
-        """Stop the route keepers (forwards cancelled) and close every cluster's connection."""
+        """Stop the route keepers (forwards cancelled) and close every cluster's connection.
+
+        A cluster thread still busy (a submission under way) gets up to :attr:`phase_deadline` to end first:
+        closing its connection under it would turn a submission that worked into one of unknown outcome.
+        """
         self.routes.stop()
+        self.phases.wait_idle(self.phase_deadline)
         for rt in self.clusters.values():
             rt.close()
 

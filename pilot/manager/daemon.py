@@ -7,16 +7,26 @@ Two managers on one LaunchPad would each count the other's pilots as missing and
 ``pilot manager run`` takes an exclusive ``flock`` on ``CONFIG_DIR/manager.lock`` for its whole life and writes
 its pid next to it. The lock, not the pidfile, is the truth (a crash releases it); the pidfile lets ``stop`` and
 ``status`` find the process, and :func:`is_our_manager` guards against a reused pid.
+
+:class:`ClusterFileWatcher` lets the daemon live on through a fix of a cluster file: a changed
+``clusters/NAME.yaml`` is read again at the next cycle (:mod:`pilot.manager.holds` ends a hold on it).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from pilot.configdir import open_private, pilot_command, private_dir, write_private
+
+if TYPE_CHECKING:
+    from pilot.config import ClusterConfig
+
+log = logging.getLogger("pilot.manager")
 
 
 class ManagerRunningError(RuntimeError):
@@ -84,3 +94,67 @@ def release_lock(config_dir: Path, lock: IO[str]) -> None:
     if read_pid(pidfile) == os.getpid():
         pidfile.unlink(missing_ok=True)
     lock.close()
+
+
+class ClusterFileWatcher:
+    """Reads the cluster files again when they change, so that a fix reaches the running manager.
+
+    Why: a cluster held back because its pilots cannot start (:mod:`pilot.manager.holds`) is released when the
+    user fixes its file; the daemon runs for weeks and must not need a restart for that. Only the files of the
+    clusters the manager started with are watched (a new or removed file, and ``pilot.yaml``, still need a
+    restart). A file is read again when its modification time, size or inode changes; one that does not validate
+    is logged and ignored (the cluster keeps the settings it has), and is read again at its next change.
+
+    Parameters
+    ----------
+    config_dir : Path
+        The configuration directory (its ``clusters/NAME.yaml`` files).
+    names : iterable of str
+        The clusters to watch.
+    """
+
+    def __init__(self, config_dir: Path, names: Iterable[str]) -> None:
+        from pilot.config.loading import CLUSTERS_DIR
+
+        self.dir = Path(config_dir) / CLUSTERS_DIR
+        self.seen: dict[str, tuple[int, int, int] | None] = {n: self._stamp(self._path(n)) for n in names}
+
+    def _path(self, name: str) -> Path | None:
+        for ext in (".yaml", ".yml"):
+            p = self.dir / f"{name}{ext}"
+            if p.is_file():
+                return p
+        return None
+
+    @staticmethod
+    def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def changed(self) -> dict[str, ClusterConfig]:
+        """The clusters whose file changed since the last call and loads: name -> its new settings."""
+        from pilot.config import ConfigError, load_cluster
+
+        out: dict[str, ClusterConfig] = {}
+        for name, old in self.seen.items():
+            path = self._path(name)
+            stamp = self._stamp(path)
+            if stamp == old:
+                continue
+            self.seen[name] = stamp
+            if path is None:
+                log.warning("%s: its cluster file is gone; the manager keeps its settings until it is restarted",
+                            name)
+                continue
+            try:
+                out[name] = load_cluster(path)
+            except ConfigError as e:
+                log.warning("%s: %s changed but does not load; keeping the previous settings:\n%s", name, path, e)
+                continue
+            log.info("%s: %s changed: its new settings apply from this cycle", name, path)
+        return out

@@ -6,9 +6,14 @@ Three collections, so that ``pilot status`` works from any machine that has the 
     One document per pilot job, ``_id`` = the job name (unique, known before submission, so a record
     is written *before* the job is submitted and a crash between submit and record is reconciled by
     name). Fields: cluster, category, job_name, job_id, state, native_state, reason, submit_time,
-    start_time, end_time, exit_code, last_error, walltime, margin, fworker, reconciled.
+    start_time, end_time, exit_code, last_error, walltime, margin, fworker, reconciled; and, written by the
+    pilot itself (:mod:`pilot.worker.heartbeat`): heartbeat, heartbeat_interval, host, exit {time, stop,
+    reason, code, fireworks}.
 ``pilot_clusters``
-    One document per cluster: reachable, last_contact, last_error, failures, backoff_until.
+    One document per cluster: reachable, last_contact, last_error, failures, backoff_until; and, for pilots that
+    cannot start (:mod:`pilot.manager.holds`): failed_starts (in a row) and hold {since, until, delay, failures,
+    pilot {job_name, job_id, category, state, exit_code, reason, why}, stderr_path, stderr_tail, see_more,
+    config_digest} (null when the cluster is not held).
 ``pilot_reruns``
     One document per Firework put back to READY after its pilot died under it (``_id`` = fw_id), by the manager
     or by the worker's requeue: count, history [{time, by, reason, pilot}]. One bound (``max_reruns``) for
@@ -31,11 +36,31 @@ SUBMITTING = "SUBMITTING"        # intent written, submission under way or its o
 SUBMIT_FAILED = "SUBMIT_FAILED"  # the scheduler refused it (final)
 VANISHED = "VANISHED"            # left every listing with no exit-code file (final)
 
+UNKNOWN = "UNKNOWN"                # a state code no table maps, or garbage: polled until it resolves
+
 PENDING_STATES = ("SUBMITTING", "PENDING", "HELD")
 RUNNING_STATES = ("RUNNING", "COMPLETING", "SUSPENDED")
-LIVE_STATES = PENDING_STATES + RUNNING_STATES
-#: a pilot in one of these ended; the Fireworks it still holds RUNNING are lost work
-ENDED_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "UNKNOWN", VANISHED)
+#: states the manager cannot vouch for: polled every cycle until they resolve, counted as running meanwhile
+#: (a slot of max_running), never dead by themselves (:mod:`pilot.manager.liveness`)
+UNCERTAIN_STATES = (UNKNOWN, VANISHED)
+LIVE_STATES = PENDING_STATES + RUNNING_STATES + UNCERTAIN_STATES
+#: the scheduler says the job is over (listing, accounting or exit-code file)
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+#: a pilot in one of these may be dead: the liveness rule decides, with its heartbeat, whether the Fireworks
+#: it still holds are lost work
+ENDED_STATES = (*FINAL_STATES, VANISHED)
+
+
+def live_query() -> dict[str, Any]:
+    """The filter of the records polled each cycle (and shown as live by ``pilot status``): pending, running,
+    and uncertain ones whose lost work is not yet reconciled."""
+    return {"$or": [{"state": {"$in": [s for s in LIVE_STATES if s != VANISHED]}},
+                    {"state": VANISHED, "reconciled": False}]}
+
+
+def ended_query() -> dict[str, Any]:
+    """The filter of the records that are over: the complement of :func:`live_query`."""
+    return {"$or": [{"state": {"$nin": list(LIVE_STATES)}}, {"state": VANISHED, "reconciled": True}]}
 
 
 class Records:
@@ -68,12 +93,15 @@ class Records:
         self.pilots.update_one({"_id": job_name}, {"$set": fields})
 
     def live(self, cluster: str | None = None) -> list[dict[str, Any]]:
-        q: dict[str, Any] = {"state": {"$in": list(LIVE_STATES)}}
+        """The records polled each cycle: pending, running, and uncertain ones not yet found dead (a VANISHED
+        record leaves the polling once its lost work was reconciled)."""
+        q = live_query()
         if cluster is not None:
             q["cluster"] = cluster
         return list(self.pilots.find(q))
 
     def ended_unreconciled(self) -> list[dict[str, Any]]:
+        """Records whose job may be over and whose lost work is not yet dealt with (the liveness rule decides)."""
         return list(self.pilots.find({"state": {"$in": list(ENDED_STATES)}, "reconciled": False}))
 
     def recent_queue_waits(self, cluster: str, limit: int = 20) -> list[float]:
@@ -94,6 +122,30 @@ class Records:
 
     def cluster_state(self, cluster: str) -> dict[str, Any]:
         return self.clusters.find_one({"_id": cluster}) or {}
+
+    # ------------------------------------------------------------------ failed starts and holds
+    def unchecked_ended(self, cluster: str, since: float) -> list[dict[str, Any]]:
+        """The cluster's pilots whose job reached a final scheduler state (ended after ``since``) and whose start
+        was not yet judged by :mod:`pilot.manager.holds`, oldest end first."""
+        return list(self.pilots.find({"cluster": cluster, "state": {"$in": list(FINAL_STATES)},
+                                      "start_checked": {"$ne": True}, "end_time": {"$gte": since}})
+                    .sort("end_time", ASCENDING))
+
+    def mark_start_checked(self, job_name: str, outcome: str) -> None:
+        """Judged once: ``outcome`` is ``failed``, ``started`` or ``ignored`` (see :mod:`pilot.manager.holds`)."""
+        self.update(job_name, start_checked=True, start_outcome=outcome)
+
+    def unproven_live(self, cluster: str) -> int:
+        """The cluster's live pilots whose worker has not written a heartbeat (queued, or not started yet)."""
+        return int(self.pilots.count_documents({**live_query(), "cluster": cluster, "heartbeat": None}))
+
+    def ran_firework(self, fworker: str) -> bool:
+        """Whether any launch (FireWorks' ``launches`` collection) names ``fworker``: the pilot took work."""
+        return self.db["launches"].find_one({"fworker.name": fworker}, {"_id": 1}) is not None
+
+    def set_failed_starts(self, cluster: str, count: int, hold: dict[str, Any] | None) -> None:
+        """The cluster's failed starts in a row and its hold (None: not held)."""
+        self.clusters.update_one({"_id": cluster}, {"$set": {"failed_starts": count, "hold": hold}}, upsert=True)
 
     # ------------------------------------------------------------------ reruns
     def rerun_count(self, fw_id: int) -> int:

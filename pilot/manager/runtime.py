@@ -12,6 +12,7 @@ itself when a later command succeeds.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +39,9 @@ def walltime_seconds(cluster_cfg: ClusterConfig) -> float:
 
 
 def fworker_name(cluster: str, job_id: str) -> str:
-    """The FWorker name a pilot uses in every launch: cluster name + job id."""
-    return f"{cluster}-{job_id}"
+    """The FWorker name a pilot uses in every launch: cluster name + job id (as the job sees it: a federated
+    SLURM id ``123;other`` is ``123`` in ``$SLURM_JOB_ID``)."""
+    return f"{cluster}-{job_id.split(';', 1)[0]}"
 
 
 @dataclass
@@ -68,6 +70,15 @@ class CycleReport:
     fizzled: list[int] = field(default_factory=list)
     duration: float = 0.0
     db_queries: int = 0
+
+    def merge(self, other: CycleReport) -> None:
+        """Take in what one cluster's job saw and did (:mod:`pilot.manager.concurrency`: each job writes a report
+        of its own, merged by the main thread)."""
+        self.submitted.extend(other.submitted)
+        self.errors.update(other.errors)
+        self.reruns.extend(other.reruns)
+        self.fizzled.extend(other.fizzled)
+        self.db_queries += other.db_queries
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +112,9 @@ class ClusterRuntime:
     backoff: BackoffConfig = field(kw_only=True, repr=False)
     records: Records | None = field(default=None, kw_only=True, repr=False)
     settings: ManagerSettings = field(default_factory=ManagerSettings, kw_only=True, repr=False)
+    # fail() and ok() run in the cluster's own thread (pilot.manager.concurrency), one job at a time; the lock
+    # keeps failures, backoff_until and last_error consistent for the main thread that reads them meanwhile
+    _health: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def available(self, now: float) -> bool:
         return now >= self.backoff_until
@@ -141,11 +155,12 @@ class ClusterRuntime:
     def fail(self, error: str, report: CycleReport) -> None:
         """The cluster failed: back off (``initial * factor ** (failures - 1)``, at most ``max``), report, record."""
         now = self.settings.clock()
-        self.failures += 1
         b = self.backoff
-        delay = min(float(b.max), float(b.initial) * float(b.factor) ** (self.failures - 1))
-        self.backoff_until = now + delay
-        self.last_error = error
+        with self._health:
+            self.failures += 1
+            delay = min(float(b.max), float(b.initial) * float(b.factor) ** (self.failures - 1))
+            self.backoff_until = now + delay
+            self.last_error = error
         report.errors[self.name] = error
         log.warning("%s: %s; backing off for %.0f s (failure %d in a row)", self.name, error, delay, self.failures)
         records = self._recorder()
@@ -154,11 +169,12 @@ class ClusterRuntime:
 
     def ok(self) -> None:
         """The cluster answered: forget its failures and record it reachable."""
-        if self.failures:
-            log.info("%s: reachable again after %d failure(s)", self.name, self.failures)
-        self.failures = 0
-        self.backoff_until = 0.0
-        self.last_error = None
+        with self._health:
+            failures, self.failures = self.failures, 0
+            self.backoff_until = 0.0
+            self.last_error = None
+        if failures:
+            log.info("%s: reachable again after %d failure(s)", self.name, failures)
         records = self._recorder()
         if records is not None:
             records.cluster_ok(self.name, self.settings.clock())

@@ -2,10 +2,12 @@
 
 Per cluster, one status query for this manager's own pilots, matched to its records by job id, and by job
 name for submissions whose outcome was unknown. Jobs that left the queue are resolved from the scheduler's
-history, then from the exit-code file the pilot script writes; a job found nowhere twice in a row is
-VANISHED. Then, over all clusters: Fireworks still RUNNING or RESERVED under a pilot that ended are put back
-to READY by a compare-and-set (:mod:`pilot.manager.reruns`: a pilot that finished first wins), at most
-``max_reruns`` times each, then FIZZLED with their history, for a person.
+history (which may also say the job still runs), then from the exit-code file the pilot script writes; a job
+found nowhere twice in a row is VANISHED, and is still polled. Then, over all clusters: Fireworks still
+RUNNING or RESERVED under a pilot that is dead by the one rule of :mod:`pilot.manager.liveness` (the job is
+over **and** the pilot has gone quiet) are put back to READY by a compare-and-set (:mod:`pilot.manager.reruns`:
+a pilot that finished first wins), at most ``max_reruns`` times each, then FIZZLED with their history, for a
+person.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pilot.manager.records import ENDED_STATES, SUBMITTING, VANISHED, Records
+from pilot.manager.liveness import verdict
+from pilot.manager.records import ENDED_STATES, VANISHED, Records
 from pilot.manager.runtime import ClusterRuntime, CycleReport, ManagerSettings, fworker_name
 
 if TYPE_CHECKING:
     from pilot.config import PilotConfig
-    from pilot.manager.reruns import LostLaunch
+    from pilot.manager.reruns import LostLaunch, RerunResult
     from queue_adapters.base import JobStatus
 
 log = logging.getLogger("pilot.manager")
@@ -47,6 +50,8 @@ class Tracker:
         self.lp = launchpad
         self.pilot_config = pilot_config
         self.settings = settings
+        #: fw_id -> when (manager clock) a rerun first found its workflow locked, while every try since did too
+        self.locked_since: dict[int, float] = {}
 
     @property
     def dry_run(self) -> bool:
@@ -72,8 +77,10 @@ class Tracker:
             # nothing of ours to look at: the cluster's health shows when we submit to it
             return None
         ad = rt.adapter
+        # a federated SLURM id (``123;clusterB``) is only listed by a query naming its cluster (-M)
+        federated = sorted({str(r["job_id"]) for r in live if ";" in str(r.get("job_id") or "")})
         try:
-            res = rt.run(ad.status_command(user=rt.config.user))
+            res = rt.run(ad.status_command(job_ids=federated or None, user=rt.config.user))
             statuses = ad.parse_status(res.returncode, res.stdout, res.stderr)
         except (TransportError, SchedulerQueryError) as e:
             rt.fail(str(e), report)
@@ -82,12 +89,10 @@ class Tracker:
         now = self.clock()
         missing: list[dict[str, Any]] = []
         for rec in live:
-            st = statuses.get(rec["job_id"]) if rec.get("job_id") else None
-            if st is None and rec["state"] == SUBMITTING:
-                st = by_name.get(rec["job_name"])
+            st = statuses.get(rec["job_id"]) if rec.get("job_id") else by_name.get(rec["job_name"])
             if st is not None:
                 self._apply_status(rec, st, now)
-            elif rec["state"] == SUBMITTING:
+            elif not rec.get("job_id"):
                 self._unseen_submission(rec, now)
             else:
                 missing.append(rec)
@@ -139,8 +144,14 @@ class Tracker:
                      f" ({st.reason})" if st.reason else "")
 
     def _unseen_submission(self, rec: dict[str, Any], now: float) -> None:
-        """A submission whose outcome is unknown and that no listing shows (yet)."""
+        """A submission whose outcome is unknown and that no listing shows (yet).
+
+        After a grace it is VANISHED, and still polled by name: if the job does exist, its pilot writes its
+        FWorker and job id into the record with its first heartbeat, and from then on it is tracked as any
+        other (issue 16, item 5)."""
         grace = max(3 * float(self.pilot_config.poll_interval), 120.0)
+        if rec["state"] == VANISHED:
+            return
         if now - float(rec["submit_time"]) > grace:
             msg = (f"submission outcome unknown and no job named {rec['job_name']} appeared within "
                    f"{grace:.0f} s: treated as not submitted")
@@ -168,6 +179,10 @@ class Tracker:
                 log.info("%s: history query failed (%s); using exit-code files", rt.name, e)
         for rec in missing:
             st = hist.get(rec["job_id"])
+            if st is not None and not st.state.final and st.state.name != "UNKNOWN":
+                # the accounting still knows it pending or running (a listing that missed it): it lives
+                self._apply_status(rec, st, now)
+                continue
             if st is None or not st.state.final:
                 path = f"{rt.config.work_dir}/{exit_file_name(rec['job_id'])}"
                 try:
@@ -180,7 +195,10 @@ class Tracker:
                 self._apply_status(rec, st, now)
             else:
                 unseen = int(rec.get("unseen_cycles") or 0) + 1
-                if unseen >= 2:
+                if unseen >= 2 and rec["state"] == VANISHED:
+                    if not self.dry_run:
+                        self.records.update(rec["_id"], unseen_cycles=unseen)
+                elif unseen >= 2:
                     msg = f"job {rec['job_id']} left the queue with no record in the scheduler or {rt.config.work_dir}"
                     log.warning("%s: pilot %s: %s", rt.name, rec["job_name"], msg)
                     if not self.dry_run:
@@ -204,9 +222,14 @@ class Tracker:
 
         if not self.dry_run:
             publish_bound(self.lp.db, int(self.pilot_config.max_reruns))
+        now = self.clock()
         for rec in self.records.ended_unreconciled():
+            alive = verdict(rec, now, VANISHED)
+            if not alive.dead:
+                log.debug("pilot %s: not dead yet: %s", rec.get("job_name"), alive.why)
+                continue
             try:
-                done = self._reconcile_record(rec, report)
+                done = self._reconcile_record(rec, report, alive.why)
             except Exception as e:  # noqa: BLE001 - one record must never stop the cycle; retried next cycle
                 log.exception("pilot %s: reconciling its lost work failed (%s: %s); retried next cycle",
                               rec.get("job_name"), type(e).__name__, e)
@@ -214,9 +237,10 @@ class Tracker:
             if done and not self.dry_run:
                 self.records.update(rec["_id"], reconciled=True)
 
-    def lost_launches(self, rec: dict[str, Any]) -> list[LostLaunch]:
-        """The launches an ended pilot still holds RUNNING or RESERVED whose Firework is still RUNNING or
-        RESERVED: held by the Firework, or never written into it (``half``: a checkout left half done)."""
+    def lost_launches(self, rec: dict[str, Any], dead: str | None = None) -> list[LostLaunch]:
+        """The launches a dead pilot still holds RUNNING or RESERVED whose Firework is still RUNNING or
+        RESERVED: held by the Firework, or never written into it (``half``: a checkout left half done).
+        ``dead`` says why the pilot is taken for dead (:func:`pilot.manager.liveness.verdict`)."""
         from pilot.manager.reruns import LostLaunch
 
         fworker = rec.get("fworker")
@@ -231,28 +255,30 @@ class Tracker:
             held = launch["launch_id"] in (fw.get("launches") or [])
             if held and fw.get("state") != launch["state"]:
                 continue
-            why = (f"pilot {rec['job_name']} (job {rec.get('job_id')}) on {rec['cluster']} ended "
-                   f"{rec['state']} while it {'ran' if launch['state'] == 'RUNNING' else 'had reserved'} it")
+            why = (f"pilot {rec['job_name']} (job {rec.get('job_id')}) on {rec['cluster']} died "
+                   f"({dead or 'ended ' + str(rec['state'])}) while it "
+                   f"{'ran' if launch['state'] == 'RUNNING' else 'had reserved'} it")
             out.append(LostLaunch(int(launch["fw_id"]), int(launch["launch_id"]), str(launch["state"]),
                                   str(rec["job_name"]), why, half=not held))
         return out
 
-    def _reconcile_record(self, rec: dict[str, Any], report: CycleReport) -> bool:
-        """Rerun one ended pilot's lost launches; True when all were handled (the record is then done)."""
-        from pilot.manager.reruns import RerunResult, conditional_rerun, release_half_checkout
+    def _reconcile_record(self, rec: dict[str, Any], report: CycleReport, dead: str | None = None) -> bool:
+        """Rerun one dead pilot's lost launches; True when all were handled (the record is then done)."""
+        from fireworks.core.launchpad import LockedWorkflowError
+
+        from pilot.manager.reruns import RerunResult
 
         max_reruns = int(self.pilot_config.max_reruns)
         ok = True
-        for lost in self.lost_launches(rec):
+        for lost in self.lost_launches(rec, dead):
             if self.dry_run:
                 log.info("dry run: would rerun fw %d: %s", lost.fw_id, lost.reason)
                 continue
             try:
-                if lost.half:
-                    result = release_half_checkout(self.lp, lost)
-                else:
-                    result = conditional_rerun(self.lp, lost, max_reruns, now=self.clock(),
-                                               before_claim=self.before_claim)
+                result = self._rerun(lost, max_reruns)
+            except LockedWorkflowError:
+                ok = False
+                continue
             except Exception as e:  # noqa: BLE001 - the pilot's other launches still get their turn
                 log.exception("fw %d: rerun failed (%s: %s); retried next cycle", lost.fw_id, type(e).__name__, e)
                 ok = False
@@ -271,6 +297,35 @@ class Tracker:
                 log.info("fw %d: not rerun: it moved on since it was read (its pilot finished it first)",
                          lost.fw_id)
         return ok
+
+    def _rerun(self, lost: LostLaunch, max_reruns: int) -> RerunResult:
+        """One conditional rerun (or release of a half-done checkout). A workflow lock that every try has found
+        held for longer than FireWorks calls a lock expired is taken by force: its holder is gone (a pilot
+        killed while FireWorks held the lock for its checkout leaves it set for ever, and with it the Firework
+        RUNNING and the whole workflow stuck). A LockedWorkflowError before that is logged and propagates."""
+        from fireworks.core.launchpad import LockedWorkflowError
+
+        from pilot.manager.reruns import conditional_rerun, release_half_checkout, stale_lock_seconds
+
+        now = self.clock()
+        since = self.locked_since.get(lost.fw_id)
+        kill = since is not None and now - since >= stale_lock_seconds()
+        if kill:
+            log.warning("fw %d: its workflow has been locked for %.0f s, through every try: taking the stale lock "
+                        "by force", lost.fw_id, now - float(since or now))
+        try:
+            if lost.half:
+                result = release_half_checkout(self.lp, lost, kill=kill)
+            else:
+                result = conditional_rerun(self.lp, lost, max_reruns, now=now, before_claim=self.before_claim,
+                                           kill=kill)
+        except LockedWorkflowError:
+            first = self.locked_since.setdefault(lost.fw_id, now)
+            log.warning("fw %d: its workflow is locked; retried next cycle (taken by force once it has stayed "
+                        "locked for %.0f s: %.0f s so far)", lost.fw_id, stale_lock_seconds(), now - first)
+            raise
+        self.locked_since.pop(lost.fw_id, None)
+        return result
 
 
 __all__ = ["Tracker"]

@@ -148,14 +148,23 @@ def _clusters_lines(report: StatusReport, now: float, width: int) -> list[str]:
         p = c.pilots
         rows.append([c.name + ("" if c.in_config or not report.config_dir else " (not in config)"),
                      c.scheduler or "-", _reach(c), *([route] if shown else []), human_ago(c.last_contact, now),
-                     p.pending, p.running, p.ended_recently,
-                     _backoff_cell(c.backoff_until, now) if c.backed_off else "-"])
+                     p.pending, f"{p.running} (+{p.uncertain} unsure)" if p.uncertain else p.running,
+                     p.ended_recently,
+                     _hold_cell(c, now) or (_backoff_cell(c.backoff_until, now) if c.backed_off else "-")])
     # the last error gets what the other columns leave of the width (its whole first line is under NEEDS YOU)
     used = 2 + sum(max(len(h), *(len("-" if row[i] is None else str(row[i])) for row in rows)) + 2
                    for i, h in enumerate(headers[:-1]))
     for c, row in zip(report.clusters, rows, strict=True):
         row.append(first_line(c.last_error, max(MIN_ERROR_WIDTH, width - used)) or "-")
     return format_table(headers, rows)
+
+
+def _hold_cell(c: ClusterStatus, now: float) -> str | None:
+    """``HELD, probe in 4 min`` / ``HELD, probing``: a cluster whose pilots cannot start (None: not held)."""
+    if c.hold is None:
+        return None
+    until = c.hold.until
+    return "HELD, " + (f"probe in {human_duration(until - now)}" if until is not None and until > now else "probing")
 
 
 def _backoff_cell(until: float | None, now: float) -> str:
@@ -265,6 +274,7 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
         if hint:
             out.append(f"    {hint}")
         out.append(f"    check it with: {_pilot(r, f'doctor {c.name}')}")
+    out += _hold_lines(r, now)
     out += _route_lines(r, now)
     if r.pending_total:
         shown = f" (the {len(r.pending_long)} oldest)" if len(r.pending_long) < r.pending_total else ""
@@ -279,6 +289,30 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
         for x in r.lost_runs:
             out.append(f"    fw {x.fw_id} {x.name or ''}: pilot {x.pilot} on {x.cluster} ended {x.pilot_state} "
                        f"{human_ago(x.pilot_end_time, now)}")
+    return out
+
+
+def _hold_lines(r: StatusReport, now: float) -> list[str]:
+    """The "needs you" entries of the clusters held because their pilots cannot start."""
+    out: list[str] = []
+    for c in r.held:
+        h = c.hold
+        if h is None:
+            continue
+        p = h.pilot
+        code = f", exit code {p.get('exit_code')}" if p.get("exit_code") is not None else ""
+        nxt = (f"next probe pilot {human_until(h.until, now)}" if h.until is not None and h.until > now
+               else "a probe pilot is due or in the queue")
+        out.append(f"* cluster {c.name} is held: {_plural(h.failures, 'pilot')} in a row ended before running any "
+                   f"Firework ({nxt}). Last: {p.get('job_name')} (job {p.get('job_id')}) {p.get('state')}{code}: "
+                   f"{p.get('why')}")
+        if h.stderr_tail:
+            out.append(f"    last lines of {h.stderr_path}:")
+            out += [f"      {line}" for line in h.stderr_tail.rstrip("\n").splitlines()]
+        if h.see_more:
+            out.append(f"    see the rest: {h.see_more}")
+        out.append(f"    fix the cluster file (clusters/{c.name}.yaml: python, setup, ...): the hold ends when it "
+                   f"changes, or when a pilot starts; check with: {_pilot(r, f'doctor {c.name}')}")
     return out
 
 

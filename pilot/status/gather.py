@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 from pilot.checks.probes import address_of
 from pilot.isotime import epoch_seconds
 from pilot.launchpad.files import uri_hosts
-from pilot.manager.records import LIVE_STATES, PENDING_STATES, RUNNING_STATES
+from pilot.manager.records import PENDING_STATES, RUNNING_STATES, ended_query, live_query
 from pilot.status.model import (
     FW_STATES,
     OTHER_CATEGORIES,
     CategoryStatus,
     ClusterStatus,
     FizzledFirework,
+    HoldStatus,
     LostRun,
     PendingPilot,
     RouteCondition,
@@ -224,11 +225,11 @@ def _add_pilot_counts(q: _Queries, out: dict[str, ClusterStatus], since: float) 
     # each aggregation starts with a selective $match, so the database reads only those records, however
     # long the history is
     live = q.aggregate("pilots", [
-        {"$match": {"state": {"$in": list(LIVE_STATES)}}},
+        {"$match": live_query()},
         {"$group": {"_id": {"cluster": "$cluster", "state": "$state"}, "n": {"$sum": 1}}},
     ])
     ended = q.aggregate("pilots", [
-        {"$match": {"end_time": {"$gte": since}, "state": {"$nin": list(LIVE_STATES)}}},
+        {"$match": {"end_time": {"$gte": since}, **ended_query()}},
         {"$group": {"_id": {"cluster": "$cluster", "state": "$state"}, "n": {"$sum": 1}}},
     ])
     for rows, kind in ((live, "live"), (ended, "ended")):
@@ -247,6 +248,8 @@ def _add_pilot_counts(q: _Queries, out: dict[str, ClusterStatus], since: float) 
                 p.pending += n
             elif state in RUNNING_STATES:
                 p.running += n
+            else:
+                p.uncertain += n
 
 
 def _add_served_categories(q: _Queries, out: dict[str, ClusterStatus], now: float) -> None:
@@ -288,6 +291,9 @@ def _add_cluster_records(q: _Queries, out: dict[str, ClusterStatus], now: float)
         cs.backed_off = bool(cs.backoff_until and cs.backoff_until > now)
         if cs.reachable and (cs.last_error_time or 0) <= (cs.last_contact or 0):
             cs.last_error = None  # an error from before the last good contact is history
+        cs.failed_starts = int(doc.get("failed_starts") or 0)
+        # held back because its pilots cannot start (pilot.manager.holds)
+        cs.hold = HoldStatus.from_doc(doc["hold"]) if isinstance(doc.get("hold"), dict) else None
 
 
 def _add_routes(out: dict[str, ClusterStatus], config: Config | None, manager: dict[str, Any] | None,
@@ -540,7 +546,7 @@ def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions) 
               if c.name not in (None, OTHER_CATEGORIES) and c.served_by and c.count("READY")]
     if not served:
         return []
-    live = sorted({str(d["fworker"]) for d in q.find("pilots", {"state": {"$in": list(LIVE_STATES)}},
+    live = sorted({str(d["fworker"]) for d in q.find("pilots", live_query(),
                                                      {"fworker": 1}) if d.get("fworker")})
     query = {"state": "READY", "spec._category": {"$in": served}, "spec._fworker": {"$nin": [None, *live]}}
     docs = q.find("fireworks", query, {"fw_id": 1, "spec._category": 1, "spec._fworker": 1}, sort=[("fw_id", 1)],

@@ -21,6 +21,7 @@ __all__ = [
     "CategoryStatus",
     "ClusterStatus",
     "FizzledFirework",
+    "HoldStatus",
     "LostRun",
     "PendingPilot",
     "PilotCounts",
@@ -92,6 +93,9 @@ class PilotCounts:
 
     pending: int = 0
     running: int = 0
+    #: UNKNOWN or VANISHED: the scheduler's answer could not be trusted; polled every cycle until it resolves,
+    #: counted against max_running meanwhile, never taken for dead on its own
+    uncertain: int = 0
     ended_recently: int = 0
     ended_recently_by_state: dict[str, int] = field(default_factory=dict)
 
@@ -158,6 +162,60 @@ class RouteStatus:
 
 
 @dataclass
+class HoldStatus:
+    """A cluster held back because its pilots end before running any Firework (:mod:`pilot.manager.holds`).
+
+    Attributes
+    ----------
+    since, until : float | None
+        Epoch seconds: held since; no pilot before ``until``, then one probe pilot.
+    delay : float | None
+        Seconds of the current wait (doubles after each failed probe).
+    failures : int
+        Failed starts in a row.
+    pilot : dict
+        The last failed pilot: job_name, job_id, category, state, exit_code, reason, end_time, why.
+    stderr_path, stderr_tail, see_more : str | None
+        Its stderr file on the cluster, the last lines of it (secrets scrubbed), the command that shows more.
+    """
+
+    since: float | None = None
+    until: float | None = None
+    delay: float | None = None
+    failures: int = 0
+    pilot: dict[str, Any] = field(default_factory=dict)
+    stderr_path: str | None = None
+    stderr_tail: str | None = None
+    see_more: str | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> HoldStatus:
+        """From the ``hold`` of a ``pilot_clusters`` record (fields of the wrong type are left out)."""
+        def num(key: str) -> float | None:
+            v = doc.get(key)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        def text(key: str) -> str | None:
+            v = doc.get(key)
+            return v if isinstance(v, str) else None
+
+        raw = doc.get("pilot")
+        pilot: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        keep = ("job_name", "job_id", "category", "state", "exit_code", "reason", "end_time", "why")
+        failures = doc.get("failures")
+        return cls(since=num("since"), until=num("until"), delay=num("delay"),
+                   failures=failures if isinstance(failures, int) else 0,
+                   pilot={k: pilot.get(k) for k in keep}, stderr_path=text("stderr_path"),
+                   stderr_tail=text("stderr_tail"), see_more=text("see_more"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``hold`` of a cluster in the ``--json`` document."""
+        d = _with_iso(asdict(self), "since", "until")
+        d["pilot"] = _with_iso(dict(self.pilot), "end_time") if "end_time" in self.pilot else dict(self.pilot)
+        return d
+
+
+@dataclass
 class ClusterStatus:
     """One cluster as the manager last saw it.
 
@@ -185,6 +243,10 @@ class ClusterStatus:
     pilots : PilotCounts
     route : RouteStatus | None
         Its LaunchPad route, for ``launchpad_route: ssh`` (``None``: direct).
+    failed_starts : int
+        Its pilots in a row that ended before running any Firework.
+    hold : HoldStatus | None
+        Held back because its pilots cannot start (``None``: not held).
     """
 
     name: str
@@ -202,11 +264,14 @@ class ClusterStatus:
     backed_off: bool = False
     pilots: PilotCounts = field(default_factory=PilotCounts)
     route: RouteStatus | None = None
+    failed_starts: int = 0
+    hold: HoldStatus | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The cluster in the ``--json`` document."""
         d = _with_iso(asdict(self), "last_contact", "last_error_time", "backoff_until")
         d["route"] = self.route.to_dict() if self.route is not None else None
+        d["hold"] = self.hold.to_dict() if self.hold is not None else None
         return d
 
 
@@ -319,6 +384,11 @@ class StatusReport:
         return [c for c in self.clusters if c.backed_off]
 
     @property
+    def held(self) -> list[ClusterStatus]:
+        """The clusters held back because their pilots cannot start."""
+        return [c for c in self.clusters if c.hold is not None]
+
+    @property
     def routes_down(self) -> list[ClusterStatus]:
         """The clusters whose LaunchPad route is down or not kept (by a manager that is cycling)."""
         return [c for c in self.clusters if c.route is not None and c.route.condition.needs_you]
@@ -328,7 +398,7 @@ class StatusReport:
         """How many entries the "needs you" section has (0: nothing to do)."""
         return (self.fizzled_total + len(self.unserved) + self.pending_total + len(self.backed_off)
                 + len(self.lost_runs) + len(self.too_long) + (1 if self.manager_stale else 0)
-                + len(self.routes_down))
+                + len(self.routes_down) + len(self.held))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (schema: ``docs/status.schema.json``); times as ISO 8601 UTC text."""
@@ -352,6 +422,9 @@ class StatusReport:
                                  "items": [_with_iso(asdict(p), "submit_time") for p in self.pending_long]},
                 "backed_off": [{"cluster": c.name, "until": _iso(c.backoff_until), "failures": c.failures,
                                 "error": c.last_error} for c in self.backed_off],
+                "held": [{"cluster": c.name, "until": _iso(c.hold.until), "failures": c.hold.failures,
+                          "stderr_tail": c.hold.stderr_tail, "see_more": c.hold.see_more}
+                         for c in self.clusters if c.hold is not None],
                 "running_under_ended_pilots": [_with_iso(asdict(x), "pilot_end_time") for x in self.lost_runs],
                 "too_long": [asdict(t) for t in self.too_long],
                 "manager_stale": stale,

@@ -35,7 +35,8 @@ def transport_for(name: str, cluster: ClusterConfig) -> Transport:
         identity_file=os.path.expanduser(cluster.identity_file) if cluster.identity_file else None,
         known_hosts=os.path.expanduser(cluster.known_hosts) if cluster.known_hosts else None,
         strict_host_key_checking=cluster.strict_host_key_checking, proxy_jump=cluster.proxy_jump,
-        use_ssh_config=cluster.use_ssh_config, connect_timeout=float(cluster.connect_timeout), name=name)
+        use_ssh_config=cluster.use_ssh_config, connect_timeout=float(cluster.connect_timeout), name=name,
+        sftp_timeout=float(cluster.command_timeout))
 
 
 def _scheduler(cluster: Any) -> str:

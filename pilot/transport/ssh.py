@@ -40,13 +40,19 @@ class SSHTransport(SSHCommands, SSHFiles):
     ssh_config_path : str
         Default ``~/.ssh/config``.
     connect_timeout : float
-        Seconds for TCP connect, SSH banner, authentication and channel opening.
+        Seconds for setting up the connection: TCP connect, SSH banner, key exchange and authentication
+        together (each hop: with ``proxy_jump`` at most twice this).
     keepalive : int
         Seconds between SSH keepalive packets (0 = off).
     name : str, optional
         Display name (e.g. the cluster name) for messages and logs.
     allow_agent : bool
         Try keys from a running ssh-agent (default True).
+    sftp_timeout : float
+        Seconds one file operation (``put``, ``get``, ``stat``, ``makedirs``, ...) may take, opening the SFTP
+        session included (default 120); a transfer counts them from the last chunk that moved. On expiry the
+        session is closed and :class:`CommandTimeout` raised: a hung file system on the host costs this
+        long, not for ever.
 
     Notes
     -----

@@ -35,8 +35,12 @@ class SSHTransportBase(Transport):
                  known_hosts: str | None = None, strict_host_key_checking: bool = True,
                  proxy_jump: str | None = None, use_ssh_config: bool = False,
                  ssh_config_path: str = "~/.ssh/config", connect_timeout: float = 15, keepalive: int = 30,
-                 name: str | None = None, allow_agent: bool = True) -> None:
+                 name: str | None = None, allow_agent: bool = True, sftp_timeout: float = 120) -> None:
+        if sftp_timeout <= 0:
+            raise ValueError(f"sftp_timeout must be a positive number of seconds, got {sftp_timeout!r}")
         self.host = host
+        #: Seconds one file operation (put, get, stat, ...) may take before it fails with CommandTimeout.
+        self.sftp_timeout = float(sftp_timeout)
         self.name = name or host
         self._settings: Settings = resolve_settings(host, user, port, identity_file, known_hosts,
                                                     strict_host_key_checking, proxy_jump, use_ssh_config,

@@ -16,6 +16,8 @@ import secrets
 import socket
 import stat as stat_module
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +25,7 @@ from typing import TypeVar
 import paramiko
 
 from pilot.transport.base import FileStat
-from pilot.transport.errors import RemotePathError, TransportError
+from pilot.transport.errors import CommandTimeout, RemotePathError, TransportError
 from pilot.transport.ssh_base import CHUNK, SSHTransportBase, home_relative
 
 log = logging.getLogger("pilot.transport")
@@ -32,20 +34,77 @@ _SHA256_HEX = re.compile(r"\\?([0-9a-fA-F]{64})\b")
 _T = TypeVar("_T")
 
 
+class Progress:
+    """When an SFTP call last moved data. Its deadline counts from there: a large transfer that keeps moving is
+    no hang, however long it takes; one that stops moving for :attr:`SSHFiles.sftp_timeout` seconds is."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self, *_: object) -> None:
+        """Data moved (also usable as paramiko's ``callback(done, total)``)."""
+        self.last = time.monotonic()
+
+
+def _watch(chan: paramiko.Channel | None, limit: float, progress: Progress, expired: threading.Event,
+           done: threading.Event) -> None:
+    """Close the channel (which ends every wait on it) once ``limit`` seconds passed without progress."""
+    while True:
+        left = progress.last + limit - time.monotonic()
+        if left <= 0:
+            expired.set()
+            if chan is not None:
+                chan.close()
+            return
+        if done.wait(left):
+            return
+
+
 class SSHFiles(SSHTransportBase):
     """The file operations of :class:`~pilot.transport.base.Transport` over SFTP."""
 
-    def _sftp_call(self, what: str, path: str, fn: Callable[[paramiko.SFTPClient], _T]) -> _T:
+    def _sftp_call(self, what: str, path: str, fn: Callable[[paramiko.SFTPClient], _T],
+                   progress: Progress | None = None) -> _T:
+        """Run ``fn`` on the shared SFTP session within :attr:`sftp_timeout` seconds, reconnecting once when the
+        connection was lost.
+
+        The deadline covers the whole call (opening the session, waiting for it, every request), counted from
+        the last time ``progress`` was touched when ``fn`` moves data: a watchdog thread closes the session's
+        channel when it expires, and each single wait gives up after the same time. A call that hit the
+        deadline is not repeated (it would hang again): the session is closed, the next call opens a new one,
+        and :class:`~pilot.transport.errors.CommandTimeout` says what hung.
+        """
         conn = self._connection()
+        limit = float(self.sftp_timeout)
+        progress = progress or Progress()
         for attempt in (1, 2):
-            sftp, transport = conn.sftp()
+            expired, done = threading.Event(), threading.Event()
+            sftp: paramiko.SFTPClient | None = None
+            transport: paramiko.Transport | None = None
+            progress.touch()
             try:
-                with conn.sftp_lock:
+                sftp, transport = conn.sftp(limit)
+                left = progress.last + limit - time.monotonic()
+                if not conn.sftp_lock.acquire(timeout=max(left, 0.001)):
+                    raise TimeoutError("another SFTP operation on this connection did not end")
+                watchdog = threading.Thread(target=_watch, args=(sftp.get_channel(), limit, progress, expired, done),
+                                            name=f"sftp-deadline-{self.name}", daemon=True)
+                watchdog.start()
+                try:
                     return fn(sftp)
+                finally:
+                    done.set()
+                    conn.sftp_lock.release()
             except TransportError:
                 raise
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                if transport.is_active() and isinstance(exc, OSError) and not isinstance(exc, socket.timeout):
+                if expired.is_set() or isinstance(exc, socket.timeout):
+                    if sftp is not None:
+                        conn.drop_sftp(sftp)
+                    raise self._sftp_timeout(what, path, limit, exc) from exc
+                if transport is None:   # the session did not open, and the connection broke meanwhile
+                    raise self._lost(f"cannot {what} {path}", exc, None, False) from exc
+                if transport.is_active() and isinstance(exc, OSError):
                     raise RemotePathError(f"cannot {what} {path}: {exc.strerror or exc}", path=path,
                                           errno_value=exc.errno, host=self.host, label=self._label,
                                           stderr_tail=f"{type(exc).__name__}: {exc}",
@@ -56,6 +115,12 @@ class SSHFiles(SSHTransportBase):
                     raise self._lost(f"cannot {what} {path}", exc, None, False) from exc
                 log.warning("%s: connection lost during SFTP (%s); reconnecting once", self._label, exc)
         raise AssertionError("unreachable")
+
+    def _sftp_timeout(self, what: str, path: str, limit: float, exc: BaseException) -> CommandTimeout:
+        return CommandTimeout(f"no answer from the SFTP server within {limit:g} s to {what} {path}",
+                              host=self.host, label=self._label, stderr_tail=f"{type(exc).__name__}: {exc}",
+                              hint=f"the file system of {path} on the host may hang (try `ls` on it there); "
+                                   "the SFTP session was closed and the next call opens a new one")
 
     @staticmethod
     def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str, mode: int) -> None:
@@ -89,6 +154,8 @@ class SSHFiles(SSHTransportBase):
         if not is_data and not os.path.isfile(data_or_path):
             raise FileNotFoundError(errno.ENOENT, "local file to put does not exist", str(data_or_path))
 
+        progress = Progress()
+
         def do(sftp: paramiko.SFTPClient) -> int:
             if parent:
                 self._sftp_makedirs(sftp, parent, 0o755)
@@ -102,11 +169,13 @@ class SSHFiles(SSHTransportBase):
                         buf = memoryview(data_or_path)  # type: ignore[arg-type]
                         for i in range(0, len(buf), CHUNK):
                             f.write(buf[i:i + CHUNK])
+                            progress.touch()
                         size = len(buf)
                     else:
                         with open(data_or_path, "rb") as src:
                             while chunk := src.read(CHUNK):
                                 f.write(chunk)
+                                progress.touch()
                                 size += len(chunk)
                 try:
                     sftp.posix_rename(tmp, rp)  # atomic replace (OpenSSH extension, since 2008)
@@ -131,13 +200,14 @@ class SSHFiles(SSHTransportBase):
                         log.debug("%s: could not remove temporary file %s: %s", self._label, tmp, exc)
             return size
 
-        size = self._sftp_call("write", remote_path, do)
+        size = self._sftp_call("write", remote_path, do, progress)
         log.debug("%s: put %d bytes to %s (mode %o)", self._label, size, remote_path, mode)
 
     def get(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
         rp = home_relative(remote_path)
         dest = Path(local_path).expanduser()
         dest.parent.mkdir(parents=True, exist_ok=True)
+        progress = Progress()
 
         def do(sftp: paramiko.SFTPClient) -> int:
             st = sftp.stat(rp)
@@ -145,7 +215,7 @@ class SSHFiles(SSHTransportBase):
             try:
                 with os.fdopen(fd, "wb") as out:
                     os.fchmod(out.fileno(), stat_module.S_IMODE(st.st_mode or 0o600))
-                    size = sftp.getfo(rp, out)
+                    size = sftp.getfo(rp, out, callback=progress.touch)
                 if st.st_size is not None and size != st.st_size:
                     raise OSError(errno.EIO, f"copied {size} bytes but the remote file has {st.st_size}")
                 os.replace(tmp, dest)
@@ -155,7 +225,7 @@ class SSHFiles(SSHTransportBase):
                     os.unlink(tmp)
             return size
 
-        size = self._sftp_call("read", remote_path, do)
+        size = self._sftp_call("read", remote_path, do, progress)
         log.debug("%s: got %d bytes from %s into %s", self._label, size, remote_path, dest)
 
     def stat(self, path: str) -> FileStat:
@@ -196,6 +266,8 @@ class SSHFiles(SSHTransportBase):
                 f.prefetch()
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
+                    progress.touch()
             return h.hexdigest()
 
-        return self._sftp_call("read", path, do)
+        progress = Progress()
+        return self._sftp_call("read", path, do, progress)

@@ -82,15 +82,31 @@ class Connection:
                                           label=self.label,
                                           hint="fix identity_file in the cluster's configuration (or the "
                                                "IdentityFile in your ssh config)")
+        # paramiko bounds each step on its own (TCP, banner, authentication): up to 3x connect_timeout in all.
+        # A timer closes the half-made connection when connect_timeout has passed, which ends any wait at once
+        # (paramiko's own banner and authentication limits, a second later, are only the fallback).
+        expired = threading.Event()
+        watchdog = threading.Timer(s.connect_timeout, _abort_connect, (client, expired))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             client.connect(ep.hostname, port=ep.port, username=ep.user,
                            key_filename=list(ep.identity_files) or None,  # type: ignore[arg-type]  # a list works too
-                           timeout=s.connect_timeout, banner_timeout=s.connect_timeout,
-                           auth_timeout=s.connect_timeout, channel_timeout=s.connect_timeout,
+                           timeout=s.connect_timeout, banner_timeout=s.connect_timeout + 1,
+                           auth_timeout=s.connect_timeout + 1, channel_timeout=s.connect_timeout,
                            allow_agent=s.allow_agent, look_for_keys=not ep.identity_files, sock=sock)
-        except BaseException:
+        except BaseException as exc:
             client.close()
+            if expired.is_set() and isinstance(exc, Exception) and not isinstance(exc, TimeoutError):
+                raise TimeoutError(f"the SSH connection was not set up within {s.connect_timeout:g} s "
+                                   f"(TCP, banner, key exchange and authentication together; "
+                                   f"{type(exc).__name__}: {exc})") from exc
             raise
+        finally:
+            watchdog.cancel()
+        if expired.is_set():   # set up just as the timer fired: it may have closed the new connection
+            client.close()
+            raise TimeoutError(f"the SSH connection was not set up within {s.connect_timeout:g} s")
 
     def _connect(self) -> None:
         s = self.settings
@@ -141,7 +157,13 @@ class Connection:
                  time.monotonic() - t0)
 
     # ------------------------------------------------------------------ SFTP
-    def sftp(self) -> tuple[paramiko.SFTPClient, paramiko.Transport]:
+    def sftp(self, timeout: float) -> tuple[paramiko.SFTPClient, paramiko.Transport]:
+        """The shared SFTP session (opened when needed), its channel set to give up a wait after ``timeout`` s.
+
+        Opening it is bounded too: paramiko's ``invoke_subsystem`` waits for sshd's reply with no timeout, and
+        the version exchange waits for an ``sftp-server`` that may hang (a hung file system on the host), so a
+        timer closes the half-open channel at ``timeout`` and the wait ends with an error.
+        """
         with self.lock:
             t = self.transport()
             if self.sftp_client is not None:
@@ -149,11 +171,45 @@ class Connection:
                 if ch is None or ch.closed or ch.get_transport() is not t:
                     self._close_sftp()
             if self.sftp_client is None:
-                self.sftp_client = paramiko.SFTPClient.from_transport(t)
-                if self.sftp_client is None:
-                    raise ConnectError("the host refused an SFTP session", host=self.settings.target.hostname,
-                                       label=self.label, hint="check that sshd has `Subsystem sftp` configured")
+                self.sftp_client = self._open_sftp(t, timeout)
+            ch = self.sftp_client.get_channel()
+            if ch is not None:
+                ch.settimeout(timeout)
             return self.sftp_client, t
+
+    def _open_sftp(self, t: paramiko.Transport, timeout: float) -> paramiko.SFTPClient:
+        try:
+            chan = t.open_session(timeout=min(self.settings.connect_timeout, timeout))
+        except paramiko.ChannelException as exc:
+            raise ConnectError("the host refused an SFTP session", host=self.settings.target.hostname,
+                               label=self.label, stderr_tail=str(exc),
+                               hint="check that sshd has `Subsystem sftp` configured") from exc
+        chan.settimeout(timeout)
+        start = time.monotonic()
+        watchdog = threading.Timer(timeout, chan.close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            chan.invoke_subsystem("sftp")
+            return paramiko.SFTPClient(chan)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            chan.close()
+            if isinstance(exc, socket.timeout) or time.monotonic() - start >= timeout:
+                raise TimeoutError(f"the SFTP session did not open within {timeout:g} s") from exc
+            if not t.is_active():
+                raise
+            raise ConnectError("the host refused an SFTP session", host=self.settings.target.hostname,
+                               label=self.label, stderr_tail=f"{type(exc).__name__}: {exc}",
+                               hint="check that sshd has `Subsystem sftp` configured") from exc
+        finally:
+            watchdog.cancel()
+
+    def drop_sftp(self, client: paramiko.SFTPClient) -> None:
+        """Close the SFTP session if it is still ``client`` (after a deadline: its replies are out of step now);
+        the SSH connection itself stays, and the next SFTP call opens a new session."""
+        with self.lock:
+            if self.sftp_client is client:
+                self._close_sftp()
 
     def _close_sftp(self) -> None:
         if self.sftp_client is not None:
@@ -174,6 +230,14 @@ class Connection:
     def close(self) -> None:
         with self.lock:
             self._teardown()
+
+
+def _abort_connect(client: paramiko.SSHClient, expired: threading.Event) -> None:
+    """The connect deadline passed: close the connection being set up, so that paramiko's wait ends."""
+    expired.set()
+    t = client.get_transport()
+    if t is not None:
+        t.close()
 
 
 def connect_error(exc: BaseException, ep: Endpoint, role: str, settings: Settings, label: str) -> TransportError:

@@ -134,10 +134,14 @@ class DbRetry:
         """Run ``fn`` against the database, retrying connection errors with backoff for ``db_retry_time``.
 
         With ``stoppable`` (a read that only looks for work) a stop signal ends the retrying: StopRequested.
+        Any other call carries a result (a completion, a requeue) and goes on retrying after a stop signal, but
+        its wait wakes up on the signal and it gives up ``grace`` seconds after it: the batch system kills the
+        pilot soon after its stop signal, and the manager then reruns what could not be recorded.
         """
         from pymongo.errors import ConnectionFailure, OperationFailure
 
         first: float | None = None
+        stopped: float | None = None
         delay = 1.0
         while True:
             if stoppable and self._signals:
@@ -147,20 +151,33 @@ class DbRetry:
             except ConnectionFailure as exc:
                 now = time.monotonic()
                 first = now if first is None else first
-                if now - first >= self.cfg.db_retry_time:
-                    raise WorkerError(
-                        f"database unreachable while {what}: {type(exc).__name__}: {self._text(exc)}; retried for "
-                        f"{now - first:.0f} s (--db-retry-time {self.cfg.db_retry_time:g}). Check that the "
-                        f"LaunchPad server in {self.cfg.launchpad_file} is running and reachable from "
-                        f"{socket.gethostname()}", EXIT_DB_UNREACHABLE) from exc
+                if self._signals and stopped is None:
+                    stopped = now
+                give_up = first + self.cfg.db_retry_time
+                if stopped is not None:
+                    give_up = min(give_up, stopped + self.cfg.grace)
+                if now >= give_up:
+                    raise self._unreachable(what, exc, now - first, stopped is not None) from exc
                 LOG.warning("database unreachable while %s (%s); retrying in %.0f s", what,
-                            type(exc).__name__, delay)
-                if stoppable:
-                    self._sleep(delay)
-                else:
-                    time.sleep(delay)
+                            type(exc).__name__, min(delay, give_up - now))
+                self._wait(min(delay, give_up - now))
                 delay = min(delay * 2.0, 30.0)
             except OperationFailure as exc:
                 raise WorkerError(f"database refused the operation while {what}: {self._text(exc)}; check the "
                                   f"credentials and database name in {self.cfg.launchpad_file}",
                                   EXIT_DB_UNREACHABLE) from exc
+
+    def _wait(self, seconds: float) -> None:
+        """Wait between two tries: wake at once on a stop signal; after one, keep the waits short."""
+        if self._signals:
+            time.sleep(min(seconds, 1.0))
+        else:
+            self._sleep(seconds)
+
+    def _unreachable(self, what: str, exc: BaseException, tried: float, stopped: bool) -> WorkerError:
+        why = (f"given up {self.cfg.grace:g} s (--grace) after the stop signal" if stopped
+               else f"retried for {tried:.0f} s (--db-retry-time {self.cfg.db_retry_time:g})")
+        return WorkerError(
+            f"database unreachable while {what}: {type(exc).__name__}: {self._text(exc)}; {why}. Check that the "
+            f"LaunchPad server in {self.cfg.launchpad_file} is running and reachable from "
+            f"{socket.gethostname()}", EXIT_DB_UNREACHABLE)

@@ -72,6 +72,11 @@ class WorkerConfig:
     route: SshRoute | None = None
     #: a FWorker query ANDed into every pull (``--query``: the cluster file's ``fworker_query``); None: none
     query: dict[str, Any] | None = None
+    #: the pilot's record in the manager's ``pilots`` collection (``--record``: the batch job name); None: the
+    #: worker was started by hand and writes no heartbeat
+    record: str | None = None
+    #: seconds between two heartbeats written into the record (``--heartbeat``)
+    heartbeat: float = 60.0
 
     @property
     def stop_at(self) -> float | None:

@@ -9,14 +9,13 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+from pilot.rerun_protocol import LostLaunch, RerunResult, conditional_rerun, read_bound, set_launch_state
 from pilot.worker.logs import LOG, secs
 from pilot.worker.model import ACTIVE_STATES, FINAL_LAUNCH_STATES, LaunchRecord, Outcome
 from pilot.worker.protocol import CHILD_NO_WORK
 
 #: seconds to wait for a workflow lock when requeueing (FireWorks' default, 300, would hold the pilot)
 LOCK_SECONDS = 30.0
-#: the bound when no manager published one (the default of ``max_reruns`` in pilot.yaml)
-DEFAULT_MAX_RERUNS = 3
 
 if TYPE_CHECKING:
     from pilot.worker.children import ChildState
@@ -52,6 +51,8 @@ class Settler:
         self.db = db
         #: Fireworks whose process died here without a stop request: not pulled again by this worker
         self.crashed = crashed
+        #: the longest time this pilot could give a Firework: from now (it starts taking work) to deadline - margin
+        self.window = None if cfg.deadline is None else cfg.deadline - cfg.margin - time.time()
 
     def settle(self, child: ChildState) -> LaunchRecord:
         """Make sure the child's Firework is not left RUNNING and say what became of it."""
@@ -75,7 +76,7 @@ class Settler:
             return LaunchRecord(outcome, fw_id, child.launch_id, child.name, duration)
 
         fw_doc = self.db(f"reading fw {fw_id}", self.lp.fireworks.find_one, {"fw_id": fw_id},
-                         {"state": 1, "launches": 1, "name": 1})
+                         {"state": 1, "launches": 1, "name": 1, "spec._pilot.walltime": 1})
         if fw_doc is None:
             LOG.error("fw %d: vanished from the database while it ran (%s)", fw_id, status_text)
             return LaunchRecord(Outcome.LOST, fw_id, child.launch_id, child.name, duration)
@@ -104,8 +105,11 @@ class Settler:
         message = f"pilot {self.cfg.name}: {why}; Firework process {status_text}"
         if fw_doc.get("state") in ACTIVE_STATES:
             if child.launch_id is not None and child.launch_id in (fw_doc.get("launches") or []):
-                record.outcome = self._bounded_requeue(fw_id, child.launch_id, str(fw_doc.get("state")),
-                                                       launch_state, message)
+                counted, count_note = self.counts(child, fw_doc, record.duration)
+                record.outcome = self._bounded_requeue(LostLaunch(
+                    fw_id, child.launch_id, launch_state or "", os.environ.get("PILOT_JOB_NAME") or self.cfg.name,
+                    f"{message}; {count_note}", by=self.cfg.name, fw_state=str(fw_doc.get("state")),
+                    counted=counted))
                 if record.outcome is not Outcome.REQUEUED:
                     record.detail = why
                     return record
@@ -126,90 +130,62 @@ class Settler:
         record.detail = why
         return record
 
-    def _bounded_requeue(self, fw_id: int, launch_id: int, fw_state: str, launch_state: str | None,
-                         message: str) -> Outcome:
+    def counts(self, child: ChildState, fw_doc: dict[str, Any], duration: float) -> tuple[bool, str]:
+        """Whether this requeue counts toward ``max_reruns``, and the words the history gets for it.
+
+        Counted: a crash (the Firework's process died without a stop request: it may kill every pilot that
+        takes it), and a Firework that never fits: stopped after it ran as long as it asked for
+        (``spec._pilot.walltime``), or, asking for nothing, as long as this pilot's whole usable time. Not
+        counted: the pilot was told to stop (the deadline, SIGUSR1, SIGTERM/SIGINT) while the Firework was still
+        within what it asked for: a preemption is not the Firework's doing.
+        """
+        if child.stop_sent_at is None:
+            return True, "counted toward max_reruns (the Firework's process died)"
+        walltime = ((fw_doc.get("spec") or {}).get("_pilot") or {}).get("walltime")
+        offered: float | None
+        if isinstance(walltime, (int, float)) and not isinstance(walltime, bool):
+            offered, what = float(walltime), f"its walltime of {secs(float(walltime))} s"
+        else:
+            offered, what = self.window, "this pilot's whole usable time"
+        if offered is not None and duration >= offered:
+            return True, (f"counted toward max_reruns: it never fits (stopped after {secs(duration)} s, "
+                          f"not less than {what})")
+        return False, "not counted toward max_reruns (the pilot was told to stop)"
+
+    def _bounded_requeue(self, lost: LostLaunch) -> Outcome:
         """Requeue as a compare-and-set under the workflow lock, within the bound shared with the manager.
 
-        The same protocol as the manager's :mod:`pilot.manager.reruns` (which this room may not import): the
-        count and history in ``pilot_reruns`` (one document per Firework), the bound ``max_reruns`` the manager
-        publishes in its ``pilot_manager`` document (3 when no manager ever wrote it). Only a RUNNING launch
-        counts (a reservation that never ran is not the Firework's fault); the count goes up after the requeue
-        won. Past the bound the launch is FIZZLED with the history and the Firework follows it. A workflow lock
-        held too long leaves the Firework RUNNING here: the manager puts it back once this pilot has ended.
+        The protocol of :mod:`pilot.rerun_protocol`, the manager's too: the history in ``pilot_reruns`` (one
+        document per Firework), the bound ``max_reruns`` the manager publishes in its ``pilot_manager``
+        document (3 when no manager ever wrote it). Only a RUNNING launch goes into the history, and only a
+        counted one (:meth:`counts`) toward the bound; the count goes up after the requeue won. Past the bound
+        the launch is FIZZLED with the history and the Firework follows it. A workflow lock held too long
+        leaves the Firework RUNNING here: the manager puts it back once this pilot has ended.
         """
         import fireworks.core.launchpad as lpmod
 
-        counted = fw_state == "RUNNING" and launch_state == "RUNNING"
-        doc = self.db(f"reading the reruns of fw {fw_id}", self.lp.db["pilot_reruns"].find_one, {"_id": fw_id}) or {}
-        bound = self.db("reading max_reruns", self.lp.db["pilot_manager"].find_one, {"_id": "manager"},
-                        {"max_reruns": 1}) or {}
-        max_reruns = int(bound.get("max_reruns", DEFAULT_MAX_RERUNS))
-        count = int(doc.get("count") or 0)
-        fizzle = counted and count >= max_reruns
+        max_reruns = self.db("reading max_reruns", read_bound, self.lp.db)
         try:
-            won = self.db(f"requeueing fw {fw_id}", self._claim_and_rerun, fw_id, launch_id, fw_state,
-                          launch_state, fizzle, message, doc, max_reruns)
+            result = conditional_rerun(self.lp, lost, max_reruns, lock_seconds=LOCK_SECONDS, call=self.db)
         except lpmod.LockedWorkflowError as exc:
             LOG.error("fw %d: not requeued, its workflow stayed locked (%s); the manager puts it back once this "
-                      "pilot has ended", fw_id, exc)
+                      "pilot has ended", lost.fw_id, exc)
             return Outcome.LOST
-        if not won:
-            launch = self.db(f"reading launch {launch_id}", self.lp.launches.find_one, {"launch_id": launch_id},
-                             {"state": 1}) or {}
-            LOG.info("fw %d: not requeued: it moved on (its launch is now %s)", fw_id, launch.get("state"))
+        if result is RerunResult.MOVED_ON:
+            launch = self.db(f"reading launch {lost.launch_id}", self.lp.launches.find_one,
+                             {"launch_id": lost.launch_id}, {"state": 1}) or {}
+            LOG.info("fw %d: not requeued: it moved on (its launch is now %s)", lost.fw_id, launch.get("state"))
             if launch.get("state") in FINAL_LAUNCH_STATES:   # its result stands; refresh as settle() does
-                self.db(f"refreshing the workflow of fw {fw_id}", self.lp._refresh_wf, fw_id)
+                self.db(f"refreshing the workflow of fw {lost.fw_id}", self.lp._refresh_wf, lost.fw_id)
                 return Outcome(launch["state"])
             return Outcome.LOST
-        if fizzle:
-            LOG.error("fw %d FIZZLED: already requeued %d times (max_reruns=%d)", fw_id, count, max_reruns)
+        if result is RerunResult.FIZZLED:
+            LOG.error("fw %d FIZZLED: already requeued max_reruns=%d times", lost.fw_id, max_reruns)
             return Outcome.FIZZLED
-        if counted:
-            self.db(f"counting the requeue of fw {fw_id}", self.lp.db["pilot_reruns"].update_one, {"_id": fw_id},
-                    {"$inc": {"count": 1}, "$push": {"history": {
-                        "time": time.time(), "by": self.cfg.name, "reason": message,
-                        # the job name, as the manager writes it, so `pilot report` finds the pilot's cluster
-                        "pilot": os.environ.get("PILOT_JOB_NAME") or self.cfg.name}}},
-                    upsert=True)
         return Outcome.REQUEUED
-
-    def _claim_and_rerun(self, fw_id: int, launch_id: int, fw_state: str, launch_state: str | None, fizzle: bool,
-                         message: str, doc: dict[str, Any], max_reruns: int) -> bool:
-        """Under the workflow lock: the launch and the Firework still as read (else False), then FireWorks'
-        own rerun (``rerun_fw``'s effects: launch archived, workflow refreshed) or, past the bound, the launch
-        FIZZLED with the history and the workflow refreshed."""
-        import datetime
-
-        import fireworks.core.launchpad as lpmod
-
-        with lpmod.WFLock(self.lp, fw_id, expire_secs=LOCK_SECONDS, kill=False):
-            launch = self.lp.launches.find_one({"launch_id": launch_id}, {"state": 1})
-            if not launch or launch.get("state") != launch_state or self.lp.fireworks.find_one_and_update(
-                    {"fw_id": fw_id, "state": fw_state, "launches": launch_id},
-                    {"$set": {"updated_on": datetime.datetime.now(datetime.timezone.utc)}}) is None:
-                return False
-            if fizzle:
-                history = "; ".join(f"{h.get('by')}: {h.get('reason')}" for h in doc.get("history") or [])
-                self.fizzle_launch(launch_id, f"{message}; not requeued: already requeued {doc.get('count')} "
-                                   f"times (max_reruns={max_reruns}). History: {history or 'none recorded'}")
-                wf = self.lp.get_wf_by_fw_id_lzyfw(fw_id)
-                updated = wf.refresh(fw_id)
-            else:
-                self.lp.fireworks.update_one({"fw_id": fw_id}, {"$unset": {"spec._recovery": ""}})
-                wf = self.lp.get_wf_by_fw_id_lzyfw(fw_id)
-                updated = wf.rerun_fw(fw_id)
-            self.lp._update_wf(wf, updated)
-        return True
 
     def fizzle_launch(self, launch_id: int, message: str) -> None:
         """Mark a launch FIZZLED with ``message`` (history kept), without touching its Firework."""
-        from fireworks.core.firework import FWAction
-
-        launch = self.lp.get_launch_by_id(launch_id)
-        if launch.state not in ACTIVE_STATES:
-            return
-        prev = launch.state
-        launch.state = "FIZZLED"
-        launch.action = FWAction(stored_data={"_message": message, "_pilot": {"name": self.cfg.name,
-                                                                               "requeued": True}})
-        self.lp.launches.find_one_and_replace({"launch_id": launch_id, "state": prev}, launch.to_db_dict())
+        launch = self.lp.launches.find_one({"launch_id": launch_id}, {"state": 1}) or {}
+        if launch.get("state") in ACTIVE_STATES:
+            set_launch_state(self.lp, launch_id, str(launch["state"]), "FIZZLED", message, self.cfg.name)

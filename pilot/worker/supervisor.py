@@ -17,6 +17,7 @@ from pilot.worker.calls import CallServer
 from pilot.worker.children import ChildPool, ChildState, killpg
 from pilot.worker.database import DbRetry, install_worker_hooks, load_launchpad
 from pilot.worker.forkserver import ForkServerGone
+from pilot.worker.heartbeat import Heartbeat
 from pilot.worker.logs import LOG
 from pilot.worker.model import LaunchRecord, Outcome, StopReason, StopRequested, Summary, WorkerConfig, WorkerError
 from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_INTERNAL, EXIT_OK
@@ -79,6 +80,8 @@ class Worker:
         self._crashed: set[int] = set()
         #: the ssh route to the LaunchPad (``--route-ssh``), opened in :meth:`run`
         self.tunnel: Tunnel | None = None
+        #: the pilot's heartbeat into its record (``--record``), started once the LaunchPad is open
+        self.heartbeat: Heartbeat | None = None
 
     # ------------------------------------------------------------------ setup
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -155,6 +158,7 @@ class Worker:
         """Pull and run Fireworks until idle, deadline or signal; return the exit code."""
         self._install_signals()
         reason = StopReason.SIGNAL
+        code, text = EXIT_OK, ""
         try:
             _setup_env(self.cfg)
             self.cfg.launch_dir.mkdir(parents=True, exist_ok=True)
@@ -169,29 +173,37 @@ class Worker:
             self.children.lp_dict = self.lp.to_dict()
             install_worker_hooks(self.lp)
             _log_start(self.cfg, self.time_left())
+            self._start_heartbeat()
             reason = self._loop(self.children, CallServer(self.lp, self.children, self._stop_requested, self.db),
                                 Settler(self.cfg, self.lp, self.db, self._crashed))
         except WorkerError as exc:
             LOG.error("%s", exc)
-            LOG.info("%s", self.summary.line(self.cfg.name, f"error (exit {exc.exit_code})"))
-            return exc.exit_code
+            code, text = exc.exit_code, f"error (exit {exc.exit_code})"
         except ForkServerGone as exc:
             LOG.error("%s; the worker stops (the Firework it ran is requeued by the manager's reconcile)", exc)
-            return EXIT_INTERNAL
+            code, text = EXIT_INTERNAL, f"{exc}"
         except StopRequested:
             reason = StopReason.SIGNAL
         finally:
             if self.children is not None:
                 self.children.close()
-            if self.tunnel is not None:
-                self.tunnel.stop()  # last: closing the children may still settle a Firework through it
-        if reason is StopReason.SIGNAL:
-            names = ", ".join(sorted({signal.Signals(s).name for s in self._signals}))
-            text = f"{reason.value} ({names})"
-        else:
+        if code == EXIT_OK:
             text = reason.value
+            if reason is StopReason.SIGNAL:
+                text += f" ({', '.join(sorted({signal.Signals(s).name for s in self._signals}))})"
         LOG.info("%s", self.summary.line(self.cfg.name, text))
-        return EXIT_OK
+        if self.heartbeat is not None:
+            stop = reason.name if code == EXIT_OK else ("INTERNAL" if code == EXIT_INTERNAL else "ERROR")
+            self.heartbeat.stop(stop, text, code, self.summary.run)
+        if self.tunnel is not None:
+            self.tunnel.stop()  # last: closing the children and the exit record may still go through it
+        return code
+
+    def _start_heartbeat(self) -> None:
+        """Start beating into the pilot's record (``--record``), before any work is taken."""
+        if self.cfg.record:
+            self.heartbeat = Heartbeat(self.lp.db["pilots"], self.cfg.record, self.cfg.name, self.cfg.heartbeat)
+            self.heartbeat.start()
 
     def _loop(self, children: ChildPool, calls: CallServer, settler: Settler) -> StopReason:
         last_work = time.monotonic()

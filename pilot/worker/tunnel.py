@@ -39,11 +39,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pilot.ssh_route import SshRoute
 from pilot.worker.logs import LOG
 
 __all__ = ["SshRoute", "Tunnel", "TunnelError", "launchpad_via_route", "parse_route_target", "ssh_argv"]
@@ -63,26 +63,6 @@ _DEFAULT_EPHEMERAL = (32768, 60999)
 
 class TunnelError(RuntimeError):
     """The route could not be opened: what ssh said, and what to do about it."""
-
-
-@dataclass(frozen=True)
-class SshRoute:
-    """Where the route goes: the login node's sshd as the compute node reaches it, the login node's loopback
-    port of the manager's forward, and the key and known_hosts file that ``pilot bootstrap`` wrote."""
-
-    address: str
-    ssh_port: int
-    remote_port: int
-    key: Path
-    known_hosts: Path
-    user: str | None = None
-    ssh: str = "ssh"
-
-    @property
-    def target(self) -> str:
-        """``USER@ADDRESS:PORT`` for messages (IPv6 addresses in brackets)."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return (f"{self.user}@" if self.user else "") + f"{host}:{self.ssh_port}"
 
 
 _TARGET = re.compile(r"^(?:(?P<user>[^@\s]+)@)?"
@@ -121,8 +101,8 @@ def ssh_argv(route: SshRoute, local_port: int) -> list[str]:
     """
     return [
         route.ssh, "-N",
-        "-L", f"127.0.0.1:{local_port}:127.0.0.1:{route.remote_port}",
-        "-p", str(route.ssh_port),
+        "-L", f"127.0.0.1:{local_port}:127.0.0.1:{route.port}",
+        "-p", str(route.login_port),
         "-i", str(route.key),  # taken as written (a file option's quoting and %-tokens do not apply to -i)
         "-o", "IdentitiesOnly=yes",
         "-o", "IdentityAgent=none",
@@ -139,7 +119,7 @@ def ssh_argv(route: SshRoute, local_port: int) -> list[str]:
         "-o", "ForwardAgent=no",
         "-o", "ForwardX11=no",
         "-o", "PermitLocalCommand=no",
-        (f"{route.user}@" if route.user else "") + route.address,
+        (f"{route.user}@" if route.user else "") + route.login_address,
     ]
 
 
@@ -415,7 +395,7 @@ class Tunnel:
             if outcome == "up" and ssh is not None:
                 self.port = port
                 LOG.info("route to %s: forwarding 127.0.0.1:%d to the login node's 127.0.0.1:%d (ssh pid %d)",
-                         self.route.target, port, self.route.remote_port, ssh.pid)
+                         self.route.target, port, self.route.port, ssh.pid)
                 self._watchdog = threading.Thread(target=self._watch, name="pilot-route-watchdog", daemon=True)
                 self._watchdog.start()
                 return port
@@ -439,7 +419,7 @@ class Tunnel:
         fix = (f"check that `pilot bootstrap CLUSTER` has run for this cluster (it authorizes {self.route.key} on "
                "the login node and writes the login node's host key), that launchpad_route's login_address and "
                "login_port are the login node's sshd as compute nodes reach it, and that the manager is running "
-               f"(its forward holds the login node's port {self.route.remote_port})")
+               f"(its forward holds the login node's port {self.route.port})")
         if ssh is not None and outcome == "exited" and ssh.said(_PERMANENT):
             raise TunnelError(f"route to {self.route.target}: ssh was refused: {said}; {fix}")
         if time.monotonic() + delay >= deadline:

@@ -103,6 +103,33 @@ def test_slurm_round_trip(slurm_run: Callable[..., tuple[int, str, str]]) -> Non
 
 
 @pytest.mark.slurm
+def test_slurm_federated_id_round_trip(slurm_run: Callable[..., tuple[int, str, str]],
+                                       slurm_cluster) -> None:
+    """``#SBATCH -M CLUSTER`` makes sbatch print ``id;cluster`` (multi-cluster SLURM through slurmdbd): the id is
+    kept whole, and squeue, sacct and scancel built for it name the cluster and answer for that very job."""
+    a = get_adapter("slurm")
+    tmp: Path = slurm_run.tmp  # type: ignore[attr-defined]
+    script = tmp / "fed.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH -M {slurm_cluster.name}\n#SBATCH --hold\n#SBATCH -o /dev/null\n"
+                      "sleep 120\n")
+    sub = a.parse_submit(*slurm_run(a.submit_command(str(script))))
+    assert sub.outcome is SubmitOutcome.SUBMITTED and sub.job_id, sub
+    number, _, cluster = sub.job_id.partition(";")
+    assert number.isdigit() and cluster == slurm_cluster.name, sub.job_id
+    cmd = a.status_command([sub.job_id], user=USER)
+    assert "-M" in cmd
+    listed = a.parse_status(*slurm_run(cmd))
+    assert listed[sub.job_id].state is JobState.HELD, listed
+    cancel = a.parse_cancel(*slurm_run(a.cancel_command([sub.job_id])), [sub.job_id])
+    assert cancel.ok and cancel.cancelled == [sub.job_id], cancel
+    hist = a.history_command([sub.job_id])
+    assert hist is not None and "-M" in hist
+    final = wait_until(lambda: a.parse_history(*slurm_run(hist)).get(sub.job_id or ""),
+                       lambda st: st is not None and st.state.final, 30, "sacct -M to record the cancel")
+    assert final is not None and final.state is JobState.CANCELLED
+
+
+@pytest.mark.slurm
 def test_slurm_exit_code_and_timeout_states(slurm_run: Callable[..., tuple[int, str, str]]) -> None:
     a = get_adapter("slurm")
     tmp: Path = slurm_run.tmp  # type: ignore[attr-defined]

@@ -130,7 +130,8 @@ def test_name_with_delimiters_is_kept_whole(adapter: SlurmAdapter) -> None:
 def test_non_job_lines_are_skipped(adapter: SlurmAdapter) -> None:
     out = ("CLUSTER: pilotci\nWelcome to the cluster | motd | x\n"
            "17|RUNNING|None|pilot|1795239147|1795239147|NONE|fwp.md.aaaa1111\n\n")
-    assert list(adapter.parse_status(0, out, "")) == ["17"]
+    # below a CLUSTER: line a job is filed under id;cluster too (the key of a federated pilot)
+    assert sorted(adapter.parse_status(0, out, "")) == ["17", "17;pilotci"]
 
 
 def test_cluster_header_with_socket_timeout_is_an_error(adapter: SlurmAdapter) -> None:

@@ -11,7 +11,6 @@ started is stopped by PID and the user is removed.
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ from pilot.checks.bootstrap import (
     strip_bootstrap_lines,
 )
 from pilot.checks.bootstrap_route import ca_file_of, with_ca_file
-from tests.helpers import REPO, OwnSshd
+from tests.helpers import REPO, own_account
 from tests.manager.helpers import local_cluster, write_config
 
 CLUSTER_FILE = """\
@@ -158,45 +157,14 @@ def test_a_missing_launchpad_file_is_told_as_the_commands_of_the_config_dir_tell
 
 
 # ============================================================================ a fresh cluster account
-def _kill_user_processes(user: str) -> None:
-    """Stop, by PID, every process left running as the test user (its SSH sessions' children)."""
-    import psutil
-
-    for p in psutil.process_iter(["username"]):
-        if p.info["username"] == user:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 @pytest.fixture
 def fresh_cluster(slurm_cluster, tmp_path):
     """A new user with only the test key in authorized_keys, reachable through an sshd of its own on the
     login node of cluster pilotci (the shared sshds and the shared test user are not touched)."""
-    if shutil.which("useradd") is None:
-        pytest.skip("needs useradd")
-    user = "pb" + os.urandom(3).hex()
-    subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True, timeout=30)
-    sshd = None
-    try:
-        home = Path(pwd.getpwnam(user).pw_dir)
-        ssh = home / ".ssh"
-        ssh.mkdir(mode=0o700)
-        shutil.copy(f"{slurm_cluster.key}.pub", ssh / "authorized_keys")
-        os.chmod(ssh / "authorized_keys", 0o600)
-        for p in (ssh, ssh / "authorized_keys"):
-            shutil.chown(p, user, user)
-        subprocess.run(["usermod", "-p", "*", user], check=True, timeout=30)   # not locked: sshd accepts keys
-        sshd = OwnSshd(slurm_cluster, tmp_path / "sshd", user=user,
-                       authorized_keys=Path(".ssh/authorized_keys")).start()
-        yield {"user": user, "home": home, "host": sshd.host, "port": sshd.port,
+    with own_account(slurm_cluster, tmp_path, "pb", {"outer": slurm_cluster.host}) as acc:
+        sshd = acc["outer"]
+        yield {"user": acc["user"], "home": acc["home"], "host": sshd.host, "port": sshd.port,
                "known_hosts": str(sshd.known_hosts), "key": slurm_cluster.key, "sshd_log": sshd.log}
-    finally:
-        if sshd is not None:
-            sshd.stop()
-        _kill_user_processes(user)
-        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60, check=True)
 
 
 def _bootstrap(cfg: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

@@ -13,9 +13,7 @@ loopback. Everything is stopped by PID and the user is removed.
 
 from __future__ import annotations
 
-import os
 import pwd
-import shutil
 import stat
 import subprocess
 import sys
@@ -33,7 +31,7 @@ from pilot.checks.bootstrap_route import (
     with_ca_file,
     with_route_line,
 )
-from tests.helpers import OwnSshd, free_port_in, stop_process_tree
+from tests.helpers import OwnSshd, free_port_in, own_account, stop_process_tree
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGv8lb1Wq1hXhn2c6gZ1b3y5W8n2t5v4yQ0bq2m3p4sT pilot-route"
 
@@ -97,46 +95,13 @@ def test_db_host_and_the_ssh_route_exclude_each_other(tmp_path):
 
 
 # ============================================================================ a fresh account on pilotci3
-def _kill_user_processes(user: str) -> None:
-    """Stop, by PID, every process left running as the test's own user (its SSH sessions' children)."""
-    import psutil
-
-    for p in psutil.process_iter(["username"]):
-        if p.info["username"] == user:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 @pytest.fixture
 def fresh_account(unrouted_cluster, tmp_path):
     """A new user on pilotci3 with only the test key, two sshds of its own on the login node (one on the
     address the fileserver reaches, for bootstrap; one on the inner address, for the compute node's route)."""
-    if shutil.which("useradd") is None:
-        pytest.skip("needs useradd")
     c = unrouted_cluster
-    user = "pr" + os.urandom(3).hex()
-    subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True, timeout=30)
-    sshds: list[OwnSshd] = []
-    try:
-        home = Path(pwd.getpwnam(user).pw_dir)
-        ssh = home / ".ssh"
-        ssh.mkdir(mode=0o700)
-        shutil.copy(f"{c.key}.pub", ssh / "authorized_keys")
-        os.chmod(ssh / "authorized_keys", 0o600)
-        for p in (ssh, ssh / "authorized_keys"):
-            shutil.chown(p, user, user)
-        subprocess.run(["usermod", "-p", "*", user], check=True, timeout=30)   # not locked: sshd accepts keys
-        for host, where in ((c.host, "outer"), (c.login_inner, "inner")):
-            sshds.append(OwnSshd(c, tmp_path / f"sshd-{where}", user=user, host=host,
-                                 authorized_keys=Path(".ssh/authorized_keys")).start())
-        yield {"cluster": c, "user": user, "home": home, "outer": sshds[0], "inner": sshds[1]}
-    finally:
-        for sshd in sshds:
-            sshd.stop()
-        _kill_user_processes(user)
-        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60, check=True)
+    with own_account(c, tmp_path, "pr", {"outer": c.host, "inner": c.login_inner}) as acc:
+        yield acc
 
 
 def _make_ca(path: Path) -> bytes:

@@ -175,9 +175,11 @@ def test_python_without_pilot_and_unreachable_database(env, remote_tmp):
     config, cluster, _lp_file = env
     # the system Python has neither fireworks nor pilot: the setup does nothing
     nopilot = cluster(setup="true\n")
-    # a launchpad file whose database address has nothing listening
+    # a launchpad file whose database address has nothing listening; with a server selection timeout of 2 s,
+    # as a LaunchPad file may set: the doctor's probes wait that, not their own 7-10 s, for no answer
     dead = remote_tmp / "dead_launchpad.yaml"
-    dead.write_text(yaml.safe_dump({"host": "mongodb://127.0.0.1:1/", "name": "x", "uri_mode": True}))
+    dead.write_text(yaml.safe_dump({"host": "mongodb://127.0.0.1:1/", "name": "x", "uri_mode": True,
+                                    "mongoclient_kwargs": {"serverSelectionTimeoutMS": 2000}}))
     shutil.chown(dead, "pilot", "pilot")
     os.chmod(dead, 0o600)
     deaddb = cluster(launchpad_file=str(dead), command_timeout=20)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import yaml
 
+from pilot.checks.bootstrap_route import authorized_line
 from pilot.checks.route_probe import (
     ProbeAnswer,
     authorized_route_port,
@@ -40,7 +40,7 @@ from pilot.checks.route_probe import (
     usable_from_elsewhere,
 )
 from pilot.config import LaunchPadRoute, SshRoute, load_cluster
-from tests.helpers import OwnSshd, free_port_in
+from tests.helpers import free_port_in, own_account
 from tests.manager.helpers import ssh_cluster, write_config
 
 
@@ -244,46 +244,17 @@ def test_a_probe_job_that_cannot_start_in_time_is_a_warning_and_is_cancelled(pil
 
 
 # ---------------------------------------------------------------------------- pilotci3, an account of our own
-def _kill_user_processes(user: str) -> None:
-    import psutil
-
-    for p in psutil.process_iter(["username"]):
-        if p.info["username"] == user:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 @pytest.fixture
 def account(unrouted_cluster, tmp_path):
     """A new user on pilotci3 with the test key, and two sshds of its own on the login node: one where this
     machine reaches it (the doctor's commands and its forward), one on the inner address (the compute node's
-    ssh route)."""
-    if shutil.which("useradd") is None:
-        pytest.skip("needs useradd")
+    ssh route). Its jobs are cancelled before it goes."""
     c = unrouted_cluster
-    user = "pd" + os.urandom(3).hex()
-    subprocess.run(["useradd", "-m", "-s", "/bin/bash", user], check=True, timeout=30)
-    sshds: list[OwnSshd] = []
-    try:
-        home = Path(pwd.getpwnam(user).pw_dir)
-        (home / ".ssh").mkdir(mode=0o700)
-        shutil.copy(f"{c.key}.pub", home / ".ssh" / "authorized_keys")
-        os.chmod(home / ".ssh" / "authorized_keys", 0o600)
-        for p in (home / ".ssh", home / ".ssh" / "authorized_keys"):
-            shutil.chown(p, user, user)
-        subprocess.run(["usermod", "-p", "*", user], check=True, timeout=30)   # not locked: sshd takes keys
-        for host, where in ((c.host, "outer"), (c.login_inner, "inner")):
-            sshds.append(OwnSshd(c, tmp_path / f"sshd-{where}", user=user, host=host,
-                                 authorized_keys=Path(".ssh/authorized_keys")).start())
-        yield {"cluster": c, "user": user, "home": home, "outer": sshds[0], "inner": sshds[1]}
-    finally:
-        scancel_all(c, user, "")
-        for sshd in sshds:
-            sshd.stop()
-        _kill_user_processes(user)
-        subprocess.run(["userdel", "-r", user], capture_output=True, timeout=60, check=True)
+    with own_account(c, tmp_path, "pd", {"outer": c.host, "inner": c.login_inner}) as acc:
+        try:
+            yield acc
+        finally:
+            scancel_all(c, acc["user"], "")
 
 
 def _as(user: str, argv: list[str]) -> None:
@@ -292,12 +263,14 @@ def _as(user: str, argv: list[str]) -> None:
 
 def _cluster_launchpad_file(path: Path, uri: str, db: str, user: str, port: int | None = None) -> None:
     """The cluster's LaunchPad file, as bootstrap writes it: the session's credentials and CA, and for an ssh
-    route the address of the route's end on the login node."""
+    route the address of the route's end on the login node. It also sets pymongo's server selection timeout
+    (4 s), as a user's LaunchPad file may: the doctor's probes wait that long, not their own 10 s, for a
+    database they cannot reach (every run here tries direct from a compute node that has no route)."""
     parts = urlsplit(uri)
     if port is not None:
         parts = parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}")
     path.write_text(yaml.safe_dump({"host": urlunsplit(parts), "name": db, "uri_mode": True, "logdir": None,
-                                    "strm_lvl": "ERROR"}))
+                                    "strm_lvl": "ERROR", "mongoclient_kwargs": {"serverSelectionTimeoutMS": 4000}}))
     os.chmod(path, 0o600)
     shutil.chown(path, user, user)
 
@@ -310,9 +283,8 @@ def _set_up_route(acc: dict, port: int) -> None:
     dot = home / ".pilot"
     _as(user, ["mkdir", "-m", "700", "-p", str(dot)])
     _as(user, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pilot-route", "-f", str(dot / "route_key")])
-    kind, key = (dot / "route_key.pub").read_text().split()[:2]
     with open(home / ".ssh" / "authorized_keys", "a") as f:
-        f.write(f'restrict,port-forwarding,permitopen="127.0.0.1:{port}" {kind} {key} pilot-route\n')
+        f.write(authorized_line((dot / "route_key.pub").read_text(), port) + "\n")
     (dot / "route_known_hosts").write_text(c.host_key_line(c.login_inner, acc["inner"].port))
     os.chmod(dot / "route_known_hosts", 0o600)
     shutil.chown(dot / "route_known_hosts", user, user)
@@ -436,8 +408,8 @@ def test_without_a_forward_the_database_check_of_an_ssh_route_warns_and_says_why
 
     port = free_port_in(unrouted.c.login_netns, "127.0.0.1")
     unrouted.lp_at(port)
-    # command_timeout 15: the probe's server selection waits max(5, 15 / 3) = 5 s for the closed port, not 20
-    unrouted.write({"launchpad_route": {"via": "ssh", "port": port}, "command_timeout": 15})
+    # the probe waits the LaunchPad file's server selection timeout (4 s) for the closed port
+    unrouted.write({"launchpad_route": {"via": "ssh", "port": port}})
     doc = ClusterDoctor("pilotci3", unrouted.config(), config_dir=unrouted.cfg)
     try:
         res = doc.check_database()

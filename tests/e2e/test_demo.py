@@ -161,12 +161,16 @@ def test_demo_default_sizes_under_three_minutes(demo_dir):
     assert processes_using(demo_dir) == []
 
 
+#: The smallest demo: what the tests below check does not depend on how long a segment runs.
+SHORT = ("--segments", "2", "--segment-seconds", "2")
+
+
 def test_second_demo_reuses_the_directory_and_the_running_server(demo_dir):
-    res = pilot(demo_dir, "demo", "--sims", "1", "--segments", "2", timeout=300)
+    res = pilot(demo_dir, "demo", "--sims", "1", *SHORT, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "started the embedded LaunchPad server" in res.stdout
     before = (demo_dir / "pilot.yaml").read_text(), (demo_dir / "clusters" / "local.yaml").read_text()
-    res2 = pilot(demo_dir, "demo", "--sims", "1", "--segments", "2", timeout=300)
+    res2 = pilot(demo_dir, "demo", "--sims", "1", *SHORT, timeout=300)
     assert res2.returncode == 0, res2.stdout[-3000:] + res2.stderr[-3000:]
     assert "using the running embedded LaunchPad server" in res2.stdout
     assert "wrote " + str(demo_dir / "pilot.yaml") not in res2.stdout
@@ -231,7 +235,9 @@ def test_demo_refuses_a_config_it_did_not_write(tmp_path):
 @pytest.mark.gromacs
 @pytest.mark.skipif(shutil.which("gmx") is None, reason="GROMACS (gmx) is not on the PATH")
 def test_demo_with_gromacs(demo_dir):
-    res = pilot(demo_dir, "demo", "--engine", "auto", "--sims", "2", timeout=300)
+    # 2 s segments; about 3 of them, so that each chain restarts from a checkpoint at least once
+    res = pilot(demo_dir, "demo", "--engine", "auto", "--sims", "2", "--segments", "3", "--segment-seconds", "2",
+                timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "GROMACS water-box simulations" in res.stdout
     lp = LaunchPad.from_file(str(demo_dir / "my_launchpad.yaml"))

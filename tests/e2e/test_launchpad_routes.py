@@ -26,7 +26,7 @@ import yaml
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from tests.helpers import OwnSshd, free_port_in, wait_for
+from tests.helpers import OwnSshd, free_port_in, start_route_sshd, wait_for
 from tests.manager.helpers import add_sleepers, fw_states, launches_per_fw, run_cycles_until, ssh_cluster, write_config
 
 pytestmark = pytest.mark.slurm
@@ -132,14 +132,8 @@ def route_sshd(unrouted_cluster, route_home, tmp_path) -> Iterator[tuple[OwnSshd
     port = free_port_in(c.login_netns, "127.0.0.1")
     keys_dir = Path(tempfile.mkdtemp(prefix="pilot-route-e2e-", dir="/run"))   # StrictModes: not below /tmp
     os.chmod(keys_dir, 0o755)
-    auth = keys_dir / "authorized_keys"
-    pub = (route_home / "route_key.pub").read_text().strip()
-    auth.write_text(f'restrict,port-forwarding,command="/bin/false",permitopen="127.0.0.1:{port}" {pub}\n')
-    os.chmod(auth, 0o644)
-    sshd = OwnSshd(c, tmp_path / "sshd", authorized_keys=auth, host=c.login_inner).start()
-    known = route_home / "route_known_hosts"
-    known.write_text(c.host_key_line(c.login_inner, sshd.port))
-    shutil.chown(known, c.user, c.user)
+    sshd = start_route_sshd(c, route_home / "route_key.pub", port, keys_dir, tmp_path / "sshd",
+                            route_home / "route_known_hosts")
     try:
         yield sshd, port
     finally:

@@ -15,8 +15,6 @@ one. Every test starts its own embedded server (tests.helpers.EmbeddedServer), s
 
 from __future__ import annotations
 
-import socket
-import struct
 import threading
 import time
 import uuid
@@ -24,14 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import bson
 import pymongo
 import pymongo.errors
 import pytest
 from bson import Int64
 
 from tests.helpers import EmbeddedServer, wait_for
-from tests.launchpad.scram_client import login
+from tests.launchpad.scram_client import WireConn
 
 CURSOR_NOT_FOUND = 43
 NDOCS = 20
@@ -66,49 +63,28 @@ def _open_cursors(server: EmbeddedServer) -> int:
 
 
 # ------------------------------------------------------------------------------ raw OP_MSG, no driver
-class RawConn:
-    """One TCP connection speaking bare OP_MSG: commands carry a session only when given ``lsid``.
+class RawConn(WireConn):
+    """One TCP connection speaking bare OP_MSG (tests/launchpad/scram_client.py): commands carry a session only
+    when given ``lsid``, and go to database ``cur`` unless told.
 
-    It logs in as the server's admin first (SCRAM-SHA-256, tests/launchpad/scram_client.py): authentication
-    belongs to the connection, and every command but the handshake needs it."""
+    It logs in as the server's admin first (SCRAM-SHA-256): authentication belongs to the connection, and every
+    command but the handshake needs it."""
 
     def __init__(self, server: EmbeddedServer) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=10)
-        self._rid = 0
-        done = login(lambda doc: self.command(doc, db="admin"), server.admin["username"], server.admin["password"])
+        super().__init__(server.host, server.port)
+        done = self.login(server.admin["username"], server.admin["password"])
         assert done["ok"] == 1.0 and done["done"], done
 
-    def _recv(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
-        return buf
-
-    def command(self, doc: dict[str, Any], lsid: uuid.UUID | None = None, db: str = "cur") -> dict[str, Any]:
-        doc = {**doc, "$db": db}
-        if lsid is not None:
-            doc["lsid"] = {"id": bson.Binary(lsid.bytes, 4)}
-        self._rid += 1
-        payload = struct.pack("<I", 0) + b"\x00" + bson.encode(doc)
-        self.sock.sendall(struct.pack("<iiii", 16 + len(payload), self._rid, 0, 2013) + payload)
-        length, _rid, _to, opcode = struct.unpack("<iiii", self._recv(16))
-        body = self._recv(length - 16)
-        assert opcode == 2013 and body[4] == 0
-        return bson.decode(body[5:])
+    def command(self, doc: dict[str, Any], db: str = "cur", lsid: Any = None) -> dict[str, Any]:
+        return super().command(doc, db, lsid)
 
     def find(self, lsid: uuid.UUID | None = None) -> int:
-        reply = self.command({"find": "docs", "batchSize": 2}, lsid)
+        reply = self.command({"find": "docs", "batchSize": 2}, lsid=lsid)
         assert reply["ok"] == 1.0 and len(reply["cursor"]["firstBatch"]) == 2
         return int(reply["cursor"]["id"])
 
     def getmore(self, cid: int, lsid: uuid.UUID | None = None) -> dict[str, Any]:
-        return self.command({"getMore": Int64(cid), "collection": "docs", "batchSize": 2}, lsid)
-
-    def close(self) -> None:
-        self.sock.close()
+        return self.command({"getMore": Int64(cid), "collection": "docs", "batchSize": 2}, lsid=lsid)
 
 
 def _assert_cursor_not_found(reply: dict[str, Any], cid: int) -> None:

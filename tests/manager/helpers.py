@@ -29,6 +29,7 @@ def local_cluster(work_dir: Path, lp_file: Path, categories: list[str], **over: 
         "scheduler": "local", "categories": categories, "launchpad_file": str(lp_file), "work_dir": str(work_dir),
         "python": sys.executable, "pilot": {"walltime": 300}, "walltime_margin": 20, "idle_timeout": 4,
         "grace": 5, "fireworks_per_pilot": 5, "limits": {"max_queued": 10, "max_running": 10},
+        "heartbeat_interval": 2,
     }
     c.update(over)
     return c
@@ -44,6 +45,8 @@ def ssh_cluster(info: Any, work_dir: str, lp_file: str, categories: list[str], v
         "launchpad_file": lp_file, "work_dir": work_dir, "setup": f"source {venv}/bin/activate\n",
         "pilot": {"walltime": walltime, "cores": 1}, "walltime_margin": 30, "idle_timeout": 5, "grace": 5,
         "fireworks_per_pilot": 5, "limits": {"max_queued": 10, "max_running": 10},
+        # a pilot killed under its work is taken for dead 3 beats after its last: seconds, not minutes
+        "heartbeat_interval": 2,
     }
     if sched == "slurm":
         c["pilot"]["partition"] = "debug"

@@ -236,3 +236,34 @@ def test_one_failing_record_does_not_stop_the_others(launchpad, tmp_path, monkey
     assert sorted(report.reruns) == sorted([a, b])
     assert [fw_doc(lp, f)["state"] for f in (a, b)] == ["READY", "READY"]
     assert tr.records.pilots.count_documents({"reconciled": True}) == 2
+
+
+def test_a_stale_workflow_lock_is_taken_by_force_after_fireworks_expiry(launchpad, tmp_path, monkeypatch):
+    """A pilot killed in the instant FireWorks held the workflow lock for its checkout leaves ``locked: true``
+    for ever (found by the soak test). Reruns fail on it until it has been seen locked, try after try, for
+    FireWorks' own WFLOCK_EXPIRATION_SECS; then the lock is taken by force and the Firework goes back to READY."""
+    from fireworks.fw_config import WFLOCK_EXPIRATION_SECS
+
+    lp = launchpad
+    parent, child = add_chain(lp)
+    clock = [time.time()]
+    tr = Tracker(Records(lp.db), lp, SimpleNamespace(max_reruns=3, poll_interval=60.0),  # type: ignore[arg-type]
+                 ManagerSettings(clock=lambda: clock[0]))
+    launch_id = checkout(lp, dead_pilot(tr.records, "fwp.md.lock", "401"), parent, tmp_path)
+    lp.workflows.update_one({"nodes": parent}, {"$set": {"locked": True}})   # its holder died
+    monkeypatch.setattr(reruns, "LOCK_SECONDS", 0.3)
+
+    t0 = clock[0]
+    for offset in (0.0, WFLOCK_EXPIRATION_SECS / 2, WFLOCK_EXPIRATION_SECS - 1):
+        clock[0] = t0 + offset
+        report = CycleReport(started=clock[0])
+        tr.reconcile_lost_work(report)
+        assert report.reruns == [] and fw_doc(lp, parent)["state"] == "RUNNING"
+    clock[0] += 2   # now locked, through every try, for longer than FireWorks calls a lock expired
+    report = CycleReport(started=clock[0])
+    tr.reconcile_lost_work(report)
+    assert report.reruns == [parent]
+    assert fw_doc(lp, parent)["state"] == "READY" and fw_doc(lp, parent)["archived_launches"] == [launch_id]
+    assert "locked" not in lp.workflows.find_one({"nodes": parent})
+    assert fw_doc(lp, child)["state"] == "WAITING"
+    assert tr.records.pilots.count_documents({"reconciled": True}) == 1

@@ -35,8 +35,8 @@ from pilot.manager.routes import (
 from tests.helpers import OwnSshd, free_port_in, wait_for
 from tests.manager.helpers import ssh_cluster, write_config
 from tests.transport.forward_helpers import (
-    EchoServer,
     PortBlocker,
+    closed_after,
     listener_pid,
     login_client,
     no_forward_threads,
@@ -125,22 +125,10 @@ def _attempts(caplog) -> int:
 
 # ----------------------------------------------------------------------------------------- real login nodes
 @pytest.fixture
-def echo(clusters):
-    server = EchoServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
 def keepers():
     """Keepers made by a test, stopped after it; no forward or keeper thread may outlive them."""
-    made: list[RouteKeeper] = []
-    yield made
-    for k in made:
-        k.stop()
-    no_forward_threads()
+    with closed_after(RouteKeeper.stop) as made:
+        yield made
 
 
 def _keeper(keepers: list[RouteKeeper], cluster_cfg, target, name: str = "pilotci3", **kw: object) -> RouteKeeper:

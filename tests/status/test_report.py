@@ -542,9 +542,11 @@ def test_report_on_two_slurm_clusters(
             ["md"],
             cluster_venv,
             pilot={"walltime": "5", "cores": 2, "partition": "debug"},
+            idle_timeout=2,
         ),
-        "beta": ssh_cluster(slurm_cluster2, str(remote_tmp / "b"), str(lp_file), ["post"], cluster_venv),
-    }
+        "beta": ssh_cluster(slurm_cluster2, str(remote_tmp / "b"), str(lp_file), ["post"], cluster_venv,
+                            idle_timeout=2),
+    }   # idle_timeout 2 s, not 5: the test waits for every pilot to end once the work is done
     cfg_dir = write_config(tmp_path / "cfg", lp_file, clusters, job_name_prefix=prefix)
     cfg = load_config(cfg_dir)
     add_sleepers(launchpad, "md", 4, 0.5)

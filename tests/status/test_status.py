@@ -149,6 +149,11 @@ def test_gather_from_records_only(launchpad):
     _record(lp, "fwp.md.aaa", "c1", "md", "CANCELLED", job_id="77", fworker="c1-77", end_time=now - 30)
     _record(lp, "fwp.md.bbb", "c1", "md", "PENDING", job_id="78", submit_time=now - 7200, reason="Priority")
     _record(lp, "fwp.md.ccc", "c1", "md", "RUNNING", job_id="79", start_time=now - 100)
+    # uncertain, still polled: an unmapped state code; missing everywhere but not found dead yet
+    _record(lp, "fwp.md.ddd", "c1", "md", "UNKNOWN", job_id="80", start_time=now - 100)
+    _record(lp, "fwp.md.eee", "c1", "md", "VANISHED", job_id="81", end_time=now - 20)
+    # missing everywhere, found dead and its work reconciled: over
+    _record(lp, "fwp.md.fff", "c1", "md", "VANISHED", job_id="82", end_time=now - 40, reconciled=True)
     lp.db["pilot_clusters"].insert_one({"_id": "c2", "reachable": False, "last_error": "cannot connect to c2\n"
                                         "  try: check that sshd runs", "last_error_time": now - 5, "failures": 3,
                                         "backoff_until": now + 300, "last_contact": None})
@@ -167,8 +172,8 @@ def test_gather_from_records_only(launchpad):
     assert clusters["c2"]["last_contact"] is None
     assert clusters["c1"]["categories"] == ["md"]
     assert clusters["c1"]["usable_walltime"] == 3000.0
-    assert clusters["c1"]["pilots"] == {"pending": 1, "running": 1, "ended_recently": 1,
-                                        "ended_recently_by_state": {"CANCELLED": 1}}
+    assert clusters["c1"]["pilots"] == {"pending": 1, "running": 1, "uncertain": 2, "ended_recently": 2,
+                                        "ended_recently_by_state": {"CANCELLED": 1, "VANISHED": 1}}
     assert clusters["c1"]["last_error"] is None          # older than the last good contact
     assert clusters["c2"]["backed_off"] and clusters["c2"]["failures"] == 3
 

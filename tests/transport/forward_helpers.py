@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,16 @@ def forward_threads() -> list[str]:
 def no_forward_threads(timeout: float = 10.0) -> None:
     wait_for(lambda: not forward_threads(), timeout=timeout, interval=0.1,
              what=f"the forward's threads to end ({forward_threads()})")
+
+
+@contextmanager
+def closed_after(close: Callable[[Any], object]) -> Iterator[list[Any]]:
+    """A list for the forwards or route keepers a test makes: each is closed with ``close`` when the test ends,
+    and then no forward or keeper thread may be left."""
+    made: list[Any] = []
+    try:
+        yield made
+    finally:
+        for m in made:
+            close(m)
+        no_forward_threads()

@@ -18,7 +18,7 @@ from pilot.transport.ssh_config import resolve_settings
 from pilot.transport.ssh_forward import ForwardRefused, RemoteForward, keepalive, private_connection
 from pilot.transport.ssh_pool import Connection
 from tests.helpers import ClusterInfo, OwnSshd, fileserver_address, free_port_in, wait_for
-from tests.transport.forward_helpers import EchoServer, PortBlocker, login_client, no_forward_threads
+from tests.transport.forward_helpers import PortBlocker, closed_after, login_client
 
 pytestmark = pytest.mark.slurm
 
@@ -42,22 +42,10 @@ def conn(unrouted_cluster):
 
 
 @pytest.fixture
-def echo(clusters):
-    server = EchoServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
 def forwards():
     """Forwards made by a test, closed after it; no forward thread may outlive them."""
-    made: list[RemoteForward] = []
-    yield made
-    for f in made:
-        f.close()
-    no_forward_threads()
+    with closed_after(RemoteForward.close) as made:
+        yield made
 
 
 def _forward(forwards: list[RemoteForward], conn: Connection, cluster: ClusterInfo, target: tuple[str, int],

@@ -1,7 +1,7 @@
 """The SLURM adapter driven through SSHTransport on the real cluster ``pilotci``: real jobs, real states.
 
-Four jobs run at the same time (the whole test takes about as long as SLURM needs to time out a job with
-``--time=1``, typically 60-120 s):
+Four jobs run at the same time (the whole test takes about as long as slurmctld's next time-limit pass, at
+most 30 s, after the timeout job's limit is lowered to now; tests.helpers.time_limit_now):
 
 ============  =========================================  ==========================================
 job           script                                     states expected (squeue(1)/sacct(1) JOB STATE CODES)
@@ -9,7 +9,8 @@ job           script                                     states expected (squeue
 held          ``sbatch --hold``, then ``scancel``        PENDING with reason JobHeldUser (= HELD), CANCELLED
 ok            ``sleep 10; exit 0``                       RUNNING, COMPLETED with exit code 0
 fail          ``sleep 2; exit 3``                        FAILED with exit code 3
-timeout       ``--time=1``, ``sleep 600``                RUNNING, TIMEOUT ("terminated upon reaching its time limit")
+timeout       ``--time=1``, ``sleep 600``; once RUNNING  RUNNING, TIMEOUT ("terminated upon reaching its time limit")
+              its owner lowers the limit to now
 ============  =========================================  ==========================================
 
 State meanings: https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES and
@@ -25,6 +26,7 @@ import uuid
 import pytest
 
 from pilot.transport.ssh import SSHTransport
+from tests.helpers import time_limit_now
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -59,7 +61,7 @@ def test_slurm_states_over_ssh(slurm_cluster, remote_tmp):
                 assert sub.outcome is SubmitOutcome.SUBMITTED, (sub, res)
                 ids[key] = sub.job_id
 
-            cancelled_held = False
+            cancelled_held = lowered = False
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline and len(final) < len(jobs):
                 res = t.run(adapter.status_command(list(ids.values())), timeout=30)
@@ -74,6 +76,11 @@ def test_slurm_states_over_ssh(slurm_cluster, remote_tmp):
                         seen[key].append(st.state)
                     if st.state.final and key not in final:
                         final[key] = st
+                if JobState.RUNNING in seen["timeout"] and not lowered:
+                    # the same time-limit kill at slurmctld's next pass, not a minute after the start
+                    c = t.run(time_limit_now(ids["timeout"]), timeout=30)
+                    assert c.returncode == 0, c
+                    lowered = True
                 if JobState.HELD in seen["held"] and not cancelled_held:
                     c = t.run(adapter.cancel_command([ids["held"]]), timeout=30)
                     cancel = adapter.parse_cancel(c.returncode, c.stdout, c.stderr, [ids["held"]])

@@ -30,8 +30,17 @@ from typing import Any
 
 import pytest
 
+from pilot.checks.bootstrap_route import authorized_line
 from pilot.worker.tunnel import SshRoute, launchpad_via_route, parse_route_target, pick_local_port, ssh_argv
-from tests.helpers import REPO, ClusterInfo, OwnSshd, free_port_in, pid_alive, stop_process_tree, wait_for
+from tests.helpers import (
+    REPO,
+    ClusterInfo,
+    free_port_in,
+    pid_alive,
+    start_route_sshd,
+    stop_process_tree,
+    wait_for,
+)
 
 # ============================================================================ pure
 
@@ -46,7 +55,7 @@ def test_route_targets_read_as_ssh_writes_them():
 
 
 def test_the_ssh_command_line_forwards_loopback_to_loopback_with_the_designs_options(tmp_path):
-    route = SshRoute(address="203.0.113.161", ssh_port=2222, remote_port=37117, user="pilot",
+    route = SshRoute(port=37117, login_address="203.0.113.161", login_port=2222, user="pilot",
                      key=Path("/home/pilot/.pilot/route_key"), known_hosts=Path("/home/p x/%h_known"))
     argv = ssh_argv(route, 40001)
     assert argv[:6] == ["ssh", "-N", "-L", "127.0.0.1:40001:127.0.0.1:37117", "-p", "2222"]
@@ -207,7 +216,7 @@ from pilot.worker.logs import setup_worker_logging
 
 setup_worker_logging(None)
 spec = json.loads(sys.argv[2])
-route = T.SshRoute(address=spec["address"], ssh_port=spec["ssh_port"], remote_port=spec["remote_port"],
+route = T.SshRoute(port=spec["remote_port"], login_address=spec["address"], login_port=spec["ssh_port"],
                    user=spec["user"], key=Path(spec["key"]), known_hosts=Path(spec["known_hosts"]))
 
 def out(**kw):
@@ -321,14 +330,8 @@ def route_setup(unrouted_cluster, remote_tmp, private_dir, tmp_path):
     subprocess.run(as_user(c, ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pilot-route", "-f",
                                str(key)], where="login"), check=True, timeout=60, env=user_env(c.user))
     echo_port = free_port_in(c.login_netns, "127.0.0.1")
-    pub = (remote_tmp / "route_key.pub").read_text().strip()
-    auth = private_dir / "authorized_keys"
-    auth.write_text(f'restrict,port-forwarding,command="/bin/false",permitopen="127.0.0.1:{echo_port}" {pub}\n')
-    os.chmod(auth, 0o644)
-    sshd = OwnSshd(c, tmp_path / "sshd", authorized_keys=auth, host=c.login_inner).start()
     known = remote_tmp / "route_known_hosts"
-    known.write_text(c.host_key_line(c.login_inner, sshd.port))
-    shutil.chown(known, c.user, c.user)
+    sshd = start_route_sshd(c, remote_tmp / "route_key.pub", echo_port, private_dir, tmp_path / "sshd", known)
     echo = subprocess.Popen(c.on_login([sys.executable, "-c", RELAY, str(echo_port)]), stdout=subprocess.PIPE)
     drivers: list[Driver] = []
     try:
@@ -340,7 +343,8 @@ def route_setup(unrouted_cluster, remote_tmp, private_dir, tmp_path):
             drivers.append(Driver(c, {**spec, **over}, tmp_path / f"driver{len(drivers)}.log"))
             return drivers[-1]
 
-        yield {"cluster": c, "sshd": sshd, "spec": spec, "start": start, "auth": auth, "key": key}
+        yield {"cluster": c, "sshd": sshd, "spec": spec, "start": start, "auth": private_dir / "authorized_keys",
+               "key": key}
     finally:
         for d in drivers:
             d.stop()
@@ -482,9 +486,7 @@ def test_a_worker_on_the_unrouted_node_runs_fireworks_through_the_route(route_se
     try:
         assert relay.stdout is not None and relay.stdout.readline() == b"listening\n"
         # the key may open the relay's port (the fixture's authorized_keys allowed the echo server's)
-        pub = (remote_tmp / "route_key.pub").read_text().strip()
-        line = f'restrict,port-forwarding,command="/bin/false",permitopen="127.0.0.1:{relay_port}" {pub}\n'
-        route_setup["auth"].write_text(line)
+        route_setup["auth"].write_text(authorized_line((remote_tmp / "route_key.pub").read_text(), relay_port) + "\n")
         category = f"route-{uuid.uuid4().hex[:8]}"
         launchpad.add_wf(Firework([ScriptTask.from_str("sleep 4")], spec={"_category": category}, name="slow"))
         launchpad.add_wf(Firework([ScriptTask.from_str("true")], spec={"_category": category}, name="quick"))

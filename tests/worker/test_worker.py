@@ -21,7 +21,7 @@ import pytest
 from fireworks import Firework, LaunchPad, ScriptTask, Workflow
 from fireworks.user_objects.firetasks.script_task import PyTask
 
-from tests.helpers import REPO, EmbeddedServer, stop_process_tree, wait_for
+from tests.helpers import REPO, EmbeddedServer, stop_process_tree, time_limit_now, wait_for
 from tests.worker.test_worker_tasks import EnvTask, IgnoreTermTask, OwnStateTask, TrapTermTask
 
 
@@ -317,6 +317,55 @@ def test_child_crash_requeues_and_worker_continues(launchpad, tmp_path, workers)
     assert_nothing_running(launchpad)
 
 
+def _run_until(launchpad, tmp_path, workers, category: str, pidfile: Path, end: str) -> str:
+    """One worker takes the Firework; once its task runs, ``end`` is done to it: ``stop`` (SIGTERM to the
+    worker, as scancel does) or ``crash`` (SIGKILL to the Firework's process). Returns the worker's log."""
+    pidfile.unlink(missing_ok=True)
+    w = workers(launchpad, tmp_path, [category], "--no-deadline", "--idle-timeout", "1", "--grace", "30")
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, 0.1, "the task's pid")
+    os.kill(w.pid if end == "stop" else int(pidfile.read_text()), signal.SIGTERM if end == "stop" else signal.SIGKILL)
+    assert w.wait(60) == 0, w.log()
+    return w.log()
+
+
+def test_requeues_after_a_stop_request_are_recorded_but_not_counted(launchpad, tmp_path, workers):
+    """Only a crash counts toward max_reruns: a Firework whose pilots are told to stop (scancel, preemption,
+    the deadline) while it is within its walltime is requeued every time, each one in the history."""
+    from pilot.manager.reruns import publish_bound
+
+    publish_bound(launchpad.db, 1)   # the manager's bound: one counted requeue, the next one FIZZLES
+    pidfile = tmp_path / "task.pid"
+    fw_id = add(launchpad, ScriptTask.from_str(f"echo $PPID > {pidfile}; sleep 600"), "preempted", "bound",
+                walltime=600)
+    for end in ("stop", "stop", "crash", "stop"):
+        log = _run_until(launchpad, tmp_path, workers, "bound", pidfile, end)
+        assert fw_doc(launchpad, fw_id)["state"] == "READY", (end, log)
+    doc = launchpad.db["pilot_reruns"].find_one({"_id": fw_id})
+    assert doc["count"] == 1                                 # the crash alone
+    reasons = [h["reason"] for h in doc["history"]]
+    assert [("not counted" in r and "SIGTERM" in r, "not counted" not in r and "process died" in r)
+            for r in reasons] == [(True, False), (True, False), (False, True), (True, False)], reasons
+    # a second crash is past the bound: FIZZLED, with the whole history as its message
+    log = _run_until(launchpad, tmp_path, workers, "bound", pidfile, "crash")
+    assert fw_doc(launchpad, fw_id)["state"] == "FIZZLED", log
+    last = launches_of(launchpad, fw_id)[-1]
+    assert last["state"] == "FIZZLED" and "max_reruns=1" in last["action"]["stored_data"]["_message"]
+    assert_nothing_running(launchpad)
+
+
+@pytest.mark.parametrize("walltime", [2, None])
+def test_a_firework_stopped_past_its_walltime_never_fits_and_is_counted(launchpad, tmp_path, workers, walltime):
+    """Taken because its walltime (2 s) fit the time left, or with none, taken when the pilot began (all its
+    usable time, 12 - 8 s, ahead), and still running at the deadline: it never fits."""
+    fw_id = add(launchpad, ScriptTask.from_str("sleep 30"), "too-long", "overrun", walltime=walltime)
+    w = workers(launchpad, tmp_path, ["overrun"], "--deadline", str(time.time() + 12), "--margin", "8",
+                "--idle-timeout", "60", "--grace", "1")
+    assert w.wait(30) == 0, w.log()
+    assert fw_doc(launchpad, fw_id)["state"] == "READY"
+    doc = launchpad.db["pilot_reruns"].find_one({"_id": fw_id})
+    assert doc["count"] == 1 and "never fits" in doc["history"][0]["reason"], doc
+
+
 def test_failing_task_fizzles_normally(launchpad, tmp_path, workers):
     fw_id = add(launchpad, ScriptTask.from_str("exit 3"), "fails", "fail")
     w = workers(launchpad, tmp_path, ["fail"], "--no-deadline", "--idle-timeout", "1")
@@ -427,10 +476,7 @@ def test_database_restart_does_not_kill_the_pilot(tmp_path, workers):
     """The LaunchPad server goes away for a few seconds while the worker polls, then comes back."""
     server = EmbeddedServer(tmp_path / "db").start()
     try:
-        # a short server selection timeout, so that a poll during the outage fails instead of waiting it out
-        lp = LaunchPad(host=server.uri, name="restart", uri_mode=True, strm_lvl="ERROR",
-                       mongoclient_kwargs={"serverSelectionTimeoutMS": 500})
-        lp.reset("", require_password=False)
+        lp = outage_launchpad(server, "restart")
         first = add(lp, EnvTask(), "before", "restart")
         w = workers(lp, tmp_path, ["restart"], "--no-deadline", "--idle-timeout", "30", "--db-retry-time", "60")
         wait_for(lambda: fw_doc(lp, first)["state"] == "COMPLETED", 60, 0.2, "the first Firework")
@@ -448,15 +494,22 @@ def test_database_restart_does_not_kill_the_pilot(tmp_path, workers):
         server.stop()
 
 
+def outage_launchpad(server: EmbeddedServer, name: str) -> LaunchPad:
+    """A fresh LaunchPad on ``server`` with a short server selection timeout, so that a call during an outage
+    fails (and is retried by the worker) instead of waiting it out."""
+    lp = LaunchPad(host=server.uri, name=name, uri_mode=True, strm_lvl="ERROR",
+                   mongoclient_kwargs={"serverSelectionTimeoutMS": 500})
+    lp.reset("", require_password=False)
+    return lp
+
+
 def test_a_fireworks_completion_outlasts_a_database_outage(tmp_path, workers):
     """The server goes away while a Firework runs and comes back after the Firework ended: the Rocket's
     completion (served by the worker) waits through the outage, so the Firework ends COMPLETED with its one
     launch instead of failing to report and being left to a rerun."""
     server = EmbeddedServer(tmp_path / "db").start()
     try:
-        lp = LaunchPad(host=server.uri, name="outage", uri_mode=True, strm_lvl="ERROR",
-                       mongoclient_kwargs={"serverSelectionTimeoutMS": 500})
-        lp.reset("", require_password=False)
+        lp = outage_launchpad(server, "outage")
         fw_id = add(lp, ScriptTask.from_str("sleep 3"), "through-outage", "outage")
         w = workers(lp, tmp_path, ["outage"], "--no-deadline", "--idle-timeout", "5", "--db-retry-time", "60")
         wait_for(lambda: fw_doc(lp, fw_id)["state"] == "RUNNING", 60, 0.1, "the Firework to start")
@@ -484,7 +537,9 @@ def _slurm(cluster, *argv: str, timeout: float = 30) -> subprocess.CompletedProc
 def test_slurm_time_limit_kills_pilot_mid_firework(launchpad, slurm_cluster, cluster_venv, remote_tmp):
     """--time=1 and a Firework that sleeps for 5 minutes: SLURM's time limit sends SIGTERM to the job's
     processes and SIGKILL KillWait (2 s, /etc/slurm/slurm.conf) later; the worker, not told the deadline,
-    learns it only from that SIGTERM and must put the Firework back to READY within those 2 s."""
+    learns it only from that SIGTERM and must put the Firework back to READY within those 2 s. Once the
+    Firework runs, the job's owner lowers its limit to now (tests.helpers.time_limit_now): the same time-limit
+    kill, at slurmctld's next pass instead of a minute after the start."""
     fw_id = add(launchpad, ScriptTask.from_str("sleep 300"), "too-long", "slurmkill")
     lp_file = remote_tmp / "my_launchpad.yaml"
     launchpad.to_file(str(lp_file))
@@ -507,6 +562,8 @@ def test_slurm_time_limit_kills_pilot_mid_firework(launchpad, slurm_cluster, clu
     try:
         wait_for(lambda: running_launch(launchpad, fw_id), 120, 0.5, "the Firework to run inside the job")
         assert running_launch(launchpad, fw_id)["fworker"]["name"] == f"{slurm_cluster.name}-{job_id}"
+        lower = _slurm(slurm_cluster, *time_limit_now(job_id))
+        assert lower.returncode == 0, lower.stderr
 
         def job_done():
             out = _slurm(slurm_cluster, "squeue", "-h", "-j", job_id, "-o", "%T").stdout.strip()

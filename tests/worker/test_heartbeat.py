@@ -1,0 +1,71 @@
+"""The worker's heartbeat and exit record in its pilot record, and a database retry that wakes on a stop signal
+(issue 16: the dead-pilot rule needs the pilot's own word; a worker must not sleep through its stop signal)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from fireworks import ScriptTask
+
+from tests.helpers import EmbeddedServer, wait_for
+from tests.worker.test_worker import add, fw_doc, outage_launchpad
+from tests.worker.test_worker import workers as workers  # noqa: PLC0414 - the fixture, used by name
+
+
+def test_heartbeat_and_exit_record(launchpad, tmp_path, workers):
+    """Beats every --heartbeat seconds into the record named by --record (before and while a Firework runs),
+    fills in the FWorker of a record that has none, and writes its exit record when it leaves."""
+    rec = "fwp.hb." + os.urandom(3).hex()
+    launchpad.db["pilots"].insert_one({"_id": rec, "job_name": rec, "fworker": None, "state": "RUNNING"})
+    fw_id = add(launchpad, ScriptTask.from_str("sleep 4"), "beating", "hb")
+    w = workers(launchpad, tmp_path, ["hb"], "--no-deadline", "--idle-timeout", "1", "--record", rec,
+                "--heartbeat", "1", name="pilotci-4711")
+    beats: list[float] = []
+
+    def beat_seen() -> bool:
+        doc = launchpad.db["pilots"].find_one({"_id": rec}) or {}
+        if doc.get("heartbeat") and (not beats or doc["heartbeat"] != beats[-1]):
+            beats.append(doc["heartbeat"])
+        return len(beats) >= 3
+
+    wait_for(beat_seen, 30, 0.2, "three heartbeats")
+    assert w.wait(60) == 0, w.log()
+    doc = launchpad.db["pilots"].find_one({"_id": rec})
+    assert doc["fworker"] == "pilotci-4711" and doc["job_id"] == "4711"
+    assert doc["heartbeat_interval"] == 1.0
+    assert fw_doc(launchpad, fw_id)["state"] == "COMPLETED"
+    assert doc["exit"]["code"] == 0 and doc["exit"]["fireworks"] == 1
+    assert doc["exit"]["stop"] == "IDLE" and "idle timeout" in doc["exit"]["reason"], doc["exit"]
+    assert doc["exit"]["time"] >= doc["heartbeat"] >= beats[0]
+
+
+def test_a_worker_started_by_hand_writes_no_record(launchpad, tmp_path, workers):
+    before = launchpad.db["pilots"].count_documents({})
+    w = workers(launchpad, tmp_path, ["nobody"], "--no-deadline", "--idle-timeout", "0")
+    assert w.wait(30) == 0, w.log()
+    assert launchpad.db["pilots"].count_documents({}) == before
+
+
+def test_database_retry_wakes_on_the_stop_signal(tmp_path, workers):
+    """The server goes away while a Firework runs; its completion is retried (--db-retry-time 120) until
+    SIGTERM comes: then the worker gives up --grace seconds later, not 120 s later, and says why."""
+    server = EmbeddedServer(tmp_path / "db").start()
+    try:
+        lp = outage_launchpad(server, "wake")
+        fw_id = add(lp, ScriptTask.from_str("sleep 2"), "stranded", "wake")
+        w = workers(lp, tmp_path, ["wake"], "--no-deadline", "--idle-timeout", "5", "--db-retry-time", "120",
+                    "--grace", "3")
+        wait_for(lambda: fw_doc(lp, fw_id)["state"] == "RUNNING", 60, 0.1, "the Firework to start")
+        server.stop()
+        wait_for(lambda: "database unreachable while" in w.log(), 30, 0.2, "the worker to retry")
+        t0 = time.monotonic()
+        os.kill(w.pid, signal.SIGTERM)
+        code = w.wait(60)
+        took = time.monotonic() - t0
+        assert code == 3, w.log()
+        assert took < 20, f"the worker took {took:.0f} s after SIGTERM"
+        assert "given up 3 s (--grace) after the stop signal" in w.log()
+    finally:
+        server.stop()
