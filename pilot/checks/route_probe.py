@@ -80,8 +80,20 @@ def moved(doc, host, port):
         d["host"], d["port"] = host, port
     return d
 
+def reach(doc):
+    # a quick TCP connect first: a refused port or a missing route fails at once, where the driver would retry
+    # for its whole server selection wait; no answer yet (a slow or filtering network) leaves it to the driver
+    host, _, port = where(doc).rpartition(":")
+    if not host or "," in host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=min(spec["wait_ms"] / 1000.0, 5.0)).close()
+    except socket.timeout:
+        return
+
 def attempt(doc):
     from fireworks import LaunchPad
+    reach(doc)
     d = dict(doc)
     kw = dict(d.get("mongoclient_kwargs") or {})
     kw.setdefault("serverSelectionTimeoutMS", spec["wait_ms"])
