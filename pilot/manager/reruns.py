@@ -80,5 +80,45 @@ def release_half_checkout(lp: Any, lost: LostLaunch, lock_seconds: float | None 
     return RerunResult.RERUN
 
 
+def orphan_reservation_seconds() -> float:
+    """How long a Firework may stay RESERVED with no launch at all before it is taken for an orphan: twice
+    FireWorks' lock expiry (600 s by default), longer than a checkout can take even through a database outage
+    (the worker retries for --db-retry-time, 300 s by default)."""
+    return 2.0 * stale_lock_seconds()
+
+
+def orphan_reservations(lp: Any, now: float) -> list[dict[str, Any]]:
+    """Fireworks RESERVED for longer than :func:`orphan_reservation_seconds` that no RESERVED or RUNNING launch
+    names: a pilot killed between FireWorks' reservation (``_get_a_fw_to_run`` sets the state) and the launch
+    document it writes next (found by the soak test). Nothing names the pilot, so only time can tell."""
+    from datetime import datetime, timezone
+
+    cutoff = datetime.fromtimestamp(now - orphan_reservation_seconds(), tz=timezone.utc)
+    out = []
+    for fw in lp.fireworks.find({"state": "RESERVED", "updated_on": {"$lt": cutoff}},
+                                {"fw_id": 1, "updated_on": 1}):
+        if not lp.launches.count_documents({"fw_id": fw["fw_id"], "state": {"$in": ["RESERVED", "RUNNING"]}}):
+            out.append(fw)
+    return out
+
+
+def release_orphan_reservation(lp: Any, fw: dict[str, Any], kill: bool = False) -> RerunResult:
+    """Put an orphan reservation (:func:`orphan_reservations`) back to READY: under the workflow lock, only if
+    still no launch names it and it is still RESERVED with the ``updated_on`` read; FireWorks' refresh then
+    derives READY from the launches it holds (none active). Not counted: it never ran."""
+    from fireworks.core import launchpad as lpmod
+
+    fw_id = int(fw["fw_id"])
+    with lpmod.WFLock(lp, fw_id, expire_secs=LOCK_SECONDS, kill=kill):
+        if lp.launches.count_documents({"fw_id": fw_id, "state": {"$in": ["RESERVED", "RUNNING"]}}):
+            return RerunResult.MOVED_ON
+        if lp.fireworks.find_one_and_update({"fw_id": fw_id, "state": "RESERVED", "updated_on": fw["updated_on"]},
+                                            {"$set": {"updated_on": utcnow()}}) is None:
+            return RerunResult.MOVED_ON
+        bookkeeping(lp, fw_id, fizzle=True)
+    return RerunResult.RERUN
+
+
 __all__ = ["DEFAULT_MAX_RERUNS", "LOCK_SECONDS", "LostLaunch", "RerunResult", "conditional_rerun",
-           "history_text", "publish_bound", "release_half_checkout", "rerun_doc", "stale_lock_seconds"]
+           "history_text", "orphan_reservation_seconds", "orphan_reservations", "publish_bound",
+           "release_half_checkout", "release_orphan_reservation", "rerun_doc", "stale_lock_seconds"]

@@ -12,6 +12,7 @@ person.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -236,6 +237,39 @@ class Tracker:
                 continue
             if done and not self.dry_run:
                 self.records.update(rec["_id"], reconciled=True)
+        self._release_orphans(report)
+
+    def _release_orphans(self, report: CycleReport) -> None:
+        """Fireworks left RESERVED with no launch at all by a pilot killed inside FireWorks' checkout, back to
+        READY once :func:`~pilot.manager.reruns.orphan_reservation_seconds` have passed (nothing names their
+        pilot). Guarded like a record: a failure is logged and retried next cycle."""
+        from pilot.manager.reruns import (
+            RerunResult,
+            orphan_reservation_seconds,
+            orphan_reservations,
+            release_orphan_reservation,
+        )
+
+        try:
+            orphans = orphan_reservations(self.lp, self.clock())
+        except Exception as e:  # noqa: BLE001 - the cycle goes on; retried next cycle
+            log.exception("looking for orphan reservations failed (%s: %s)", type(e).__name__, e)
+            return
+        for fw in orphans:
+            if self.dry_run:
+                log.info("dry run: would release fw %d, RESERVED with no launch", fw["fw_id"])
+                continue
+            try:
+                result = self._under_lock(int(fw["fw_id"]), functools.partial(release_orphan_reservation, self.lp, fw))
+            except Exception as e:  # noqa: BLE001 - the others still get their turn
+                log.warning("fw %d: releasing its orphan reservation failed (%s: %s); retried next cycle",
+                            fw["fw_id"], type(e).__name__, e)
+                continue
+            if result is RerunResult.RERUN:
+                report.reruns.append(int(fw["fw_id"]))
+                log.warning("fw %d: RESERVED for over %.0f s with no launch (its pilot died inside FireWorks' "
+                            "checkout); back to READY (not counted: it never ran)", fw["fw_id"],
+                            orphan_reservation_seconds())
 
     def lost_launches(self, rec: dict[str, Any], dead: str | None = None) -> list[LostLaunch]:
         """The launches a dead pilot still holds RUNNING or RESERVED whose Firework is still RUNNING or
@@ -299,32 +333,38 @@ class Tracker:
         return ok
 
     def _rerun(self, lost: LostLaunch, max_reruns: int) -> RerunResult:
-        """One conditional rerun (or release of a half-done checkout). A workflow lock that every try has found
-        held for longer than FireWorks calls a lock expired is taken by force: its holder is gone (a pilot
-        killed while FireWorks held the lock for its checkout leaves it set for ever, and with it the Firework
-        RUNNING and the whole workflow stuck). A LockedWorkflowError before that is logged and propagates."""
+        """One conditional rerun, or release of a half-done checkout (:meth:`_under_lock`)."""
+        from pilot.manager.reruns import conditional_rerun, release_half_checkout
+
+        if lost.half:
+            return self._under_lock(lost.fw_id, functools.partial(release_half_checkout, self.lp, lost))
+        return self._under_lock(lost.fw_id, functools.partial(conditional_rerun, self.lp, lost, max_reruns,
+                                                              now=self.clock(), before_claim=self.before_claim))
+
+    def _under_lock(self, fw_id: int, attempt: Callable[..., RerunResult]) -> RerunResult:
+        """``attempt(kill=...)`` of a change under the Firework's workflow lock. A lock that every try has found
+        held for longer than FireWorks calls a lock expired is taken by force (``kill``): its holder is gone (a
+        pilot killed while FireWorks held the lock for its checkout leaves it set for ever, and with it the
+        Firework RUNNING and the whole workflow stuck). A LockedWorkflowError before that is logged and
+        propagates."""
         from fireworks.core.launchpad import LockedWorkflowError
 
-        from pilot.manager.reruns import conditional_rerun, release_half_checkout, stale_lock_seconds
+        from pilot.manager.reruns import stale_lock_seconds
 
         now = self.clock()
-        since = self.locked_since.get(lost.fw_id)
+        since = self.locked_since.get(fw_id)
         kill = since is not None and now - since >= stale_lock_seconds()
         if kill:
             log.warning("fw %d: its workflow has been locked for %.0f s, through every try: taking the stale lock "
-                        "by force", lost.fw_id, now - float(since or now))
+                        "by force", fw_id, now - float(since or now))
         try:
-            if lost.half:
-                result = release_half_checkout(self.lp, lost, kill=kill)
-            else:
-                result = conditional_rerun(self.lp, lost, max_reruns, now=now, before_claim=self.before_claim,
-                                           kill=kill)
+            result = attempt(kill=kill)
         except LockedWorkflowError:
-            first = self.locked_since.setdefault(lost.fw_id, now)
+            first = self.locked_since.setdefault(fw_id, now)
             log.warning("fw %d: its workflow is locked; retried next cycle (taken by force once it has stayed "
-                        "locked for %.0f s: %.0f s so far)", lost.fw_id, stale_lock_seconds(), now - first)
+                        "locked for %.0f s: %.0f s so far)", fw_id, stale_lock_seconds(), now - first)
             raise
-        self.locked_since.pop(lost.fw_id, None)
+        self.locked_since.pop(fw_id, None)
         return result
 
 

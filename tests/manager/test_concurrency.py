@@ -192,3 +192,26 @@ def test_phases_report_a_job_that_raises_skip_a_busy_cluster_and_count_late_resu
     assert third.submitted == [{"cluster": "c"}]
     assert third.errors == {"c": "sbatch refused"}
     assert phases.run("status query", {"c": fine}, CycleReport(started=0), deadline=5) == {"c": 1}
+
+
+def test_a_job_that_ends_late_between_two_phases_is_collected_not_a_failed_cycle():
+    """Found by the soak test: a status query that missed its deadline and ended just before the same cycle's
+    next phase made starting that phase raise ("the previous job was not collected") and cost the whole cycle.
+    Now its results are collected then, and the new job starts."""
+    from pilot.manager.concurrency import ClusterPhases
+    from pilot.manager.runtime import CycleReport
+
+    phases = ClusterPhases(["c"], clock=time.time)
+    release = threading.Event()
+
+    def slow(rep):
+        release.wait(30)
+        rep.submitted.append({"cluster": "c", "late": True})
+        return "late"
+
+    report = CycleReport(started=time.time())
+    assert phases.run("status query", {"c": slow}, report, deadline=0.2) == {}
+    release.set()
+    wait_for(lambda: phases.busy("c") is None, timeout=10, interval=0.05, what="the slow job to end")
+    assert phases.run("submission", {"c": lambda rep: "now"}, report, deadline=5) == {"c": "now"}
+    assert report.submitted == [{"cluster": "c", "late": True}]

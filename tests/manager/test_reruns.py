@@ -267,3 +267,29 @@ def test_a_stale_workflow_lock_is_taken_by_force_after_fireworks_expiry(launchpa
     assert "locked" not in lp.workflows.find_one({"nodes": parent})
     assert fw_doc(lp, child)["state"] == "WAITING"
     assert tr.records.pilots.count_documents({"reconciled": True}) == 1
+
+
+def test_a_reservation_whose_pilot_died_inside_the_checkout_goes_back_to_ready(launchpad, tmp_path):
+    """Found by the soak test: a pilot killed between FireWorks' reservation (``_get_a_fw_to_run`` sets the
+    Firework RESERVED) and the launch document it writes next leaves a RESERVED Firework that no launch names.
+    Once it has been so for twice FireWorks' lock expiry it goes back to READY (uncounted); a reservation that a
+    launch names is left alone."""
+    lp = launchpad
+    orphan, orphan_child = add_chain(lp, "orphan")
+    held, _ = add_chain(lp, "held")
+    assert lp._get_a_fw_to_run(query={"fw_id": orphan}, checkout=True).fw_id == orphan   # then the pilot died
+    checkout(lp, "box-live", held, tmp_path, state="RESERVED")     # a live pilot's reservation, with its launch
+    clock = [time.time()]
+    tr = Tracker(Records(lp.db), lp, SimpleNamespace(max_reruns=3, poll_interval=60.0),  # type: ignore[arg-type]
+                 ManagerSettings(clock=lambda: clock[0]))
+    report = CycleReport(started=clock[0])
+    tr.reconcile_lost_work(report)
+    assert report.reruns == [] and fw_doc(lp, orphan)["state"] == "RESERVED"   # may still be mid-checkout
+    clock[0] += reruns.orphan_reservation_seconds() + 1
+    report = CycleReport(started=clock[0])
+    tr.reconcile_lost_work(report)
+    assert report.reruns == [orphan]
+    assert fw_doc(lp, orphan)["state"] == "READY" and not fw_doc(lp, orphan).get("launches")
+    assert fw_doc(lp, orphan_child)["state"] == "WAITING"
+    assert fw_doc(lp, held)["state"] == "RESERVED"
+    assert lp.db["pilot_reruns"].count_documents({}) == 0
