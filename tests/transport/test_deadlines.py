@@ -71,6 +71,17 @@ def test_an_sftp_server_that_never_answers_costs_the_deadline_once(slurm_cluster
         sshd.stop()
 
 
+def connect_times_out(transport: SSHTransport) -> None:
+    """The first command's connection set-up fails as a whole after connect_timeout (LIMIT), and says so."""
+    with transport as t:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectError) as err:
+            t.run(["true"], timeout=60)
+        took = time.monotonic() - t0
+    assert LIMIT - 0.5 <= took <= LIMIT + 1.0, took
+    assert f"timed out after {LIMIT:g} s" in str(err.value)
+
+
 @pytest.mark.parametrize("banner_after", [None, 2.5], ids=["no-banner", "banner-then-silence"])
 def test_a_host_that_accepts_and_never_answers_fails_within_connect_timeout(slurm_cluster, banner_after):
     """paramiko gives the TCP connect, the banner, the key exchange and the authentication connect_timeout each:
@@ -78,15 +89,9 @@ def test_a_host_that_accepts_and_never_answers_fails_within_connect_timeout(slur
     set-up as a whole gets connect_timeout."""
     server = SilentServer("127.0.0.1", banner_after=banner_after)
     try:
-        t = SSHTransport(server.host, port=server.port, user=slurm_cluster.user, identity_file=slurm_cluster.key,
-                         known_hosts=slurm_cluster.known_hosts, connect_timeout=LIMIT, name="silent")
-        with t:
-            t0 = time.monotonic()
-            with pytest.raises(ConnectError) as err:
-                t.run(["true"], timeout=60)
-            took = time.monotonic() - t0
-        assert LIMIT - 0.5 <= took <= LIMIT + 1.0, took
-        assert f"timed out after {LIMIT:g} s" in str(err.value)
+        connect_times_out(SSHTransport(server.host, port=server.port, user=slurm_cluster.user,
+                                       identity_file=slurm_cluster.key, known_hosts=slurm_cluster.known_hosts,
+                                       connect_timeout=LIMIT, name="silent"))
         assert server.accepted, "the TCP connection was made: the wait was for the SSH server"
     finally:
         server.close()
@@ -104,15 +109,9 @@ def test_a_slow_banner_then_a_hanging_authentication_costs_connect_timeout_in_al
         relay = DelayedRelay((sshd.host, sshd.port), delay=2.0)
         known = tmp_path / "known_hosts"
         known.write_text(slurm_cluster.host_key_line(relay.host, relay.port))
-        t = SSHTransport(relay.host, port=relay.port, user=slurm_cluster.user, identity_file=slurm_cluster.key,
-                         known_hosts=str(known), connect_timeout=LIMIT, allow_agent=False, name="slowauth")
-        with t:
-            t0 = time.monotonic()
-            with pytest.raises(ConnectError) as err:
-                t.run(["true"], timeout=60)
-            took = time.monotonic() - t0
-        assert LIMIT - 0.5 <= took <= LIMIT + 1.0, took
-        assert f"timed out after {LIMIT:g} s" in str(err.value)
+        connect_times_out(SSHTransport(relay.host, port=relay.port, user=slurm_cluster.user,
+                                       identity_file=slurm_cluster.key, known_hosts=str(known), connect_timeout=LIMIT,
+                                       allow_agent=False, name="slowauth"))
         assert "Starting session" not in sshd.log.read_text()
     finally:
         if relay is not None:
