@@ -80,7 +80,7 @@ def test_slurmctld_down_for_three_cycles_reruns_nothing(world, launchpad, slurm_
     config, cluster, _ = world
     cfg = config({"pilotci2": cluster(slurm_cluster2, ["md"], heartbeat_interval=1, fireworks_per_pilot=2,
                                       limits={"max_queued": 2, "max_running": 2})}, poll_interval=3)
-    ids = add_sleepers(launchpad, "md", 4, 10)
+    ids = add_sleepers(launchpad, "md", 4, 8)
     mgr = Manager(cfg, launchpad)
     try:
         run_cycles_until(mgr, lambda: fws_in(launchpad, "RUNNING") >= 2, timeout=120)
@@ -127,7 +127,7 @@ def test_one_bad_listing_reruns_nothing_and_submits_no_extra_pilot(world, launch
     config, cluster, _ = world
     cfg = config({"pilotci": cluster(slurm_cluster, ["md"], heartbeat_interval=1, fireworks_per_pilot=5,
                                      limits={"max_queued": 1, "max_running": 1})}, poll_interval=2)
-    ids = add_sleepers(launchpad, "md", 2, 8)
+    ids = add_sleepers(launchpad, "md", 2, 5)
     wrapped: list[_RewritingTransport] = []
 
     def factory(name, ccfg):
@@ -189,7 +189,7 @@ def test_pilot_killed_mid_firework_is_rerun_within_two_cycles(world, launchpad, 
     config, cluster, _ = world
     cfg = config({"pilotci": cluster(slurm_cluster, ["md"], heartbeat_interval=1,
                                      limits={"max_queued": 1, "max_running": 1})}, poll_interval=4)
-    (fw_id,) = add_sleepers(launchpad, "md", 1, 15)
+    (fw_id,) = add_sleepers(launchpad, "md", 1, 8)
     mgr = Manager(cfg, launchpad)
     env = dict(os.environ, SLURM_CONF=slurm_cluster.slurm_conf)
     try:
