@@ -99,3 +99,18 @@ def run_cycles_until(mgr: Any, predicate: Any, timeout: float, interval: float =
             raise TimeoutError(f"not done after {timeout} s; last decisions: "
                                f"{[d.log_line() for d in reports[-1].decisions]}; errors: {reports[-1].errors}")
         time.sleep(interval)
+
+
+def cancel_local_pilots() -> None:
+    """Stop every pilot of the local scheduler still pending or running, and wait until each has ended: no
+    local pilot outlives the test that started it."""
+    from pilot import localsched
+    from tests.helpers import wait_for
+
+    for line in localsched.status([]):
+        jid, state = line.split("|")[:2]
+        if state in ("PENDING", "RUNNING"):
+            localsched.cancel([jid])
+    for line in localsched.status([]):
+        jid = line.split("|")[0]
+        wait_for(lambda j=jid: localsched.status([j])[0].split("|")[1] not in ("PENDING", "RUNNING"), 30, 0.2)

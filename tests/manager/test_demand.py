@@ -25,8 +25,14 @@ from pilot.manager.demand import PilotOffer, gather_demand
 from pilot.manager.policy import CategoryDemand, ClusterView, PilotCounts, plan
 from pilot.status.format import format_status
 from pilot.status.gather import gather_status
-from tests.helpers import wait_for
-from tests.manager.helpers import completed_launches_per_fw, fw_states, local_cluster, run_cycles_until, write_config
+from tests.manager.helpers import (
+    cancel_local_pilots,
+    completed_launches_per_fw,
+    fw_states,
+    local_cluster,
+    run_cycles_until,
+    write_config,
+)
 
 SHORT_WALLTIME, SHORT_MARGIN = 90, 20          # a pilot of "short" can take Fireworks of up to 70 s
 SEGMENT = 14400                                 # a 4-hour MD segment's spec._pilot.walltime
@@ -54,16 +60,7 @@ def env(tmp_path: Path, launchpad: Any, monkeypatch: pytest.MonkeyPatch) -> Iter
     lp_file = tmp_path / "my_launchpad.yaml"
     launchpad.to_file(str(lp_file))
     yield tmp_path, lp_file
-    # stop every local pilot still alive (tests/manager/test_local.py does the same)
-    from pilot import localsched
-
-    for line in localsched.status([]):
-        jid, state = line.split("|")[:2]
-        if state in ("PENDING", "RUNNING"):
-            localsched.cancel([jid])
-    for line in localsched.status([]):
-        jid = line.split("|")[0]
-        wait_for(lambda j=jid: localsched.status([j])[0].split("|")[1] not in ("PENDING", "RUNNING"), 20, 0.2)
+    cancel_local_pilots()
 
 
 def short_cluster(tmp: Path, lp_file: Path, **over: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pilot.manager.cycle import Manager
 from tests.helpers import pid_alive, wait_for
 from tests.manager.helpers import (
     add_sleepers,
+    cancel_local_pilots,
     completed_launches_per_fw,
     fw_states,
     local_cluster,
@@ -30,16 +31,7 @@ def env(tmp_path, launchpad, monkeypatch):
     lp_file = tmp_path / "my_launchpad.yaml"
     launchpad.to_file(str(lp_file))
     yield tmp_path, lp_file
-    # stop every local pilot still alive, by its process group
-    from pilot import localsched
-
-    for line in localsched.status([]):
-        jid, state = line.split("|")[:2]
-        if state in ("PENDING", "RUNNING"):
-            localsched.cancel([jid])
-    for line in localsched.status([]):
-        jid = line.split("|")[0]
-        wait_for(lambda j=jid: localsched.status([j])[0].split("|")[1] not in ("PENDING", "RUNNING"), 20, 0.2)
+    cancel_local_pilots()
 
 
 def test_zero_demand_submits_nothing_cycle_after_cycle(env, launchpad):

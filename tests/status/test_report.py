@@ -26,8 +26,7 @@ from fireworks import Firework, FWorker, LaunchPad, ScriptTask
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from tests.helpers import wait_for
-from tests.manager.helpers import local_cluster, run_cycles_until, write_config
+from tests.manager.helpers import cancel_local_pilots, local_cluster, run_cycles_until, write_config
 
 CORES = 2
 ENGINE = {
@@ -218,15 +217,7 @@ def _run_and_kill_a_pilot(mgr: Manager, lp: LaunchPad, tmp: Path, victim: Firewo
 
 def _cancel_local_jobs() -> None:
     """No local pilot outlives the fixture."""
-    from pilot import localsched
-
-    for line in localsched.status([]):
-        jid, state = line.split("|")[:2]
-        if state in ("PENDING", "RUNNING"):
-            localsched.cancel([jid])
-    for line in localsched.status([]):
-        jid = line.split("|")[0]
-        wait_for(lambda j=jid: localsched.status([j])[0].split("|")[1] not in ("PENDING", "RUNNING"), 30, 0.2)
+    cancel_local_pilots()
 
 
 @pytest.fixture(scope="module")
