@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import subprocess
@@ -15,12 +14,12 @@ import pytest
 
 from tests.helpers import (
     INFRA_STATE,
-    REPO,
     ClusterInfo,
     EmbeddedServer,
     clean_source_copy,
     launchpad_host,
     load_clusters,
+    source_digest,
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -99,23 +98,13 @@ def clusters() -> dict[str, ClusterInfo]:
     return load_clusters()
 
 
-def _source_digest() -> str:
-    h = hashlib.sha256()
-    for top in ("pilot", "queue_adapters", "tasks", "templates"):
-        for p in sorted((REPO / top).rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts:
-                h.update(str(p.relative_to(REPO)).encode())
-                h.update(p.read_bytes())
-    h.update((REPO / "pyproject.toml").read_bytes())
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def cluster_venv(clusters) -> str:
-    """The venv the test user's batch jobs use, holding this very source tree (reinstalled when it changed)."""
+    """The venv the test user's batch jobs use, holding this very source tree (reinstalled when it changed since
+    it was built: tests/infra/services.sh writes the digest of what it built the venv from)."""
     venv = next(iter(clusters.values())).venv
     stamp = Path(venv) / ".pilot-source-digest"
-    digest = _source_digest()
+    digest = source_digest()
     with open("/tmp/pilot-venv.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not stamp.exists() or stamp.read_text() != digest:

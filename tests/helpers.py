@@ -40,6 +40,22 @@ def clean_source_copy(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / name)
     return dest
+def source_digest(root: Path = REPO) -> str:
+    """What a build of the project is made of, as one hash: the files of its packages and pyproject.toml under
+    ``root``. The cluster venv records the digest of what it was built from (tests/infra/services.sh when it
+    builds it, tests/conftest.py ``cluster_venv`` when it rebuilds it), and is rebuilt only when it differs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for top in ("pilot", "queue_adapters", "tasks", "templates"):
+        for p in sorted((root / top).rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                h.update(str(p.relative_to(root)).encode())
+                h.update(p.read_bytes())
+    h.update((root / "pyproject.toml").read_bytes())
+    return h.hexdigest()
+
+
 INFRA_STATE = Path(os.environ.get("PILOT_INFRA_STATE", "/tmp/pilot-infra/state"))
 
 

@@ -52,5 +52,10 @@ fi
 stop() { if ((started)); then log "stopping the test services"; bash tests/infra/services.sh down; fi; }
 trap stop EXIT
 
-log "running pytest"
-"$PY" -m pytest "$@"
+# every test's time (setup + call + teardown) in a JUnit XML beside the run's other logs, outside the tree
+# (PILOT_TEST_LOG_DIR, default /tmp/pilot-test-logs), so that a later session sees where the time went
+junit_dir=${PILOT_TEST_LOG_DIR:-/tmp/pilot-test-logs}
+mkdir -p "$junit_dir"
+junit="$junit_dir/pytest-$(date -u +%Y%m%dT%H%M%SZ).xml"
+log "running pytest (per-test durations: $junit)"
+"$PY" -m pytest --junitxml="$junit" "$@"

@@ -44,14 +44,31 @@ from pilot.checks.route_probe import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pilot.config import ClusterConfig, SshRoute
     from queue_adapters.base import JobStatus
 
 __all__ = ["ROUTE_TITLE", "RouteChecks"]
 
 ROUTE_TITLE = "LaunchPad reachable from a compute node"
-#: Seconds between two looks at the probe job.
+#: Seconds between two looks at the probe job (one queue listing and one file read over the pooled connection):
+#: FIRST_POLL for the first FAST_LOOKS looks, POLL after them. A probe job that starts at once has answered
+#: within a second or two (the doctor need not wait a whole POLL to see it); one that waits in a busy queue
+#: is not asked about twice a second for minutes.
 POLL = 2.0
+FIRST_POLL = 0.5
+FAST_LOOKS = 20
+
+
+def _pauses() -> Iterator[float]:
+    """The waits between two looks at a probe job: FAST_LOOKS of FIRST_POLL, then POLL."""
+    for _ in range(FAST_LOOKS):
+        yield FIRST_POLL
+    while True:
+        yield POLL
+
+
 #: Server selection timeout of each attempt in the probe (ms), and how long its ssh may take to forward (s).
 PROBE_WAIT_MS = 10000
 PROBE_SSH_TIMEOUT = 25
@@ -273,14 +290,15 @@ class RouteChecks(DoctorBase):
             return False, None
 
     def _await_probe(self, job: ProbeJob) -> ProbeOutcome:
-        """Look at the job and its output every :data:`POLL` seconds until the probe has answered, the job has
-        ended, or the wait is over: ``route_timeout`` for a job that has not started; once it runs, until its
-        wall time is over (the scheduler ends it then)."""
+        """Look at the job and its output (soon, then every :data:`POLL` seconds) until the probe has answered,
+        the job has ended, or the wait is over: ``route_timeout`` for a job that has not started; once it runs,
+        until its wall time is over (the scheduler ends it then)."""
         from queue_adapters.base import JobState
 
         out = ProbeOutcome()
         t0 = time.monotonic()
-        gone = 0
+        pauses = _pauses()
+        gone_since: float | None = None
         while True:
             out.text = self._read_remote(job.output) or ""
             out.answers, out.done = read_answers(out.text)
@@ -292,9 +310,9 @@ class RouteChecks(DoctorBase):
             if answered:
                 out.state = status or out.state
                 if status is None or status.state.final:
-                    gone += 1
-                    if gone >= 3:         # its last lines may need a moment to show on a shared file system
-                        out.ended = True
+                    gone_since = now if gone_since is None else gone_since
+                    if now - gone_since >= 2 * POLL:   # its last lines may need a moment to show on a shared
+                        out.ended = True                # file system
                         return out
                 elif status.state in (JobState.RUNNING, JobState.COMPLETING) and out.running_since is None:
                     out.running_since = now
@@ -307,18 +325,19 @@ class RouteChecks(DoctorBase):
             shown = status.state.value if status is not None else "not in the queue"
             why = f" ({status.reason})" if status is not None and status.reason else ""
             self.progress(f"probe job {job.job_id}: {shown}{why}, {out.waited:.0f} s")
-            time.sleep(POLL)
+            time.sleep(next(pauses))
 
     def _wait_gone(self, job_id: str, seconds: float) -> bool:
         """Wait until the job has left the queue or ended; False when it is still there after ``seconds``."""
         end = time.monotonic() + seconds
+        pauses = _pauses()
         while True:
             answered, status = self._job_status(job_id)
             if answered and (status is None or status.state.final):
                 return True
             if time.monotonic() >= end:
                 return False
-            time.sleep(POLL)
+            time.sleep(next(pauses))
 
     def _finish(self, job: ProbeJob, out: ProbeOutcome) -> None:
         """Cancel the job when it outlives the check (by its id), then remove its files (after it has left the

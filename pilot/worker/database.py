@@ -123,6 +123,9 @@ class DbRetry:
         self._sleep = sleep
         #: the launchpad file's secrets, read when a message needs them
         self._secrets: list[str] | None = None
+        #: when a call first found a stop signal: the grace of every later call counts from there too (one
+        #: grace per stop, not one per call: the batch system's SIGKILL does not wait for a second one)
+        self._stopped: float | None = None
 
     def _text(self, exc: BaseException, limit: int = 300) -> str:
         """The driver's message without the launchpad file's secrets (scrubbed before it is cut)."""
@@ -135,13 +138,14 @@ class DbRetry:
 
         With ``stoppable`` (a read that only looks for work) a stop signal ends the retrying: StopRequested.
         Any other call carries a result (a completion, a requeue) and goes on retrying after a stop signal, but
-        its wait wakes up on the signal and it gives up ``grace`` seconds after it: the batch system kills the
-        pilot soon after its stop signal, and the manager then reruns what could not be recorded.
+        its wait wakes up on the signal and it gives up ``grace`` seconds after it (after the first call that
+        found it: one grace for all the calls that follow, e.g. a completion and then the requeue): the batch
+        system kills the pilot soon after its stop signal, and the manager then reruns what could not be
+        recorded.
         """
         from pymongo.errors import ConnectionFailure, OperationFailure
 
         first: float | None = None
-        stopped: float | None = None
         delay = 1.0
         while True:
             if stoppable and self._signals:
@@ -151,13 +155,13 @@ class DbRetry:
             except ConnectionFailure as exc:
                 now = time.monotonic()
                 first = now if first is None else first
-                if self._signals and stopped is None:
-                    stopped = now
+                if self._signals and self._stopped is None:
+                    self._stopped = now
                 give_up = first + self.cfg.db_retry_time
-                if stopped is not None:
-                    give_up = min(give_up, stopped + self.cfg.grace)
+                if self._stopped is not None:
+                    give_up = min(give_up, self._stopped + self.cfg.grace)
                 if now >= give_up:
-                    raise self._unreachable(what, exc, now - first, stopped is not None) from exc
+                    raise self._unreachable(what, exc, now - first, self._stopped is not None) from exc
                 LOG.warning("database unreachable while %s (%s); retrying in %.0f s", what,
                             type(exc).__name__, min(delay, give_up - now))
                 self._wait(min(delay, give_up - now))

@@ -127,10 +127,13 @@ def test_a_cluster_template_without_the_run_block_cannot_make_the_probe_start_a_
     assert "#SBATCH --exclusive" in script and "--launchpad-file" not in script
 
 
-def _pymongo_error(uri: str) -> str:
+def _pymongo_error(uri: str, wait_ms: int = 3000) -> str:
+    """The error of a real client against ``uri``. A server the client never gets to talk to (refused, TLS
+    failed) costs the whole server selection timeout ``wait_ms`` (pymongo retries until then), so those cases
+    pass a short one; one that answers fails at once (auth) and keeps the long one as a margin."""
     import pymongo
 
-    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000)
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=wait_ms, connectTimeoutMS=3000)
     try:
         client.admin.command("ping")
         client.fw.fireworks.find_one({})
@@ -145,7 +148,7 @@ def test_real_driver_errors_read_as_refused_auth_and_tls(mongo_uri):
     with __import__("socket").socket() as s:     # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    refused = _pymongo_error(f"mongodb://127.0.0.1:{port}/")
+    refused = _pymongo_error(f"mongodb://127.0.0.1:{port}/", wait_ms=1000)
     assert describe_failure(ProbeAnswer("direct", False, error=refused, stage="database",
                                         where=f"127.0.0.1:{port}")).startswith(f"connection refused (127.0.0.1:{port})")
     parts = urlsplit(mongo_uri)
@@ -158,7 +161,7 @@ def test_real_driver_errors_read_as_refused_auth_and_tls(mongo_uri):
         # TLS without the LaunchPad's CA file: the system's CAs do not know the private CA
         query = "&".join(q for q in parts.query.split("&") if not q.lower().startswith("tlscafile"))
         said = describe_failure(ProbeAnswer("direct", False, error=_pymongo_error(urlunsplit(parts._replace(
-            query=query))), stage="database"))
+            query=query)), wait_ms=1000), stage="database"))
         assert said.startswith("TLS failed"), said
 
 
@@ -264,13 +267,15 @@ def _as(user: str, argv: list[str]) -> None:
 def _cluster_launchpad_file(path: Path, uri: str, db: str, user: str, port: int | None = None) -> None:
     """The cluster's LaunchPad file, as bootstrap writes it: the session's credentials and CA, and for an ssh
     route the address of the route's end on the login node. It also sets pymongo's server selection timeout
-    (4 s), as a user's LaunchPad file may: the doctor's probes wait that long, not their own 10 s, for a
-    database they cannot reach (every run here tries direct from a compute node that has no route)."""
+    (2 s), as a user's LaunchPad file may: the doctor's probes wait that long, not their own 10 s, for a
+    database they cannot reach (every run here tries direct from a compute node that has no route, and the
+    kernel's "Network is unreachable" comes at once: pymongo only retries it until the timeout). A database
+    that can be reached answers its first hello through the route within milliseconds: 2 s is a wide margin."""
     parts = urlsplit(uri)
     if port is not None:
         parts = parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}")
     path.write_text(yaml.safe_dump({"host": urlunsplit(parts), "name": db, "uri_mode": True, "logdir": None,
-                                    "strm_lvl": "ERROR", "mongoclient_kwargs": {"serverSelectionTimeoutMS": 4000}}))
+                                    "strm_lvl": "ERROR", "mongoclient_kwargs": {"serverSelectionTimeoutMS": 2000}}))
     os.chmod(path, 0o600)
     shutil.chown(path, user, user)
 
@@ -408,7 +413,7 @@ def test_without_a_forward_the_database_check_of_an_ssh_route_warns_and_says_why
 
     port = free_port_in(unrouted.c.login_netns, "127.0.0.1")
     unrouted.lp_at(port)
-    # the probe waits the LaunchPad file's server selection timeout (4 s) for the closed port
+    # the probe waits the LaunchPad file's server selection timeout (2 s) for the closed port
     unrouted.write({"launchpad_route": {"via": "ssh", "port": port}})
     doc = ClusterDoctor("pilotci3", unrouted.config(), config_dir=unrouted.cfg)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,31 @@ def add_sleepers(lp: LaunchPad, category: str, n: int, seconds: float = 0.5, nam
         lp.add_wf(Workflow([fw]))
         ids.append(fw.fw_id)
     return list(lp.get_fw_ids({"spec._category": category}))
+
+
+def add_interrupted(lp: LaunchPad, category: str, marker: Path, first: float = 300, again: float = 0.5,
+                    name: str = "victim") -> int:
+    """One Firework for a test that interrupts it (scancel, kill -9): its first run sleeps ``first`` seconds,
+    every later run ``again`` seconds. ``marker`` (a path the Firework's user may create; ``mkdir`` is
+    atomic) records the first start. So the first run cannot end before the fault however slow the machine
+    is, and the rerun that proves the recovery costs no time. Returns its fw_id."""
+    script = f"if mkdir {shlex.quote(str(marker))} 2>/dev/null; then sleep {first}; else sleep {again}; fi"
+    fw = Firework([ScriptTask.from_str(script)], spec={"_category": category}, name=f"{name}-{category}")
+    old_id = fw.fw_id
+    return int(lp.add_wf(Workflow([fw]))[old_id])   # add_wf: {the Firework's id: the id the LaunchPad gave it}
+
+
+def add_held(lp: LaunchPad, category: str, release: Path, n: int = 1, name: str = "held") -> list[int]:
+    """``n`` one-Firework workflows that run until ``release`` exists (the test creates it when its fault is
+    over; five minutes at most): RUNNING for exactly as long as the test needs them to be, however slow the
+    machine is, and not a second longer. Returns their fw_ids."""
+    wait = f"for i in $(seq 1500); do [ -e {shlex.quote(str(release))} ] && break; sleep 0.2; done"
+    ids = []
+    for i in range(n):
+        fw = Firework([ScriptTask.from_str(wait)], spec={"_category": category}, name=f"{name}-{category}-{i}")
+        old_id = fw.fw_id
+        ids.append(int(lp.add_wf(Workflow([fw]))[old_id]))
+    return ids
 
 
 def fw_states(lp: LaunchPad) -> dict[str, int]:

@@ -30,8 +30,9 @@ def world(launchpad, remote_tmp, pbs_cluster, lsf_cluster, cluster_venv, tmp_pat
     launchpad.to_file(str(lp_file))
     os.chmod(lp_file, 0o644)
     prefix = "e" + os.urandom(4).hex()[:6]
+    # idle_timeout 2 s, not 5: the test waits for every pilot to drain once the work is done
     clusters = {info.name: ssh_cluster(info, str(remote_tmp / info.name), str(lp_file), [cat], cluster_venv,
-                                       fireworks_per_pilot=3)
+                                       fireworks_per_pilot=3, idle_timeout=2)
                 for info, cat in ((pbs_cluster, "md"), (lsf_cluster, "post"))}
     cfg = load_config(write_config(tmp_path / "cfg", lp_file, clusters, job_name_prefix=prefix))
     mgr = Manager(cfg, launchpad)

@@ -21,7 +21,14 @@ from pilot.manager.cycle import Manager
 from pilot.manager.liveness import MISSED_BEATS, verdict
 from pilot.transport.clusters import transport_for
 from tests.helpers import wait_for
-from tests.manager.helpers import add_sleepers, completed_launches_per_fw, launches_per_fw, run_cycles_until
+from tests.manager.helpers import (
+    add_held,
+    add_interrupted,
+    add_sleepers,
+    completed_launches_per_fw,
+    launches_per_fw,
+    run_cycles_until,
+)
 from tests.manager.test_slurm import hard_kill_pilot
 from tests.manager.test_slurm import world as world  # noqa: PLC0414 - the fixture, used by name
 
@@ -76,11 +83,13 @@ def _slurmctld(info, start: bool) -> None:
                                             env=env, timeout=30).stdout, 60, 0.3, "slurmctld to answer")
 
 
-def test_slurmctld_down_for_three_cycles_reruns_nothing(world, launchpad, slurm_cluster2):
+def test_slurmctld_down_for_three_cycles_reruns_nothing(world, launchpad, slurm_cluster2, remote_tmp):
     config, cluster, _ = world
     cfg = config({"pilotci2": cluster(slurm_cluster2, ["md"], heartbeat_interval=1, fireworks_per_pilot=2,
                                       limits={"max_queued": 2, "max_running": 2})}, poll_interval=3)
-    ids = add_sleepers(launchpad, "md", 4, 8)
+    # two run (two more wait behind them) until slurmctld is back and the manager has seen it once
+    release = remote_tmp / "release"
+    ids = add_held(launchpad, "md", release, 4)
     mgr = Manager(cfg, launchpad)
     try:
         run_cycles_until(mgr, lambda: fws_in(launchpad, "RUNNING") >= 2, timeout=120)
@@ -94,8 +103,11 @@ def test_slurmctld_down_for_three_cycles_reruns_nothing(world, launchpad, slurm_
         finally:
             _slurmctld(slurm_cluster2, start=True)
         assert all("pilotci2" in r.errors for r in down), [r.errors for r in down]
+        assert fws_in(launchpad, "RUNNING") == 2   # the pilots ran on through the outage
         mgr.clusters["pilotci2"].backoff_until = 0.0   # not wait out the back-off of those failures
-        after = run_cycles_until(mgr, lambda: fws_in(launchpad, "COMPLETED") == 4, timeout=180, interval=3)
+        after = [mgr.run_cycle()]   # the first cycle that sees the queue again, with the work still running
+        release.touch()
+        after += run_cycles_until(mgr, lambda: fws_in(launchpad, "COMPLETED") == 4, timeout=180, interval=1)
     finally:
         mgr.close()
     assert [f for r in down + after for f in r.reruns] == []
@@ -123,11 +135,14 @@ class _RewritingTransport:
 
 
 @pytest.mark.parametrize("fault", ["unknown-state", "garbage"])
-def test_one_bad_listing_reruns_nothing_and_submits_no_extra_pilot(world, launchpad, slurm_cluster, fault):
+def test_one_bad_listing_reruns_nothing_and_submits_no_extra_pilot(world, launchpad, slurm_cluster, remote_tmp,
+                                                                   fault):
     config, cluster, _ = world
     cfg = config({"pilotci": cluster(slurm_cluster, ["md"], heartbeat_interval=1, fireworks_per_pilot=5,
                                      limits={"max_queued": 1, "max_running": 1})}, poll_interval=2)
-    ids = add_sleepers(launchpad, "md", 2, 5)
+    # the first runs (the second waits READY behind it) until the bad listing is over
+    release = remote_tmp / "release"
+    ids = add_held(launchpad, "md", release, 2)
     wrapped: list[_RewritingTransport] = []
 
     def factory(name, ccfg):
@@ -147,7 +162,10 @@ def test_one_bad_listing_reruns_nothing_and_submits_no_extra_pilot(world, launch
         wrapped[-1].rewrite = None
         if fault == "unknown-state":
             assert launchpad.db["pilots"].count_documents({"state": "UNKNOWN"}) == 1
-        reports += [bad] + run_cycles_until(mgr, lambda: fws_in(launchpad, "COMPLETED") == 2, timeout=120)
+        assert (fws_in(launchpad, "RUNNING"), fws_in(launchpad, "READY")) == (1, 1)   # still, after the bad cycle
+        reports += [bad, mgr.run_cycle()]   # and a good listing again, with the work still running
+        release.touch()
+        reports += run_cycles_until(mgr, lambda: fws_in(launchpad, "COMPLETED") == 2, timeout=120)
     finally:
         mgr.close()
     assert [f for r in reports for f in r.reruns] == []
@@ -181,7 +199,7 @@ def test_federated_id_is_tracked_to_the_end_without_a_rerun(world, launchpad, sl
 
 
 @pytest.mark.parametrize("kill", ["scancel", "kill -9"])
-def test_pilot_killed_mid_firework_is_rerun_within_two_cycles(world, launchpad, slurm_cluster, kill):
+def test_pilot_killed_mid_firework_is_rerun_within_two_cycles(world, launchpad, slurm_cluster, remote_tmp, kill):
     """``scancel``: the worker gets SIGTERM, requeues its Firework itself and writes its exit record.
     ``kill -9`` of the worker and its Firework: no requeue, no exit record; the job ends, the heartbeat goes
     quiet and the manager reruns the Firework. Either way it leaves RUNNING within two cycles after the one
@@ -189,7 +207,7 @@ def test_pilot_killed_mid_firework_is_rerun_within_two_cycles(world, launchpad, 
     config, cluster, _ = world
     cfg = config({"pilotci": cluster(slurm_cluster, ["md"], heartbeat_interval=1,
                                      limits={"max_queued": 1, "max_running": 1})}, poll_interval=4)
-    (fw_id,) = add_sleepers(launchpad, "md", 1, 8)
+    fw_id = add_interrupted(launchpad, "md", remote_tmp / "started")   # the first run outlasts the kill
     mgr = Manager(cfg, launchpad)
     env = dict(os.environ, SLURM_CONF=slurm_cluster.slurm_conf)
     try:
@@ -207,6 +225,7 @@ def test_pilot_killed_mid_firework_is_rerun_within_two_cycles(world, launchpad, 
     finally:
         mgr.close()
     assert completed_launches_per_fw(launchpad) == {fw_id: 1}
+    assert launches_per_fw(launchpad) == {fw_id: 2}   # the killed run's launch, then the one that completed
     [entry] = launchpad.db["pilot_reruns"].find_one({"_id": fw_id})["history"]
     assert entry["pilot"] == sub["job_name"]
     if kill == "scancel":

@@ -48,8 +48,9 @@ def test_zero_demand_submits_nothing_cycle_after_cycle(env, launchpad):
 def test_demand_gives_exactly_the_pilots_needed_and_all_work_completes(env, launchpad):
     tmp, lp_file = env
     # 12 READY "md" Fireworks at 5 per pilot -> ceil(12/5) = 3 pilots; "post" has no demand
+    # idle_timeout 2 s, not 4: the test waits for every pilot to drain once the work is done
     cfg = load_config(write_config(tmp / "cfg", lp_file, {
-        "box": local_cluster(tmp / "work", lp_file, ["md", "post"])}))
+        "box": local_cluster(tmp / "work", lp_file, ["md", "post"], idle_timeout=2)}))
     add_sleepers(launchpad, "md", 12, 0.2)
     mgr = Manager(cfg, launchpad)
     first = mgr.run_cycle()

@@ -17,9 +17,11 @@ from pilot.config import load_config
 from pilot.manager.cycle import Manager
 from tests.helpers import OwnSshd, wait_for
 from tests.manager.helpers import (
+    add_interrupted,
     add_sleepers,
     completed_launches_per_fw,
     fw_states,
+    launches_per_fw,
     run_cycles_until,
     ssh_cluster,
     write_config,
@@ -67,7 +69,9 @@ def world(launchpad, remote_tmp, slurm_cluster, slurm_cluster2, cluster_venv, tm
 
 def test_two_categories_two_clusters(world, launchpad, slurm_cluster, slurm_cluster2):
     config, cluster, prefix = world
-    cfg = config({"pilotci": cluster(slurm_cluster, ["md"]), "pilotci2": cluster(slurm_cluster2, ["post"])})
+    # idle_timeout 2 s, not 5: the test waits for every pilot to drain once the work is done
+    cfg = config({"pilotci": cluster(slurm_cluster, ["md"], idle_timeout=2),
+                  "pilotci2": cluster(slurm_cluster2, ["post"], idle_timeout=2)})
     add_sleepers(launchpad, "md", 15, 0.5)
     add_sleepers(launchpad, "post", 15, 0.5)
     mgr = Manager(cfg, launchpad)
@@ -122,10 +126,10 @@ def hard_kill_pilot(fworker: str) -> int:
     return len(victims)
 
 
-def test_cancelled_pilot_work_runs_again_exactly_once(world, launchpad, slurm_cluster):
+def test_cancelled_pilot_work_runs_again_exactly_once(world, launchpad, slurm_cluster, remote_tmp):
     config, cluster, prefix = world
     cfg = config({"pilotci": cluster(slurm_cluster, ["md"])})
-    (fw_id,) = add_sleepers(launchpad, "md", 1, 10)
+    fw_id = add_interrupted(launchpad, "md", remote_tmp / "started")   # the first run outlasts the scancel
     mgr = Manager(cfg, launchpad)
     try:
         (sub,) = mgr.run_cycle().submitted
@@ -136,14 +140,16 @@ def test_cancelled_pilot_work_runs_again_exactly_once(world, launchpad, slurm_cl
     finally:
         mgr.close()
     assert completed_launches_per_fw(launchpad) == {fw_id: 1}
+    assert launches_per_fw(launchpad) == {fw_id: 2}   # the cancelled run's launch, then the one that completed
     first = launchpad.db["pilots"].find_one({"_id": sub["job_name"]})
     assert first["state"] == "CANCELLED"
 
 
-def test_hard_killed_pilot_work_is_rerun_by_the_manager(world, launchpad, slurm_cluster):
+def test_hard_killed_pilot_work_is_rerun_by_the_manager(world, launchpad, slurm_cluster, remote_tmp):
     config, cluster, prefix = world
-    cfg = config({"pilotci": cluster(slurm_cluster, ["md"])})
-    (fw_id,) = add_sleepers(launchpad, "md", 1, 10)
+    # dead = job over and 3 beats missed: 3 s of silence with 1 s beats (the rule is the same at any interval)
+    cfg = config({"pilotci": cluster(slurm_cluster, ["md"], heartbeat_interval=1)})
+    fw_id = add_interrupted(launchpad, "md", remote_tmp / "started")   # the first run outlasts the kill
     mgr = Manager(cfg, launchpad)
     try:
         (sub,) = mgr.run_cycle().submitted
@@ -155,6 +161,7 @@ def test_hard_killed_pilot_work_is_rerun_by_the_manager(world, launchpad, slurm_
     finally:
         mgr.close()
     assert completed_launches_per_fw(launchpad) == {fw_id: 1}
+    assert launches_per_fw(launchpad) == {fw_id: 2}   # the killed run's launch, then the one that completed
     rec = launchpad.db["pilot_reruns"].find_one({"_id": fw_id})
     assert rec["count"] == 1 and rec["history"][0]["pilot"] == sub["job_name"]
 

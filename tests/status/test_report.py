@@ -26,7 +26,7 @@ from fireworks import Firework, FWorker, LaunchPad, ScriptTask
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from tests.manager.helpers import cancel_local_pilots, local_cluster, run_cycles_until, write_config
+from tests.manager.helpers import add_interrupted, cancel_local_pilots, local_cluster, run_cycles_until, write_config
 
 CORES = 2
 ENGINE = {
@@ -174,8 +174,9 @@ def _run_by_hand(lp: LaunchPad, tmp: Path) -> None:
         os.chdir(cwd)  # the Rocket stays in its launch dir, which the fixture deletes at the end
 
 
-def _add_work(lp: LaunchPad, tmp: Path) -> Firework:
-    """One OpenMM run in ~3 segments, three sleepers, one failing Firework; returns the victim (to be killed)."""
+def _add_work(lp: LaunchPad, tmp: Path) -> int:
+    """One OpenMM run in ~3 segments, three sleepers, one failing Firework; returns the victim's fw_id (to be
+    killed)."""
     from tasks.testsystems import openmm_water_box
     from tasks.workflow import make_md_workflow
 
@@ -189,16 +190,16 @@ def _add_work(lp: LaunchPad, tmp: Path) -> Firework:
     lp.add_wf(
         Firework([ScriptTask.from_str("exit 3", {"fizzle_bad_rc": True})], spec={"_category": "md"}, name="fails")
     )
-    victim = Firework([ScriptTask.from_str("sleep 6")], spec={"_category": "slow"}, name="victim")
-    lp.add_wf(victim)
-    return victim
+    # its first run outlasts its pilot's kill however slow the machine is (and its own session outlives the
+    # pilot's process group by those 20 s at most); the rerun takes 0.5 s
+    return add_interrupted(lp, "slow", tmp / "victim-started", first=20)
 
 
-def _run_and_kill_a_pilot(mgr: Manager, lp: LaunchPad, tmp: Path, victim: Firework) -> str:
+def _run_and_kill_a_pilot(mgr: Manager, lp: LaunchPad, tmp: Path, victim: int) -> str:
     """Cycle until the victim runs, SIGKILL its whole pilot, cycle until all is done; the killed pilot's name."""
 
     def victim_running():
-        return lp.launches.find_one({"fw_id": victim.fw_id, "state": "RUNNING"})
+        return lp.launches.find_one({"fw_id": victim, "state": "RUNNING"})
 
     run_cycles_until(mgr, victim_running, timeout=90, interval=1)
     launch = victim_running()
@@ -243,6 +244,7 @@ def local_run(mongo_uri):
                     pilot={"walltime": 120, "cores": CORES},
                     idle_timeout=3,
                     limits={"max_queued": 4, "max_running": 4},
+                    heartbeat_interval=1,   # the killed pilot is dead after 3 s of silence, not 6
                 )
             },
         )

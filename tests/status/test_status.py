@@ -32,7 +32,7 @@ from pilot.status import (
     human_duration,
     human_until,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for
 
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
 
@@ -287,16 +287,21 @@ def test_watch_redraws_until_interrupted(launchpad, tmp_path):
 
     lp_file = tmp_path / "lp.yaml"
     launchpad.to_file(str(lp_file))
-    proc = subprocess.Popen([sys.executable, "-m", "pilot", "--config-dir", str(tmp_path / "none"), "status",
-                             "-l", str(lp_file), "--watch", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    frames = tmp_path / "watch.out"   # a file, read while it runs (each frame is flushed: click.echo)
+    with open(frames, "w") as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "pilot", "--config-dir", str(tmp_path / "none"), "status",
+                                 "-l", str(lp_file), "--watch", "0.3"], stdout=out_file, stderr=subprocess.PIPE,
+                                text=True)
     try:
-        time.sleep(4)
+        # until it has drawn two frames (not a fixed time), and one more interval after them
+        wait_for(lambda: frames.read_text().count("fireworks-pilot status at") >= 2 or proc.poll() is not None,
+                 60, 0.1, "two frames")
+        time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert out.count("fireworks-pilot status at") >= 2
+    assert frames.read_text().count("fireworks-pilot status at") >= 2
     assert "Traceback" not in err
 
 

@@ -69,3 +69,33 @@ def test_database_retry_wakes_on_the_stop_signal(tmp_path, workers):
         assert "given up 3 s (--grace) after the stop signal" in w.log()
     finally:
         server.stop()
+
+
+def test_one_grace_for_all_the_calls_after_the_stop_signal(tmp_path):
+    """A completion that meets the outage after the stop signal is retried for --grace seconds; the call after it
+    (the requeue) gets what is left of that grace, not a grace of its own: the batch system's SIGKILL comes once,
+    its KillWait after the signal. The database here is a call that always fails as pymongo does; what is
+    counted is the tries of each call (with a grace each, the second call would be tried again after 1 s)."""
+    from pymongo.errors import AutoReconnect
+
+    from pilot.worker.database import DbRetry
+    from pilot.worker.model import WorkerConfig, WorkerError
+
+    tries: list[int] = []
+
+    def down() -> None:
+        tries[-1] += 1
+        raise AutoReconnect("127.0.0.1:9: [Errno 111] Connection refused")
+
+    cfg = WorkerConfig(launchpad_file=tmp_path / "none.yaml", categories=("md",), name="t", deadline=None,
+                       grace=1.0, db_retry_time=60.0)
+    db = DbRetry(cfg, [signal.SIGTERM], time.sleep)   # the stop signal has come
+    for what in ("completing fw 1", "requeueing fw 1"):
+        tries.append(0)
+        try:
+            db(what, down)
+        except WorkerError as exc:
+            assert "given up 1 s (--grace) after the stop signal" in str(exc)
+        else:
+            raise AssertionError(f"{what}: the call did not fail")
+    assert tries == [2, 1], tries   # the first: at once and 1 s (the grace) later; the second: once, at once

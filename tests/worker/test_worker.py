@@ -482,7 +482,9 @@ def test_database_restart_does_not_kill_the_pilot(tmp_path, workers):
         wait_for(lambda: fw_doc(lp, first)["state"] == "COMPLETED", 60, 0.2, "the first Firework")
         port = server.port
         server.stop()
-        time.sleep(4)
+        # down until the worker has met the outage while it polls (not a fixed time: the condition itself)
+        wait_for(lambda: "database unreachable while checking for READY work" in w.log(), 60, 0.2,
+                 "the worker to find the database gone")
         server = EmbeddedServer(tmp_path / "db", port=port).start()
         second = add(lp, EnvTask(), "after", "restart")
         wait_for(lambda: fw_doc(lp, second)["state"] == "COMPLETED", 60, 0.2, "the Firework added after restart")
