@@ -8,9 +8,10 @@ Usage::
     python3 benchmarks/run.py --smoke         # every benchmark at its tiniest size (about a minute)
     python3 benchmarks/run.py --only overhead,scale --json /tmp/out.json
 
-Benchmarks (``--only`` takes a comma-separated list): ``submission``, ``overhead``, ``waste``, ``scale``.
-They need the test services (``bash tests/infra/services.sh up``, as root); ``overhead`` only needs a
-database. ``MONGODB_URI`` selects a MongoDB instead of the embedded server. See benchmarks/README.md.
+Benchmarks (``--only`` takes a comma-separated list): ``submission``, ``overhead``, ``waste``, ``scale``,
+``dbserver``. They need the test services (``bash tests/infra/services.sh up``, as root); ``overhead`` only
+needs a database, ``dbserver`` starts its own servers (this tree's engine and a baseline commit's).
+``MONGODB_URI`` selects a MongoDB instead of the embedded server. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ from benchmarks.common import (
     write_json,
 )
 
-NAMES = ("submission", "overhead", "waste", "scale")
+NAMES = ("submission", "overhead", "waste", "scale", "dbserver")
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"submission": {"sizes": [8, 40, 200], "cap": 20, "default_interval_for": 8},
              "overhead": {"n": 500, "repeat": 3}, "waste": "full",
-             "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}},
+             "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}, "dbserver": {"n": 100000}},
     "quick": {"submission": {"sizes": [8], "cap": 20, "default_interval_for": None},
-              "overhead": {"n": 50, "repeat": 1}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20}},
+              "overhead": {"n": 50, "repeat": 1}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20},
+              "dbserver": {"n": 20000}},
     "smoke": {"submission": {"sizes": [4], "cap": 4, "default_interval_for": None},
-              "overhead": {"n": 10, "repeat": 1}, "waste": "smoke", "scale": {"sizes": [200], "clusters": 3}},
+              "overhead": {"n": 10, "repeat": 1}, "waste": "smoke", "scale": {"sizes": [200], "clusters": 3},
+              "dbserver": {"n": 1000}},
 }
 
 
@@ -175,7 +178,13 @@ def table_rss(results: dict[str, Any]) -> str:
     return fmt_table(["process", "peak RSS MiB"], rows) if rows else "(no RSS measured)"
 
 
-TABLES = {"submission": table_submission, "overhead": table_overhead, "waste": table_waste, "scale": table_scale}
+def table_dbserver(res: dict[str, Any]) -> str:
+    from benchmarks import dbserver
+    return dbserver.table(res)
+
+
+TABLES = {"submission": table_submission, "overhead": table_overhead, "waste": table_waste, "scale": table_scale,
+          "dbserver": table_dbserver}
 
 
 def print_tables(results: dict[str, Any], path: Path) -> None:
@@ -211,6 +220,9 @@ def run_benchmark(name: str, mode: str, repeat: int | None) -> dict[str, Any]:
     if name == "scale":
         from benchmarks import scale
         return scale.run(sz["sizes"], n_clusters=sz["clusters"], log=log)
+    if name == "dbserver":
+        from benchmarks import dbserver
+        return dbserver.run(sz["n"], log=log)
     raise ValueError(name)
 
 

@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +24,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, TQDM_DISABLE="1")
+    # the benchmarks start `python -m pilot` servers from temporary directories: this tree must be importable
+    # there whether or not (and wherever) the package is installed
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(REPO))
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(out)],
                          capture_output=True, text=True, timeout=540, cwd=tmp_path, env=env, check=False)
     assert res.returncode == 0, f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}"
@@ -31,7 +34,7 @@ def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
     assert data["mode"] == "smoke" and data["errors"] == {}
     assert {"date", "cores", "memory_gib", "os", "loadavg_start", "loadavg_end"} <= set(data["machine"])
     b = data["benchmarks"]
-    assert set(b) == {"submission", "overhead", "waste", "scale"}
+    assert set(b) == {"submission", "overhead", "waste", "scale", "dbserver"}
     assert set(data["loadavg"]) == set(b)
 
     (row,) = b["submission"]["rows"]
@@ -57,4 +60,21 @@ def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
     assert srow["cycles"][0]["submitted"] == b["scale"]["clusters"]
     assert srow["cycles"][1]["submitted"] == 0 and srow["cycles"][1]["db_commands"] > 0
     assert srow["peak_rss_mib"] > 0
+
+    d = b["dbserver"]
+    assert d["errors"] == {} and set(d["engines"]) == {"baseline", "ours"}
+    for side, e in d["engines"].items():
+        # each server ran the intended code: the extracted baseline commit, or this tree
+        assert e["pilot_file"] == (str(REPO / "pilot" / "__init__.py") if side == "ours" else
+                                   str(Path(e["tree"]) / "pilot" / "__init__.py"))
+        # every Firework went in, 2/3 of them READY, and the restored server counts them all
+        assert e["load"]["fireworks"] == e["fireworks_counted"] == 1000
+        assert e["ready_counted"] == e["load"]["states"]["READY"] == e["blocking"]["count_ready"]["result"]
+        assert abs(e["ready_counted"] - 1000 * 2 / 3) < 10
+        assert e["snapshot"]["exit_code"] == 0 and e["snapshot"]["peak_mib"] > 0
+        for key in ("count_ready", "find_one_fw_id", "demand", "reserve", "checkout_fw"):
+            assert e[key]["runs"] >= 1 and e[key]["median_s"] > 0
+        assert e["blocking"]["unindexed_count_all"]["result"] == 1000
+        assert e["blocking"]["unindexed_find_one_match"]["result"] == 1
+    assert "ours/baseline" in res.stdout
     assert "results:" in res.stdout and "peak RSS" in res.stdout
