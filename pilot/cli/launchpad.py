@@ -1,4 +1,4 @@
-"""``pilot launchpad``: serve, init, status and stop the embedded LaunchPad server.
+"""``pilot launchpad``: serve, init, status, stop and repair the embedded LaunchPad server.
 
 Exit codes: 0 success; 1 the server could not start or an action failed (port busy, data dir unwritable or
 locked, corrupt data, connection check failed, an address of another machine as ``--host``); 2 refused
@@ -17,6 +17,13 @@ import click
 from pilot.cli.launchpad_users import user as user_group
 from pilot.configdir import pilot_command, private_dir, same_path
 from pilot.launchpad.files import TIMEOUT_S
+from pilot.launchpad.limits import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RECEIVE_BUDGET_BYTES,
+    Limits,
+)
 from pilot.launchpad.server import (
     DEFAULT_COMPACT_BYTES,
     DEFAULT_COMPACT_INTERVAL_S,
@@ -72,21 +79,37 @@ _TLS_NAME_HELP = ("Another name or address for the server certificate (repeatabl
               show_default=True, help="Write a snapshot when the journal grows past this size (MiB).")
 @click.option("--compact-interval", type=click.FloatRange(min=0.1), default=DEFAULT_COMPACT_INTERVAL_S,
               show_default=True, help="...or when it has unsnapshotted writes this many seconds old.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONNECTIONS, show_default=True,
+              help="Open client connections at most; more are closed at once (each pilot's pymongo keeps 2-3).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.1), default=DEFAULT_IDLE_TIMEOUT_S, show_default=True,
+              help="Seconds a client may stall in the middle of a message before it is disconnected "
+                   "(between messages connections may stay idle).")
+@click.option("--max-message-mb", type=click.FloatRange(min=0.01, max=DEFAULT_MAX_MESSAGE_BYTES / 2**20),
+              default=DEFAULT_MAX_MESSAGE_BYTES / 2**20, show_default=True,
+              help="The largest message a client may send (MiB; MongoDB's 48,000,000 bytes by default).")
+@click.option("--receive-budget-mb", type=click.FloatRange(min=1), default=DEFAULT_RECEIVE_BUDGET_BYTES / 2**20,
+              show_default=True, help="Memory for partly received messages, all connections together (MiB).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, tls: bool | None, tls_names: tuple[str, ...],
-          data_dir: Path | None, compact_mb: float, compact_interval: float) -> None:
+          data_dir: Path | None, compact_mb: float, compact_interval: float, max_connections: int,
+          idle_timeout: float, max_message_mb: float, receive_budget_mb: float) -> None:
     """Serve a LaunchPad database (MongoDB wire protocol, SCRAM authentication, TLS off loopback).
 
     Every write is journaled and fsynced before it is acknowledged; SIGTERM/SIGINT write a final snapshot.
     With TLS, the CA that clients verify the server with is DATA/tls/ca.pem; the admin's LaunchPad file is
-    DATA/my_launchpad.yaml.
+    DATA/my_launchpad.yaml. The limits (connections, stalled messages, message size, receive memory) protect
+    the server from one misbehaving client: docs/launchpad-server.md, "Limits".
     """
     if ctx.obj is None or ctx.obj.verbose <= 0:
         logging.getLogger("pilot.launchpad").setLevel(logging.INFO)
     _private_config_dir(ctx, data_dir)
     opts = ServerOptions(data_dir=data_dir or _default_data(ctx), host=host, port=port, tls=tls,
                          tls_names=tuple(tls_names), compact_bytes=int(compact_mb * 2**20),
-                         compact_interval=compact_interval)
+                         compact_interval=compact_interval,
+                         limits=Limits(max_connections=max_connections, idle_timeout=idle_timeout,
+                                       max_message_bytes=max(1024, min(DEFAULT_MAX_MESSAGE_BYTES,
+                                                                       int(max_message_mb * 2**20))),
+                                       receive_budget_bytes=int(receive_budget_mb * 2**20)))
     try:
         LaunchPadServer(opts).run()
     except StartupError as exc:
@@ -306,10 +329,48 @@ def status(ctx: click.Context, data_dir: Path | None) -> None:
     j = st.get("journal", {})
     click.echo(f"uptime {st['uptime']:.0f}s, {st['documents']} documents, {ncmd} commands served "
                f"({ncmd / max(st['uptime'], 1e-9):.1f}/s), {st['errors']} errors")
+    conns = st.get("connections")
+    if conns:
+        click.echo(f"connections: {conns['current']} open (limit {conns['limit']}), {conns['refused']} refused "
+                   f"since start")
     if j:
         click.echo(f"journal generation {j['generation']}: {j['size']} bytes, {j['fsyncs']} fsyncs "
                    f"({1000 * j['fsyncSeconds'] / max(j['fsyncs'], 1):.2f} ms each), "
                    f"{st['snapshots']} snapshots since start")
+    refused = st.get("writesRefused")
+    if refused:
+        click.echo(f"WRITES REFUSED since {refused['since']} (code {refused['code']}): {refused['reason']}")
+
+
+@launchpad.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data dir to repair (never changed). Default: CONFIG_DIR/lpserver.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="New data dir to write (must not exist, or be empty). Default: DATA.repaired-<time>.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def repair(ctx: click.Context, data_dir: Path | None, out: Path | None, as_json: bool) -> None:
+    """Recover every undamaged record of a data dir into a NEW data dir; report what could not be recovered.
+
+    For a server that refuses to start because its snapshot or journal is damaged. DATA is never changed; the
+    new dir holds a snapshot of the recovered state, the admin's LaunchPad file and the TLS files. Refused while
+    a server runs on DATA. Exit 0 when the new dir was written (the report says what is lost), 1 otherwise.
+    """
+    import json
+
+    from pilot.launchpad.repair import RepairError
+    from pilot.launchpad.repair import repair as run_repair
+
+    try:
+        report = run_repair(data_dir or _default_data(ctx), out)
+    except (RepairError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(1)
+        return
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo("\n".join(report.lines()))
 
 
 launchpad.add_command(user_group)  # pilot launchpad user add|password|remove|list

@@ -15,10 +15,11 @@ import time
 from bson import Int64
 from mongomock import filtering
 
+from pilot.launchpad import wire
 from pilot.launchpad.commands import Command, CommandError, Reply, Sequences
 from pilot.launchpad.scram import MECHANISM
 from pilot.launchpad.users import AuthCommands
-from pilot.launchpad.wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
+from pilot.launchpad.wire import MAX_BSON_SIZE
 
 #: The MongoDB version and wire version we present (6.0: OP_MSG, hello, the commands below).
 SERVER_VERSION = "6.0.0"
@@ -51,7 +52,7 @@ class AdminCommands(AuthCommands):
 
     def _hello_reply(self, conn: int) -> Reply:
         return {"helloOk": True, "ismaster": True, "isWritablePrimary": True, "maxBsonObjectSize": MAX_BSON_SIZE,
-                "maxMessageSizeBytes": MAX_MESSAGE_SIZE, "maxWriteBatchSize": 100000,
+                "maxMessageSizeBytes": wire.message_size_limit, "maxWriteBatchSize": 100000,
                 "localTime": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None),
                 "logicalSessionTimeoutMinutes": 30, "connectionId": conn, "minWireVersion": 0,
                 "maxWireVersion": MAX_WIRE_VERSION, "readOnly": False, "ok": 1.0}
@@ -90,7 +91,7 @@ class AdminCommands(AuthCommands):
         ndocs = sum(len(c._documents) for d in self.store.database_stores() for c in d.collection_stores())
         return {"uptime": time.time() - self.started, "commands": dict(self.stats.count),
                 "commandSeconds": dict(self.stats.seconds), "errors": self.stats.errors,
-                "openCursors": len(self._cursors), "documents": ndocs, **self.extra_stats(), "ok": 1.0}
+                "openCursors": self.open_cursors(), "documents": ndocs, **self.extra_stats(), "ok": 1.0}
 
     def _listdatabases(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         dbs = []

@@ -11,12 +11,12 @@ document, OP_MSG document sequences, connection id) and returns the reply docume
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +37,11 @@ Handler = Callable[[str, str, Command, Sequences, int], Reply]
 
 #: Replies stay well under maxMessageSizeBytes: a cursor batch is cut at this many bytes.
 BATCH_BYTES = 16 * 1024 * 1024
-#: Cursors idle for longer than this are discarded (MongoDB's default is 10 minutes too).
-CURSOR_TIMEOUT_S = 600.0
+#: Documents in a first batch when the client names no batchSize (MongoDB's default: 101).
+FIRST_BATCH_DOCS = 101
+#: Cursors idle for longer than this are discarded (MongoDB's default is 10 minutes too); the environment
+#: variable PILOT_LAUNCHPAD_CURSOR_TIMEOUT_S of the server process sets another value (seconds).
+CURSOR_TIMEOUT_S = float(os.environ.get("PILOT_LAUNCHPAD_CURSOR_TIMEOUT_S") or 600.0)
 
 #: https://github.com/mongodb/mongo/blob/master/src/mongo/base/error_codes.yml
 CODE_NAMES = {
@@ -46,7 +49,8 @@ CODE_NAMES = {
     14: "TypeMismatch", 17: "ProtocolError", 18: "AuthenticationFailed", 26: "NamespaceNotFound",
     27: "IndexNotFound", 31: "RoleNotFound", 43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound",
     72: "InvalidOptions", 73: "InvalidNamespace", 85: "IndexOptionsConflict", 91: "ShutdownInProgress",
-    115: "CommandNotSupported", 334: "MechanismUnavailable", 11000: "DuplicateKey", 40324: "Location40324",
+    115: "CommandNotSupported", 175: "QueryPlanKilled", 334: "MechanismUnavailable", 11000: "DuplicateKey",
+    14031: "OutOfDiskSpace", 40324: "Location40324",
 }
 
 
@@ -101,9 +105,16 @@ class CursorOwner:
 
 @dataclass
 class _Cursor:
+    """An open cursor: the rest of a result as an iterator of encoded documents, produced batch by batch.
+
+    It holds no copy of the result: ``source`` continues the scan (or the sorted key list) where the last
+    batch stopped, and ``pending`` is the one document read ahead to tell whether more follow.
+    """
+
     ns: str
-    docs: deque[bytes]
+    source: Iterator[bytes]
     owner: CursorOwner
+    pending: bytes | None = None
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -122,22 +133,35 @@ class CommandStats:
             self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
 
-def _batch(docs: Iterable[bytes] | deque[bytes], batch_size: int | None) -> tuple[list[RawBSONDocument], bool]:
-    """Take up to ``batch_size`` (0/None: any number) raw docs from the left of a deque, cut at BATCH_BYTES."""
+def _encoded(docs: Iterable[Any]) -> Iterator[bytes]:
+    for d in docs:
+        yield d if isinstance(d, bytes) else bson.encode(d, codec_options=CODEC)
+
+
+def _batch(source: Iterator[bytes], pending: bytes | None, batch_size: int
+           ) -> tuple[list[RawBSONDocument], bytes | None]:
+    """Up to ``batch_size`` (0: any number) documents from ``pending`` and ``source``, cut at BATCH_BYTES;
+    returns the batch and the next document (read ahead; None when the source is exhausted)."""
     out: list[RawBSONDocument] = []
     size = 0
-    assert isinstance(docs, deque)
-    while docs and (not batch_size or len(out) < batch_size):
-        if out and size + len(docs[0]) > BATCH_BYTES:
-            break
-        raw = docs.popleft()
-        size += len(raw)
+    while not batch_size or len(out) < batch_size:
+        raw = pending if pending is not None else next(source, None)
+        pending = None
+        if raw is None:
+            return out, None
+        if out and size + len(raw) > BATCH_BYTES:
+            return out, raw
         out.append(RawBSONDocument(raw))
-    return out, bool(docs)
+        size += len(raw)
+    return out, next(source, None)
 
 
 class CommandBase:
-    """The database state the command groups work on, and the cursor plumbing they share."""
+    """The database state the command groups work on, and the cursor plumbing they share.
+
+    Commands run concurrently (readers share the backend's lock), so what identifies the running command's
+    sender (connection, session, user) is per thread, and the cursor table has its own small lock.
+    """
 
     def __init__(self) -> None:
         install_planner()
@@ -147,15 +171,42 @@ class CommandBase:
         self.extra_stats: Callable[[], dict[str, Any]] = dict
         self.stats = CommandStats()
         self.started = time.time()
+        self.cursor_timeout = CURSOR_TIMEOUT_S
         self._cursors: dict[int, _Cursor] = {}
-        #: The connection and logical session of the command being executed (the backend sets them under its
-        #: lock before each handler): whoever opens, continues or kills a cursor.
-        self._current_conn = 0
-        self._current_session: bytes | None = None
-        #: ... and its authenticated user (``DB.USER``): cursors are bound to it.
-        self._current_user: str | None = None
+        self._cursor_lock = threading.Lock()
+        self._ctx = threading.local()
         self._last_cursor_sweep = time.monotonic()
         self._colls: dict[tuple[str, str], mongomock.Collection] = {}
+
+    def yield_write(self) -> None:
+        """Between two documents of a multi-document write: let waiting clients run (the backend implements it:
+        journal the effects so far, yield the lock)."""
+
+    # The connection, logical session and authenticated user (``DB.USER``) of the command this thread
+    # executes (the backend sets them before each handler): whoever opens, continues or kills a cursor.
+    @property
+    def _current_conn(self) -> int:
+        return getattr(self._ctx, "conn", 0)
+
+    @_current_conn.setter
+    def _current_conn(self, value: int) -> None:
+        self._ctx.conn = value
+
+    @property
+    def _current_session(self) -> bytes | None:
+        return getattr(self._ctx, "session", None)
+
+    @_current_session.setter
+    def _current_session(self, value: bytes | None) -> None:
+        self._ctx.session = value
+
+    @property
+    def _current_user(self) -> str | None:
+        return getattr(self._ctx, "user", None)
+
+    @_current_user.setter
+    def _current_user(self, value: str | None) -> None:
+        self._ctx.user = value
 
     def coll(self, db: str, name: Any) -> mongomock.Collection:
         if not isinstance(name, str) or not name or "$" in name or "\x00" in name:
@@ -170,16 +221,20 @@ class CommandBase:
         return self.store[db][name]
 
     # ------------------------------------------------------------------------------ cursors
-    def _cursor_reply(self, ns: str, docs: Iterable[dict[str, Any]], batch_size: int | None = None,
+    def _cursor_reply(self, ns: str, docs: Iterable[Any], batch_size: int | None = None,
                       single: bool = False, conn: int | None = None) -> dict[str, Any]:
-        """The first batch; the rest stays behind a new cursor of the current command's owner (see CursorOwner)."""
-        raw = deque(bson.encode(d, codec_options=CODEC) for d in docs)
-        first, more = _batch(raw, batch_size)
+        """The first batch of ``docs`` (dicts or encoded documents, best a lazy iterator); the rest stays behind
+        a new cursor of the current command's owner (see CursorOwner), which continues the iterator."""
+        source = _encoded(docs)
+        size = int(batch_size or 0)
+        first, pending = _batch(source, None, size if size else (0 if single else FIRST_BATCH_DOCS))
         cid = 0
-        if more and not single:
-            self._sweep_cursors()
-            cid = self._new_cursor_id()
-            self._cursors[cid] = _Cursor(ns, raw, self._owner(self._current_conn if conn is None else conn))
+        if pending is not None and not single:
+            owner = self._owner(self._current_conn if conn is None else conn)
+            with self._cursor_lock:
+                self._sweep_cursors()
+                cid = self._new_cursor_id()
+                self._cursors[cid] = _Cursor(ns, source, owner, pending)
         return {"cursor": {"firstBatch": first, "id": Int64(cid), "ns": ns}, "ok": 1.0}
 
     def _new_cursor_id(self) -> int:
@@ -197,53 +252,71 @@ class CommandBase:
         return CursorOwner(conn, self._current_session, self._current_user)
 
     def _owned_cursor(self, cid: int, conn: int) -> _Cursor | None:
-        """The open cursor ``cid`` if the current command's sender may use it; None if unknown or foreign."""
+        """The open cursor ``cid`` if the current command's sender may use it; None if unknown or foreign
+        (call with the cursor lock held)."""
         cur = self._cursors.get(cid)
         if cur is None or not cur.owner.admits(self._owner(conn)):
             return None
         return cur
 
+    def open_cursors(self) -> int:
+        return len(self._cursors)
+
     def drop_connection_cursors(self, conn: int) -> int:
-        """Discard the cursors that belonged to a closed connection (call with the lock held); how many.
+        """Discard the cursors that belonged to a closed connection; how many.
 
         Those are the ones it opened outside a session; a session's cursors outlive the connection that
         opened them (the driver continues them over another one), as in MongoDB, until killed or idle.
         """
-        gone = [cid for cid, cur in self._cursors.items() if cur.owner.session is None and cur.owner.conn == conn]
-        for cid in gone:
-            del self._cursors[cid]
+        with self._cursor_lock:
+            gone = [cid for cid, cur in self._cursors.items()
+                    if cur.owner.session is None and cur.owner.conn == conn]
+            for cid in gone:
+                del self._cursors[cid]
         return len(gone)
 
     def _sweep_cursors(self) -> None:
+        """Discard cursors idle for longer than the cursor timeout (call with the cursor lock held)."""
         now = time.monotonic()
-        if now - self._last_cursor_sweep < 60:
+        if now - self._last_cursor_sweep < min(60.0, self.cursor_timeout / 4):
             return
         self._last_cursor_sweep = now
-        for cid in [c for c, cur in self._cursors.items() if now - cur.last_used > CURSOR_TIMEOUT_S]:
+        for cid in [c for c, cur in self._cursors.items() if now - cur.last_used > self.cursor_timeout]:
             del self._cursors[cid]
 
     def _getmore(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         cid = int(cmd[name])
-        cur = self._owned_cursor(cid, conn)
+        with self._cursor_lock:
+            self._sweep_cursors()
+            cur = self._owned_cursor(cid, conn)
+            if cur is not None:
+                del self._cursors[cid]  # in use: a concurrent getMore of the same id finds nothing
         if cur is None:
             # MongoDB's own words for an unknown cursor (CursorManager::pinCursor): exhausted, killed, timed
             # out, never existed and someone else's all look the same.
             raise CommandError(f"cursor id {cid} not found", 43)
-        batch, more = _batch(cur.docs, int(cmd.get("batchSize") or 0))
-        cur.last_used = time.monotonic()
-        if not more:
-            del self._cursors[cid]
+        try:
+            batch, cur.pending = _batch(cur.source, cur.pending, int(cmd.get("batchSize") or 0))
+        except BaseException:
+            cur.pending = None
+            raise
+        more = cur.pending is not None
+        if more:
+            cur.last_used = time.monotonic()
+            with self._cursor_lock:
+                self._cursors[cid] = cur
         return {"cursor": {"nextBatch": batch, "id": Int64(cid if more else 0), "ns": cur.ns}, "ok": 1.0}
 
     def _killcursors(self, db: str, name: str, cmd: Command, seqs: Sequences, conn: int) -> Reply:
         """MongoDB's reply shape; someone else's cursor is reported not found and stays open."""
         killed: list[Any] = []
         missing: list[Any] = []
-        for cid in cmd.get("cursors", []):
-            if self._owned_cursor(int(cid), conn) is not None:
-                del self._cursors[int(cid)]
-                killed.append(cid)
-            else:
-                missing.append(cid)
+        with self._cursor_lock:
+            for cid in cmd.get("cursors", []):
+                if self._owned_cursor(int(cid), conn) is not None:
+                    del self._cursors[int(cid)]
+                    killed.append(cid)
+                else:
+                    missing.append(cid)
         return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [], "cursorsUnknown": [],
                 "ok": 1.0}

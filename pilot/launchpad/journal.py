@@ -22,11 +22,14 @@ an upsert or ``$currentDate`` would not be deterministic):
 
 A write is acknowledged only after its record is on disk (``fdatasync``): :meth:`Journal.wait_durable`
 implements group commit, so concurrent writers share one fsync. A torn last record (crash during the
-write) fails its length or checksum test and is dropped on restore: it was never acknowledged.
+write) fails its length or checksum test and is dropped on restore: it was never acknowledged. Reading the
+files back, and telling a torn tail from damage, is :mod:`pilot.launchpad.recovery`; ``pilot launchpad
+repair`` is :mod:`pilot.launchpad.repair`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -34,15 +37,13 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from pilot.configdir import write_private
 from pilot.launchpad.wire import CODEC
 
 log = logging.getLogger(__name__)
@@ -56,54 +57,9 @@ _JOURNAL_RE = re.compile(r"^journal-(\d{8})\.log$")
 _SNAPSHOT_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-class CorruptDataError(Exception):
-    """A snapshot, or a journal record that is not the last one, fails its checks: refuse to guess."""
-
-
 def frame(payload: bytes) -> bytes:
     """Frame one record: length and CRC-32 of the payload, then the payload."""
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-@dataclass
-class ReadResult:
-    """Records read from one file, and where (if anywhere) a bad record stopped the read."""
-
-    records: list[dict[str, Any]]
-    good_end: int
-    size: int
-    problem: str | None = None
-
-
-def read_records(path: Path, magic: bytes) -> ReadResult:
-    """Read every intact record of ``path``; stop at the first record that fails its checks.
-
-    A record is intact when its frame fits in the file, its CRC-32 matches and its payload decodes as BSON.
-    """
-    data = path.read_bytes()
-    size = len(data)
-    if size < len(magic):
-        return ReadResult([], 0, size, f"file shorter than its {len(magic)}-byte header" if size else None)
-    if data[:len(magic)] != magic:
-        return ReadResult([], 0, size, f"bad header {data[:len(magic)]!r} (expected {magic!r})")
-    pos = len(magic)
-    out: list[dict[str, Any]] = []
-    while pos < size:
-        if size - pos < _FRAME.size:
-            return ReadResult(out, pos, size, f"{size - pos} trailing bytes, shorter than a record header")
-        length, crc = _FRAME.unpack_from(data, pos)
-        start, end = pos + _FRAME.size, pos + _FRAME.size + length
-        if length < 5 or end > size:
-            return ReadResult(out, pos, size, f"record length {length} runs past the end of the file")
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            return ReadResult(out, pos, size, "record checksum mismatch")
-        try:
-            out.append(bson.decode(payload, CODEC))
-        except bson.errors.BSONError as exc:
-            return ReadResult(out, pos, size, f"record does not decode: {exc}")
-        pos = end
-    return ReadResult(out, pos, size, None)
 
 
 def journal_files(data_dir: Path) -> list[tuple[int, Path]]:
@@ -129,8 +85,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: MongoDB's error codes (src/mongo/base/error_codes.yml) for a write the server cannot keep.
+OUT_OF_DISK_SPACE = 14031
+INTERNAL_ERROR = 1
+
+
+def failure_code(exc: BaseException | None) -> int:
+    """14031 (OutOfDiskSpace) when the disk or the quota is full, else 1 (InternalError)."""
+    return OUT_OF_DISK_SPACE if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else INTERNAL_ERROR
+
+
 class JournalFailure(Exception):
-    """Writing or syncing the journal failed: acknowledged durability can no longer be promised."""
+    """Writing or syncing the journal failed: acknowledged durability can no longer be promised in this file."""
+
+    def __init__(self, message: str, code: int = INTERNAL_ERROR) -> None:
+        super().__init__(message)
+        self.reason = message
+        self.code = code
 
 
 class Journal:
@@ -139,6 +110,13 @@ class Journal:
     :meth:`append` is called with the server's command lock held (so records are in execution order);
     :meth:`wait_durable` is called after that lock is released, and returns once the record (and every
     earlier one) is on disk. Whoever finds the flush lock free writes and syncs everything pending.
+
+    A failed write or ``fdatasync`` poisons the file for good (:attr:`failure`, reported to :attr:`on_failure`):
+    after a failed fsync the kernel may have dropped the dirty pages and marked them clean, so a second fsync
+    can "succeed" without the data ever reaching the disk (PostgreSQL's "fsyncgate", 2018), and a failed
+    write may have left half a record. Nothing is ever written to that file again; the server resumes by
+    writing a snapshot of its memory (which holds every acknowledged write) and then :meth:`reopen`-ing a new
+    generation.
     """
 
     def __init__(self, data_dir: Path, gen: int) -> None:
@@ -150,25 +128,50 @@ class Journal:
         self._seq = 0
         self._durable = 0
         self.failure: JournalFailure | None = None
+        #: called (flush lock held) with the failure when a write or sync fails
+        self.on_failure: Callable[[JournalFailure], None] | None = None
         self.bytes_written = 0
         self.fsyncs = 0
         self.fsync_seconds = 0.0
         self.records = 0
-        self._fd = self._open(gen)
+        self._fd, self.size = self._open(gen)
 
-    def _open(self, gen: int) -> int:
+    def _open(self, gen: int) -> tuple[int, int]:
+        """Open (or create, with its header made durable) generation ``gen``; returns the fd and the size.
+
+        A file this call could not initialise is removed again, so that no half-written header is left
+        for a later open to append behind.
+        """
         path = journal_path(self.data_dir, gen)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if os.fstat(fd).st_size == 0:
-            os.write(fd, JOURNAL_MAGIC)
-            os.fsync(fd)
-            fsync_dir(self.data_dir)
-        self.size = os.fstat(fd).st_size
-        return fd
+        size = 0
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                if os.write(fd, JOURNAL_MAGIC) != len(JOURNAL_MAGIC):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(fd)
+                fsync_dir(self.data_dir)
+                size = len(JOURNAL_MAGIC)
+        except OSError:
+            os.close(fd)
+            if size == 0:
+                path.unlink(missing_ok=True)
+            raise
+        return fd, size
 
     @property
     def last_seq(self) -> int:
         return self._seq
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable
+
+    @property
+    def empty(self) -> bool:
+        """No record was appended to the current file (call with the command lock held)."""
+        return self.size <= len(JOURNAL_MAGIC)
 
     def append(self, ops: list[dict[str, Any]]) -> int:
         """Encode one record (under the caller's command lock) and queue it; returns its sequence number."""
@@ -185,10 +188,10 @@ class Journal:
         if self._durable >= seq:
             return
         with self._flush_lock:
-            if self.failure is not None:
-                raise self.failure
             if self._durable >= seq:
                 return
+            if self.failure is not None:
+                raise self.failure
             self._flush_locked()
 
     def _flush_locked(self) -> None:
@@ -209,9 +212,10 @@ class Journal:
                 self.bytes_written += len(data)
             except OSError as exc:
                 self.failure = JournalFailure(
-                    f"writing the journal {journal_path(self.data_dir, self.gen)} failed: {exc.strerror or exc}; "
-                    "the server refuses further commands (restart it once the disk problem is fixed: "
-                    "every acknowledged write is on disk)")
+                    f"writing the journal {journal_path(self.data_dir, self.gen)} failed: {exc.strerror or exc}",
+                    failure_code(exc))
+                if self.on_failure is not None:
+                    self.on_failure(self.failure)
                 raise self.failure from exc
         self._durable = upto
 
@@ -223,20 +227,45 @@ class Journal:
             self._flush_locked()
 
     def rotate(self, new_gen: int) -> None:
-        """Sync the current file and continue in generation ``new_gen`` (command lock held by the caller)."""
+        """Sync the current file and continue in generation ``new_gen`` (command lock held by the caller).
+
+        The new file is opened before the old one is closed: when it cannot be (disk full, permissions) the
+        OSError propagates and the journal goes on in the old file, which still holds every record.
+        """
         with self._flush_lock:
             if self.failure is not None:
                 raise self.failure
             self._flush_locked()
-            os.close(self._fd)
-            self.gen = new_gen
-            self._fd = self._open(new_gen)
+            fd, size = self._open(new_gen)
+            old, self._fd = self._fd, fd
+            self.gen, self.size = new_gen, size
+            os.close(old)
+
+    def reopen(self, new_gen: int) -> None:
+        """After a failure: continue in a new generation ``new_gen`` (command lock held by the caller).
+
+        Only call this once a snapshot of generation ``new_gen`` holding every record appended so far is on
+        disk: the records that were pending in the poisoned file are then durable through it, so they count
+        as durable here too, and the poisoned file is never touched again.
+        """
+        with self._flush_lock:
+            fd, size = self._open(new_gen)
+            with self._buf_lock:
+                self._pending = []
+                self._durable = self._seq
+            old, self._fd = self._fd, fd
+            self.gen, self.size, self.failure = new_gen, size, None
+            try:
+                os.close(old)
+            except OSError:
+                pass
 
     def close(self) -> None:
         with self._flush_lock:
             if self.failure is None:
                 self._flush_locked()
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
             self._fd = -1
 
 
@@ -283,97 +312,3 @@ def write_snapshot(data_dir: Path, gen: int, collections: list[dict[str, Any]]) 
     os.replace(tmp, final)
     fsync_dir(data_dir)
     return final
-
-
-@dataclass
-class Snapshot:
-    gen: int
-    records: list[dict[str, Any]]
-    ndocs: int
-
-
-def read_snapshot(data_dir: Path) -> Snapshot | None:
-    """Read ``snapshot.bson``; None if there is none.
-
-    Raises
-    ------
-    CorruptDataError
-        When the snapshot fails any check (it is replaced atomically, so this means damage, not a crash).
-    """
-    path = data_dir / SNAPSHOT_NAME
-    if not path.exists():
-        return None
-    res = read_records(path, SNAPSHOT_MAGIC)
-    where = f"snapshot {path}"
-    if res.problem:
-        raise CorruptDataError(f"{where} is damaged at byte {res.good_end}: {res.problem}")
-    if len(res.records) < 2 or res.records[0].get("snapshot") != 1 or not res.records[-1].get("end"):
-        raise CorruptDataError(f"{where} is incomplete (no header or end record)")
-    body = res.records[1:-1]
-    ndocs = sum(len(op.get("docs", ())) for r in body for op in r.get("ops", ()))
-    if ndocs != res.records[-1].get("ndocs"):
-        raise CorruptDataError(f"{where} holds {ndocs} documents, its end record says {res.records[-1]['ndocs']}")
-    return Snapshot(int(res.records[0]["gen"]), body, ndocs)
-
-
-@dataclass
-class RestorePlan:
-    """What restore will replay, and what it had to drop."""
-
-    snapshot: Snapshot | None
-    journals: list[tuple[int, Path, list[dict[str, Any]]]]
-    warnings: list[str]
-    stale: list[Path]
-
-
-def plan_restore(data_dir: Path, truncate_torn_tail: bool = True) -> RestorePlan:
-    """Read the snapshot and every journal generation it does not cover.
-
-    A bad record at the end of the *last* journal is a write torn by a crash: it was never acknowledged,
-    so it is dropped (and truncated away when ``truncate_torn_tail``). A bad record anywhere else means
-    damage to acknowledged data: :class:`CorruptDataError`.
-    """
-    snap = read_snapshot(data_dir)
-    base = snap.gen if snap else 0
-    warnings: list[str] = []
-    stale: list[Path] = []
-    journals: list[tuple[int, Path, list[dict[str, Any]]]] = []
-    files = journal_files(data_dir)
-    live = [(g, p) for g, p in files if g >= base]
-    stale = [p for g, p in files if g < base]
-    for i, (gen, path) in enumerate(live):
-        res = read_records(path, JOURNAL_MAGIC)
-        if res.problem:
-            if i != len(live) - 1:
-                raise CorruptDataError(
-                    f"journal {path} is damaged at byte {res.good_end} ({res.problem}) and a newer journal "
-                    "follows it, so this is not a write torn by a crash; refusing to start rather than "
-                    "lose acknowledged writes. Keep a copy of the data dir and inspect it.")
-            warnings.append(f"ignored a torn record at the end of {path} (byte {res.good_end} of {res.size}: "
-                            f"{res.problem}); it was never acknowledged")
-            if truncate_torn_tail:
-                raw = path.read_bytes()
-                if len(raw) > res.good_end:
-                    side = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
-                    write_private(side, raw[res.good_end:])  # 0600, as every file here
-                    warnings.append(f"kept the {len(raw) - res.good_end} dropped bytes in {side}")
-                with open(path, "r+b") as fh:
-                    if res.good_end < len(JOURNAL_MAGIC):
-                        fh.truncate(0)
-                        fh.write(JOURNAL_MAGIC)
-                    else:
-                        fh.truncate(res.good_end)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        journals.append((gen, path, res.records))
-    return RestorePlan(snap, journals, warnings, stale)
-
-
-def iter_ops(plan: RestorePlan) -> Iterator[dict[str, Any]]:
-    """Every op to apply, in order: the snapshot's, then each journal's."""
-    if plan.snapshot:
-        for rec in plan.snapshot.records:
-            yield from rec.get("ops", ())
-    for _gen, _path, records in plan.journals:
-        for rec in records:
-            yield from rec.get("ops", ())

@@ -8,7 +8,8 @@ Lifecycle of :meth:`LaunchPadServer.run`:
    dir is 0700 and every file in it 0600 (an older one is tightened: :func:`pilot.configdir.tighten_tree`);
 3. bind the port (exit 1 when busy); with TLS, make or reuse the CA and server certificate in ``DATA/tls``;
 4. restore: snapshot + journals, dropping a torn last record; compact right away if anything was replayed;
-5. accept connections (one thread each, which also runs the TLS handshake), write ``server.json``
+5. accept connections (:mod:`pilot.launchpad.connections`: one thread each, which also runs the TLS
+   handshake; the limits of :class:`pilot.launchpad.limits.Limits`), write ``server.json``
    ``{"pid", "host", "port", "listen", "tls", ...}``, print the banner;
 6. on SIGTERM/SIGINT: stop accepting, refuse new commands, write a final snapshot, remove pid/json files.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import json
 import logging
 import os
@@ -27,35 +27,37 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import bson
 
 from pilot.configdir import open_private, private_dir, tighten_tree, write_private
 from pilot.launchpad import listen, tls, wire
 from pilot.launchpad.backend import Backend, error_reply
+from pilot.launchpad.connections import Connections
 from pilot.launchpad.credentials import ADMIN_FILE, ensure_admin
 from pilot.launchpad.journal import (
     JOURNAL_MAGIC,
-    CorruptDataError,
     Journal,
     JournalFailure,
+    failure_code,
     fsync_dir,
-    iter_ops,
     journal_files,
-    plan_restore,
     write_snapshot,
 )
+from pilot.launchpad.limits import Limits
 from pilot.launchpad.listen import ClientAddress, ListenPlan
 from pilot.launchpad.listen import StartupError as StartupError  # the CLI's name for it
+from pilot.launchpad.recovery import CorruptDataError, iter_ops, plan_restore, replay
+from pilot.launchpad.users import authorize
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 27117
 DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 DEFAULT_COMPACT_INTERVAL_S = 300.0
+#: While writes are refused (a journal write, rotation or snapshot failed), try a snapshot this often.
+RESUME_RETRY_S = 1.0
 PID_FILE = "server.pid"
 INFO_FILE = "server.json"
 LOCK_FILE = "server.lock"
@@ -81,6 +83,8 @@ class ServerOptions:
     tls: bool | None = None
     #: more names (or addresses) for the server certificate: those clients use that the machine does not know
     tls_names: tuple[str, ...] = ()
+    #: connections, idle timeout mid-message, message size, receive budget (pilot.launchpad.limits)
+    limits: Limits = field(default_factory=Limits)
 
 
 class LaunchPadServer:
@@ -97,9 +101,7 @@ class LaunchPadServer:
         self._compact_event = threading.Event()
         self._compact_lock = threading.Lock()
         self._last_compact = time.monotonic()
-        self._conn_ids = itertools.count(1)
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
+        self.connections: Connections | None = None
         self.port = opts.port
         self.host = opts.host
         self.plan: ListenPlan | None = None
@@ -107,6 +109,7 @@ class LaunchPadServer:
         self._ssl: ssl.SSLContext | None = None
         self.snapshots = 0
         self._snapshot_bytes = 0
+        self._refused_since: float | None = None  # writes refused since (see _refuse)
 
     # ------------------------------------------------------------------------------- startup
     def _prepare_data_dir(self) -> None:
@@ -189,132 +192,166 @@ class LaunchPadServer:
         return ClientAddress(host, self.port, tls.client_kwargs(self.data_dir, self._ssl is not None))
 
     def _restore(self) -> int:
-        """Load snapshot + journals; returns the number of documents."""
+        """Load snapshot + journals; returns the number of documents.
+
+        Damage (anything but a torn tail of the newest journal) is a StartupError naming the file, the byte and
+        the valid records after it; nothing in the data dir is changed then. Only a clean plan is replayed and
+        compacted (which deletes the journals the new snapshot covers)."""
         t0 = time.perf_counter()
         try:
             plan = plan_restore(self.data_dir)
         except CorruptDataError as exc:
             raise StartupError(str(exc)) from exc
+        except OSError as exc:  # reading a file, or keeping a torn tail aside on a full disk
+            where = exc.filename or self.data_dir
+            raise StartupError(f"cannot restore data dir {self.data_dir}: {where}: {exc.strerror or exc}") from exc
         for w in plan.warnings:
             log.warning("%s", w)
             print(f"warning: {w}", flush=True)
-        nops = 0
-        with self.backend.lock:
-            for op in iter_ops(plan):
-                self.backend.apply(op)
-                nops += 1
-            self.backend.tracker.collect()  # rebuild the hash indexes; restored effects are not re-journaled
+        nops = replay(self.backend, iter_ops(plan))  # restored effects are not re-journaled
         replayed = sum(len(recs) for _g, _p, recs in plan.journals)
         gens = [g for g, _p in journal_files(self.data_dir)]
         gen = max(gens + [plan.snapshot.gen if plan.snapshot else 1, 1])
-        self.journal = Journal(self.data_dir, gen)
+        try:
+            self.journal = Journal(self.data_dir, gen)
+        except OSError as exc:
+            raise StartupError(f"cannot open the journal in data dir {self.data_dir}: {exc.strerror or exc}") from exc
+        self.journal.on_failure = self._journal_failed
         self.backend.journal_append = self.journal.append
-        self.backend.journal_seq = lambda: self.journal.last_seq if self.journal else 0
+        self.backend.journal_seq = self._read_seq
         self.backend.extra_stats = self._journal_stats
-        ndocs = sum(len(c._documents) for d in self.backend.store.database_stores() for c in d.collection_stores())
+        ndocs = sum(len(c["docs"]) for c in self._export_locked())
         log.info("restored %d documents (%d ops, %d journal records) in %.2fs", ndocs, nops, replayed,
                  time.perf_counter() - t0)
         if replayed or plan.stale or len(gens) > 1:
-            self.compact()
+            self._try_compact()
         return ndocs
+
+    def _export_locked(self) -> list[dict[str, Any]]:
+        with self.backend.lock:
+            return self.backend.export()
+
+    def _read_seq(self) -> int:
+        """The journal record a read waits for: the last one appended, so that no reply shows what a crash could
+        take back; while the journal is poisoned (writes refused) the last durable one, so that reads go on."""
+        j = self.journal
+        if j is None:
+            return 0
+        return j.last_seq if j.failure is None else j.durable_seq
 
     def _journal_stats(self) -> dict[str, Any]:
         j = self.journal
         if j is None:
             return {}
-        return {"journal": {"generation": j.gen, "size": j.size, "records": j.records, "fsyncs": j.fsyncs,
-                            "fsyncSeconds": j.fsync_seconds, "bytesWritten": j.bytes_written},
-                "snapshots": self.snapshots, "dataDir": str(self.data_dir), "pid": os.getpid()}
+        out: dict[str, Any] = {
+            "journal": {"generation": j.gen, "size": j.size, "records": j.records, "fsyncs": j.fsyncs,
+                        "fsyncSeconds": j.fsync_seconds, "bytesWritten": j.bytes_written},
+            "snapshots": self.snapshots, "dataDir": str(self.data_dir), "pid": os.getpid()}
+        reason, since = self.backend.failure, self._refused_since
+        if reason:
+            out["writesRefused"] = {"reason": reason, "code": self.backend.failure_code,
+                                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(since or 0))}
+        return out
+
+    # --------------------------------------------------------------------------- refusing writes
+    def _refuse(self, reason: str, code: int) -> None:
+        """Refuse writes (reads go on) until a snapshot succeeds again: the server cannot keep them now."""
+        msg = (f"the embedded LaunchPad server refuses writes: {reason} (data dir {self.data_dir}); every "
+               "acknowledged write is kept, reads go on, and writes resume by themselves once a snapshot can be "
+               f"written there again (retried every {RESUME_RETRY_S:g} s)")
+        first = self.backend.failure is None
+        self.backend.failure_code = code
+        self.backend.failure = msg
+        if first:
+            self._refused_since = time.time()
+            log.error("%s", msg)
+
+    def _refusing(self) -> bool:
+        """Writes are refused, or the journal failed (and the hook is about to refuse them)."""
+        return self.backend.failure is not None or (self.journal is not None and self.journal.failure is not None)
+
+    def _journal_failed(self, exc: JournalFailure) -> None:
+        """The journal's hook (flush lock held): refuse writes at once, before the failed write is answered."""
+        self._refuse(exc.reason, exc.code)
+        exc.args = (self.backend.failure,)  # whoever reports the exception says what the server does about it
+
+    def _try_compact(self) -> bool:
+        """Compact; on failure refuse writes with the reason (the compactor retries). True on success."""
+        try:
+            self.compact()
+        except JournalFailure as exc:
+            self._refuse(exc.reason, exc.code)
+            return False
+        except OSError as exc:
+            what = f"writing a snapshot or a new journal file failed: {exc.strerror or exc}"
+            self._refuse(what, failure_code(exc))
+            return False
+        if self.journal is not None and self.journal.failure is not None:
+            return False  # the journal failed while the snapshot was written: the next try reopens it
+        if self.backend.failure is not None:
+            since = self._refused_since or time.time()
+            self.backend.failure = None
+            self._refused_since = None
+            log.warning("writes resumed in data dir %s (refused for %.1f s): snapshot written", self.data_dir,
+                        time.time() - since)
+        return True
 
     # ------------------------------------------------------------------------------- serving
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        self._listener.settimeout(0.5)
-        while not self._stop.is_set():
+    def _dispatch(self, req: wire.Request, conn_id: int, peer: str) -> dict[str, Any]:
+        """Run one command for the connection layer (:mod:`pilot.launchpad.connections`); its reply is returned
+        once the command's effects are durable."""
+        reply, seq = self.backend.execute(req.db, req.command, req.sequences, conn_id, peer)
+        if seq and self.journal is not None:
             try:
-                sock, peer = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                log.exception("accept failed")
-                time.sleep(0.1)
-                continue
-            sock.settimeout(None)
-            threading.Thread(target=self._serve_conn, args=(sock, f"{peer[0]}:{peer[1]}"), daemon=True,
-                             name=f"conn-{peer[1]}").start()
+                self.journal.wait_durable(seq)
+            except JournalFailure as exc:  # writes are refused already (the journal's on_failure hook)
+                reply = error_reply(str(exc), exc.code)
+        if self.journal is not None and self.journal.size >= self.opts.compact_bytes:
+            self._compact_event.set()
+        return reply
 
-    def _serve_conn(self, sock: socket.socket, peer: str) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._ssl is not None:  # here, not in the accept loop: a silent client delays nobody else
-            wrapped = tls.handshake(self._ssl, sock, peer)
-            if wrapped is None:
-                return
-            sock = wrapped
-        conn_id = next(self._conn_ids)
-        with self._conns_lock:
-            self._conns.add(sock)
-        try:
-            while True:
-                try:
-                    request_id, opcode, body = wire.read_message(sock)
-                    req = wire.parse_request(request_id, opcode, body)
-                except wire.ProtocolError as exc:
-                    log.warning("closing connection from %s: %s", peer, exc)
-                    return
-                if "$legacyQuery" in req.command:
-                    reply = {"$err": f"legacy OP_QUERY on {req.command['$legacyQuery']} is not supported; use a "
-                                     "driver that speaks OP_MSG (pymongo >= 3.7)", "code": 59, "ok": 0.0}
-                    seq = 0
-                else:
-                    reply, seq = self.backend.execute(req.db, req.command, req.sequences, conn_id, peer)
-                if seq and self.journal is not None:
-                    try:
-                        self.journal.wait_durable(seq)
-                    except JournalFailure as exc:
-                        self.backend.failure = str(exc)
-                        log.error("%s", exc)
-                        reply = error_reply(str(exc), 1)
-                if self.journal is not None and self.journal.size >= self.opts.compact_bytes:
-                    self._compact_event.set()
-                if req.more_to_come:
-                    continue
-                try:
-                    data = wire.encode_reply(req, reply)
-                except (bson.errors.InvalidDocument, OverflowError, ValueError) as exc:
-                    data = wire.encode_reply(req, error_reply(f"reply cannot be encoded: {exc}", 1))
-                if len(data) > wire.MAX_MESSAGE_SIZE:
-                    data = wire.encode_reply(req, error_reply(
-                        f"reply of {len(data)} bytes exceeds the maximum message size; use a smaller batchSize", 10334))
-                sock.sendall(data)
-        except (ConnectionError, OSError):
-            return
-        finally:
-            with self._conns_lock:
-                self._conns.discard(sock)
-            try:
-                sock.close()
-            except OSError:
-                pass
-            self.backend.connection_closed(conn_id)  # hook: the cursors this connection owned are discarded
+    def _authorize(self, conn_id: int, db: str, cmd: dict[str, Any]) -> dict[str, Any] | None:
+        """The Unauthorized reply for a command the connection may not run (for refusals made before dispatch)."""
+        name = next(iter(cmd), "")
+        return authorize(self.backend.principal(conn_id), name.lower(), name, db, cmd)
 
     # ----------------------------------------------------------------------------- compaction
     def compact(self) -> None:
-        """Rotate the journal and write a snapshot of everything; delete journals the snapshot covers."""
+        """Write a snapshot of everything in a new generation; then delete the journals it covers.
+
+        Normally the journal rotates to a new file first (opened before the old one is closed) and the
+        documents are encoded with the command lock held; the file is written without it. When the current
+        journal file holds no record yet (a retry after a failed snapshot), the snapshot takes its generation
+        and no file is opened. When the journal is poisoned (a write or fsync failed) the snapshot of memory is
+        what makes the writes since the last good record durable: it is written with the lock held (writes are
+        refused anyway) and only then does the journal reopen in the snapshot's generation.
+
+        Raises OSError or JournalFailure; nothing is deleted then, and the journal still holds every
+        acknowledged write.
+        """
         assert self.journal is not None
+        j = self.journal
         with self._compact_lock:
             t0 = time.perf_counter()
             with self.backend.lock:
-                new_gen = self.journal.gen + 1
-                self.journal.rotate(new_gen)
-                colls = self.backend.export()
+                if j.failure is not None:
+                    new_gen = j.gen + 1
+                    colls = self.backend.export()
+                    path = write_snapshot(self.data_dir, new_gen, colls)
+                    j.reopen(new_gen)
+                else:
+                    new_gen = j.gen if j.empty else j.gen + 1
+                    if new_gen != j.gen:
+                        j.rotate(new_gen)
+                    colls = self.backend.export()
+                    path = None
             t_locked = time.perf_counter() - t0
-            path = write_snapshot(self.data_dir, new_gen, colls)
+            if path is None:
+                path = write_snapshot(self.data_dir, new_gen, colls)
             self._snapshot_bytes = path.stat().st_size
-            for gen, path in journal_files(self.data_dir):
+            for gen, old in journal_files(self.data_dir):
                 if gen < new_gen:
-                    path.unlink()
+                    old.unlink()
             fsync_dir(self.data_dir)
             self._last_compact = time.monotonic()
             self.snapshots += 1
@@ -323,24 +360,21 @@ class LaunchPadServer:
 
     def _compactor(self) -> None:
         while not self._stop.is_set():
-            self._compact_event.wait(timeout=min(5.0, self.opts.compact_interval))
+            wait = RESUME_RETRY_S if self._refusing() else min(5.0, self.opts.compact_interval)
+            self._compact_event.wait(timeout=wait)
             self._compact_event.clear()
             if self._stop.is_set() or self.journal is None:
                 return
+            if self._refusing():
+                self._try_compact()  # resumes writes when it succeeds
+                continue
             size = self.journal.size
             stale = time.monotonic() - self._last_compact >= self.opts.compact_interval
             # A timed snapshot of a big database pauses commands while it is encoded: only take one when the
             # journal it replaces is worth it (a quarter of the snapshot), or the database is small.
             worth = self._snapshot_bytes < 8 * 2**20 or 4 * size >= self._snapshot_bytes
             if size >= self.opts.compact_bytes or (stale and size > len(JOURNAL_MAGIC) and worth):
-                try:
-                    self.compact()
-                except JournalFailure as exc:
-                    self.backend.failure = str(exc)
-                    log.error("%s", exc)
-                except OSError as exc:
-                    log.error("writing a snapshot in %s failed: %s (the journal still holds every write; "
-                              "will retry)", self.data_dir, exc)
+                self._try_compact()
 
     # ------------------------------------------------------------------------------- lifecycle
     def _request_stop(self, signum: int, _frame: Any) -> None:
@@ -369,7 +403,12 @@ class LaunchPadServer:
         ndocs = self._start()
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
-        threading.Thread(target=self._accept_loop, daemon=True, name="accept").start()
+        assert self._listener is not None
+        self.connections = Connections(self._listener, self.opts.limits, self._dispatch, self._authorize,
+                                       self.backend.connection_closed, self._ssl)
+        self.connections.start()
+        journal_stats, conns = self.backend.extra_stats, self.connections
+        self.backend.extra_stats = lambda: {**journal_stats(), "connections": conns.stats()}  # pilotStats
         threading.Thread(target=self._compactor, daemon=True, name="compactor").start()
         assert self.plan is not None
         write_private(self.data_dir / INFO_FILE, json.dumps(
@@ -408,20 +447,16 @@ class LaunchPadServer:
         with self.backend.lock:
             self.backend.closing = True
         try:
-            if self.journal is not None and self.backend.failure is None:
-                self.compact()
+            if self.journal is not None and not self._try_compact():
+                log.error("no final snapshot in %s: %s", self.data_dir, self.backend.failure)
         finally:
             if self.journal is not None:
                 try:
                     self.journal.close()
                 except JournalFailure as exc:
                     log.error("%s", exc)
-            with self._conns_lock:
-                for s in list(self._conns):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+            if self.connections is not None:
+                self.connections.close_all()
             st = self.backend.stats
             total = sum(st.count.values())
             log.info("served %d commands (%d errors)", total, st.errors)
@@ -431,7 +466,8 @@ class LaunchPadServer:
                 except FileNotFoundError:
                     pass
             self._release()
-            print(f"pilot launchpad server: stopped (final snapshot in {self.data_dir})", flush=True)
+            final = "final snapshot" if self.backend.failure is None else "NO final snapshot (see the log)"
+            print(f"pilot launchpad server: stopped ({final} in {self.data_dir})", flush=True)
 
     def _release(self) -> None:
         if self._listener is not None:

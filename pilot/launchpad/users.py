@@ -14,8 +14,12 @@ against a real MongoDB:
   journaled documents, so they survive restarts and a changed password applies to the next login at once;
 * they are managed with ``createUser``, ``updateUser``, ``dropUser`` and ``usersInfo`` (same arguments);
 * the roles are MongoDB's built-in ones that a LaunchPad needs: ``root`` (everything, users, server
-  statistics), ``readWrite``/``read`` on one database, ``readWriteAnyDatabase``/``readAnyDatabase``. The
-  ``admin`` database and every ``system.*`` collection are ``root``'s alone;
+  statistics), ``readWrite``/``read`` on one database, ``readWriteAnyDatabase``/``readAnyDatabase``, and
+  ``dbOwner`` on one database (MongoDB's readWrite + dbAdmin + userAdmin there: scripts and FireWorks' own
+  tests create LaunchPad users with it). On this server ``dbOwner`` reads and writes its database like
+  ``readWrite`` (which already covers the indexes and dropDatabase that dbAdmin adds) but does not manage users:
+  that stays ``root``'s, so no user can hand itself more than it was given. The ``admin`` database and every
+  ``system.*`` collection are ``root``'s alone;
 * the errors are MongoDB's: code 13 ``Unauthorized`` ("command find requires authentication" before
   logging in, "not authorized on DB to execute command ..." after), 18 ``AuthenticationFailed``.
 
@@ -37,6 +41,7 @@ from typing import Any
 import bson
 
 from pilot.launchpad.commands import Command, CommandBase, CommandError, Reply, Sequences, error_reply
+from pilot.launchpad.rwlock import RWLock
 from pilot.launchpad.scram import MECHANISM, ScramError, ScramKeys, ScramServer, derive_keys
 
 log = logging.getLogger(__name__)
@@ -44,9 +49,11 @@ log = logging.getLogger(__name__)
 USERS_DB = "admin"
 USERS_COLL = "system.users"
 #: The built-in roles the server knows (MongoDB's names), and the databases they may be granted on.
-ROOT, READ_WRITE, READ = "root", "readWrite", "read"
+ROOT, READ_WRITE, READ, DB_OWNER = "root", "readWrite", "read", "dbOwner"
 READ_WRITE_ANY, READ_ANY = "readWriteAnyDatabase", "readAnyDatabase"
-ROLES = (ROOT, READ_WRITE, READ, READ_WRITE_ANY, READ_ANY)
+ROLES = (ROOT, READ_WRITE, READ, DB_OWNER, READ_WRITE_ANY, READ_ANY)
+#: Roles on one (non-admin) database.
+_DB_ROLES = frozenset({READ_WRITE, READ, DB_OWNER})
 _ADMIN_ONLY_ROLES = frozenset({ROOT, READ_WRITE_ANY, READ_ANY})
 #: Databases only ``root`` may touch (MongoDB's readWrite*/read* roles do not reach them either).
 _PRIVILEGED_DBS = frozenset({"admin", "local", "config"})
@@ -89,12 +96,14 @@ class Principal:
         if db in _PRIVILEGED_DBS:
             return False
         r = self.roles
-        return bool({(READ, db), (READ_WRITE, db), (READ_ANY, USERS_DB), (READ_WRITE_ANY, USERS_DB)} & r)
+        return bool({(READ, db), (READ_WRITE, db), (DB_OWNER, db), (READ_ANY, USERS_DB), (READ_WRITE_ANY, USERS_DB)}
+                    & r)
 
     def can_write(self, db: str) -> bool:
         if self.is_root:
             return True
-        return db not in _PRIVILEGED_DBS and bool({(READ_WRITE, db), (READ_WRITE_ANY, USERS_DB)} & self.roles)
+        return db not in _PRIVILEGED_DBS and bool({(READ_WRITE, db), (DB_OWNER, db), (READ_WRITE_ANY, USERS_DB)}
+                                                  & self.roles)
 
     def role_docs(self) -> list[dict[str, str]]:
         return [{"role": r, "db": d} for r, d in sorted(self.roles)]
@@ -112,7 +121,7 @@ def parse_roles(value: Any, default_db: str) -> list[dict[str, str]]:
     """createUser/updateUser ``roles``: ``"readWrite"`` (on the command's database) or ``{role, db}``.
 
     Raises CommandError 31 (RoleNotFound) for a role the server does not have, 2 for a role on a database it
-    cannot be granted on (``read``/``readWrite`` on ``admin``: the admin database is ``root``'s).
+    cannot be granted on (``read``/``readWrite``/``dbOwner`` on ``admin``: the admin database is ``root``'s).
     """
     if not isinstance(value, list):
         raise CommandError("\"roles\" must be an array of roles (a role name or {role: NAME, db: DB})", 14)
@@ -127,7 +136,7 @@ def parse_roles(value: Any, default_db: str) -> list[dict[str, str]]:
         if role not in ROLES or (role in _ADMIN_ONLY_ROLES and db != USERS_DB):
             raise CommandError(f"Could not find role: {role}@{db} (the embedded LaunchPad server has "
                                f"{', '.join(ROLES)}; root and the *AnyDatabase roles live in admin)", 31)
-        if role in (READ, READ_WRITE) and db in _PRIVILEGED_DBS:
+        if role in _DB_ROLES and db in _PRIVILEGED_DBS:
             raise CommandError(f"role {role}@{db}: the {db} database is root's alone on the embedded LaunchPad "
                                "server; grant root, or read/readWrite on the LaunchPad's database", 2)
         if {"role": role, "db": db} not in out:
@@ -212,7 +221,7 @@ class AuthCommands(CommandBase):
     long command); they take it only for the moment they read a user's keys.
     """
 
-    lock: threading.RLock
+    lock: RWLock  # the backend's (pilot.launchpad.rwlock): used here as the exclusive side
 
     def __init__(self) -> None:
         super().__init__()
@@ -260,12 +269,12 @@ class AuthCommands(CommandBase):
     def _user_docs(self) -> list[dict[str, Any]]:
         """Every stored user document (call with the lock held)."""
         cs = self.cstore(USERS_DB, USERS_COLL)
-        return list(cs.raw_documents()) if cs.is_created else []
+        return list(cs.decoded_documents()) if cs.is_created else []
 
     def _user_doc(self, db: str, user: str) -> dict[str, Any] | None:
         """The stored document of ``user`` in ``db`` (call with the lock held)."""
         cs = self.cstore(USERS_DB, USERS_COLL)
-        doc = cs._documents.get(f"{db}.{user}") if cs.is_created else None
+        doc = cs.get_doc(f"{db}.{user}") if cs.is_created else None
         return doc if isinstance(doc, dict) and doc.get("user") == user and doc.get("db") == db else None
 
     def _load_principal(self, db: str, user: str) -> Principal | None:

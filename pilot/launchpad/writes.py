@@ -1,5 +1,9 @@
 """Write commands: insert, update, delete, findAndModify.
 
+A write that changes many documents lets waiting clients in between two documents (:meth:`yield_write`), as
+MongoDB yields during multi-document writes: each document's change stays atomic, and the effects so far are
+journaled before the lock is let go, so the journal order stays the execution order.
+
 Each write resolves its target documents itself (through the stores' hash indexes, and for a sorted
 findAndModify through a fast sort of the candidates), announces them as touched, and applies each change
 by ``_id`` through mongomock's own update/replace code, so the journal holds exact post-images and the
@@ -8,90 +12,18 @@ indexes stay exact.
 
 from __future__ import annotations
 
-import datetime
 import itertools
-import math
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import mongomock
 import pymongo.errors
-from bson import Int64, ObjectId
+from bson import ObjectId
 from mongomock import filtering
 
 from pilot.launchpad.commands import Command, CommandBase, CommandError, Reply, Sequences
-from pilot.launchpad.store import TrackedCollectionStore, doc_key
-
-
-def _sort_docs(docs: list[dict[str, Any]], sort: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Sort like mongomock's cursor does (stable sorts from the last key to the first)."""
-    if not sort:
-        return docs
-    for key, direction in reversed(list(sort.items())):
-        if key == "$natural":
-            if direction < 0:
-                docs = list(reversed(docs))
-            continue
-        if key.startswith("$") or isinstance(direction, dict):
-            raise CommandError(f"sorting by {key!r} is not supported by the embedded server", 115)
-        docs = sorted(docs, key=partial(filtering.resolve_sort_key, key), reverse=direction < 0)
-    return docs
-
-
-class _NoFastKey(Exception):
-    """A sort value outside the simple cases: sort with mongomock's general comparison instead."""
-
-
-_NUMBERS = (int, float, Int64)
-
-
-def _fast_key(doc: dict[str, Any], path: list[str]) -> tuple[Any, ...]:
-    """A sort key for ``path`` in BSON comparison order for the common types.
-
-    Order (MongoDB manual, "Comparison/Sort Order"): null (and missing) < numbers < strings < ObjectId <
-    booleans < dates. Arrays, sub-documents and other types raise :class:`_NoFastKey`.
-    """
-    v: Any = doc
-    for part in path:
-        if type(v) is dict:
-            if part not in v:
-                return (1, 0)
-            v = v[part]
-        elif isinstance(v, list):
-            raise _NoFastKey
-        else:
-            return (1, 0)
-    t = type(v)
-    if v is None:
-        return (1, 0)
-    if t is bool:
-        return (8, v)
-    if t in _NUMBERS:
-        if t is float and math.isnan(v):
-            raise _NoFastKey
-        return (2, v)
-    if t is str:
-        return (3, v)
-    if t is ObjectId:
-        return (7, v)
-    if t is datetime.datetime:
-        return (9, v)
-    raise _NoFastKey
-
-
-def _fast_sort(docs: list[dict[str, Any]], sort: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Sort with C-level tuple keys (stable, last key first); None when a value needs the general comparison."""
-    fields = list(sort.items())
-    if not fields or any(k.startswith("$") or type(d) not in (int, float, Int64) for k, d in fields):
-        return None
-    try:
-        for key, direction in reversed(fields):
-            path = key.split(".")
-            docs = sorted(docs, key=partial(_fast_key, path=path), reverse=direction < 0)
-    except _NoFastKey:
-        return None
-    return docs
+from pilot.launchpad.sorting import entry_first, entry_sorted_keys, sorted_keys
+from pilot.launchpad.store import TrackedCollectionStore, doc_key, matcher
 
 
 def _is_operator_update(u: Any) -> bool:
@@ -104,29 +36,35 @@ class WriteCommands(CommandBase):
     # -------------------------------------------------------------------------------- writes
     def _targets(self, coll: mongomock.Collection, q: dict[str, Any], sort: dict[str, Any] | None,
                  limit: int) -> list[dict[str, Any]]:
-        """The stored documents a write applies to (live references), in sort/natural order."""
+        """The documents a write applies to (decoded; the write pins each before changing it), in sort/natural
+        order."""
+        cs = coll._store
+        if not isinstance(cs, TrackedCollectionStore):
+            raise CommandError("internal: not a tracked collection", 1)
+        if not cs:
+            filtering.filter_applies(q, {})  # validate the filter like mongomock does
+            return []
+        match = matcher(q)
         if sort:
-            # Sort the candidates first, then test the filter in that order only until `limit` match:
-            # FireWorks' reservation (findAndModify, sort by priority and creation) then checks a handful of
-            # documents instead of every READY one.
-            cs = coll._store
-            cands = cs.candidates(q) if isinstance(cs, TrackedCollectionStore) else None
-            if cands is None:
-                cands = list(cs.raw_documents()) if isinstance(cs, TrackedCollectionStore) else None
-            ordered = _fast_sort(cands, sort) if cands is not None else None
-            if ordered is not None:
-                if not ordered:
-                    filtering.filter_applies(q, {})  # validate the filter like mongomock does
-                out = []
-                for d in ordered:
-                    if filtering.filter_applies(q, d):
-                        out.append(d)
-                        if limit and len(out) >= limit:
-                            break
-                return out
-            docs = _sort_docs(list(coll._iter_documents(q)), sort)
-            return docs[:limit] if limit else docs
-        it: Iterator[dict[str, Any]] = coll._iter_documents(q)
+            # Sort the candidates by their index entries first, then test the filter in that order only until
+            # `limit` match: FireWorks' reservation (findAndModify, sort by priority and creation) then decodes
+            # a handful of documents instead of every READY one.
+            if limit == 1:
+                first = entry_first(cs, q, sort, match)
+                if first is not None:
+                    return first
+            order = entry_sorted_keys(cs, q, sort)
+            if order is None:
+                order = sorted_keys(cs, cs.scan(q, match), sort)
+            out = []
+            for key in order:
+                doc = cs.doc_at(key)
+                if doc is not None and match(doc):
+                    out.append(doc)
+                    if limit and len(out) >= limit:
+                        break
+            return out
+        it: Iterator[dict[str, Any]] = (doc for _k, doc in cs.scan(q, match))
         if limit:
             return list(itertools.islice(it, limit))
         return list(it)
@@ -181,6 +119,7 @@ class WriteCommands(CommandBase):
         ordered = cmd.get("ordered", True)
         n, errors = 0, []
         for i, d in enumerate(docs):
+            self.yield_write()
             if "_id" not in d:
                 d = {"_id": ObjectId(), **d}
             try:
@@ -218,6 +157,7 @@ class WriteCommands(CommandBase):
                         n += 1
                     continue
                 for doc in targets:
+                    self.yield_write()
                     nmod += self._apply_update(coll, cs, q, doc, u, s.get("arrayFilters"))
                     n += 1
             except self._WRITE_ERRORS as exc:
@@ -243,6 +183,7 @@ class WriteCommands(CommandBase):
                     raise CommandError("delete with collation is not supported by the embedded server", 115)
                 limit = int(s.get("limit") or 0)
                 for doc in self._targets(coll, s.get("q") or {}, None, 1 if limit == 1 else 0):
+                    self.yield_write()
                     del cs[doc_key(doc["_id"])]
                     n += 1
             except self._WRITE_ERRORS as exc:

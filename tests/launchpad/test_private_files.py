@@ -21,7 +21,8 @@ import pytest
 
 from pilot.configdir import PrivateFileHandler, open_private, private_dir, tighten_tree, write_private
 from pilot.launchpad.control import is_our_server
-from pilot.launchpad.journal import JOURNAL_MAGIC, frame, journal_path, plan_restore
+from pilot.launchpad.journal import JOURNAL_MAGIC, frame, journal_path
+from pilot.launchpad.recovery import plan_restore
 from tests.helpers import REPO
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

@@ -1,8 +1,9 @@
-"""The embedded LaunchPad server as a MongoDB: commands through real pymongo, durability, startup refusals.
+"""The embedded LaunchPad server as a MongoDB: commands through real pymongo, startup refusals.
 
 Tests that only need "a MongoDB" use the ``mongo_uri`` fixture (MONGODB_URI when set, so they also run
-against a real MongoDB); tests about the embedded server itself (kill -9, journal, loopback, data dir)
-always start their own server with tests.helpers.EmbeddedServer and stop it by its pid.
+against a real MongoDB); tests about the embedded server itself (loopback, data dir) always start their own
+server with tests.helpers.EmbeddedServer and stop it by its pid. Durability (restarts, kill -9, torn tails,
+damage and ``repair``, a full disk) is in test_durability.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
-import zlib
 from pathlib import Path
 
 import bson
@@ -237,181 +236,6 @@ def test_indexed_queries_match_unindexed_queries(db):
         coll.update_many({"arr.r": 1}, {"$push": {"arr": {"r": "b"}}})
         coll.insert_one({"_id": 1000, "k": 1000, "s": "a"})
     compare("after writes")
-
-
-# ------------------------------------------------------------------ durability (own servers)
-def test_clean_restart_restores_documents_and_indexes(own_server, tmp_path):
-    srv = own_server()
-    port = srv.port
-    with client_for(srv) as c:
-        t = c.keep.things
-        t.create_index("a", unique=True)
-        t.create_index([("b", 1), ("c", -1)], name="b_c")
-        t.create_index("s", sparse=True)
-        t.create_index("p", name="partial_p", partialFilterExpression={"b": {"$gt": 2}})
-        t.insert_many([{"a": i, "b": i % 7, "c": str(i), "when": datetime.datetime(2024, 5, 1, 12, 0, i % 60)}
-                       for i in range(500)])
-        t.update_many({"b": 3}, {"$set": {"flag": True}})
-        t.delete_many({"b": 6})
-        c.keep.empty_but_created.insert_one({"x": 1})
-        c.keep.empty_but_created.delete_many({})
-        c.gone.x.insert_one({"y": 1})
-        c.drop_database("gone")
-        before_docs = sorted(t.find({}, {"_id": 0}), key=lambda d: d["a"])
-        before_idx = t.index_information()
-    assert srv.stop() == 0
-    data = tmp_path / "data"
-    assert not (data / "server.json").exists() and not (data / "server.pid").exists()
-    assert (data / "snapshot.bson").exists()
-    srv2 = own_server(port=port)
-    assert srv2.port == port
-    with client_for(srv2) as c:
-        t = c.keep.things
-        assert sorted(t.find({}, {"_id": 0}), key=lambda d: d["a"]) == before_docs
-        assert t.index_information() == before_idx
-        with pytest.raises(pymongo.errors.DuplicateKeyError):
-            t.insert_one({"a": 5})
-        assert t.count_documents({"flag": True}) == sum(1 for d in before_docs if d.get("flag"))
-        assert "gone" not in c.list_database_names()
-        assert "empty_but_created" in c.keep.list_collection_names()
-
-
-class _Writer(threading.Thread):
-    """Writes until the server dies; remembers the effect of every acknowledged write."""
-
-    def __init__(self, uri: str, w: int) -> None:
-        super().__init__(daemon=True)
-        self.client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000, socketTimeoutMS=10000)
-        self.w = w
-        self.present: dict[str, int] = {}  # _id -> acknowledged v
-        self.deleted: set[str] = set()
-        self.counter = 0
-        self.uncertain: set[str] = set()  # touched by the write that did not come back
-        self.acked = 0
-
-    def run(self) -> None:
-        coll = self.client.dur.docs
-        k = 0
-        try:
-            while True:
-                key = f"{self.w}-{k}"
-                self.uncertain = {key}
-                coll.insert_one({"_id": key, "w": self.w, "k": k, "v": 0})
-                self.present[key] = 0
-                coll.update_one({"_id": key}, {"$set": {"v": 1}, "$currentDate": {"t": True}})
-                self.present[key] = 1
-                self.uncertain = {f"ctr-{self.w}"}
-                doc = coll.find_one_and_update({"_id": f"ctr-{self.w}"}, {"$inc": {"n": 1}}, upsert=True,
-                                               return_document=ReturnDocument.AFTER)
-                self.counter = doc["n"]
-                if k % 5 == 4:
-                    victim = f"{self.w}-{k - 1}"
-                    self.uncertain = {victim}
-                    coll.delete_one({"_id": victim})
-                    self.present.pop(victim)
-                    self.deleted.add(victim)
-                self.acked += 3
-                k += 1
-        except pymongo.errors.PyMongoError:
-            return
-        finally:
-            self.client.close()
-
-
-def _check_writers(uri: str, writers: list[_Writer]) -> int:
-    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as c:
-        stored = {d["_id"]: d for d in c.dur.docs.find()}
-    checked = 0
-    for wr in writers:
-        for key, v in wr.present.items():
-            if key in wr.uncertain:
-                continue
-            assert key in stored, f"acknowledged insert {key} lost"
-            assert stored[key]["v"] >= v, f"acknowledged update of {key} lost"
-            checked += 1
-        for key in wr.deleted - wr.uncertain:
-            assert key not in stored, f"acknowledged delete of {key} lost"
-        assert stored[f"ctr-{wr.w}"]["n"] >= wr.counter
-    return checked
-
-
-@pytest.mark.parametrize("compact_mb", [None, "0.02"], ids=["journal-only", "with-compactions"])
-def test_kill9_loses_no_acknowledged_write(own_server, tmp_path, compact_mb):
-    extra = ["--compact-mb", compact_mb] if compact_mb else None
-    srv = own_server(extra=extra)
-    port = srv.port
-    writers = [_Writer(srv.uri, w) for w in range(3)]
-    for wr in writers:
-        wr.start()
-    wait_for(lambda: sum(wr.acked for wr in writers) >= 600, timeout=60, interval=0.05, what="600 acked writes")
-    srv.kill9()
-    for wr in writers:
-        wr.join(30)
-        assert not wr.is_alive()
-    srv2 = own_server(port=port, extra=extra)
-    assert _check_writers(srv2.uri, writers) >= 150
-    if compact_mb:
-        assert "snapshot generation" in srv.log_path.read_text()
-
-
-def _last_journal(data: Path) -> Path:
-    return max(data.glob("journal-*.log"))
-
-
-def _frame(doc: dict, crc_delta: int = 0) -> bytes:
-    payload = bson.encode(doc)
-    return struct.pack("<II", len(payload), (zlib.crc32(payload) + crc_delta) & 0xFFFFFFFF) + payload
-
-
-@pytest.mark.parametrize("damage", ["cut-record", "bad-checksum", "short-header"])
-def test_torn_journal_tail_is_ignored(own_server, tmp_path, damage):
-    data = tmp_path / "data"
-    srv = own_server()
-    port = srv.port
-    with client_for(srv) as c:
-        c.t.c.insert_many([{"_id": i} for i in range(50)])
-        c.t.c.update_one({"_id": 7}, {"$set": {"seven": True}})
-    ghost = {"ops": [{"op": "put", "db": "t", "c": "c", "doc": {"_id": "ghost"}}]}
-    if damage == "short-header":
-        srv.stop()  # clean stop: everything in the snapshot, a fresh journal file with just its header
-        journal = _last_journal(data)
-        with open(journal, "r+b") as fh:
-            fh.truncate(3)
-    else:
-        srv.kill9()  # everything only in the journal
-        journal = _last_journal(data)
-        with open(journal, "ab") as fh:
-            rec = _frame(ghost, crc_delta=1 if damage == "bad-checksum" else 0)
-            fh.write(rec if damage == "bad-checksum" else rec[:len(rec) // 2])
-    srv2 = own_server(port=port)
-    with client_for(srv2) as c:
-        assert sorted(d["_id"] for d in c.t.c.find({"_id": {"$type": "int"}})) == list(range(50))
-        assert c.t.c.find_one({"_id": 7})["seven"] is True
-        assert c.t.c.find_one({"_id": "ghost"}) is None
-        c.t.c.insert_one({"_id": "after"})
-    if damage != "short-header":
-        assert "torn record" in srv2.log_path.read_text()
-        assert list(data.glob("journal-*.log.torn-*")), "the dropped bytes are kept for inspection"
-    srv2.stop()
-    srv3 = own_server(port=port)
-    with client_for(srv3) as c:
-        assert c.t.c.count_documents({}) == 51
-
-
-def test_damaged_snapshot_refuses_to_start(own_server, tmp_path):
-    data = tmp_path / "data"
-    srv = own_server()
-    with client_for(srv) as c:
-        c.t.c.insert_many([{"_id": i, "pad": "x" * 100} for i in range(100)])
-    srv.stop()
-    snap = data / "snapshot.bson"
-    raw = bytearray(snap.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    snap.write_bytes(bytes(raw))
-    res = run_serve(["--port", "0", "--data", str(data)])
-    assert res.returncode == 1
-    assert "damaged" in res.stderr and str(snap) in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------ startup refusals

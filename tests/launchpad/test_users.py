@@ -167,7 +167,8 @@ def test_user_commands_answer_like_mongodb(srv, cfg) -> None:
     try:
         c.admin.command("createUser", "frank", pwd="frank-pw-1", roles=["readWriteAnyDatabase"])
         cases = [(("createUser", "frank"), {"pwd": "x", "roles": []}, 51003),
-                 (("createUser", "gina"), {"pwd": "x", "roles": ["dbOwner"]}, 31),
+                 (("createUser", "gina"), {"pwd": "x", "roles": ["userAdminAnyDatabase"]}, 31),
+                 (("createUser", "gina"), {"pwd": "x", "roles": ["dbOwner"]}, 2),  # dbOwner@admin: root's db
                  (("createUser", "gina"), {"pwd": "x", "roles": [{"role": "read", "db": "admin"}]}, 2),
                  (("createUser", "gina"), {"pwd": "x", "roles": [], "mechanisms": ["SCRAM-SHA-1"]}, 2),
                  (("updateUser", "nobody-here"), {"pwd": "x"}, 11), (("dropUser", "nobody-here"), {}, 11)]
@@ -182,6 +183,30 @@ def test_user_commands_answer_like_mongodb(srv, cfg) -> None:
     finally:
         c.close()
 
+
+def test_a_db_owner_reads_and_writes_its_database_only_and_manages_no_users(srv, cfg) -> None:
+    """MongoDB's built-in dbOwner (FireWorks' own AuthenticationTest creates its user with it): a user of the
+    database it owns, logging in there (authSource = that database, FireWorks' default)."""
+    a = _creds(cfg / "my_launchpad.yaml")
+    root = _client(srv.port, a["username"], a["password"])
+    owner = pymongo.MongoClient("127.0.0.1", srv.port, username="olga", password="olga-pw-1", authSource="olgadb",
+                                serverSelectionTimeoutMS=10000)
+    try:
+        root.olgadb.command("createUser", "olga", pwd="olga-pw-1", roles=["dbOwner"])
+        owner.olgadb.things.insert_one({"x": 1})
+        owner.olgadb.things.create_index("x")
+        assert owner.olgadb.things.count_documents({}) == 1
+        for forbidden in (lambda: owner.fireworks.things.count_documents({}),
+                          lambda: owner.olgadb.command("createUser", "pal", pwd="pal-pw-1", roles=["readWrite"]),
+                          lambda: owner.admin["system.users"].find_one()):
+            with pytest.raises(pymongo.errors.OperationFailure) as info:
+                forbidden()
+            assert info.value.code == UNAUTHORIZED
+    finally:
+        owner.close()
+        root.olgadb.command("dropUser", "olga")
+        root.drop_database("olgadb")
+        root.close()
 
 def test_users_are_stored_as_salted_keys_only(srv, cfg) -> None:
     assert pilot(cfg, "add", "keys", "--role", "read").returncode == 0

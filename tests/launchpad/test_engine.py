@@ -1,0 +1,271 @@
+"""The embedded server's storage engine: index-answered counts, readers that share the lock while long scans
+yield to writers, cursors that stream, idle cursors that expire.
+
+Expected values are MongoDB's (manual, "Comparison/Sort Order" and "Query on embedded/array fields"): numbers
+of different types are equal when their values are (``1 == 1.0 == NumberLong(1)``), a boolean is its own BSON
+type and never equals a number (Python's ``True == 1`` must not leak in), an equality on an array field
+matches an element. The tests that only need "a MongoDB" use the ``db`` fixture, so they also run against a
+real MongoDB (MONGODB_URI).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import bson
+import pymongo
+import pymongo.errors
+import pytest
+from bson import Int64, ObjectId
+
+from tests.helpers import EmbeddedServer
+from tests.launchpad.conftest import client_for
+
+_VALUES: list[Any] = [True, False, 1, 1.0, Int64(1), 0, 0.0, "1", None, [1, 2], [True],
+                      datetime.datetime(2024, 1, 2), ObjectId("0123456789ab0123456789ab"), 2.5]
+#: query -> how many of the documents above (plus one without the field) MongoDB matches
+_EXPECTED = [
+    ({"v": 1}, 4),                      # 1, 1.0, Int64(1), [1, 2]  -- not True
+    ({"v": 1.0}, 4),
+    ({"v": Int64(1)}, 4),
+    ({"v": True}, 2),                   # True, [True]  -- not 1
+    ({"v": False}, 1),                  # not 0 / 0.0
+    ({"v": 0}, 2),                      # 0, 0.0
+    ({"v": "1"}, 1),
+    ({"v": 2}, 1),                      # [1, 2]
+    ({"v": 2.5}, 1),
+    ({"v": {"$in": [1, True]}}, 6),
+    ({"v": {"$in": [0, "1"]}}, 3),
+    ({"v": {"$eq": False}}, 1),
+    ({"v": {"$ne": 1}}, 11),            # 15 documents, 4 equal 1
+    ({"v": datetime.datetime(2024, 1, 2)}, 1),
+    ({"v": ObjectId("0123456789ab0123456789ab")}, 1),
+    ({"v": 1, "w": "x"}, 4),
+    ({"v": True, "w": "x"}, 2),
+]
+
+
+def test_counts_from_the_index_equal_counts_by_scan_for_every_value_type(db):
+    """True == 1 == 1.0 in Python, not in MongoDB: an index count, an indexed find and a full scan agree on
+    MongoDB's answer for numbers, booleans, strings, dates, ids and arrays."""
+    docs = [{"_id": i, "v": v, "w": "x"} for i, v in enumerate(_VALUES)] + [{"_id": 99, "w": "x"}]
+    db.plain.insert_many([dict(d) for d in docs])
+    db.indexed.insert_many([dict(d) for d in docs])
+    db.indexed.create_index("v")
+    db.indexed.create_index("w")
+    for q, n in _EXPECTED:
+        for coll in (db.indexed, db.plain):
+            assert coll.count_documents(q) == n, (coll.name, q)
+            assert db.command("count", coll.name, query=q)["n"] == n, (coll.name, q)
+            assert len(list(coll.find(q))) == n, (coll.name, q)
+        assert [d["_id"] for d in db.indexed.find(q)] == [d["_id"] for d in db.plain.find(q)], q
+    # the index follows writes: turn the 1.0 into True, the True into 1
+    for coll in (db.indexed, db.plain):
+        coll.update_one({"_id": 3}, {"$set": {"v": True}})
+        coll.update_one({"_id": 0}, {"$set": {"v": 1}})
+        assert coll.count_documents({"v": 1}) == 4 and coll.count_documents({"v": True}) == 2, coll.name
+        assert sorted(d["_id"] for d in coll.find({"v": True})) == [3, 10], coll.name
+
+
+def test_count_documents_is_answered_for_a_large_indexed_collection(db):
+    """pymongo's count_documents (an aggregation) and the count command on an indexed field, with $skip/$limit."""
+    db.big.create_index("state")
+    db.big.insert_many([{"state": ("READY", "READY", "COMPLETED")[i % 3], "i": i} for i in range(3000)])
+    assert db.big.count_documents({"state": "READY"}) == 2000
+    assert db.big.count_documents({"state": "READY"}, skip=1500) == 500
+    assert db.big.count_documents({"state": "READY"}, limit=7) == 7
+    assert db.big.count_documents({"state": "NOPE"}) == 0
+    assert db.big.count_documents({"state": {"$in": ["READY", "COMPLETED"]}}) == 3000
+    rows = {r["_id"]: r["n"] for r in db.big.aggregate([{"$group": {"_id": "$state", "n": {"$sum": 1}}}])}
+    assert rows == {"READY": 2000, "COMPLETED": 1000}
+
+
+def test_a_cursor_streams_documents_as_they_are_when_their_batch_is_sent(db):
+    """Later batches are produced when asked for: a document deleted meanwhile is not returned, one updated
+    meanwhile comes in its new state, and nothing comes twice (MongoDB's default read concern, no snapshot)."""
+    db.s.insert_many([{"_id": i, "x": 0} for i in range(300)])
+    cur = db.s.find({}, batch_size=50)
+    first = [next(cur)["_id"] for _ in range(50)]
+    assert first == list(range(50))
+    db.s.delete_many({"_id": {"$gte": 100, "$lt": 150}})
+    db.s.update_many({"_id": {"$gte": 200}}, {"$set": {"x": 1}})
+    rest = list(cur)
+    ids = [d["_id"] for d in rest]
+    assert len(ids) == len(set(ids)) and not set(ids) & set(first)
+    assert not [i for i in ids if 100 <= i < 150]
+    assert set(range(50, 100)) | set(range(150, 300)) <= set(ids)
+    assert all(d["x"] == 1 for d in rest if d["_id"] >= 200)
+
+
+def _backend_with(n: int) -> Any:
+    from pilot.launchpad.backend import Backend
+
+    b = Backend()
+    b.apply({"op": "create", "db": "t", "c": "c"})
+    b.apply({"op": "index", "db": "t", "c": "c", "name": "state_1", "spec": {"key": [("state", 1)]}})
+    for i in range(n):
+        b.apply({"op": "put", "db": "t", "c": "c",
+                 "doc": {"_id": i, "state": "READY" if i % 3 else "DONE", "name": f"fw-{i}", "pad": "x" * 200}})
+    b.tracker.collect()
+    return b
+
+
+def test_a_long_scan_lets_readers_and_writers_through(monkeypatch):
+    """While a long unindexed count runs (held at its pause points until the others are done), another reader
+    and a findAndModify are both answered; the writer is atomic and the count's answer is right."""
+    b = _backend_with(3000)
+    started, others_done = threading.Event(), threading.Event()
+    real_pause = b.tracker.pause
+    results: dict[str, Any] = {}
+
+    def held_pause() -> None:
+        if threading.current_thread() is not t:
+            real_pause()
+            return
+        started.set()
+        deadline = time.monotonic() + 30
+        while not others_done.is_set() and time.monotonic() < deadline:
+            real_pause()  # lets a waiting writer in
+            time.sleep(0.005)
+        real_pause()
+
+    monkeypatch.setattr(b.tracker, "pause", held_pause)
+
+    def scan() -> None:
+        with b.lock.shared():
+            results["count"] = b._count("t", "count", {"count": "c", "query": {"name": {"$regex": "^fw-"}}}, {}, 0)
+        results["count_done_after_others"] = others_done.is_set()
+
+    t = threading.Thread(target=scan)
+    t.start()
+    assert started.wait(30)
+    with b.lock.shared():  # another reader: shares the lock with the scan
+        results["find"] = b._find("t", "find", {"find": "c", "filter": {"_id": 7}}, {}, 0)
+    with b.lock:  # a writer: gets in at the scan's next pause
+        results["fam"] = b._findandmodify("t", "findAndModify", {"findAndModify": "c", "query": {"state": "READY"},
+                                                                 "update": {"$set": {"state": "RUNNING"}},
+                                                                 "sort": {"_id": 1}, "new": True}, {}, 0)
+        ops = b.tracker.collect()
+    others_done.set()
+    t.join(60)
+    assert results["count_done_after_others"] is True
+    assert results["count"]["n"] == 3000
+    assert [bson.decode(d.raw)["_id"] for d in results["find"]["cursor"]["firstBatch"]] == [7]
+    assert results["fam"]["value"]["_id"] == 1 and results["fam"]["value"]["state"] == "RUNNING"
+    assert [(op["op"], op["doc"]["_id"]) for op in ops] == [("put", 1)]
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_idle_cursors_expire_and_open_cursors_hold_no_copies(own_server, monkeypatch):
+    """With PILOT_LAUNCHPAD_CURSOR_TIMEOUT_S=2 an idle cursor is gone (CursorNotFound); 200 open cursors over
+    2 MB of documents do not hold 200 copies of them (that would be 400 MB)."""
+    monkeypatch.setenv("PILOT_LAUNCHPAD_CURSOR_TIMEOUT_S", "2")
+    server: EmbeddedServer = own_server()
+    assert server.proc is not None
+    c = client_for(server)
+    try:
+        coll = c.t.docs
+        coll.insert_many([{"_id": i, "pad": os.urandom(500).hex()} for i in range(2000)])
+        before = _rss_kib(server.proc.pid)
+        cursors = [coll.find({}, batch_size=1) for _ in range(200)]
+        for cur in cursors:
+            next(cur)
+        grown_mib = (_rss_kib(server.proc.pid) - before) / 1024
+        assert grown_mib < 60, f"200 cursors grew the server by {grown_mib:.0f} MiB"
+        assert c.admin.command("pilotStats")["openCursors"] >= 200
+        time.sleep(3)
+        with pytest.raises(pymongo.errors.OperationFailure) as exc:
+            next(cursors[0])
+        assert exc.value.code == 43
+        for cur in cursors[1:]:
+            cur.close()
+    finally:
+        c.close()
+    server.stop(signal.SIGTERM)
+
+
+def test_sort_over_mixed_types_follows_bson_order(db):
+    """Numbers < strings < objects (MongoDB manual, "Comparison/Sort Order"), also when the values that need the
+    general comparison come after ones that do not."""
+    db.m.insert_many([{"_id": 0, "v": 3}, {"_id": 1, "v": 1}, {"_id": 2, "v": {"a": 1}}, {"_id": 3, "v": 2},
+                      {"_id": 4, "v": "x"}, {"_id": 5, "v": 1.5}])
+    assert [d["_id"] for d in db.m.find().sort("v", 1)] == [1, 5, 3, 0, 4, 2]
+    assert [d["_id"] for d in db.m.find().sort("v", -1)] == [2, 4, 0, 3, 5, 1]
+
+
+def test_a_long_write_lets_a_reader_in_and_journals_in_execution_order(monkeypatch):
+    """An update_many over 3,000 documents yields between documents to a waiting reader: the reader is answered
+    before the write ends and sees whole documents (some updated, some not), and the journal holds every
+    effect once, in the order the write made them."""
+    b = _backend_with(3000)
+    records: list[list[dict[str, Any]]] = []
+    b.journal_append = lambda ops: records.append(ops) or len(records)
+    real_yield = b.yield_write
+    calls = {"n": 0}
+    reached, reader_done = threading.Event(), threading.Event()
+
+    def held_yield() -> None:
+        calls["n"] += 1
+        if calls["n"] == 100:
+            reached.set()
+            deadline = time.monotonic() + 30
+            while not reader_done.is_set() and time.monotonic() < deadline:
+                real_yield()
+                time.sleep(0.001)
+        real_yield()
+
+    monkeypatch.setattr(b, "yield_write", held_yield)
+    out: dict[str, Any] = {}
+
+    def write() -> None:
+        with b.lock:
+            out["update"] = b._update("t", "update", {"update": "c", "updates": [
+                {"q": {}, "u": {"$set": {"seen": True}}, "multi": True}]}, {}, 0)
+            b._journal_effects()
+        out["reader_done_first"] = reader_done.is_set()
+
+    w = threading.Thread(target=write)
+    w.start()
+    assert reached.wait(30)
+    with b.lock.shared():
+        out["count"] = b._count("t", "count", {"count": "c", "query": {"seen": True}}, {}, 0)["n"]
+    reader_done.set()
+    w.join(60)
+    assert out["reader_done_first"] is True and out["update"]["n"] == 3000
+    assert 99 <= out["count"] < 3000
+    ids = [op["doc"]["_id"] for ops in records for op in ops]
+    assert len(records) >= 2 and ids == list(range(3000))
+
+
+def test_a_cursor_survives_a_new_index_and_dies_with_its_collection(db):
+    """A cursor goes on across a createIndexes (the new index changes how the server keeps its entries); a cursor
+    whose collection is dropped is killed, as in MongoDB (QueryPlanKilled 175; MongoDB 6 may say 43), instead of
+    returning documents of the new collection of that name."""
+    coll = db.k_index
+    coll.insert_many([{"_id": i, "s": i % 2} for i in range(2000)])
+    coll.create_index("s")
+    cur = coll.find({"s": 1}, batch_size=10)
+    first = next(cur)["_id"]
+    coll.create_index("other")
+    assert [first] + [d["_id"] for d in cur] == list(range(1, 2000, 2))
+    coll = db.k_drop
+    coll.insert_many([{"_id": i} for i in range(2000)])
+    cur = coll.find({}, batch_size=10)
+    next(cur)
+    coll.drop()
+    coll.insert_many([{"_id": i, "other": True} for i in range(2000)])
+    with pytest.raises(pymongo.errors.OperationFailure) as exc:
+        list(cur)
+    assert exc.value.code in (175, 43)
