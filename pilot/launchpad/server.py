@@ -49,6 +49,7 @@ from pilot.launchpad.limits import Limits
 from pilot.launchpad.listen import ClientAddress, ListenPlan
 from pilot.launchpad.listen import StartupError as StartupError  # the CLI's name for it
 from pilot.launchpad.recovery import CorruptDataError, iter_ops, plan_restore, replay
+from pilot.launchpad.store import release_memory
 from pilot.launchpad.users import authorize
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,9 @@ class LaunchPadServer:
         replayed = sum(len(recs) for _g, _p, recs in plan.journals)
         gens = [g for g, _p in journal_files(self.data_dir)]
         gen = max(gens + [plan.snapshot.gen if plan.snapshot else 1, 1])
+        stale = bool(plan.stale)
+        del plan  # the records read (as large as the data dir) are garbage now: give their memory back
+        release_memory()
         try:
             self.journal = Journal(self.data_dir, gen)
         except OSError as exc:
@@ -223,7 +227,7 @@ class LaunchPadServer:
         ndocs = sum(len(c["docs"]) for c in self._export_locked())
         log.info("restored %d documents (%d ops, %d journal records) in %.2fs", ndocs, nops, replayed,
                  time.perf_counter() - t0)
-        if replayed or plan.stale or len(gens) > 1:
+        if replayed or stale or len(gens) > 1:
             self._try_compact()
         return ndocs
 
