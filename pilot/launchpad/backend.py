@@ -112,6 +112,7 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
         super().__init__()
         self.lock = RWLock()
         self.tracker.pause = self.lock.pause
+        self.tracker.is_writing = self.lock.held_exclusive
         self.journal_append: Callable[[list[dict[str, Any]]], int] | None = None
         self.journal_seq: Callable[[], int] = lambda: 0
         self.closing = False
@@ -168,11 +169,9 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
             self.lock.acquire_shared()
         else:
             self.lock.acquire()
-        writing, self.tracker.writing = self.tracker.writing, not shared
         try:
             return self._run(handler, db, name, cmd, seqs, conn_id, peer, session, me, t0)
         finally:
-            self.tracker.writing = writing
             if shared:
                 self.lock.release_shared()
             else:
@@ -228,17 +227,18 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
             self.stats.errors += 1
         return reply, seq
 
-    def yield_write(self) -> None:
+    def yield_write(self) -> bool:
         """Between two documents of a long write, when others wait: journal this command's effects so far (so
         the journal order stays the execution order; the reply waits for the last record, which makes these
         durable too) and let the waiting readers and writers run. Every YIELD_EVERY documents at most."""
         n = getattr(self._ctx, "since_yield", 0) + 1
         self._ctx.since_yield = n
         if n < YIELD_EVERY or not self.lock.contended() or not self.lock.held_exclusive():
-            return
+            return False
         self._ctx.since_yield = 0
         self._journal_effects()
         self.lock.yield_exclusive()
+        return True
 
     def _journal_effects(self) -> int:
         """Journal what the command just run changed (call with the lock held); the sequence to wait for."""
@@ -252,11 +252,9 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
         """Make a change of the server's own (the first admin user) under the lock, journaled like a command's
         effects; returns the journal sequence to wait for."""
         with self.lock:
-            writing, self.tracker.writing = self.tracker.writing, True
             try:
                 change()
             finally:
-                self.tracker.writing = writing
                 seq = self._journal_effects()
         return seq
 

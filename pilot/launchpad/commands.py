@@ -178,9 +178,10 @@ class CommandBase:
         self._last_cursor_sweep = time.monotonic()
         self._colls: dict[tuple[str, str], mongomock.Collection] = {}
 
-    def yield_write(self) -> None:
+    def yield_write(self) -> bool:
         """Between two documents of a multi-document write: let waiting clients run (the backend implements it:
-        journal the effects so far, yield the lock)."""
+        journal the effects so far, yield the lock). True if others may have run: re-check the next document."""
+        return False
 
     # The connection, logical session and authenticated user (``DB.USER``) of the command this thread
     # executes (the backend sets them before each handler): whoever opens, continues or kills a cursor.

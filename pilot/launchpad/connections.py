@@ -212,23 +212,30 @@ class Connections:
                 self._closed(conn_id)  # the cursors this connection owned are discarded, its login forgotten
 
     def _one_message(self, sock: socket.socket, conn_id: int, peer: str) -> bytes | None:
-        """Read, check and run one message; the encoded reply (None when the client wants none)."""
+        """Read, check and run one message; the encoded reply (None when the client wants none).
+
+        The message's bytes stay counted in the receive budget until its reply is encoded: its decoded form,
+        larger than the bytes, lives that long (waiting for the lock included), so many large messages at once
+        are bounded by the budget, not only those still arriving.
+        """
         request_id, opcode, body, held = self._read(sock, peer)
         try:
-            req = wire.parse_request(request_id, opcode, body)
-        except wire.Refused as exc:
-            self._limit_log.warning("refused a command from %s: %s (code %s)", peer, exc, exc.reply.get("code"))
-            return None if exc.request.more_to_come else wire.encode_reply(exc.request, exc.reply)
-        except wire.ProtocolError as exc:
-            self._close_log.warning("closing connection from %s: %s", peer, exc)
-            raise _Closing from None
+            try:
+                req = wire.parse_request(request_id, opcode, body)
+            except wire.Refused as exc:
+                self._limit_log.warning("refused a command from %s: %s (code %s)", peer, exc, exc.reply.get("code"))
+                return None if exc.request.more_to_come else wire.encode_reply(exc.request, exc.reply)
+            except wire.ProtocolError as exc:
+                self._close_log.warning("closing connection from %s: %s", peer, exc)
+                raise _Closing from None
+            finally:
+                del body
+            reply = self._run(req, conn_id, peer)
+            if req.more_to_come:
+                return None
+            return _encode(req, reply)
         finally:
-            del body
             self.budget.give(held)
-        reply = self._run(req, conn_id, peer)
-        if req.more_to_come:
-            return None
-        return _encode(req, reply)
 
     def _run(self, req: wire.Request, conn_id: int, peer: str) -> dict[str, Any]:
         """The reply to one decoded request: refusals of the connection layer, else the server's dispatch."""

@@ -71,15 +71,21 @@ class Tracker:
     """Collects the effects of the running command, in order, across all collections.
 
     ``pause`` is called by scans between chunks (the backend points it at its lock's pause); ``writing`` is
-    True while a command holds the exclusive lock (only then may stores change, e.g. expire TTL documents).
+    True while the calling thread holds the exclusive lock (only then may stores change, e.g. expire TTL
+    documents). It asks the lock (``is_writing``) rather than keeping a flag: readers run side by side, also
+    while a writer yields, and a flag that each of them saved and restored would end up wrong for the others.
     """
 
     def __init__(self) -> None:
         self.ops: list[dict[str, Any]] = []
         self._dirty: dict[int, TrackedCollectionStore] = {}
         self.pause: Callable[[], None] = lambda: None
-        self.writing = False
+        self.is_writing: Callable[[], bool] = lambda: False
         self.restored = False
+
+    @property
+    def writing(self) -> bool:
+        return self.is_writing()
 
     def mark(self, store: TrackedCollectionStore) -> None:
         self._dirty[id(store)] = store

@@ -79,8 +79,12 @@ class WriteCommands(CommandBase):
         return spec
 
     def _apply_update(self, coll: mongomock.Collection, cs: TrackedCollectionStore, q: dict[str, Any],
-                      doc: dict[str, Any], u: Any, array_filters: Any) -> int:
-        """Apply ``u`` to one stored document; returns modified count."""
+                      doc: dict[str, Any], u: Any, array_filters: Any) -> tuple[int, int]:
+        """Apply ``u`` to one stored document if it still matches ``q``; returns (matched, modified).
+
+        The filter is tested again (narrowed to the document's ``_id``): a multi-document update lets other
+        writers in between two documents, and one of them may have changed this one since it was chosen, as
+        MongoDB re-checks a document after a yield."""
         _id = doc["_id"]
         key = doc_key(_id)
         cs.touch(key)
@@ -88,8 +92,10 @@ class WriteCommands(CommandBase):
         try:
             if isinstance(u, list) or _is_operator_update(u):
                 kw = {"array_filters": array_filters} if array_filters else {}
-                return coll.update_one(spec, u, **kw).modified_count
-            return coll.replace_one(spec, u).modified_count
+                res = coll.update_one(spec, u, **kw)
+            else:
+                res = coll.replace_one(spec, u)
+            return res.matched_count, res.modified_count
         finally:
             cs.refresh(key)
 
@@ -158,8 +164,9 @@ class WriteCommands(CommandBase):
                     continue
                 for doc in targets:
                     self.yield_write()
-                    nmod += self._apply_update(coll, cs, q, doc, u, s.get("arrayFilters"))
-                    n += 1
+                    matched, modified = self._apply_update(coll, cs, q, doc, u, s.get("arrayFilters"))
+                    n += matched
+                    nmod += modified
             except self._WRITE_ERRORS as exc:
                 errors.append(self._write_error(i, exc))
                 if ordered:
@@ -182,9 +189,18 @@ class WriteCommands(CommandBase):
                 if s.get("collation"):
                     raise CommandError("delete with collation is not supported by the embedded server", 115)
                 limit = int(s.get("limit") or 0)
-                for doc in self._targets(coll, s.get("q") or {}, None, 1 if limit == 1 else 0):
-                    self.yield_write()
-                    del cs[doc_key(doc["_id"])]
+                q = s.get("q") or {}
+                match = matcher(q)
+                others_ran = False
+                for doc in self._targets(coll, q, None, 1 if limit == 1 else 0):
+                    key = doc_key(doc["_id"])
+                    # once others ran (a yield), any target chosen before may be gone or match no more
+                    others_ran = self.yield_write() or others_ran
+                    if others_ran:
+                        now = cs.get_doc(key)
+                        if now is None or not match(now):
+                            continue
+                    del cs[key]
                     n += 1
             except self._WRITE_ERRORS as exc:
                 errors.append(self._write_error(i, exc))

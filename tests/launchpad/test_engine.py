@@ -249,6 +249,69 @@ def test_a_long_write_lets_a_reader_in_and_journals_in_execution_order(monkeypat
     assert len(records) >= 2 and ids == list(range(3000))
 
 
+def _yield_once_to(b: Any, monkeypatch: Any, at: int, other: Any) -> None:
+    """Make the ``at``-th yield of a long write really let ``other`` (another writer) run, as a waiting client
+    would when the lock is contended."""
+    real_yield = b.yield_write
+    calls = {"n": 0}
+
+    def yielding() -> bool:
+        calls["n"] += 1
+        if calls["n"] != at:
+            return bool(real_yield())
+        b.lock.release()
+        try:
+            t = threading.Thread(target=other)
+            t.start()
+            t.join(30)
+        finally:
+            b.lock.acquire()
+        return True
+
+    monkeypatch.setattr(b, "yield_write", yielding)
+
+
+def _write(b: Any, cmd: str, body: dict[str, Any]) -> dict[str, Any]:
+    with b.lock:
+        reply = getattr(b, f"_{cmd}")("t", cmd, {cmd: "c", **body}, {}, 0)
+        b._journal_effects()
+    return reply
+
+
+def test_a_long_delete_rechecks_each_document_after_letting_others_write(monkeypatch):
+    """delete_many({state: DONE}) yields between documents; a writer that sets a not-yet-deleted target back to
+    READY meanwhile (FireWorks' rerun) keeps it: MongoDB re-checks a document after a yield, and a delete never
+    removes a document that no longer matches. A target deleted by the other writer is skipped, not an error."""
+    b = _backend_with(300)  # _id % 3 == 0: DONE (100 documents)
+
+    def other() -> None:
+        _write(b, "update", {"updates": [{"q": {"_id": 297}, "u": {"$set": {"state": "READY"}}}]})
+        _write(b, "delete", {"deletes": [{"q": {"_id": 294}, "limit": 1}]})
+
+    _yield_once_to(b, monkeypatch, 10, other)
+    reply = _write(b, "delete", {"deletes": [{"q": {"state": "DONE"}, "limit": 0}]})
+    assert "writeErrors" not in reply
+    assert reply["n"] == 98  # 100 DONE, less the one made READY and the one the other writer deleted
+    cs = b.cstore("t", "c")
+    assert cs.get_doc(297)["state"] == "READY"
+    assert cs.get_doc(294) is None
+    assert b._count("t", "count", {"count": "c", "query": {"state": "DONE"}}, {}, 0)["n"] == 0
+
+
+def test_a_long_update_counts_only_the_documents_that_still_match(monkeypatch):
+    """update_many({state: DONE}) yields; a document another writer moved out of the filter meanwhile is
+    neither changed nor counted in n (MongoDB's matched count)."""
+    b = _backend_with(300)
+
+    def other() -> None:
+        _write(b, "update", {"updates": [{"q": {"_id": 297}, "u": {"$set": {"state": "READY"}}}]})
+
+    _yield_once_to(b, monkeypatch, 10, other)
+    reply = _write(b, "update", {"updates": [{"q": {"state": "DONE"}, "u": {"$set": {"seen": 1}}, "multi": True}]})
+    assert (reply["n"], reply["nModified"]) == (99, 99)
+    assert "seen" not in b.cstore("t", "c").get_doc(297)
+
+
 def test_a_cursor_survives_a_new_index_and_dies_with_its_collection(db):
     """A cursor goes on across a createIndexes (the new index changes how the server keeps its entries); a cursor
     whose collection is dropped is killed, as in MongoDB (QueryPlanKilled 175; MongoDB 6 may say 43), instead of
