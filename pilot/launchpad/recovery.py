@@ -30,6 +30,8 @@ drops a record it has read as valid.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import struct
 import time
@@ -64,11 +66,15 @@ class CorruptDataError(Exception):
 
 @dataclass
 class Record:
-    """One valid record: where it is in its file, and its document."""
+    """One valid record: where it is in its file, and (unless the scan was told not to keep it) its document."""
 
     start: int
     end: int
-    doc: dict[str, Any]
+    doc: dict[str, Any] | None
+    #: documents the record's ops put (counted in snapshots only: checked against the end record's count)
+    ndocs: int = 0
+    #: False for a snapshot's header and end records, True for every record of ops
+    has_ops: bool = True
 
 
 @dataclass
@@ -119,8 +125,8 @@ def _is_ours(doc: dict[str, Any], snapshot: bool) -> bool:
     return snapshot and (doc.get("snapshot") == 1 or doc.get("end") is True)
 
 
-def _frame_at(data: bytes, pos: int, snapshot: bool) -> tuple[Record | None, str]:
-    """The valid record at ``pos``, or None and why not."""
+def _frame_at(data: bytes | mmap.mmap, pos: int, snapshot: bool, keep: bool = True) -> tuple[Record | None, str]:
+    """The valid record at ``pos``, or None and why not (``keep``: with its document)."""
     size = len(data)
     if size - pos < _FRAME.size:
         return None, f"{size - pos} trailing bytes, shorter than a record header"
@@ -136,14 +142,19 @@ def _frame_at(data: bytes, pos: int, snapshot: bool) -> tuple[Record | None, str
     try:
         doc = bson.decode(payload, _RAW)
         ours = _is_ours(doc, snapshot)  # reads the top level: a RawBSONDocument decodes it only now
+        ndocs = _count_docs(doc) if snapshot and ours else 0
     except (bson.errors.BSONError, ValueError, OverflowError) as exc:
         return None, f"record does not decode: {exc}"
     if not ours:
         return None, "record is not a journal record"
-    return Record(pos, end, doc), ""
+    return Record(pos, end, doc if keep else None, ndocs, isinstance(doc.get("ops"), list)), ""
 
 
-def _resync(data: bytes, pos: int, snapshot: bool) -> Record | None:
+def _count_docs(doc: dict[str, Any]) -> int:
+    return sum(len(op.get("docs", ())) for op in doc.get("ops", ()))
+
+
+def _resync(data: bytes | mmap.mmap, pos: int, snapshot: bool) -> Record | None:
     """The first valid record after ``pos`` that is followed by the end of the file or another valid record."""
     at = pos + 1
     while True:
@@ -152,31 +163,52 @@ def _resync(data: bytes, pos: int, snapshot: bool) -> Record | None:
             return None
         cand = mark - 4 - _FRAME.size
         at = cand + 1
-        rec, _why = _frame_at(data, cand, snapshot)
+        rec, _why = _frame_at(data, cand, snapshot, keep=False)
         if rec is None:
             continue
-        if rec.end == len(data) or _frame_at(data, rec.end, snapshot)[0] is not None:
+        if rec.end == len(data) or _frame_at(data, rec.end, snapshot, keep=False)[0] is not None:
             return rec
 
 
-def scan_file(path: Path, magic: bytes) -> FileScan:
-    """Every valid record of ``path`` and the ranges of bytes between them that hold none (see the module doc)."""
-    data = path.read_bytes()
+def scan_file(path: Path, magic: bytes, keep: bool = True) -> FileScan:
+    """Every valid record of ``path`` and the ranges of bytes between them that hold none (see the module doc).
+
+    ``keep=False`` keeps only where each record is (restore reads them again one at a time, :func:`iter_ops`):
+    holding every decoded record of a data dir while replaying them would double restore's peak memory and
+    leave the heap fragmented at that size for the life of the server."""
+    with _mapped(path) as data:
+        return _scan(path, data, magic, keep)
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[bytes | mmap.mmap]:
+    """The bytes of ``path``, mapped rather than read (a snapshot's size in page cache, not on the heap)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as data:
+            yield data
+
+
+def _scan(path: Path, data: bytes | mmap.mmap, magic: bytes, keep: bool) -> FileScan:
     scan = FileScan(path, len(data))
     snapshot = magic == SNAPSHOT_MAGIC
     pos = len(magic)
-    if data[:len(magic)] != magic:
+    head = bytes(data[:len(magic)])
+    if head != magic:
         if not data:
             return scan
-        torn = len(data) < len(magic) and magic.startswith(data)  # a crash while the file was being created
+        torn = len(data) < len(magic) and magic.startswith(head)  # a crash while the file was being created
         problem = (f"file shorter than its {len(magic)}-byte header" if torn
-                   else f"bad header {data[:len(magic)]!r} (expected {magic!r})")
+                   else f"bad header {head!r} (expected {magic!r})")
         nxt = _resync(data, 0, snapshot)
         end = nxt.start if nxt is not None else len(data)
         scan.bad.append(BadRange(0, end, problem, fatal=not torn))
         pos = end
     while pos < len(data):
-        rec, why = _frame_at(data, pos, snapshot)
+        rec, why = _frame_at(data, pos, snapshot, keep)
         if rec is not None:
             scan.records.append(rec)
             pos = rec.end
@@ -192,8 +224,11 @@ def scan_file(path: Path, magic: bytes) -> FileScan:
 # ------------------------------------------------------------------------------------------ restore
 @dataclass
 class Snapshot:
+    """A checked snapshot: its generation, and where its records are (read again when replayed)."""
+
     gen: int
-    records: list[dict[str, Any]]
+    path: Path
+    records: list[Record]
     ndocs: int
 
 
@@ -202,7 +237,8 @@ class RestorePlan:
     """What restore will replay, and what it had to drop."""
 
     snapshot: Snapshot | None
-    journals: list[tuple[int, Path, list[dict[str, Any]]]]
+    #: (generation, file, its valid records): where they are, not their documents
+    journals: list[tuple[int, Path, list[Record]]]
     warnings: list[str]
     stale: list[Path]
     #: the torn tail of the newest journal: (path, offset) to cut it at
@@ -232,19 +268,20 @@ def read_snapshot(data_dir: Path) -> Snapshot | None:
     path = data_dir / SNAPSHOT_NAME
     if not path.exists():
         return None
-    scan = scan_file(path, SNAPSHOT_MAGIC)
+    scan = scan_file(path, SNAPSHOT_MAGIC, keep=False)
     if scan.bad:
         raise CorruptDataError(damage_message("snapshot", scan, data_dir))
-    recs = [r.doc for r in scan.records]
+    recs = scan.records
     where = f"snapshot {path}"
     hint = REPAIR_HINT.format(dir=data_dir)
-    if len(recs) < 2 or recs[0].get("snapshot") != 1 or not recs[-1].get("end"):
+    head, end = [doc for _r, doc in read_records(path, [recs[0], recs[-1]])] if len(recs) >= 2 else ({}, {})
+    if head.get("snapshot") != 1 or not end.get("end"):
         raise CorruptDataError(f"{where} is incomplete (no header or end record); {hint}")
     body = recs[1:-1]
-    ndocs = sum(len(op.get("docs", ())) for r in body for op in r.get("ops", ()))
-    if ndocs != recs[-1].get("ndocs"):
-        raise CorruptDataError(f"{where} holds {ndocs} documents, its end record says {recs[-1]['ndocs']}; {hint}")
-    return Snapshot(int(recs[0]["gen"]), body, ndocs)
+    ndocs = sum(r.ndocs for r in body)
+    if ndocs != end.get("ndocs"):
+        raise CorruptDataError(f"{where} holds {ndocs} documents, its end record says {end['ndocs']}; {hint}")
+    return Snapshot(int(head["gen"]), path, body, ndocs)
 
 
 def plan_restore(data_dir: Path, truncate_torn_tail: bool = True) -> RestorePlan:
@@ -260,14 +297,14 @@ def plan_restore(data_dir: Path, truncate_torn_tail: bool = True) -> RestorePlan
     files = journal_files(data_dir)
     live = [(g, p) for g, p in files if g >= base]
     stale = [p for g, p in files if g < base]
-    scans = [(gen, scan_file(path, JOURNAL_MAGIC)) for gen, path in live]
+    scans = [(gen, scan_file(path, JOURNAL_MAGIC, keep=False)) for gen, path in live]
     plan = RestorePlan(snap, [], [], stale)
     for i, (gen, scan) in enumerate(scans):
         newest = i == len(scans) - 1
         if scan.bad and not (newest and scan.torn_tail is not None):
             newer = sum(len(s.records) for _g, s in scans[i + 1:])
             raise CorruptDataError(damage_message("journal", scan, data_dir, newer))
-        plan.journals.append((gen, scan.path, [r.doc for r in scan.records]))
+        plan.journals.append((gen, scan.path, scan.records))
         tail = scan.torn_tail
         if tail is not None and tail.size:
             plan.torn = (scan.path, tail.start)
@@ -297,14 +334,30 @@ def cut_torn_tail(path: Path, offset: int) -> list[str]:
     return out
 
 
+def read_records(path: Path, records: Iterable[Record]) -> Iterator[tuple[Record, dict[str, Any]]]:
+    """Each record a scan of ``path`` found, with its document, read again one at a time and checked again
+    (its checksum: what is applied is what the scan found valid).
+
+    Read with ``pread``, not mapped: a mapping's pages count in the server's RSS until it is closed, so
+    replaying a mapped 130 MiB snapshot would add its whole size to restore's peak."""
+    with open(path, "rb") as fh:
+        for rec in records:
+            buf = os.pread(fh.fileno(), rec.end - rec.start, rec.start)
+            length, crc = _FRAME.unpack_from(buf) if len(buf) >= _FRAME.size else (-1, -1)
+            if len(buf) != rec.end - rec.start or length != len(buf) - _FRAME.size or zlib.crc32(
+                    memoryview(buf)[_FRAME.size:]) != crc:
+                raise CorruptDataError(f"{path} changed while it was being read (byte {rec.start})")
+            doc: dict[str, Any] = bson.decode(buf[_FRAME.size:], _RAW)  # bytes: the documents keep slices of it
+            yield rec, doc
+
+
 def iter_ops(plan: RestorePlan) -> Iterator[dict[str, Any]]:
     """Every op to apply, in order: the snapshot's, then each journal's."""
-    if plan.snapshot:
-        for rec in plan.snapshot.records:
-            yield from rec.get("ops", ())
-    for _gen, _path, records in plan.journals:
-        for rec in records:
-            yield from rec.get("ops", ())
+    files = [(plan.snapshot.path, plan.snapshot.records)] if plan.snapshot else []
+    files += [(path, records) for _gen, path, records in plan.journals]
+    for path, records in files:
+        for _rec, doc in read_records(path, records):
+            yield from doc.get("ops", ())
 
 
 def settle(backend: Backend) -> None:

@@ -32,7 +32,7 @@ from pilot.launchpad.journal import (
     journal_files,
     write_snapshot,
 )
-from pilot.launchpad.recovery import FileScan, scan_file, settle
+from pilot.launchpad.recovery import FileScan, read_records, scan_file, settle
 
 #: Files of a data dir that are not the database but belong with it (the admin's LaunchPad file, init options).
 _SIDE_FILES = ("my_launchpad.yaml", "init-options.json")
@@ -165,8 +165,8 @@ def repair(data_dir: Path, out: Path | None = None) -> RepairReport:
         sources = _read_sources(data_dir, report)
         with backend.lock:
             for scan in sources:
-                for rec in scan.records:
-                    ops = rec.doc.get("ops")
+                for rec, doc in read_records(scan.path, scan.records):
+                    ops = doc.get("ops")
                     if not isinstance(ops, list):
                         continue  # a snapshot's header or end record
                     try:
@@ -194,15 +194,16 @@ def _read_sources(data_dir: Path, report: RepairReport) -> list[FileScan]:
     files = journal_files(data_dir)
     base = 0
     if snap_path.exists():
-        scan = scan_file(snap_path, SNAPSHOT_MAGIC)
-        head = scan.records[0].doc if scan.records and scan.records[0].start == len(SNAPSHOT_MAGIC) else {}
+        scan = scan_file(snap_path, SNAPSHOT_MAGIC, keep=False)
+        first = scan.records[:1] if scan.records and scan.records[0].start == len(SNAPSHOT_MAGIC) else []
+        head = next((doc for _r, doc in read_records(snap_path, first)), {})
         if head.get("snapshot") == 1 and isinstance(head.get("gen"), int):
             base = int(head["gen"])
         else:
             base = files[0][0] if files else 0
             report.notes.append(f"the snapshot's header is unreadable: its generation is taken to be the oldest "
                                 f"journal's ({base}), as the server deletes older journals after each snapshot")
-        report.files.append(FileRead(str(snap_path), base, sum(1 for r in scan.records if "ops" in r.doc)))
+        report.files.append(FileRead(str(snap_path), base, sum(1 for r in scan.records if r.has_ops)))
         report.lost += _losses(scan, newest_journal=False)
         sources.append(scan)
     live = [(g, p) for g, p in files if g >= base]
@@ -210,7 +211,7 @@ def _read_sources(data_dir: Path, report: RepairReport) -> list[FileScan]:
         if gen < base:
             report.files.append(FileRead(str(path), gen, 0, used=False))
     for i, (gen, path) in enumerate(live):
-        scan = scan_file(path, JOURNAL_MAGIC)
+        scan = scan_file(path, JOURNAL_MAGIC, keep=False)
         report.files.append(FileRead(str(path), gen, len(scan.records)))
         report.lost += _losses(scan, newest_journal=i == len(live) - 1)
         sources.append(scan)
