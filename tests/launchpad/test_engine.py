@@ -332,3 +332,16 @@ def test_a_cursor_survives_a_new_index_and_dies_with_its_collection(db):
     with pytest.raises(pymongo.errors.OperationFailure) as exc:
         list(cur)
     assert exc.value.code in (175, 43)
+
+
+def test_index_entries_share_one_object_per_repeated_value():
+    """Each document's entries are decoded from its own bytes; a value many documents hold (a state) is kept
+    once, a value one document holds is not kept twice, and a value no document holds any more is let go."""
+    b = _backend_with(30)
+    cs = b.cstore("t", "c")
+    (slot,) = [i for i, p in enumerate(cs._parts) if p == ("state",)]
+    states = {id(e[slot]) for e in cs._entries.values()}
+    assert len(states) == 4  # 30 entries: per value the first document's own object and the one shared after
+    assert set(cs._fidx[slot].canon) == {"READY", "DONE"}
+    _write(b, "delete", {"deletes": [{"q": {"state": "DONE"}, "limit": 0}]})
+    assert set(cs._fidx[slot].canon) == {"READY"}
