@@ -63,8 +63,10 @@ FW_DOC_BYTES = 1024
 PLAN: dict[str, tuple[int, float]] = {"count_ready": (20, 60.0), "find_one_fw_id": (200, 20.0),
                                       "demand": (10, 45.0), "reserve": (40, 45.0), "checkout_fw": (20, 45.0)}
 PROBE_INTERVAL_S = 0.01
-#: a long command that is faster runs back to back for this long while the small client probes
+#: a long command that is faster runs back to back for this long while the small client probes (a LaunchPad of
+#: fewer than WINDOW_FULL_AT Fireworks, the smoke run's, gets a proportionally shorter one, at least 0.2 s)
 LONG_WINDOW_S = 1.0
+WINDOW_FULL_AT = 10_000
 #: an engine whose READY count takes longer skips the count over every Firework (hopeless, and minutes long)
 SKIP_COUNT_ALL_AFTER_S = 10.0
 START_TIMEOUT_S = 600.0
@@ -357,7 +359,8 @@ def _plain(v: Any) -> Any:
     return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)[:200]
 
 
-def blocking(uri: str, db: str, probe_id: Any, long_cmd: Callable[[Any], Any]) -> dict[str, Any]:
+def blocking(uri: str, db: str, probe_id: Any, long_cmd: Callable[[Any], Any], window_s: float = LONG_WINDOW_S
+             ) -> dict[str, Any]:
     """A second client's ``find_one`` by ``_id`` every 10 ms while ``long_cmd`` runs on the first client.
 
     A command shorter than ``LONG_WINDOW_S`` is repeated back to back until the window is full, so that the
@@ -383,14 +386,14 @@ def blocking(uri: str, db: str, probe_id: Any, long_cmd: Callable[[Any], Any]) -
     th = threading.Thread(target=probe, daemon=True, name="probe")
     try:
         th.start()
-        time.sleep(0.3)
+        time.sleep(0.3 * window_s)
         l0 = time.perf_counter()
         runs = 0
-        while runs == 0 or time.perf_counter() - l0 < LONG_WINDOW_S:   # a fast one back to back, for a window
+        while runs == 0 or time.perf_counter() - l0 < window_s:   # a fast one back to back, for a window
             result = long_cmd(runner[db]["fireworks"])
             runs += 1
         l1 = time.perf_counter()
-        time.sleep(0.2)
+        time.sleep(0.2 * window_s)
     finally:
         stop.set()
         th.join(STOP_TIMEOUT_S)
@@ -439,7 +442,8 @@ def latencies(uri: str, lp: Any, loaded: dict[str, Any], n: int, log: Callable[[
                                                 "Firework would take longer, with the other client waiting as long"}
             continue
         log(f"dbserver:   a small client's find_one every 10 ms during {name} ...")
-        out["blocking"][name] = blocking(uri, lp.db.name, probe_id, cmd)
+        out["blocking"][name] = blocking(uri, lp.db.name, probe_id, cmd,
+                                         max(0.2, LONG_WINDOW_S * min(1.0, n / WINDOW_FULL_AT)))
     sortby = [("spec._priority", DESCENDING)]
 
     def reserve(k: int) -> Any:

@@ -105,6 +105,7 @@ def test_demo_default_sizes_under_three_minutes(demo_dir):
     assert wall < DEMO_LIMIT_S, f"the demo took {wall:.0f} s"
     out = res.stdout
     assert "All 3 simulations finished" in out
+    assert "started the embedded LaunchPad server" in out
     assert "$ pilot status" in out and "$ pilot report" in out
     assert f"wrote {demo_dir / 'report.png'}" in out
     assert f"pilot --config-dir {demo_dir} launchpad stop" in out
@@ -154,9 +155,9 @@ def test_demo_default_sizes_under_three_minutes(demo_dir):
     assert local["pilots"]["started"] == len(pilots)
     assert local["md_steps"] == sum(s["target_step"] for s in (c[-1] for c in chains.values()))
 
-    # the directory is the demo's own: a second demo reuses it (files kept, server reused)
-    cfg_text = (demo_dir / "clusters" / "local.yaml").read_text()
-    assert yaml.safe_load(cfg_text)["scheduler"] == "local"
+    # the directory is the demo's own: a second demo reuses it (files kept, the running server used)
+    assert yaml.safe_load((demo_dir / "clusters" / "local.yaml").read_text())["scheduler"] == "local"
+    _second_demo_reuses_the_directory_and_the_running_server(demo_dir, sims_before=3)
     stop_server(demo_dir)
     assert processes_using(demo_dir) == []
 
@@ -165,22 +166,20 @@ def test_demo_default_sizes_under_three_minutes(demo_dir):
 SHORT = ("--segments", "2", "--segment-seconds", "2")
 
 
-def test_second_demo_reuses_the_directory_and_the_running_server(demo_dir):
+def _second_demo_reuses_the_directory_and_the_running_server(demo_dir: Path, sims_before: int) -> None:
+    """Part of the test above (a demo of its own would cost the suite a demo's start-up for nothing)."""
+    before = (demo_dir / "pilot.yaml").read_text(), (demo_dir / "clusters" / "local.yaml").read_text()
     res = pilot(demo_dir, "demo", "--sims", "1", *SHORT, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "started the embedded LaunchPad server" in res.stdout
-    before = (demo_dir / "pilot.yaml").read_text(), (demo_dir / "clusters" / "local.yaml").read_text()
-    res2 = pilot(demo_dir, "demo", "--sims", "1", *SHORT, timeout=300)
-    assert res2.returncode == 0, res2.stdout[-3000:] + res2.stderr[-3000:]
-    assert "using the running embedded LaunchPad server" in res2.stdout
-    assert "wrote " + str(demo_dir / "pilot.yaml") not in res2.stdout
+    assert "using the running embedded LaunchPad server" in res.stdout
+    assert "wrote " + str(demo_dir / "pilot.yaml") not in res.stdout
     assert (
         (demo_dir / "pilot.yaml").read_text(),
         (demo_dir / "clusters" / "local.yaml").read_text(),
     ) == before
     assert (demo_dir / "demo" / "run-1").is_dir() and (demo_dir / "demo" / "run-2").is_dir()
     rdoc = json.loads(pilot(demo_dir, "report", "--json").stdout)
-    assert rdoc["totals"]["runs_finished"] == 2
+    assert rdoc["totals"]["runs_finished"] == sims_before + 1
 
 
 def test_sigterm_stops_the_pilots_and_leaves_the_work_ready(demo_dir):

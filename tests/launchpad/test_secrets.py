@@ -243,7 +243,7 @@ def test_no_command_shows_the_password(tmp_path: Path, server: EmbeddedServer, t
     # against the server: a database name that does not exist there either
     dirs = {kind: _config_dir(tmp_path / kind, lp) for kind, lp in _launchpad_files(port, "nosuchdb").items()}
     jobs = [(kind, cdir, args) for kind, cdir in dirs.items() for args in _commands(cdir)]
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:  # mostly waiting out the database timeout
         results = list(pool.map(lambda job: (job, _run(job[1], job[2])), jobs))
     found: dict[str, Any] = {}
     for (kind, _cdir, args), res in results:
