@@ -289,7 +289,7 @@ class TrackedCollectionStore(Planner, CollectionStore):
             return
         if isinstance(doc, RawBSONDocument):
             doc = decode(raw)
-        new = tuple(fi.canonical(entry_of(doc, p)) for fi, p in zip(self._fidx, self._parts))
+        new = tuple(fi.canonical(entry_of(doc, p)) for fi, p in zip(self._fidx, self._parts, strict=True))
         old = self._entries.get(pos)
         if old != new:
             for i, fi in enumerate(self._fidx):
@@ -377,7 +377,7 @@ class TrackedCollectionStore(Planner, CollectionStore):
             return
         for pos, raw in self._raw.items():
             doc = self._pinned.get(pos) or decode(raw)
-            entry = tuple(fi.canonical(entry_of(doc, p)) for fi, p in zip(self._fidx, self._parts))
+            entry = tuple(fi.canonical(entry_of(doc, p)) for fi, p in zip(self._fidx, self._parts, strict=True))
             self._entries[pos] = entry
             for fi, e in zip(self._fidx, entry, strict=True):
                 fi.add(pos, e)
