@@ -381,24 +381,33 @@ def program_name(argv: list[str]) -> str:
 
 
 class CountingTransport:
-    """Wraps a transport and counts what goes over it: commands by program, file transfers, connects."""
+    """Wraps a transport and counts what goes over it: commands by program, file transfers, connects, and when
+    each call was in flight (``intervals``, perf_counter pairs: what a cycle spent waiting on SSH)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.commands: Counter[str] = Counter()
         self.transfers = 0
+        self.intervals: list[tuple[float, float]] = []
+
+    def _timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.intervals.append((t0, time.perf_counter()))
 
     def run(self, argv: list[str], *args: Any, **kwargs: Any) -> Any:
         self.commands[program_name(argv)] += 1
-        return self.inner.run(argv, *args, **kwargs)
+        return self._timed(self.inner.run, argv, *args, **kwargs)
 
     def put(self, *args: Any, **kwargs: Any) -> Any:
         self.transfers += 1
-        return self.inner.put(*args, **kwargs)
+        return self._timed(self.inner.put, *args, **kwargs)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         self.transfers += 1
-        return self.inner.get(*args, **kwargs)
+        return self._timed(self.inner.get, *args, **kwargs)
 
     @property
     def connects(self) -> int:
@@ -409,6 +418,17 @@ class CountingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def busy_seconds(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """How long at least one of ``intervals`` was in progress between ``start`` and ``end`` (their union)."""
+    total, reach = 0.0, start
+    for a, b in sorted((max(a, start), min(b, end)) for a, b in intervals):
+        if b <= reach:
+            continue
+        total += b - max(a, reach)
+        reach = b
+    return total
 
 
 def counting_factory() -> tuple[Callable[[str, Any], CountingTransport], list[CountingTransport]]:

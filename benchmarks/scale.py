@@ -36,6 +36,7 @@ from benchmarks.common import (
     CommandCounter,
     Database,
     Slurm,
+    busy_seconds,
     counting_factory,
     ensure_cluster_venv,
     make_remote_dir,
@@ -102,6 +103,24 @@ def insert_fireworks_api(lp: Any, n: int, categories: list[str]) -> float:
 URI_ENV = "PILOT_BENCH_URI"
 
 
+#: a directory: each manager cycle of the child is run under cProfile and its stats written there
+PROFILE_ENV = "PILOT_BENCH_PROFILE_DIR"
+
+
+def _profiled(fn: Callable[[], Any], cycle: int) -> Any:
+    """``fn()``, under cProfile when PILOT_BENCH_PROFILE_DIR names a directory (``cycle<N>.pstats``)."""
+    where = os.environ.get(PROFILE_ENV)
+    if not where:
+        return fn()
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(fn)
+    finally:
+        prof.dump_stats(str(Path(where) / f"cycle{cycle}.pstats"))
+
+
 def child_main(argv: list[str]) -> int:
     """``run.py _scale-child``: build the manager, run cycles, print one JSON line with the measurements."""
     ap = argparse.ArgumentParser(prog="run.py _scale-child")
@@ -140,9 +159,11 @@ def child_main(argv: list[str]) -> int:
             agg_times.clear()
             before = counter.snapshot()
             cmd_before = {id(t): dict(t.commands) for t in made}
-            t0 = time.perf_counter()
-            report = mgr.run_cycle()
-            wall = time.perf_counter() - t0
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            report = _profiled(mgr.run_cycle, len(cycles) + 1)
+            t1 = time.perf_counter()
+            wall, cpu = t1 - t0, time.process_time() - cpu0
+            ssh = busy_seconds([iv for t in made for iv in t.intervals], t0, t1)
             db = CommandCounter.diff(counter.snapshot(), before)
             sched: dict[str, int] = {}
             for t in made:
@@ -150,7 +171,8 @@ def child_main(argv: list[str]) -> int:
                 for k, v in t.commands.items():
                     if v - prev.get(k, 0):
                         sched[k] = sched.get(k, 0) + v - prev.get(k, 0)
-            cycles.append({"wall_s": wall, "db_commands": sum(db.values()), "db_commands_by_name": db,
+            cycles.append({"wall_s": wall, "cpu_s": cpu, "ssh_busy_s": ssh, "wall_without_ssh_s": wall - ssh,
+                           "db_commands": sum(db.values()), "db_commands_by_name": db,
                            "scheduler_commands": sched, "submitted": len(report.submitted),
                            "submitted_jobs": [s["job_id"] for s in report.submitted], "errors": report.errors,
                            "ready": sum(d.ready for d in report.demand.values()),

@@ -8,10 +8,12 @@ MongoDB a boolean never equals a number, so booleans are indexed under their own
 other, as in MongoDB.
 
 Per document the index keeps one compact *entry* per indexed field (:func:`entry_of`): the single value, a
-frozenset when the path holds several values (arrays), or :data:`UNINDEXED` when a value cannot be indexed
-safely (nested arrays, numeric path parts, unsafe types): such documents are candidates for every lookup and
-the matcher decides. The entries serve three purposes: removing a document's old index keys without decoding
-its old bytes, checking a candidate against the index without decoding it, and sort keys.
+frozenset when the path goes through an array (even an empty one), or :data:`UNINDEXED` when a value cannot
+be indexed safely (nested arrays, numeric path parts, unsafe types): such documents are candidates for every lookup and
+the matcher decides. The entries serve four purposes: removing a document's old index keys without decoding
+its old bytes, checking a candidate against the index without decoding it, sort keys, and grouped counts
+(:mod:`pilot.launchpad.grouping`): a single-value entry is the value itself, and ``None`` means the field is
+missing or null, never an array.
 
 Lookups are *exact* for non-null safe values (the index alone answers ``count``), and a superset for ``null``
 (which also matches missing fields and arrays holding null): those are re-checked with the matcher.
@@ -53,6 +55,8 @@ _TRUE = _Tag("<true>")
 _FALSE = _Tag("<false>")
 #: Entry of a document whose value at the path cannot be indexed: a candidate for every lookup.
 UNINDEXED = _Tag("<unindexed>")
+#: Put in a collected set when the path went through an array (taken out again by :func:`entry_of`).
+_ARRAY = _Tag("<array>")
 
 
 def tag(v: Any) -> Any:
@@ -62,6 +66,15 @@ def tag(v: Any) -> Any:
     if v is False:
         return _FALSE
     return v
+
+
+def untag(t: Any) -> Any:
+    """The value of bucket key ``t`` (the inverse of :func:`tag`)."""
+    if t is _TRUE:
+        return True
+    if t is _FALSE:
+        return False
+    return t
 
 
 def eligible(value: Any) -> bool:
@@ -81,6 +94,7 @@ def _add(value: Any, out: set[Any]) -> bool:
 
 def _collect_leaf(value: Any, out: set[Any]) -> bool:
     if isinstance(value, list):
+        out.add(_ARRAY)
         out.add(None)  # superset: whatever an empty array or a null element matches
         for elem in value:
             if isinstance(elem, list):
@@ -108,6 +122,7 @@ def collect(value: Any, parts: tuple[str, ...], i: int, out: set[Any]) -> bool:
     if isinstance(value, list):
         if parts[i].isdigit():
             return False  # "a.0.b" means both an array position and a field named "0"
+        out.add(_ARRAY)
         out.add(None)
         for elem in value:
             if isinstance(elem, list):
@@ -124,6 +139,9 @@ def entry_of(doc: dict[str, Any], parts: tuple[str, ...]) -> Any:
     out: set[Any] = set()
     if not collect(doc, parts, 0, out):
         return UNINDEXED
+    if _ARRAY in out:
+        out.discard(_ARRAY)
+        return frozenset(out)
     if len(out) == 1:
         return next(iter(out))
     return frozenset(out)

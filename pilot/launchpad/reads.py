@@ -25,6 +25,7 @@ from mongomock import filtering, helpers
 from mongomock.filtering import filter_applies
 
 from pilot.launchpad.commands import Command, CommandBase, CommandError, Reply, Sequences
+from pilot.launchpad.grouping import group_counts
 from pilot.launchpad.sorting import sorted_keys
 from pilot.launchpad.store import TrackedCollectionStore, encode, matcher
 
@@ -172,6 +173,8 @@ class ReadCommands(CommandBase):
             flt = _validate(pipeline[0]["$match"])
             pipeline = pipeline[1:]
         counted = self._aggregate_count(cs, flt, pipeline)
+        if counted is None:
+            counted = group_counts(cs, flt, pipeline)
         if counted is not None:
             out = counted
         else:

@@ -39,7 +39,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pilot.manager.concurrency import ClusterPhases, Job, clock_time
-from pilot.manager.demand import Demand, PilotOffer, gather_demand
+from pilot.manager.demand import Demand, PilotOffer, ensure_demand_indexes, gather_demand
 from pilot.manager.holds import Holds
 from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, Decision, PilotCounts, plan
 from pilot.manager.records import PENDING_STATES, SUBMIT_FAILED, Records
@@ -97,6 +97,7 @@ class Manager:
         self.records = Records(launchpad.db)
         if not dry_run:
             self.records.ensure_indexes()
+        self._index_demand = not dry_run
         self._transport_factory = transport_factory
         self.clusters: dict[str, ClusterRuntime] = {
             name: self._runtime(name, ccfg) for name, ccfg in sorted(config.clusters.items())}
@@ -151,11 +152,17 @@ class Manager:
     def gather_demand(self) -> Demand:
         """The READY work of each category, and of it what a fresh pilot of each cluster could take.
 
-        Indexed counts (``state`` and ``spec._category`` are indexed by FireWorks) rather than one ``$group``
-        over the collection: on the embedded server a group over 100,000 Fireworks takes minutes, counts take
-        well under a second. Only work a pilot could take counts (:mod:`pilot.manager.demand`): a Firework
-        longer than any pilot, or pinned to another FWorker, costs no pilot.
+        One aggregation per cycle, whatever the number of clusters (:mod:`pilot.manager.demand`). Only work a
+        pilot could take counts: a Firework longer than any pilot, or pinned to another FWorker, costs no pilot.
+        The two indexes it needs are made sure of every cycle (two cheap commands): ``lpad reset`` drops them
+        with the collection while the manager runs. A database user without the right to create them is told
+        once; the demand is still right, only slower to count.
         """
+        if self._index_demand:
+            why = ensure_demand_indexes(self.lp.fireworks)
+            if why:
+                log.warning("%s", why)
+                self._index_demand = False
         return gather_demand(self.lp.fireworks, self.pilot_offers())
 
     # ================================================================== track (see pilot.manager.tracking)

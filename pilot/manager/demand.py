@@ -18,8 +18,14 @@ Counting all READY Fireworks instead made the manager submit pilots that idled o
 work none of them could take (issue 16: 4-hour segments on a cluster whose pilots last 90 s). The queries
 here mirror the worker's exactly, so demand and what pilots take cannot drift apart.
 
-Each cycle runs these queries once (:func:`gather_demand`); clusters whose pilots would run the same query
-share one set of counts. The queries are counted, for ``CycleReport.db_queries``.
+Each cycle asks the database **one aggregation** (:func:`demand_pipeline`): the READY and RUNNING Fireworks of
+the served categories, counted per category, state, expected duration and pinned FWorker. Every cluster's
+counts follow from those groups in Python (:func:`takeable_groups`), so the cycle's database work does not grow
+with clusters, and the groups are as many as the distinct durations, not the Fireworks (a campaign's segments
+share a few). The embedded server answers it from its indexes (:mod:`pilot.launchpad.grouping`; the manager
+creates the two it needs, :func:`ensure_demand_indexes`); MongoDB with them too. Only a cluster with its own
+``fworker_query`` (which Python cannot evaluate like the database) is counted with its own queries. The
+database commands are counted, for ``CycleReport.db_queries``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from bson.decimal128 import Decimal128
 
 from pilot.manager.policy import CategoryDemand
 
@@ -124,8 +133,88 @@ class Demand:
     queries: int = 0
 
 
+def demand_pipeline(categories: Iterable[str]) -> list[dict[str, Any]]:
+    """The cycle's one aggregation: READY and RUNNING Fireworks of ``categories`` per category, state, expected
+    duration and pinned FWorker (``$ifNull``: missing and null are the same here, "none")."""
+    return [{"$match": {"state": {"$in": ["READY", "RUNNING"]}, "spec._category": {"$in": sorted(categories)}}},
+            {"$group": {"_id": {"c": "$spec._category", "s": "$state",
+                                "w": {"$ifNull": ["$spec._pilot.walltime", None]},
+                                "f": {"$ifNull": ["$spec._fworker", None]}},
+                        "n": {"$sum": 1}}}]
+
+
+def ensure_demand_indexes(fireworks: Any) -> str | None:
+    """Index the two fields the demand groups by that FireWorks does not index (``state`` and
+    ``spec._category`` it does): the embedded server then answers the aggregation from its indexes.
+
+    Returns why it could not (a database user without the right to create indexes), or None: the demand is
+    then still right, only slower to count, so the manager warns and goes on.
+    """
+    from pymongo.errors import OperationFailure
+
+    try:
+        fireworks.create_index("spec._pilot.walltime")
+        fireworks.create_index("spec._fworker")
+    except OperationFailure as exc:
+        return (f"could not index spec._pilot.walltime and spec._fworker of the LaunchPad's fireworks "
+                f"({exc.details.get('errmsg') if exc.details else exc}): counting demand will be slower")
+    return None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Fireworks of one category and state with the same expected duration and pin."""
+
+    state: str
+    walltime: Any
+    fworker: Any
+    n: int
+
+    @property
+    def seconds(self) -> float | None:
+        """The expected duration as a number (None: none given, or not a number)."""
+        w = self.walltime
+        if isinstance(w, Decimal128):
+            w = w.to_decimal()
+        if isinstance(w, (int, float, Decimal)) and not isinstance(w, bool):
+            return float(w)
+        return None
+
+    def fits(self, usable_seconds: float) -> bool:
+        """Would a fresh pilot with ``usable_seconds`` take these? (the worker's query: no duration, or a number
+        at most the time it has; not pinned)"""
+        if self.fworker is not None:
+            return False
+        secs = self.seconds
+        return self.walltime is None or (secs is not None and secs <= usable_seconds)
+
+
+def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str, list[Group]]:
+    """Run :func:`demand_pipeline` once: its groups per category."""
+    coll.queries += 1
+    out: dict[str, list[Group]] = {}
+    for row in coll.coll.aggregate(demand_pipeline(categories)):
+        key = row["_id"]
+        out.setdefault(key["c"], []).append(Group(key["s"], key.get("w"), key.get("f"), int(row["n"])))
+    return out
+
+
+def _tally(groups: Iterable[Group], running: int, takeable: int | None = None) -> CategoryDemand:
+    """READY count, duration count and exact mean of ``groups`` (already filtered to what is counted)."""
+    ready = known = 0
+    total = 0.0
+    for g in groups:
+        ready += g.n
+        secs = g.seconds
+        if secs is not None and secs > 0:
+            known += g.n
+            total += secs * g.n
+    return CategoryDemand(ready=ready, running=running, with_duration=known,
+                          mean_duration=total / known if known else None, takeable=takeable)
+
+
 def gather_demand(fireworks: Any, offers: Iterable[PilotOffer]) -> Demand:
-    """Count the demand of one cycle with indexed counts (``state`` and ``spec._category`` lead every query).
+    """The demand of one cycle from one aggregation (plus counts for clusters with an ``fworker_query``).
 
     Parameters
     ----------
@@ -137,48 +226,47 @@ def gather_demand(fireworks: Any, offers: Iterable[PilotOffer]) -> Demand:
     Returns
     -------
     Demand
-        With ``queries``, the number of database queries it ran.
+        With ``queries``, the number of database commands it ran.
     """
     coll = CountingCollection(fireworks)
     offers = list(offers)
+    cats = sorted({c for o in offers for c in o.categories})
+    groups = read_groups(coll, cats) if cats else {}
     by_cluster: dict[tuple[str, str], CategoryDemand] = {}
     by_category: dict[str, CategoryDemand] = {}
-    for cat in sorted({c for o in offers for c in o.categories}):
-        ready = coll.count({"state": "READY", "spec._category": cat})
-        running = coll.count({"state": "RUNNING", "spec._category": cat})
-        seen: dict[str, CategoryDemand] = {}
-        queries: list[dict[str, Any]] = []
-        for o in offers:
-            if cat not in o.categories:
-                continue
-            q = takeable_query(cat, o.usable_seconds, o.query)
-            k = _key(q)
-            if k not in seen:
-                n = coll.count(q) if ready else 0
-                known, mean = _durations(coll, q, n)
-                seen[k] = CategoryDemand(ready=n, running=running, with_duration=known, mean_duration=mean)
-                queries.append(q)
-            by_cluster[(o.cluster, cat)] = seen[k]
-        takeable = _union_count(coll, queries, seen, ready)
-        known, mean = _durations(coll, {"state": "READY", "spec._category": cat}, ready)
-        by_category[cat] = CategoryDemand(ready=ready, running=running, with_duration=known,
-                                          mean_duration=mean, takeable=takeable)
+    for cat in cats:
+        ready = [g for g in groups.get(cat, ()) if g.state == "READY"]
+        running = sum(g.n for g in groups.get(cat, ()) if g.state == "RUNNING")
+        serving = [o for o in offers if cat in o.categories]
+        for o in serving:
+            if o.query:
+                by_cluster[(o.cluster, cat)] = _counted(coll, cat, o, running)
+            else:
+                by_cluster[(o.cluster, cat)] = _tally((g for g in ready if g.fits(o.usable_seconds)), running)
+        takeable = _takeable(coll, cat, serving, ready, by_cluster)
+        by_category[cat] = _tally(ready, running, takeable)
     return Demand(by_category=by_category, by_cluster=by_cluster, queries=coll.queries)
 
 
-def _union_count(coll: CountingCollection, queries: list[dict[str, Any]], seen: dict[str, CategoryDemand],
-                 ready: int) -> int:
-    """READY Fireworks that at least one of ``queries`` matches (one pilot offer is its own count).
-
-    Wall-time limits nest (a longer pilot takes whatever a shorter one takes), so with the same category the
-    union is the widest offer's count; it is still counted with ``$or`` so that the rule stays right
-    whatever clauses an offer gains.
-    """
-    if not ready or not queries:
-        return 0
-    if len(queries) == 1:
-        return seen[_key(queries[0])].ready
-    return coll.count({"$or": queries})
+def _counted(coll: CountingCollection, cat: str, offer: PilotOffer, running: int) -> CategoryDemand:
+    """What a pilot of a cluster with its own ``fworker_query`` could take, counted by the database."""
+    q = takeable_query(cat, offer.usable_seconds, offer.query)
+    n = coll.count(q)
+    known, mean = _durations(coll, q, n)
+    return CategoryDemand(ready=n, running=running, with_duration=known, mean_duration=mean)
 
 
-__all__ = ["DURATION_SAMPLE", "Demand", "PilotOffer", "gather_demand", "takeable_query"]
+def _takeable(coll: CountingCollection, cat: str, serving: list[PilotOffer], ready: list[Group],
+              by_cluster: dict[tuple[str, str], CategoryDemand]) -> int:
+    """READY Fireworks of ``cat`` that at least one serving cluster's fresh pilot could take."""
+    if any(o.query for o in serving):
+        queries = [takeable_query(cat, o.usable_seconds, o.query) for o in serving]
+        unique = {_key(q): q for q in queries}
+        if len(unique) == 1:
+            return by_cluster[(serving[0].cluster, cat)].ready
+        return coll.count({"$or": list(unique.values())}) if ready else 0
+    return sum(g.n for g in ready if any(g.fits(o.usable_seconds) for o in serving))
+
+
+__all__ = ["DURATION_SAMPLE", "Demand", "PilotOffer", "demand_pipeline", "ensure_demand_indexes", "gather_demand",
+           "takeable_query"]
