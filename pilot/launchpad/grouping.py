@@ -21,10 +21,14 @@ in ``$ifNull: [..., null]``, where both are null.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from pilot.launchpad.index import UNINDEXED, untag
+from pilot.launchpad.index import UNINDEXED, exact_tags, untag
 
 if TYPE_CHECKING:
     from pilot.launchpad.store import TrackedCollectionStore
@@ -114,6 +118,64 @@ def _key_value(cs: TrackedCollectionStore, pos: int, entry: Any, part: GroupKey)
     return entry  # still a tag: True and 1 must stay apart as keys (untagged for the output)
 
 
+#: entries counted between two pauses for waiting writers
+CHUNK = 8192
+
+
+def _matches(cs: TrackedCollectionStore, flt: dict[str, Any]) -> tuple[list[int], list[tuple[int, frozenset[Any]]]]:
+    """The positions matching ``flt`` (an exact filter: :meth:`Planner.exact`) from the index buckets alone
+    (set operations, no per-document Python), and the ``(slot, tags)`` conditions to re-check after a pause."""
+    conds = []
+    for field, cond in flt.items():
+        slot, tags = cs.field_slot(field), exact_tags(cond)
+        if slot is None or tags is None:
+            raise _NotPlain(field)
+        conds.append((slot, tags))
+    if not conds:
+        return list(cs.entries()), []
+    sets = sorted((cs._fidx[slot].keys(tags, with_unindexed=False) for slot, tags in conds), key=len)
+    found = sets[0].intersection(*sets[1:]) if len(sets) > 1 else sets[0]
+    return sorted(found), conds
+
+
+def _still_matches(entry: tuple[Any, ...], conds: list[tuple[int, frozenset[Any]]]) -> bool:
+    for slot, tags in conds:
+        e = entry[slot]
+        if e is UNINDEXED:
+            raise _NotPlain("a document changed to a value the index does not hold")
+        if not (not tags.isdisjoint(e) if type(e) is frozenset else e in tags):
+            return False
+    return True
+
+
+def _one(slot: int, entry: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (entry[slot],)
+
+
+def _count_keys(cs: TrackedCollectionStore, flt: dict[str, Any], slots: list[int]) -> Counter[tuple[Any, ...]]:
+    """How many matching documents have each tuple of entries at ``slots``: counted by C loops over chunks
+    of the entries, pausing between chunks for waiting writers; after a pause that let one run, the rest is
+    checked again against the filter (documents may have changed or gone meanwhile)."""
+    positions, conds = _matches(cs, flt)
+    entries = cs.entries()
+    get: Callable[[tuple[Any, ...]], Any] = itemgetter(*slots)
+    if len(slots) == 1:  # itemgetter of one item gives the item, not a 1-tuple
+        get = partial(_one, slots[0])
+    counts: Counter[tuple[Any, ...]] = Counter()
+    epoch, layout, changed = cs.epoch, cs.layout, False
+    for i in range(0, len(positions), CHUNK):
+        chunk = positions[i:i + CHUNK]
+        if changed:
+            if cs.epoch != epoch or cs.layout != layout or cs.pinned():
+                raise _NotPlain("the collection or its indexes changed, or a write is under way")
+            rows = [e for e in map(entries.get, chunk) if e is not None and _still_matches(e, conds)]
+        else:
+            rows = [entries[p] for p in chunk]
+        counts.update(map(get, rows))
+        changed = cs.pause() or changed
+    return counts
+
+
 def group_counts(cs: TrackedCollectionStore, flt: dict[str, Any], pipeline: list[dict[str, Any]]
                  ) -> list[dict[str, Any]] | None:
     """The documents ``pipeline`` (after its ``$match``, ``flt``) outputs, from the index entries; None when
@@ -128,19 +190,33 @@ def group_counts(cs: TrackedCollectionStore, flt: dict[str, Any], pipeline: list
     slots = [s for s in found if s is not None]
     if len(slots) != len(parts) or cs.pinned() or (flt and not cs.exact(flt)):
         return None
-    cand, checks = cs.plan(flt, exact=True) if flt else (None, [])
-    counts: dict[tuple[Any, ...], list[Any]] = {}
     try:
-        for pos in cs.positions(cand, checks):
-            key = tuple(_key_value(cs, pos, cs.entry(pos, s), p) for s, p in zip(slots, parts, strict=True))
-            seen = counts.get(key)
-            if seen is None:
-                counts[key] = [key, 1]
-            else:
-                seen[1] += 1
+        counts = _count_keys(cs, flt, slots)
+        if any(_needs_document(key, parts) for key in counts):
+            counts = _count_by_position(cs, flt, slots, parts)
     except _NotPlain:
         return None
-    return [_output(parts, counters, key, n) for key, n in counts.values()]
+    return [_output(parts, counters, key, n) for key, n in counts.items()]
+
+
+def _needs_document(key: tuple[Any, ...], parts: list[GroupKey]) -> bool:
+    """Does a key need the documents? (a value that is not plain raises; missing vs null needs decoding)"""
+    need = False
+    for v, p in zip(key, parts, strict=True):
+        if v is UNINDEXED or type(v) is frozenset:
+            raise _NotPlain(p.path)
+        need = need or (v is None and not p.if_null and p.name is not None)
+    return need
+
+
+def _count_by_position(cs: TrackedCollectionStore, flt: dict[str, Any], slots: list[int], parts: list[GroupKey]
+                       ) -> Counter[tuple[Any, ...]]:
+    """The slow count, one document at a time, decoding those whose entry says missing-or-null."""
+    cand, checks = cs.plan(flt, exact=True) if flt else (None, [])
+    counts: Counter[tuple[Any, ...]] = Counter()
+    for pos in cs.positions(cand, checks):
+        counts[tuple(_key_value(cs, pos, cs.entry(pos, s), p) for s, p in zip(slots, parts, strict=True))] += 1
+    return counts
 
 
 def _output(parts: list[GroupKey], counters: list[str], key: tuple[Any, ...], n: int) -> dict[str, Any]:

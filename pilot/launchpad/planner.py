@@ -48,7 +48,7 @@ class Planner:
     name: str
     epoch: int
     layout: int
-    pause: Callable[[], None]
+    pause: Callable[[], bool]
 
     def doc_at(self, pos: int) -> dict[str, Any] | None:
         raise NotImplementedError

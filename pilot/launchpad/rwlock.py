@@ -142,16 +142,17 @@ class RWLock:
         finally:
             self.release_shared()
 
-    def pause(self) -> None:
-        """Between two chunks of a long read: let waiting writers run, then continue.
+    def pause(self) -> bool:
+        """Between two chunks of a long read: let waiting writers run, then continue; True if it did.
 
         Only a thread that holds the shared side once (not nested, not a writer) yields; anything else is a
         no-op, so scans may call this unconditionally. The caller must not rely on anything it read before
         the pause staying as it was (documents may change: MongoDB's yielding read semantics).
         """
         if self._writer == threading.get_ident() or getattr(self._local, "reads", 0) != 1:
-            return
+            return False
         if not self._waiting_writers:
-            return
+            return False
         self.release_shared()
         self.acquire_shared()
+        return True

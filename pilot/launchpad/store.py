@@ -79,7 +79,7 @@ class Tracker:
     def __init__(self) -> None:
         self.ops: list[dict[str, Any]] = []
         self._dirty: dict[int, TrackedCollectionStore] = {}
-        self.pause: Callable[[], None] = lambda: None
+        self.pause: Callable[[], bool | None] = lambda: None
         self.is_writing: Callable[[], bool] = lambda: False
         self.restored = False
 
@@ -150,8 +150,9 @@ class TrackedCollectionStore(Planner, CollectionStore):
         self._next_pos = 0
         self._entries: dict[int, tuple[Any, ...]] = {}
 
-    def pause(self) -> None:
-        self._tracker.pause()
+    def pause(self) -> bool:
+        """Let waiting writers in (see :meth:`pilot.launchpad.rwlock.RWLock.pause`); True if any ran."""
+        return bool(self._tracker.pause())
 
     # -- mongomock's access points ---------------------------------------------------------------
     @property

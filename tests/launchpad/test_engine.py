@@ -419,3 +419,32 @@ def test_grouped_counts_come_from_the_index_unless_a_value_is_not_plain():
         b.tracker.collect()
         with b.lock.shared():
             assert group_counts(cs, {"s": {"$in": ["R"]}}, stage) is None, bad
+
+
+def test_a_grouped_count_lets_writers_in_and_counts_what_still_matches(monkeypatch):
+    """Counted in chunks with a pause for waiting writers between them: a document that a writer moved out of
+    the $match or deleted meanwhile is not counted (each document as it is when its chunk is counted)."""
+    from pilot.launchpad import grouping
+
+    b = _backend_with(300)  # state READY for _id % 3 != 0 (200 documents), DONE for the rest
+    cs = b.cstore("t", "c")
+    monkeypatch.setattr(grouping, "CHUNK", 50)
+    calls = {"n": 0}
+
+    def pause() -> bool:
+        calls["n"] += 1
+        if calls["n"] != 1:
+            return False
+        b.lock.release_shared()
+        try:
+            _write(b, "update", {"updates": [{"q": {"_id": 298}, "u": {"$set": {"state": "DONE"}}}]})
+            _write(b, "delete", {"deletes": [{"q": {"_id": 299}, "limit": 1}]})
+        finally:
+            b.lock.acquire_shared()
+        return True
+
+    monkeypatch.setattr(cs, "pause", pause)
+    stage = [{"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+    with b.lock.shared():
+        out = grouping.group_counts(cs, {"state": {"$in": ["READY"]}}, stage)
+    assert out == [{"_id": "READY", "n": 198}] and calls["n"] >= 2
