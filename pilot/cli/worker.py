@@ -79,15 +79,18 @@ def _query(text: str | None) -> dict[str, Any] | None:
               help="Seconds between two heartbeats written into --record.")
 @click.option("--deadline", type=float, default=None,
               help="End of the job's wall time, epoch seconds. Default: environment PILOT_DEADLINE.")
-@click.option("--no-deadline", is_flag=True, help="Run without a deadline (until idle or a signal).")
+@click.option("--no-deadline", is_flag=True, help="Run without a deadline (until idle or a signal; SIGUSR1 then "
+              "stops the work, with a deadline it is only logged).")
 @click.option("--margin", type=float, default=60.0, show_default=True,
               help="Seconds kept free before the deadline: a Firework is pulled only if spec._pilot.walltime "
                    "<= time left - margin; pulling stops when time left <= margin; a running Firework is "
                    "stopped at deadline - margin/2.")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True,
-              help="Exit after this many seconds without matching READY work.")
+              help="Exit after this many seconds without matching READY work (at once when READY work is "
+                   "there that a fresh pilot would take but that no longer fits the time left).")
 @click.option("--grace", type=float, default=30.0, show_default=True,
-              help="Seconds a Firework gets after SIGTERM (on SIGUSR1 or the deadline) before SIGKILL.")
+              help="Seconds a Firework gets after SIGTERM (at deadline - margin/2, or on SIGUSR1 with "
+                   "--no-deadline) before SIGKILL.")
 @click.option("--term-grace", type=float, default=1.0, show_default=True,
               help="Grace when the worker itself gets SIGTERM/SIGINT (the batch system SIGKILLs soon after: "
                    "SLURM KillWait).")

@@ -9,12 +9,15 @@ The worker is a small supervisor around FireWorks' own :func:`fireworks.core.roc
   own ``launcher_*`` directory, where FireWorks' ``launch_rocket`` runs it; the Rocket's own LaunchPad calls
   (checkout, ping, complete) are executed by the worker on its warm connection (a killed child can never
   leave them half written), anything else a task does with the LaunchPad uses the child's own connection;
-* on the batch system's pre-walltime signal (SIGUSR1), on SIGTERM/SIGINT, or when the deadline comes close
-  (``deadline - margin/2``) it takes no new work, sends SIGTERM to the running Firework's process group,
+* when the deadline comes close (``deadline - margin/2``), on SIGTERM/SIGINT, or, for a worker without a
+  deadline, on the batch system's pre-walltime signal (SIGUSR1; with a deadline it is only logged: the
+  scheduler sends it early, the deadline is known) it takes no new work, sends SIGTERM to the running
+  Firework's process group,
   waits a grace period, SIGKILLs the group if needed, and makes sure the Firework is not left RUNNING: a
   result the task reported stands; a launch that is still RUNNING is archived (marked FIZZLED with a message)
   and the Firework goes back to READY;
-* it leaves when no matching work has come for ``--idle-timeout`` seconds, so the allocation is released.
+* it leaves when no matching work has come for ``--idle-timeout`` seconds, so the allocation is released, and
+  at once when READY work is there that a fresh pilot would take but that no longer fits its own time left.
 
 FireTasks learn the deadline from the environment (``PILOT_DEADLINE``, epoch seconds; ``PILOT_STOP_AT``, when
 the worker will send SIGTERM; ``PILOT_NAME``), so ``tasks/`` never imports this module.

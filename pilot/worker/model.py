@@ -37,6 +37,8 @@ class StopReason(enum.Enum):
 
     IDLE = "no matching work for the idle timeout"
     DEADLINE = "deadline reached (time left minus margin <= 0)"
+    #: READY work is there but none fits the time left; a fresh pilot would take it
+    NOTHING_FITS = "READY work, but none fits the time left"
     SIGNAL = "stop signal"
 
 

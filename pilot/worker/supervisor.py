@@ -1,5 +1,11 @@
 """The worker's loop: pull a Firework that fits the time left, run it in a child, supervise it (signals, the
-deadline, the grace period), settle it, repeat; stop when idle, at the deadline or on a signal."""
+deadline, the grace period), settle it, repeat; stop when idle, when READY work no longer fits the time left, at
+the deadline or on a stop signal.
+
+With a deadline, the batch system's pre-walltime signal (SIGUSR1) is only logged: SLURM sends it up to 60 s
+earlier than asked (sbatch(1), ``--signal``), LSF rounds ``-wt`` up to whole minutes, and the worker knows the
+deadline itself; stopping on the signal gave that time away (issue 18: 7 pilots instead of 5 in the wall-time
+campaign). Without a deadline (``--no-deadline``) SIGUSR1 is the only warning there is, and stops the work."""
 
 from __future__ import annotations
 
@@ -68,6 +74,15 @@ class Worker:
         self.cfg = config
         self.summary = Summary()
         self._signals: list[int] = []
+        #: epoch seconds at which SIGUSR1 came while the worker has a deadline (noted, not a stop); logged by
+        #: :meth:`_log_warnings` from the loops, not from the handler (the logging module is not reentrant)
+        self._warnings: list[float] = []
+        self._warnings_logged = 0
+        #: the time a new Firework could take when the worker began (:meth:`available` then): about what a
+        #: fresh pilot of this cluster gets; READY work longer than this would not fit a fresh pilot either
+        self._usable_at_start = math.inf
+        #: the smallest READY walltime last reported as too long for this pilot (logged once per value)
+        self._too_long_logged: Any = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -85,8 +100,22 @@ class Worker:
 
     # ------------------------------------------------------------------ setup
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if signum != signal.SIGCHLD:
-            self._signals.append(signum)
+        if signum == signal.SIGCHLD:
+            return
+        if signum == signal.SIGUSR1 and self.cfg.deadline is not None:
+            self._warnings.append(time.time())  # the deadline rules: noted, not a stop (module docstring)
+            return
+        self._signals.append(signum)
+
+    def _log_warnings(self) -> None:
+        """Log the SIGUSR1s that came since the last call (with a deadline they stop nothing)."""
+        while self._warnings_logged < len(self._warnings):
+            at = self._warnings[self._warnings_logged]
+            self._warnings_logged += 1
+            ahead = (self.cfg.deadline or at) - at
+            LOG.info("SIGUSR1 (pre-walltime signal) %.0f s before the deadline (margin %g s): nothing is stopped, "
+                     "the worker goes by its deadline (work that fits until deadline - margin, a running "
+                     "Firework until deadline - margin/2)", ahead, self.cfg.margin)
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -173,6 +202,7 @@ class Worker:
             self.children.lp_dict = self.lp.to_dict()
             install_worker_hooks(self.lp)
             _log_start(self.cfg, self.time_left())
+            self._usable_at_start = self.available()
             self._start_heartbeat()
             reason = self._loop(self.children, CallServer(self.lp, self.children, self._stop_requested, self.db),
                                 Settler(self.cfg, self.lp, self.db, self._crashed))
@@ -187,6 +217,7 @@ class Worker:
         finally:
             if self.children is not None:
                 self.children.close()
+        self._log_warnings()
         if code == EXIT_OK:
             text = reason.value
             if reason is StopReason.SIGNAL:
@@ -215,6 +246,7 @@ class Worker:
                 raise ForkServerGone(f"the fork server (pid {children.forkserver.pid}) of the worker died")
             if children.exiting:
                 children.reap_exiting()
+            self._log_warnings()
             if self._stop_requested():
                 return StopReason.SIGNAL
             avail = self.available()
@@ -224,6 +256,8 @@ class Worker:
             if not work_hint:
                 try:
                     has_work = self.db("checking for READY work", self.lp.run_exists, fworker, stoppable=True)
+                    if not has_work and self._nothing_fits(avail):
+                        return StopReason.NOTHING_FITS
                 except StopRequested:
                     return StopReason.SIGNAL
                 if not has_work:
@@ -251,6 +285,35 @@ class Worker:
                 backoff = min(backoff * 2.0, 10.0)
             else:  # NO_WORK: another pilot was faster, or the work no longer fits
                 work_hint = False
+
+    def _nothing_fits(self, avail: float) -> bool:
+        """True when READY work of this worker is there but none fits the ``avail`` seconds left, and a fresh
+        pilot would take it: the worker should leave at once, the manager submits a fresh pilot for that work
+        (waiting ``--idle-timeout`` would only hold the allocation). Asked when the pull query found nothing:
+        one more query, the same without its wall-time clause, for the smallest READY walltime.
+
+        READY work longer than the usable time this pilot had at its start would not fit a fresh pilot either
+        (nor is it the manager's demand): then the worker waits for work as before (the idle timeout), and
+        says once why that work is not taken."""
+        if not math.isfinite(avail):
+            return False
+        query = {**self.fworker(math.inf).query, "state": "READY"}
+        doc = self.db("looking for READY work too long for the time left", self.lp.fireworks.find_one, query,
+                      {"spec._pilot.walltime": 1, "_id": 0}, sort=[("spec._pilot.walltime", 1)], stoppable=True)
+        pilot = ((doc or {}).get("spec") or {}).get("_pilot")
+        smallest = pilot.get("walltime") if isinstance(pilot, dict) else None
+        if isinstance(smallest, bool) or not isinstance(smallest, (int, float)):
+            return False  # none, work that fits came in between, or a walltime no pilot can match
+        if smallest <= self._usable_at_start:
+            LOG.info("READY work needs at least %g s (smallest spec._pilot.walltime), %.0f s usable left (time "
+                     "left - margin %g s): leaving now for a fresh pilot", smallest, avail, self.cfg.margin)
+            return True
+        if smallest != self._too_long_logged:
+            self._too_long_logged = smallest
+            LOG.info("READY work needs at least %g s (smallest spec._pilot.walltime), more than this pilot had "
+                     "at its start (%.0f s usable): a fresh pilot would not take it either; waiting for work "
+                     "that fits (a longer pilot walltime would take it)", smallest, self._usable_at_start)
+        return False
 
     # ------------------------------------------------------------------ one Firework
     def _run_one(self, children: ChildPool, calls: CallServer, settler: Settler, fworker: Any) -> LaunchRecord:
@@ -298,7 +361,7 @@ class Worker:
         while handled < len(self._signals):
             sig = self._signals[handled]
             handled += 1
-            if sig == signal.SIGUSR1:
+            if sig == signal.SIGUSR1:  # only without a deadline (:meth:`_on_signal`)
                 self._begin_stop(child, self.cfg.grace, "SIGUSR1 (pre-walltime signal)")
             else:
                 name = signal.Signals(sig).name
@@ -327,6 +390,7 @@ class Worker:
                 # which the worker reaps in the background while the next Firework starts.
                 return
             handled = self._handle_signals(child, handled)  # stop requests
+            self._log_warnings()
             trigger = self._next_stop_trigger()
             if trigger is not None and trigger <= 0 and child.stop_sent_at is None:
                 self._begin_stop(child, self.cfg.grace, "deadline - margin/2 reached")

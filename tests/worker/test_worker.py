@@ -169,6 +169,10 @@ def test_firework_too_long_for_the_time_left_is_not_taken(launchpad, tmp_path, w
     assert fw_doc(launchpad, short_id)["state"] == "COMPLETED"
     assert fw_doc(launchpad, open_id)["state"] == "COMPLETED"
     assert "2 Fireworks run (2 completed" in w.log()
+    # what is left (115 s and more) did not fit even when the pilot began (~100 s usable): a fresh pilot would
+    # not take it either, so the worker does not leave for it at once but waits for work that fits
+    assert "READY work needs at least 115 s" in w.log() and "a fresh pilot would not take it either" in w.log()
+    assert "stopped: no matching work for the idle timeout" in w.log()
 
 
 def test_several_categories_are_pulled(launchpad, tmp_path, workers):
@@ -221,9 +225,10 @@ def _check_stopped(launchpad, trap_id, plain_id, w_trap, w_plain, sleep_s) -> No
 
 
 def test_sigusr1_stops_tasks_and_requeues_unfinished(launchpad, tmp_path, workers):
+    """Without a deadline SIGUSR1 is the only warning the worker gets: it stops the work (with a deadline it is
+    only logged: test_deadline_stops_tasks_and_sigusr1_does_not)."""
     trap_id, plain_id, w_trap, w_plain, sleep_s = _start_trap_and_plain(
-        launchpad, tmp_path, workers, "--deadline", str(time.time() + 3600), "--margin", "60",
-        "--idle-timeout", "60", "--grace", "20")
+        launchpad, tmp_path, workers, "--no-deadline", "--idle-timeout", "60", "--grace", "20")
     t0 = time.monotonic()
     for w in (w_trap, w_plain):
         os.kill(w.pid, signal.SIGUSR1)
@@ -254,12 +259,19 @@ def test_task_ignoring_sigterm_is_killed_after_grace(launchpad, tmp_path, worker
 
 
 # --------------------------------------------------------------------------- 4. deadline without a signal
-def test_deadline_without_signal(launchpad, tmp_path, workers):
-    # deadline in 12 s, margin 8 s: work fits for ~4 s, tasks are asked to stop at deadline - 4 s
+def test_deadline_stops_tasks_and_sigusr1_does_not(launchpad, tmp_path, workers):
+    """deadline in 12 s, margin 8 s: work fits for ~4 s, tasks are asked to stop at deadline - 4 s. One of the
+    two workers gets SIGUSR1 (the pre-walltime signal) while its task runs: with a deadline it only logs it,
+    its task goes on and is stopped by the deadline like the other's."""
     deadline = time.time() + 12
     trap_id, plain_id, w_trap, w_plain, sleep_s = _start_trap_and_plain(
         launchpad, tmp_path, workers, "--deadline", str(deadline), "--margin", "8", "--idle-timeout", "60",
         "--grace", "2")
+    os.kill(w_plain.pid, signal.SIGUSR1)
+    wait_for(lambda: "SIGUSR1 (pre-walltime signal)" in w_plain.log(), 10, 0.1, "the worker to log SIGUSR1")
+    assert processes_with_cmdline("sleep", sleep_s) and running_launch(launchpad, plain_id), w_plain.log()
+    assert re.search(r"SIGUSR1 \(pre-walltime signal\) \d+ s before the deadline \(margin 8 s\): nothing is "
+                     r"stopped", w_plain.log())
     assert w_trap.wait(30) == 0, w_trap.log()
     assert w_plain.wait(30) == 0, w_plain.log()
     assert deadline - 4.5 <= time.time() <= deadline + 1
