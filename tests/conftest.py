@@ -31,14 +31,26 @@ def pytest_addoption(parser):
                      help="also run the long chaos soak test (marker `soak`; or set PILOT_SOAK=1)")
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m/--deselect have taken their items out
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``soak`` take many minutes and stop shared daemons: skipped unless asked for."""
+    """Tests marked ``soak`` take many minutes and stop shared daemons: skipped unless asked for. FireWorks'
+    own suite, when collected, starts now in the background (tests/launchpad/test_fireworks_suite.py)."""
+    from tests.launchpad import test_fireworks_suite
+
+    test_fireworks_suite.start_in_background(items)
     if config.getoption("--soak") or os.environ.get("PILOT_SOAK", "") == "1":
         return
     skip = pytest.mark.skip(reason="the soak test runs only with --soak or PILOT_SOAK=1 (docs/testing.md)")
     for item in items:
         if item.get_closest_marker("soak") is not None:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Whatever of FireWorks' background suite is left (its test was not reached): stopped, its files removed."""
+    from tests.launchpad import test_fireworks_suite
+
+    test_fireworks_suite.stop_background()
 
 
 def _need_infra() -> None:

@@ -13,6 +13,10 @@ they are, in a pytest subprocess, against ``pilot launchpad serve`` with authent
   failure fails this test with the failing test's output; a known one that passes again fails it too, so that
   the list stays honest (docs/launchpad-server.md, "FireWorks' own test suite", holds the same list).
 
+The suite is mostly FireWorks' own sleeps (about a minute): when this test is collected, ``tests/conftest.py``
+starts it in the background right away, so that it overlaps the tests before this one, and the test waits for
+it and judges it (run on its own, it runs in the foreground).
+
 The version is pinned (pyproject.toml, the ``test`` extra): another FireWorks fails this test with a clear
 message instead of silently checking something else.
 """
@@ -25,9 +29,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import site
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -148,7 +154,8 @@ def copy_package(dest: Path) -> list[str]:
     return added
 
 
-def run_suite(server: EmbeddedServer, work: Path, junit: Path) -> subprocess.CompletedProcess[str]:
+def start_suite(server: EmbeddedServer, work: Path, junit: Path) -> subprocess.Popen[bytes]:
+    """Start FireWorks' suite (a pytest subprocess) against ``server``; its output goes to ``work/suite.out``."""
     pkg, home, cwd = work / "pkg", work / "home", work / "run"
     for d in (home, cwd):
         d.mkdir(parents=True)
@@ -167,7 +174,80 @@ def run_suite(server: EmbeddedServer, work: Path, junit: Path) -> subprocess.Com
     cmd = [sys.executable, "-m", "pytest", "-c", str(pkg / "pytest.ini"), "--rootdir", str(pkg),
            "-p", "tests.launchpad.fw_suite_plugin", "-p", "no:cacheprovider", "--continue-on-collection-errors",
            "-q", "-rfEs", f"--junitxml={junit}", *deselect, str(pkg / "fireworks")]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    with open(work / "suite.out", "wb") as out:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+@dataclass
+class SuiteRun:
+    """FireWorks' suite running against a server of its own, in ``work`` (see :func:`begin`)."""
+
+    work: Path
+    server: EmbeddedServer
+    proc: subprocess.Popen[bytes]
+    added: list[str]
+    commands_before: int
+    t0: float
+
+    def finish(self) -> tuple[int, str, float, int]:
+        """Wait for the suite (at most RUN_TIMEOUT from its start), stop the server: exit code, output tail,
+        seconds, server commands it caused."""
+        try:
+            code = self.proc.wait(max(1.0, RUN_TIMEOUT - (time.monotonic() - self.t0)))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = -9
+        elapsed = time.monotonic() - self.t0
+        try:
+            commands = _server_commands(self.server) - self.commands_before
+        finally:
+            self.server.stop()
+        return code, (self.work / "suite.out").read_text(errors="replace")[-5000:], elapsed, commands
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+def begin(work: Path) -> SuiteRun:
+    """Copy the package, start a server and the suite in ``work``; the caller finishes or kills the run."""
+    added = copy_package(work / "pkg")
+    server = EmbeddedServer(work / "data").start()
+    try:
+        before = _server_commands(server)
+        return SuiteRun(work, server, start_suite(server, work, work / "junit.xml"), added, before, time.monotonic())
+    except BaseException:
+        server.stop()
+        raise
+
+
+# ---------------------------------------------------------------- started at collection, judged by the test
+#: the run started by :func:`start_in_background` (tests/conftest.py, when the test is collected)
+_BACKGROUND: dict[str, SuiteRun] = {}
+TEST_NAME = "test_fireworks_own_suite_passes_against_the_server"
+
+
+def start_in_background(items: list[pytest.Item]) -> None:
+    """When the suite's test is collected, start FireWorks' suite now, in the background: it is mostly
+    FireWorks' own sleeps (a minute), which then overlap the tests before it instead of adding to the run's
+    time. The test waits for it and judges it; :func:`stop_background` cleans up whatever is left."""
+    if not any(item.name == TEST_NAME for item in items) or _version_problem():
+        return
+    work = Path(tempfile.mkdtemp(prefix="pilot-fw-suite-"))
+    try:
+        _BACKGROUND["run"] = begin(work)
+    except Exception:  # noqa: BLE001 - the test starts it again in the foreground and reports the error
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_background() -> None:
+    run = _BACKGROUND.pop("run", None)
+    if run is not None:
+        run.kill()
+        run.server.stop()
+        shutil.rmtree(run.work, ignore_errors=True)
 
 
 @dataclass
@@ -229,38 +309,42 @@ def _server_commands(server: EmbeddedServer) -> int:
         return int(sum(c.admin.command("pilotStats")["commands"].values()))
 
 
-@pytest.mark.slow
-def test_fireworks_own_suite_passes_against_the_server(tmp_path):
+def _version_problem() -> str | None:
     import fireworks
 
     pin = pinned_version()
-    if fireworks.__version__ != pin:
-        pytest.fail(f"FireWorks {fireworks.__version__} is installed, but its own test suite is checked against "
-                    f"FireWorks {pin} (pyproject.toml, test extra) with a list of known failures for that version: "
-                    f"install it (pip install -e '.[test]'), or move the pin and review KNOWN in {__file__} and "
-                    "docs/launchpad-server.md")
-    added = copy_package(tmp_path / "pkg")
-    server = EmbeddedServer(tmp_path / "data").start()
+    if fireworks.__version__ == pin:
+        return None
+    return (f"FireWorks {fireworks.__version__} is installed, but its own test suite is checked against FireWorks "
+            f"{pin} (pyproject.toml, test extra) with a list of known failures for that version: install it (pip "
+            f"install -e '.[test]'), or move the pin and review KNOWN in {__file__} and docs/launchpad-server.md")
+
+
+@pytest.mark.slow
+def test_fireworks_own_suite_passes_against_the_server(tmp_path):
+    problem = _version_problem()
+    if problem:
+        pytest.fail(problem)
+    run = _BACKGROUND.pop("run", None) or begin(tmp_path)   # started at collection unless run on its own
     try:
-        before = _server_commands(server)
-        t0 = time.monotonic()
-        proc = run_suite(server, tmp_path, tmp_path / "junit.xml")
-        elapsed = time.monotonic() - t0
-        commands = _server_commands(server) - before
+        code, out, elapsed, commands = run.finish()
+        log = run.server.log_path.read_text()[-2000:]
+        junit = run.work / "junit.xml"
+        tail = f"\n--- pytest output (tail)\n{out}"
+        assert junit.exists(), f"FireWorks' suite wrote no report (exit {code}){tail}"
+        results = parse_junit(junit)
     finally:
-        server.stop()
-    tail = f"\n--- pytest output (tail)\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    assert (tmp_path / "junit.xml").exists(), f"FireWorks' suite wrote no report (exit {proc.returncode}){tail}"
-    results = parse_junit(tmp_path / "junit.xml")
+        if run.work != tmp_path:
+            shutil.rmtree(run.work, ignore_errors=True)
     counts = {o: sum(1 for r in results.values() if r.outcome == o) for o in ("passed", "failure", "error", "skipped")}
-    print(f"FireWorks {pin} suite against the embedded server: {counts} in {elapsed:.1f} s, {commands} server "
-          f"commands; data files supplied from the sdist: {added}")
+    print(f"FireWorks {pinned_version()} suite against the embedded server: {counts} in {elapsed:.1f} s, {commands} "
+          f"server commands; data files supplied from the sdist: {run.added}")
     # the suite really talked to this server (and not, say, to a MongoDB on localhost:27017)
     assert commands > 5000, f"only {commands} commands reached the server{tail}"
     assert counts["passed"] >= 190, f"only {counts['passed']} FireWorks tests passed{tail}"
     problems, notes = judge(results)
     print("\n".join(notes))
-    assert not problems, "\n\n".join(problems) + f"\n--- server log (tail)\n{server.log_path.read_text()[-2000:]}"
+    assert not problems, "\n\n".join(problems) + f"\n--- server log (tail)\n{log}"
 
 
 def _as_expected() -> dict[str, Result]:
