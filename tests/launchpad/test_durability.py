@@ -599,7 +599,7 @@ def test_kill9_at_random_points_keeps_every_acknowledged_write_whole(own_server,
         for wr in writers:
             wr.pair_sent = pairs[wr.w][1]
             wr.start()
-        time.sleep(rng.uniform(0.05, 0.8))
+        time.sleep(rng.uniform(0.05, 0.5))
         srv.kill9()
         for wr in writers:
             wr.join(30)

@@ -99,7 +99,7 @@ def test_slurmctld_down_for_three_cycles_reruns_nothing(world, launchpad, slurm_
             down = []
             for _ in range(3):
                 down.append(mgr.run_cycle())
-                time.sleep(3)
+                time.sleep(1.5)   # longer than the pilots' heartbeat interval (1 s): they beat through it
         finally:
             _slurmctld(slurm_cluster2, start=True)
         assert all("pilotci2" in r.errors for r in down), [r.errors for r in down]
