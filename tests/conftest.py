@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
     own suite, when collected, starts now in the background (tests/launchpad/test_fireworks_suite.py)."""
     from tests.launchpad import test_fireworks_suite
 
-    test_fireworks_suite.start_in_background(items)
+    test_fireworks_suite.start_in_background(config, items)
     if config.getoption("--soak") or os.environ.get("PILOT_SOAK", "") == "1":
         return
     skip = pytest.mark.skip(reason="the soak test runs only with --soak or PILOT_SOAK=1 (docs/testing.md)")

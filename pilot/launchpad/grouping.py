@@ -164,16 +164,23 @@ def _count_keys(cs: TrackedCollectionStore, flt: dict[str, Any], slots: list[int
     counts: Counter[tuple[Any, ...]] = Counter()
     epoch, layout, changed = cs.epoch, cs.layout, False
     for i in range(0, len(positions), CHUNK):
+        if i:
+            changed = cs.pause() or changed
         chunk = positions[i:i + CHUNK]
         if changed:
-            if cs.epoch != epoch or cs.layout != layout or cs.pinned():
-                raise _NotPlain("the collection or its indexes changed, or a write is under way")
+            _unchanged(cs, epoch, layout)
             rows = [e for e in map(entries.get, chunk) if e is not None and _still_matches(e, conds)]
         else:
             rows = [entries[p] for p in chunk]
         counts.update(map(get, rows))
-        changed = cs.pause() or changed
     return counts
+
+
+def _unchanged(cs: TrackedCollectionStore, epoch: int, layout: int) -> None:
+    """Slots and entries read before a pause still mean the same: no drop, no index change, no write under way
+    (else the general path answers)."""
+    if cs.epoch != epoch or cs.layout != layout or cs.pinned():
+        raise _NotPlain("the collection or its indexes changed, or a write is under way")
 
 
 def group_counts(cs: TrackedCollectionStore, flt: dict[str, Any], pipeline: list[dict[str, Any]]
@@ -190,10 +197,11 @@ def group_counts(cs: TrackedCollectionStore, flt: dict[str, Any], pipeline: list
     slots = [s for s in found if s is not None]
     if len(slots) != len(parts) or cs.pinned() or (flt and not cs.exact(flt)):
         return None
+    epoch, layout = cs.epoch, cs.layout
     try:
         counts = _count_keys(cs, flt, slots)
         if any(_needs_document(key, parts) for key in counts):
-            counts = _count_by_position(cs, flt, slots, parts)
+            counts = _count_by_position(cs, flt, slots, parts, (epoch, layout))
     except _NotPlain:
         return None
     return [_output(parts, counters, key, n) for key, n in counts.items()]
@@ -209,12 +217,16 @@ def _needs_document(key: tuple[Any, ...], parts: list[GroupKey]) -> bool:
     return need
 
 
-def _count_by_position(cs: TrackedCollectionStore, flt: dict[str, Any], slots: list[int], parts: list[GroupKey]
-                       ) -> Counter[tuple[Any, ...]]:
-    """The slow count, one document at a time, decoding those whose entry says missing-or-null."""
+def _count_by_position(cs: TrackedCollectionStore, flt: dict[str, Any], slots: list[int], parts: list[GroupKey],
+                       seen: tuple[int, int]) -> Counter[tuple[Any, ...]]:
+    """The slow count, one document at a time, decoding those whose entry says missing-or-null (``slots`` are
+    of the index layout ``seen``: a change of it hands the command to the general path)."""
+    _unchanged(cs, *seen)
     cand, checks = cs.plan(flt, exact=True) if flt else (None, [])
     counts: Counter[tuple[Any, ...]] = Counter()
     for pos in cs.positions(cand, checks):
+        if (cs.epoch, cs.layout) != seen:
+            raise _NotPlain("the collection or its indexes changed during a pause")
         counts[tuple(_key_value(cs, pos, cs.entry(pos, s), p) for s, p in zip(slots, parts, strict=True))] += 1
     return counts
 

@@ -57,6 +57,8 @@ _FALSE = _Tag("<false>")
 UNINDEXED = _Tag("<unindexed>")
 #: Put in a collected set when the path went through an array (taken out again by :func:`entry_of`).
 _ARRAY = _Tag("<array>")
+#: The entry of an empty array (FireWorks' ``launches: []`` of every Firework not run yet): one shared object
+_EMPTY_ARRAY = frozenset({None})
 
 
 def tag(v: Any) -> Any:
@@ -141,7 +143,7 @@ def entry_of(doc: dict[str, Any], parts: tuple[str, ...]) -> Any:
         return UNINDEXED
     if _ARRAY in out:
         out.discard(_ARRAY)
-        return frozenset(out)
+        return _EMPTY_ARRAY if out == _EMPTY_ARRAY else frozenset(out)
     if len(out) == 1:
         return next(iter(out))
     return frozenset(out)

@@ -20,7 +20,7 @@ here mirror the worker's exactly, so demand and what pilots take cannot drift ap
 
 Each cycle asks the database **one aggregation** (:func:`demand_pipeline`): the READY and RUNNING Fireworks of
 the served categories, counted per category, state, expected duration and pinned FWorker. Every cluster's
-counts follow from those groups in Python (:func:`takeable_groups`), so the cycle's database work does not grow
+counts follow from those groups in Python (:meth:`Group.fits`), so the cycle's database work does not grow
 with clusters, and the groups are as many as the distinct durations, not the Fireworks (a campaign's segments
 share a few). The embedded server answers it from its indexes (:mod:`pilot.launchpad.grouping`; the manager
 creates the two it needs, :func:`ensure_demand_indexes`); MongoDB with them too. Only a cluster with its own
@@ -176,6 +176,8 @@ class Group:
         w = self.walltime
         if isinstance(w, Decimal128):
             w = w.to_decimal()
+        if isinstance(w, Decimal) and w.is_nan():
+            return None  # float() of a signalling NaN raises; a NaN fits no pilot ($lte is false for it)
         if isinstance(w, (int, float, Decimal)) and not isinstance(w, bool):
             return float(w)
         return None
@@ -192,10 +194,14 @@ class Group:
 def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str, list[Group]]:
     """Run :func:`demand_pipeline` once: its groups per category."""
     coll.queries += 1
+    wanted = set(categories)
     out: dict[str, list[Group]] = {}
-    for row in coll.coll.aggregate(demand_pipeline(categories)):
+    for row in coll.coll.aggregate(demand_pipeline(wanted)):
         key = row["_id"]
-        out.setdefault(key["c"], []).append(Group(key["s"], key.get("w"), key.get("f"), int(row["n"])))
+        group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]))
+        cats = key["c"] if isinstance(key["c"], list) else [key["c"]]  # an array category matches each element
+        for cat in {c for c in cats if isinstance(c, str) and c in wanted}:
+            out.setdefault(cat, []).append(group)
     return out
 
 

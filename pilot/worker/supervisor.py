@@ -302,8 +302,10 @@ class Worker:
                       {"spec._pilot.walltime": 1, "_id": 0}, sort=[("spec._pilot.walltime", 1)], stoppable=True)
         pilot = ((doc or {}).get("spec") or {}).get("_pilot")
         smallest = pilot.get("walltime") if isinstance(pilot, dict) else None
-        if isinstance(smallest, bool) or not isinstance(smallest, (int, float)):
+        if isinstance(smallest, bool) or not isinstance(smallest, (int, float)) or math.isnan(smallest):
             return False  # none, work that fits came in between, or a walltime no pilot can match
+        if smallest <= avail:
+            return False  # work that fits became READY after the pull: take it on the next round
         if smallest <= self._usable_at_start:
             LOG.info("READY work needs at least %g s (smallest spec._pilot.walltime), %.0f s usable left (time "
                      "left - margin %g s): leaving now for a fresh pilot", smallest, avail, self.cfg.margin)

@@ -448,3 +448,43 @@ def test_a_grouped_count_lets_writers_in_and_counts_what_still_matches(monkeypat
     with b.lock.shared():
         out = grouping.group_counts(cs, {"state": {"$in": ["READY"]}}, stage)
     assert out == [{"_id": "READY", "n": 198}] and calls["n"] >= 2
+
+
+@pytest.mark.parametrize("drop_at", [1, 3])   # while counting entries; while reading the documents
+def test_a_grouped_count_whose_index_goes_during_a_pause_is_answered_by_the_general_path(monkeypatch, drop_at):
+    """A pause may let a writer drop an index: the slots read before it then name other fields; the command
+    is answered the general way instead (here: the null state needs the document, the slow path)."""
+    from pilot.launchpad import grouping, planner
+    from pilot.launchpad.backend import Backend
+    from pilot.launchpad.index import entry_of
+
+    assert entry_of({"a": []}, ("a",)) is entry_of({"a": []}, ("a",))  # one shared entry for every []
+    b = Backend()
+    b.apply({"op": "create", "db": "t", "c": "c"})
+    for f in ("x", "s", "w"):
+        b.apply({"op": "index", "db": "t", "c": "c", "name": f"{f}_1", "spec": {"key": [(f, 1)]}})
+    for i in range(6):
+        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": i, "x": 1, "s": None if i == 0 else "R", "w": i}})
+    b.tracker.collect()
+    cs = b.cstore("t", "c")
+    monkeypatch.setattr(grouping, "CHUNK", 2)
+    monkeypatch.setattr(planner, "SCAN_CHUNK", 2)
+    dropped = {"done": False, "calls": 0}
+
+    def pause() -> bool:
+        dropped["calls"] += 1
+        if dropped["done"] or dropped["calls"] != drop_at:
+            return False
+        dropped["done"] = True
+        b.lock.release_shared()
+        try:
+            _write(b, "dropindexes", {"index": "x_1"})
+        finally:
+            b.lock.acquire_shared()
+        return True
+
+    monkeypatch.setattr(cs, "pause", pause)
+    stage = [{"$group": {"_id": {"s": "$s"}, "n": {"$sum": 1}}}]
+    with b.lock.shared():
+        assert grouping.group_counts(cs, {}, stage) is None
+    assert dropped["done"]

@@ -23,6 +23,7 @@ message instead of silently checking something else.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import inspect
 import json
@@ -192,23 +193,28 @@ class SuiteRun:
 
     def finish(self) -> tuple[int, str, float, int]:
         """Wait for the suite (at most RUN_TIMEOUT from its start), stop the server: exit code, output tail,
-        seconds, server commands it caused."""
+        seconds, server commands it caused. Interrupted (Ctrl-C, pytest-timeout), it kills the suite first."""
         try:
-            code = self.proc.wait(max(1.0, RUN_TIMEOUT - (time.monotonic() - self.t0)))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            code = -9
-        elapsed = time.monotonic() - self.t0
-        try:
+            try:
+                code = self.proc.wait(max(1.0, RUN_TIMEOUT - (time.monotonic() - self.t0)))
+            except subprocess.TimeoutExpired:
+                code = -9
+            elapsed = time.monotonic() - self.t0
             commands = _server_commands(self.server) - self.commands_before
         finally:
-            self.server.stop()
+            self.stop()
         return code, (self.work / "suite.out").read_text(errors="replace")[-5000:], elapsed, commands
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
+    def stop(self) -> None:
+        """Kill what is left of the suite's process group, then stop the server (each step whatever happened)."""
+        try:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            self.server.stop()
 
 
 def begin(work: Path) -> SuiteRun:
@@ -229,25 +235,31 @@ _BACKGROUND: dict[str, SuiteRun] = {}
 TEST_NAME = "test_fireworks_own_suite_passes_against_the_server"
 
 
-def start_in_background(items: list[pytest.Item]) -> None:
+def start_in_background(config: pytest.Config, items: list[pytest.Item]) -> None:
     """When the suite's test is collected, start FireWorks' suite now, in the background: it is mostly
     FireWorks' own sleeps (a minute), which then overlap the tests before it instead of adding to the run's
-    time. The test waits for it and judges it; :func:`stop_background` cleans up whatever is left."""
-    if not any(item.name == TEST_NAME for item in items) or _version_problem():
+    time. The test waits for it and judges it; :func:`stop_background` (session end, and at exit should the
+    session die first) cleans up whatever is left. Not for ``--collect-only`` or an xdist worker."""
+    if config.option.collectonly or hasattr(config, "workerinput") or _version_problem():
+        return
+    if "run" in _BACKGROUND or not any(item.name == TEST_NAME for item in items):
         return
     work = Path(tempfile.mkdtemp(prefix="pilot-fw-suite-"))
     try:
         _BACKGROUND["run"] = begin(work)
     except Exception:  # noqa: BLE001 - the test starts it again in the foreground and reports the error
         shutil.rmtree(work, ignore_errors=True)
+        return
+    atexit.register(stop_background)
 
 
 def stop_background() -> None:
     run = _BACKGROUND.pop("run", None)
     if run is not None:
-        run.kill()
-        run.server.stop()
-        shutil.rmtree(run.work, ignore_errors=True)
+        try:
+            run.stop()
+        finally:
+            shutil.rmtree(run.work, ignore_errors=True)
 
 
 @dataclass
@@ -325,7 +337,7 @@ def test_fireworks_own_suite_passes_against_the_server(tmp_path):
     problem = _version_problem()
     if problem:
         pytest.fail(problem)
-    run = _BACKGROUND.pop("run", None) or begin(tmp_path)   # started at collection unless run on its own
+    run = _BACKGROUND.get("run") or begin(tmp_path)   # started at collection unless run on its own
     try:
         code, out, elapsed, commands = run.finish()
         log = run.server.log_path.read_text()[-2000:]
@@ -334,8 +346,8 @@ def test_fireworks_own_suite_passes_against_the_server(tmp_path):
         assert junit.exists(), f"FireWorks' suite wrote no report (exit {code}){tail}"
         results = parse_junit(junit)
     finally:
-        if run.work != tmp_path:
-            shutil.rmtree(run.work, ignore_errors=True)
+        if _BACKGROUND.get("run") is run:
+            stop_background()   # stopped already by finish(); its files removed
     counts = {o: sum(1 for r in results.values() if r.outcome == o) for o in ("passed", "failure", "error", "skipped")}
     print(f"FireWorks {pinned_version()} suite against the embedded server: {counts} in {elapsed:.1f} s, {commands} "
           f"server commands; data files supplied from the sdist: {run.added}")

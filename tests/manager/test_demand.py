@@ -138,6 +138,26 @@ def test_demand_of_twenty_clusters_is_one_command_and_equals_the_databases_count
     assert d.by_category["md"].ready == lp.fireworks.count_documents({"state": "READY", "spec._category": "md"})
 
 
+def test_a_firework_of_several_categories_is_demand_in_each_and_odd_durations_fit_nothing(launchpad):
+    """``_category: [a, b]``: FireWorks' FWorker query of a pilot of ``a`` takes it (``$in``), so it is demand of
+    ``a`` and of ``b``; a NaN duration is never ``$lte`` a pilot's time (MongoDB), even a signalling one."""
+    from bson.decimal128 import Decimal128
+
+    from pilot.manager.demand import Group
+
+    lp = launchpad
+    add_fw(lp, category="md", walltime=30)
+    fw = add_fw(lp, category="md", walltime=30, name="both")
+    lp.fireworks.update_one({"fw_id": fw}, {"$set": {"spec._category": ["md", "post"]}})
+    d = gather_demand(lp.fireworks, [PilotOffer("a", ("md",), 70.0), PilotOffer("b", ("post",), 70.0)])
+    assert (d.by_cluster[("a", "md")].ready, d.by_cluster[("b", "post")].ready) == (2, 1)
+    assert d.by_cluster[("a", "md")].ready == lp.fireworks.count_documents(
+        {"state": "READY", "spec._category": {"$in": ["md"]}})
+    for nan in (Decimal128("sNaN"), Decimal128("NaN"), float("nan")):
+        assert Group("READY", nan, None, 1).seconds is None or not Group("READY", nan, None, 1).fits(1e9)
+        assert not Group("READY", nan, None, 1).fits(1e9)
+
+
 def test_demand_matches_what_the_worker_pulls(launchpad):
     """For unpinned Fireworks the demand query and the worker's FWorker query select the same Fireworks."""
     from fireworks.core.fworker import FWorker
