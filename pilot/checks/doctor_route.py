@@ -225,8 +225,11 @@ class RouteChecks(DoctorBase):
             return None, f"{ROUTE_KNOWN_HOSTS} on the cluster names no usable login node ({e})"
         return self.c.model_copy(update={"launchpad_route": lr}), ""
 
-    def _read_remote(self, path: str) -> str | None:
-        """A small text file of the cluster (``~/`` allowed), None when it does not exist."""
+    def _read_remote(self, path: str, tries: int = 5) -> str | None:
+        """A small text file of the cluster (``~/`` allowed), None when it does not exist.
+
+        The probe job appends to the file while the doctor polls it: a copy that sees the file grow under it
+        (EIO, the size changed between stat and read) is tried again, a moment later."""
         import errno
         import tempfile
         from pathlib import Path
@@ -234,12 +237,16 @@ class RouteChecks(DoctorBase):
         from pilot.transport import RemotePathError
 
         with tempfile.TemporaryDirectory(prefix="pilot-doctor-") as tmp:
-            try:
-                self.transport.get(path, Path(tmp) / "f")
-            except RemotePathError as e:
-                if e.errno in (errno.ENOENT, None):
-                    return None
-                raise
+            for attempt in range(tries):
+                try:
+                    self.transport.get(path, Path(tmp) / "f")
+                    break
+                except RemotePathError as e:
+                    if e.errno in (errno.ENOENT, None):
+                        return None
+                    if e.errno != errno.EIO or attempt == tries - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
             return (Path(tmp) / "f").read_text(encoding="utf-8", errors="replace")
 
     # ------------------------------------------------------------------ the job

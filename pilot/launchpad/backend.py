@@ -40,6 +40,7 @@ from pilot.launchpad.commands import (
     BATCH_BYTES,
     CODE_NAMES,
     CURSOR_TIMEOUT_S,
+    CommandContext,
     CommandError,
     CommandStats,
     Handler,
@@ -196,8 +197,7 @@ class Backend(AdminCommands, ReadCommands, WriteCommands, SchemaCommands):
                 raise CommandError(
                     f"no such command: '{name}' (the embedded LaunchPad server implements the commands "
                     "FireWorks and pymongo use; for anything else use MongoDB)", 59)
-            self._current_conn, self._current_session = conn_id, session
-            self._current_user = me.key if me is not None else None
+            self.set_context(CommandContext(conn_id, session, me.key if me is not None else None))
             reply = handler(db, name, cmd, seqs, conn_id)
         except CommandError as exc:
             reply = error_reply(str(exc), exc.code)

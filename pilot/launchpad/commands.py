@@ -156,6 +156,21 @@ def _batch(source: Iterator[bytes], pending: bytes | None, batch_size: int
     return out, next(source, None)
 
 
+@dataclass(frozen=True)
+class CommandContext:
+    """Who sends the command a thread executes: whoever opens, continues or kills a cursor.
+
+    ``conn`` is the connection, ``session`` the logical session id, ``user`` the authenticated ``DB.USER``.
+    """
+
+    conn: int = 0
+    session: bytes | None = None
+    user: str | None = None
+
+
+NO_CONTEXT = CommandContext()
+
+
 class CommandBase:
     """The database state the command groups work on, and the cursor plumbing they share.
 
@@ -183,31 +198,13 @@ class CommandBase:
         journal the effects so far, yield the lock). True if others may have run: re-check the next document."""
         return False
 
-    # The connection, logical session and authenticated user (``DB.USER``) of the command this thread
-    # executes (the backend sets them before each handler): whoever opens, continues or kills a cursor.
-    @property
-    def _current_conn(self) -> int:
-        return getattr(self._ctx, "conn", 0)
+    def _context(self) -> CommandContext:
+        """Who sent the command this thread executes (the backend sets it before each handler)."""
+        ctx: CommandContext = getattr(self._ctx, "current", NO_CONTEXT)
+        return ctx
 
-    @_current_conn.setter
-    def _current_conn(self, value: int) -> None:
-        self._ctx.conn = value
-
-    @property
-    def _current_session(self) -> bytes | None:
-        return getattr(self._ctx, "session", None)
-
-    @_current_session.setter
-    def _current_session(self, value: bytes | None) -> None:
-        self._ctx.session = value
-
-    @property
-    def _current_user(self) -> str | None:
-        return getattr(self._ctx, "user", None)
-
-    @_current_user.setter
-    def _current_user(self, value: str | None) -> None:
-        self._ctx.user = value
+    def set_context(self, ctx: CommandContext) -> None:
+        self._ctx.current = ctx
 
     def coll(self, db: str, name: Any) -> mongomock.Collection:
         if not isinstance(name, str) or not name or "$" in name or "\x00" in name:
@@ -231,7 +228,7 @@ class CommandBase:
         first, pending = _batch(source, None, size if size else (0 if single else FIRST_BATCH_DOCS))
         cid = 0
         if pending is not None and not single:
-            owner = self._owner(self._current_conn if conn is None else conn)
+            owner = self._owner(self._context().conn if conn is None else conn)
             with self._cursor_lock:
                 self._sweep_cursors()
                 cid = self._new_cursor_id()
@@ -250,7 +247,8 @@ class CommandBase:
                 return cid
 
     def _owner(self, conn: int) -> CursorOwner:
-        return CursorOwner(conn, self._current_session, self._current_user)
+        ctx = self._context()
+        return CursorOwner(conn, ctx.session, ctx.user)
 
     def _owned_cursor(self, cid: int, conn: int) -> _Cursor | None:
         """The open cursor ``cid`` if the current command's sender may use it; None if unknown or foreign

@@ -34,7 +34,7 @@ FLAG_MORE_TO_COME = 1 << 1
 _KNOWN_FLAGS = FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME | (1 << 16)  # exhaustAllowed
 
 #: The largest message we accept and advertise (``maxMessageSizeBytes`` in the hello reply).
-MAX_MESSAGE_SIZE = 48_000_000
+MAX_MESSAGE_SIZE = limits.DEFAULT_MAX_MESSAGE_BYTES
 #: The largest document we advertise (``maxBsonObjectSize``), MongoDB's 16 MiB.
 MAX_BSON_SIZE = 16 * 1024 * 1024
 #: What the hello reply advertises as ``maxMessageSizeBytes``: the server's ``--max-message-mb`` (set when it

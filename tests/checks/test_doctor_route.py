@@ -21,6 +21,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
@@ -423,3 +425,37 @@ def test_without_a_forward_the_database_check_of_an_ssh_route_warns_and_says_why
     assert res.status is CheckStatus.WARN, res
     assert f"(127.0.0.1:{port}), which is open only while a forward is up" in res.detail
     assert "manager start`" in (res.fix or "")
+
+
+@pytest.mark.slurm
+def test_the_probe_output_is_read_while_the_job_still_appends_to_it(slurm_cluster, remote_tmp):
+    """The doctor polls the probe's output while the job appends to it (``exec >>``): a copy that sees the file
+    grow between its stat and its read (the SFTP copy's EIO) is tried again, not reported as unreadable."""
+    from pilot.checks.doctor_route import RouteChecks
+    from pilot.transport.ssh import SSHTransport
+
+    out = remote_tmp / "probe.route"
+    out.write_text("")
+    shutil.chown(out, slurm_cluster.user, slurm_cluster.user)
+    stop = threading.Event()
+
+    def append() -> None:   # a probe writing its lines, here for 0.4 s without a pause, then done
+        end = time.monotonic() + 0.4
+        with open(out, "a") as fh:
+            i = 0
+            while time.monotonic() < end and not stop.is_set():
+                fh.write(f"PILOT-PROBE line {i:07d} " + "x" * 40 + "\n")
+                fh.flush()
+                i += 1
+
+    writer = threading.Thread(target=append)
+    with SSHTransport(**slurm_cluster.ssh_kwargs(), name=slurm_cluster.name) as t:
+        writer.start()
+        try:
+            time.sleep(0.1)
+            texts = [RouteChecks._read_remote(SimpleNamespace(transport=t), str(out)) for _ in range(2)]
+        finally:
+            stop.set()
+            writer.join(30)
+    for text in texts:
+        assert text is not None and all(line.startswith("PILOT-PROBE line ") for line in text.splitlines()[:-1])
