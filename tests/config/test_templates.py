@@ -477,26 +477,9 @@ def test_real_slurm_runs_the_script_and_the_trap_forwards_usr1(tmp_path, slurm_c
         _scancel(info, jid)
 
 
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_real_slurm_sends_usr1_before_the_wall_time(tmp_path, slurm_cluster, remote_tmp):
-    """--signal=B:USR1@90 on a 2-minute job: SLURM itself signals the batch shell (up to 60 s early, by its
-    event granularity), the worker gets it through the trap and ends the job before the wall time."""
-    info = slurm_cluster
-    c = _slurm_pilot(tmp_path, info, remote_tmp, walltime="2", margin=90, loops=1500)
-    jid = _submit(info, _write_for(info, remote_tmp, render_pilot_script(c, info.name, "md", "fwp.md.t2")),
-                  remote_tmp)
-    try:
-        out = remote_tmp / f"w-{jid}"
-        wait_for(lambda: (out.with_suffix(".ready")).exists(), timeout=90, what=f"job {jid} to start")
-        started = time.time()
-        exit_file = remote_tmp / f"pilot-{jid}.exit"
-        wait_for(exit_file.exists, timeout=150, interval=1, what=f"{exit_file} (USR1 from SLURM)")
-        assert read_exit(exit_file)["exit_code"] == 5
-        usr1_at = int((out.with_suffix(".usr1")).read_text().split()[0])
-        assert usr1_at < started + 120 - 1                  # before the wall time ended
-    finally:
-        _scancel(info, jid)
+# SLURM's own USR1 through the rendered script's trap to the real worker: tests/worker/test_worker_tail.py,
+# test_slurm_usr1_is_logged_and_the_pilot_goes_by_its_deadline (it replaced a test here that showed the same
+# with a stand-in worker).
 
 
 # ------------------------------------------------------------------------------ the emulated PBS and LSF
