@@ -28,7 +28,7 @@ from functools import partial
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from pilot.launchpad.index import UNINDEXED, exact_tags, untag
+from pilot.launchpad.index import UNINDEXED, entry_matches, exact_tags, untag
 
 if TYPE_CHECKING:
     from pilot.launchpad.store import TrackedCollectionStore
@@ -139,13 +139,9 @@ def _matches(cs: TrackedCollectionStore, flt: dict[str, Any]) -> tuple[list[int]
 
 
 def _still_matches(entry: tuple[Any, ...], conds: list[tuple[int, frozenset[Any]]]) -> bool:
-    for slot, tags in conds:
-        e = entry[slot]
-        if e is UNINDEXED:
-            raise _NotPlain("a document changed to a value the index does not hold")
-        if not (not tags.isdisjoint(e) if type(e) is frozenset else e in tags):
-            return False
-    return True
+    if any(entry[slot] is UNINDEXED for slot, _tags in conds):
+        raise _NotPlain("a document changed to a value the index does not hold")
+    return all(entry_matches(entry[slot], tags) for slot, tags in conds)
 
 
 def _one(slot: int, entry: tuple[Any, ...]) -> tuple[Any, ...]:
