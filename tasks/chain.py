@@ -29,6 +29,8 @@ from fireworks.utilities.fw_serializers import recursive_dict
 
 from tasks.contract import (
     CATEGORY_KEY,
+    DEFAULT_DEADLINE_MARGIN_S,
+    DEFAULT_MIN_SEGMENT_S,
     DEFAULT_SEGMENT_HOURS,
     DEFAULT_STARTUP_SLACK_S,
     LAUNCH_DIR_KEY,
@@ -107,6 +109,22 @@ def _staged(md_task: SegmentTask, fw_md: Firework, stage: dict[str, Any], wf_nam
     return [fw_stage, fw_md, fw_pull, fw_cont], links, fw_pull
 
 
+def pilot_spec(md_task: SegmentTask, startup_slack_s: float) -> dict[str, float]:
+    """The md Firework's ``_pilot``: ``walltime`` (a whole segment plus the start-up slack) and, when shorter,
+    ``min_walltime``, the least time a pilot must have left for the segment to be worth starting.
+
+    A segment sizes itself to the pilot's deadline (``PILOT_DEADLINE - deadline_margin_s``, GROMACS ``-maxh``)
+    and runs at least ``min(min_segment_s, segment length)`` or not at all: with ``min_walltime`` = that + the
+    deadline margin + the start-up slack, a pilot whose time left no longer fits a whole segment still runs a
+    shorter one in its tail instead of leaving it idle (issue 18: the tail of every pilot is otherwise lost).
+    """
+    segment_s = float(md_task.get("segment_hours", DEFAULT_SEGMENT_HOURS)) * 3600.0
+    walltime = math.ceil(segment_s + startup_slack_s)
+    shortest = min(float(md_task.get("min_segment_s", DEFAULT_MIN_SEGMENT_S)), segment_s)
+    least = math.ceil(shortest + float(md_task.get("deadline_margin_s", DEFAULT_DEADLINE_MARGIN_S)) + startup_slack_s)
+    return {"walltime": walltime, "min_walltime": least} if least < walltime else {"walltime": walltime}
+
+
 def segment_chain(md_task: SegmentTask) -> Workflow:
     """The Fireworks of one segment (see the module docstring) for ``md_task`` (its ``chain`` parameter)."""
     chain = md_task.get("chain") or {}
@@ -115,10 +133,8 @@ def segment_chain(md_task: SegmentTask) -> Workflow:
     local_category = str(chain.get("local_category", "local"))
     priority = chain.get("priority")
     local_dir = str(chain.get("local_dir") or md_task["run_dir"])
-    walltime = math.ceil(float(md_task.get("segment_hours", DEFAULT_SEGMENT_HOURS)) * 3600.0
-                         + float(chain.get("startup_slack_s", DEFAULT_STARTUP_SLACK_S)))
     md_spec = _spec(str(chain.get("md_category", "md")), str(md_task["run_dir"]), priority)
-    md_spec[PILOT_KEY] = {"walltime": walltime}
+    md_spec[PILOT_KEY] = pilot_spec(md_task, float(chain.get("startup_slack_s", DEFAULT_STARTUP_SLACK_S)))
     fw_md = Firework([md_task], spec=md_spec, name=f"{wf_name}-md-{k}")
     fws = [fw_md]
     links: dict[int, list[int]] = {fw_md.fw_id: []}

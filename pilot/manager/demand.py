@@ -5,8 +5,9 @@ A pilot takes a Firework only when the worker's FWorker query matches it (``pilo
 
 * its category (``spec._category``) is one the pilot pulls;
 * its expected duration fits: ``spec._pilot.walltime`` missing or null ("fits anything"), or at most the time
-  the pilot has left minus its margin. A fresh pilot has its whole usable time: the cluster's wall time minus
-  ``walltime_margin``;
+  the pilot has left minus its margin, or ``spec._pilot.min_walltime`` (a Firework that sizes itself to the
+  time it gets, such as an MD segment with ``-maxh``) at most that. A fresh pilot has its whole usable time:
+  the cluster's wall time minus ``walltime_margin``;
 * it is not pinned to another FWorker: FireWorks lets a Firework with ``spec._fworker`` go only to the FWorker
   of that name. Pilots are named ``CLUSTER-JOBID`` (the job templates), and a job id is known only once the
   job exists, so a pinned Firework can be taken at most by the live pilot of that name, never by a pilot
@@ -40,6 +41,8 @@ from bson.decimal128 import Decimal128
 
 from pilot.manager.policy import CategoryDemand
 
+#: the fields the demand groups by that FireWorks does not index (:func:`ensure_demand_indexes`)
+DEMAND_INDEXES = ("spec._pilot.walltime", "spec._pilot.min_walltime", "spec._fworker")
 #: READY Fireworks read to estimate the mean expected duration (a sample bounds the cost)
 DURATION_SAMPLE = 1000
 
@@ -77,7 +80,8 @@ def takeable_query(category: str, usable_seconds: float, extra: Mapping[str, Any
     The same clauses as the worker's pull (wall time, category, the cluster's ``fworker_query`` as
     ``extra``) and FireWorks' ``_fworker`` check, with the pinned ones left out (see the module docstring).
     """
-    clauses: list[dict[str, Any]] = [{"$or": [_NO_DURATION, {"spec._pilot.walltime": {"$lte": usable_seconds}}]},
+    clauses: list[dict[str, Any]] = [{"$or": [_NO_DURATION, {"spec._pilot.walltime": {"$lte": usable_seconds}},
+                                              {"spec._pilot.min_walltime": {"$lte": usable_seconds}}]},
                                      {"$or": _NOT_PINNED}]
     if extra:
         clauses.append(dict(extra))
@@ -135,17 +139,18 @@ class Demand:
 
 def demand_pipeline(categories: Iterable[str]) -> list[dict[str, Any]]:
     """The cycle's one aggregation: READY and RUNNING Fireworks of ``categories`` per category, state, expected
-    duration and pinned FWorker (``$ifNull``: missing and null are the same here, "none")."""
+    and minimum duration and pinned FWorker (``$ifNull``: missing and null are the same here, "none")."""
     return [{"$match": {"state": {"$in": ["READY", "RUNNING"]}, "spec._category": {"$in": sorted(categories)}}},
             {"$group": {"_id": {"c": "$spec._category", "s": "$state",
                                 "w": {"$ifNull": ["$spec._pilot.walltime", None]},
+                                "m": {"$ifNull": ["$spec._pilot.min_walltime", None]},
                                 "f": {"$ifNull": ["$spec._fworker", None]}},
                         "n": {"$sum": 1}}}]
 
 
 def ensure_demand_indexes(fireworks: Any) -> str | None:
-    """Index the two fields the demand groups by that FireWorks does not index (``state`` and
-    ``spec._category`` it does): the embedded server then answers the aggregation from its indexes.
+    """Index the fields the demand groups by that FireWorks does not index (``state`` and ``spec._category``
+    it does): the embedded server then answers the aggregation from its indexes.
 
     Returns why it could not (a database user without the right to create indexes), or None: the demand is
     then still right, only slower to count, so the manager warns and goes on.
@@ -153,42 +158,54 @@ def ensure_demand_indexes(fireworks: Any) -> str | None:
     from pymongo.errors import OperationFailure
 
     try:
-        fireworks.create_index("spec._pilot.walltime")
-        fireworks.create_index("spec._fworker")
+        for field in DEMAND_INDEXES:
+            fireworks.create_index(field)
     except OperationFailure as exc:
-        return (f"could not index spec._pilot.walltime and spec._fworker of the LaunchPad's fireworks "
+        return (f"could not index {', '.join(DEMAND_INDEXES)} of the LaunchPad's fireworks "
                 f"({exc.details.get('errmsg') if exc.details else exc}): counting demand will be slower")
     return None
 
 
 @dataclass(frozen=True)
 class Group:
-    """Fireworks of one category and state with the same expected duration and pin."""
+    """Fireworks of one category and state with the same expected and minimum duration and pin."""
 
     state: str
     walltime: Any
     fworker: Any
     n: int
+    min_walltime: Any = None
 
     @property
     def seconds(self) -> float | None:
         """The expected duration as a number (None: none given, or not a number)."""
-        w = self.walltime
-        if isinstance(w, Decimal128):
-            w = w.to_decimal()
-        if isinstance(w, Decimal) and w.is_nan():
-            return None  # float() of a signalling NaN raises; a NaN fits no pilot ($lte is false for it)
-        if isinstance(w, (int, float, Decimal)) and not isinstance(w, bool):
-            return float(w)
-        return None
+        return _number(self.walltime)
 
     def fits(self, usable_seconds: float) -> bool:
         """Would a fresh pilot with ``usable_seconds`` take these? (the worker's query: no duration, or a number
-        at most the time it has; not pinned)"""
+        at most the time it has, or a minimum duration at most that; not pinned)"""
         if self.fworker is not None:
             return False
+        secs, least = self.seconds, _number(self.min_walltime)
+        return (self.walltime is None or (secs is not None and secs <= usable_seconds)
+                or (least is not None and least <= usable_seconds))
+
+    def seconds_in(self, usable_seconds: float) -> float | None:
+        """How long one of these runs in a fresh pilot with ``usable_seconds``: its expected duration, cut to the
+        pilot's time when it sizes itself to that (it fits by its ``min_walltime`` only)."""
         secs = self.seconds
-        return self.walltime is None or (secs is not None and secs <= usable_seconds)
+        return None if secs is None else min(secs, usable_seconds)
+
+
+def _number(w: Any) -> float | None:
+    """A duration as a float (None: none given, or not a number)."""
+    if isinstance(w, Decimal128):
+        w = w.to_decimal()
+    if isinstance(w, Decimal) and w.is_nan():
+        return None  # float() of a signalling NaN raises; a NaN fits no pilot ($lte is false for it)
+    if isinstance(w, (int, float, Decimal)) and not isinstance(w, bool):
+        return float(w)
+    return None
 
 
 def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str, list[Group]]:
@@ -198,20 +215,22 @@ def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str
     out: dict[str, list[Group]] = {}
     for row in coll.coll.aggregate(demand_pipeline(wanted)):
         key = row["_id"]
-        group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]))
+        group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]), key.get("m"))
         cats = key["c"] if isinstance(key["c"], list) else [key["c"]]  # an array category matches each element
         for cat in {c for c in cats if isinstance(c, str) and c in wanted}:
             out.setdefault(cat, []).append(group)
     return out
 
 
-def _tally(groups: Iterable[Group], running: int, takeable: int | None = None) -> CategoryDemand:
-    """READY count, duration count and exact mean of ``groups`` (already filtered to what is counted)."""
+def _tally(groups: Iterable[Group], running: int, takeable: int | None = None,
+           usable_seconds: float | None = None) -> CategoryDemand:
+    """READY count, duration count and exact mean of ``groups`` (already filtered to what is counted), with
+    durations cut to ``usable_seconds`` when given (what they run in that cluster's fresh pilot)."""
     ready = known = 0
     total = 0.0
     for g in groups:
         ready += g.n
-        secs = g.seconds
+        secs = g.seconds if usable_seconds is None else g.seconds_in(usable_seconds)
         if secs is not None and secs > 0:
             known += g.n
             total += secs * g.n
@@ -248,7 +267,8 @@ def gather_demand(fireworks: Any, offers: Iterable[PilotOffer]) -> Demand:
             if o.query:
                 by_cluster[(o.cluster, cat)] = _counted(coll, cat, o, running)
             else:
-                by_cluster[(o.cluster, cat)] = _tally((g for g in ready if g.fits(o.usable_seconds)), running)
+                by_cluster[(o.cluster, cat)] = _tally((g for g in ready if g.fits(o.usable_seconds)), running,
+                                                      usable_seconds=o.usable_seconds)
         takeable = _takeable(coll, cat, serving, ready, by_cluster)
         by_category[cat] = _tally(ready, running, takeable)
     return Demand(by_category=by_category, by_cluster=by_cluster, queries=coll.queries)
@@ -274,5 +294,5 @@ def _takeable(coll: CountingCollection, cat: str, serving: list[PilotOffer], rea
     return sum(g.n for g in ready if any(g.fits(o.usable_seconds) for o in serving))
 
 
-__all__ = ["DURATION_SAMPLE", "Demand", "PilotOffer", "demand_pipeline", "ensure_demand_indexes", "gather_demand",
-           "takeable_query"]
+__all__ = ["DEMAND_INDEXES", "DURATION_SAMPLE", "Demand", "PilotOffer", "demand_pipeline", "ensure_demand_indexes",
+           "gather_demand", "takeable_query"]

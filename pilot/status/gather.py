@@ -523,7 +523,9 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
         if not known or len(known) < len(usables):
             continue  # a serving cluster of unknown wall time might take them
         best = max(known)
-        query = {"state": "READY", "spec._category": cat.name, "spec._pilot.walltime": {"$gt": best}}
+        # too long for every pilot, and not one that sizes itself to a pilot's time (min_walltime that fits)
+        query = {"state": "READY", "spec._category": cat.name, "spec._pilot.walltime": {"$gt": best},
+                 "spec._pilot.min_walltime": {"$not": {"$lte": best}}}
         total = q.count_documents("fireworks", query)
         if not total:
             continue

@@ -137,9 +137,11 @@ class Worker:
 
         query: dict[str, Any] = {}
         if math.isfinite(available):
-            # {"field": None} matches a missing field and an explicit null ("fits anything").
+            # {"field": None} matches a missing field and an explicit null ("fits anything"); a Firework that
+            # sizes itself to the deadline (an MD segment: -maxh) fits once its min_walltime does (the tail)
             query = {"$or": [{"spec._pilot.walltime": None},
-                             {"spec._pilot.walltime": {"$lte": available}}]}
+                             {"spec._pilot.walltime": {"$lte": available}},
+                             {"spec._pilot.min_walltime": {"$lte": available}}]}
         if self.cfg.query:
             # the cluster file's fworker_query (--query), ANDed with ours. No top-level "$or" beside a "$and":
             # FireWorks' FWorker.query would then extend that "$and" list in place, at every read
@@ -297,25 +299,37 @@ class Worker:
         says once why that work is not taken."""
         if not math.isfinite(avail):
             return False
-        query = {**self.fworker(math.inf).query, "state": "READY"}
-        doc = self.db("looking for READY work too long for the time left", self.lp.fireworks.find_one, query,
-                      {"spec._pilot.walltime": 1, "_id": 0}, sort=[("spec._pilot.walltime", 1)], stoppable=True)
-        pilot = ((doc or {}).get("spec") or {}).get("_pilot")
-        smallest = pilot.get("walltime") if isinstance(pilot, dict) else None
-        if isinstance(smallest, bool) or not isinstance(smallest, (int, float)) or math.isnan(smallest):
+        smallest = self._smallest_need()
+        if smallest is None:
             return False  # none, work that fits came in between, or a walltime no pilot can match
         if smallest <= avail:
             return False  # work that fits became READY after the pull: take it on the next round
         if smallest <= self._usable_at_start:
-            LOG.info("READY work needs at least %g s (smallest spec._pilot.walltime), %.0f s usable left (time "
-                     "left - margin %g s): leaving now for a fresh pilot", smallest, avail, self.cfg.margin)
+            LOG.info("READY work needs at least %g s (smallest spec._pilot.walltime or min_walltime), %.0f s usable "
+                     "left (time left - margin %g s): leaving now for a fresh pilot", smallest, avail, self.cfg.margin)
             return True
         if smallest != self._too_long_logged:
             self._too_long_logged = smallest
-            LOG.info("READY work needs at least %g s (smallest spec._pilot.walltime), more than this pilot had "
-                     "at its start (%.0f s usable): a fresh pilot would not take it either; waiting for work "
-                     "that fits (a longer pilot walltime would take it)", smallest, self._usable_at_start)
+            LOG.info("READY work needs at least %g s (smallest spec._pilot.walltime or min_walltime), more than "
+                     "this pilot had at its start (%.0f s usable): a fresh pilot would not take it either; waiting "
+                     "for work that fits (a longer pilot walltime would take it)", smallest, self._usable_at_start)
         return False
+
+    def _smallest_need(self) -> float | None:
+        """The fewest seconds any READY Firework of this worker needs: the smallest ``spec._pilot.walltime``,
+        or ``min_walltime`` where a Firework gives one (it sizes itself to the time it gets); None when there
+        is none or no number (a walltime no pilot can match). One query per field, sorted on it."""
+        query = {**self.fworker(math.inf).query, "state": "READY"}
+        needs = []
+        for field in ("walltime", "min_walltime"):
+            key = f"spec._pilot.{field}"
+            doc = self.db("looking for READY work too long for the time left", self.lp.fireworks.find_one,
+                          {**query, key: {"$gte": 0}}, {key: 1, "_id": 0}, sort=[(key, 1)], stoppable=True)
+            pilot = ((doc or {}).get("spec") or {}).get("_pilot")
+            value = pilot.get(field) if isinstance(pilot, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+                needs.append(float(value))
+        return min(needs) if needs else None
 
     # ------------------------------------------------------------------ one Firework
     def _run_one(self, children: ChildPool, calls: CallServer, settler: Settler, fworker: Any) -> LaunchRecord:

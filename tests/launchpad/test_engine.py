@@ -421,6 +421,33 @@ def test_grouped_counts_come_from_the_index_unless_a_value_is_not_plain():
             assert group_counts(cs, {"s": {"$in": ["R"]}}, stage) is None, bad
 
 
+def test_the_managers_demand_aggregation_is_answered_from_the_index():
+    """The manager's one aggregation per cycle (:func:`demand_pipeline`), with FireWorks' indexes on ``state``
+    and ``spec._category`` and the manager's own (:data:`DEMAND_INDEXES`), takes the index path (the general
+    one costs seconds at campaign size, docs/performance.md), and counts what the documents say."""
+    from pilot.launchpad.backend import Backend
+    from pilot.launchpad.grouping import group_counts
+    from pilot.manager.demand import DEMAND_INDEXES, demand_pipeline
+
+    b = Backend()
+    b.apply({"op": "create", "db": "t", "c": "c"})
+    for f in ("state", "spec._category", *DEMAND_INDEXES):
+        b.apply({"op": "index", "db": "t", "c": "c", "name": f"{f}_1", "spec": {"key": [(f, 1)]}})
+    pilots = [{"walltime": 7500, "min_walltime": 660}, {"walltime": 7500}, {}, None]
+    for i in range(40):
+        spec: dict[str, Any] = {"_category": "md" if i % 4 else "local"}
+        if pilots[i % 4] is not None:
+            spec["_pilot"] = pilots[i % 4]
+        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": i, "state": "READY", "spec": spec}})
+    b.tracker.collect()
+    match, group = demand_pipeline(["md", "local"])
+    with b.lock.shared():
+        out = group_counts(b.cstore("t", "c"), match["$match"], [group])
+    assert out is not None
+    counts = {(r["_id"]["c"], r["_id"]["w"], r["_id"]["m"]): r["n"] for r in out}
+    assert counts == {("local", 7500, 660): 10, ("md", 7500, None): 10, ("md", None, None): 20}
+
+
 def test_a_grouped_count_lets_writers_in_and_counts_what_still_matches(monkeypatch):
     """Counted in chunks with a pause for waiting writers between them: a document that a writer moved out of
     the $match or deleted meanwhile is not counted (each document as it is when its chunk is counted)."""

@@ -39,10 +39,12 @@ SEGMENT = 14400                                 # a 4-hour MD segment's spec._pi
 
 
 def add_fw(lp: Any, category: str = "md", walltime: float | None = None, fworker: str | None = None,
-           name: str = "fw", **extra: Any) -> int:
+           name: str = "fw", min_walltime: float | None = None, **extra: Any) -> int:
     spec: dict[str, Any] = {"_category": category, **extra}
     if walltime is not None:
         spec["_pilot"] = {"walltime": walltime}
+    if min_walltime is not None:
+        spec.setdefault("_pilot", {})["min_walltime"] = min_walltime
     if fworker is not None:
         spec["_fworker"] = fworker
     fw = Firework([ScriptTask.from_str("true")], spec=spec, name=name)
@@ -125,6 +127,8 @@ def test_demand_of_twenty_clusters_is_one_command_and_equals_the_databases_count
 
     for wt in (None, 0, 10, 30.5, 60, 70, 70.0000001, 3600, SEGMENT, "3600", True):
         add_fw(lp, walltime=wt)
+    for wt, least in ((SEGMENT, 60), (SEGMENT, 600), (3600, 3600), (None, 30), (SEGMENT, "60")):
+        add_fw(lp, walltime=wt, min_walltime=least)   # sizes itself to the pilot's time (an MD segment)
     add_fw(lp, walltime=30, fworker="pinned-1")
     lp.fireworks.update_one({"name": "fw", "spec._pilot.walltime": 0}, {"$set": {"spec._pilot.walltime": None}})
     offers = [PilotOffer(f"c{k:02d}", ("md",), 10.0 * 2 ** (k % 12)) for k in range(20)]
@@ -165,12 +169,17 @@ def test_demand_matches_what_the_worker_pulls(launchpad):
     lp = launchpad
     for wt in (None, 10, 69.5, 70, 70.5, SEGMENT):
         add_fw(lp, walltime=wt)
+    add_fw(lp, walltime=SEGMENT, min_walltime=60)   # an MD segment that sizes itself: fits by its minimum
+    add_fw(lp, walltime=SEGMENT, min_walltime=600)  # its minimum does not fit 70 s
     # the worker's query for a fresh pilot with 70 s left (pilot/worker/supervisor.py, Worker.fworker)
     worker_q = FWorker(name="short-1", category="md", query={"$or": [{"spec._pilot.walltime": None},
-                                                                    {"spec._pilot.walltime": {"$lte": 70.0}}]})
+                                                                    {"spec._pilot.walltime": {"$lte": 70.0}},
+                                                                    {"spec._pilot.min_walltime": {"$lte": 70.0}}]})
     pulled = {d["fw_id"] for d in lp.fireworks.find({"state": "READY", **worker_q.query}, {"fw_id": 1})}
     d = gather_demand(lp.fireworks, [PilotOffer("short", ("md",), 70.0)])
-    assert d.by_cluster[("short", "md")].ready == len(pulled) == 4
+    assert d.by_cluster[("short", "md")].ready == len(pulled) == 5
+    # the one taken by its minimum runs the pilot's 70 s there, not its 4 hours: the plan sizes pilots by that
+    assert d.by_cluster[("short", "md")].mean_duration == pytest.approx((10 + 69.5 + 70 + 70) / 4)
 
 
 # ---------------------------------------------------------------------------------------------- the policy
@@ -238,6 +247,11 @@ def test_four_hour_segments_on_90_s_pilots_cost_no_pilot_and_status_says_why(env
     text = format_status(report)
     assert "no pilot will take them" in text
     assert "more than 1 min 10 s (spec._pilot.walltime up to 4 h)" in text
+
+    # a segment that sizes itself to a pilot's time (min_walltime 60 s fits the 70 s) is not "too long"
+    launchpad.fireworks.update_one({"fw_id": ids[0]}, {"$set": {"spec._pilot.min_walltime": 60}})
+    [t] = gather_status(launchpad.db, cfg).too_long
+    assert (t.count, t.fw_ids) == (2, sorted(set(ids) - {ids[0]}))
 
 
 def test_pinned_fireworks_cost_no_pilot(env, launchpad):

@@ -475,7 +475,8 @@ def test_segments_under_the_pilot_worker(launchpad, water, tmp_path, monkeypatch
                           stop_margin_s=1, min_segment_s=1, engine_params={**ENGINE, "checkpoint_minutes": 0.02},
                           env=ENV)
     wf_id = next(iter(launchpad.add_wf(wf).values()))
-    assert md_fireworks(launchpad, wf_id)[0].spec["_pilot"] == {"walltime": 13}  # ceil(10.8 + 2)
+    # docs/md-segments.md: walltime ceil(10.8 + 2); min_walltime min(1, 10.8) + 2 + 2
+    assert md_fireworks(launchpad, wf_id)[0].spec["_pilot"] == {"walltime": 13, "min_walltime": 5}
 
     # 1. a worker without deadline; the batch system's pre-walltime signal arrives mid-segment
     w1 = start_worker(lp_file, tmp_path, "w1", "--no-deadline", "--grace", "30")

@@ -50,11 +50,42 @@ def test_pilot_leaves_at_once_when_ready_work_no_longer_fits(launchpad, tmp_path
     log = w.log()
     assert fw_doc(launchpad, first)["state"] == "COMPLETED", log
     assert "stopped: READY work, but none fits the time left" in log, log
-    assert re.search(r"READY work needs at least 10 s \(smallest spec._pilot.walltime\), \d+ s usable left", log)
+    assert re.search(r"READY work needs at least 10 s \(smallest spec._pilot.walltime or min_walltime\), \d+ s "
+                     r"usable left", log)
     doc = fw_doc(launchpad, waiting)
     assert doc["state"] == "READY" and launches_of(launchpad, waiting) == [] and not doc.get("archived_launches")
     assert launchpad.db["pilot_reruns"].find_one({"_id": waiting}) is None   # not a rerun, not counted
     assert "1 Fireworks run (1 completed, 0 fizzled, 0 requeued)" in log
+    assert_nothing_running(launchpad)
+
+
+def test_the_tail_takes_work_that_sizes_itself_to_the_time_left(launchpad, tmp_path, workers):
+    """``spec._pilot.min_walltime``: a Firework that sizes itself to the time it gets (an MD segment with
+    ``-maxh``) is taken while its minimum fits, although its walltime does not. Deadline in 30 s, margin 6 s:
+    the first Firework (highest priority) runs until less than 12 s are usable; the segment (walltime 600 s,
+    minimum 4 s) is taken next and ends itself 8 s before ``PILOT_STOP_AT``; then a segment whose minimum (15 s)
+    fits a fresh pilot (24 s usable) but not the time left makes the worker leave at once, untouched."""
+    deadline = time.time() + 30
+    margin = 6
+    first = add(launchpad, ScriptTask.from_str(
+        f't=$(( PILOT_DEADLINE - {margin} - 12 + 1 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
+        "uses-the-time", "tailmin", priority=10)
+    sized = add(launchpad, ScriptTask.from_str(
+        't=$(( PILOT_STOP_AT - 8 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
+        "sized-segment", "tailmin", priority=5, walltime=600)
+    launchpad.fireworks.update_one({"fw_id": sized}, {"$set": {"spec._pilot.min_walltime": 4}})
+    big = add(launchpad, ScriptTask.from_str("true"), "big-minimum", "tailmin", priority=1, walltime=600)
+    launchpad.fireworks.update_one({"fw_id": big}, {"$set": {"spec._pilot.min_walltime": 15}})
+    w = workers(launchpad, tmp_path, ["tailmin"], "--deadline", str(deadline), "--margin", str(margin),
+                "--idle-timeout", "300", "--grace", "2")
+    assert w.wait(60) == 0, w.log()
+    log = w.log()
+    assert fw_doc(launchpad, first)["state"] == "COMPLETED", log
+    assert fw_doc(launchpad, sized)["state"] == "COMPLETED", log   # ended by itself: no SIGTERM, not requeued
+    assert "stopped: READY work, but none fits the time left" in log, log
+    assert re.search(r"READY work needs at least 15 s \(smallest spec._pilot.walltime or min_walltime\)", log), log
+    assert fw_doc(launchpad, big)["state"] == "READY" and launches_of(launchpad, big) == []
+    assert "2 Fireworks run (2 completed, 0 fizzled, 0 requeued)" in log
     assert_nothing_running(launchpad)
 
 
