@@ -9,7 +9,7 @@ Usage::
     python3 benchmarks/run.py --only overhead,scale --json /tmp/out.json
 
 Benchmarks (``--only`` takes a comma-separated list): ``submission``, ``overhead``, ``waste``, ``scale``,
-``dbserver``. They need the test services (``bash tests/infra/services.sh up``, as root); ``overhead`` only
+``dbserver``, ``replay``. They need the test services (``bash tests/infra/services.sh up``, as root); ``overhead`` only
 needs a database, ``dbserver`` starts its own servers (this tree's engine and a baseline commit's).
 ``MONGODB_URI`` selects a MongoDB instead of the embedded server. See benchmarks/README.md.
 """
@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")   # FireWorks' bulk_add_wfs draws a progress bar otherwise
 
+from benchmarks import goals
 from benchmarks.common import (
     REPO,
     BenchError,
@@ -40,18 +41,19 @@ from benchmarks.common import (
     write_json,
 )
 
-NAMES = ("submission", "overhead", "waste", "scale", "dbserver")
+NAMES = ("submission", "overhead", "waste", "scale", "dbserver", "replay")
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"submission": {"sizes": [8, 40, 200], "cap": 20, "default_interval_for": 8},
              "overhead": {"n": 500, "repeat": 3}, "waste": "full",
-             "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}, "dbserver": {"n": 100000}},
+             "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}, "dbserver": {"n": 100000},
+             "replay": "full"},
     "quick": {"submission": {"sizes": [8], "cap": 20, "default_interval_for": None},
               "overhead": {"n": 50, "repeat": 1}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20},
-              "dbserver": {"n": 20000}},
+              "dbserver": {"n": 20000}, "replay": "quick"},
     "smoke": {"submission": {"sizes": [4], "cap": 4, "default_interval_for": None},
               "overhead": {"n": 10, "repeat": 1}, "waste": "smoke", "scale": {"sizes": [200], "clusters": 3},
-              "dbserver": {"n": 1000}},
+              "dbserver": {"n": 1000}, "replay": "smoke"},
 }
 
 
@@ -116,6 +118,10 @@ WASTE_ROWS = [
     ("work redone s", "work_redone_s"),
     ("work done s", "work_done_s"), ("work required s", "work_required_s"), ("busy s", "busy_s"),
     ("utilisation busy/pilot", "utilisation_busy"), ("utilisation useful/pilot", "utilisation_useful"),
+    ("segments sized to the deadline", "segments_sized_to_deadline"),
+    ("pilot time lost: start-up s", "lost_startup_s"), ("pilot time lost: between segments s", "lost_gaps_s"),
+    ("pilot time lost: tail s", "lost_tail_s"), ("pilot time lost: jobs with no segment s", "lost_empty_jobs_s"),
+    ("wall time given back unused s", "walltime_returned_s"),
 ]
 
 
@@ -123,7 +129,8 @@ def table_waste(res: dict[str, Any]) -> str:
     systems = res.get("systems", ["ours", "rlaunch"])
     heads = {"ours": "pilot worker", "ours_no_usr1": "pilot worker, no USR1",
              "rlaunch": f"rlaunch --timeout {res.get('rlaunch_timeout_s')}s",
-             "rlaunch_close": f"rlaunch --timeout {res.get('rlaunch_close_timeout_s')}s"}
+             "rlaunch_close": f"rlaunch --timeout {res.get('rlaunch_close_timeout_s')}s",
+             "rlaunch_maxh": f"rlaunch {res.get('rlaunch_timeout_s')}s, sized segments"}
     rows = [[label, *(res[k].get(key) for k in systems)] for label, key in WASTE_ROWS]
     for label, key in (("pilot states", "pilot_states"), ("attempt endings", "attempt_endings"),
                        ("TIMEOUT overrun s", "timeout_overrun_s"), ("pilots got USR1", "pilots_got_usr1"),
@@ -185,8 +192,13 @@ def table_dbserver(res: dict[str, Any]) -> str:
     return dbserver.table(res)
 
 
+def table_replay(res: dict[str, Any]) -> str:
+    from benchmarks import replay
+    return replay.table(res)
+
+
 TABLES = {"submission": table_submission, "overhead": table_overhead, "waste": table_waste, "scale": table_scale,
-          "dbserver": table_dbserver}
+          "dbserver": table_dbserver, "replay": table_replay}
 
 
 def print_tables(results: dict[str, Any], path: Path) -> None:
@@ -204,6 +216,9 @@ def print_tables(results: dict[str, Any], path: Path) -> None:
             print(f"FAILED: {results['errors'].get(name, 'not run').splitlines()[0]}")
     print("\n--- peak RSS")
     print(table_rss(results["benchmarks"]))
+    print("\n--- goals (issue 18): ours next to the baseline measured in this run (or recorded, where FireWorks has "
+          "no counterpart)")
+    print(goals.table(results["benchmarks"]))
     print(f"\nresults: {path}")
 
 
@@ -225,6 +240,9 @@ def run_benchmark(name: str, mode: str, repeat: int | None) -> dict[str, Any]:
     if name == "dbserver":
         from benchmarks import dbserver
         return dbserver.run(sz["n"], log=log)
+    if name == "replay":
+        from benchmarks import replay
+        return replay.run(sz, log=log)
     raise ValueError(name)
 
 
@@ -292,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "source_at_start": state}
         write_json(out_path, results)
     results["machine"]["loadavg_end"] = loadavg()
+    results["goals"] = goals.as_json(results["benchmarks"])
     write_json(out_path, results)
     print_tables(results, out_path)
     return 1 if failed else 0

@@ -5,6 +5,10 @@ sleeping in small steps; it writes the run's checkpoint (``RUN.ckpt.json``: segm
 done in it) every ``checkpoint_every`` seconds of work and when it stops, and on start resumes from it.
 
 * finished: the checkpoint moves to the next segment and the task returns an FWAction that adds it;
+* out of time: with ``min_work`` set the segment sizes itself to the pilot's time, as an MD segment does with
+  ``-maxh`` (:func:`tasks.segment.time_limit_s`, the same rule: ``PILOT_DEADLINE`` minus ``deadline_margin``,
+  ``PILOT_STOP_AT`` minus ``stop_margin``): it stops there, saves, and adds a continuation of the same
+  segment, like SIGTERM. Its Firework says so with ``spec._pilot.min_walltime`` (``min_work`` plus the slack);
 * SIGTERM: the task saves the checkpoint and returns an FWAction that adds a continuation of the *same*
   segment (its ``spec._pilot.walltime`` is the remaining work plus the slack), which resumes from the
   checkpoint;
@@ -46,15 +50,35 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+#: the SegmentTask parameters that every segment of a run passes on to the next
+PASSED_ON = ("step", "checkpoint_every", "slack", "min_work", "deadline_margin", "stop_margin")
+
+
 def segment_firework(run_dir: str, run: str, segment: int, n_segments: int, length: float, category: str,
                      remaining: float | None = None, step: float = 0.25, checkpoint_every: float = 5.0,
-                     slack: float = 5.0) -> Firework:
+                     slack: float = 5.0, min_work: float | None = None, deadline_margin: float = 3.0,
+                     stop_margin: float = 2.0) -> Firework:
     """The Firework of one segment (or of the rest of it, ``remaining`` seconds)."""
     todo = length if remaining is None else remaining
     task = SegmentTask(run_dir=run_dir, run=run, segment=segment, n_segments=n_segments, length=length,
-                       category=category, step=step, checkpoint_every=checkpoint_every, slack=slack)
-    return Firework([task], name=f"{run}-seg{segment}",
-                    spec={"_category": category, "_pilot": {"walltime": round(todo + slack, 1)}})
+                       category=category, step=step, checkpoint_every=checkpoint_every, slack=slack,
+                       min_work=min_work, deadline_margin=deadline_margin, stop_margin=stop_margin)
+    pilot: dict[str, float] = {"walltime": round(todo + slack, 1)}
+    if min_work is not None and min_work < todo:
+        pilot["min_walltime"] = round(min_work + slack, 1)
+    return Firework([task], name=f"{run}-seg{segment}", spec={"_category": category, "_pilot": pilot})
+
+
+def _time_limit(todo: float, task: dict[str, Any]) -> float:
+    """Seconds of work this attempt may do: all of ``todo``, or with ``min_work`` set what the pilot's deadline
+    leaves (the MD segments' own rule, :func:`tasks.segment.time_limit_s`)."""
+    if task.get("min_work") is None:
+        return todo
+    from tasks.segment import STOP_AT_ENV, read_deadline, time_limit_s
+
+    return time_limit_s(todo, now=time.time(), deadline=read_deadline(),
+                        margin_s=float(task.get("deadline_margin", 3.0)), stop_at=read_deadline(var=STOP_AT_ENV),
+                        stop_margin_s=float(task.get("stop_margin", 2.0)))
 
 
 @explicit_serialize
@@ -62,7 +86,7 @@ class SegmentTask(FiretaskBase):
     """Sleep ``length`` seconds of work in steps, checkpointed; continue on SIGTERM (see the module doc)."""
 
     required_params: ClassVar[list[str]] = ["run_dir", "run", "segment", "n_segments", "length", "category"]
-    optional_params: ClassVar[list[str]] = ["step", "checkpoint_every", "slack"]
+    optional_params: ClassVar[list[str]] = list(PASSED_ON)
 
     def run_task(self, fw_spec: dict[str, Any]) -> FWAction:
         run_dir = Path(self["run_dir"])
@@ -96,6 +120,7 @@ class SegmentTask(FiretaskBase):
         _write_json(rec_path, rec)
 
         stop = {"flag": False}
+        until = progress + max(0.0, _time_limit(length - progress, self))  # the work this attempt may do
 
         def on_term(signum: int, _frame: Any) -> None:
             stop["flag"] = True
@@ -103,10 +128,10 @@ class SegmentTask(FiretaskBase):
         old = signal.signal(signal.SIGTERM, on_term)
         try:
             saved_at = progress
-            while progress < length and not stop["flag"]:
+            while progress < until and not stop["flag"]:
                 t0 = time.monotonic()
-                time.sleep(min(step, length - progress))
-                progress = min(length, progress + (time.monotonic() - t0))
+                time.sleep(min(step, until - progress))
+                progress = min(until, progress + (time.monotonic() - t0))
                 rec["progress"], rec["t_last"] = progress, time.time()
                 if progress - saved_at >= every and progress < length:
                     _write_json(ckpt_path, {"segment": seg, "progress": progress})
@@ -119,9 +144,9 @@ class SegmentTask(FiretaskBase):
                 return self._next(seg + 1)
             _write_json(ckpt_path, {"segment": seg, "progress": progress})
             rec["saved"] = progress
-            finish("sigterm")
+            finish("sigterm" if stop["flag"] else "time_limit")
             cont = segment_firework(str(run_dir), run, seg, n, length, self["category"], remaining=length - progress,
-                                    step=step, checkpoint_every=every, slack=float(self.get("slack", 5.0)))
+                                    **self._passed_on())
             return FWAction(additions=[cont])
         finally:
             signal.signal(signal.SIGTERM, old)
@@ -130,7 +155,8 @@ class SegmentTask(FiretaskBase):
         if seg >= int(self["n_segments"]):
             return FWAction()
         fw = segment_firework(self["run_dir"], self["run"], seg, int(self["n_segments"]), float(self["length"]),
-                              self["category"], step=float(self.get("step", 0.25)),
-                              checkpoint_every=float(self.get("checkpoint_every", 5.0)),
-                              slack=float(self.get("slack", 5.0)))
+                              self["category"], **self._passed_on())
         return FWAction(additions=[fw])
+
+    def _passed_on(self) -> dict[str, Any]:
+        return {k: self[k] for k in PASSED_ON if k in self}

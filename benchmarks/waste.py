@@ -6,20 +6,26 @@ continuation), is served by short pilots (``walltime`` of one or two minutes) on
 ``pilotci``. The systems run *at the same time*, each on its own category, driven by one and the same
 manager (so that submission, the policy and the recovery of lost Fireworks are identical):
 
-* ``ours``: cluster ``pilotci``, the standard job script with ``pilot worker``: it takes a segment only when
-  its ``spec._pilot.walltime`` fits the time left minus ``walltime_margin``, stops a running one (SIGTERM: the
-  segment saves and continues elsewhere) at the deadline minus margin/2, and stops everything when SLURM's
-  pre-walltime signal (``--signal=B:USR1@margin``) arrives;
-* ``ours_no_usr1``: the same without the ``--signal`` directive (a template that extends ``slurm.sh.j2``):
-  the worker goes by its own deadline only. SLURM documents that the signal "may be sent up to 60 seconds
-  earlier than specified", which matters with pilots this short;
-* ``rlaunch``: the same job script with the worker replaced by
+The segments are the same in every system: each Firework carries ``spec._pilot.walltime`` (its work plus 5 s)
+and ``min_walltime`` (``min_work`` plus 5 s), and a segment told the job's end (``PILOT_DEADLINE``, and our
+worker's ``PILOT_STOP_AT``) sizes itself to it like an MD segment with ``-maxh`` (same rule,
+:func:`tasks.segment.time_limit_s`), then saves and adds its continuation.
+
+* ``ours``: cluster ``pilotci``, the standard job script with ``pilot worker``: it takes a segment when its
+  ``walltime``, or its ``min_walltime`` (the tail of the pilot), fits the time left minus ``walltime_margin``,
+  stops a running one (SIGTERM: the segment saves and continues elsewhere) at the deadline minus margin/2,
+  logs SLURM's pre-walltime signal (``--signal=B:USR1@margin``) but goes by its deadline, and leaves at once
+  when READY work fits no more;
+* ``rlaunch``: plain FireWorks in the same job script: the worker replaced by
   ``rlaunch -w FWORKER rapidfire --timeout (walltime - margin) --sleep 5`` (a template that extends
   ``slurm.sh.j2``; the FWorker is named like our pilots, CLUSTER-JOBID, so that the manager can rerun what a
-  killed pilot left RUNNING, more than plain FireWorks would do without ``lpad detect_lostruns``), and no
-  pre-walltime signal (``walltime_margin: 0``): rlaunch has no handler for it;
+  killed pilot left RUNNING, more than plain FireWorks would do without ``lpad detect_lostruns``), no
+  pre-walltime signal (``walltime_margin: 0``: rlaunch has no handler for it), and its tasks are not told the
+  job's end (``env -u PILOT_DEADLINE``: plain FireWorks has none to tell), so segments run whole;
 * ``rlaunch_close``: the same with ``--timeout (walltime - 5 s)``, a timeout set without knowing how long
-  the Fireworks take.
+  the Fireworks take;
+* ``rlaunch_maxh``: ``rlaunch`` whose segments *are* told the job's end (as a user would hard-code ``-maxh``
+  per job): the strongest baseline, rlaunch's tail filled by segments that shorten themselves.
 
 Reported per system, from the segments' own attempt records and SLURM's accounting (``sacct``, as root):
 segments killed by the scheduler (interrupted in a job that ended TIMEOUT), segments stopped by the pilot,
@@ -27,8 +33,10 @@ segment work redone (seconds of work done after the last checkpoint of an interr
 (sum of the jobs' elapsed time), busy time (attempts running), utilisation = busy / pilot time and
 useful / pilot time (useful = the campaign's work); how far past their wall time TIMEOUT jobs ran, segments
 that were still running past the job's wall time (SLURM here enforces limits on a tick of up to ~30 s, a
-grace that hides overruns at this time scale but not at hours-long ones), and (from the workers' logs) how
-long before the deadline SIGUSR1 came.
+grace that hides overruns at this time scale but not at hours-long ones), segments that sized themselves to
+the deadline; where the pilot time that ran no segment went (start-up, gaps between segments, the tail after
+the last one, jobs that ran none) and the wall time given back unused; and (from our workers' logs) how long
+before the deadline SIGUSR1 came.
 """
 
 from __future__ import annotations
@@ -70,35 +78,24 @@ class WasteSize:
     idle_timeout: int
     max_pilots: int        # per system: limits.max_queued and max_running
     timeout: float         # give up on the campaign after this many seconds
+    min_work: float = 4.0  # a segment sizes itself to the pilot's time, but runs at least this (spec min_walltime)
 
 
 SIZES = {
     "full": WasteSize(runs=6, segments=4, length=20.0, walltime_min=2, margin=20, grace=8, idle_timeout=10,
                       max_pilots=3, timeout=540.0),
     "quick": WasteSize(runs=3, segments=3, length=12.0, walltime_min=1, margin=15, grace=5, idle_timeout=8,
-                       max_pilots=2, timeout=300.0),
+                       max_pilots=2, timeout=300.0, min_work=3.0),
     "smoke": WasteSize(runs=1, segments=2, length=4.0, walltime_min=1, margin=15, grace=5, idle_timeout=3,
                        max_pilots=1, timeout=150.0),
 }
 
+#: plain FireWorks: rlaunch's tasks are not told the job's end (our job script exports PILOT_DEADLINE)
+PLAIN = "env -u PILOT_DEADLINE "
+
 #: ``rlaunch_close``: a --timeout that cuts it close (wall time minus this), as one sets it without knowing
 #: how long the Fireworks take
 RLAUNCH_CLOSE_MARGIN = 5
-
-NO_USR1_TEMPLATE = """{% extends "slurm.sh.j2" %}
-{#- benchmark variant: the standard pilot job script without the pre-walltime signal (--signal=B:USR1@margin):
-    the worker then stops work by its own deadline only -#}
-{% block directives %}
-#SBATCH --job-name={{ job_name }}
-#SBATCH --output={{ work_dir }}/pilot-%j.out
-#SBATCH --error={{ work_dir }}/pilot-%j.err
-#SBATCH --time={{ walltime }}
-#SBATCH --nodes={{ nodes }}
-#SBATCH --ntasks-per-node={{ cores }}
-#SBATCH --partition={{ partition }}
-#SBATCH --no-requeue
-{% endblock %}
-"""
 
 RLAUNCH_TEMPLATE = """{{% extends "slurm.sh.j2" %}}
 {{#- benchmark baseline: the same pilot job script, but the worker is FireWorks' own rlaunch rapidfire -#}}
@@ -108,7 +105,7 @@ printf 'name: %s\\ncategory: %s\\nquery: "{{}}"\\n' "$PILOT_CLUSTER-$PILOT_JOB_I
     > "$PILOT_WORK_DIR/fworker-$PILOT_FILE_ID.yaml"
 {{% endblock %}}
 {{% block worker_command %}}
-{rlaunch} -l {{{{ launchpad_file | remote_path }}}} -w "$PILOT_WORK_DIR/fworker-$PILOT_FILE_ID.yaml" \\
+{env}{rlaunch} -l {{{{ launchpad_file | remote_path }}}} -w "$PILOT_WORK_DIR/fworker-$PILOT_FILE_ID.yaml" \\
     rapidfire --timeout {timeout} --sleep {sleep}
 {{% endblock %}}
 """
@@ -178,6 +175,7 @@ def _metrics(attempts: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], pi
         elif a.get("reason") == "sigterm":
             stopped_pilot += 1
     pilot_time = float(sum(j["elapsed"] for j in jobs.values()))
+    losses = _losses(attempts, jobs, walltime_s)
     states = Counter(j["state"] for j in jobs.values())
     return {
         "campaign_complete": done, "campaign_s": (finished_at - started) if finished_at else None,
@@ -190,7 +188,33 @@ def _metrics(attempts: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], pi
         "work_redone_s": redone, "work_done_s": work, "work_required_s": required, "busy_s": busy,
         "utilisation_busy": (busy / pilot_time) if pilot_time else None,
         "utilisation_useful": (min(work, required) / pilot_time) if pilot_time else None,
+        "segments_sized_to_deadline": reasons.get("time_limit", 0), **losses,
     }
+
+
+def _losses(attempts: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], walltime_s: float) -> dict[str, Any]:
+    """Where each second of pilot time that ran no segment went, per job from SLURM's start/end and the
+    attempts that ran in it: start-up (job start to its first segment), gaps between segments, the tail (last
+    segment's end to the job's end), whole jobs that ran nothing; and the wall time given back (asked for but
+    not used: not charged, but another pilot had to be queued for it)."""
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for a in attempts:
+        by_job.setdefault(str(a.get("job_id")), []).append(a)
+    startup = gaps = tail = empty = returned = 0.0
+    for jid, job in jobs.items():
+        if not job.get("elapsed"):
+            continue
+        returned += max(0.0, walltime_s - float(job["elapsed"]))
+        runs = sorted(by_job.get(jid, []), key=lambda a: float(a["start"]))
+        if not runs or job.get("start") is None:
+            empty += float(job["elapsed"])
+            continue
+        end = float(job["start"]) + float(job["elapsed"])
+        startup += max(0.0, float(runs[0]["start"]) - float(job["start"]))
+        gaps += sum(max(0.0, float(b["start"]) - float(a["t_last"])) for a, b in zip(runs, runs[1:], strict=False))
+        tail += max(0.0, end - max(float(a["t_last"]) for a in runs))
+    return {"lost_startup_s": startup, "lost_gaps_s": gaps, "lost_tail_s": tail, "lost_empty_jobs_s": empty,
+            "walltime_returned_s": returned}
 
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) pilot-worker")
@@ -222,15 +246,18 @@ def _systems(size: WasteSize, venv: Path, tag: str, walltime_s: int) -> dict[str
     return {
         "ours": {"cluster": "pilotci", "category": f"segours{tag}", "template": None,
                  "over": {"walltime_margin": size.margin, "grace": size.grace}},
-        "ours_no_usr1": {"cluster": "pilotcidl", "category": f"segdl{tag}", "template": NO_USR1_TEMPLATE,
-                         "over": {"walltime_margin": size.margin, "grace": size.grace}},
         "rlaunch": {"cluster": "pilotcirl", "category": f"segrl{tag}",
-                    "template": RLAUNCH_TEMPLATE.format(rlaunch=rlaunch, timeout=walltime_s - size.margin, sleep=5),
+                    "template": RLAUNCH_TEMPLATE.format(rlaunch=rlaunch, timeout=walltime_s - size.margin, sleep=5,
+                                                        env=PLAIN),
                     "over": {"walltime_margin": 0, "grace": 0}},
         "rlaunch_close": {"cluster": "pilotcirlc", "category": f"segrc{tag}",
-                          "template": RLAUNCH_TEMPLATE.format(rlaunch=rlaunch,
+                          "template": RLAUNCH_TEMPLATE.format(rlaunch=rlaunch, env=PLAIN,
                                                               timeout=walltime_s - RLAUNCH_CLOSE_MARGIN, sleep=5),
                           "over": {"walltime_margin": 0, "grace": 0}},
+        "rlaunch_maxh": {"cluster": "pilotcirlm", "category": f"segrm{tag}",
+                         "template": RLAUNCH_TEMPLATE.format(rlaunch=rlaunch, timeout=walltime_s - size.margin,
+                                                             sleep=5, env=""),
+                         "over": {"walltime_margin": 0, "grace": 0}},
     }
 
 
@@ -326,7 +353,8 @@ def run(size: WasteSize, log: Callable[[str], None] = print) -> dict[str, Any]:
         run_names = [f"r{i}" for i in range(size.runs)]
         for s in systems.values():
             for name, length in zip(run_names, lengths, strict=True):
-                lp.add_wf(segment_firework(str(s["run_dir"]), name, 0, size.segments, length, s["category"]))
+                lp.add_wf(segment_firework(str(s["run_dir"]), name, 0, size.segments, length, s["category"],
+                                           min_work=size.min_work))
         required = sum(lengths) * size.segments
         mgr = Manager(cfg, lp)
         started, finished, cycles = _drive(mgr, systems, run_names, size, log)

@@ -1,0 +1,121 @@
+"""The goals of issue 18 as one table: each measured number next to its baseline and the goal, with the ratio.
+
+Why a table of its own: the numbers live in five benchmarks' results, and a reader (or a script reading the
+JSON) should see at a glance which goal is met. Baselines are measured in the same run where FireWorks has
+a counterpart (``rlaunch`` for utilisation and per-Firework overhead); the manager cycle has none, so its
+baseline is the number recorded before the work on it (benchmarks/README.md, commit ff2d8ae), marked as such.
+The rows are computed from the results only (pure), so ``run.py --show FILE`` prints them for an old run too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.common import fmt_num, fmt_table, ratio
+
+#: manager cycle (steady state) at 100,000 READY Fireworks x 20 clusters before issue 18: benchmarks/README.md,
+#: "Manager scale after the fix (commit ff2d8ae)", measured 2026-11-21 with the same scale benchmark
+RECORDED_CYCLE_100K_S = 8.69
+RECORDED_CYCLE_REF = "ff2d8ae, recorded"
+
+
+@dataclass
+class Goal:
+    """One row: what is measured, our number, the baseline's, the goal, and whether it is met."""
+
+    name: str
+    ours: float | None
+    baseline: float | None
+    baseline_label: str
+    goal: str
+    met: bool | None
+    ratio: float | None = None
+
+    def row(self) -> list[Any]:
+        base = self.baseline_label if self.baseline is None else f"{fmt_num(self.baseline)} ({self.baseline_label})"
+        return [self.name, self.ours, base, self.goal, self.ratio, "-" if self.met is None else
+                ("yes" if self.met else "NO")]
+
+
+def _scale_goals(sc: dict[str, Any]) -> list[Goal]:
+    rows = sc.get("rows") or []
+    if not rows:
+        return []
+    big, small = rows[-1], rows[0]
+    c2 = big["cycles"][-1]
+    cycle = c2.get("wall_without_ssh_s")
+    n = big["fireworks"]
+    full = n >= 100_000 and sc.get("clusters", 0) >= 20
+    out = [Goal(f"manager cycle w/o SSH s ({n:,} FWs x {sc.get('clusters')} clusters)", cycle,
+                RECORDED_CYCLE_100K_S if full else None, RECORDED_CYCLE_REF if full else "-", "< 1 s",
+                None if cycle is None or not full else cycle < 1.0,
+                ratio(cycle, RECORDED_CYCLE_100K_S) if full else None)]
+    db_small, db_big = small["cycles"][-1]["db_commands"], c2["db_commands"]
+    out.append(Goal(f"DB commands per cycle at {n:,} vs {small['fireworks']:,} FWs", db_big, db_small,
+                    f"at {small['fireworks']:,}", "independent of FWs", db_big <= db_small if len(rows) > 1 else None,
+                    ratio(db_big, db_small)))
+    rss = max(r["peak_rss_mib"] for r in rows)
+    out.append(Goal(f"manager peak RSS MiB ({n:,} FWs)", rss, None, "-", "< 150 MiB",
+                    rss < 150 if full else None))
+    return out
+
+
+def _waste_goals(w: dict[str, Any]) -> list[Goal]:
+    ours, base = w.get("ours"), w.get("rlaunch")
+    if not ours or not base:
+        return []
+    u, b = ours.get("utilisation_useful"), base.get("utilisation_useful")
+    out = [Goal("utilisation useful/pilot time (wall-time campaign)", u, b, "rlaunch", ">= rlaunch",
+                None if u is None or b is None else round(u, 2) >= round(b, 2), ratio(u, b))]
+    killed = ours.get("segments_killed_by_scheduler", 0) + ours.get("segments_hard_killed", 0)
+    out.append(Goal("segments killed (wall-time campaign)", killed, base.get("segments_killed_by_scheduler"),
+                    "rlaunch", "0", killed == 0))
+    return out
+
+
+def _overhead_goals(o: dict[str, Any]) -> list[Goal]:
+    ours, base = o.get("ours"), o.get("rlaunch")
+    if not ours or not base:
+        return []
+    out = []
+    for label, key in (("worker FW/s, no-op Fireworks", "fw_per_s"), ("worker steady FW/s", "steady_fw_per_s")):
+        r = ratio(ours.get(key), base.get(key))
+        out.append(Goal(label, ours.get(key), base.get(key), "rlaunch", ">= 1.5x rlaunch",
+                        None if r is None else r >= 1.5, r))
+    at = o.get("rss_at_scale") or {}
+    rss = at.get("worker_peak_rss_mib", ours.get("peak_rss_mib"))
+    where = f"{at['fireworks']:,} FWs" if at.get("fireworks") else f"{ours.get('fireworks')} FWs"
+    out.append(Goal(f"worker peak RSS MiB ({where})", rss, base.get("peak_rss_mib"), "rlaunch", "< 100 MiB",
+                    None if rss is None else rss < 100, ratio(rss, base.get("peak_rss_mib"))))
+    return out
+
+
+def _replay_goals(r: dict[str, Any]) -> list[Goal]:
+    try:
+        from benchmarks import replay
+    except ImportError:
+        return []
+    return [Goal(str(row[0]), row[1], row[2] if isinstance(row[2], (int, float)) else None,
+                 str(row[2]), str(row[3]), None, row[4]) for row in replay.goal_rows(r)]
+
+
+def goals(benchmarks: dict[str, Any]) -> list[Goal]:
+    """Every goal row that the benchmarks of this run have numbers for."""
+    out: list[Goal] = []
+    for name, fn in (("scale", _scale_goals), ("waste", _waste_goals), ("overhead", _overhead_goals),
+                     ("replay", _replay_goals)):
+        if benchmarks.get(name):
+            out.extend(fn(benchmarks[name]))
+    return out
+
+
+def table(benchmarks: dict[str, Any]) -> str:
+    rows = [g.row() for g in goals(benchmarks)]
+    if not rows:
+        return "(no goal measured in this run)"
+    return fmt_table(["goal (issue 18)", "ours", "baseline", "goal", "ratio ours/baseline", "met"], rows)
+
+
+def as_json(benchmarks: dict[str, Any]) -> list[dict[str, Any]]:
+    return [vars(g) for g in goals(benchmarks)]
