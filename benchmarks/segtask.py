@@ -120,7 +120,8 @@ class SegmentTask(FiretaskBase):
         _write_json(rec_path, rec)
 
         stop = {"flag": False}
-        until = progress + max(0.0, _time_limit(length - progress, self))  # the work this attempt may do
+        limit = _time_limit(length - progress, self)   # the work this attempt may do
+        until = length if limit >= length - progress else progress + max(0.0, limit)
 
         def on_term(signum: int, _frame: Any) -> None:
             stop["flag"] = True

@@ -164,14 +164,14 @@ def _metrics(attempts: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], pi
             if over > 1.0:
                 past_limit += 1
                 past_limit_s += over
-        if a.get("reason") in ("done", "already_done"):
-            continue
+        if a.get("reason") in ("done", "already_done", "time_limit"):
+            continue  # finished, or sized itself to the deadline and saved: nothing interrupted it
         redone += max(0.0, float(a["progress"]) - float(a["saved"]))
         job = jobs.get(str(a.get("job_id")), {})
-        if a.get("reason") is None:
-            hard_killed += 1
         if job.get("state") == "TIMEOUT":
-            killed_sched += 1
+            killed_sched += 1      # SLURM's time limit: SIGTERM (saved) or SIGKILL (reason None)
+        elif a.get("reason") is None:
+            hard_killed += 1       # died without saving in a job that SLURM did not time out
         elif a.get("reason") == "sigterm":
             stopped_pilot += 1
     pilot_time = float(sum(j["elapsed"] for j in jobs.values()))
@@ -206,7 +206,9 @@ def _losses(attempts: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], wal
             continue
         returned += max(0.0, walltime_s - float(job["elapsed"]))
         runs = sorted(by_job.get(jid, []), key=lambda a: float(a["start"]))
-        if not runs or job.get("start") is None:
+        if job.get("start") is None:
+            continue  # sacct did not say when it started: its losses are unknown
+        if not runs:
             empty += float(job["elapsed"])
             continue
         end = float(job["start"]) + float(job["elapsed"])

@@ -37,6 +37,7 @@ from tasks.contract import (
     PILOT_KEY,
     PRIORITY_KEY,
     RESULT_SPEC_KEY,
+    STOP_AT_MARGIN_S,
     Outcome,
 )
 from tasks.staging import PullTask, StageTask
@@ -121,7 +122,10 @@ def pilot_spec(md_task: SegmentTask, startup_slack_s: float) -> dict[str, float]
     segment_s = float(md_task.get("segment_hours", DEFAULT_SEGMENT_HOURS)) * 3600.0
     walltime = math.ceil(segment_s + startup_slack_s)
     shortest = min(float(md_task.get("min_segment_s", DEFAULT_MIN_SEGMENT_S)), segment_s)
-    least = math.ceil(shortest + float(md_task.get("deadline_margin_s", DEFAULT_DEADLINE_MARGIN_S)) + startup_slack_s)
+    # the segment's own limit is min(deadline - margin, stop_at - stop_margin): keep the larger of the two free
+    margin = max(float(md_task.get("deadline_margin_s", DEFAULT_DEADLINE_MARGIN_S)),
+                 float(md_task.get("stop_margin_s", STOP_AT_MARGIN_S)))
+    least = math.ceil(shortest + margin + startup_slack_s)
     return {"walltime": walltime, "min_walltime": least} if least < walltime else {"walltime": walltime}
 
 

@@ -83,7 +83,8 @@ def _query(text: str | None) -> dict[str, Any] | None:
               "stops the work, with a deadline it is only logged).")
 @click.option("--margin", type=float, default=60.0, show_default=True,
               help="Seconds kept free before the deadline: a Firework is pulled only if spec._pilot.walltime "
-                   "<= time left - margin; pulling stops when time left <= margin; a running Firework is "
+                   "(or min_walltime, for one that sizes itself to the time left) <= time left - margin; pulling "
+                   "stops when time left <= margin; a running Firework is "
                    "stopped at deadline - margin/2.")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True,
               help="Exit after this many seconds without matching READY work (at once when READY work is "

@@ -32,6 +32,7 @@ database commands are counted, for ``CycleReport.db_queries``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -99,23 +100,27 @@ class CountingCollection:
         self.queries += 1
         return int(self.coll.count_documents(dict(query)))
 
-    def durations(self, query: Mapping[str, Any], limit: int) -> list[float]:
-        """The positive ``spec._pilot.walltime`` values of at most ``limit`` matching Fireworks."""
+    def durations(self, query: Mapping[str, Any], limit: int, cap: float = math.inf) -> list[float]:
+        """The positive ``spec._pilot.walltime`` values of at most ``limit`` matching Fireworks, cut to ``cap``
+        (a Firework taken by its ``min_walltime`` runs the pilot's time, not its walltime)."""
         self.queries += 1
         docs = self.coll.find(dict(query), {"spec._pilot.walltime": 1, "_id": 0}).limit(limit)
         values = [((d.get("spec") or {}).get("_pilot") or {}).get("walltime") for d in docs]
-        return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+        return [min(float(v), cap) for v in values
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
 
 
-def _durations(coll: CountingCollection, query: dict[str, Any], ready: int) -> tuple[int, float | None]:
-    """How many of the matching READY Fireworks give a duration, and the mean of a sample of them."""
+def _durations(coll: CountingCollection, query: dict[str, Any], ready: int,
+               cap: float = math.inf) -> tuple[int, float | None]:
+    """How many of the matching READY Fireworks give a duration, and the mean of a sample of them (each cut to
+    ``cap``, the pilot's usable time)."""
     if not ready:
         return 0, None
     timed = {**query, "spec._pilot.walltime": {"$gt": 0}}
     known = coll.count(timed)
     if not known:
         return 0, None
-    values = coll.durations(timed, DURATION_SAMPLE)
+    values = coll.durations(timed, DURATION_SAMPLE, cap)
     return known, (sum(values) / len(values) if values else None)
 
 
@@ -278,7 +283,7 @@ def _counted(coll: CountingCollection, cat: str, offer: PilotOffer, running: int
     """What a pilot of a cluster with its own ``fworker_query`` could take, counted by the database."""
     q = takeable_query(cat, offer.usable_seconds, offer.query)
     n = coll.count(q)
-    known, mean = _durations(coll, q, n)
+    known, mean = _durations(coll, q, n, offer.usable_seconds)
     return CategoryDemand(ready=n, running=running, with_duration=known, mean_duration=mean)
 
 

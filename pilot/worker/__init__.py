@@ -3,8 +3,9 @@
 The worker is a small supervisor around FireWorks' own :func:`fireworks.core.rocket_launcher.launch_rocket`:
 
 * it pulls Fireworks of its categories one after another, but only those whose expected duration
-  (``spec._pilot.walltime``, seconds; absent means "fits anything") fits the time left before the job's
-  deadline minus a safety margin;
+  (``spec._pilot.walltime``, seconds; absent means "fits anything"), or the least time it can use
+  (``spec._pilot.min_walltime``, a Firework that sizes itself to the time it gets), fits the time left before
+  the job's deadline minus a safety margin;
 * every Firework runs in a forked child process that is the leader of its own session / process group, in its
   own ``launcher_*`` directory, where FireWorks' ``launch_rocket`` runs it; the Rocket's own LaunchPad calls
   (checkout, ping, complete) are executed by the worker on its warm connection (a killed child can never

@@ -114,6 +114,23 @@ def test_demand_counts_only_what_a_pilot_of_each_cluster_can_take(launchpad):
     assert d.queries == 1   # one aggregation, whatever the number of clusters and categories
 
 
+def test_a_firework_taken_by_its_minimum_counts_the_pilots_time_with_and_without_fworker_query(launchpad):
+    """docs/manager.md: a Firework that fits only by ``min_walltime`` lasts the pilot's usable time in the plan,
+    whether the cluster's counts come from the groups or, with an ``fworker_query``, from its own queries."""
+    lp = launchpad
+    for _ in range(10):
+        add_fw(lp, walltime=600, site="x")
+    add_fw(lp, walltime=14700, min_walltime=660, site="x")
+    usable = 7200.0
+    d = gather_demand(lp.fireworks, [PilotOffer("plain", ("md",), usable),
+                                     PilotOffer("query", ("md",), usable, query={"spec.site": "x"})])
+    expected = (10 * 600 + usable) / 11
+    for cluster in ("plain", "query"):
+        got = d.by_cluster[(cluster, "md")]
+        assert (got.ready, got.with_duration) == (11, 11), cluster
+        assert got.mean_duration == pytest.approx(expected), cluster
+
+
 @pytest.mark.parametrize("indexed", [True, False])
 def test_demand_of_twenty_clusters_is_one_command_and_equals_the_databases_counts(launchpad, indexed):
     """However many clusters and durations: one aggregation, and per cluster exactly what the database counts
