@@ -226,7 +226,7 @@ def run(sizes: list[int], n_clusters: int = 20, log: Callable[[str], None] = pri
                                                pilot={"walltime": "5", "cores": 1, "partition": "debug",
                                                       "extra_directives": ["#SBATCH --hold"]})
                   for k in range(n_clusters)}
-            write_config(cfg_dir, lp_file, cl, job_name_prefix=prefix)
+            write_config(cfg_dir, lp_file, cl, poll_interval=60, job_name_prefix=prefix)
             log(f"scale: {n:,} Fireworks, {n_clusters} clusters: two manager cycles in a fresh process ...")
             before = db.server_stats(lp)
             before_s = _server_seconds(lp) if db.server else None

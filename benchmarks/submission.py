@@ -88,7 +88,10 @@ def run_ours(db: Database, info: Any, venv: str, remote: Path, category: str, n_
                               fireworks_per_pilot=per_pilot, limits={"max_queued": 1000, "max_running": 1000},
                               pilot={"walltime": "5", "cores": 1, "partition": "debug",
                                      "extra_directives": ["#SBATCH --hold"]})
-        cfg = load_config(write_config(cfg_dir, lp_file, {"pilotci": cluster}, job_name_prefix=prefix))
+        # a user's poll interval (it is also how long a cycle waits for a cluster's submissions): the tests' 2 s
+        # reported a loaded machine's 2-pilot submission as "unreachable"
+        cfg = load_config(write_config(cfg_dir, lp_file, {"pilotci": cluster}, poll_interval=60,
+                                       job_name_prefix=prefix))
         factory, made = counting_factory()
         mgr = Manager(cfg, lp, transport_factory=factory)
         report = None
