@@ -13,6 +13,11 @@ reported, with the range. Reported: wall time from process start to exit and Fir
 the steady rate from the launches themselves ((N - 1) / (last launch start - first launch start), without
 interpreter start-up), the database commands per Firework (served by the embedded server, ``pilotStats``),
 and peak RSS of the process and of its children (the worker forks one child per Firework).
+
+Two cost models follow: the first pilot worker's design (a forked child with its own database client, next to
+``launch_rocket`` in-process), and where a no-op Firework's time goes now (:func:`phases`: one traced run of
+each system, milliseconds and database commands per phase). Last, the worker's peak RSS in a LaunchPad of
+100,000 READY Fireworks (:func:`worker_rss_at`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import BenchError, Database, PeakSampler, short_id
+from benchmarks.common import REPO, BenchError, Database, PeakSampler, short_id
 
 
 def _add_noops(lp: Any, category: str, n: int) -> None:
@@ -76,27 +81,38 @@ def _rlaunch() -> str:
     return found
 
 
+def _env() -> dict[str, str]:
+    """The environment of the measured processes: this source tree's ``pilot`` first (``python -m pilot`` runs
+    in the launch directory, where an editable install of another checkout would otherwise be found)."""
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(REPO) + (os.pathsep + path if path else ""))
+
+
+def _argv(db: Database, lp: Any, which: str, cat: str, d: Path) -> list[str]:
+    """The command line of ``which`` (``ours``: ``pilot worker``; ``rlaunch``: ``rlaunch rapidfire``) in ``d``."""
+    lp_file = d / "my_launchpad.yaml"
+    lp_file.write_text(yaml.safe_dump(db.launchpad_file_dict(lp)))
+    if which == "ours":
+        return [sys.executable, "-m", "pilot", "worker", "-l", str(lp_file), "-c", cat, "--name", "bench-worker",
+                "--no-deadline", "--idle-timeout", "0", "--launch-dir", str(d)]
+    fw_file = d / "my_fworker.yaml"
+    fw_file.write_text(yaml.safe_dump({"name": "bench-rlaunch", "category": cat, "query": "{}"}))
+    return [_rlaunch(), "-l", str(lp_file), "-w", str(fw_file), "rapidfire"]
+
+
 def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dict[str, Any]:
     lp = db.launchpad()
     cat = f"noop{short_id()}"
     _add_noops(lp, cat, n)
     d = work / which
     d.mkdir(parents=True)
-    lp_file = d / "my_launchpad.yaml"
-    lp_file.write_text(yaml.safe_dump(db.launchpad_file_dict(lp)))
-    if which == "ours":
-        argv = [sys.executable, "-m", "pilot", "worker", "-l", str(lp_file), "-c", cat, "--name", "bench-worker",
-                "--no-deadline", "--idle-timeout", "0", "--launch-dir", str(d)]
-    else:
-        fw_file = d / "my_fworker.yaml"
-        fw_file.write_text(yaml.safe_dump({"name": "bench-rlaunch", "category": cat, "query": "{}"}))
-        argv = [_rlaunch(), "-l", str(lp_file), "-w", str(fw_file), "rapidfire"]
+    argv = _argv(db, lp, which, cat, d)
     before = db.server_stats(lp)
     log_path = d / "output.log"
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=d, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, TQDM_DISABLE="1"))
+                                env=_env())
         sampler = PeakSampler(proc.pid).start()
         try:
             rc = proc.wait(timeout)
@@ -129,7 +145,12 @@ def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dic
             **rss}
 
 
-def run(n: int, repeat: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(n: int, repeat: int = 1, log: Callable[[str], None] = print, rss_at: int | None = None
+        ) -> dict[str, Any]:
+    """The side-by-side runs, the cost models, and the worker's RSS in a LaunchPad of ``rss_at`` READY
+    Fireworks (default: 100,000 at the full size, N >= 500; 100 N below; 0: not measured)."""
+    if rss_at is None:
+        rss_at = 100_000 if n >= 500 else 100 * n
     db = Database().start()
     work = Path(tempfile.mkdtemp(prefix="pilot-bench-overhead-"))
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "rlaunch": []}
@@ -143,6 +164,12 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print) -> dict[str
                 runs[which].append(run_one(db, which, n, work / f"r{k}", timeout=max(300.0, n * 2.0)))
         log("overhead: where a forked child's time goes ...")
         breakdown = fork_breakdown(db, min(30, max(5, n // 10)), work)
+        log(f"overhead: where a no-op Firework's time goes now, one traced run each ({min(n, 300)} Fireworks) ...")
+        breakdown["phases"] = phases(db, min(n, 300), work / "phases", timeout=max(300.0, n * 2.0))
+        rss = None
+        if rss_at:
+            log(f"overhead: the worker's peak RSS in a LaunchPad of {rss_at:,} READY Fireworks ...")
+            rss = worker_rss_at(db, rss_at, 20, work / "rss", timeout=900.0)
     finally:
         server_mib = db.server_peak_mib()
         db.stop()
@@ -154,7 +181,7 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print) -> dict[str
                     fw_per_s_range=[ordered[0]["fw_per_s"], ordered[-1]["fw_per_s"]])
 
     return {"fireworks": n, "repeat": repeat, "ours": median(runs["ours"]), "rlaunch": median(runs["rlaunch"]),
-            "all_runs": runs, "fork_breakdown": breakdown, "server_peak_rss_mib": server_mib}
+            "all_runs": runs, "fork_breakdown": breakdown, "worker_rss_at": rss, "server_peak_rss_mib": server_mib}
 
 
 # ============================================================================ where the time goes
@@ -263,3 +290,198 @@ def fork_breakdown(db: Database, n: int, work: Path) -> dict[str, Any]:
         return json.loads(res.stdout.strip().splitlines()[-1])
     finally:
         db.drop(lp)
+
+
+# ============================================================================ where a Firework's time goes now
+#: the phases of one no-op Firework, in the order of the table (both systems; "-" where one has no such phase)
+PHASES = ("checkout", "pings", "complete", "rocket_and_task", "handoff", "settle", "between")
+
+
+class _Tracer:
+    """Exclusive wall time and database commands per phase, per thread (FireWorks pings from a thread of its
+    own): a wrapped function's time counts for its phase minus the time of wrapped functions it calls; every
+    command the process's MongoClients send counts for the phase of the thread that sends it (a pymongo
+    ``CommandListener`` registered before any client exists)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from pymongo import monitoring
+
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.commands: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        tracer = self
+
+        class _Listener(monitoring.CommandListener):
+            def started(self, event: Any) -> None:
+                stack = getattr(tracer.local, "stack", None)
+                phase = stack[-1][0] if stack else "between"
+                with tracer.lock:
+                    tracer.commands[phase] = tracer.commands.get(phase, 0) + 1
+
+            def succeeded(self, event: Any) -> None:
+                pass
+
+            def failed(self, event: Any) -> None:
+                pass
+
+        monitoring.register(_Listener())
+
+    def wrap(self, owner: Any, name: str, phase: str | Callable[..., str]) -> None:
+        orig = getattr(owner, name)
+        tracer = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            label = phase(*args) if callable(phase) else phase
+            stack = tracer.local.__dict__.setdefault("stack", [])
+            stack.append([label, 0.0])
+            t = time.perf_counter()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t
+                _, inner = stack.pop()
+                if stack:
+                    stack[-1][1] += dt
+                with tracer.lock:
+                    tracer.seconds[label] = tracer.seconds.get(label, 0.0) + dt - inner
+                    tracer.calls[label] = tracer.calls.get(label, 0) + 1
+
+        setattr(owner, name, timed)
+
+    def dump(self, path: str, wall: float) -> None:
+        import json
+
+        Path(path).write_text(json.dumps({"wall_s": wall, "seconds": self.seconds, "commands": self.commands,
+                                          "calls": self.calls}))
+
+
+def _served_phase(_self: Any, _child: Any, frame: bytes) -> str:
+    import pickle
+
+    method = pickle.loads(frame)[0]
+    return {"checkout_fw": "checkout", "ping_launch": "pings", "complete_launch": "complete"}.get(method, "between")
+
+
+def _trace_ours(tracer: _Tracer, argv: list[str]) -> None:
+    from pilot.worker import calls, children, settle, supervisor
+
+    tracer.wrap(supervisor.Worker, "_loop", "between")
+    tracer.wrap(supervisor.Worker, "_supervise", "rocket_and_task")  # waiting for the child's next call
+    tracer.wrap(calls.CallServer, "serve", _served_phase)
+    tracer.wrap(calls.CallServer, "_prefetch_launch_id", "between")   # while the child runs: off the path
+    tracer.wrap(children.ChildPool, "fork", "handoff")
+    tracer.wrap(settle.Settler, "settle", "settle")
+    tracer.wrap(children.ChildPool, "reap_exiting", "settle")
+    from pilot.cli import main
+
+    sys.argv = ["pilot", *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+
+
+def _trace_rlaunch(tracer: _Tracer, argv: list[str]) -> None:
+    from fireworks.core import launchpad, rocket, rocket_launcher
+
+    tracer.wrap(rocket_launcher, "rapidfire", "between")
+    tracer.wrap(rocket.Rocket, "run", "rocket_and_task")
+    tracer.wrap(launchpad.LaunchPad, "checkout_fw", "checkout")
+    tracer.wrap(launchpad.LaunchPad, "ping_launch", "pings")
+    tracer.wrap(launchpad.LaunchPad, "complete_launch", "complete")
+    from fireworks.scripts.rlaunch_run import rlaunch
+
+    sys.argv = ["rlaunch", *argv]
+    rlaunch()
+
+
+def trace_main(argv: list[str]) -> int:
+    """``python -m benchmarks.overhead _phases ours|rlaunch OUT.json -- ARGS``: run ``pilot ARGS`` (ours) or
+    ``rlaunch ARGS`` in this process with the phases traced; write the totals to OUT.json."""
+    which, out = argv[0], argv[1]
+    args = argv[argv.index("--") + 1:]
+    tracer = _Tracer()
+    t = time.perf_counter()
+    (_trace_ours if which == "ours" else _trace_rlaunch)(tracer, args)
+    tracer.dump(out, time.perf_counter() - t)
+    return 0
+
+
+def phases(db: Database, n: int, work: Path, timeout: float) -> dict[str, Any]:
+    """Per-Firework milliseconds and database commands of each phase, one traced run of each system on N no-op
+    Fireworks (the tracing costs a little time of its own; the wall time per Firework is shown with it)."""
+    import json
+
+    out: dict[str, Any] = {"fireworks": n}
+    for which in ("ours", "rlaunch"):
+        lp = db.launchpad()
+        cat = f"ph{short_id()}"
+        _add_noops(lp, cat, n)
+        d = work / f"phases-{which}"
+        d.mkdir(parents=True)
+        argv = _argv(db, lp, which, cat, d)
+        args = argv[3:] if which == "ours" else argv[1:]
+        res_file = d / "phases.json"
+        cmd = [sys.executable, "-m", "benchmarks.overhead", "_phases", which, str(res_file), "--", *args]
+        with open(d / "output.log", "wb") as log:
+            rc = subprocess.run(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT, env=_env(), timeout=timeout,
+                                check=False).returncode
+        done = lp.fireworks.count_documents({"state": "COMPLETED"})
+        db.drop(lp)
+        if rc != 0 or done != n or not res_file.exists():
+            raise BenchError(f"phases of {which}: exit {rc}, {done}/{n} COMPLETED; log: {d / 'output.log'}")
+        r = json.loads(res_file.read_text())
+        out[which] = {"wall_ms_per_fw": 1000 * r["wall_s"] / n,
+                      **{f"{p}_ms": 1000 * r["seconds"][p] / n for p in PHASES if p in r["seconds"]},
+                      **{f"{p}_cmds": r["commands"].get(p, 0) / n for p in PHASES if p in r["seconds"]}}
+    return out
+
+
+# ============================================================================ the worker's RSS at campaign scale
+def worker_rss_at(db: Database, total: int, k: int, work: Path, timeout: float) -> dict[str, Any]:
+    """Peak RSS of ``pilot worker`` (and of its children) in a LaunchPad holding ``total`` READY Fireworks, of
+    which ``k`` are of the worker's category (the rest inserted with pymongo ``insert_many`` as scale.py does)."""
+    from benchmarks.scale import insert_direct
+
+    lp = db.launchpad()
+    cat = f"rss{short_id()}"
+    t = time.perf_counter()
+    insert_direct(lp, total - k, [f"bulk{short_id()}"])
+    _add_noops(lp, cat, k)
+    insert_s = time.perf_counter() - t
+    d = work / "rss"
+    d.mkdir(parents=True)
+    argv = _argv(db, lp, "ours", cat, d)
+    log_path = d / "output.log"
+    with open(log_path, "wb") as log:
+        t = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=d, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=_env())
+        sampler = PeakSampler(proc.pid, interval=0.02).start()
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+            rc = -9
+        finally:
+            rss = sampler.stop()
+        wall = time.perf_counter() - t
+    ready = lp.fireworks.count_documents({"state": "READY"})
+    done = lp.fireworks.count_documents({"state": "COMPLETED", "spec._category": cat})
+    db.drop(lp)
+    if rc != 0 or done != k:
+        raise BenchError(f"worker at {total} Fireworks: exit {rc}, {done}/{k} COMPLETED; log: {log_path}")
+    return {"fireworks_in_launchpad": total, "fireworks_run": k, "ready_left": ready, "insert_s": insert_s,
+            "wall_s": wall, **rss}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_phases":
+        sys.exit(trace_main(sys.argv[2:]))
+    sys.exit(f"usage: python -m benchmarks.overhead _phases ours|rlaunch OUT.json -- ARGS (got {sys.argv[1:]})")

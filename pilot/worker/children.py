@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pilot.worker.forkserver import ForkServer
@@ -45,6 +45,10 @@ class ChildState:
     kill_at: float | None = None
     killed: bool = False
     stop_why: str = ""
+    #: the Rocket's pings not written yet, (launch id, ptime, checkpoint) in order, and the monotonic time by
+    #: which they are written (see :meth:`pilot.worker.calls.CallServer.serve`)
+    held_pings: list[tuple[Any, Any, Any]] = field(default_factory=list)
+    pings_due: float | None = None
 
 
 def killpg(pid: int, sig: int, reaped: bool = False) -> None:

@@ -3,6 +3,7 @@ did, and retrying the database through connection errors."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -23,7 +24,9 @@ T = TypeVar("T")
 
 def install_worker_hooks(lp: Any) -> None:
     """Let the worker's LaunchPad record, for the child it currently serves, which Firework it reserved, which
-    launch id it created, and whether a workflow lock could not be taken (FireWorks then skips the refresh)."""
+    launch id it created, and whether a workflow lock could not be taken (FireWorks then skips the refresh);
+    and send fewer database commands for the Rocket's calls (:mod:`pilot.worker.roundtrips`, unless
+    ``PILOT_WORKER_FIREWORKS_CALLS=1``)."""
     import fireworks.core.launchpad as lpmod
 
     class RecordingWFLock(lpmod.WFLock):
@@ -38,7 +41,13 @@ def install_worker_hooks(lp: Any) -> None:
 
     lpmod.WFLock = RecordingWFLock
 
-    class RecordingLaunchPad(lpmod.LaunchPad):
+    base: type = lpmod.LaunchPad
+    if os.environ.get("PILOT_WORKER_FIREWORKS_CALLS") != "1":
+        from pilot.worker.roundtrips import LeanLaunchPad
+
+        base = LeanLaunchPad
+
+    class RecordingLaunchPad(base):
         _pilot_child: ChildState | None = None
 
         def _get_a_fw_to_run(self, query: Any = None, fw_id: Any = None, checkout: bool = True) -> Any:

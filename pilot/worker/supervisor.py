@@ -338,6 +338,7 @@ class Worker:
         child.fworker = fworker
         try:
             self._supervise(children, calls, child)
+            calls.flush(child)  # pings the child sent last (a completion takes them along: then none)
         finally:
             self.lp._pilot_child = None
         children.close_fds(child)
@@ -417,7 +418,8 @@ class Worker:
                 killpg(child.pid, signal.SIGKILL)
                 child.killed = True
             timeouts = [t for t in (trigger if child.stop_sent_at is None else None,
-                                    None if child.kill_at is None or child.killed else child.kill_at - now)
+                                    None if child.kill_at is None or child.killed else child.kill_at - now,
+                                    calls.flush_due(child))
                         if t is not None]
             timeout = max(min(timeouts), 0.0) if timeouts else None
             fds: list[int | socket.socket] = [self._wake_r, forkserver.sock]
