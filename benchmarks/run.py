@@ -104,6 +104,33 @@ def table_overhead(res: dict[str, Any]) -> str:
                          [[b["in_process_rocket_ms"], b["fork_ms"], b["connect_ms"], b["child_first_rocket_ms"],
                            b["child_second_rocket_ms"], b["child_first_rocket_after_pause_ms"],
                            b["warm_pool_first_rocket_ms"]]])
+    ph = (b or {}).get("phases")
+    if ph:
+        out += (f"\n\nwhere a no-op Firework's time goes now: one traced run of each on {ph['fireworks']} Fireworks "
+                "(ms and database commands per Firework; exclusive times; '-': no such phase):\n")
+        labels = {"checkout": "pull: checkout_fw", "pings": "pings (FireWorks' ping_launch)",
+                  "complete": "complete_launch + workflow refresh",
+                  "rocket_and_task": "Rocket + task (ours: worker waits for the child)",
+                  "handoff": "hand-off of the pre-forked child", "settle": "settle + reap",
+                  "between": "loop between Fireworks"}
+        prows = []
+        for key, label in labels.items():
+            row: list[Any] = [label]
+            for side in ("ours", "rlaunch"):
+                x = ph[side]
+                row += [x.get(f"{key}_ms", "-"), x.get(f"{key}_cmds", "-")]
+            prows.append(row)
+        o_ph, r_ph = ph["ours"], ph["rlaunch"]
+        prows.append(["sum of the phases", sum(o_ph.get(f"{k}_ms", 0) for k in labels),
+                      sum(o_ph.get(f"{k}_cmds", 0) for k in labels), sum(r_ph.get(f"{k}_ms", 0) for k in labels),
+                      sum(r_ph.get(f"{k}_cmds", 0) for k in labels)])
+        prows.append(["wall / Fireworks (with start-up)", o_ph["wall_ms_per_fw"], "", r_ph["wall_ms_per_fw"], ""])
+        out += fmt_table(["phase", "ours ms", "ours cmds", "rlaunch ms", "rlaunch cmds"], prows)
+    rss = res.get("worker_rss_at")
+    if rss:
+        out += (f"\n\npilot worker in a LaunchPad of {rss['fireworks_in_launchpad']:,} READY Fireworks, running "
+                f"{rss['fireworks_run']} of them: peak RSS {rss['peak_rss_mib']} MiB, its Firework children "
+                f"{rss['peak_child_rss_mib']} MiB (insert {rss['insert_s']:.1f} s, worker {rss['wall_s']:.1f} s)")
     return out
 
 
