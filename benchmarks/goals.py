@@ -91,9 +91,10 @@ def _overhead_goals(o: dict[str, Any]) -> list[Goal]:
         r = ratio(ours.get(key), base.get(key))
         out.append(Goal(label, ours.get(key), base.get(key), "rlaunch", ">= 1.5x rlaunch",
                         None if r is None else r >= 1.5, r))
-    at = o.get("rss_at_scale") or {}
-    rss = at.get("worker_peak_rss_mib", ours.get("peak_rss_mib"))
-    where = f"{at['fireworks']:,} FWs" if at.get("fireworks") else f"{ours.get('fireworks')} FWs"
+    at = o.get("worker_rss_at") or {}
+    rss = at.get("peak_rss_mib", ours.get("peak_rss_mib"))
+    n = at.get("fireworks_in_launchpad") or ours.get("fireworks")
+    where = f"{n:,} FWs in the LaunchPad" if isinstance(n, int) else "-"
     out.append(Goal(f"worker peak RSS MiB ({where})", rss, base.get("peak_rss_mib"), "rlaunch", "< 100 MiB",
                     None if rss is None else rss < 100, ratio(rss, base.get("peak_rss_mib"))))
     return out
