@@ -34,7 +34,7 @@ def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
     assert data["mode"] == "smoke" and data["errors"] == {}
     assert {"date", "cores", "memory_gib", "os", "loadavg_start", "loadavg_end"} <= set(data["machine"])
     b = data["benchmarks"]
-    assert set(b) == {"submission", "overhead", "waste", "scale", "dbserver"}
+    assert set(b) == {"submission", "overhead", "waste", "scale", "dbserver", "replay"}
     assert set(data["loadavg"]) == set(b)
 
     (row,) = b["submission"]["rows"]
@@ -80,5 +80,11 @@ def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
             assert e[key]["runs"] >= 1 and e[key]["median_s"] > 0
         assert e["blocking"]["unindexed_count_all"]["result"] == 1000
         assert e["blocking"]["unindexed_find_one_match"]["result"] == 1
+    r = b["replay"]   # tests/project/test_replay_bench.py checks the campaign itself
+    assert r["audit"]["problems"] == [] and r["complete"] is True
+    assert r["attempts"] == r["segments_done"] + r["killed"]
+    # every goal row of issue 18 that this run measured is in the JSON, with its numbers
+    names = {g["name"] for g in data["goals"]}
+    assert any("utilisation" in n for n in names) and any("replay: makespan" in n for n in names), names
     assert "ours/baseline" in res.stdout
     assert "results:" in res.stdout and "peak RSS" in res.stdout
