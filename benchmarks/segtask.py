@@ -9,6 +9,8 @@ done in it) every ``checkpoint_every`` seconds of work and when it stops, and on
   ``-maxh`` (:func:`tasks.segment.time_limit_s`, the same rule: ``PILOT_DEADLINE`` minus ``deadline_margin``,
   ``PILOT_STOP_AT`` minus ``stop_margin``): it stops there, saves, and adds a continuation of the same
   segment, like SIGTERM. Its Firework says so with ``spec._pilot.min_walltime`` (``min_work`` plus the slack);
+* every segment's Firework says ``spec._pilot.continues: true``: it adds what follows it, so the manager plans a
+  pilot per READY run, not per ``fireworks_per_pilot`` segments;
 * SIGTERM: the task saves the checkpoint and returns an FWAction that adds a continuation of the *same*
   segment (its ``spec._pilot.walltime`` is the remaining work plus the slack), which resumes from the
   checkpoint;
@@ -63,9 +65,10 @@ def segment_firework(run_dir: str, run: str, segment: int, n_segments: int, leng
     task = SegmentTask(run_dir=run_dir, run=run, segment=segment, n_segments=n_segments, length=length,
                        category=category, step=step, checkpoint_every=checkpoint_every, slack=slack,
                        min_work=min_work, deadline_margin=deadline_margin, stop_margin=stop_margin)
-    pilot: dict[str, float] = {"walltime": round(todo + slack, 1)}
+    pilot: dict[str, Any] = {"walltime": round(todo + slack, 1)}
     if min_work is not None and min_work < todo:
         pilot["min_walltime"] = round(min_work + slack, 1)
+    pilot["continues"] = True   # it adds its continuation or the next segment: a chain head (pilot.manager.policy)
     return Firework([task], name=f"{run}-seg{segment}", spec={"_category": category, "_pilot": pilot})
 
 

@@ -110,9 +110,16 @@ def _staged(md_task: SegmentTask, fw_md: Firework, stage: dict[str, Any], wf_nam
     return [fw_stage, fw_md, fw_pull, fw_cont], links, fw_pull
 
 
-def pilot_spec(md_task: SegmentTask, startup_slack_s: float) -> dict[str, float]:
-    """The md Firework's ``_pilot``: ``walltime`` (a whole segment plus the start-up slack) and, when shorter,
-    ``min_walltime``, the least time a pilot must have left for the segment to be worth starting.
+def pilot_spec(md_task: SegmentTask, startup_slack_s: float) -> dict[str, Any]:
+    """The md Firework's ``_pilot``: ``walltime`` (a whole segment plus the start-up slack), when shorter
+    ``min_walltime``, the least time a pilot must have left for the segment to be worth starting, and
+    ``continues: true``.
+
+    ``continues`` says the segment is a chain link: when it completes it adds its successor, the next segment,
+    which a pilot can take at once (with staging once the local pull and continue Fireworks ran). The manager
+    then plans a pilot per READY segment instead of counting one pilot as running several READY segments one
+    after another, which they are not: each is the head of a run of its own (:mod:`pilot.manager.policy`,
+    issue 18).
 
     A segment sizes itself to the pilot's deadline (``PILOT_DEADLINE - deadline_margin_s``, GROMACS ``-maxh``)
     and runs at least ``min(min_segment_s, segment length)`` or not at all: with ``min_walltime`` = that + the
@@ -126,7 +133,11 @@ def pilot_spec(md_task: SegmentTask, startup_slack_s: float) -> dict[str, float]
     margin = max(float(md_task.get("deadline_margin_s", DEFAULT_DEADLINE_MARGIN_S)),
                  float(md_task.get("stop_margin_s", STOP_AT_MARGIN_S)))
     least = math.ceil(shortest + margin + startup_slack_s)
-    return {"walltime": walltime, "min_walltime": least} if least < walltime else {"walltime": walltime}
+    spec: dict[str, Any] = {"walltime": walltime}
+    if least < walltime:
+        spec["min_walltime"] = least
+    spec["continues"] = True
+    return spec
 
 
 def segment_chain(md_task: SegmentTask) -> Workflow:

@@ -20,11 +20,13 @@ work none of them could take (issue 16: 4-hour segments on a cluster whose pilot
 here mirror the worker's exactly, so demand and what pilots take cannot drift apart.
 
 Each cycle asks the database **one aggregation** (:func:`demand_pipeline`): the READY and RUNNING Fireworks of
-the served categories, counted per category, state, expected duration and pinned FWorker. Every cluster's
+the served categories, counted per category, state, expected duration, pinned FWorker and whether it is a chain
+head (``spec._pilot.continues``: it adds its successor when it completes, so it needs a pilot of its own,
+:mod:`pilot.manager.policy`). Every cluster's
 counts follow from those groups in Python (:meth:`Group.fits`), so the cycle's database work does not grow
 with clusters, and the groups are as many as the distinct durations, not the Fireworks (a campaign's segments
 share a few). The embedded server answers it from its indexes (:mod:`pilot.launchpad.grouping`; the manager
-creates the two it needs, :func:`ensure_demand_indexes`); MongoDB with them too. Only a cluster with its own
+creates the ones it needs, :func:`ensure_demand_indexes`); MongoDB with them too. Only a cluster with its own
 ``fworker_query`` (which Python cannot evaluate like the database) is counted with its own queries. The
 database commands are counted, for ``CycleReport.db_queries``.
 """
@@ -43,7 +45,7 @@ from bson.decimal128 import Decimal128
 from pilot.manager.policy import CategoryDemand
 
 #: the fields the demand groups by that FireWorks does not index (:func:`ensure_demand_indexes`)
-DEMAND_INDEXES = ("spec._pilot.walltime", "spec._pilot.min_walltime", "spec._fworker")
+DEMAND_INDEXES = ("spec._pilot.walltime", "spec._pilot.min_walltime", "spec._fworker", "spec._pilot.continues")
 #: READY Fireworks read to estimate the mean expected duration (a sample bounds the cost)
 DURATION_SAMPLE = 1000
 
@@ -51,6 +53,8 @@ DURATION_SAMPLE = 1000
 _NO_DURATION: dict[str, Any] = {"spec._pilot.walltime": None}
 #: FireWorks' own test for "not pinned" (``FWorker.query``, less the clause that names the FWorker)
 _NOT_PINNED: list[dict[str, Any]] = [{"spec._fworker": {"$exists": False}}, {"spec._fworker": None}]
+#: a chain head: ``continues`` exactly true (the groups' test, :attr:`Group.chain`)
+_CHAIN: dict[str, Any] = {"spec._pilot.continues": True}
 
 
 @dataclass(frozen=True)
@@ -144,12 +148,14 @@ class Demand:
 
 def demand_pipeline(categories: Iterable[str]) -> list[dict[str, Any]]:
     """The cycle's one aggregation: READY and RUNNING Fireworks of ``categories`` per category, state, expected
-    and minimum duration and pinned FWorker (``$ifNull``: missing and null are the same here, "none")."""
+    and minimum duration, pinned FWorker and chain flag (``$ifNull``: missing and null are the same here,
+    "none")."""
     return [{"$match": {"state": {"$in": ["READY", "RUNNING"]}, "spec._category": {"$in": sorted(categories)}}},
             {"$group": {"_id": {"c": "$spec._category", "s": "$state",
                                 "w": {"$ifNull": ["$spec._pilot.walltime", None]},
                                 "m": {"$ifNull": ["$spec._pilot.min_walltime", None]},
-                                "f": {"$ifNull": ["$spec._fworker", None]}},
+                                "f": {"$ifNull": ["$spec._fworker", None]},
+                                "k": {"$ifNull": ["$spec._pilot.continues", None]}},
                         "n": {"$sum": 1}}}]
 
 
@@ -173,13 +179,19 @@ def ensure_demand_indexes(fireworks: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Group:
-    """Fireworks of one category and state with the same expected and minimum duration and pin."""
+    """Fireworks of one category and state with the same expected and minimum duration, pin and chain flag."""
 
     state: str
     walltime: Any
     fworker: Any
     n: int
     min_walltime: Any = None
+    continues: Any = None
+
+    @property
+    def chain(self) -> bool:
+        """Chain heads? (``spec._pilot.continues`` exactly true: any other value is no promise of a successor)"""
+        return self.continues is True
 
     @property
     def seconds(self) -> float | None:
@@ -220,7 +232,7 @@ def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str
     out: dict[str, list[Group]] = {}
     for row in coll.coll.aggregate(demand_pipeline(wanted)):
         key = row["_id"]
-        group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]), key.get("m"))
+        group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]), key.get("m"), key.get("k"))
         cats = key["c"] if isinstance(key["c"], list) else [key["c"]]  # an array category matches each element
         for cat in {c for c in cats if isinstance(c, str) and c in wanted}:
             out.setdefault(cat, []).append(group)
@@ -229,18 +241,22 @@ def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str
 
 def _tally(groups: Iterable[Group], running: int, takeable: int | None = None,
            usable_seconds: float | None = None) -> CategoryDemand:
-    """READY count, duration count and exact mean of ``groups`` (already filtered to what is counted), with
-    durations cut to ``usable_seconds`` when given (what they run in that cluster's fresh pilot)."""
-    ready = known = 0
+    """READY count, chain heads, and the duration count and exact mean of the others (the ones that size
+    ``fireworks_per_pilot``) of ``groups`` (already filtered to what is counted), with durations cut to
+    ``usable_seconds`` when given (what they run in that cluster's fresh pilot)."""
+    ready = known = chains = 0
     total = 0.0
     for g in groups:
         ready += g.n
+        if g.chain:
+            chains += g.n
+            continue
         secs = g.seconds if usable_seconds is None else g.seconds_in(usable_seconds)
         if secs is not None and secs > 0:
             known += g.n
             total += secs * g.n
     return CategoryDemand(ready=ready, running=running, with_duration=known,
-                          mean_duration=total / known if known else None, takeable=takeable)
+                          mean_duration=total / known if known else None, takeable=takeable, chains=chains)
 
 
 def gather_demand(fireworks: Any, offers: Iterable[PilotOffer]) -> Demand:
@@ -280,11 +296,14 @@ def gather_demand(fireworks: Any, offers: Iterable[PilotOffer]) -> Demand:
 
 
 def _counted(coll: CountingCollection, cat: str, offer: PilotOffer, running: int) -> CategoryDemand:
-    """What a pilot of a cluster with its own ``fworker_query`` could take, counted by the database."""
+    """What a pilot of a cluster with its own ``fworker_query`` could take, counted by the database (the chain
+    heads with one more count; the durations are those of the others, as in :func:`_tally`)."""
     q = takeable_query(cat, offer.usable_seconds, offer.query)
     n = coll.count(q)
-    known, mean = _durations(coll, q, n, offer.usable_seconds)
-    return CategoryDemand(ready=n, running=running, with_duration=known, mean_duration=mean)
+    chains = coll.count({**q, **_CHAIN}) if n else 0
+    bag = {**q, "spec._pilot.continues": {"$ne": True}}
+    known, mean = _durations(coll, bag, n - chains, offer.usable_seconds)
+    return CategoryDemand(ready=n, running=running, with_duration=known, mean_duration=mean, chains=chains)
 
 
 def _takeable(coll: CountingCollection, cat: str, serving: list[PilotOffer], ready: list[Group],

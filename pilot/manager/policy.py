@@ -4,12 +4,32 @@ No I/O here: the manager gathers the inputs (a few indexed counts per category, 
 cluster), calls :func:`plan`, and acts on the result. Everything in this module is tested
 exhaustively in ``tests/manager/test_policy.py``.
 
+READY work comes in two kinds, and a pilot serves them differently:
+
+* a **bag of tasks**: independent Fireworks. A pilot runs them one after another, so it serves
+  ``fireworks_per_pilot`` of them (its usable time over their mean expected duration);
+* **chain heads**: Fireworks with ``spec._pilot.continues: true`` (an MD segment, :mod:`tasks.chain`): when one
+  completes it adds its successor, which the same pilot takes at once. A pilot that takes a chain head stays
+  on that chain, so each READY head is a stream of its own that needs a pilot of its own, and READY does
+  not fall while pilots work (counted as a bag, 400 heads of 4-hour segments asked for 37 48-hour pilots
+  and the campaign took six times its bound: issue 18, ``benchmarks/replay.py``).
+
 The rule, per category ``c`` and cluster ``k`` serving it::
 
-    need(k, c) = ceil(unserved_ready(c) / fireworks_per_pilot(k, c))
+    need(k, c) = unserved_heads(c) + ceil(unserved_bag(c) / fireworks_per_pilot(k, c))
 
-where ``unserved_ready(c)`` is the READY count minus what the pilots already pending or running
-with time left (on *every* cluster serving ``c``) will take, so demand is never counted twice.
+with each term also bounded by what a fresh pilot of ``k`` could take. ``unserved_heads(c)`` is the READY chain
+heads minus one per pending pilot (a pilot takes one when it starts); a running pilot is credited with none
+(its own chain goes on in it). ``unserved_bag(c)`` is the other READY Fireworks minus what the pilots still
+pending (those not counted for a chain head) or running with time left will take, ``fireworks_per_pilot``
+(from the durations of the bag alone) each, on *every* cluster serving ``c``, so demand is never counted
+twice. Without chain heads this is the bag rule alone, unchanged.
+
+A pilot whose chain ends (the run is finished, or its successor does not fit the time the pilot has left)
+takes any other READY Firework it fits, a chain head or not: no special case is needed. The plan may then
+have asked for a pilot too many for a cycle; that pilot finds less work and ends when idle, and the next
+cycle counts fewer heads.
+
 Clusters are filled in order of preference (observed queue wait, shortest first), and ``need`` is
 clamped by the cluster's limits:
 
@@ -38,13 +58,17 @@ class CategoryDemand:
     running : int
         RUNNING Fireworks of the category (for the log line; the pilots already hold them).
     with_duration : int
-        How many of the READY Fireworks give an expected duration (``spec._pilot.walltime``).
+        How many of the READY Fireworks that are not chain heads give an expected duration
+        (``spec._pilot.walltime``): what sizes ``fireworks_per_pilot``, which chain heads do not use.
     mean_duration : float | None
         The mean of those durations in seconds (None when none gives one).
     takeable : int | None
         How many of the READY Fireworks a fresh pilot of at least one serving cluster could take (wall time
         that fits, not pinned to another FWorker: :mod:`pilot.manager.demand`); None: all of them. No pilot
         is planned for the rest: no pilot would take it.
+    chains : int
+        How many of the READY Fireworks are chain heads (``spec._pilot.continues`` exactly ``true``): each needs
+        a pilot of its own (see the module docstring).
     """
 
     ready: int
@@ -52,6 +76,7 @@ class CategoryDemand:
     with_duration: int = 0
     mean_duration: float | None = None
     takeable: int | None = None
+    chains: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,7 +145,8 @@ class Decision:
     ``reason`` names what bound the number: ``demand`` (exactly what the work needs), ``covered``
     (existing pilots take all the work), ``no demand``, ``none fit`` (READY work, but none that a pilot of
     this cluster could take), ``max_queued``, ``max_running``, ``min_pilots`` or ``backed off``.
-    ``fits`` is how many of the ``ready`` Fireworks a fresh pilot of the cluster could take.
+    ``fits`` is how many of the ``ready`` Fireworks a fresh pilot of the cluster could take, ``chains`` how many
+    of them are chain heads (a pilot each); ``fireworks_per_pilot`` is that of the other READY Fireworks.
     """
 
     cluster: str
@@ -132,38 +158,49 @@ class Decision:
     reason: str
     fireworks_per_pilot: int
     fits: int | None = None
+    chains: int = 0
 
     def log_line(self) -> str:
         """One line per decision: ``stampede/md: ready=40 pending=2 running=3 -> submit 3 (max_queued)``.
 
         When a pilot of the cluster could not take all the READY work, how many it could take follows the
-        READY count (``ready=1 (0 fit)``): the line then says why no pilot is submitted for the rest.
+        READY count (``ready=1 (0 fit)``): the line then says why no pilot is submitted for the rest. When
+        some READY Fireworks are chain heads, how many follows too (``ready=40 (40 chains)``): they explain a
+        pilot count that the bag rule would not give.
         """
-        fit = f" ({self.fits} fit)" if self.fits is not None and self.fits < self.ready else ""
+        notes = []
+        if self.fits is not None and self.fits < self.ready:
+            notes.append(f"{self.fits} fit")
+        if self.chains:
+            notes.append(f"{self.chains} chains")
+        fit = f" ({', '.join(notes)})" if notes else ""
         return (f"{self.cluster}/{self.category}: ready={self.ready}{fit} pending={self.pending} "
                 f"running={self.running} -> submit {self.submit} ({self.reason})")
 
 
 def fireworks_per_pilot(cluster: ClusterView, demand: CategoryDemand) -> int:
-    """How many of this category's READY Fireworks one fresh pilot on ``cluster`` is expected to run.
+    """How many of this category's READY Fireworks that are not chain heads (the bag of tasks) one fresh pilot on
+    ``cluster`` is expected to run.
 
-    When every READY Firework gives an expected duration, a pilot runs as many as fit in its usable
+    When every one of them gives an expected duration, a pilot runs as many as fit in its usable
     time (at least one: a Firework longer than a pilot still needs a pilot, and the worker will not
     take it if it cannot fit, which ``pilot status`` reports). When none or only some do, the cluster's
-    configured ``fireworks_per_pilot`` stands for the ones without, weighted by their share.
+    configured ``fireworks_per_pilot`` stands for the ones without, weighted by their share. Chain heads
+    are left out: a pilot runs one chain, not one head after another.
     """
     configured = max(1, cluster.fireworks_per_pilot)
-    known = min(demand.with_duration, demand.ready)
+    bag = max(0, demand.ready - demand.chains)
+    known = min(demand.with_duration, bag)
     mean = demand.mean_duration
     if known <= 0 or mean is None or mean <= 0:
         return configured
     by_duration = max(1, int(cluster.usable_seconds // mean))
-    unknown = demand.ready - known
+    unknown = bag - known
     if unknown == 0:
         return by_duration
     # blend by share: pilots needed = known/by_duration + unknown/configured
     pilots = known / by_duration + unknown / configured
-    return max(1, int(round(demand.ready / pilots)))
+    return max(1, int(round(bag / pilots)))
 
 
 def _preference(cluster: ClusterView) -> tuple[float, str]:
@@ -215,24 +252,21 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
         serving = sorted((k for k in clusters if cat in k.categories), key=_preference)
         here = {k.name: (fits or {}).get((k.name, cat), d) for k in serving}
         fpp = {k.name: fireworks_per_pilot(k, here[k.name]) for k in serving}
+        counts = {k.name: pilots.get((k.name, cat), PilotCounts()) for k in serving}
         # what existing pilots (every cluster) will take: demand is never counted twice
-        unserved = d.ready if d.takeable is None else min(d.ready, d.takeable)
-        for k in serving:
-            p = pilots.get((k.name, cat), PilotCounts())
-            unserved -= (p.pending + p.running_with_time) * fpp[k.name]
-        unserved = max(0, unserved)
+        unserved = _Unserved.of(d, serving, here, fpp, counts)
 
         for k in serving:
-            p = pilots.get((k.name, cat), PilotCounts())
+            p = counts[k.name]
             base: dict[str, Any] = dict(cluster=k.name, category=cat, ready=d.ready, pending=p.pending,
                                         running=p.running, fireworks_per_pilot=fpp[k.name],
-                                        fits=here[k.name].ready)
+                                        fits=here[k.name].ready, chains=d.chains)
             if not k.available:
                 decisions.append(Decision(submit=0, reason="backed off", **base))
                 continue
             # of the unserved work, only what a pilot here could take (less what our pilots here will take)
-            cap = min(unserved, max(0, here[k.name].ready - (p.pending + p.running_with_time) * fpp[k.name]))
-            need = math.ceil(cap / fpp[k.name]) if cap > 0 else 0
+            heads, bag = unserved.caps(k.name, here[k.name], p, fpp[k.name])
+            need = heads + (math.ceil(bag / fpp[k.name]) if bag > 0 else 0)
             floor = max(0, k.limits.min_pilots - (p.pending + p.running))
             want = max(need, floor)
             room_q, room_l = queued_room[k.name], live_room[k.name]
@@ -240,9 +274,69 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
             reason = _reason(d, here[k.name], want, n, need, floor, room_q, room_l)
             queued_room[k.name] -= n
             live_room[k.name] -= n
-            unserved = max(0, unserved - n * fpp[k.name])
+            unserved.take(n, heads, fpp[k.name])
             decisions.append(Decision(submit=n, reason=reason, **base))
     return decisions
+
+
+@dataclass
+class _Unserved:
+    """The READY work of one category that no pilot (existing, or planned so far this cycle) will take yet.
+
+    Attributes
+    ----------
+    heads : int
+        Chain heads: each needs a pilot of its own.
+    bag : int
+        The other READY Fireworks, ``fireworks_per_pilot`` to a pilot.
+    total : int
+        Both together, bounded by what at least one serving cluster's pilot could take
+        (``CategoryDemand.takeable``): no pilot is planned for work none would take.
+    for_heads : dict[str, int]
+        Per cluster, how many of its pending pilots are counted for a chain head each (the rest serve the bag).
+    """
+
+    heads: int
+    bag: int
+    total: int
+    for_heads: dict[str, int]
+
+    @classmethod
+    def of(cls, d: CategoryDemand, serving: list[ClusterView], here: dict[str, CategoryDemand],
+           fpp: dict[str, int], counts: dict[str, PilotCounts]) -> _Unserved:
+        """Credit the existing pilots of every serving cluster (in order of preference): a pending pilot takes
+        one chain head (that a pilot of its cluster could take) when it starts, the pending pilots left and the
+        running ones with time left take ``fireworks_per_pilot`` of the bag each; a running pilot takes no
+        chain head: it goes on with its own chain."""
+        heads, bag = d.chains, max(0, d.ready - d.chains)
+        total = d.ready if d.takeable is None else min(d.ready, d.takeable)
+        for_heads: dict[str, int] = {}
+        for k in serving:
+            p = counts[k.name]
+            used = for_heads[k.name] = max(0, min(p.pending, heads, here[k.name].chains))
+            heads -= used
+            credit = min(max(0, bag), (p.pending - used + p.running_with_time) * fpp[k.name])  # none beyond the bag
+            bag -= credit
+            total -= used + credit
+        return cls(max(0, heads), max(0, bag), max(0, total), for_heads)
+
+    def caps(self, cluster: str, here: CategoryDemand, p: PilotCounts, fpp: int) -> tuple[int, int]:
+        """The chain heads and the bag Fireworks still unserved that a fresh pilot of ``cluster`` could take,
+        less what our pilots there will take (heads first: the total bound then leaves the bag less)."""
+        used = self.for_heads.get(cluster, 0)
+        heads = min(self.heads, self.total, max(0, here.chains - used))
+        own = (p.pending - used + p.running_with_time) * fpp
+        bag = min(self.bag, self.total - heads, max(0, here.ready - here.chains - own))
+        return heads, bag
+
+    def take(self, n: int, heads: int, fpp: int) -> None:
+        """``n`` new pilots are planned: the first take a chain head each (up to ``heads``), the rest
+        ``fpp`` of the bag each."""
+        got = min(n, heads)
+        bag = min(self.bag, (n - got) * fpp)
+        self.heads = max(0, self.heads - got)
+        self.bag = max(0, self.bag - bag)
+        self.total = max(0, self.total - got - bag)
 
 
 def _reason(d: CategoryDemand, here: CategoryDemand, want: int, n: int, need: int, floor: int, room_q: int,

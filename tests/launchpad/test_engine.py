@@ -439,13 +439,21 @@ def test_the_managers_demand_aggregation_is_answered_from_the_index():
         if pilots[i % 4] is not None:
             spec["_pilot"] = pilots[i % 4]
         b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": i, "state": "READY", "spec": spec}})
+    # chain heads (docs/md-segments.md: an md segment's _pilot), and flags that are not exactly true
+    chained: list[Any] = [True] * 5 + [False, 1]
+    for i, flag in enumerate(chained, start=40):
+        spec = {"_category": "md", "_pilot": {"walltime": 7500, "min_walltime": 660, "continues": flag}}
+        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": i, "state": "READY", "spec": spec}})
     b.tracker.collect()
     match, group = demand_pipeline(["md", "local"])
     with b.lock.shared():
         out = group_counts(b.cstore("t", "c"), match["$match"], [group])
     assert out is not None
-    counts = {(r["_id"]["c"], r["_id"]["w"], r["_id"]["m"]): r["n"] for r in out}
-    assert counts == {("local", 7500, 660): 10, ("md", 7500, None): 10, ("md", None, None): 20}
+    # repr: True and 1 are one dict key in Python, two group keys in MongoDB
+    counts = {(r["_id"]["c"], r["_id"]["w"], r["_id"]["m"], repr(r["_id"]["k"])): r["n"] for r in out}
+    assert counts == {("local", 7500, 660, "None"): 10, ("md", 7500, None, "None"): 10,
+                      ("md", None, None, "None"): 20, ("md", 7500, 660, "True"): 5, ("md", 7500, 660, "False"): 1,
+                      ("md", 7500, 660, "1"): 1}
 
 
 def test_a_grouped_count_lets_writers_in_and_counts_what_still_matches(monkeypatch):

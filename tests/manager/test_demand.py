@@ -132,6 +132,40 @@ def test_a_firework_taken_by_its_minimum_counts_the_pilots_time_with_and_without
 
 
 @pytest.mark.parametrize("indexed", [True, False])
+def test_chain_heads_are_counted_apart_and_leave_the_durations_to_the_others(launchpad, tmp_path, indexed):
+    """docs/manager.md: a chain head (``spec._pilot.continues`` exactly true: every md segment, docs/md-segments.md)
+    needs a pilot of its own; ``fireworks_per_pilot`` is sized by the durations of the other READY Fireworks.
+    The same from the one aggregation (with the manager's indexes and without) and, for a cluster with an
+    ``fworker_query``, from its own counts."""
+    from pilot.manager.demand import ensure_demand_indexes
+    from tasks.workflow import make_md_workflow
+
+    lp = launchpad
+    if indexed:
+        assert ensure_demand_indexes(lp.fireworks) is None
+    for i in range(3):
+        wf = make_md_workflow(tmp_path / f"run{i}", "gromacs", f"run{i}", segment_hours=4)
+        for fw in wf.fws:
+            fw.spec["site"] = "x"
+        lp.add_wf(wf)
+    for flag in (False, "yes"):                    # not exactly true: no promise of a successor
+        fw_id = add_fw(lp, walltime=600, site="x")
+        lp.fireworks.update_one({"fw_id": fw_id}, {"$set": {"spec._pilot.continues": flag}})
+    add_fw(lp, walltime=600, site="x")
+    add_fw(lp, walltime=1200, site="x")
+    usable = 7200.0
+    d = gather_demand(lp.fireworks, [PilotOffer("plain", ("md",), usable),
+                                     PilotOffer("query", ("md",), usable, query={"spec.site": "x"})])
+    heads = lp.fireworks.count_documents({"state": "READY", "spec._pilot.continues": True})
+    assert heads == 3
+    assert (d.by_category["md"].ready, d.by_category["md"].chains) == (7, 3)
+    for cluster in ("plain", "query"):
+        got = d.by_cluster[(cluster, "md")]
+        assert (got.ready, got.chains, got.with_duration) == (7, 3, 4), cluster
+        assert got.mean_duration == pytest.approx((3 * 600 + 1200) / 4), cluster
+
+
+@pytest.mark.parametrize("indexed", [True, False])
 def test_demand_of_twenty_clusters_is_one_command_and_equals_the_databases_counts(launchpad, indexed):
     """However many clusters and durations: one aggregation, and per cluster exactly what the database counts
     for that cluster's pilot query (:func:`takeable_query`, the worker's clauses), odd durations included; with

@@ -3,12 +3,14 @@
 Expected numbers are worked out by hand from the rule
 ``need = ceil(ready / fireworks_per_pilot) - pending - running with time left``, clamped by
 ``max_queued`` (pending on the cluster), ``max_running`` (all live pilots on the cluster) and
-``min_pilots``, shared between clusters in order of observed queue wait.
+``min_pilots``, shared between clusters in order of observed queue wait; for chain heads
+(``spec._pilot.continues``) from ``need = heads - pending``, a pilot each (docs/manager.md, "One cycle").
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,6 +147,94 @@ def test_durations_drive_the_pilot_count():
     assert (d.submit, d.fireworks_per_pilot) == (2, 4)
 
 
+# --------------------------------------------------------------------------- chains (issue 18)
+# A chain head (spec._pilot.continues: true) adds its successor when it completes, which the same pilot takes:
+# one pilot per READY head, pending pilots take one head each, running pilots none (module docstring).
+SEGMENT = 4 * 3600 + 300          # a 4-hour MD segment's spec._pilot.walltime (docs/md-segments.md)
+PILOT48 = 48 * 3600 - 600         # a 48-hour pilot's usable time (walltime_margin 600 s)
+
+
+def test_chain_heads_get_a_pilot_each_up_to_the_limits_not_usable_over_duration():
+    # counted as a bag: 172200 // 14700 = 11 segments per pilot -> ceil(400/11) = 37 pilots (issue 18)
+    bag = CategoryDemand(ready=400, with_duration=400, mean_duration=float(SEGMENT))
+    d = plan({"md": bag}, [cluster(usable=PILOT48, q=1000, r=1000)], {})[0]
+    assert (d.submit, d.fireworks_per_pilot) == (37, 11)
+    # 400 chain heads over four clusters with 220 slots: every slot gets a pilot, in order of queue wait
+    heads = CategoryDemand(ready=400, chains=400)
+    ks = [cluster("a", usable=PILOT48, q=100, r=80, wait=1.0), cluster("b", usable=PILOT48, q=60, r=60, wait=2.0),
+          cluster("c", usable=PILOT48, q=50, r=50, wait=3.0), cluster("d", usable=PILOT48, q=30, r=30, wait=4.0)]
+    out = plan({"md": heads}, ks, {})
+    assert [(x.cluster, x.submit, x.reason) for x in out] == [
+        ("a", 80, "max_running"), ("b", 60, "max_queued"), ("c", 50, "max_queued"), ("d", 30, "max_queued")]
+    assert out[0].log_line() == "a/md: ready=400 (400 chains) pending=0 running=0 -> submit 80 (max_running)"
+
+
+def test_running_pilots_with_time_do_not_cover_chain_heads():
+    pilots = {("a", "md"): PilotCounts(running=10, running_with_time=10)}
+    k = cluster(fpp=4, q=100, r=100)
+    # a bag of 40 at 4 per pilot: the 10 running pilots take them all
+    d = plan({"md": CategoryDemand(ready=40)}, [k], pilots)[0]
+    assert (d.submit, d.reason) == (0, "covered")
+    # 40 chain heads: the 10 running pilots go on with their own chains; 40 more (room: 100 - 10 live)
+    d = plan({"md": CategoryDemand(ready=40, chains=40)}, [k], pilots)[0]
+    assert (d.submit, d.reason) == (40, "demand")
+
+
+def test_pending_pilots_take_one_chain_head_each():
+    k = cluster(fpp=4, q=100, r=100)
+    heads = {"md": CategoryDemand(ready=40, chains=40)}
+    assert plan(heads, [k], {("a", "md"): PilotCounts(pending=15)})[0].submit == 40 - 15
+    d = plan(heads, [k], {("a", "md"): PilotCounts(pending=40)})[0]
+    assert (d.submit, d.reason) == (0, "covered")
+    # pending pilots on another cluster count too (never twice)
+    b = cluster("b", fpp=4, q=100, r=100)
+    out = by_key(plan(heads, [k, b], {("b", "md"): PilotCounts(pending=15)}))
+    assert (out[("a", "md")].submit, out[("b", "md")].submit) == (25, 0)
+
+
+def test_a_mix_of_chain_heads_and_a_bag_of_tasks():
+    # 20 heads and 30 others of 900 s on 3600 s pilots: the bag runs 3600 // 900 = 4 to a pilot
+    mix = {"md": CategoryDemand(ready=50, chains=20, with_duration=30, mean_duration=900.0)}
+    k = cluster(usable=3600.0, fpp=1, q=100, r=100)
+    # 5 pending take 5 heads (15 left); 2 running with time take 2 * 4 = 8 of the bag (22 left: 6 pilots)
+    d = plan(mix, [k], {("a", "md"): PilotCounts(pending=5, running=2, running_with_time=2)})[0]
+    assert (d.submit, d.reason, d.fireworks_per_pilot) == (15 + 6, "demand", 4)
+    assert d.log_line() == "a/md: ready=50 (20 chains) pending=5 running=2 -> submit 21 (demand)"
+    # 25 pending: 20 take the heads, the other 5 and 3 running take (5 + 3) * 4 = 32 >= 30 of the bag
+    d = plan(mix, [k], {("a", "md"): PilotCounts(pending=25, running=3, running_with_time=3)})[0]
+    assert (d.submit, d.reason) == (0, "covered")
+    # a (shorter wait) has room for 10 queued: heads first; b gets the 10 heads left and ceil(30 / 4) = 8
+    a = cluster("a", usable=3600.0, q=10, r=100, wait=10.0)
+    b = cluster("b", usable=3600.0, q=100, r=100, wait=300.0)
+    out = by_key(plan(mix, [b, a], {}))
+    assert (out[("a", "md")].submit, out[("a", "md")].reason) == (10, "max_queued")
+    assert (out[("b", "md")].submit, out[("b", "md")].reason) == (10 + 8, "demand")
+
+
+def test_chain_heads_go_only_where_a_pilot_can_take_them():
+    # "short" (preferred) takes 2 bag Fireworks and no head; "long" takes all 6 (4 heads)
+    short = cluster("short", usable=70.0, fpp=1, wait=1.0)
+    long = cluster("long", usable=PILOT48, fpp=1, wait=100.0)
+    fits = {("short", "md"): CategoryDemand(ready=2), ("long", "md"): CategoryDemand(ready=6, chains=4)}
+    out = by_key(plan({"md": CategoryDemand(ready=6, chains=4, takeable=6)}, [short, long], {}, fits=fits))
+    assert (out[("short", "md")].submit, out[("long", "md")].submit) == (2, 4)
+    # 5 heads no pilot can take (takeable 5: the bag), 5 bag Fireworks: pilots for the bag only
+    fits = {("long", "md"): CategoryDemand(ready=5)}
+    d = by_key(plan({"md": CategoryDemand(ready=10, chains=5, takeable=5)}, [long], {}, fits=fits))[("long", "md")]
+    assert (d.submit, d.reason) == (5, "demand")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 200), st.integers(1, 10), st.integers(0, 60), st.integers(0, 60))
+def test_unlimited_single_cluster_with_chains_is_exactly_the_rule(heads, others, fpp, pending, with_time):
+    pilots = {("a", "md"): PilotCounts(pending=pending, running=with_time, running_with_time=with_time)}
+    d = plan({"md": CategoryDemand(ready=heads + others, chains=heads)},
+             [cluster(fpp=fpp, q=10**6, r=10**6)], pilots)[0]
+    # docs/manager.md: heads - pending; the bag less (pending left over + running with time) * fpp
+    bag_left = max(0, others - (max(0, pending - heads) + with_time) * fpp)
+    assert d.submit == max(0, heads - pending) + math.ceil(bag_left / fpp)
+
+
 # --------------------------------------------------------------------------- properties
 names = st.sampled_from(["a", "b", "c"])
 
@@ -216,3 +306,21 @@ def test_properties_hold_for_any_input(sc):
 def test_unlimited_single_cluster_is_exactly_the_formula(ready, fpp):
     d = plan({"md": CategoryDemand(ready=ready)}, [cluster(fpp=fpp, q=10**6, r=10**6)], {})[0]
     assert d.submit == math.ceil(ready / fpp)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.data())
+def test_with_chain_heads_limits_hold_and_no_more_pilots_than_ready_work(sc, data):
+    demand, clusters, pilots = sc
+    demand = {c: replace(d, chains=data.draw(st.integers(0, d.ready))) for c, d in demand.items()}
+    out = plan(demand, clusters, pilots)
+    for k in clusters:
+        new = sum(d.submit for d in out if d.cluster == k.name)
+        pend = sum(p.pending for (cn, _), p in pilots.items() if cn == k.name)
+        live = sum(p.pending + p.running for (cn, _), p in pilots.items() if cn == k.name)
+        assert new <= (max(0, min(k.limits.max_queued - pend, k.limits.max_running - live)) if k.available else 0)
+    for cat, dem in demand.items():
+        floors = sum(max(0, k.limits.min_pilots - pilots[(k.name, cat)].pending - pilots[(k.name, cat)].running)
+                     for k in clusters if cat in k.categories and k.available)
+        # a chain head needs a pilot, a bag Firework at most one: beyond the floors never more pilots than READY
+        assert sum(d.submit for d in out if d.category == cat) <= dem.ready + floors

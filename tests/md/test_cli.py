@@ -38,7 +38,8 @@ def test_add_gromacs_run(launchpad, lp_file, tmp_path):
     assert len(fw_ids) == 1 and f"fw_id {fw_ids[0]}\twater-md-1\t(category gpu, walltime 7500 s)" in out
     fw = launchpad.get_fw_by_id(fw_ids[0])
     assert fw.state == "READY" and fw.spec["_category"] == "gpu"
-    assert fw.spec["_pilot"] == {"walltime": 7500, "min_walltime": 660}   # docs/md-segments.md: 60 + 300 + 300
+    # docs/md-segments.md: 60 + 300 + 300; continues: a segment adds the next one
+    assert fw.spec["_pilot"] == {"walltime": 7500, "min_walltime": 660, "continues": True}
     task = fw.tasks[0]
     assert type(task).__name__ == "GromacsSegmentTask"
     assert task["ntomp"] == 8 and task["mdrun_args"] == ["-nb", "gpu"] and task["env"] == {"GMX_MAXBACKUP": "-1"}

@@ -476,7 +476,7 @@ def test_segments_under_the_pilot_worker(launchpad, water, tmp_path, monkeypatch
                           env=ENV)
     wf_id = next(iter(launchpad.add_wf(wf).values()))
     # docs/md-segments.md: walltime ceil(10.8 + 2); min_walltime min(1, 10.8) + 2 + 2
-    assert md_fireworks(launchpad, wf_id)[0].spec["_pilot"] == {"walltime": 13, "min_walltime": 5}
+    assert md_fireworks(launchpad, wf_id)[0].spec["_pilot"] == {"walltime": 13, "min_walltime": 5, "continues": True}
 
     # 1. a worker without deadline; the batch system's pre-walltime signal arrives mid-segment
     w1 = start_worker(lp_file, tmp_path, "w1", "--no-deadline", "--grace", "30")

@@ -237,8 +237,9 @@ def test_workflow_without_staging(tmp_path):
     assert fw.name == "water-md-1"
     assert fw.spec["_category"] == "big"
     assert fw.spec["_launch_dir"] == str(tmp_path)
-    # docs/md-segments.md: walltime = segment + slack; min_walltime = min(min_segment_s, segment) + margin + slack
-    assert fw.spec["_pilot"] == {"walltime": 2 * 3600 + 300, "min_walltime": 60 + 300 + 300}
+    # docs/md-segments.md: walltime = segment + slack; min_walltime = min(min_segment_s, segment) + margin + slack;
+    # continues: a segment adds the next one (a chain head, one pilot each)
+    assert fw.spec["_pilot"] == {"walltime": 2 * 3600 + 300, "min_walltime": 60 + 300 + 300, "continues": True}
     task = _roundtrip(wf).fws[0].tasks[0]
     assert isinstance(task, GromacsSegmentTask)
     assert task["ntomp"] == 4 and task["segment"] == 1 and task["expect_step"] is None

@@ -28,7 +28,9 @@ def test_every_segment_completed_once_in_order(res: dict[str, Any]) -> None:
     assert res["complete"] is True and res["runs_finished"] == res["runs"] == replay.SIZES["smoke"]["runs"]
     # every md Firework COMPLETED by exactly one launch, none RUNNING, RESERVED, READY or FIZZLED
     assert audit["states"] == {"COMPLETED": res["segments_done"]}
-    assert audit["completed_launches"] == res["segments_done"] >= res["runs"] * res["segments"]
+    # a killed segment keeps its last checkpoint and its rerun runs a whole segment from there, so each kill can
+    # save a run at most one segment's completion (it keeps less than a segment of work)
+    assert audit["completed_launches"] == res["segments_done"] >= res["runs"] * res["segments"] - res["killed"]
     assert res["out_of_order"] == 0
 
 
