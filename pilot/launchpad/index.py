@@ -303,23 +303,25 @@ def _field_test(parts: tuple[str, ...], cond: Any) -> Callable[[dict[str, Any]],
     return test
 
 
-def compile_filter(flt: Any) -> Callable[[dict[str, Any]], bool | None] | None:
-    """A fast matcher for filters made only of equality/$in/$ne/$nin on non-null safe values, or None.
-
-    It returns True/False, or None when a document holds a value it cannot judge (then use mongomock's matcher).
-    Matching this way gives the same answer as the index (MongoDB's: booleans never equal numbers).
-    """
-    if not isinstance(flt, dict) or not flt:
-        return None
-    tests = []
+def _conjuncts(flt: dict[str, Any]) -> tuple[list[tuple[str, Any]], bool]:
+    """The ``field: condition`` pairs a document must all pass (``$and`` of documents flattened), and whether
+    they are the whole filter (False: it has other operators, such as ``$or``, that they leave out)."""
+    pairs: list[tuple[str, Any]] = []
+    whole = True
     for k, cond in flt.items():
-        if not isinstance(k, str) or k.startswith("$"):
-            return None
-        t = _field_test(tuple(k.split(".")), cond)
-        if t is None:
-            return None
-        tests.append(t)
+        if k == "$and" and isinstance(cond, list) and cond and all(isinstance(c, dict) and c for c in cond):
+            for sub in cond:
+                more, all_of = _conjuncts(sub)
+                pairs.extend(more)
+                whole = whole and all_of
+        elif isinstance(k, str) and not k.startswith("$"):
+            pairs.append((k, cond))
+        else:
+            whole = False
+    return pairs, whole
 
+
+def _all_of(tests: list[Callable[[dict[str, Any]], bool | None]]) -> Callable[[dict[str, Any]], bool | None]:
     def match(doc: dict[str, Any]) -> bool | None:
         for t in tests:
             r = t(doc)
@@ -330,3 +332,38 @@ def compile_filter(flt: Any) -> Callable[[dict[str, Any]], bool | None] | None:
         return True
 
     return match
+
+
+def compile_conjuncts(flt: Any) -> Callable[[dict[str, Any]], bool | None] | None:
+    """MongoDB's equality for the part of ``flt`` it can judge (its equality/``$in``/``$ne``/``$nin``
+    conjuncts), or None when there is no such part. False means no match; True only that this part passes.
+
+    Why: mongomock's matcher, which judges the rest (``$or``, ranges), equates ``true`` with ``1`` and
+    ``false`` with ``0`` (Python's ``True == 1``); MongoDB never does. A document must pass both.
+    """
+    if not isinstance(flt, dict) or not flt:
+        return None
+    pairs, _whole = _conjuncts(flt)
+    tests = [t for t in (_field_test(tuple(k.split(".")), c) for k, c in pairs) if t is not None]
+    return _all_of(tests) if tests else None
+
+
+def compile_filter(flt: Any) -> Callable[[dict[str, Any]], bool | None] | None:
+    """A fast matcher for filters made only of equality/$in/$ne/$nin on non-null safe values (``$and`` of
+    such filters too), or None.
+
+    It returns True/False, or None when a document holds a value it cannot judge (then use mongomock's matcher).
+    Matching this way gives the same answer as the index (MongoDB's: booleans never equal numbers).
+    """
+    if not isinstance(flt, dict) or not flt:
+        return None
+    pairs, whole = _conjuncts(flt)
+    if not whole or not pairs:
+        return None
+    tests = []
+    for k, cond in pairs:
+        t = _field_test(tuple(k.split(".")), cond)
+        if t is None:
+            return None
+        tests.append(t)
+    return _all_of(tests)

@@ -39,7 +39,7 @@ from mongomock.collection import Collection
 from mongomock.filtering import filter_applies
 from mongomock.store import CollectionStore, DatabaseStore, ServerStore
 
-from pilot.launchpad.index import FieldIndex, compile_filter, doc_key, entry_of
+from pilot.launchpad.index import FieldIndex, compile_conjuncts, compile_filter, doc_key, entry_of
 from pilot.launchpad.planner import SCAN_CHUNK, Planner
 from pilot.launchpad.wire import CODEC
 
@@ -441,7 +441,10 @@ def matcher(flt: Any) -> Callable[[dict[str, Any]], bool]:
     it can judge the filter (MongoDB's equality), else mongomock's."""
     fast = compile_filter(flt)
     if fast is None:
-        return lambda d: filter_applies(flt, d)
+        strict = compile_conjuncts(flt)   # mongomock equates true with 1: MongoDB's equality for what it can
+        if strict is None:
+            return lambda d: filter_applies(flt, d)
+        return lambda d: strict(d) is not False and filter_applies(flt, d)
 
     def match(d: dict[str, Any]) -> bool:
         r = fast(d)
