@@ -402,6 +402,7 @@ def goal_rows(res: dict[str, Any]) -> list[list[Any]]:
 if __name__ == "__main__":
     # python3 -m benchmarks.replay [full|quick|smoke] [JSON]: one replay without benchmarks/run.py
     size = sys.argv[1] if len(sys.argv) > 1 else "smoke"
+    os.environ.setdefault("TQDM_DISABLE", "1")   # FireWorks' bulk_add_wfs draws a progress bar otherwise
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop the manager and the server on the way out
     result = run(size, log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
     print(table(result))
