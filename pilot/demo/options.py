@@ -25,8 +25,9 @@ PILOT_WALLTIME_S = 90
 WALLTIME_MARGIN_S = 20
 IDLE_TIMEOUT_S = 4
 POLL_INTERVAL_S = 2
-#: ``_pilot.walltime`` of a segment: with 70 usable seconds a pilot is planned for two segments, so the
-#: manager starts one pilot per two simulations (up to the number of cores).
+#: ``_pilot.walltime`` of a segment: with 70 usable seconds a pilot runs two segments and then leaves for a
+#: fresh one (the demo shows pilots coming and going); segments are chain heads (``_pilot.continues``), so the
+#: manager starts one pilot per simulation (up to the number of cores).
 SEGMENT_FW_WALLTIME_S = 30
 DB_NAME = "fireworks"
 
