@@ -43,9 +43,10 @@ def install_worker_hooks(lp: Any) -> None:
 
     base: type = lpmod.LaunchPad
     if os.environ.get("PILOT_WORKER_FIREWORKS_CALLS") != "1":
-        from pilot.worker.roundtrips import LeanLaunchPad
+        from pilot.worker.roundtrips import LeanLaunchPad, lean_calls_fit
 
-        base = LeanLaunchPad
+        if lean_calls_fit():
+            base = LeanLaunchPad
 
     class RecordingLaunchPad(base):
         _pilot_child: ChildState | None = None

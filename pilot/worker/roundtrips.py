@@ -51,6 +51,28 @@ from pymongo import ASCENDING, DESCENDING
 PING_COALESCE_S = 1.0
 
 
+#: FireWorks versions whose LaunchPad methods these overrides were written from and tested against
+#: (tests/worker/test_roundtrips.py compares every document with FireWorks' own): another version may read or
+#: write differently, so the worker then uses FireWorks' methods unchanged
+TESTED_FIREWORKS = ("2.1.4",)
+
+
+def lean_calls_fit() -> bool:
+    """Whether the installed FireWorks is one :class:`LeanLaunchPad` was tested with (else: FireWorks' own calls,
+    said once in the worker's log)."""
+    import fireworks
+
+    version = str(getattr(fireworks, "__version__", ""))
+    if version in TESTED_FIREWORKS:
+        return True
+    from pilot.worker.logs import LOG
+
+    LOG.info(
+        "FireWorks %s: the worker uses FireWorks' own LaunchPad calls (its fewer-round-trip calls are tested "
+        "with FireWorks %s)", version or "(unknown version)", ", ".join(TESTED_FIREWORKS))
+    return False
+
+
 class LeanLaunchPad(lpmod.LaunchPad):
     """FireWorks' LaunchPad with the round trips above cut; see the module docstring."""
 

@@ -208,3 +208,24 @@ def test_a_held_ping_is_written_while_the_task_runs(launchpad, tmp_path, worker_
 def _history_or_empty(lp: LaunchPad, category: str) -> list[tuple[str, Any]]:
     doc = lp.fireworks.find_one({"spec._category": category})
     return _history(lp, category) if doc and doc.get("launches") else []
+
+
+def test_another_fireworks_version_gets_fireworks_own_calls(monkeypatch):
+    """The fewer-round-trip calls re-implement FireWorks 2.1.4's LaunchPad methods: with any other version the
+    worker's LaunchPad is FireWorks' own (its methods may read or write otherwise)."""
+    import fireworks
+    from fireworks.core import launchpad as lpmod
+    from fireworks.core.launchpad import LaunchPad
+
+    from pilot.worker.database import install_worker_hooks
+    from pilot.worker.roundtrips import TESTED_FIREWORKS, LeanLaunchPad
+
+    monkeypatch.setattr(lpmod, "WFLock", lpmod.WFLock)   # the hooks replace it: put FireWorks' back afterwards
+    monkeypatch.setattr(fireworks, "__version__", "99.0.0")
+    lp = LaunchPad.__new__(LaunchPad)
+    install_worker_hooks(lp)
+    assert not isinstance(lp, LeanLaunchPad)
+    monkeypatch.setattr(fireworks, "__version__", TESTED_FIREWORKS[0])
+    lp = LaunchPad.__new__(LaunchPad)
+    install_worker_hooks(lp)
+    assert isinstance(lp, LeanLaunchPad)
