@@ -170,6 +170,7 @@ def template_context(cluster: ClusterConfig, cluster_name: str, category: str, j
         "setup": cluster.setup.strip("\n"),
         "env": dict(cluster.env),
         "worker_argv": cluster.worker_argv,
+        "worker_is_pilot": cluster.worker_is_pilot,
         "route": route_context(cluster),
         # one JSON argument (quoted by the template); None when the cluster file gives no fworker_query
         "fworker_query": (json.dumps(cluster.fworker_query, sort_keys=True, separators=(",", ":"))

@@ -99,6 +99,9 @@ def _query(text: str | None) -> dict[str, Any] | None:
               help="Directory in which each Firework gets its own launcher_<timestamp> dir. Default: cwd.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the worker's log lines to this file.")
+@click.option("--fresh-process", is_flag=True,
+              help="Run every Firework in a process of its own. Default: a process that ran a short Firework "
+                   "(under 10 s) cleanly, leaving no thread or process behind, takes the next one (up to 100).")
 @click.option("--db-retry-time", type=float, default=300.0, show_default=True,
               help="Keep retrying an unreachable database this many seconds before giving up (exit 3).")
 @click.option("--fw-log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
@@ -121,7 +124,7 @@ def _query(text: str | None) -> dict[str, Any] | None:
 def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str | None, record: str | None,
                    heartbeat: float, deadline: float | None,
                    no_deadline: bool, margin: float, idle_timeout: float, grace: float, term_grace: float,
-                   launch_dir: Path | None, log_file: Path | None, db_retry_time: float,
+                   launch_dir: Path | None, log_file: Path | None, fresh_process: bool, db_retry_time: float,
                    fw_log_level: str, query_json: str | None, route_ssh: str | None, route_port: int | None,
                    route_key: Path | None, route_known_hosts: Path | None) -> None:
     """Run inside a batch job: pull Fireworks of CATEGORY that fit the time left, until idle or the deadline.
@@ -152,7 +155,7 @@ def worker_command(launchpad_file: Path, categories: tuple[str, ...], name: str 
                        term_grace=term_grace,
                        launch_dir=(launch_dir or Path.cwd()).absolute(), log_file=log_file,
                        db_retry_time=db_retry_time, fw_log_level=fw_log_level, route=route, query=query,
-                       record=record or None, heartbeat=heartbeat)
+                       record=record or None, heartbeat=heartbeat, fresh_process=fresh_process)
     try:
         code = Worker(cfg).run()
     except Exception:  # noqa: BLE001 - the last line of defence: say what broke, exit 1

@@ -271,6 +271,14 @@ class ClusterConfig(BaseModel):
         return shlex.split(self.worker_command)
 
     @property
+    def worker_is_pilot(self) -> bool:
+        """Is the worker command ``pilot worker`` itself (``python: ...``, or a command ending in ``pilot worker``
+        or ``-m pilot worker``) rather than a wrapper of the user's? The job script starts pilot's own worker
+        with SIGUSR1 ignored until the worker sets its handler (a shell wrapper could not trap it then)."""
+        argv = self.worker_argv
+        return self.python is not None or (len(argv) >= 2 and Path(argv[-2]).name == "pilot" and argv[-1] == "worker")
+
+    @property
     def ssh_route(self) -> SshRoute | None:
         """The ssh route with its defaults filled in (login node = ``host``:``port``), ``None`` for ``direct``."""
         import getpass

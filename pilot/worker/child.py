@@ -1,5 +1,6 @@
-"""The Firework child's side: a process forked by the fork server runs one Firework with FireWorks' own
-``launch_rocket``, in its own ``launcher_*`` directory, and sends the Rocket's LaunchPad calls to the worker."""
+"""The Firework child's side: a process forked by the fork server runs a Firework with FireWorks' own
+``launch_rocket``, in its own ``launcher_*`` directory, and sends the Rocket's LaunchPad calls to the worker;
+after a short clean Firework it takes the next one (:mod:`pilot.worker.reuse`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pilot.worker.protocol import (
+    CHILD_DECLINED,
     CHILD_NO_WORK,
     CHILD_RAN,
     CHILD_UNUSED,
@@ -20,6 +22,7 @@ from pilot.worker.protocol import (
     read_frame,
     write_frame,
 )
+from pilot.worker.reuse import CleanSlate
 
 
 class WorkerLink:
@@ -31,16 +34,25 @@ class WorkerLink:
         self.reply_fd = reply_fd
         self.lock = threading.Lock()
         self.served = False
+        #: launches this process completed: FireWorks' ping thread pings once more after the Rocket stopped it,
+        #: which is dropped here (it could only touch a launch that is no longer RUNNING, and in a warm child
+        #: it would reach the worker during the next Firework)
+        self.completed: set[Any] = set()
 
-    def send(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """A call without reply (the worker runs it before any later call of this child)."""
+    def ping(self, launch_id: Any, *args: Any, **kwargs: Any) -> None:
+        """A ping (no reply; the worker runs it before any later call of this child), unless the launch is
+        completed (checked under the lock: the completion may be on its way from the Rocket's thread)."""
         with self.lock:
-            write_frame(self.call_fd, encode_call(method, args, kwargs, False))
+            if launch_id not in self.completed:
+                write_frame(self.call_fd, encode_call("ping_launch", args, kwargs, False))
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, method: str, *args: Any, completes: Any = None, **kwargs: Any) -> Any:
+        """A call with a reply; ``completes``: the launch it completes (no ping of it is sent after it)."""
         from fireworks.utilities import fw_serializers
 
         with self.lock:
+            if completes is not None:
+                self.completed.add(completes)
             write_frame(self.call_fd, encode_call(method, args, kwargs, True))
             kind, fw_modules, payload = pickle.loads(read_frame(self.reply_fd))
             self.served = True
@@ -90,14 +102,15 @@ def child_launchpad(link: WorkerLink, lp_dict: dict[str, Any]) -> Any:
             # A ping (heartbeat, or the checkpoint before each task) returns nothing: the Rocket goes on while
             # the worker writes it; the worker runs it before the child's next call, so the order holds.
             try:
-                link.send("ping_launch", *args, **kwargs)
+                link.ping(args[0] if args else kwargs.get("launch_id"), *args, **kwargs)
             except BrokenPipeError:
                 # FireWorks' ping thread pings once more after the launch is complete; the worker has moved on
                 # by then, and a ping only ever updates a RUNNING launch: nothing is lost
                 pass
 
         def complete_launch(self, *args: Any, **kwargs: Any) -> Any:
-            return link.call("complete_launch", *args, **kwargs)
+            return link.call("complete_launch", *args, completes=args[0] if args else kwargs.get("launch_id"),
+                             **kwargs)
 
         def change_launch_dir(self, *args: Any, **kwargs: Any) -> Any:
             return link.call("change_launch_dir", *args, **kwargs)
@@ -127,13 +140,31 @@ def child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: 
     The child is forked ahead of time, while the previous Firework still runs; it prepares its launcher dir and
     calls FireWorks' ``launch_rocket`` at once. The Rocket's first call, ``checkout_fw``, waits in the pipe until
     the worker serves it: right when the previous Firework is done, with the FWorker query of that moment.
+    After a Firework, a clean child asks for the next one the same way; the worker closes the pipe when it
+    wants a fresh process instead (:mod:`pilot.worker.reuse`).
     """
     from fireworks.core.fworker import FWorker
-    from fireworks.core.rocket_launcher import launch_rocket
 
     link = WorkerLink(call_fd, reply_fd)
     fworker = FWorker.from_dict(fworker_dict)  # name, categories, env; the worker puts in the query
     lp = child_launchpad(link, lp_dict)
+    slate = CleanSlate()
+    while True:
+        code = _one_rocket(link, lp, fworker, base_dir, fw_log_level)
+        if code != CHILD_RAN:
+            return code
+        why = slate.restore()
+        if why is not None:
+            if not why.startswith("this system"):
+                print(f"pilot worker: Firework process {os.getpid()} takes no other Firework: {why}", flush=True)
+            return CHILD_DECLINED
+        link.served = False
+
+
+def _one_rocket(link: WorkerLink, lp: Any, fworker: Any, base_dir: Path, fw_log_level: str) -> int:
+    """One ``launch_rocket`` in a fresh ``launcher_*`` dir: CHILD_RAN, CHILD_NO_WORK or CHILD_UNUSED."""
+    from fireworks.core.rocket_launcher import launch_rocket
+
     launch_dir = make_launcher_dir(base_dir)
     os.chdir(launch_dir)
     try:
@@ -141,7 +172,7 @@ def child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: 
     except WorkerGone:
         if link.served:
             raise
-        return CHILD_UNUSED  # the worker stopped before this child's turn
+        return CHILD_UNUSED  # the worker stopped, or wants a fresh process, before this child's turn
     finally:
         os.chdir(base_dir)
         try:

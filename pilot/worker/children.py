@@ -1,5 +1,6 @@
 """The worker's Firework children: their state as the worker sees it, asking the fork server for them ahead of
-time, the worker's ends of their pipes, and the ones still exiting after their Firework is final."""
+time, the warm one kept for the next Firework (:mod:`pilot.worker.reuse`), the worker's ends of their pipes,
+and the ones still exiting after their Firework is final."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pilot.worker.forkserver import ForkServer
 from pilot.worker.logs import LOG
+from pilot.worker.protocol import CHILD_DECLINED
 
 if TYPE_CHECKING:
     from pilot.worker.model import WorkerConfig
@@ -49,6 +51,14 @@ class ChildState:
     #: which they are written (see :meth:`pilot.worker.calls.CallServer.serve`)
     held_pings: list[tuple[Any, Any, Any]] = field(default_factory=list)
     pings_due: float | None = None
+    #: Fireworks this process ran before this one (0: a fresh process)
+    runs: int = 0
+
+    def declined(self) -> bool:
+        """A warm child that exited instead of taking this Firework (:data:`CHILD_DECLINED`): not a failure, the
+        worker starts the Firework in another child."""
+        return (self.runs > 0 and self.fw_id is None and self.reserved_fw is None and self.status is not None
+                and os.WIFEXITED(self.status) and os.WEXITSTATUS(self.status) == CHILD_DECLINED)
 
 
 def killpg(pid: int, sig: int, reaped: bool = False) -> None:
@@ -85,6 +95,8 @@ class ChildPool:
         self.fds: set[int] = set()
         #: children whose Firework is final and which are still exiting
         self.exiting: list[ChildState] = []
+        #: the child that ran the last Firework and is kept for the next one (None: the next one is forked)
+        self.warm: ChildState | None = None
         #: modules of the task classes met so far (the fork server imports them, so children start warm)
         self.task_modules: set[str] = set()
 
@@ -108,8 +120,17 @@ class ChildPool:
                                  self.cfg.fw_log_level, dict(fw_serializers.SAVED_FW_MODULES),
                                  sorted(self.task_modules)))
 
+    def keep_warm(self, done: ChildState) -> None:
+        """Keep the process of ``done`` (its Firework is final) for the next Firework; :meth:`fork` gives it."""
+        self.warm = ChildState(pid=done.pid, call_fd=done.call_fd, reply_fd=done.reply_fd, buffer=done.buffer,
+                               eof=done.eof, runs=done.runs + 1)
+
     def fork(self) -> ChildState:
-        """Have the fork server fork a Firework child: own session and process group, waiting for its go."""
+        """The child for the next Firework: the warm one, else the one forked ahead of time, else a new one
+        (own session and process group, waiting for its go)."""
+        if self.warm is not None:
+            child, self.warm = self.warm, None
+            return child
         self._flush_before_fork()
         if not self.pending:
             self.request()
@@ -129,7 +150,12 @@ class ChildPool:
                 self.fds.discard(fd)
 
     def discard_standby(self) -> None:
-        """Stop pre-forked children: their checkout was never served, so they hold no Firework."""
+        """Stop the warm and the pre-forked children: their checkout was never served, so they hold no
+        Firework."""
+        if self.warm is not None:
+            self.close_fds(self.warm)  # it reads EOF and exits
+            self.exiting.append(self.warm)
+            self.warm = None
         while not self.forkserver.gone and self.pending:
             child = self.fork()
             self.close_fds(child)  # it reads EOF and exits

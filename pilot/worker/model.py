@@ -79,6 +79,9 @@ class WorkerConfig:
     record: str | None = None
     #: seconds between two heartbeats written into the record (``--heartbeat``)
     heartbeat: float = 60.0
+    #: run every Firework in a fresh process (``--fresh-process``); default: a process that ran a short
+    #: Firework cleanly takes the next one (:mod:`pilot.worker.reuse`)
+    fresh_process: bool = False
 
     @property
     def stop_at(self) -> float | None:

@@ -25,6 +25,8 @@ CHILD_ERROR = 1
 CHILD_NO_WORK = 3
 #: a pre-forked child that was never given work
 CHILD_UNUSED = 4
+#: a child that ran a Firework and cannot take another (see :mod:`pilot.worker.reuse`)
+CHILD_DECLINED = 5
 
 #: LaunchPad methods that FireWorks' Rocket calls on its LaunchPad during a launch. In a Firework child they
 #: run in the worker process (over the child's pipe), on the worker's warm connection: a child killed at any

@@ -27,6 +27,7 @@ from pilot.worker.heartbeat import Heartbeat
 from pilot.worker.logs import LOG
 from pilot.worker.model import LaunchRecord, Outcome, StopReason, StopRequested, Summary, WorkerConfig, WorkerError
 from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_INTERNAL, EXIT_OK
+from pilot.worker.reuse import worker_keeps
 from pilot.worker.settle import Settler, firework_final
 from pilot.worker.tunnel import Tunnel, TunnelError
 
@@ -334,22 +335,37 @@ class Worker:
     # ------------------------------------------------------------------ one Firework
     def _run_one(self, children: ChildPool, calls: CallServer, settler: Settler, fworker: Any) -> LaunchRecord:
         """Run (at most) one Firework in a child process and settle its outcome."""
-        child = children.fork()  # usually the one forked while the previous Firework ran
-        child.fworker = fworker
-        try:
-            self._supervise(children, calls, child)
-            calls.flush(child)  # pings the child sent last (a completion takes them along: then none)
-        finally:
-            self.lp._pilot_child = None
-        children.close_fds(child)
-        if child.status is None:  # the Firework is final, the process is still exiting
-            children.exiting.append(child)
+        while True:
+            child = children.fork()  # the warm one, or the one forked while the previous Firework ran
+            child.fworker = fworker
+            try:
+                self._supervise(children, calls, child)
+                calls.flush(child)  # pings the child sent last (a completion takes them along: then none)
+            finally:
+                self.lp._pilot_child = None
+            if not child.declined():
+                break
+            children.close_fds(child)  # a warm child that would not take another Firework: the next child does
+        if self._keep_warm(child):
+            children.keep_warm(child)
+        else:
+            children.close_fds(child)
+            if child.status is None:  # the Firework is final, the process is still exiting
+                children.exiting.append(child)
         children.reap_exiting()
         record = settler.settle(child)
         # FireWorks keeps a backup of every launch it checks out (for restore_backup_data); a worker runs many
         if child.launch_id is not None:
             self.lp.backup_launch_data.pop(child.launch_id, None)
         return record
+
+    def _keep_warm(self, child: ChildState) -> bool:
+        """Does the process of ``child`` take the next Firework? (:mod:`pilot.worker.reuse`)"""
+        if (self.cfg.fresh_process or child.status is not None or child.eof or child.stop_sent_at is not None
+                or child.killed or not firework_final(child) or self._stop_requested()):
+            return False
+        ran = time.monotonic() - child.started_mono if child.started_mono is not None else math.inf
+        return worker_keeps(child.end_state == "COMPLETED", ran, child.runs + 1)
 
     def _next_stop_trigger(self) -> float | None:
         """Seconds until the deadline trigger (``deadline - margin/2``), or None without a deadline."""

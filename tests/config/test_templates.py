@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -530,3 +531,27 @@ def test_emulated_scheduler_accepts_the_script(tmp_path, sched, clusters, remote
     assert env_seen["PILOT_JOB_ID"] == jid and env_seen["PILOT_CLUSTER"] == info.name
     assert int(env_seen["PILOT_DEADLINE"]) - int(env_seen["PILOT_START"]) == 600
     assert "worker exited with status 6" in (work / f"pilot-{jid}.err").read_text()
+
+
+def test_usr1_right_after_the_start_does_not_kill_the_real_worker(tmp_path, launchpad):
+    """SIGUSR1's default action ends a process: the job script starts pilot's own worker with USR1 ignored until
+    the worker has its handler. USR1 every 20 ms from the start (as a scheduler's early warning could come) to
+    the script, which forwards each: the real worker still runs its Firework and exits 0."""
+    from fireworks import Firework
+    from fireworks.user_objects.firetasks.script_task import PyTask
+
+    lp_file = tmp_path / "my_launchpad.yaml"
+    launchpad.to_file(str(lp_file))
+    launchpad.add_wf(Firework([PyTask(func="time.sleep", args=[1.5])], spec={"_category": "md"}, name="nap"))
+    c = make_cluster(tmp_path, "local", python=sys.executable, launchpad_file=str(lp_file), idle_timeout=1,
+                     walltime_margin=60)
+    script = render_pilot_script(c, "laptop", "md", "fwp.md.a", job_id_hint="13")
+    assert "( trap '' USR1; exec " in script
+    res = run_script(script, tmp_path, {"HOME": str(tmp_path)}, signals=[(0.02, signal.SIGUSR1)] * 100,
+                     timeout=60)
+    err = (tmp_path / "work" / "pilot-13.err").read_text()
+    assert res.returncode == 0, err[-3000:]
+    assert read_exit(tmp_path / "work" / "pilot-13.exit")["exit_code"] == 0
+    assert launchpad.fireworks.find_one({"name": "nap"})["state"] == "COMPLETED", err[-3000:]
+    # the USR1s that came once its handler was in place were only logged: it goes by its deadline
+    assert "SIGUSR1 (pre-walltime signal)" in err or "SIGUSR1 (pre-walltime signal)" in res.stderr

@@ -67,3 +67,48 @@ class OwnStateTask(FiretaskBase):
         doc = self.launchpad.fireworks.find_one({"fw_id": self.fw_id}, {"state": 1})
         fw = self.launchpad.get_fw_by_id(self.fw_id)
         return FWAction(stored_data={"state_seen": doc["state"], "name_seen": fw.name})
+
+
+@explicit_serialize
+class LeaveStateTask(FiretaskBase):
+    """Changes what a process keeps between Fireworks (an environment variable, the SIGTERM disposition) and
+    says what it found of the same changes when it started."""
+
+    def run_task(self, fw_spec: dict) -> FWAction:
+        seen = {"pid": os.getpid(), "leftover_env": os.environ.get("PILOT_TEST_LEFTOVER"),
+                "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL}
+        os.environ["PILOT_TEST_LEFTOVER"] = "left by an earlier Firework"
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return FWAction(stored_data=seen)
+
+
+@explicit_serialize
+class LeaveThreadTask(FiretaskBase):
+    """Returns while a (non-daemon) thread it started still runs for ``seconds``."""
+
+    required_params: ClassVar[list[str]] = ["seconds"]
+
+    def run_task(self, fw_spec: dict) -> FWAction:
+        import threading
+
+        threading.Thread(target=time.sleep, args=(float(self["seconds"]),), name="left-behind").start()
+        return FWAction(stored_data={"pid": os.getpid()})
+
+
+@explicit_serialize
+class LeaveProcessTask(FiretaskBase):
+    """Returns while a process it started (``sleep``) still runs; stores that process's pid."""
+
+    def run_task(self, fw_spec: dict) -> FWAction:
+        import subprocess
+
+        proc = subprocess.Popen(["sleep", "300"])
+        return FWAction(stored_data={"pid": os.getpid(), "sleep_pid": proc.pid})
+
+
+@explicit_serialize
+class FailTask(FiretaskBase):
+    """Fails, saying in which process."""
+
+    def run_task(self, fw_spec: dict) -> FWAction:
+        raise RuntimeError(f"failing on purpose in pid {os.getpid()}")
