@@ -89,12 +89,14 @@ def _env() -> dict[str, str]:
 
 
 def _argv(db: Database, lp: Any, which: str, cat: str, d: Path) -> list[str]:
-    """The command line of ``which`` (``ours``: ``pilot worker``; ``rlaunch``: ``rlaunch rapidfire``) in ``d``."""
+    """The command line of ``which`` (``ours``: ``pilot worker``; ``fresh``: ``pilot worker --fresh-process``, a
+    process per Firework; ``rlaunch``: ``rlaunch rapidfire``) in ``d``."""
     lp_file = d / "my_launchpad.yaml"
     lp_file.write_text(yaml.safe_dump(db.launchpad_file_dict(lp)))
-    if which == "ours":
+    if which in ("ours", "fresh"):
         return [sys.executable, "-m", "pilot", "worker", "-l", str(lp_file), "-c", cat, "--name", "bench-worker",
-                "--no-deadline", "--idle-timeout", "0", "--launch-dir", str(d)]
+                "--no-deadline", "--idle-timeout", "0", "--launch-dir", str(d),
+                *(["--fresh-process"] if which == "fresh" else [])]
     fw_file = d / "my_fworker.yaml"
     fw_file.write_text(yaml.safe_dump({"name": "bench-rlaunch", "category": cat, "query": "{}"}))
     return [_rlaunch(), "-l", str(lp_file), "-w", str(fw_file), "rapidfire"]
@@ -153,12 +155,13 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print, rss_at: int
         rss_at = 100_000 if n >= 500 else 100 * n
     db = Database().start()
     work = Path(tempfile.mkdtemp(prefix="pilot-bench-overhead-"))
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "rlaunch": []}
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "rlaunch": [], "fresh": []}
+    names = {"ours": "pilot worker", "rlaunch": "rlaunch rapidfire", "fresh": "pilot worker --fresh-process"}
     try:
         for k in range(repeat):
-            order = ("ours", "rlaunch") if k % 2 == 0 else ("rlaunch", "ours")
+            order = ("ours", "rlaunch", "fresh") if k % 2 == 0 else ("fresh", "rlaunch", "ours")
             for which in order:
-                through = "pilot worker" if which == "ours" else "rlaunch rapidfire"
+                through = names[which]
                 log(f"overhead: {n} no-op Fireworks through {through}"
                     f" (run {k + 1}/{repeat}) ...")
                 runs[which].append(run_one(db, which, n, work / f"r{k}", timeout=max(300.0, n * 2.0)))
@@ -181,7 +184,8 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print, rss_at: int
                     fw_per_s_range=[ordered[0]["fw_per_s"], ordered[-1]["fw_per_s"]])
 
     return {"fireworks": n, "repeat": repeat, "ours": median(runs["ours"]), "rlaunch": median(runs["rlaunch"]),
-            "all_runs": runs, "fork_breakdown": breakdown, "worker_rss_at": rss, "server_peak_rss_mib": server_mib}
+            "fresh": median(runs["fresh"]), "all_runs": runs, "fork_breakdown": breakdown, "worker_rss_at": rss,
+            "server_peak_rss_mib": server_mib}
 
 
 # ============================================================================ where the time goes

@@ -83,7 +83,10 @@ def table_submission(res: dict[str, Any]) -> str:
 def table_overhead(res: dict[str, Any]) -> str:
     o, r = res["ours"], res["rlaunch"]
     rows = []
-    for name, x in (("pilot worker", o), ("rlaunch rapidfire", r)):
+    systems = [("pilot worker", o), ("rlaunch rapidfire", r)]
+    if res.get("fresh"):  # results of before the warm Firework processes have no such run
+        systems.append(("pilot worker --fresh-process", res["fresh"]))
+    for name, x in systems:
         rng = x.get("fw_per_s_range")
         fw_s = f"{x['fw_per_s']:.2f}" + (f" ({rng[0]:.1f}-{rng[1]:.1f})" if rng and rng[0] != rng[1] else "")
         rows.append([name, x["fireworks"], x["wall_s"], fw_s, x["steady_fw_per_s"],
