@@ -17,7 +17,8 @@ A pilot takes a Firework only when the worker's FWorker query matches it (``pilo
 
 Counting all READY Fireworks instead made the manager submit pilots that idled out, cycle after cycle, for
 work none of them could take (issue 16: 4-hour segments on a cluster whose pilots last 90 s). The queries
-here mirror the worker's exactly, so demand and what pilots take cannot drift apart.
+here are the worker's: both take the wall-time rule from :mod:`pilot.fit`, so demand and what pilots take cannot
+drift apart.
 
 Each cycle asks the database **one aggregation** (:func:`demand_pipeline`): the READY and RUNNING Fireworks of
 the served categories, counted per category, state, expected duration, pinned FWorker and whether it is a chain
@@ -37,11 +38,9 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from bson.decimal128 import Decimal128
-
+from pilot.fit import fits, fits_clause, number
 from pilot.manager.policy import CategoryDemand
 
 #: the fields the demand groups by that FireWorks does not index (:func:`ensure_demand_indexes`)
@@ -49,8 +48,6 @@ DEMAND_INDEXES = ("spec._pilot.walltime", "spec._pilot.min_walltime", "spec._fwo
 #: READY Fireworks read to estimate the mean expected duration (a sample bounds the cost)
 DURATION_SAMPLE = 1000
 
-#: the worker's rule for a Firework that gives no duration: ``{"field": None}`` matches missing and null
-_NO_DURATION: dict[str, Any] = {"spec._pilot.walltime": None}
 #: FireWorks' own test for "not pinned" (``FWorker.query``, less the clause that names the FWorker)
 _NOT_PINNED: list[dict[str, Any]] = [{"spec._fworker": {"$exists": False}}, {"spec._fworker": None}]
 #: a chain head: ``continues`` exactly true (the groups' test, :attr:`Group.chain`)
@@ -85,9 +82,7 @@ def takeable_query(category: str, usable_seconds: float, extra: Mapping[str, Any
     The same clauses as the worker's pull (wall time, category, the cluster's ``fworker_query`` as
     ``extra``) and FireWorks' ``_fworker`` check, with the pinned ones left out (see the module docstring).
     """
-    clauses: list[dict[str, Any]] = [{"$or": [_NO_DURATION, {"spec._pilot.walltime": {"$lte": usable_seconds}},
-                                              {"spec._pilot.min_walltime": {"$lte": usable_seconds}}]},
-                                     {"$or": _NOT_PINNED}]
+    clauses: list[dict[str, Any]] = [fits_clause(usable_seconds), {"$or": _NOT_PINNED}]
     if extra:
         clauses.append(dict(extra))
     return {"state": "READY", "spec._category": category, "$and": clauses}
@@ -110,8 +105,7 @@ class CountingCollection:
         self.queries += 1
         docs = self.coll.find(dict(query), {"spec._pilot.walltime": 1, "_id": 0}).limit(limit)
         values = [((d.get("spec") or {}).get("_pilot") or {}).get("walltime") for d in docs]
-        return [min(float(v), cap) for v in values
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+        return [min(secs, cap) for v in values if (secs := number(v)) is not None and secs > 0]
 
 
 def _durations(coll: CountingCollection, query: dict[str, Any], ready: int,
@@ -196,33 +190,18 @@ class Group:
     @property
     def seconds(self) -> float | None:
         """The expected duration as a number (None: none given, or not a number)."""
-        return _number(self.walltime)
+        return number(self.walltime)
 
     def fits(self, usable_seconds: float) -> bool:
         """Would a fresh pilot with ``usable_seconds`` take these? (the worker's query: no duration, or a number
-        at most the time it has, or a minimum duration at most that; not pinned)"""
-        if self.fworker is not None:
-            return False
-        secs, least = self.seconds, _number(self.min_walltime)
-        return (self.walltime is None or (secs is not None and secs <= usable_seconds)
-                or (least is not None and least <= usable_seconds))
+        at most the time it has, or a minimum duration at most that, :func:`pilot.fit.fits`; not pinned)"""
+        return self.fworker is None and fits(self.walltime, self.min_walltime, usable_seconds)
 
     def seconds_in(self, usable_seconds: float) -> float | None:
         """How long one of these runs in a fresh pilot with ``usable_seconds``: its expected duration, cut to the
         pilot's time when it sizes itself to that (it fits by its ``min_walltime`` only)."""
         secs = self.seconds
         return None if secs is None else min(secs, usable_seconds)
-
-
-def _number(w: Any) -> float | None:
-    """A duration as a float (None: none given, or not a number)."""
-    if isinstance(w, Decimal128):
-        w = w.to_decimal()
-    if isinstance(w, Decimal) and w.is_nan():
-        return None  # float() of a signalling NaN raises; a NaN fits no pilot ($lte is false for it)
-    if isinstance(w, (int, float, Decimal)) and not isinstance(w, bool):
-        return float(w)
-    return None
 
 
 def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str, list[Group]]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pilot.checks.probes import address_of
+from pilot.fit import WALLTIME, not_fits_clause
 from pilot.isotime import epoch_seconds
 from pilot.launchpad.files import uri_hosts
 from pilot.manager.records import PENDING_STATES, RUNNING_STATES, ended_query, live_query
@@ -523,9 +524,9 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
         if not known or len(known) < len(usables):
             continue  # a serving cluster of unknown wall time might take them
         best = max(known)
-        # too long for every pilot, and not one that sizes itself to a pilot's time (min_walltime that fits)
-        query = {"state": "READY", "spec._category": cat.name, "spec._pilot.walltime": {"$gt": best},
-                 "spec._pilot.min_walltime": {"$not": {"$lte": best}}}
+        # a walltime longer than every pilot's, and no fit for the longest pilot by the workers' own rule (not
+        # one that sizes itself to a pilot's time: a min_walltime that fits)
+        query = {"state": "READY", "spec._category": cat.name, WALLTIME: {"$gt": best}, **not_fits_clause(best)}
         total = q.count_documents("fireworks", query)
         if not total:
             continue

@@ -19,6 +19,7 @@ import socket
 import time
 from typing import Any
 
+from pilot.fit import fits_clause, number
 from pilot.worker.calls import CallServer
 from pilot.worker.children import ChildPool, ChildState, killpg
 from pilot.worker.database import DbRetry, install_worker_hooks, load_launchpad
@@ -138,11 +139,9 @@ class Worker:
 
         query: dict[str, Any] = {}
         if math.isfinite(available):
-            # {"field": None} matches a missing field and an explicit null ("fits anything"); a Firework that
-            # sizes itself to the deadline (an MD segment: -maxh) fits once its min_walltime does (the tail)
-            query = {"$or": [{"spec._pilot.walltime": None},
-                             {"spec._pilot.walltime": {"$lte": available}},
-                             {"spec._pilot.min_walltime": {"$lte": available}}]}
+            # no duration, a walltime that fits, or a min_walltime that does (a Firework that sizes itself to the
+            # deadline, an MD segment with -maxh: the tail): the rule the manager's demand counts with (pilot.fit)
+            query = fits_clause(available)
         if self.cfg.query:
             # the cluster file's fworker_query (--query), ANDed with ours. No top-level "$or" beside a "$and":
             # FireWorks' FWorker.query would then extend that "$and" list in place, at every read
@@ -328,8 +327,8 @@ class Worker:
                           {**query, key: {"$gte": 0}}, {key: 1, "_id": 0}, sort=[(key, 1)], stoppable=True)
             pilot = ((doc or {}).get("spec") or {}).get("_pilot")
             value = pilot.get(field) if isinstance(pilot, dict) else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
-                needs.append(float(value))
+            if (secs := number(value)) is not None:  # a number as the pull query compares it (pilot.fit)
+                needs.append(secs)
         return min(needs) if needs else None
 
     # ------------------------------------------------------------------ one Firework

@@ -11,6 +11,7 @@ not from the code under test.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,24 +214,38 @@ def test_a_firework_of_several_categories_is_demand_in_each_and_odd_durations_fi
         assert not Group("READY", nan, None, 1).fits(1e9)
 
 
-def test_demand_matches_what_the_worker_pulls(launchpad):
-    """For unpinned Fireworks the demand query and the worker's FWorker query select the same Fireworks."""
-    from fireworks.core.fworker import FWorker
+@pytest.mark.parametrize("fworker_query", [None, {"spec.kind": "x"}])
+def test_demand_matches_what_the_worker_pulls(launchpad, tmp_path, fworker_query):
+    """The manager's demand for a fresh pilot with 70 s counts what FireWorks hands that pilot's worker: the
+    query is the worker's own (``Worker.fworker``, read through FireWorks' ``FWorker.query``, with the state
+    FireWorks' checkout adds), and the database counts it; with a cluster ``fworker_query`` too."""
+    from pilot.worker.model import WorkerConfig
+    from pilot.worker.supervisor import Worker
 
     lp = launchpad
     for wt in (None, 10, 69.5, 70, 70.5, SEGMENT):
-        add_fw(lp, walltime=wt)
-    add_fw(lp, walltime=SEGMENT, min_walltime=60)   # an MD segment that sizes itself: fits by its minimum
-    add_fw(lp, walltime=SEGMENT, min_walltime=600)  # its minimum does not fit 70 s
-    # the worker's query for a fresh pilot with 70 s left (pilot/worker/supervisor.py, Worker.fworker)
-    worker_q = FWorker(name="short-1", category="md", query={"$or": [{"spec._pilot.walltime": None},
-                                                                    {"spec._pilot.walltime": {"$lte": 70.0}},
-                                                                    {"spec._pilot.min_walltime": {"$lte": 70.0}}]})
-    pulled = {d["fw_id"] for d in lp.fireworks.find({"state": "READY", **worker_q.query}, {"fw_id": 1})}
-    d = gather_demand(lp.fireworks, [PilotOffer("short", ("md",), 70.0)])
-    assert d.by_cluster[("short", "md")].ready == len(pulled) == 5
+        add_fw(lp, walltime=wt, kind="x")
+    add_fw(lp, walltime=SEGMENT, min_walltime=60, kind="x")   # an MD segment that sizes itself: fits by its minimum
+    add_fw(lp, walltime=SEGMENT, min_walltime=600, kind="x")  # its minimum does not fit 70 s
+    add_fw(lp, walltime=10, fworker="other-7", kind="x")       # pinned to another FWorker: neither takes it
+    add_fw(lp, walltime=10, kind="y")                           # the cluster's fworker_query (when given) leaves it
+    cfg = WorkerConfig(launchpad_file=tmp_path / "unread.yaml", categories=("md",), name="short-1",
+                       deadline=None, margin=20.0, query=fworker_query)
+    worker = Worker(cfg)  # makes a pipe, connects to nothing
+    try:
+        fworker = worker.fworker(70.0)
+    finally:
+        os.close(worker._wake_r)
+        os.close(worker._wake_w)
+    # what FireWorks' checkout looks for (LaunchPad._get_a_fw_to_run: the FWorker's query, state READY)
+    pulled = lp.fireworks.count_documents({**fworker.query, "state": "READY"})
+    assert pulled == (5 if fworker_query else 6)  # None, 10, 69.5, 70 and the segment by its minimum; (+ "y")
+    d = gather_demand(lp.fireworks, [PilotOffer("short", ("md",), 70.0, fworker_query)])
+    assert d.by_cluster[("short", "md")].ready == pulled
+    assert d.by_category["md"].takeable == pulled
     # the one taken by its minimum runs the pilot's 70 s there, not its 4 hours: the plan sizes pilots by that
-    assert d.by_cluster[("short", "md")].mean_duration == pytest.approx((10 + 69.5 + 70 + 70) / 4)
+    durations = (10, 69.5, 70, 70) if fworker_query else (10, 69.5, 70, 70, 10)
+    assert d.by_cluster[("short", "md")].mean_duration == pytest.approx(sum(durations) / len(durations))
 
 
 # ---------------------------------------------------------------------------------------------- the policy

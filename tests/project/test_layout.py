@@ -4,9 +4,9 @@ The rules are the ones docs/architecture.md draws (and ../shared/DESIGN.md, "Rul
 
 * only ``pilot/cli/`` imports click, and nothing imports ``pilot.cli``;
 * every arrow between rooms is one of :data:`ALLOWED` (each room lists the rooms it may import);
-* ``pilot/worker/`` imports nothing else of ``pilot`` but the standard-library leaf ``pilot.redact`` and the
-  rerun protocol it shares with the manager, ``pilot.rerun_protocol`` (start-up inside a batch job stays cheap),
-  and
+* ``pilot/worker/`` imports nothing else of ``pilot`` but the standard-library leaves ``pilot.redact``,
+  ``pilot.ssh_route`` and ``pilot.fit`` and the rerun protocol it shares with the manager,
+  ``pilot.rerun_protocol`` (start-up inside a batch job stays cheap), and
   ``queue_adapters/`` is pure (no transport, no database, no FireWorks);
 * no module imports itself back through any chain (lazy imports inside functions count: a circle is a
   circle, whether Python notices it at import time or not; ``if TYPE_CHECKING:`` imports do not count);
@@ -46,6 +46,7 @@ ROOMS = (
     "pilot.cli", "pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager",
     "pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched",
     "pilot.worker", "pilot.isotime", "pilot.configdir", "pilot.redact", "pilot.ssh_route", "pilot.rerun_protocol",
+    "pilot.fit",
     "queue_adapters",
     "tasks",
 )
@@ -55,8 +56,9 @@ ROOMS = (
 #: The leaves (standard library only, cheap) may be imported by the rooms that name them: ``pilot`` (the root
 #: package, __version__), ``pilot.isotime`` (how times are written for scripts), ``pilot.configdir`` (which config
 #: dir a command uses, how a hint names it, private files), ``pilot.redact`` (no password in any output) and
-#: ``pilot.ssh_route`` (the ssh route to the LaunchPad: validated by the config, consumed by the worker).
-LEAVES = {"pilot", "pilot.isotime", "pilot.configdir", "pilot.redact", "pilot.ssh_route"}
+#: ``pilot.ssh_route`` (the ssh route to the LaunchPad: validated by the config, consumed by the worker) and
+#: ``pilot.fit`` (when a Firework fits a pilot: the worker's pull, the manager's demand and status share it).
+LEAVES = {"pilot", "pilot.isotime", "pilot.configdir", "pilot.redact", "pilot.ssh_route", "pilot.fit"}
 #: ``pilot.rerun_protocol`` is a leaf too, but not standard library only: the compare-and-set rerun under
 #: FireWorks' workflow lock that the manager and the worker (which may not import the manager) both use.
 PROTOCOL = "pilot.rerun_protocol"
@@ -71,18 +73,19 @@ ALLOWED: dict[str, set[str]] = {
     "pilot.checks": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "queue_adapters",
                      "pilot", "pilot.configdir", "pilot.redact"},
     "pilot.manager": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "queue_adapters",
-                      "pilot", "pilot.configdir", "pilot.redact", PROTOCOL},
+                      "pilot", "pilot.configdir", "pilot.redact", "pilot.fit", PROTOCOL},
     "pilot.render": {"pilot.config", "pilot"},
     "pilot.transport": {"queue_adapters"},
     "pilot.config": {"pilot.configdir", "pilot.ssh_route"},
     "pilot.launchpad": {"pilot.config", "pilot", "pilot.configdir", "pilot.redact"},
     "pilot.localsched": set(),
-    "pilot.worker": {"pilot.redact", "pilot.ssh_route", PROTOCOL},  # leaves: the worker still loads nothing heavy
+    "pilot.worker": {"pilot.redact", "pilot.ssh_route", "pilot.fit", PROTOCOL},  # leaves: it loads nothing heavy
     PROTOCOL: set(),
     "pilot.isotime": set(),
     "pilot.configdir": set(),
     "pilot.redact": set(),
     "pilot.ssh_route": set(),
+    "pilot.fit": set(),
     "pilot": set(),
     "queue_adapters": set(),
     "tasks": {"pilot.transport"},
