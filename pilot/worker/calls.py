@@ -39,9 +39,12 @@ class CallServer:
     """Serves the Rocket's LaunchPad calls (:data:`~pilot.worker.protocol.ROCKET_CALLS`) of the children."""
 
     def __init__(self, lp: Any, children: ChildPool, stopping: Callable[[], bool],
-                 retry: Callable[..., Any] | None = None) -> None:
+                 retry: Callable[..., Any] | None = None, keep: Callable[[ChildState], bool] | None = None) -> None:
         self.lp = lp
         self.children = children
+        #: does the process of a child whose launch was just completed take the next Firework? (told to the
+        #: child with the completion's answer: :mod:`pilot.worker.reuse`)
+        self._keep = keep
         #: True once the worker got a stop signal: a checkout then finds no work
         self._stopping = stopping
         #: runs a database call through connection errors (the worker's DbRetry): a Rocket's completion must
@@ -178,7 +181,8 @@ class CallServer:
                          child.pid, args[1] if len(args) > 1 else kwargs.get("launch_dir"))
         elif method == "complete_launch":
             child.end_state = str(kwargs.get("state", args[2] if len(args) > 2 else "COMPLETED"))
-        send_reply(child.reply_fd, "ok", result, fw_modules)
+            child.keep = self._keep is not None and self._keep(child)
+        send_reply(child.reply_fd, "ok", result, fw_modules, keep=child.keep)
         if (method == "checkout_fw" and child.fw_id is not None and not self.children.pending
                 and child.stop_sent_at is None and not self._stopping()):
             # the next child is forked while this Firework runs

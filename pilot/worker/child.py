@@ -38,6 +38,8 @@ class WorkerLink:
         #: which is dropped here (it could only touch a launch that is no longer RUNNING, and in a warm child
         #: it would reach the worker during the next Firework)
         self.completed: set[Any] = set()
+        #: the worker's word with the last completion: it will serve this process's next checkout
+        self.keep = False
 
     def ping(self, launch_id: Any, *args: Any, **kwargs: Any) -> None:
         """A ping (no reply; the worker runs it before any later call of this child), unless the launch is
@@ -53,9 +55,14 @@ class WorkerLink:
         with self.lock:
             if completes is not None:
                 self.completed.add(completes)
-            write_frame(self.call_fd, encode_call(method, args, kwargs, True))
-            kind, fw_modules, payload = pickle.loads(read_frame(self.reply_fd))
+            try:
+                write_frame(self.call_fd, encode_call(method, args, kwargs, True))
+            except BrokenPipeError:
+                raise WorkerGone("the pilot worker closed the connection to this Firework process") from None
+            kind, fw_modules, payload, keep = pickle.loads(read_frame(self.reply_fd))
             self.served = True
+            if completes is not None:
+                self.keep = keep
         if fw_modules:
             # where the worker found the task classes by name: spares this process FireWorks' package walk
             fw_serializers.SAVED_FW_MODULES.update(fw_modules)
@@ -140,8 +147,8 @@ def child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: 
     The child is forked ahead of time, while the previous Firework still runs; it prepares its launcher dir and
     calls FireWorks' ``launch_rocket`` at once. The Rocket's first call, ``checkout_fw``, waits in the pipe until
     the worker serves it: right when the previous Firework is done, with the FWorker query of that moment.
-    After a Firework, a clean child asks for the next one the same way; the worker closes the pipe when it
-    wants a fresh process instead (:mod:`pilot.worker.reuse`).
+    After a Firework the worker's answer to the completion says whether it keeps this process; if so, and the
+    process is clean, the child asks for the next Firework the same way (:mod:`pilot.worker.reuse`).
     """
     from fireworks.core.fworker import FWorker
 
@@ -151,14 +158,14 @@ def child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: 
     slate = CleanSlate()
     while True:
         code = _one_rocket(link, lp, fworker, base_dir, fw_log_level)
-        if code != CHILD_RAN:
+        if code != CHILD_RAN or not link.keep:
             return code
         why = slate.restore()
         if why is not None:
             if not why.startswith("this system"):
                 print(f"pilot worker: Firework process {os.getpid()} takes no other Firework: {why}", flush=True)
             return CHILD_DECLINED
-        link.served = False
+        link.served = link.keep = False
 
 
 def _one_rocket(link: WorkerLink, lp: Any, fworker: Any, base_dir: Path, fw_log_level: str) -> int:

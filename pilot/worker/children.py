@@ -53,6 +53,8 @@ class ChildState:
     pings_due: float | None = None
     #: Fireworks this process ran before this one (0: a fresh process)
     runs: int = 0
+    #: the worker told the process, with the completion, that it takes the next Firework
+    keep: bool = False
 
     def declined(self) -> bool:
         """A warm child that exited instead of taking this Firework (:data:`CHILD_DECLINED`): not a failure, the

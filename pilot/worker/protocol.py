@@ -70,11 +70,14 @@ def encode_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], want
     return pickle.dumps((method, args, kwargs, want_reply), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def send_reply(fd: int, kind: str, payload: Any, fw_modules: dict[str, str] | None = None) -> bool:
+def send_reply(fd: int, kind: str, payload: Any, fw_modules: dict[str, str] | None = None,
+               keep: bool = False) -> bool:
     """Send the worker's reply (``kind`` "ok" or "err") to a child's call; False when the child is gone.
 
     ``fw_modules``: FireWorks' SAVED_FW_MODULES of the worker, passed along with a checkout so the child is
-    spared FireWorks' package walk to find the task classes by name.
+    spared FireWorks' package walk to find the task classes by name. ``keep``, with a completion: the worker
+    will serve this process's next checkout (:mod:`pilot.worker.reuse`); else the process exits after its
+    Rocket instead of asking for more.
     """
     try:
         body = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
@@ -82,7 +85,7 @@ def send_reply(fd: int, kind: str, payload: Any, fw_modules: dict[str, str] | No
         kind = "err"
         body = pickle.dumps(RuntimeError(f"pilot worker could not pass back {payload!r}: "
                                          f"{type(exc).__name__}: {exc}"))
-    data = pickle.dumps((kind, fw_modules, body), protocol=pickle.HIGHEST_PROTOCOL)
+    data = pickle.dumps((kind, fw_modules, body, keep), protocol=pickle.HIGHEST_PROTOCOL)
     try:
         write_frame(fd, data)
         return True

@@ -206,8 +206,8 @@ class Worker:
             _log_start(self.cfg, self.time_left())
             self._usable_at_start = self.available()
             self._start_heartbeat()
-            reason = self._loop(self.children, CallServer(self.lp, self.children, self._stop_requested, self.db),
-                                Settler(self.cfg, self.lp, self.db, self._crashed))
+            calls = CallServer(self.lp, self.children, self._stop_requested, self.db, self._keep_warm)
+            reason = self._loop(self.children, calls, Settler(self.cfg, self.lp, self.db, self._crashed))
         except WorkerError as exc:
             LOG.error("%s", exc)
             code, text = exc.exit_code, f"error (exit {exc.exit_code})"
@@ -345,8 +345,8 @@ class Worker:
             if not child.declined():
                 break
             children.close_fds(child)  # a warm child that would not take another Firework: the next child does
-        if self._keep_warm(child):
-            children.keep_warm(child)
+        if child.keep and child.status is None and not child.eof and not self._stop_requested():
+            children.keep_warm(child)  # told so with its completion (else it exits after its Rocket)
         else:
             children.close_fds(child)
             if child.status is None:  # the Firework is final, the process is still exiting
@@ -359,7 +359,8 @@ class Worker:
         return record
 
     def _keep_warm(self, child: ChildState) -> bool:
-        """Does the process of ``child`` take the next Firework? (:mod:`pilot.worker.reuse`)"""
+        """Does the process of ``child``, whose launch was just completed, take the next Firework? Asked when the
+        completion is answered, which tells the child (:mod:`pilot.worker.reuse`)."""
         if (self.cfg.fresh_process or child.status is not None or child.eof or child.stop_sent_at is not None
                 or child.killed or not firework_final(child) or self._stop_requested()):
             return False
