@@ -272,11 +272,13 @@ class ClusterConfig(BaseModel):
 
     @property
     def worker_is_pilot(self) -> bool:
-        """Is the worker command ``pilot worker`` itself (``python: ...``, or a command ending in ``pilot worker``
-        or ``-m pilot worker``) rather than a wrapper of the user's? The job script starts pilot's own worker
-        with SIGUSR1 ignored until the worker sets its handler (a shell wrapper could not trap it then)."""
+        """Is the worker command ``pilot worker`` itself (``python: ...``, ``[.../]pilot worker ...`` or
+        ``PYTHON -m pilot worker ...``) rather than a wrapper of the user's (``srun ...``, a script)? The job script
+        starts pilot's own worker with SIGUSR1 ignored until the worker sets its handler (a shell wrapper could
+        not trap it then)."""
         argv = self.worker_argv
-        return self.python is not None or (len(argv) >= 2 and Path(argv[-2]).name == "pilot" and argv[-1] == "worker")
+        own = bool(argv) and Path(argv[0]).name == "pilot" and argv[1:2] == ["worker"]
+        return self.python is not None or own or argv[1:4] == ["-m", "pilot", "worker"]
 
     @property
     def ssh_route(self) -> SshRoute | None:

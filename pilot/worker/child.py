@@ -141,7 +141,7 @@ def make_launcher_dir(base: Path) -> Path:
 
 
 def child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: Path, fw_log_level: str,
-               call_fd: int, reply_fd: int) -> int:
+               call_fd: int, reply_fd: int, reuse: bool = True) -> int:
     """Body of a Firework child; the return value is the process exit code.
 
     The child is forked ahead of time, while the previous Firework still runs; it prepares its launcher dir and
@@ -155,10 +155,10 @@ def child_main(lp_dict: dict[str, Any], fworker_dict: dict[str, Any], base_dir: 
     link = WorkerLink(call_fd, reply_fd)
     fworker = FWorker.from_dict(fworker_dict)  # name, categories, env; the worker puts in the query
     lp = child_launchpad(link, lp_dict)
-    slate = CleanSlate()
+    slate = CleanSlate() if reuse else None  # (--fresh-process: one Firework, no subreaper, nothing to check)
     while True:
         code = _one_rocket(link, lp, fworker, base_dir, fw_log_level)
-        if code != CHILD_RAN or not link.keep:
+        if code != CHILD_RAN or not link.keep or slate is None:
             return code
         why = slate.restore()
         if why is not None:

@@ -120,7 +120,7 @@ class ChildPool:
 
         self.forkserver.request((self.lp_dict, self._fworker(math.inf).to_dict(), self.cfg.launch_dir,
                                  self.cfg.fw_log_level, dict(fw_serializers.SAVED_FW_MODULES),
-                                 sorted(self.task_modules)))
+                                 sorted(self.task_modules), not self.cfg.fresh_process))
 
     def keep_warm(self, done: ChildState) -> None:
         """Keep the process of ``done`` (its Firework is final) for the next Firework; :meth:`fork` gives it."""

@@ -24,8 +24,9 @@ from pilot.worker.child import child_main
 from pilot.worker.protocol import CHILD_ERROR
 
 #: What the worker sends to ask for a child: (LaunchPad dict, FWorker dict, launch base dir, FireWorks log
-#: level, FireWorks' SAVED_FW_MODULES, task modules to import first).
-ChildRequest = tuple[dict[str, Any], dict[str, Any], Path, str, dict[str, str], list[str]]
+#: level, FireWorks' SAVED_FW_MODULES, task modules to import first, whether the process may take more than
+#: one Firework: pilot.worker.reuse).
+ChildRequest = tuple[dict[str, Any], dict[str, Any], Path, str, dict[str, str], list[str], bool]
 
 
 class ForkServerGone(RuntimeError):
@@ -99,7 +100,7 @@ def _reap(sock: socket.socket, live: set[int]) -> None:
 def _become_firework_child(request: ChildRequest, sock: socket.socket, call_w: int, reply_r: int,
                            close: tuple[int, ...]) -> NoReturn:
     """In the newly forked child: own session and process group, default signals, then :func:`child_main`."""
-    lp_dict, fworker_dict, base_dir, fw_log_level, _fw_modules, _task_modules = request
+    lp_dict, fworker_dict, base_dir, fw_log_level, _fw_modules, _task_modules, reuse = request
     code = CHILD_ERROR
     try:
         os.setsid()
@@ -109,7 +110,7 @@ def _become_firework_child(request: ChildRequest, sock: socket.socket, call_w: i
         for fd in close:
             os.close(fd)
         sock.close()
-        code = child_main(lp_dict, fworker_dict, base_dir, fw_log_level, call_w, reply_r)
+        code = child_main(lp_dict, fworker_dict, base_dir, fw_log_level, call_w, reply_r, reuse)
     except BaseException:  # noqa: BLE001 - the child must always reach os._exit
         traceback.print_exc()
         code = CHILD_ERROR

@@ -34,11 +34,11 @@ MAX_FIREWORKS_PER_CHILD = 100
 REUSE_BELOW_S = 10.0
 #: bytes of resident memory a process may have gained since its start and still take another Firework
 RSS_GROWTH_LIMIT_BYTES = 256 * 1024 * 1024
-#: seconds the child waits, in all, for the threads of a finished Firework to end (FireWorks' ping thread
-#: ends right after the Rocket stops it)
+#: seconds the child waits, in all, for FireWorks' own threads of a finished Firework to end (its ping thread
+#: and background-task threads end right after the Rocket stops them); any other live thread: no reuse
 THREAD_WAIT_S = 0.5
-#: the signals a task may have taken over (the child starts with their default dispositions)
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGALRM)
+#: the interval timers a task may have left running (a pending alarm would kill the next Firework)
+_TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -63,43 +63,92 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _fireworks_thread(thread: threading.Thread) -> bool:
+    """One of FireWorks' own threads of a Rocket (the ping thread, a background task), which end on their own
+    right after the Rocket stops them."""
+    target = getattr(thread, "_target", None)
+    return getattr(target, "__module__", "") == "fireworks.core.rocket"
+
+
+def _live_children() -> list[int] | None:
+    """The pids of this process's children that have not exited, from /proc (without reaping any: a task's
+    ``Popen`` objects must keep their exit statuses); None when /proc cannot tell."""
+    pids: list[int] = []
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as fh:  # the main thread's
+            pids += [int(x) for x in fh.read().split()]
+        for task in os.listdir("/proc/self/task"):
+            if task != str(os.getpid()):
+                try:
+                    with open(f"/proc/self/task/{task}/children") as fh:
+                        pids += [int(x) for x in fh.read().split()]
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # a thread that ended meanwhile (its children, if any, went to another thread)
+    except OSError:
+        return None
+    live = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state != "Z":
+            live.append(pid)
+    return live
+
+
 class CleanSlate:
     """The child's state before its first Firework, to check and put back after each one."""
 
     def __init__(self) -> None:
         self.subreaper = _become_subreaper()
         self.environ = dict(os.environ)
+        self.umask = os.umask(0o077)
+        os.umask(self.umask)
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.handlers = {sig: signal.getsignal(sig) for sig in signal.valid_signals()
+                         if sig not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(sig) is not None}
         try:
             self.rss: int | None = _rss_bytes()
         except (OSError, ValueError, IndexError):
             self.rss = None
 
     def restore(self) -> str | None:
-        """Put back what a Firework may have changed in this process; None when it may take the next Firework,
-        else why not."""
-        if dict(os.environ) != self.environ:
-            os.environ.clear()
-            os.environ.update(self.environ)
-        for sig in _SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        return self._why_not()
+        """Put back what a Firework may have changed in this process (environment, umask, every signal's
+        disposition, the signal mask, interval timers); None when it may take the next Firework, else why not.
+        Whatever goes wrong here is a no, never a failure."""
+        try:
+            if dict(os.environ) != self.environ:
+                os.environ.clear()
+                os.environ.update(self.environ)
+            os.umask(self.umask)
+            for timer in _TIMERS:
+                signal.setitimer(timer, 0)
+            for sig, handler in self.handlers.items():
+                if signal.getsignal(sig) is not handler:
+                    signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+            return self._why_not()
+        except Exception as exc:  # noqa: BLE001 - a process that cannot be checked is not reused
+            return f"it could not be checked ({type(exc).__name__}: {exc})"
 
     def _why_not(self) -> str | None:
         if not self.subreaper or self.rss is None:
             return "this system cannot tell which processes a Firework left (no PR_SET_CHILD_SUBREAPER)"
         limit = time.monotonic() + THREAD_WAIT_S
         for thread in threading.enumerate():
-            if thread is not threading.main_thread():
+            if thread is threading.main_thread() or not thread.is_alive():
+                continue
+            if _fireworks_thread(thread):
                 thread.join(max(limit - time.monotonic(), 0.0))
-                if thread.is_alive():
-                    return f"a thread of the Firework still runs ({thread.name})"
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break  # no process of the Firework is left
-            if pid == 0:
-                return "a process the Firework started still runs"
+            if thread.is_alive():
+                return f"a thread of the Firework still runs ({thread.name})"
+        live = _live_children()
+        if live is None:
+            return "this system cannot tell which processes a Firework left (no /proc/self/task/*/children)"
+        if live:
+            return "a process the Firework started still runs"
         grown = _rss_bytes() - self.rss
         if grown > RSS_GROWTH_LIMIT_BYTES:
             return f"its memory grew by {grown / 2**20:.0f} MiB"

@@ -535,19 +535,20 @@ def test_emulated_scheduler_accepts_the_script(tmp_path, sched, clusters, remote
 
 def test_usr1_right_after_the_start_does_not_kill_the_real_worker(tmp_path, launchpad):
     """SIGUSR1's default action ends a process: the job script starts pilot's own worker with USR1 ignored until
-    the worker has its handler. USR1 every 20 ms from the start (as a scheduler's early warning could come) to
+    the worker has its handler. USR1 every 40 ms from the start (as a scheduler's early warning could come) to
     the script, which forwards each: the real worker still runs its Firework and exits 0."""
     from fireworks import Firework
     from fireworks.user_objects.firetasks.script_task import PyTask
 
     lp_file = tmp_path / "my_launchpad.yaml"
     launchpad.to_file(str(lp_file))
-    launchpad.add_wf(Firework([PyTask(func="time.sleep", args=[1.5])], spec={"_category": "md"}, name="nap"))
+    launchpad.add_wf(Firework([PyTask(func="time.sleep", args=[4])], spec={"_category": "md"}, name="nap"))
     c = make_cluster(tmp_path, "local", python=sys.executable, launchpad_file=str(lp_file), idle_timeout=1,
                      walltime_margin=60)
     script = render_pilot_script(c, "laptop", "md", "fwp.md.a", job_id_hint="13")
-    assert "( trap '' USR1; exec " in script
-    res = run_script(script, tmp_path, {"HOME": str(tmp_path)}, signals=[(0.02, signal.SIGUSR1)] * 100,
+    assert "trap '' USR1\n" in script
+    # from the start over 4 s: the first ones before the worker has its handler, the last ones while it runs
+    res = run_script(script, tmp_path, {"HOME": str(tmp_path)}, signals=[(0.04, signal.SIGUSR1)] * 100,
                      timeout=60)
     err = (tmp_path / "work" / "pilot-13.err").read_text()
     assert res.returncode == 0, err[-3000:]
@@ -555,3 +556,18 @@ def test_usr1_right_after_the_start_does_not_kill_the_real_worker(tmp_path, laun
     assert launchpad.fireworks.find_one({"name": "nap"})["state"] == "COMPLETED", err[-3000:]
     # the USR1s that came once its handler was in place were only logged: it goes by its deadline
     assert "SIGUSR1 (pre-walltime signal)" in err or "SIGUSR1 (pre-walltime signal)" in res.stderr
+
+
+@pytest.mark.parametrize(("over", "own"), [
+    ({"python": "/opt/py/bin/python3"}, True),
+    ({"worker_command": "pilot worker"}, True),
+    ({"worker_command": "/opt/venv/bin/pilot worker --fresh-process"}, True),
+    ({"worker_command": "/usr/bin/python3 -m pilot worker"}, True),
+    ({"worker_command": "srun pilot worker"}, False),
+    ({"worker_command": "/home/alice/bin/my-wrapper.sh"}, False),
+])
+def test_only_pilots_own_worker_starts_with_usr1_ignored(tmp_path, over, own):
+    """A wrapper of the user's (a shell script, srun) must be able to trap USR1 itself: only pilot's own worker
+    command gets it ignored until its handler is set."""
+    script = render_pilot_script(make_cluster(tmp_path, "local", **over), "laptop", "md", "fwp.md.a")
+    assert ("trap '' USR1\n" in script) is own

@@ -30,6 +30,8 @@ def _run(lp, tmp_path, workers, *args: str) -> str:  # noqa: F811 - the fixture
     # a process the worker does not keep learns it with its completion and exits quietly (a task's own failure
     # is printed by FireWorks; no traceback comes out of the Firework process itself)
     assert "_become_firework_child" not in log and "BrokenPipeError" not in log, log[-4000:]
+    # a process that declines the next Firework is no failure
+    assert "failed before taking a Firework" not in log, log[-4000:]
     return log
 
 
@@ -60,7 +62,8 @@ def test_the_next_firework_finds_the_process_as_it_was(launchpad, tmp_path, work
     assert a["pid"] == b["pid"]  # the same process ran both ...
     # ... and the second found neither the variable nor the SIGTERM disposition the first left
     assert a["leftover_env"] is None and b["leftover_env"] is None
-    assert a["sigterm_default"] and b["sigterm_default"]
+    assert a["sigterm_default"] and b["sigterm_default"] and a["sigchld_default"] and b["sigchld_default"]
+    assert a["alarm_left"] == b["alarm_left"] == 0 and a["umask"] == b["umask"] != 0
 
 
 def test_no_reuse_after_a_thread_a_process_or_a_failure_is_left(launchpad, tmp_path, workers):  # noqa: F811

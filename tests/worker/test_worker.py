@@ -522,14 +522,19 @@ def test_a_fireworks_completion_outlasts_a_database_outage(tmp_path, workers):
     completion (served by the worker) waits through the outage, so the Firework ends COMPLETED with its one
     launch instead of failing to report and being left to a rerun."""
     server = EmbeddedServer(tmp_path / "db").start()
+    go = tmp_path / "go"
     try:
         lp = outage_launchpad(server, "outage")
-        fw_id = add(lp, ScriptTask.from_str("sleep 3"), "through-outage", "outage")
-        w = workers(lp, tmp_path, ["outage"], "--no-deadline", "--idle-timeout", "5", "--db-retry-time", "60")
-        wait_for(lambda: fw_doc(lp, fw_id)["state"] == "RUNNING", 60, 0.1, "the Firework to start")
+        fw_id = add(lp, ScriptTask.from_str(f"until [ -e {go} ]; do sleep 0.1; done"), "through-outage", "outage")
+        w = workers(lp, tmp_path, ["outage"], "--no-deadline", "--idle-timeout", "1", "--db-retry-time", "60")
+        # running, and the Rocket's pings before its task (FireWorks' checkpoint) written: nothing of it is held
+        wait_for(lambda: "checkpoint" in ((running_launch(lp, fw_id) or {}).get("state_history") or [{}])[-1], 60,
+                 0.1, "the Firework's task to start")
         port = server.port
         server.stop()
-        time.sleep(6)   # the Firework ends (3 s) while the server is down
+        go.touch()   # the Firework ends while the server is down; its completion meets the outage
+        wait_for(lambda: "database unreachable while serving LaunchPad.complete_launch" in w.log(), 60, 0.1,
+                 "the completion to meet the outage")
         server = EmbeddedServer(tmp_path / "db", port=port).start()
         assert w.wait(90) == 0, w.log()
         doc = fw_doc(lp, fw_id)

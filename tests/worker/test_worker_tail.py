@@ -33,12 +33,12 @@ workers = test_worker.workers
 
 # --------------------------------------------------------------------------- nothing fits the time left
 def test_pilot_leaves_at_once_when_ready_work_no_longer_fits(launchpad, tmp_path, workers):
-    """Deadline in 25 s, margin 5 s: about 20 s usable at the start, so a Firework of walltime 10 s fits a
-    fresh pilot. The first Firework (higher priority) runs until less than 10 s are usable; then the other one
+    """Deadline in 16 s, margin 4 s: about 12 s usable at the start, so a Firework of walltime 6 s fits a
+    fresh pilot. The first Firework (higher priority) runs until less than 6 s are usable; then the other one
     no longer fits this pilot. With a 300 s idle timeout the worker would otherwise stay until its deadline
     (stopped: deadline reached); it must leave at once, and the Firework stays READY, untouched."""
-    deadline = time.time() + 25
-    margin, walltime = 5, 10
+    deadline = time.time() + 16
+    margin, walltime = 4, 6
     # the first Firework sleeps until the usable time left (deadline - margin - now) is below 10 s
     first = add(launchpad, ScriptTask.from_str(
         f't=$(( PILOT_DEADLINE - {margin} - {walltime} + 1 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
@@ -50,7 +50,7 @@ def test_pilot_leaves_at_once_when_ready_work_no_longer_fits(launchpad, tmp_path
     log = w.log()
     assert fw_doc(launchpad, first)["state"] == "COMPLETED", log
     assert "stopped: READY work, but none fits the time left" in log, log
-    assert re.search(r"READY work needs at least 10 s \(smallest spec._pilot.walltime or min_walltime\), \d+ s "
+    assert re.search(r"READY work needs at least 6 s \(smallest spec._pilot.walltime or min_walltime\), \d+ s "
                      r"usable left", log)
     doc = fw_doc(launchpad, waiting)
     assert doc["state"] == "READY" and launches_of(launchpad, waiting) == [] and not doc.get("archived_launches")
@@ -61,21 +61,21 @@ def test_pilot_leaves_at_once_when_ready_work_no_longer_fits(launchpad, tmp_path
 
 def test_the_tail_takes_work_that_sizes_itself_to_the_time_left(launchpad, tmp_path, workers):
     """``spec._pilot.min_walltime``: a Firework that sizes itself to the time it gets (an MD segment with
-    ``-maxh``) is taken while its minimum fits, although its walltime does not. Deadline in 30 s, margin 6 s:
-    the first Firework (highest priority) runs until less than 12 s are usable; the segment (walltime 600 s,
-    minimum 4 s) is taken next and ends itself 8 s before ``PILOT_STOP_AT``; then a segment whose minimum (15 s)
-    fits a fresh pilot (24 s usable) but not the time left makes the worker leave at once, untouched."""
-    deadline = time.time() + 30
-    margin = 6
+    ``-maxh``) is taken while its minimum fits, although its walltime does not. Deadline in 20 s, margin 4 s:
+    the first Firework (highest priority) runs until less than 8 s are usable; the segment (walltime 600 s,
+    minimum 3 s) is taken next and ends itself 6 s before ``PILOT_STOP_AT``; then a segment whose minimum (10 s)
+    fits a fresh pilot (16 s usable) but not the time left makes the worker leave at once, untouched."""
+    deadline = time.time() + 20
+    margin = 4
     first = add(launchpad, ScriptTask.from_str(
-        f't=$(( PILOT_DEADLINE - {margin} - 12 + 1 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
+        f't=$(( PILOT_DEADLINE - {margin} - 8 + 1 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
         "uses-the-time", "tailmin", priority=10)
     sized = add(launchpad, ScriptTask.from_str(
-        't=$(( PILOT_STOP_AT - 8 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
+        't=$(( PILOT_STOP_AT - 6 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
         "sized-segment", "tailmin", priority=5, walltime=600)
-    launchpad.fireworks.update_one({"fw_id": sized}, {"$set": {"spec._pilot.min_walltime": 4}})
+    launchpad.fireworks.update_one({"fw_id": sized}, {"$set": {"spec._pilot.min_walltime": 3}})
     big = add(launchpad, ScriptTask.from_str("true"), "big-minimum", "tailmin", priority=1, walltime=600)
-    launchpad.fireworks.update_one({"fw_id": big}, {"$set": {"spec._pilot.min_walltime": 15}})
+    launchpad.fireworks.update_one({"fw_id": big}, {"$set": {"spec._pilot.min_walltime": 10}})
     w = workers(launchpad, tmp_path, ["tailmin"], "--deadline", str(deadline), "--margin", str(margin),
                 "--idle-timeout", "300", "--grace", "2")
     assert w.wait(60) == 0, w.log()
@@ -83,7 +83,7 @@ def test_the_tail_takes_work_that_sizes_itself_to_the_time_left(launchpad, tmp_p
     assert fw_doc(launchpad, first)["state"] == "COMPLETED", log
     assert fw_doc(launchpad, sized)["state"] == "COMPLETED", log   # ended by itself: no SIGTERM, not requeued
     assert "stopped: READY work, but none fits the time left" in log, log
-    assert re.search(r"READY work needs at least 15 s \(smallest spec._pilot.walltime or min_walltime\)", log), log
+    assert re.search(r"READY work needs at least 10 s \(smallest spec._pilot.walltime or min_walltime\)", log), log
     assert fw_doc(launchpad, big)["state"] == "READY" and launches_of(launchpad, big) == []
     assert "2 Fireworks run (2 completed, 0 fizzled, 0 requeued)" in log
     assert_nothing_running(launchpad)

@@ -71,14 +71,19 @@ class OwnStateTask(FiretaskBase):
 
 @explicit_serialize
 class LeaveStateTask(FiretaskBase):
-    """Changes what a process keeps between Fireworks (an environment variable, the SIGTERM disposition) and
-    says what it found of the same changes when it started."""
+    """Changes what a process keeps between Fireworks (an environment variable, the SIGTERM and SIGCHLD
+    dispositions, a pending alarm, the umask) and says what it found of the same changes when it started."""
 
     def run_task(self, fw_spec: dict) -> FWAction:
         seen = {"pid": os.getpid(), "leftover_env": os.environ.get("PILOT_TEST_LEFTOVER"),
-                "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL}
+                "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                "sigchld_default": signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL,
+                "alarm_left": signal.alarm(0), "umask": os.umask(0o022)}
+        os.umask(0)
         os.environ["PILOT_TEST_LEFTOVER"] = "left by an earlier Firework"
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # subprocess return codes would all read 0
+        signal.alarm(60)  # would kill the next Firework's process
         return FWAction(stored_data=seen)
 
 
