@@ -118,7 +118,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-# ============================================================================ memory
+# ============================================================================ memory and CPU
+def proc_cpu_s(pid: int | None) -> float | None:
+    """utime + stime of a live process (/proc/PID/stat, fields 14 and 15), in seconds; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def vm_hwm_kb(pid: int) -> int | None:
     """Peak resident set size (VmHWM, KiB) of a live process, None when it is gone."""
     try:

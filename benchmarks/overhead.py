@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import REPO, BenchError, Database, PeakSampler, short_id
+from benchmarks.common import REPO, BenchError, Database, PeakSampler, proc_cpu_s, short_id
 
 
 def _add_noops(lp: Any, category: str, n: int) -> None:
@@ -111,6 +112,8 @@ def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dic
     argv = _argv(db, lp, which, cat, d)
     before = db.server_stats(lp)
     log_path = d / "output.log"
+    # CPU of the measured process tree (every process of it is waited for by its parent) and of the server
+    cpu0, srv0 = resource.getrusage(resource.RUSAGE_CHILDREN), proc_cpu_s(db.server_pid)
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=d, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -125,6 +128,7 @@ def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dic
         finally:
             rss = sampler.stop()
         wall = time.perf_counter() - t0
+    cpu1, srv1 = resource.getrusage(resource.RUSAGE_CHILDREN), proc_cpu_s(db.server_pid)
     if rc != 0:
         raise BenchError(f"{which} exited {rc}: {log_path.read_text()[-1500:]}")
     srv = Database.stats_diff(db.server_stats(lp), before)
@@ -144,7 +148,9 @@ def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dic
             "mean_launch_s": sum(per_fw) / len(per_fw) if per_fw else None,
             "mean_gap_s": sum(gaps) / len(gaps) if gaps else None,
             "db_commands_per_fw": (sum(srv.values()) / n) if srv else None, "db_commands_by_name": srv,
-            **rss}
+            "cpu_user_ms_per_fw": 1000 * (cpu1.ru_utime - cpu0.ru_utime) / n,
+            "cpu_system_ms_per_fw": 1000 * (cpu1.ru_stime - cpu0.ru_stime) / n,
+            "server_cpu_ms_per_fw": None if srv0 is None or srv1 is None else 1000 * (srv1 - srv0) / n, **rss}
 
 
 def run(n: int, repeat: int = 1, log: Callable[[str], None] = print, rss_at: int | None = None
@@ -166,7 +172,8 @@ def run(n: int, repeat: int = 1, log: Callable[[str], None] = print, rss_at: int
                     f" (run {k + 1}/{repeat}) ...")
                 runs[which].append(run_one(db, which, n, work / f"r{k}", timeout=max(300.0, n * 2.0)))
         log("overhead: where a forked child's time goes ...")
-        breakdown = fork_breakdown(db, min(30, max(5, n // 10)), work)
+        # rounds: 30 at the full size, 5 quick; one in the smoke run, which checks that it works, not its numbers
+        breakdown = fork_breakdown(db, min(30, max(1, n // 10)), work)
         log(f"overhead: where a no-op Firework's time goes now, one traced run each ({min(n, 300)} Fireworks) ...")
         breakdown["phases"] = phases(db, min(n, 300), work / "phases", timeout=max(300.0, n * 2.0))
         rss = None

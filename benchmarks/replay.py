@@ -50,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import REPO, Database, fmt_table, loadavg, ratio, short_id
+from benchmarks.common import REPO, Database, fmt_table, loadavg, proc_cpu_s, ratio, short_id
 from benchmarks.replay_sim import Campaign, Workload
 from benchmarks.replay_slurm import ClusterSpec, SimSlurm, slurm_minutes
 
@@ -183,17 +183,6 @@ class ManagerProcess:
             self.log_fh.close()
 
 
-def _proc_cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a live process (/proc/PID/stat, fields 14 and 15), in seconds."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # ============================================================================ the benchmark
 def run(size: str = "full", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Replay one campaign (``SIZES[size]``) and return everything measured (JSON-able)."""
@@ -214,7 +203,7 @@ def run(size: str = "full", log: Callable[[str], None] = print) -> dict[str, Any
         sims = {spec.name: SimSlurm(spec, random.Random(rng.random()), f"/sim/{spec.name}")
                 for spec, *_ in clusters}
         srv0 = db.server_stats(lp)
-        srv_cpu0 = _proc_cpu_s(db.server_pid)
+        srv_cpu0 = proc_cpu_s(db.server_pid)
         mgr = ManagerProcess(tmp / "config", lp.db.name, db.uri, sims, tmp / "manager.log")
         ok = False
         try:
@@ -225,7 +214,7 @@ def run(size: str = "full", log: Callable[[str], None] = print) -> dict[str, Any
             ok = True
         finally:
             out["manager"] = mgr.close(ok)
-        srv_cpu1 = _proc_cpu_s(db.server_pid)
+        srv_cpu1 = proc_cpu_s(db.server_pid)
         out["server"] = {"cpu_s": None if srv_cpu0 is None or srv_cpu1 is None else srv_cpu1 - srv_cpu0,
                          "peak_rss_mib": db.server_peak_mib(),
                          "commands": _total(Database.stats_diff(db.server_stats(lp), srv0))}

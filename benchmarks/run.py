@@ -89,15 +89,17 @@ def table_overhead(res: dict[str, Any]) -> str:
     for name, x in systems:
         rng = x.get("fw_per_s_range")
         fw_s = f"{x['fw_per_s']:.2f}" + (f" ({rng[0]:.1f}-{rng[1]:.1f})" if rng and rng[0] != rng[1] else "")
+        cpu = [x.get(k) for k in ("cpu_user_ms_per_fw", "cpu_system_ms_per_fw", "server_cpu_ms_per_fw")]
         rows.append([name, x["fireworks"], x["wall_s"], fw_s, x["steady_fw_per_s"],
                      (x["mean_launch_s"] or 0) * 1000, (x["mean_gap_s"] or 0) * 1000, x["db_commands_per_fw"],
-                     x["peak_rss_mib"], x["peak_child_rss_mib"]])
+                     *cpu, x["peak_rss_mib"], x["peak_child_rss_mib"]])
     rows.append(["ratio ours/rlaunch", "", ratio(o["wall_s"], r["wall_s"]), ratio(o["fw_per_s"], r["fw_per_s"]),
                  ratio(o["steady_fw_per_s"], r["steady_fw_per_s"]), ratio(o["mean_launch_s"], r["mean_launch_s"]),
                  ratio(o["mean_gap_s"], r["mean_gap_s"]), ratio(o["db_commands_per_fw"], r["db_commands_per_fw"]),
-                 "", ""])
+                 *(ratio(o.get(k), r.get(k)) for k in ("cpu_user_ms_per_fw", "cpu_system_ms_per_fw",
+                                                        "server_cpu_ms_per_fw")), "", ""])
     out = fmt_table(["", "FWs", "wall s", "FW/s", "steady FW/s", "launch ms", "gap ms", "DB cmds/FW",
-                     "RSS MiB", "child RSS MiB"], rows)
+                     "CPU user ms/FW", "CPU sys ms/FW", "server CPU ms/FW", "RSS MiB", "child RSS MiB"], rows)
     b = res.get("fork_breakdown")
     if b:
         out += (f"\n\ncost model of one Firework in a freshly forked child with its own DB client, next to "

@@ -13,9 +13,11 @@ unlike a fresh one:
   the cleaner start), and the process ran fewer than :data:`MAX_FIREWORKS_PER_CHILD`;
 * the child's side (:class:`CleanSlate`): no thread of the Firework still runs, no process it started still
   lives (the child is a subreaper, so even a daemonised grandchild counts), its memory grew by less than
-  :data:`RSS_GROWTH_LIMIT_BYTES`; its environment, signal dispositions and working directory are put back.
+  :data:`RSS_GROWTH_LIMIT_BYTES`; its environment, umask, signal dispositions, signal mask and interval timers
+  are put back (a task that ignored SIGCHLD would make every later ``subprocess`` return 0; a pending alarm
+  would kill the next Firework). Imports and module globals carry over, as under ``rlaunch``.
 
-Either side can say no: the worker by closing the child's pipes, the child by exiting with
+Either side can say no: the worker with its answer to the completion, the child by exiting with
 :data:`~pilot.worker.protocol.CHILD_DECLINED`; the worker then starts the next Firework in the stand-by child
 forked ahead of time. ``pilot worker --fresh-process`` turns reuse off.
 """
