@@ -79,6 +79,7 @@ class WasteSize:
     max_pilots: int        # per system: limits.max_queued and max_running
     timeout: float         # give up on the campaign after this many seconds
     min_work: float = 4.0  # a segment sizes itself to the pilot's time, but runs at least this (spec min_walltime)
+    poll: float = 3.0      # seconds between the manager's cycles while the campaign runs
 
 
 SIZES = {
@@ -86,8 +87,10 @@ SIZES = {
                       max_pilots=3, timeout=540.0),
     "quick": WasteSize(runs=3, segments=3, length=12.0, walltime_min=1, margin=15, grace=5, idle_timeout=8,
                        max_pilots=2, timeout=300.0, min_work=3.0),
-    "smoke": WasteSize(runs=1, segments=2, length=4.0, walltime_min=1, margin=15, grace=5, idle_timeout=3,
-                       max_pilots=1, timeout=150.0),
+    # smoke: that every system runs and is accounted for, not its numbers: short segments, frequent cycles, and
+    # pilots that leave 1 s after the last one (the next segment is READY when the one before completes)
+    "smoke": WasteSize(runs=1, segments=2, length=2.0, walltime_min=1, margin=15, grace=5, idle_timeout=1,
+                       max_pilots=1, timeout=150.0, poll=1.0),
 }
 
 #: plain FireWorks: rlaunch's tasks are not told the job's end (our job script exports PILOT_DEADLINE)
@@ -301,7 +304,7 @@ def _drive(mgr: Any, systems: dict[str, dict[str, Any]], run_names: list[str], s
                 log(f"waste: {k}: campaign complete after {now - started:.0f} s")
         if all(finished.values()) or now - started > size.timeout:
             break
-        time.sleep(3)
+        time.sleep(size.poll)
     # let the pilots leave by themselves (idle timeout / no more work), then cancel what is left
     drain_until = time.time() + size.idle_timeout + 45
     while time.time() < drain_until and mgr.records.live():

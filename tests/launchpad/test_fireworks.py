@@ -153,7 +153,7 @@ def test_lpad_commands(launchpad, mongo_uri, tmp_path):
     (tmp_path / "lost").mkdir()
     fw, _launch_id = lp.checkout_fw(FWorker(), str(tmp_path / "lost"))
     assert fw.fw_id == L and states(lp, [L])[L] == "RUNNING"
-    time.sleep(2.5)
+    time.sleep(1.5)   # its launch is now older than detect_lostruns' --time (1 s)
     out = lpad(lp_file, "detect_lostruns", "--time", "1", "--rerun").stdout
     assert "Lost FireWorks: 1" in out
     assert states(lp, [L])[L] == "READY"

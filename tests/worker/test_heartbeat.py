@@ -52,13 +52,15 @@ def test_database_retry_wakes_on_the_stop_signal(tmp_path, workers):
     """The server goes away while a Firework runs; its completion is retried (--db-retry-time 120) until
     SIGTERM comes: then the worker gives up --grace seconds later, not 120 s later, and says why."""
     server = EmbeddedServer(tmp_path / "db").start()
+    go = tmp_path / "go"
     try:
         lp = outage_launchpad(server, "wake")
-        fw_id = add(lp, ScriptTask.from_str("sleep 2"), "stranded", "wake")
+        fw_id = add(lp, ScriptTask.from_str(f"until [ -e {go} ]; do sleep 0.1; done"), "stranded", "wake")
         w = workers(lp, tmp_path, ["wake"], "--no-deadline", "--idle-timeout", "5", "--db-retry-time", "120",
-                    "--grace", "3")
+                    "--grace", "1")
         wait_for(lambda: fw_doc(lp, fw_id)["state"] == "RUNNING", 60, 0.1, "the Firework to start")
         server.stop()
+        go.touch()   # the Firework ends while the server is down
         wait_for(lambda: "database unreachable while" in w.log(), 30, 0.2, "the worker to retry")
         t0 = time.monotonic()
         os.kill(w.pid, signal.SIGTERM)
@@ -66,7 +68,7 @@ def test_database_retry_wakes_on_the_stop_signal(tmp_path, workers):
         took = time.monotonic() - t0
         assert code == 3, w.log()
         assert took < 20, f"the worker took {took:.0f} s after SIGTERM"
-        assert "given up 3 s (--grace) after the stop signal" in w.log()
+        assert "given up 1 s (--grace) after the stop signal" in w.log()
     finally:
         server.stop()
 

@@ -122,7 +122,7 @@ def test_runs_ten_fireworks_and_exits_when_idle(launchpad, tmp_path, workers):
     ids = [add(launchpad, EnvTask(), f"env-{i}", "short") for i in range(10)]
     other = add(launchpad, EnvTask(), "other-category", "long")  # not ours: must stay READY
     w = workers(launchpad, tmp_path, ["short"], "--deadline", str(deadline), "--margin", "60",
-                "--idle-timeout", "2", "--grace", "5", "--launch-dir", str(tmp_path / "launches"),
+                "--idle-timeout", "1", "--grace", "5", "--launch-dir", str(tmp_path / "launches"),
                 name="pilotci-1234")
     assert w.wait(60) == 0, w.log()
     log = w.log()
@@ -161,7 +161,7 @@ def test_firework_too_long_for_the_time_left_is_not_taken(launchpad, tmp_path, w
     short_id = add(launchpad, EnvTask(), "short", "md", priority=1, walltime=5)
     open_id = add(launchpad, EnvTask(), "no-estimate", "md", priority=1)
     w = workers(launchpad, tmp_path, ["md"], "--deadline", str(time.time() + 120), "--margin", "20",
-                "--idle-timeout", "2", "--grace", "5")
+                "--idle-timeout", "1", "--grace", "5")
     assert w.wait(60) == 0, w.log()
     assert fw_doc(launchpad, long_id)["state"] == "READY"
     assert fw_doc(launchpad, just_over)["state"] == "READY"
@@ -309,7 +309,7 @@ def test_child_crash_requeues_and_worker_continues(launchpad, tmp_path, workers)
     victim_id = add(launchpad, ScriptTask.from_str(f"echo $PPID > {pidfile}; sleep 778"), "victim", "crash",
                     priority=2)
     ok_id = add(launchpad, EnvTask(), "fine", "crash", priority=1)
-    w = workers(launchpad, tmp_path, ["crash"], "--no-deadline", "--idle-timeout", "2", "--grace", "5")
+    w = workers(launchpad, tmp_path, ["crash"], "--no-deadline", "--idle-timeout", "1", "--grace", "5")
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, 0.1, "the victim task's pid")
     victim_pid = int(pidfile.read_text())
     assert psutil.Process(victim_pid).cmdline()[:3] == [sys.executable, "-m", "pilot"]  # the Firework child
@@ -368,9 +368,9 @@ def test_requeues_after_a_stop_request_are_recorded_but_not_counted(launchpad, t
 @pytest.mark.parametrize("walltime", [2, None])
 def test_a_firework_stopped_past_its_walltime_never_fits_and_is_counted(launchpad, tmp_path, workers, walltime):
     """Taken because its walltime (2 s) fit the time left, or with none, taken when the pilot began (all its
-    usable time, 12 - 8 s, ahead), and still running at the deadline: it never fits."""
+    usable time, 9 - 5 s, ahead), and still running at the deadline: it never fits."""
     fw_id = add(launchpad, ScriptTask.from_str("sleep 30"), "too-long", "overrun", walltime=walltime)
-    w = workers(launchpad, tmp_path, ["overrun"], "--deadline", str(time.time() + 12), "--margin", "8",
+    w = workers(launchpad, tmp_path, ["overrun"], "--deadline", str(time.time() + 9), "--margin", "5",
                 "--idle-timeout", "60", "--grace", "1")
     assert w.wait(30) == 0, w.log()
     assert fw_doc(launchpad, fw_id)["state"] == "READY"

@@ -39,11 +39,11 @@ def test_pilot_leaves_at_once_when_ready_work_no_longer_fits(launchpad, tmp_path
     (stopped: deadline reached); it must leave at once, and the Firework stays READY, untouched."""
     deadline = time.time() + 16
     margin, walltime = 4, 6
-    # the first Firework sleeps until the usable time left (deadline - margin - now) is below 10 s
+    # the first Firework sleeps until the usable time left (deadline - margin - now) is below the walltime
     first = add(launchpad, ScriptTask.from_str(
         f't=$(( PILOT_DEADLINE - {margin} - {walltime} + 1 - $(date +%s) )); [ "$t" -gt 0 ] && sleep "$t"; true'),
         "uses-the-time", "tail", priority=10)
-    waiting = add(launchpad, ScriptTask.from_str("true"), "needs-10-s", "tail", priority=1, walltime=walltime)
+    waiting = add(launchpad, ScriptTask.from_str("true"), "needs-6-s", "tail", priority=1, walltime=walltime)
     w = workers(launchpad, tmp_path, ["tail"], "--deadline", str(deadline), "--margin", str(margin),
                 "--idle-timeout", "300", "--grace", "2")
     assert w.wait(60) == 0, w.log()
