@@ -115,6 +115,8 @@ class Tally:
     killed_by: dict[str, int] = field(default_factory=dict)
     redone_s: float = 0.0
     busy_s: float = 0.0
+    #: useful work done per cluster, seconds (completed segments, and what a killed one had checkpointed)
+    useful_by_cluster: dict[str, float] = field(default_factory=dict)
     out_of_order: int = 0
     pilot_rows: list[dict[str, Any]] = field(default_factory=list)
     exits: dict[str, int] = field(default_factory=dict)
@@ -385,6 +387,7 @@ class Campaign:
                 self.done_at = self.now
         p.busy += a.need
         self.tally.busy_s += a.need
+        self.tally.useful_by_cluster[p.cluster] = self.tally.useful_by_cluster.get(p.cluster, 0.0) + a.need
         p.fireworks += 1
         p.attempt, p.work_hint, p.backoff, p.last_work = None, True, 1.0, self.now
         self._step(p)
@@ -410,6 +413,7 @@ class Campaign:
             self.tally.killed += 1
             self.tally.killed_by[cause] = self.tally.killed_by.get(cause, 0) + 1
             self.tally.redone_s += ran - kept
+            self.tally.useful_by_cluster[p.cluster] = self.tally.useful_by_cluster.get(p.cluster, 0.0) + kept
             self.tally.busy_s += ran
             p.busy += ran
             p.attempt = None
