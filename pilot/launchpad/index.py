@@ -321,6 +321,11 @@ def _conjuncts(flt: dict[str, Any]) -> tuple[list[tuple[str, Any]], bool]:
     return pairs, whole
 
 
+def _tests(pairs: list[tuple[str, Any]]) -> list[Callable[[dict[str, Any]], bool | None] | None]:
+    """Each pair's test (None where MongoDB's equality cannot be judged here)."""
+    return [_field_test(tuple(k.split(".")), cond) for k, cond in pairs]
+
+
 def _all_of(tests: list[Callable[[dict[str, Any]], bool | None]]) -> Callable[[dict[str, Any]], bool | None]:
     def match(doc: dict[str, Any]) -> bool | None:
         for t in tests:
@@ -343,8 +348,7 @@ def compile_conjuncts(flt: Any) -> Callable[[dict[str, Any]], bool | None] | Non
     """
     if not isinstance(flt, dict) or not flt:
         return None
-    pairs, _whole = _conjuncts(flt)
-    tests = [t for t in (_field_test(tuple(k.split(".")), c) for k, c in pairs) if t is not None]
+    tests = [t for t in _tests(_conjuncts(flt)[0]) if t is not None]
     return _all_of(tests) if tests else None
 
 
@@ -358,12 +362,7 @@ def compile_filter(flt: Any) -> Callable[[dict[str, Any]], bool | None] | None:
     if not isinstance(flt, dict) or not flt:
         return None
     pairs, whole = _conjuncts(flt)
-    if not whole or not pairs:
+    tests = _tests(pairs)
+    if not whole or not tests or None in tests:
         return None
-    tests = []
-    for k, cond in pairs:
-        t = _field_test(tuple(k.split(".")), cond)
-        if t is None:
-            return None
-        tests.append(t)
-    return _all_of(tests)
+    return _all_of([t for t in tests if t is not None])

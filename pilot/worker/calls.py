@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pilot.worker.children import killpg
 from pilot.worker.logs import LOG
 from pilot.worker.model import WorkerError
-from pilot.worker.protocol import FRAME, ROCKET_CALLS, send_reply
+from pilot.worker.protocol import FRAME, ROCKET_CALLS, launch_of, send_reply
 
 #: seconds a ping of the Rocket may wait for the child's next call (see :meth:`CallServer.serve`)
 PING_HOLD_S = 0.25
@@ -21,15 +21,10 @@ PING_HOLD_S = 0.25
 PREFETCH_TIMEOUT_S = 2.0
 
 
-def _launch_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The launch id of a ping or completion call (FireWorks passes it first)."""
-    return args[0] if args else kwargs.get("launch_id")
-
-
 def _ping_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
     """``ping_launch(launch_id, ptime=None, checkpoint=None)``'s arguments as (launch id, ptime, checkpoint)."""
     full = (*args, None, None, None)
-    return (_launch_of(args, kwargs), kwargs.get("ptime", full[1]), kwargs.get("checkpoint", full[2]))
+    return (launch_of(args, kwargs), kwargs.get("ptime", full[1]), kwargs.get("checkpoint", full[2]))
 
 if TYPE_CHECKING:
     from pilot.worker.children import ChildPool, ChildState
@@ -96,7 +91,7 @@ class CallServer:
                 child.pings_due = time.monotonic() + PING_HOLD_S
             return
         if method == "complete_launch" and child.held_pings and all(
-                p[0] == _launch_of(args, kwargs) for p in child.held_pings):
+                p[0] == launch_of(args, kwargs) for p in child.held_pings):
             pings, child.held_pings, child.pings_due = child.held_pings, [], None
             self.lp.pings_for_completion = [p[1:] for p in pings]
             try:

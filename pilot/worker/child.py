@@ -19,6 +19,7 @@ from pilot.worker.protocol import (
     CHILD_UNUSED,
     WorkerGone,
     encode_call,
+    launch_of,
     read_frame,
     write_frame,
 )
@@ -109,14 +110,14 @@ def child_launchpad(link: WorkerLink, lp_dict: dict[str, Any]) -> Any:
             # A ping (heartbeat, or the checkpoint before each task) returns nothing: the Rocket goes on while
             # the worker writes it; the worker runs it before the child's next call, so the order holds.
             try:
-                link.ping(args[0] if args else kwargs.get("launch_id"), *args, **kwargs)
+                link.ping(launch_of(args, kwargs), *args, **kwargs)
             except BrokenPipeError:
                 # FireWorks' ping thread pings once more after the launch is complete; the worker has moved on
                 # by then, and a ping only ever updates a RUNNING launch: nothing is lost
                 pass
 
         def complete_launch(self, *args: Any, **kwargs: Any) -> Any:
-            return link.call("complete_launch", *args, completes=args[0] if args else kwargs.get("launch_id"),
+            return link.call("complete_launch", *args, completes=launch_of(args, kwargs),
                              **kwargs)
 
         def change_launch_dir(self, *args: Any, **kwargs: Any) -> Any:

@@ -42,6 +42,11 @@ class WorkerGone(RuntimeError):
     """The worker process closed its end of a Firework child's pipe (it exited or was killed)."""
 
 
+def launch_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The launch id of a Rocket's ``ping_launch`` or ``complete_launch`` call (FireWorks passes it first)."""
+    return args[0] if args else kwargs.get("launch_id")
+
+
 def write_frame(fd: int, payload: bytes) -> None:
     data = memoryview(FRAME.pack(len(payload)) + payload)
     while data:
