@@ -34,6 +34,12 @@ from typing import Any
 WALLTIME = "spec._pilot.walltime"
 #: the least time a Firework that sizes itself to the time it gets can use, in seconds
 MIN_WALLTIME = "spec._pilot.min_walltime"
+#: CPU cores a Firework asks for (missing or null: 1)
+CORES = "spec._pilot.cores"
+#: GPUs a Firework asks for (missing or null: 0)
+GPUS = "spec._pilot.gpus"
+#: memory a Firework asks for, in MiB (missing or null: any)
+MEMORY = "spec._pilot.memory"
 
 
 def fits_clause(usable: float) -> dict[str, Any]:
@@ -82,4 +88,67 @@ def fits(walltime: Any, min_walltime: Any, usable: float) -> bool:
     return False
 
 
-__all__ = ["MIN_WALLTIME", "WALLTIME", "fits", "fits_clause", "not_fits_clause", "number"]
+# ---------------------------------------------------------------------------------------------- resources
+# A pilot (or one of its free slots) with ``cores`` cores, ``gpus`` GPUs and ``memory`` MiB takes a Firework
+# whose ``spec._pilot.cores`` / ``gpus`` / ``memory`` is missing, null, or a number at most that. Missing cores
+# count as 1 and missing GPUs as 0, so a pilot without GPUs takes none that asks for one. A pilot *with* GPUs
+# takes, when ``gpu_work_only`` (a GPU profile's pilots: their GPUs are the point), only Fireworks asking for
+# at least one: a GPU allocation spent on CPU work is the waste the queue profiles exist to avoid.
+
+
+def resources_clause(cores: float, gpus: float, memory: float | None = None,
+                     gpu_work_only: bool = False) -> dict[str, Any]:
+    """The MongoDB filter for "a Firework whose resource asks fit ``cores``/``gpus``/``memory``" (a new dict
+    at every call). ``memory`` None: the pilot states none, so no memory ask is refused."""
+    clauses: list[dict[str, Any]] = [{"$or": [{CORES: None}, {CORES: {"$lte": cores}}]}]
+    if gpu_work_only and gpus >= 1:
+        clauses.append({GPUS: {"$gte": 1}})
+        clauses.append({GPUS: {"$lte": gpus}})
+    else:
+        clauses.append({"$or": [{GPUS: None}, {GPUS: {"$lte": gpus}}]})
+    if memory is not None:
+        clauses.append({"$or": [{MEMORY: None}, {MEMORY: {"$lte": memory}}]})
+    return {"$and": clauses}
+
+
+def _at_most(value: Any, limit: float) -> bool:
+    """``{f: null}`` or ``{f: {"$lte": limit}}``, as the database answers it (one level into arrays)."""
+    if value is None or (isinstance(value, list) and any(v is None for v in value)):
+        return True
+    return any((secs := number(v)) is not None and secs <= limit for v in _elements(value))
+
+
+def _at_least(value: Any, least: float) -> bool:
+    """``{f: {"$gte": least}}`` as the database answers it (null and missing never match)."""
+    return any((n := number(v)) is not None and n >= least for v in _elements(value))
+
+
+def fits_resources(asks: tuple[Any, Any, Any], cores: float, gpus: float, memory: float | None = None,
+                   gpu_work_only: bool = False) -> bool:
+    """Do a Firework's ``(cores, gpus, memory)`` asks (None: missing or null) fit? The answer of
+    :func:`resources_clause` from the database, for the same values."""
+    want_cores, want_gpus, want_memory = asks
+    if not _at_most(want_cores, cores):
+        return False
+    if gpu_work_only and gpus >= 1:
+        if not (_at_least(want_gpus, 1) and _at_most_number(want_gpus, gpus)):
+            return False
+    elif not _at_most(want_gpus, gpus):
+        return False
+    return memory is None or _at_most(want_memory, memory)
+
+
+def _at_most_number(value: Any, limit: float) -> bool:
+    """``{f: {"$lte": limit}}`` alone (null does not match)."""
+    return any((n := number(v)) is not None and n <= limit for v in _elements(value))
+
+
+def asked(value: Any, default: int) -> int:
+    """How many of a resource a Firework holds while it runs: its number rounded up, ``default`` when it gives
+    none (missing, null, no number). What the worker reserves and the manager counts slots with."""
+    n = None if isinstance(value, list) else number(value)
+    return default if n is None or n < 0 else int(math.ceil(n)) if math.isfinite(n) else default
+
+
+__all__ = ["CORES", "GPUS", "MEMORY", "MIN_WALLTIME", "WALLTIME", "asked", "fits", "fits_clause", "fits_resources",
+           "not_fits_clause", "number", "resources_clause"]

@@ -139,9 +139,11 @@ def route_context(cluster: ClusterConfig) -> dict[str, Any] | None:
 
 
 def template_context(cluster: ClusterConfig, cluster_name: str, category: str, job_name: str,
-                     job_id_hint: str | None = None) -> dict[str, Any]:
-    """The variables a pilot template sees (documented in docs/configuration.md)."""
+                     job_id_hint: str | None = None, profile: str | None = None) -> dict[str, Any]:
+    """The variables a pilot template sees (documented in docs/configuration.md), for one queue profile
+    (None: the first, the one of ``pilot:``)."""
     sched = cluster.scheduler
+    res = cluster.profile(profile)
     return {
         "version": __version__,
         "cluster": cluster,
@@ -150,32 +152,48 @@ def template_context(cluster: ClusterConfig, cluster_name: str, category: str, j
         "job_name": job_name,
         "job_id_hint": job_id_hint,
         "scheduler": sched.value,
+        "profile": profile or next(iter(cluster.pilot_profiles)),
         "work_dir": cluster.work_dir,
         "launchpad_file": cluster.launchpad_file,
-        "walltime_seconds": cluster.walltime_seconds,
-        "walltime": format_walltime(cluster.walltime_seconds, sched),
+        "walltime_seconds": res.walltime_seconds,
+        "walltime": format_walltime(res.walltime_seconds, sched),
         "walltime_margin": cluster.walltime_margin,
         "warning_minutes": max(1, math.ceil(cluster.walltime_margin / 60)),
         "idle_timeout": cluster.idle_timeout,
         "heartbeat_interval": cluster.heartbeat_interval,
         "grace": cluster.grace,
-        "nodes": cluster.pilot.nodes,
-        "cores": cluster.pilot.cores,
-        "memory_mb": cluster.memory_mb,
-        "gpus": cluster.pilot.gpus,
-        "partition": cluster.pilot.partition,
-        "account": cluster.pilot.account,
-        "qos": cluster.pilot.qos,
-        "extra_directives": cluster.directive_lines(),
+        "nodes": res.nodes,
+        "cores": res.cores,
+        "memory_mb": res.memory_mb,
+        "gpus": res.gpus,
+        "partition": res.partition,
+        "account": res.account,
+        "qos": res.qos,
+        "extra_directives": cluster.directive_lines(profile),
         "setup": cluster.setup.strip("\n"),
         "env": dict(cluster.env),
         "worker_argv": cluster.worker_argv,
         "worker_is_pilot": cluster.worker_is_pilot,
         "route": route_context(cluster),
-        # one JSON argument (quoted by the template); None when the cluster file gives no fworker_query
-        "fworker_query": (json.dumps(cluster.fworker_query, sort_keys=True, separators=(",", ":"))
-                          if cluster.fworker_query else None),
+        **worker_resources(cluster, profile),
+        # one JSON argument (quoted by the template); None when the cluster file gives no FWorker query
+        "fworker_query": _json(cluster.query),
+        "fworker_name": cluster.fworker.name,
+        "fworker_env": _json(cluster.fworker.env),
     }
+
+
+def worker_resources(cluster: ClusterConfig, profile: str | None) -> dict[str, Any]:
+    """What the worker is told of its pilot's resources: it takes only Fireworks whose ``spec._pilot`` asks fit
+    them (:mod:`pilot.fit`). ``gpu_work_only``: a GPU profile of a cluster with several profiles takes only
+    Fireworks asking for a GPU (the manager sends the others to the CPU profiles); a cluster's one profile with
+    GPUs takes any work, as before profiles existed."""
+    res = cluster.profile(profile)
+    return {"pack": res.pack, "gpu_work_only": bool(res.gpus) and len(cluster.pilot_profiles) > 1}
+
+
+def _json(value: dict[str, Any]) -> str | None:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else None
 
 
 def _where(cluster: ClusterConfig, cluster_name: str) -> str:
@@ -183,7 +201,7 @@ def _where(cluster: ClusterConfig, cluster_name: str) -> str:
 
 
 def render_pilot_script(cluster: ClusterConfig, cluster_name: str, category: str, job_name: str,
-                        job_id_hint: str | None = None) -> str:
+                        job_id_hint: str | None = None, profile: str | None = None) -> str:
     """Render the job script of one pilot.
 
     Parameters
@@ -199,6 +217,8 @@ def render_pilot_script(cluster: ClusterConfig, cluster_name: str, category: str
     job_id_hint : str | None
         For ``scheduler: local`` only: the job id to use when the local scheduler does not set
         ``PILOT_LOCAL_JOBID`` (default: the script's PID).
+    profile : str | None
+        The queue profile the pilot is of (None: the first).
 
     Returns
     -------
@@ -221,6 +241,9 @@ def render_pilot_script(cluster: ClusterConfig, cluster_name: str, category: str
         raise RenderError(f"{where}: categories: cluster {cluster_name!r} does not serve category {category!r}; "
                           f"its categories are: {', '.join(cluster.categories)} (add it to categories: to "
                           "serve it here)")
+    if profile is not None and profile not in cluster.pilot_profiles:
+        raise RenderError(f"{where}: profiles: cluster {cluster_name!r} has no profile {profile!r}; its profiles "
+                          f"are: {', '.join(cluster.pilot_profiles)}")
     if job_id_hint is not None and (not job_id_hint or any(c in job_id_hint for c in "\n\r\0")):
         raise RenderError(f"{where}: job id hint {job_id_hint!r} is not usable: pass one line of text")
 
@@ -229,7 +252,7 @@ def render_pilot_script(cluster: ClusterConfig, cluster_name: str, category: str
     name = str(user.resolve()) if user else template_name_for(cluster.scheduler)
     try:
         tmpl = env.get_template(name)
-        return tmpl.render(template_context(cluster, cluster_name, category, job_name, job_id_hint))
+        return tmpl.render(template_context(cluster, cluster_name, category, job_name, job_id_hint, profile))
     except jinja2.TemplateNotFound as e:
         missing = e.name or name
         if user is not None and missing == name:
@@ -242,7 +265,7 @@ def render_pilot_script(cluster: ClusterConfig, cluster_name: str, category: str
         raise RenderError(f"{where}: template: syntax error in {e.filename or e.name}, line {e.lineno}: "
                           f"{e.message}; fix the template") from None
     except jinja2.UndefinedError as e:
-        known = ", ".join(sorted(template_context(cluster, cluster_name, category, job_name, job_id_hint)))
+        known = ", ".join(sorted(template_context(cluster, cluster_name, category, job_name, job_id_hint, profile)))
         raise RenderError(f"{where}: template {name}: {e.message}; a pilot template can use: {known}") from None
     except jinja2.TemplateError as e:
         raise RenderError(f"{where}: template {name}: {e}; fix the template") from None

@@ -148,33 +148,59 @@ def config() -> None:
 
 
 def _script_problems(cfg: Config) -> list[ConfigProblem]:
-    """Render every cluster's script for each category and check it with ``bash -n``."""
+    """Render every cluster's script for each queue profile and category it serves, and check it with
+    ``bash -n``. One problem per cluster at most: the first script that fails says what to fix."""
+    out: list[ConfigProblem] = []
+    for name, cl in cfg.clusters.items():
+        for profile in cl.pilot_profiles:
+            problem = next((p for cat in cl.profile_categories(profile)
+                            if (p := _script_problem(cfg, name, profile, cat)) is not None), None)
+            if problem is not None:
+                out.append(problem)
+                break
+    return out
+
+
+def _script_problem(cfg: Config, name: str, profile: str, category: str) -> ConfigProblem | None:
+    """The problem of one rendered script (a template error, or what ``bash -n`` says), or None."""
     from pilot.render import RenderError, render_pilot_script
 
-    out: list[ConfigProblem] = []
+    cl = cfg.clusters[name]
+    shown = str(cl.source_file or name)
+    job = f"{cfg.pilot.job_name_prefix}.{category}.check"
+    try:
+        script = render_pilot_script(cl, name, category, _job_name(category, cfg.pilot.job_name_prefix, job),
+                                     profile=profile)
+    except RenderError as e:
+        return ConfigProblem(shown, "template", str(e).removeprefix(f"{shown}: "))
     bash = shutil.which("bash")
+    if not bash:
+        return None
+    res = subprocess.run([bash, "-n"], check=False, input=script, capture_output=True, text=True, timeout=30)
+    if res.returncode == 0:
+        return None
+    err = res.stderr.strip().splitlines()[-1:] or ["(no message)"]
+    where = f" (profile {profile})" if len(cl.pilot_profiles) > 1 else ""
+    return ConfigProblem(shown, "template" if cl.template else "setup",
+                         f"the rendered job script{where} is not valid bash: {err[0]}; see it with "
+                         f"`{pilot_command(cfg.config_dir, 'render ' + name)}` and fix the lines")
+
+
+def _profiles_line(cfg: Config) -> str:
+    """The queue profiles of the clusters that have several, for the summary: ``gpu1: gpu (1 GPU, 8 cores,
+    md), cpu (32 cores, md)``; empty when every cluster has one."""
+    parts = []
     for name, cl in cfg.clusters.items():
-        shown = str(cl.source_file or name)
-        for cat in cl.categories:
-            job = f"{cfg.pilot.job_name_prefix}.{cat}.check"
-            try:
-                script = render_pilot_script(cl, name, cat, _job_name(cat, cfg.pilot.job_name_prefix, job))
-            except RenderError as e:
-                text = str(e)
-                prefix = f"{shown}: "
-                out.append(ConfigProblem(shown, "template", text.removeprefix(prefix)))
-                break
-            if bash:
-                res = subprocess.run([bash, "-n"], check=False, input=script, capture_output=True, text=True,
-                                     timeout=30)
-                if res.returncode != 0:
-                    err = res.stderr.strip().splitlines()[-1:] or ["(no message)"]
-                    out.append(ConfigProblem(shown, "template" if cl.template else "setup",
-                                             f"the rendered job script is not valid bash: {err[0]}; "
-                                             f"see it with `{pilot_command(cfg.config_dir, 'render ' + name)}` and "
-                                             "fix the lines"))
-                    break
-    return out
+        if len(cl.pilot_profiles) < 2:
+            continue
+        shapes = []
+        for pname, res in cl.pilot_profiles.items():
+            gpus = f"{res.gpus} GPU{'s' if res.gpus != 1 else ''}, " if res.gpus else ""
+            packed = ", packed" if res.pack else ""
+            shapes.append(f"{pname} ({gpus}{res.cores} cores, {res.walltime_seconds / 3600:g} h, "
+                          f"{','.join(cl.profile_categories(pname))}{packed})")
+        parts.append(f"{name}: {', '.join(shapes)}")
+    return "; ".join(parts)
 
 
 def _job_name(category: str, prefix: str, fallback: str) -> str:
@@ -223,6 +249,7 @@ def check(app: Any, as_json: bool, no_render: bool) -> None:
         click.echo(json.dumps({
             "ok": ok, "config_dir": str(app.config_dir),
             "clusters": sorted(cfg.clusters) if cfg else [], "categories": cfg.categories if cfg else [],
+            "profiles": {n: list(c.pilot_profiles) for n, c in cfg.clusters.items()} if cfg else {},
             "problems": [p.as_dict() for p in problems],
             "summary": f"{summary}: OK" if ok else _plural(len(problems), "problem"),
         }, indent=2))
@@ -230,6 +257,8 @@ def check(app: Any, as_json: bool, no_render: bool) -> None:
         for p in problems:
             click.echo(str(p))
         if ok:
+            if cfg is not None and (line := _profiles_line(cfg)):
+                click.echo(f"queue profiles: {line}")
             click.echo(f"{summary}: OK")
         else:
             click.echo(f"{_plural(len(problems), 'problem')} in {app.config_dir}", err=True)

@@ -49,18 +49,36 @@ SYNONYMS = {
 
 
 def model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that holds the field at ``loc[-1]`` (navigating nested models by field name)."""
+    """The model class that holds the field at ``loc[-1]`` (navigating nested models by field name, through
+    optional sections such as ``pilot:`` and mappings of sections such as ``profiles: {NAME: ...}``)."""
     current: type[BaseModel] = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        f = current.model_fields.get(str(part))
-        ann = getattr(f, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            current = ann
-        else:
+    parts = [p for p in loc[:-1] if not isinstance(p, int)]
+    i = 0
+    while i < len(parts):
+        f = current.model_fields.get(str(parts[i]))
+        ann, keyed = _section(getattr(f, "annotation", None))
+        if ann is None:
             return None
+        current = ann
+        i += 2 if keyed else 1   # a mapping's key (a profile's name) is no field
     return current
+
+
+def _section(ann: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The model of a nested section's annotation (``M``, ``M | None``, ``dict[str, M]``), and whether it is
+    a mapping of them."""
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann, False
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is dict and len(args) == 2:
+        inner, _ = _section(args[1])
+        return inner, True
+    for arg in args:
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, False
+    return None, False
 
 
 def field_example(model: type[BaseModel] | None, name: str) -> str:
@@ -83,7 +101,7 @@ def other_places() -> dict[str, dict[str, str]]:
     """field name -> {model name -> where it belongs}, to say 'walltime belongs under pilot:'."""
     if not _OTHER_PLACES:
         places: dict[type[BaseModel], str] = {
-            ClusterConfig: "at the top level of the cluster file", PilotResources: "under 'pilot:'",
+            ClusterConfig: "at the top level of the cluster file", PilotResources: "under 'pilot:' (or a profile)",
             Limits: "under 'limits:'", LaunchPadRoute: "under 'launchpad_route:'", PilotConfig: "in pilot.yaml",
             BackoffConfig: "under 'backoff:' in pilot.yaml",
         }

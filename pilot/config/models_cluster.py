@@ -20,108 +20,30 @@ from pilot.config.checks_cluster import (
     check_use_ssh_config,
     check_zone_name,
 )
-from pilot.config.errors import describe, field_error, field_errors
+from pilot.config.errors import field_error, field_errors
+from pilot.config.models_fworker import FWorkerSettings
+from pilot.config.models_resources import (
+    DEFAULT_PROFILE,
+    PilotResources,
+    check_one_form,
+    check_profiles,
+    check_resources,
+)
 from pilot.config.models_route import LaunchPadRoute, SshRoute
 from pilot.config.units import (
     ENV_NAME_RE,
     PATH_RE,
-    QUEUE_RE,
     RESERVED_ENV,
     SLURM_MAX_SIGNAL_TIME,
     Scheduler,
     base_dir_of,
     expand_path,
     one_line,
-    parse_memory_mb,
-    parse_walltime,
     validate_name,
 )
 
 __all__ = ["ClusterConfig", "Limits", "PilotResources"]
 
-
-class PilotResources(BaseModel):
-    """The ``pilot:`` section of a cluster file: what each pilot job asks the scheduler for."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    walltime: str | int = Field(description="Wall time of every pilot job, in the scheduler's own format "
-                                "(see docs/configuration.md). Quote it in YAML: \"24:00:00\".",
-                                examples=["24:00:00"])
-    nodes: int = Field(1, ge=1, description="Nodes per pilot job.", examples=[1])
-    cores: int = Field(1, ge=1, description="CPU cores per node (SLURM --ntasks-per-node, PBS ncpus, "
-                       "LSF span[ptile]); exported to the job as PILOT_CORES.", examples=[68])
-    memory: str | int | None = Field(None, description="Memory per node, e.g. 4G or 4000M (a bare number is "
-                                     "MiB); null leaves the scheduler's default.", examples=["64G"])
-    gpus: int | None = Field(None, ge=1, description="GPUs per node (SLURM --gpus-per-node, PBS ngpus, "
-                             "LSF -gpu num=); null asks for none.", examples=[1])
-    partition: str | None = Field(None, description="SLURM partition; the queue name for PBS (-q) and LSF (-q). "
-                                  "null uses the default.", examples=["normal"])
-    account: str | None = Field(None, description="Account/project charged (SLURM --account, PBS -A, "
-                                "LSF -P); null uses your default.", examples=["TG-ABC123"])
-    qos: str | None = Field(None, description="SLURM quality of service (--qos). SLURM only.",
-                            examples=["normal"])
-    extra_directives: list[str] = Field(default_factory=list,
-                                        description="More scheduler options, one per entry: either a "
-                                        "whole directive line ('#SBATCH --constraint=knl') or just the option "
-                                        "('--constraint=knl'), to which the scheduler's prefix is added.",
-                                        examples=[["--constraint=knl"]])
-
-    _walltime_seconds: int | None = PrivateAttr(None)
-
-    @property
-    def walltime_seconds(self) -> int:
-        """The wall time in seconds (set when the cluster, whose scheduler defines the format, validated it)."""
-        if self._walltime_seconds is None:
-            raise RuntimeError("walltime_seconds is only known inside a validated ClusterConfig")
-        return self._walltime_seconds
-
-    @property
-    def memory_mb(self) -> int | None:
-        """``memory`` in MiB, or ``None``."""
-        return None if self.memory is None else parse_memory_mb(self.memory)
-
-    @field_validator("walltime", mode="before")
-    @classmethod
-    def _walltime_type(cls, v: Any) -> Any:
-        if isinstance(v, (bool, float)) or not isinstance(v, (str, int)):
-            raise field_error(f"expected a duration, got {describe(v)}: write it in quotes, e.g. \"24:00:00\"")
-        if isinstance(v, str):
-            one_line(v, "walltime")
-        return v
-
-    @field_validator("partition", "account", "qos", mode="before")
-    @classmethod
-    def _queue_like(cls, v: Any, info: ValidationInfo) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            v = str(v)          # numeric account names exist
-        if isinstance(v, str) and not QUEUE_RE.match(v):
-            raise field_error(f"{v!r} cannot be used as {info.field_name}: use only letters, digits and "
-                              "'_ . @ : + -' (no spaces, quotes, line breaks or shell characters)")
-        return v
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, v: Any) -> Any:
-        if v is not None:
-            try:
-                parse_memory_mb(v)
-            except ValueError as e:
-                raise field_error(str(e)) from None
-        return v
-
-    @field_validator("extra_directives")
-    @classmethod
-    def _extra(cls, v: list[str]) -> list[str]:
-        problems = []
-        for i, line in enumerate(v):
-            if any(c in line for c in "\n\r\0"):
-                problems.append((f"[{i}]", f"{line!r} holds a line break: write one directive per list entry"))
-            elif not line.strip():
-                problems.append((f"[{i}]", "empty entry: remove it"))
-        if problems:
-            raise field_errors(problems)
-        return [line.strip() for line in v]
 
 
 class Limits(BaseModel):
@@ -222,7 +144,20 @@ class ClusterConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables exported in "
                                 "the pilot job (values are quoted; use setup for shell expansions).",
                                 examples=[{"OMP_NUM_THREADS": "1"}])
-    pilot: PilotResources = Field(description="What every pilot job requests from the scheduler.")
+    pilot: PilotResources | None = Field(None, description="What every pilot job requests from the scheduler "
+                                         "(one queue profile, named default). Write either pilot or profiles.")
+    profiles: dict[str, PilotResources] = Field(default_factory=dict, description="Several queue profiles "
+                                                "(name: resources, as pilot), e.g. a GPU and a CPU partition: "
+                                                "for the READY work, the manager submits pilots of the profile "
+                                                "whose resources fit what the Fireworks ask for (spec._pilot: "
+                                                "walltime, cores, gpus, memory) and whose queue waits least.",
+                                                examples=[{"gpu": {"walltime": "12:00:00", "cores": 8, "gpus": 1,
+                                                                   "partition": "gpu"},
+                                                           "cpu": {"walltime": "24:00:00", "cores": 32,
+                                                                   "partition": "normal"}}])
+    fworker: FWorkerSettings = Field(default_factory=lambda: FWorkerSettings.model_validate({}),
+                                     description="The FireWorks FWorker the pilots are (name, query, env), as "
+                                     "rlaunch -w my_fworker.yaml reads it.")
     walltime_margin: int = Field(600, ge=0, description="Seconds before the end of the wall time at which "
                                  "the pilot stops starting work (and the scheduler's warning signal USR1 is "
                                  "asked for).", examples=[600])
@@ -254,14 +189,43 @@ class ClusterConfig(BaseModel):
         return self._source
 
     @property
+    def pilot_profiles(self) -> dict[str, PilotResources]:
+        """The queue profiles by name: ``profiles``, or ``{"default": pilot}`` for the one-profile form."""
+        if self.profiles:
+            return dict(self.profiles)
+        if self.pilot is None:
+            raise RuntimeError("a validated ClusterConfig has pilot or profiles")
+        return {DEFAULT_PROFILE: self.pilot}
+
+    def profile(self, name: str | None = None) -> PilotResources:
+        """One queue profile by name; None: the first (``pilot:``'s, or the first written under ``profiles:``).
+
+        Raises
+        ------
+        KeyError
+            When the cluster has no profile of that name (a record written before its file changed).
+        """
+        profiles = self.pilot_profiles
+        return next(iter(profiles.values())) if name is None else profiles[name]
+
+    def profile_categories(self, name: str) -> tuple[str, ...]:
+        """The categories one profile serves: its own ``categories``, else the cluster's."""
+        return tuple(self.profile(name).categories or self.categories)
+
+    @property
     def walltime_seconds(self) -> int:
-        """The pilots' wall time in seconds."""
-        return self.pilot.walltime_seconds
+        """The longest wall time of the cluster's profiles (that of ``pilot:`` when it has one profile)."""
+        return max(p.walltime_seconds for p in self.pilot_profiles.values())
 
     @property
     def memory_mb(self) -> int | None:
-        """``pilot.memory`` in MiB, or ``None``."""
-        return self.pilot.memory_mb
+        """The first profile's ``memory`` in MiB, or ``None``."""
+        return self.profile().memory_mb
+
+    @property
+    def query(self) -> dict[str, Any]:
+        """The FWorker query of its pilots: ``fworker.query`` or (the older field) ``fworker_query``."""
+        return dict(self.fworker.query or self.fworker_query)
 
     @property
     def worker_argv(self) -> list[str]:
@@ -292,11 +256,12 @@ class ClusterConfig(BaseModel):
         """True for ``scheduler: local`` (no SSH)."""
         return self.scheduler is Scheduler.LOCAL
 
-    def directive_lines(self) -> list[str]:
-        """``extra_directives`` as full directive lines (the scheduler's prefix added to plain options)."""
+    def directive_lines(self, profile: str | None = None) -> list[str]:
+        """A profile's ``extra_directives`` as full directive lines (the scheduler's prefix added to plain
+        options)."""
         prefix = self.scheduler.directive_prefix
         out = []
-        for line in self.pilot.extra_directives:
+        for line in self.profile(profile).extra_directives:
             out.append(line if line.startswith("#") or prefix is None else f"{prefix} {line}")
         return out
 
@@ -456,52 +421,38 @@ class ClusterConfig(BaseModel):
 
     @field_validator("pilot")
     @classmethod
-    def _pilot(cls, v: PilotResources, info: ValidationInfo) -> PilotResources:
+    def _pilot(cls, v: PilotResources | None, info: ValidationInfo) -> PilotResources | None:
         sched = cls._sched(info)
-        if sched is None:
-            return v
-        problems: list[tuple[str, str]] = []
-        try:
-            v._walltime_seconds = parse_walltime(v.walltime, sched)
-        except ValueError as e:
-            problems.append(("walltime", str(e)))
-        if sched is not Scheduler.SLURM and v.qos is not None:
-            problems.append(("qos", (f"qos is a SLURM option and {sched.value} has none: remove it "
-                                     "(or put the option your scheduler uses in extra_directives)")))
-        if sched is Scheduler.LOCAL:
-            for name in ("partition", "account", "memory", "gpus"):
-                if getattr(v, name) is not None:
-                    problems.append((name, f"scheduler local has no {name}: remove it"))
-            if v.nodes != 1:
-                problems.append(("nodes", "scheduler local runs on this one machine: write nodes: 1"))
-            if v.extra_directives:
-                problems.append(("extra_directives", "scheduler local has no directives: remove them"))
-        else:
-            prefix = sched.directive_prefix or ""
-            for i, line in enumerate(v.extra_directives):
-                if line.startswith("#"):
-                    if not line.startswith((prefix + " ", prefix + "\t")):
-                        problems.append((f"extra_directives[{i}]",
-                                         (f"{line!r} is not a {sched.value} directive: start it with "
-                                          f"'{prefix} ' or write just the option, e.g. '-x value'")))
-                elif not line.startswith("-"):
-                    problems.append((f"extra_directives[{i}]",
-                                     (f"{line!r} is neither an option nor a directive: write an option "
-                                      f"such as '--constraint=knl' / '-l place=scatter', or a whole line "
-                                      f"'{prefix} ...'")))
-        if problems:
-            raise field_errors(problems)
+        if v is not None and sched is not None:
+            problems = check_resources(v, sched)
+            if problems:
+                raise field_errors(problems)
+        return v
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, v: dict[str, PilotResources], info: ValidationInfo) -> dict[str, PilotResources]:
+        return check_profiles(v, cls._sched(info), info.data)
+
+    @field_validator("fworker")
+    @classmethod
+    def _fworker(cls, v: FWorkerSettings, info: ValidationInfo) -> FWorkerSettings:
+        if v.query and info.data.get("fworker_query"):
+            raise field_error("both fworker.query and fworker_query are set: keep one (fworker_query is the older "
+                              "name of fworker.query)", subfield="query")
         return v
 
     @field_validator("walltime_margin")
     @classmethod
     def _margin(cls, v: int, info: ValidationInfo) -> int:
-        pilot = info.data.get("pilot")
         sched = cls._sched(info)
-        if isinstance(pilot, PilotResources) and pilot._walltime_seconds is not None:
-            wt = pilot._walltime_seconds
+        walltimes = [(name, p._walltime_seconds) for name, p in _given_profiles(info.data).items()
+                     if p._walltime_seconds is not None]
+        if walltimes:
+            name, wt = min(walltimes, key=lambda x: x[1])
+            which = "the wall time" if name == DEFAULT_PROFILE else f"the wall time of profile {name}"
             if v >= wt:
-                raise field_error(f"{v} s is not less than the wall time ({wt} s): the pilot would have no time to "
+                raise field_error(f"{v} s is not less than {which} ({wt} s): the pilot would have no time to "
                                   f"work; write a smaller margin (e.g. {max(wt // 10, 0)}) or a longer walltime")
         if sched is Scheduler.SLURM and v > SLURM_MAX_SIGNAL_TIME:
             raise field_error(f"SLURM sends the warning signal at most {SLURM_MAX_SIGNAL_TIME} s before the end: "
@@ -540,3 +491,15 @@ class ClusterConfig(BaseModel):
                               "relative to the clusters/ folder), or null for the built-in template")
         return p
 
+    @model_validator(mode="after")
+    def _one_form(self) -> ClusterConfig:
+        check_one_form(self.pilot, self.profiles)
+        return self
+
+
+def _given_profiles(data: dict[str, Any]) -> dict[str, PilotResources]:
+    """The profiles validated so far (``pilot:`` as ``default``, or ``profiles:``), during validation."""
+    pilot, profiles = data.get("pilot"), data.get("profiles")
+    if isinstance(profiles, dict) and profiles:
+        return {k: p for k, p in profiles.items() if isinstance(p, PilotResources)}
+    return {DEFAULT_PROFILE: pilot} if isinstance(pilot, PilotResources) else {}

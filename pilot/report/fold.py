@@ -33,7 +33,8 @@ def _cores(config: Config | None, cluster: str) -> tuple[int, bool]:
     c = getattr(config, "clusters", {}).get(cluster)
     if c is None:
         return 1, False
-    return max(1, int(c.pilot.cores) * int(c.pilot.nodes)), True
+    res = c.profile()
+    return max(1, int(res.cores) * int(res.nodes)), True
 
 
 def _f(x: Any) -> float | None:

@@ -547,8 +547,10 @@ def _doc_blocks(lang: str) -> list[str]:
 
 def test_every_field_is_documented():
     text = DOC.read_text()
+    from pilot.config.models_fworker import FWorkerSettings
+
     for model, pre in ((PilotConfig, ""), (BackoffConfig, "backoff."), (ClusterConfig, ""),
-                       (PilotResources, "pilot."), (Limits, "limits.")):
+                       (PilotResources, "pilot."), (Limits, "limits."), (FWorkerSettings, "fworker.")):
         for name in model.model_fields:
             assert f"| `{pre}{name}` |" in text, f"{pre}{name} has no row in {DOC.name}"
 
@@ -560,11 +562,14 @@ def test_the_documented_cluster_files_load(tmp_path, monkeypatch):
         (tmp_path / ".ssh" / f).write_text("")
     examples = {b.splitlines()[0].removeprefix("# clusters/").removesuffix(".yaml"): b
                 for b in _doc_blocks("yaml") if b.startswith("# clusters/")}
-    assert set(examples) == {"stampede", "laptop"}
+    assert set(examples) == {"stampede", "laptop", "gpu1"}
     cdir = write_config(tmp_path, {}, examples)
     cfg = load_config(cdir)
     assert cfg.clusters["stampede"].pilot.cores == 68 and cfg.clusters["stampede"].walltime_seconds == 86400
     assert cfg.clusters["laptop"].is_local and cfg.clusters["laptop"].walltime_seconds == 7200
+    gpu1 = cfg.clusters["gpu1"]
+    assert list(gpu1.pilot_profiles) == ["gpu", "cpu"] and gpu1.profile("gpu").gpus == 1
+    assert gpu1.profile("cpu").pack and gpu1.walltime_seconds == 86400
 
 
 def test_the_documented_custom_templates_render(tmp_path, files):
