@@ -100,3 +100,40 @@ def test_decimal_values_fit_as_the_database_says(launchpad):
     coll = launchpad.db["fit_probe_decimal"]
     coll.insert_many([_doc(i, w, m) for i, (w, m) in enumerate(itertools.product(DECIMALS, [MISSING, *DECIMALS]))])
     assert 0 < _check(coll, USABLES)
+
+
+#: resource asks: missing/null, numbers around the pilot sizes below, and what is no number
+ASKS: list[Any] = [MISSING, None, 0, 1, 2, 4, 4.5, 8, Int64(2), -1, True, "2", [1, 16], [None], float("nan")]
+#: pilot shapes: (cores, gpus, memory MiB or None, gpu_work_only)
+SHAPES = [(1, 0, None, False), (4, 0, 4000, False), (8, 1, None, True), (8, 2, 8000, False), (8, 4, None, True)]
+
+
+def test_the_resource_predicate_says_what_the_database_says(launchpad):
+    """Cores, GPUs and memory asks of every odd kind against several pilot shapes: :func:`fits_resources`
+    agrees with the database's answer to :func:`resources_clause` on every document."""
+    from pilot.fit import fits_resources, resources_clause
+
+    coll = launchpad.db["fit_resources_probe"]
+    docs = []
+    for i, (c, g, m) in enumerate(itertools.product(ASKS, ASKS, [MISSING, None, 2000, 8000, "4G"])):
+        pilot = {k: v for k, v in (("cores", c), ("gpus", g), ("memory", m)) if v is not MISSING}
+        docs.append({"_id": i, "spec": {"_pilot": pilot}})
+    coll.insert_many(docs)
+    both = 0
+    for cores, gpus, memory, gpu_only in SHAPES:
+        matched = {d["_id"] for d in coll.find(resources_clause(cores, gpus, memory, gpu_only), {"_id": 1})}
+        wrong = []
+        for d in docs:
+            p = d["spec"]["_pilot"]
+            asks = (p.get("cores"), p.get("gpus"), p.get("memory"))
+            if fits_resources(asks, cores, gpus, memory, gpu_only) != (d["_id"] in matched):
+                wrong.append((asks, (cores, gpus, memory, gpu_only), d["_id"] in matched))
+        assert not wrong, f"predicate and database disagree: {wrong[:10]}"
+        both += 0 < len(matched) < len(docs)
+    assert both == len(SHAPES)   # every shape takes some and leaves some
+    # the plain cases as the rule states them (not taken from the code under test): no asks fit a 1-core pilot
+    # without GPUs, but not a GPU profile's; one GPU and 4 cores fit the GPU profile, not the CPU-only pilot
+    def one(shape: tuple, **asks: Any) -> int:
+        return coll.count_documents({"spec._pilot": asks, **resources_clause(*shape)})
+    assert one(SHAPES[0]) == 1 and one(SHAPES[2]) == 0
+    assert one(SHAPES[2], cores=4, gpus=1) == 1 and one(SHAPES[0], cores=4, gpus=1) == 0

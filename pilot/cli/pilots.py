@@ -29,10 +29,12 @@ def _manager(obj: AppContext, cluster: str) -> tuple[Manager, ClusterRuntime]:
 @click.command("submit")
 @click.argument("cluster")
 @click.option("--category", "-c", default=None, help="Category the pilots serve (default: the cluster's first).")
+@click.option("--profile", "-p", default=None, help="Queue profile of the pilots (default: the cluster's first).")
 @click.option("-n", "count", default=1, show_default=True, type=click.IntRange(1, 1000), help="How many pilots.")
 @click.option("--json", "as_json", is_flag=True, help="Print the submitted pilots as JSON.")
 @click.pass_obj
-def submit_cmd(obj: AppContext, cluster: str, category: str | None, count: int, as_json: bool) -> None:
+def submit_cmd(obj: AppContext, cluster: str, category: str | None, profile: str | None, count: int,
+               as_json: bool) -> None:
     """Upload the pilot script and submit COUNT pilots to CLUSTER now, printing their job ids.
 
     The pilots are recorded like the manager's own, so the manager counts them and reruns their work if
@@ -46,10 +48,14 @@ def submit_cmd(obj: AppContext, cluster: str, category: str | None, count: int, 
     if category not in cats:
         raise click.ClickException(f"cluster {cluster} does not serve category {category!r} "
                                    f"(its categories: {', '.join(cats)})")
+    profiles = list(rt.config.pilot_profiles)
+    if profile is not None and profile not in profiles:
+        raise click.ClickException(f"cluster {cluster} has no queue profile {profile!r} (its profiles: "
+                                   f"{', '.join(profiles)})")
     report = CycleReport(started=0.0)
     try:
         for _ in range(count):
-            if not mgr.submit(rt, category, report):
+            if not mgr.submit(rt, category, report, profile):
                 break
     finally:
         mgr.close()

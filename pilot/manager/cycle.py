@@ -31,7 +31,6 @@ import logging
 import os
 import secrets
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 from pilot.manager.concurrency import ClusterPhases, Job, clock_time
 from pilot.manager.demand import Demand, PilotOffer, ensure_demand_indexes, gather_demand
 from pilot.manager.holds import Holds
-from pilot.manager.policy import CategoryDemand, ClusterLimits, ClusterView, Decision, PilotCounts, plan
+from pilot.manager.policy import CategoryDemand, ClusterView, Decision, PilotCounts, plan
+from pilot.manager.profiles import offers_of, profile_shape, unit_of_record, views_of
 from pilot.manager.records import PENDING_STATES, SUBMIT_FAILED, Records
 from pilot.manager.routes import RouteKeepers
 from pilot.manager.runtime import (
@@ -142,12 +142,9 @@ class Manager:
 
     # ================================================================== gather
     def pilot_offers(self) -> list[PilotOffer]:
-        """What a fresh pilot of each cluster would take: its categories, its usable wall time and the cluster
-        file's ``fworker_query``."""
-        return [PilotOffer(cluster=name, categories=tuple(rt.config.categories),
-                           usable_seconds=max(0.0, walltime_seconds(rt.config) - float(rt.config.walltime_margin)),
-                           query=rt.config.fworker_query or None)
-                for name, rt in self.clusters.items()]
+        """What a fresh pilot of each cluster (and queue profile) would take: its categories, its usable wall
+        time, its resources and the cluster file's FWorker (:mod:`pilot.manager.profiles`)."""
+        return [o for name, rt in self.clusters.items() for o in offers_of(name, rt.config)]
 
     def gather_demand(self) -> Demand:
         """The READY work of each category, and of it what a fresh pilot of each cluster could take.
@@ -186,16 +183,17 @@ class Manager:
         counts: dict[tuple[str, str], dict[str, int]] = {}
         for rec in self.records.live():
             rt = self.clusters.get(rec["cluster"])
-            if rt is None:
+            unit = None if rt is None else unit_of_record(rec, rt.config)
+            if rt is None or unit is None:
                 continue
-            c = counts.setdefault((rec["cluster"], rec["category"]), {"p": 0, "r": 0, "rt": 0})
+            c = counts.setdefault((unit, rec["category"]), {"p": 0, "r": 0, "rt": 0})
             if rec["state"] in PENDING_STATES:
                 # a backed-off cluster's queued pilots may never start: don't let them hold demand
                 if rt.available(now):
                     c["p"] += 1
             else:
                 c["r"] += 1
-                d = demand.get((rec["cluster"], rec["category"]))
+                d = demand.get((unit, rec["category"]))
                 need = max(60.0, d.mean_duration or 0.0) if d else 60.0
                 start = rec.get("start_time") or now
                 left = start + float(rec["walltime"]) - now - float(rec["margin"])
@@ -205,34 +203,28 @@ class Manager:
                 for k, v in counts.items()}
 
     def cluster_views(self) -> list[ClusterView]:
+        """The policy's view of each cluster, one per queue profile (:mod:`pilot.manager.profiles`)."""
         now = self.clock()
-        views = []
-        for name, rt in self.clusters.items():
-            c = rt.config
-            waits = self.records.recent_queue_waits(name)
-            wt = walltime_seconds(c)
-            views.append(ClusterView(
-                name=name, categories=tuple(c.categories), usable_seconds=max(0.0, wt - float(c.walltime_margin)),
-                fireworks_per_pilot=int(c.fireworks_per_pilot),
-                limits=ClusterLimits(max_queued=c.limits.max_queued, max_running=c.limits.max_running,
-                                     min_pilots=c.limits.min_pilots),
-                available=rt.available(now) and self.phases.busy(name) is None,
-                queue_wait=statistics.median(waits) if waits else None))
-        return views
+        return [v for name, rt in self.clusters.items()
+                for v in views_of(name, rt.config, self.records,
+                                  rt.available(now) and self.phases.busy(name) is None)]
 
     # ================================================================== act
-    def submit(self, rt: ClusterRuntime, category: str, report: CycleReport) -> bool:
-        """Render, upload and submit one pilot. False when the cluster failed (stop submitting to it)."""
+    def submit(self, rt: ClusterRuntime, category: str, report: CycleReport, profile: str | None = None) -> bool:
+        """Render, upload and submit one pilot (of queue ``profile``; None: the cluster's first). False when the
+        cluster failed (stop submitting to it)."""
         from pilot.render import render_pilot_script
         from pilot.transport import ConnectError, TransportError
         from queue_adapters.base import SubmitOutcome, job_name
 
         c = rt.config
         name = job_name(category, secrets.token_hex(3), prefix=self.config.pilot.job_name_prefix)
-        script = render_pilot_script(c, rt.name, category, name)
+        profile = profile or next(iter(c.pilot_profiles))
+        script = render_pilot_script(c, rt.name, category, name, profile=profile)
         path = f"{c.work_dir}/scripts/{name}.sh"
         now = self.clock()
-        self.records.add_intent(name, rt.name, category, walltime_seconds(c), float(c.walltime_margin), path, now)
+        self.records.add_intent(name, rt.name, category, float(c.profile(profile).walltime_seconds),
+                                float(c.walltime_margin), path, now, profile=profile)
         try:
             rt.connect().put(script.encode(), path, mode=0o700)
         except TransportError as e:
@@ -263,8 +255,9 @@ class Manager:
             self.records.update(name, job_id=result.job_id, state="PENDING",
                                 fworker=fworker_name(rt.name, str(result.job_id)))
             report.submitted.append({"cluster": rt.name, "category": category, "job_id": result.job_id,
-                                     "job_name": name})
-            log.info("%s/%s: submitted %s as job %s", rt.name, category, name, result.job_id)
+                                     "job_name": name, "profile": profile})
+            shown = rt.name if len(c.pilot_profiles) == 1 else f"{rt.name}[{profile}]"
+            log.info("%s/%s: submitted %s as job %s", shown, category, name, result.job_id)
             return True
         if result.outcome == SubmitOutcome.UNKNOWN:
             self.records.update(name, last_error=f"submission outcome unknown: {result.reason}")
@@ -319,9 +312,20 @@ class Manager:
         if not self.dry_run:
             routes = {n: s.to_dict() for n, s in self.routes.states().items()}
             self.records.heartbeat({"last_cycle": t0, "last_cycle_duration": report.duration,
-                                    "errors": report.errors, **({"routes": routes} if routes else {})},
+                                    "errors": report.errors, **({"routes": routes} if routes else {}),
+                                    "decisions": self._choices(report.decisions)},
                                    drop=() if routes else ("routes",))
         return report
+
+    def _choices(self, decisions: list[Decision]) -> list[dict[str, Any]]:
+        """The cycle's decisions as ``pilot status`` shows them: each with the shape of its queue profile
+        (:func:`pilot.manager.profiles.shape`), which says what fits it."""
+        out = []
+        for d in decisions:
+            rt = self.clusters.get(d.cluster)
+            shape = profile_shape(rt.config, d.profile) if rt is not None else ""
+            out.append({**d.to_record(), "shape": shape})
+        return out
 
     def _refresh_jobs(self) -> dict[str, Job]:
         """Phase 1: the status query of each cluster that is not backed off, as a job of its own thread."""
@@ -354,7 +358,7 @@ class Manager:
         done = 0
         for d in decisions:
             for _ in range(d.submit):
-                if self.stop_event.is_set() or not self.submit(rt, d.category, report):
+                if self.stop_event.is_set() or not self.submit(rt, d.category, report, d.profile):
                     return done
                 done += 1
         rt.ok()

@@ -40,11 +40,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pilot.fit import fits, fits_clause, number
+from pilot.fit import CORES, GPUS, MEMORY, asked, fits, fits_clause, fits_resources, number, resources_clause
 from pilot.manager.policy import CategoryDemand
 
 #: the fields the demand groups by that FireWorks does not index (:func:`ensure_demand_indexes`)
-DEMAND_INDEXES = ("spec._pilot.walltime", "spec._pilot.min_walltime", "spec._fworker", "spec._pilot.continues")
+DEMAND_INDEXES = ("spec._pilot.walltime", "spec._pilot.min_walltime", "spec._fworker", "spec._pilot.continues",
+                  CORES, GPUS, MEMORY)
 #: READY Fireworks read to estimate the mean expected duration (a sample bounds the cost)
 DURATION_SAMPLE = 1000
 
@@ -56,33 +57,69 @@ _CHAIN: dict[str, Any] = {"spec._pilot.continues": True}
 
 @dataclass(frozen=True)
 class PilotOffer:
-    """What a fresh pilot of one cluster offers, as far as the FWorker query is concerned.
+    """What a fresh pilot of one cluster's queue profile offers, as far as the FWorker query is concerned.
 
     Attributes
     ----------
     cluster : str
-        The cluster's name.
+        The policy's name of the offer: the cluster's name, with ``[PROFILE]`` when the cluster has several
+        queue profiles (:func:`pilot.manager.policy.unit_name`).
     categories : tuple[str, ...]
         The categories its pilots pull.
     usable_seconds : float
         Wall time minus ``walltime_margin``: the longest ``spec._pilot.walltime`` a fresh pilot takes.
     query : Mapping[str, Any] | None
-        The cluster file's ``fworker_query``, which its pilots add to their FWorker query (None: none).
+        The cluster file's FWorker query, which its pilots add to their own (None: none).
+    cores, gpus, memory : float, float, float | None
+        The pilot's cores and GPUs (per node) and memory in MiB (None: not stated): a Firework asking for more
+        is not taken (:func:`pilot.fit.resources_clause`).
+    gpu_work_only : bool
+        A GPU profile beside others: its pilots take only Fireworks asking for a GPU.
+    pack : bool
+        Its pilots run several Fireworks at once, as many as their cores and GPUs hold (slots).
+    pin : str | None
+        The cluster's FWorker name: Fireworks pinned to it (``spec._fworker``) are this offer's demand too.
     """
 
     cluster: str
     categories: tuple[str, ...]
     usable_seconds: float
     query: Mapping[str, Any] | None = None
+    cores: float = math.inf
+    gpus: float = math.inf
+    memory: float | None = None
+    gpu_work_only: bool = False
+    pack: bool = False
+    pin: str | None = None
+
+    def resources(self) -> dict[str, Any]:
+        """The resource clause of its pilots' pull (:func:`pilot.fit.resources_clause`)."""
+        return resources_clause(self.cores, self.gpus, self.memory, self.gpu_work_only)
+
+    def slots(self, cores: Any, gpus: Any) -> int:
+        """How many Fireworks asking ``cores``/``gpus`` (the ``spec._pilot`` values) one pilot runs at once: one
+        without packing; with it, as many as its cores and GPUs hold (the worker's rule, :func:`pilot.fit.asked`)."""
+        if not self.pack:
+            return 1
+        want_c, want_g = max(1, asked(cores, 1)), asked(gpus, 0)
+        n = self.cores // want_c if math.isfinite(self.cores) else 1
+        if want_g and math.isfinite(self.gpus):
+            n = min(n, self.gpus // want_g)
+        return max(1, int(n))
 
 
-def takeable_query(category: str, usable_seconds: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def takeable_query(category: str, usable_seconds: float, extra: Mapping[str, Any] | None = None,
+                   offer: PilotOffer | None = None) -> dict[str, Any]:
     """The READY Fireworks of ``category`` that a fresh pilot with ``usable_seconds`` would take.
 
-    The same clauses as the worker's pull (wall time, category, the cluster's ``fworker_query`` as
-    ``extra``) and FireWorks' ``_fworker`` check, with the pinned ones left out (see the module docstring).
+    The same clauses as the worker's pull (wall time, resources, category, the cluster's FWorker query as
+    ``extra``) and FireWorks' ``_fworker`` check: not pinned, or pinned to the cluster's FWorker name (a pin to
+    one pilot's own name is demand nowhere, see the module docstring).
     """
-    clauses: list[dict[str, Any]] = [fits_clause(usable_seconds), {"$or": _NOT_PINNED}]
+    pinned = [*_NOT_PINNED, *([{"spec._fworker": offer.pin}] if offer is not None and offer.pin else [])]
+    clauses: list[dict[str, Any]] = [fits_clause(usable_seconds), {"$or": pinned}]
+    if offer is not None:
+        clauses.append(offer.resources())
     if extra:
         clauses.append(dict(extra))
     return {"state": "READY", "spec._category": category, "$and": clauses}
@@ -142,15 +179,18 @@ class Demand:
 
 def demand_pipeline(categories: Iterable[str]) -> list[dict[str, Any]]:
     """The cycle's one aggregation: READY and RUNNING Fireworks of ``categories`` per category, state, expected
-    and minimum duration, pinned FWorker and chain flag (``$ifNull``: missing and null are the same here,
-    "none")."""
+    and minimum duration, pinned FWorker, chain flag and resource asks (``$ifNull``: missing and null are the
+    same here, "none")."""
+    key: dict[str, Any] = {"c": "$spec._category", "s": "$state"}
+    for name, path in _GROUP_FIELDS.items():
+        key[name] = {"$ifNull": [f"${path}", None]}
     return [{"$match": {"state": {"$in": ["READY", "RUNNING"]}, "spec._category": {"$in": sorted(categories)}}},
-            {"$group": {"_id": {"c": "$spec._category", "s": "$state",
-                                "w": {"$ifNull": ["$spec._pilot.walltime", None]},
-                                "m": {"$ifNull": ["$spec._pilot.min_walltime", None]},
-                                "f": {"$ifNull": ["$spec._fworker", None]},
-                                "k": {"$ifNull": ["$spec._pilot.continues", None]}},
-                        "n": {"$sum": 1}}}]
+            {"$group": {"_id": key, "n": {"$sum": 1}}}]
+
+
+#: the group key's fields beside category and state: name in the key -> the Firework's field
+_GROUP_FIELDS = {"w": "spec._pilot.walltime", "m": "spec._pilot.min_walltime", "f": "spec._fworker",
+                 "k": "spec._pilot.continues", "cr": CORES, "g": GPUS, "mem": MEMORY}
 
 
 def ensure_demand_indexes(fireworks: Any) -> str | None:
@@ -173,7 +213,8 @@ def ensure_demand_indexes(fireworks: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Group:
-    """Fireworks of one category and state with the same expected and minimum duration, pin and chain flag."""
+    """Fireworks of one category and state with the same expected and minimum duration, pin, chain flag and
+    resource asks."""
 
     state: str
     walltime: Any
@@ -181,6 +222,9 @@ class Group:
     n: int
     min_walltime: Any = None
     continues: Any = None
+    cores: Any = None
+    gpus: Any = None
+    memory: Any = None
 
     @property
     def chain(self) -> bool:
@@ -193,9 +237,19 @@ class Group:
         return number(self.walltime)
 
     def fits(self, usable_seconds: float) -> bool:
-        """Would a fresh pilot with ``usable_seconds`` take these? (the worker's query: no duration, or a number
-        at most the time it has, or a minimum duration at most that, :func:`pilot.fit.fits`; not pinned)"""
+        """Would a fresh pilot with ``usable_seconds`` take these, by their time? (the worker's query: no duration,
+        or a number at most the time it has, or a minimum duration at most that, :func:`pilot.fit.fits`; not
+        pinned)"""
         return self.fworker is None and fits(self.walltime, self.min_walltime, usable_seconds)
+
+    def fits_offer(self, offer: PilotOffer) -> bool:
+        """Would a fresh pilot of ``offer`` take these? Their time fits, their resource asks fit its cores, GPUs
+        and memory (:func:`pilot.fit.fits_resources`), and they are not pinned or pinned to its FWorker name."""
+        if self.fworker is not None and (offer.pin is None or self.fworker != offer.pin):
+            return False
+        return (fits(self.walltime, self.min_walltime, offer.usable_seconds)
+                and fits_resources((self.cores, self.gpus, self.memory), offer.cores, offer.gpus, offer.memory,
+                                   offer.gpu_work_only))
 
     def seconds_in(self, usable_seconds: float) -> float | None:
         """How long one of these runs in a fresh pilot with ``usable_seconds``: its expected duration, cut to the
@@ -211,7 +265,8 @@ def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str
     out: dict[str, list[Group]] = {}
     for row in coll.coll.aggregate(demand_pipeline(wanted)):
         key = row["_id"]
-        group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]), key.get("m"), key.get("k"))
+        group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]), key.get("m"), key.get("k"),
+                      key.get("cr"), key.get("g"), key.get("mem"))
         cats = key["c"] if isinstance(key["c"], list) else [key["c"]]  # an array category matches each element
         for cat in {c for c in cats if isinstance(c, str) and c in wanted}:
             out.setdefault(cat, []).append(group)
@@ -219,34 +274,39 @@ def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str
 
 
 def _tally(groups: Iterable[Group], running: int, takeable: int | None = None,
-           usable_seconds: float | None = None) -> CategoryDemand:
+           offer: PilotOffer | None = None) -> CategoryDemand:
     """READY count, chain heads, and the duration count and exact mean of the others (the ones that size
-    ``fireworks_per_pilot``) of ``groups`` (already filtered to what is counted), with durations cut to
-    ``usable_seconds`` when given (what they run in that cluster's fresh pilot)."""
+    ``fireworks_per_pilot``) of ``groups`` (already filtered to what is counted), with durations cut to the
+    offer's usable time when given (what they run in that cluster's fresh pilot), and how many run at once in one
+    of its pilots (``slots``: the harmonic mean over the groups, so that pilots = sum of n / slots)."""
     ready = known = chains = 0
     total = 0.0
+    pilots_worth = 0.0
     for g in groups:
         ready += g.n
+        pilots_worth += g.n / (offer.slots(g.cores, g.gpus) if offer is not None else 1)
         if g.chain:
             chains += g.n
             continue
-        secs = g.seconds if usable_seconds is None else g.seconds_in(usable_seconds)
+        secs = g.seconds if offer is None else g.seconds_in(offer.usable_seconds)
         if secs is not None and secs > 0:
             known += g.n
             total += secs * g.n
+    slots = max(1, int(ready / pilots_worth)) if pilots_worth else 1
     return CategoryDemand(ready=ready, running=running, with_duration=known,
-                          mean_duration=total / known if known else None, takeable=takeable, chains=chains)
+                          mean_duration=total / known if known else None, takeable=takeable, chains=chains,
+                          slots=slots)
 
 
 def gather_demand(fireworks: Any, offers: Iterable[PilotOffer]) -> Demand:
-    """The demand of one cycle from one aggregation (plus counts for clusters with an ``fworker_query``).
+    """The demand of one cycle from one aggregation (plus counts for clusters with an FWorker query).
 
     Parameters
     ----------
     fireworks : pymongo.collection.Collection
         The LaunchPad's ``fireworks`` collection.
     offers : iterable of PilotOffer
-        What a fresh pilot of each cluster offers.
+        What a fresh pilot of each cluster (and queue profile) offers.
 
     Returns
     -------
@@ -264,37 +324,41 @@ def gather_demand(fireworks: Any, offers: Iterable[PilotOffer]) -> Demand:
         running = sum(g.n for g in groups.get(cat, ()) if g.state == "RUNNING")
         serving = [o for o in offers if cat in o.categories]
         for o in serving:
+            fitting = [g for g in ready if g.fits_offer(o)]
             if o.query:
-                by_cluster[(o.cluster, cat)] = _counted(coll, cat, o, running)
+                by_cluster[(o.cluster, cat)] = _counted(coll, cat, o, running, fitting)
             else:
-                by_cluster[(o.cluster, cat)] = _tally((g for g in ready if g.fits(o.usable_seconds)), running,
-                                                      usable_seconds=o.usable_seconds)
+                by_cluster[(o.cluster, cat)] = _tally(fitting, running, offer=o)
         takeable = _takeable(coll, cat, serving, ready, by_cluster)
         by_category[cat] = _tally(ready, running, takeable)
     return Demand(by_category=by_category, by_cluster=by_cluster, queries=coll.queries)
 
 
-def _counted(coll: CountingCollection, cat: str, offer: PilotOffer, running: int) -> CategoryDemand:
-    """What a pilot of a cluster with its own ``fworker_query`` could take, counted by the database (the chain
-    heads with one more count; the durations are those of the others, as in :func:`_tally`)."""
-    q = takeable_query(cat, offer.usable_seconds, offer.query)
+def _counted(coll: CountingCollection, cat: str, offer: PilotOffer, running: int,
+             fitting: list[Group]) -> CategoryDemand:
+    """What a pilot of a cluster with its own FWorker query could take, counted by the database (the chain
+    heads with one more count; the durations are those of the others, as in :func:`_tally`). How many run at once
+    in one pilot is taken from the groups that fit it apart from the query (``fitting``)."""
+    q = takeable_query(cat, offer.usable_seconds, offer.query, offer)
     n = coll.count(q)
     chains = coll.count({**q, **_CHAIN}) if n else 0
     bag = {**q, "spec._pilot.continues": {"$ne": True}}
     known, mean = _durations(coll, bag, n - chains, offer.usable_seconds)
-    return CategoryDemand(ready=n, running=running, with_duration=known, mean_duration=mean, chains=chains)
+    slots = _tally(fitting, running, offer=offer).slots
+    return CategoryDemand(ready=n, running=running, with_duration=known, mean_duration=mean, chains=chains,
+                          slots=slots)
 
 
 def _takeable(coll: CountingCollection, cat: str, serving: list[PilotOffer], ready: list[Group],
               by_cluster: dict[tuple[str, str], CategoryDemand]) -> int:
     """READY Fireworks of ``cat`` that at least one serving cluster's fresh pilot could take."""
     if any(o.query for o in serving):
-        queries = [takeable_query(cat, o.usable_seconds, o.query) for o in serving]
+        queries = [takeable_query(cat, o.usable_seconds, o.query, o) for o in serving]
         unique = {_key(q): q for q in queries}
         if len(unique) == 1:
             return by_cluster[(serving[0].cluster, cat)].ready
         return coll.count({"$or": list(unique.values())}) if ready else 0
-    return sum(g.n for g in ready if any(g.fits(o.usable_seconds) for o in serving))
+    return sum(g.n for g in ready if any(g.fits_offer(o) for o in serving))
 
 
 __all__ = ["DEMAND_INDEXES", "DURATION_SAMPLE", "Demand", "PilotOffer", "demand_pipeline", "ensure_demand_indexes",

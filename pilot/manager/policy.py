@@ -46,6 +46,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+#: the profile a cluster file's ``pilot:`` makes (as :mod:`pilot.config` names it)
+DEFAULT_PROFILE = "default"
+
+
+def unit_name(cluster: str, profile: str, several: bool) -> str:
+    """The policy's name of one queue profile: the cluster's name, ``CLUSTER[PROFILE]`` when it has several."""
+    return f"{cluster}[{profile}]" if several else cluster
+
 
 @dataclass(frozen=True)
 class CategoryDemand:
@@ -68,7 +76,11 @@ class CategoryDemand:
         is planned for the rest: no pilot would take it.
     chains : int
         How many of the READY Fireworks are chain heads (``spec._pilot.continues`` exactly ``true``): each needs
-        a pilot of its own (see the module docstring).
+        a slot of its own (see the module docstring).
+    slots : int
+        How many of them one pilot runs at once (a packing profile: its cores and GPUs over what each asks
+        for; 1 otherwise): a pilot serves that many chain heads, and ``slots`` times ``fireworks_per_pilot`` of
+        the bag.
     """
 
     ready: int
@@ -77,6 +89,7 @@ class CategoryDemand:
     mean_duration: float | None = None
     takeable: int | None = None
     chains: int = 0
+    slots: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,11 @@ class ClusterView:
         False while the cluster is backed off after failures: it gets no new pilots.
     queue_wait : float | None
         Observed median queue wait of our pilots (seconds); None when unknown. Shorter is preferred.
+    cluster : str | None
+        The cluster a queue profile belongs to, when ``name`` is that of one of several profiles
+        (:func:`unit_name`); its limits are shared by all its profiles. None: ``name`` is the cluster.
+    profile : str
+        The queue profile's name (``default`` for a cluster file's ``pilot:``).
     """
 
     name: str
@@ -117,6 +135,13 @@ class ClusterView:
     limits: ClusterLimits = field(default_factory=ClusterLimits)
     available: bool = True
     queue_wait: float | None = None
+    cluster: str | None = None
+    profile: str = DEFAULT_PROFILE
+
+    @property
+    def cluster_name(self) -> str:
+        """The cluster this view is (of)."""
+        return self.cluster or self.name
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,22 @@ class Decision:
     fireworks_per_pilot: int
     fits: int | None = None
     chains: int = 0
+    profile: str = DEFAULT_PROFILE
+    slots: int = 1
+    unit: str | None = None
+    queue_wait: float | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The decision as the manager's heartbeat keeps it, for ``pilot status`` (the last cycle's choice)."""
+        return {"cluster": self.cluster, "profile": self.profile, "category": self.category, "ready": self.ready,
+                "fits": self.ready if self.fits is None else self.fits, "slots": self.slots,
+                "pending": self.pending, "running": self.running, "submit": self.submit, "reason": self.reason,
+                "queue_wait": self.queue_wait}
+
+    @property
+    def where(self) -> str:
+        """The cluster, with its queue profile when it has several: ``gpu1[gpu]``."""
+        return self.unit or self.cluster
 
     def log_line(self) -> str:
         """One line per decision: ``stampede/md: ready=40 pending=2 running=3 -> submit 3 (max_queued)``.
@@ -173,8 +214,10 @@ class Decision:
             notes.append(f"{self.fits} fit")
         if self.chains:
             notes.append(f"{self.chains} chains")
+        if self.slots > 1:
+            notes.append(f"{self.slots} per pilot")
         fit = f" ({', '.join(notes)})" if notes else ""
-        return (f"{self.cluster}/{self.category}: ready={self.ready}{fit} pending={self.pending} "
+        return (f"{self.where}/{self.category}: ready={self.ready}{fit} pending={self.pending} "
                 f"running={self.running} -> submit {self.submit} ({self.reason})")
 
 
@@ -210,14 +253,15 @@ def _preference(cluster: ClusterView) -> tuple[float, str]:
 
 def _rooms(clusters: list[ClusterView], pilots: dict[tuple[str, str], PilotCounts]) -> tuple[dict[str, int],
                                                                                               dict[str, int]]:
-    """Room left on each cluster under ``max_queued`` and ``max_running``, shared by all its categories."""
+    """Room left on each cluster under ``max_queued`` and ``max_running``, shared by all its categories and
+    queue profiles (keyed by the cluster's name)."""
+    cluster_of = {k.name: k.cluster_name for k in clusters}
     queued_room: dict[str, int] = {}
     live_room: dict[str, int] = {}
     for k in clusters:
-        pend = sum(p.pending for (cn, _), p in pilots.items() if cn == k.name)
-        live = sum(p.pending + p.running for (cn, _), p in pilots.items() if cn == k.name)
-        queued_room[k.name] = max(0, k.limits.max_queued - pend)
-        live_room[k.name] = max(0, k.limits.max_running - live)
+        mine = [p for (unit, _), p in pilots.items() if cluster_of.get(unit, unit) == k.cluster_name]
+        queued_room[k.cluster_name] = max(0, k.limits.max_queued - sum(p.pending for p in mine))
+        live_room[k.cluster_name] = max(0, k.limits.max_running - sum(p.pending + p.running for p in mine))
     return queued_room, live_room
 
 
@@ -257,24 +301,26 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
         unserved = _Unserved.of(d, serving, here, fpp, counts)
 
         for k in serving:
-            p = counts[k.name]
-            base: dict[str, Any] = dict(cluster=k.name, category=cat, ready=d.ready, pending=p.pending,
-                                        running=p.running, fireworks_per_pilot=fpp[k.name],
-                                        fits=here[k.name].ready, chains=d.chains)
+            p, h = counts[k.name], here[k.name]
+            base: dict[str, Any] = dict(cluster=k.cluster_name, category=cat, ready=d.ready, pending=p.pending,
+                                        running=p.running, fireworks_per_pilot=fpp[k.name], fits=h.ready,
+                                        chains=d.chains, profile=k.profile, slots=h.slots,
+                                        unit=k.name if k.cluster else None, queue_wait=k.queue_wait)
             if not k.available:
                 decisions.append(Decision(submit=0, reason="backed off", **base))
                 continue
-            # of the unserved work, only what a pilot here could take (less what our pilots here will take)
-            heads, bag = unserved.caps(k.name, here[k.name], p, fpp[k.name])
-            need = heads + (math.ceil(bag / fpp[k.name]) if bag > 0 else 0)
+            # of the unserved work, only what a pilot here could take (less what our pilots here will take), in
+            # slots: a chain head each, fireworks_per_pilot of the bag each; a pilot holds h.slots of them
+            heads, bag = unserved.caps(k.name, h, p, fpp[k.name])
+            need = math.ceil((heads + (math.ceil(bag / fpp[k.name]) if bag > 0 else 0)) / h.slots)
             floor = max(0, k.limits.min_pilots - (p.pending + p.running))
             want = max(need, floor)
-            room_q, room_l = queued_room[k.name], live_room[k.name]
+            room_q, room_l = queued_room[k.cluster_name], live_room[k.cluster_name]
             n = min(want, room_q, room_l)
-            reason = _reason(d, here[k.name], want, n, need, floor, room_q, room_l)
-            queued_room[k.name] -= n
-            live_room[k.name] -= n
-            unserved.take(n, heads, fpp[k.name])
+            reason = _reason(d, h, want, n, need, floor, room_q, room_l)
+            queued_room[k.cluster_name] -= n
+            live_room[k.cluster_name] -= n
+            unserved.take(n * h.slots, heads, fpp[k.name], bag)
             decisions.append(Decision(submit=n, reason=reason, **base))
     return decisions
 
@@ -293,7 +339,8 @@ class _Unserved:
         Both together, bounded by what at least one serving cluster's pilot could take
         (``CategoryDemand.takeable``): no pilot is planned for work none would take.
     for_heads : dict[str, int]
-        Per cluster, how many of its pending pilots are counted for a chain head each (the rest serve the bag).
+        Per cluster, how many slots of its pending pilots are counted for a chain head each (the rest serve the
+        bag). A pilot without packing is one slot.
     """
 
     heads: int
@@ -304,18 +351,19 @@ class _Unserved:
     @classmethod
     def of(cls, d: CategoryDemand, serving: list[ClusterView], here: dict[str, CategoryDemand],
            fpp: dict[str, int], counts: dict[str, PilotCounts]) -> _Unserved:
-        """Credit the existing pilots of every serving cluster (in order of preference): a pending pilot takes
-        one chain head (that a pilot of its cluster could take) when it starts, the pending pilots left and the
-        running ones with time left take ``fireworks_per_pilot`` of the bag each; a running pilot takes no
-        chain head: it goes on with its own chain."""
+        """Credit the existing pilots of every serving cluster (in order of preference), slot by slot: a
+        pending pilot's slot takes one chain head (that a pilot of its cluster could take) when it starts, the
+        pending slots left and the running ones with time left take ``fireworks_per_pilot`` of the bag each; a
+        running pilot takes no chain head: it goes on with its own chains."""
         heads, bag = d.chains, max(0, d.ready - d.chains)
         total = d.ready if d.takeable is None else min(d.ready, d.takeable)
         for_heads: dict[str, int] = {}
         for k in serving:
-            p = counts[k.name]
-            used = for_heads[k.name] = max(0, min(p.pending, heads, here[k.name].chains))
+            p, slots = counts[k.name], here[k.name].slots
+            used = for_heads[k.name] = max(0, min(p.pending * slots, heads, here[k.name].chains))
             heads -= used
-            credit = min(max(0, bag), (p.pending - used + p.running_with_time) * fpp[k.name])  # none beyond the bag
+            free = (p.pending + p.running_with_time) * slots - used  # slots left for the bag
+            credit = min(max(0, bag), free * fpp[k.name])  # none beyond the bag
             bag -= credit
             total -= used + credit
         return cls(max(0, heads), max(0, bag), max(0, total), for_heads)
@@ -325,15 +373,16 @@ class _Unserved:
         less what our pilots there will take (heads first: the total bound then leaves the bag less)."""
         used = self.for_heads.get(cluster, 0)
         heads = min(self.heads, self.total, max(0, here.chains - used))
-        own = (p.pending - used + p.running_with_time) * fpp
+        own = ((p.pending + p.running_with_time) * here.slots - used) * fpp
         bag = min(self.bag, self.total - heads, max(0, here.ready - here.chains - own))
         return heads, bag
 
-    def take(self, n: int, heads: int, fpp: int) -> None:
-        """``n`` new pilots are planned: the first take a chain head each (up to ``heads``), the rest
-        ``fpp`` of the bag each."""
+    def take(self, n: int, heads: int, fpp: int, fits: int) -> None:
+        """``n`` new slots are planned (pilots times their slots): the first take a chain head each (up to
+        ``heads``), the rest ``fpp`` of the bag each, but no more of it than ``fits`` them (the unserved bag
+        Fireworks their pilots could take: the rest is left for clusters or profiles that fit it)."""
         got = min(n, heads)
-        bag = min(self.bag, (n - got) * fpp)
+        bag = min(self.bag, (n - got) * fpp, fits)
         self.heads = max(0, self.heads - got)
         self.bag = max(0, self.bag - bag)
         self.total = max(0, self.total - got - bag)

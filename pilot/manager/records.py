@@ -79,10 +79,11 @@ class Records:
 
     # ------------------------------------------------------------------ pilots
     def add_intent(self, job_name: str, cluster: str, category: str, walltime: float, margin: float,
-                   script_path: str, now: float | None = None) -> None:
-        """Write the record of a pilot about to be submitted (before the scheduler sees it)."""
+                   script_path: str, now: float | None = None, profile: str = "default") -> None:
+        """Write the record of a pilot about to be submitted (before the scheduler sees it), with its queue
+        profile (a record without one, written before profiles existed, is of ``default``)."""
         self.pilots.insert_one({
-            "_id": job_name, "job_name": job_name, "cluster": cluster, "category": category,
+            "_id": job_name, "job_name": job_name, "cluster": cluster, "category": category, "profile": profile,
             "job_id": None, "state": SUBMITTING, "native_state": None, "reason": None,
             "submit_time": now if now is not None else time.time(), "start_time": None, "end_time": None,
             "exit_code": None, "last_error": None, "walltime": walltime, "margin": margin,
@@ -104,8 +105,14 @@ class Records:
         """Records whose job may be over and whose lost work is not yet dealt with (the liveness rule decides)."""
         return list(self.pilots.find({"state": {"$in": list(ENDED_STATES)}, "reconciled": False}))
 
-    def recent_queue_waits(self, cluster: str, limit: int = 20) -> list[float]:
-        docs = self.pilots.find({"cluster": cluster, "start_time": {"$ne": None}},
+    def recent_queue_waits(self, cluster: str, limit: int = 20, profile: str | None = None) -> list[float]:
+        """How long the last ``limit`` pilots of ``cluster`` that started waited in its queue (seconds); of one
+        queue profile only when ``profile`` is given (``default`` also matches records written before profiles
+        existed)."""
+        query: dict[str, Any] = {"cluster": cluster, "start_time": {"$ne": None}}
+        if profile is not None:
+            query["profile"] = {"$in": [profile, None]} if profile == "default" else profile
+        docs = self.pilots.find(query,
                                 {"submit_time": 1, "start_time": 1}).sort("start_time", -1).limit(limit)
         return [d["start_time"] - d["submit_time"] for d in docs
                 if d.get("start_time") is not None and d.get("submit_time") is not None]

@@ -212,9 +212,33 @@ def format_status(report: StatusReport, now: float | None = None, width: int = 1
     else:
         out.append("  (no Fireworks)")
 
+    out += _profile_lines(report, now)
     out += ["", _needs_title(report)]
     out += _needs_lines(report, now)
     return "\n".join(out) + "\n"
+
+
+def _profile_lines(report: StatusReport, now: float) -> list[str]:
+    """The manager's last choice between the queue profiles of the clusters that have several: per profile and
+    category, how much READY work fits it, how many run at once in one of its pilots, its pilots, what the
+    manager submitted and why (and, when nothing fits, what the profile takes). Empty without such clusters."""
+    m = report.manager or {}
+    rows = [d for d in m.get("decisions") or () if d.get("profile") not in ("", "default")]
+    if not rows:
+        return []
+    when = human_ago(m.get("last_cycle"), now) if m.get("last_cycle") is not None else "?"
+    table = []
+    for d in rows:
+        wait = short_duration(d["queue_wait"]) if d.get("queue_wait") is not None else "-"
+        choice = f"submit {d['submit']}" if d["submit"] else "none"
+        why = d["reason"]
+        if why == "none fit" and d.get("shape"):
+            why = f"none fit: it takes {d['shape']}"
+        table.append([f"{d['cluster']}[{d['profile']}]", d["category"], d["ready"], d["fits"], d["slots"],
+                      f"{d['pending']}/{d['running']}", wait, f"{choice} ({why})"])
+    return ["", f"QUEUE PROFILES (the manager's choice {when})",
+            *format_table(["profile", "category", "ready", "fit", "per pilot", "pending/running", "queue wait",
+                           "choice"], table)]
 
 
 def _needs_title(report: StatusReport) -> str:

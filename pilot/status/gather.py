@@ -141,7 +141,8 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
     if manager:
         manager_info = {"last_cycle": _num(manager.get("last_cycle")),
                         "last_cycle_duration": _num(manager.get("last_cycle_duration")),
-                        "errors": {str(k): str(v) for k, v in (manager.get("errors") or {}).items()}}
+                        "errors": {str(k): str(v) for k, v in (manager.get("errors") or {}).items()},
+                        "decisions": _decisions(manager.get("decisions"))}
     stale = _manager_stale(manager_info, config, now, opts)
     clusters = _clusters(q, config, now, opts, manager, stale is not None)
     categories = _categories(q, config, clusters)
@@ -153,13 +154,28 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
     pending_total, pending = _pending_long(q, now, opts)
     lost = _lost_runs(q, opts)
     too_long = _too_long(q, categories, by_cluster, opts)
-    warnings = [*warnings, *_pinned(q, categories, opts)]
+    warnings = [*warnings, *_pinned(q, categories, opts, config)]
     return StatusReport(
         generated_at=now, launchpad=launchpad_info or {"host": None, "name": getattr(db, "name", None)},
         config_dir=str(config.config_dir) if config is not None else None, options=opts,
         manager=manager_info, manager_stale=stale, clusters=clusters, categories=categories,
         fizzled_total=fizzled_total, fizzled=fizzled, unserved=unserved, pending_total=pending_total,
         pending_long=pending, lost_runs=lost, too_long=too_long, warnings=list(warnings), queries=q.count)
+
+
+def _decisions(raw: Any) -> list[dict[str, Any]]:
+    """The last cycle's decisions from the manager's heartbeat (an older manager wrote none: empty)."""
+    keys = {"cluster": str, "profile": str, "category": str, "reason": str, "shape": str}
+    counts = ("ready", "fits", "slots", "pending", "running", "submit")
+    out = []
+    for d in raw if isinstance(raw, list) else []:
+        if not isinstance(d, dict):
+            continue
+        row: dict[str, Any] = {k: str(d.get(k) or "") for k in keys}
+        row.update({k: int(d.get(k) or 0) for k in counts})
+        row["queue_wait"] = _num(d.get("queue_wait"))
+        out.append(row)
+    return out
 
 
 class _Queries:
@@ -538,19 +554,23 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
     return out
 
 
-def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions) -> list[str]:
-    """READY Fireworks of served categories pinned (``spec._fworker``) to a name no live pilot has.
+def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions,
+            config: Config | None = None) -> list[str]:
+    """READY Fireworks of served categories pinned (``spec._fworker``) to a name no live pilot and no cluster's
+    FWorker (``fworker.name``) has.
 
     FireWorks gives a pinned Firework only to the FWorker of that name; pilots are named ``CLUSTER-JOBID``, a
-    name known only once the job exists, so the manager counts such work as demand nowhere
-    (:mod:`pilot.manager.demand`) and it waits for ever unless someone says so: here, as one line each.
+    name known only once the job exists, so the manager counts work pinned to such a name as demand nowhere
+    (:mod:`pilot.manager.demand`) and it waits for ever unless someone says so: here, as one line each. Work
+    pinned to a cluster's FWorker name is that cluster's demand, and not listed.
     """
     served = [str(c.name) for c in categories
               if c.name not in (None, OTHER_CATEGORIES) and c.served_by and c.count("READY")]
     if not served:
         return []
     live = sorted({str(d["fworker"]) for d in q.find("pilots", live_query(),
-                                                     {"fworker": 1}) if d.get("fworker")})
+                                                     {"fworker": 1}) if d.get("fworker")}
+                  | {str(c.fworker.name) for c in (config.clusters.values() if config else ()) if c.fworker.name})
     query = {"state": "READY", "spec._category": {"$in": served}, "spec._fworker": {"$nin": [None, *live]}}
     docs = q.find("fireworks", query, {"fw_id": 1, "spec._category": 1, "spec._fworker": 1}, sort=[("fw_id", 1)],
                   limit=max(opts.limit, 1) * 10)

@@ -10,6 +10,12 @@ Expected directive spellings come from the schedulers' documentation:
   -N name, -q queue, -A account, -j oe, -o path, -r n.
 - LSF bsub(1): -J name, -o/-e with %J, -W [hour:]minute, -n slots, -R "span[ptile=C]", -M limit with a
   unit (LSF 10.1 fix pack 2 and later), -gpu "num=G", -q, -P project, -wa signal, -wt [hour:]minute.
+- Torque qsub / "Requesting resources": "#PBS -l nodes=N:ppn=C:gpus=G", "-l mem=Xmb" (the job's memory,
+  "ignored on Linux if number of nodes is not 1"), "-l pmem=Xmb" (per process), -l walltime=[[HH:]MM:]SS, -N, -q,
+  -A, -j oe, -o, -r n; no pre-walltime signal.
+- Grid Engine qsub(1): "#$" directives, -N, -S shell (the queue's shell otherwise, shell_start_mode), -o/-e with the
+  pseudo variable $JOB_ID, -l h_rt=h:m:s (sge_types(1)), -pe name slots (slots in total), -l h_vmem (per slot),
+  -q, -A account string, -r n, -notify (SIGUSR2 before SIGKILL).
 """
 
 from __future__ import annotations
@@ -64,15 +70,17 @@ def make_cluster(tmp_path: Path, scheduler: str, name: str = "c1", **over: Any) 
 
 
 def _walltime(scheduler: str) -> str:
-    return {"slurm": "1-00:00:00", "pbs": "24:00:00", "lsf": "24:00", "local": "24:00:00"}[scheduler]
+    return {"slurm": "1-00:00:00", "pbs": "24:00:00", "lsf": "24:00", "local": "24:00:00", "torque": "24:00:00",
+            "sge": "24:00:00"}[scheduler]
 
 
 def full(tmp_path: Path, keyfiles: dict[str, str], scheduler: str) -> ClusterConfig:
     """A cluster with every resource field set."""
     extra = {"slurm": ["--constraint=knl", "#SBATCH --exclusive"], "pbs": ["-l place=scatter"],
-             "lsf": ["-x", "#BSUB -app md"]}[scheduler]
+             "lsf": ["-x", "#BSUB -app md"], "torque": ["-l naccesspolicy=singlejob"],
+             "sge": ["-pe mpi", "#$ -l arch=lx-amd64"]}[scheduler]
     return make_cluster(tmp_path, scheduler, **keyfiles, pilot={
-        "nodes": 2, "cores": 16, "memory": "64G", "gpus": 1, "partition": "normal",
+        "nodes": 2, "cores": 16, "memory": "64G", "gpus": None if scheduler == "sge" else 1, "partition": "normal",
         "account": "TG-ABC123", "qos": "high" if scheduler == "slurm" else None, "extra_directives": extra},
         walltime_margin=600, grace=60, idle_timeout=300,
         setup="module load gromacs/2022\nsource ~/venvs/pilot/bin/activate", env={"OMP_NUM_THREADS": 1})
@@ -106,11 +114,19 @@ EXPECTED = {
             "#BSUB -M 65536MB", '#BSUB -gpu "num=1"', "#BSUB -q normal", "#BSUB -P TG-ABC123",
             "#BSUB -wa USR1", "#BSUB -wt 10", "#BSUB -x", "#BSUB -app md",
             "#BSUB -o {work}/pilot-%J.out", "#BSUB -e {work}/pilot-%J.err"],
+    "torque": ["#PBS -N fwp.md.abc123", "#PBS -l walltime=24:00:00", "#PBS -l nodes=2:ppn=16:gpus=1",
+               "#PBS -l pmem=4096mb", "#PBS -q normal", "#PBS -A TG-ABC123", "#PBS -r n", "#PBS -j oe",
+               "#PBS -o {work}/fwp.md.abc123.pbs.out", "#PBS -l naccesspolicy=singlejob"],
+    # h_vmem is per slot: 64G per node over 16 slots per node; -pe NAME gets nodes x cores slots
+    "sge": ["#$ -N fwp.md.abc123", "#$ -S /bin/bash", "#$ -o {work}/pilot-$JOB_ID.out",
+            "#$ -e {work}/pilot-$JOB_ID.err", "#$ -l h_rt=24:00:00", "#$ -l h_vmem=4096M", "#$ -q normal",
+            "#$ -A TG-ABC123", "#$ -r n", "#$ -notify", "#$ -pe mpi 32", "#$ -l arch=lx-amd64"],
 }
-JOB_ID_VAR = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "lsf": "LSB_JOBID", "local": "PILOT_LOCAL_JOBID"}
+JOB_ID_VAR = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "lsf": "LSB_JOBID", "local": "PILOT_LOCAL_JOBID",
+              "torque": "PBS_JOBID", "sge": "JOB_ID"}
 
 
-@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "lsf"])
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "lsf", "torque", "sge"])
 def test_every_resource_field_becomes_a_directive(tmp_path, keyfiles, scheduler):
     c = full(tmp_path, keyfiles, scheduler)
     script = render_pilot_script(c, "stampede", "md", "fwp.md.abc123")
@@ -122,23 +138,24 @@ def test_every_resource_field_becomes_a_directive(tmp_path, keyfiles, scheduler)
     prefix = c.scheduler.directive_prefix
     directives_before_code(script, prefix)
     # nothing of another scheduler
-    for other in {"#SBATCH", "#PBS", "#BSUB", "#LOCAL"} - {prefix}:
+    for other in {"#SBATCH", "#PBS", "#BSUB", "#LOCAL", "#$"} - {prefix}:
         assert other + " " not in script
     assert f"PILOT_JOB_ID=${{{JOB_ID_VAR[scheduler]}:-$$}}" in lines
     assert "module load gromacs/2022" in lines and "export OMP_NUM_THREADS=1" in lines
 
 
 def test_pbs_has_no_warning_signal_and_minimal_clusters_leave_optional_directives_out(tmp_path, keyfiles):
-    for sched in ("slurm", "pbs", "lsf"):
+    for sched in ("slurm", "pbs", "lsf", "torque", "sge"):
         c = make_cluster(tmp_path, sched, name=sched, **keyfiles)
         script = render_pilot_script(c, sched, "md", "fwp.md.x")
         bash_n(script)
         for absent in ("--mem", "--gpus", "--partition", "--account", "--qos", "mem=", "ngpus", "-q ", "-A ",
-                       "-P ", "-M ", "-gpu"):
-            assert not any(line.startswith(("#SBATCH", "#PBS", "#BSUB")) and absent in line
+                       "-P ", "-M ", "-gpu", "gpus=", "h_vmem", "-pe "):
+            assert not any(line.startswith(("#SBATCH", "#PBS", "#BSUB", "#$")) and absent in line
                            for line in script.splitlines()), (sched, absent)
-    pbs = render_pilot_script(make_cluster(tmp_path, "pbs", name="p2", **keyfiles), "p2", "md", "fwp.md.x")
-    assert "USR1" not in "\n".join(x for x in pbs.splitlines() if x.startswith("#PBS"))
+    for sched in ("pbs", "torque"):
+        pbs = render_pilot_script(make_cluster(tmp_path, sched, name=f"{sched}2", **keyfiles), "p2", "md", "fwp.md.x")
+        assert "USR1" not in "\n".join(x for x in pbs.splitlines() if x.startswith("#PBS"))
 
 
 def test_margin_zero_asks_for_no_signal(tmp_path, keyfiles):
@@ -161,8 +178,30 @@ def test_local_template_speaks_to_the_local_scheduler(tmp_path):
     assert "PILOT_JOB_ID=${PILOT_LOCAL_JOBID:-h7}" in script
 
 
+def test_sge_parallel_environment_and_notify(tmp_path, keyfiles):
+    """The slot count is added to '-pe NAME' (nodes x cores), a written count stays; -notify (SIGUSR2 before the
+    SIGKILL of h_rt or qdel, forwarded to the worker as TERM) only with a margin; SGE h_rt takes HH:MM:SS."""
+    def directives(**over: Any) -> list[str]:
+        c = make_cluster(tmp_path, "sge", name=f"s{len(over)}{over.get('walltime_margin', '')}", **keyfiles, **over)
+        script = render_pilot_script(c, "s", "md", "fwp.md.x")
+        bash_n(script)
+        directives_before_code(script, "#$")
+        return [x for x in script.splitlines() if x.startswith("#$")]
+
+    assert "#$ -pe smp 8" in directives(pilot={"cores": 4, "nodes": 2, "extra_directives": ["-pe smp"]})
+    assert "#$ -pe smp 4-8" in directives(pilot={"cores": 4, "extra_directives": ["#$ -pe smp 4-8"]})
+    torque = render_pilot_script(make_cluster(tmp_path, "torque", name="t1", **keyfiles,
+                                              pilot={"cores": 4, "memory": "8G"}), "t", "md", "fwp.md.x")
+    assert "#PBS -l mem=8192mb" in torque.splitlines() and "pmem" not in torque   # one node: the job's mem
+    lines = directives(walltime_margin=0, grace=0, pilot={"walltime": "2::"})
+    assert "#$ -l h_rt=02:00:00" in lines and not [x for x in lines if "notify" in x or "pe " in x]
+    assert "PILOT_JOB_ID=${JOB_ID:-$$}" in render_pilot_script(
+        make_cluster(tmp_path, "sge", name="s9", **keyfiles), "s", "md", "fwp.md.x").splitlines()
+
+
 def test_all_builtin_templates_are_covered():
-    assert set(builtin_template_names()) == {"_base.sh.j2", "slurm.sh.j2", "pbs.sh.j2", "lsf.sh.j2", "local.sh.j2"}
+    assert set(builtin_template_names()) == {"_base.sh.j2", "slurm.sh.j2", "pbs.sh.j2", "lsf.sh.j2", "local.sh.j2",
+                                             "torque.sh.j2", "sge.sh.j2"}
 
 
 # ------------------------------------------------------------------------------ running the script
@@ -220,8 +259,8 @@ def read_exit(path: Path) -> dict[str, int]:
 
 def test_the_worker_gets_the_contracted_command_line(tmp_path, keyfiles, fake_worker):
     """pilot worker --launchpad-file LP --category CAT --name CLUSTER-JOBID --record JOB_NAME --heartbeat S
-    --deadline EPOCH --margin M --idle-timeout I --grace G, with PILOT_DEADLINE exported; '~' in launchpad_file
-    is the job user's home."""
+    --deadline EPOCH --margin M --idle-timeout I --cores C --grace G, with PILOT_DEADLINE exported; '~' in
+    launchpad_file is the job user's home."""
     home = tmp_path / "home"
     c = make_cluster(tmp_path, "slurm", **keyfiles, launchpad_file="~/.pilot/my lp.yaml",
                      worker_command=f"{fake_worker} worker", walltime_margin=120, grace=30, idle_timeout=45,
@@ -236,7 +275,7 @@ def test_the_worker_gets_the_contracted_command_line(tmp_path, keyfiles, fake_wo
     assert argv[:11] == ["worker", "--launchpad-file", f"{home}/.pilot/my lp.yaml", "--category", "md",
                          "--name", "stampede-4242", "--record", "fwp.md.abc", "--heartbeat", "60"]
     assert argv[11] == "--deadline" and t0 + 5400 <= int(argv[12]) <= t1 + 5400
-    assert argv[13:] == ["--margin", "120", "--idle-timeout", "45", "--grace", "30"]
+    assert argv[13:] == ["--margin", "120", "--idle-timeout", "45", "--cores", "1", "--grace", "30"]
     env = dict(line.split("=", 1) for line in (work / "fake-4242.env").read_text().splitlines())
     assert env["PILOT_DEADLINE"] == argv[12] and env["PILOT_JOB_ID"] == "4242" and env["PILOT_CORES"] == "1"
     assert env["PILOT_CLUSTER"] == "stampede" and env["PILOT_CATEGORY"] == "md"
@@ -529,6 +568,48 @@ def test_emulated_scheduler_accepts_the_script(tmp_path, sched, clusters, remote
     assert read_exit(exit_file)["exit_code"] == 6
     env_seen = dict(line.split("=", 1) for line in (work / f"w-{jid}.env").read_text().splitlines())
     assert env_seen["PILOT_JOB_ID"] == jid and env_seen["PILOT_CLUSTER"] == info.name
+    assert int(env_seen["PILOT_DEADLINE"]) - int(env_seen["PILOT_START"]) == 600
+    assert "worker exited with status 6" in (work / f"pilot-{jid}.err").read_text()
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("sched", ["sge", "torque"])
+def test_emulated_sge_and_torque_accept_the_script(tmp_path, sched, request, remote_tmp):
+    """qsub -terse (Grid Engine) / qsub (the PBS emulator as Torque), with a private state dir, take the rendered
+    directives and run the script; the exit-code file is named by $JOB_ID ("N") / $PBS_JOBID ("N.server")."""
+    info = request.getfixturevalue(f"{sched}_cluster")
+    emu_bin = Path(f"/opt/pilot-emu/{sched}/bin")
+    if not (emu_bin / "qsub").exists():
+        pytest.skip(f"the {sched} emulator is not installed in {emu_bin} (tests/infra/services.sh host emu{sched})")
+    state, work = remote_tmp / "emu-state", remote_tmp / "work"
+    for d in (state, work):
+        d.mkdir()
+        os.chown(d, remote_tmp.stat().st_uid, remote_tmp.stat().st_gid)
+    cdir = tmp_path / "clusters"
+    cdir.mkdir()
+    (cdir / "t.sh.j2").write_text(EMU_WORKER.replace("SCHED", sched))
+    (cdir / "c.yaml").write_text(yaml.safe_dump({
+        "scheduler": sched, "host": info.host, "port": info.port, "user": info.user, "identity_file": info.key,
+        "known_hosts": info.known_hosts, "categories": ["md"], "launchpad_file": "/nonexistent/lp.yaml",
+        "work_dir": str(work), "template": "t.sh.j2", "walltime_margin": 120, "grace": 10,
+        "pilot": {"walltime": "00:10:00", "cores": 2, "memory": "100M",
+                  "extra_directives": ["-pe smp"] if sched == "sge" else []}}))
+    script = render_pilot_script(load_cluster(cdir / "c.yaml"), info.name, "md", f"fwp.md.{sched}1")
+    path = remote_tmp / "pilot.sh"
+    path.write_text(script)
+    path.chmod(0o644)
+    env = [f"PATH={emu_bin}:/usr/bin:/bin", f"PILOT_EMU_STATE={state}", "PILOT_EMU_START_DELAY=0"]
+    env += ["PILOT_EMU_FLAVOR=torque"] if sched == "torque" else []
+    submit = ["qsub", "-terse", str(path)] if sched == "sge" else ["qsub", str(path)]
+    res = subprocess.run(["runuser", "-u", info.user, "--", "env", *env, *submit], check=False, capture_output=True,
+                         text=True, timeout=60, cwd=remote_tmp)
+    assert res.returncode == 0, res.stderr
+    jid = res.stdout.strip()      # "1" (qsub -terse) / "1.pbsemu"
+    exit_file = work / f"pilot-{jid}.exit"
+    wait_for(exit_file.exists, timeout=60, what=str(exit_file))
+    assert read_exit(exit_file)["exit_code"] == 6
+    env_seen = dict(line.split("=", 1) for line in (work / f"w-{jid}.env").read_text().splitlines())
+    assert env_seen["PILOT_JOB_ID"] == jid and env_seen["PILOT_CORES"] == "2"
     assert int(env_seen["PILOT_DEADLINE"]) - int(env_seen["PILOT_START"]) == 600
     assert "worker exited with status 6" in (work / f"pilot-{jid}.err").read_text()
 

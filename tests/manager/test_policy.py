@@ -324,3 +324,37 @@ def test_with_chain_heads_limits_hold_and_no_more_pilots_than_ready_work(sc, dat
                      for k in clusters if cat in k.categories and k.available)
         # a chain head needs a pilot, a bag Firework at most one: beyond the floors never more pilots than READY
         assert sum(d.submit for d in out if d.category == cat) <= dem.ready + floors
+
+
+def test_a_pilot_takes_no_more_of_the_bag_than_fits_it():
+    # "short" (preferred) could take 2 of the 4 READY Fireworks, "long" all 4; fireworks_per_pilot 5: one pilot
+    # of "short" serves its 2, and the 2 only "long" can take still need a pilot there
+    short = cluster("short", usable=70.0, fpp=5, wait=1.0)
+    long = cluster("long", usable=PILOT48, fpp=5, wait=100.0)
+    fits = {("short", "md"): CategoryDemand(ready=2), ("long", "md"): CategoryDemand(ready=4)}
+    out = by_key(plan({"md": CategoryDemand(ready=4, takeable=4)}, [short, long], {}, fits=fits))
+    assert (out[("short", "md")].submit, out[("long", "md")].submit) == (1, 1)
+
+
+def test_a_packing_pilot_counts_as_its_slots():
+    # 4 slots a pilot: 8 one-core Fireworks, one after another in each slot (fireworks_per_pilot 1) -> 2 pilots;
+    # 8 chain heads -> 2 pilots; a pending packing pilot takes 4 heads when it starts
+    k = cluster(fpp=1, q=100, r=100)
+    fits = {("a", "md"): CategoryDemand(ready=8, slots=4)}
+    assert plan({"md": CategoryDemand(ready=8)}, [k], {}, fits=fits)[0].submit == 2
+    heads = {("a", "md"): CategoryDemand(ready=8, chains=8, slots=4)}
+    d = plan({"md": CategoryDemand(ready=8, chains=8)}, [k], {}, fits=heads)[0]
+    assert (d.submit, d.slots) == (2, 4) and "4 per pilot" in d.log_line()
+    pending = {("a", "md"): PilotCounts(pending=1)}
+    assert plan({"md": CategoryDemand(ready=8, chains=8)}, [k], pending, fits=heads)[0].submit == 1
+
+
+def test_queue_profiles_of_one_cluster_share_its_limits():
+    # two profiles of cluster "g" (units g[gpu], g[cpu]) with max_queued 3: 5 pilots wanted, 3 submitted in all
+    gpu = replace(cluster("g[gpu]", fpp=1, q=3, r=20, wait=1.0), cluster="g", profile="gpu")
+    cpu = replace(cluster("g[cpu]", fpp=1, q=3, r=20, wait=2.0), cluster="g", profile="cpu")
+    fits = {("g[gpu]", "md"): CategoryDemand(ready=2), ("g[cpu]", "md"): CategoryDemand(ready=3)}
+    out = plan({"md": CategoryDemand(ready=5, takeable=5)}, [gpu, cpu], {}, fits=fits)
+    assert [(d.cluster, d.profile, d.submit, d.reason) for d in out] == [
+        ("g", "gpu", 2, "demand"), ("g", "cpu", 1, "max_queued")]
+    assert out[0].log_line().startswith("g[gpu]/md: ready=5 (2 fit)")
