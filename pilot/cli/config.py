@@ -183,7 +183,7 @@ def _script_problem(cfg: Config, name: str, profile: str, category: str) -> Conf
     where = f" (profile {profile})" if len(cl.pilot_profiles) > 1 else ""
     return ConfigProblem(shown, "template" if cl.template else "setup",
                          f"the rendered job script{where} is not valid bash: {err[0]}; see it with "
-                         f"`{pilot_command(cfg.config_dir, 'render ' + name)}` and fix the lines")
+                         f"`{pilot_command(cfg.config_dir, f'render {name} --profile {profile}')}` and fix the lines")
 
 
 def _profiles_line(cfg: Config) -> str:
@@ -311,10 +311,11 @@ def _cluster_file(config_dir: Path, name: str) -> Path:
 @click.option("--category", "-c", help="Category the pilot serves (default: the cluster's first category).")
 @click.option("--job-name", help="Batch job name (default: PREFIX.CATEGORY.<random id>, as the manager names them).")
 @click.option("--job-id", "job_id", help="scheduler local only: the job id used when the local scheduler sets none.")
+@click.option("--profile", "-p", help="Queue profile of the pilot (default: the cluster's first).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
 @click.pass_obj
 def render(app: Any, cluster: str, category: str | None, job_name: str | None, job_id: str | None,
-           output: Path | None) -> None:
+           profile: str | None, output: Path | None) -> None:
     """Print the job script of one pilot of CLUSTER (what the manager would submit)."""
     from pilot.render import RenderError, render_pilot_script
 
@@ -328,7 +329,7 @@ def render(app: Any, cluster: str, category: str | None, job_name: str | None, j
     cat = category or ccfg.categories[0]
     name = job_name or _job_name(cat, prefix, f"{prefix}.{cat}.render")
     try:
-        script = render_pilot_script(ccfg, cluster, cat, name, job_id_hint=job_id)
+        script = render_pilot_script(ccfg, cluster, cat, name, job_id_hint=job_id, profile=profile)
     except RenderError as e:
         raise click.ClickException(str(e)) from None
     if output:
