@@ -9,8 +9,9 @@ Usage::
     python3 benchmarks/run.py --only overhead,scale --json /tmp/out.json
 
 Benchmarks (``--only`` takes a comma-separated list): ``submission``, ``overhead``, ``waste``, ``scale``,
-``dbserver``, ``replay``. They need the test services (``bash tests/infra/services.sh up``, as root); ``overhead`` only
-needs a database, ``dbserver`` starts its own servers (this tree's engine and a baseline commit's).
+``dbserver``, ``replay``, ``packing``. They need the test services (``bash tests/infra/services.sh up``, as root);
+``overhead`` and ``packing`` only need a database, ``dbserver`` starts its own servers (this tree's engine and a
+baseline commit's).
 ``MONGODB_URI`` selects a MongoDB instead of the embedded server. See benchmarks/README.md.
 """
 
@@ -41,19 +42,19 @@ from benchmarks.common import (
     write_json,
 )
 
-NAMES = ("submission", "overhead", "waste", "scale", "dbserver", "replay")
+NAMES = ("submission", "overhead", "waste", "scale", "dbserver", "replay", "packing")
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"submission": {"sizes": [8, 40, 200], "cap": 20, "default_interval_for": 8},
              "overhead": {"n": 500, "repeat": 3}, "waste": "full",
              "scale": {"sizes": [1000, 10000, 100000], "clusters": 20}, "dbserver": {"n": 100000},
-             "replay": "full"},
+             "replay": "full", "packing": "full"},
     "quick": {"submission": {"sizes": [8], "cap": 20, "default_interval_for": None},
               "overhead": {"n": 50, "repeat": 1}, "waste": "quick", "scale": {"sizes": [1000], "clusters": 20},
-              "dbserver": {"n": 20000}, "replay": "quick"},
+              "dbserver": {"n": 20000}, "replay": "quick", "packing": "quick"},
     "smoke": {"submission": {"sizes": [4], "cap": 4, "default_interval_for": None},
               "overhead": {"n": 10, "repeat": 1}, "waste": "smoke", "scale": {"sizes": [200], "clusters": 3},
-              "dbserver": {"n": 1000}, "replay": "smoke"},
+              "dbserver": {"n": 1000}, "replay": "smoke", "packing": "smoke"},
 }
 
 
@@ -212,6 +213,12 @@ def table_rss(results: dict[str, Any]) -> str:
         rows.append(["pilot worker (overhead)", ov["ours"]["peak_rss_mib"]])
         rows.append(["pilot worker's Firework child", ov["ours"]["peak_child_rss_mib"]])
         rows.append(["rlaunch rapidfire (overhead)", ov["rlaunch"]["peak_rss_mib"]])
+    pk = results.get("packing", {})
+    if pk.get("ours"):
+        rows.append(["pilot worker --pack (packing)", pk["ours"]["peak_rss_mib"]])
+        rows.append(["its Firework children (packing)", pk["ours"]["peak_child_rss_mib"]])
+        rows.append(["rlaunch multi (packing)", pk["rlaunch"]["peak_rss_mib"]])
+        rows.append(["its processes (packing)", pk["rlaunch"]["peak_child_rss_mib"]])
     for name in NAMES:
         v = results.get(name, {}).get("server_peak_rss_mib")
         if v is not None:
@@ -229,8 +236,13 @@ def table_replay(res: dict[str, Any]) -> str:
     return replay.table(res)
 
 
+def table_packing(res: dict[str, Any]) -> str:
+    from benchmarks import packing
+    return packing.table(res)
+
+
 TABLES = {"submission": table_submission, "overhead": table_overhead, "waste": table_waste, "scale": table_scale,
-          "dbserver": table_dbserver, "replay": table_replay}
+          "dbserver": table_dbserver, "replay": table_replay, "packing": table_packing}
 
 
 def print_tables(results: dict[str, Any], path: Path) -> None:
@@ -275,6 +287,10 @@ def run_benchmark(name: str, mode: str, repeat: int | None) -> dict[str, Any]:
     if name == "replay":
         from benchmarks import replay
         return replay.run(sz, log=log)
+    if name == "packing":
+        from benchmarks import packing
+        p = packing.SIZES[sz]
+        return packing.run(p["n"], p["sleep"], repeat=repeat or p["repeat"], log=log)
     raise ValueError(name)
 
 

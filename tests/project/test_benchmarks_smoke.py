@@ -34,7 +34,7 @@ def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
     assert data["mode"] == "smoke" and data["errors"] == {}
     assert {"date", "cores", "memory_gib", "os", "loadavg_start", "loadavg_end"} <= set(data["machine"])
     b = data["benchmarks"]
-    assert set(b) == {"submission", "overhead", "waste", "scale", "dbserver", "replay"}
+    assert set(b) == {"submission", "overhead", "waste", "scale", "dbserver", "replay", "packing"}
     assert set(data["loadavg"]) == set(b)
 
     (row,) = b["submission"]["rows"]
@@ -80,6 +80,11 @@ def test_smoke_run_writes_every_benchmark(clusters, cluster_venv, tmp_path):
             assert e[key]["runs"] >= 1 and e[key]["median_s"] > 0
         assert e["blocking"]["unindexed_count_all"]["result"] == 1000
         assert e["blocking"]["unindexed_find_one_match"]["result"] == 1
+    p = b["packing"]   # every Firework ran, never more at once than the 4 slots (FireWorks' own launch records)
+    for side in ("ours", "rlaunch"):
+        x = p[side]
+        assert x["fireworks"] == 8 and x["fw_per_s"] > 0 and 1 <= x["max_running"] <= 4 and x["peak_rss_mib"] > 0
+        assert 0 < x["utilisation"] <= 1 and 0 < x["mean_running"] <= 4
     r = b["replay"]   # tests/project/test_replay_bench.py checks the campaign itself
     assert r["audit"]["problems"] == [] and r["complete"] is True
     assert r["attempts"] == r["segments_done"] + r["killed"]
