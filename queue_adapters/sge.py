@@ -252,9 +252,12 @@ class SgeAdapter(QueueAdapter):
         failed: dict[str, str] = {}
         retryable = False
         for line in split_lines(f"{stdout}\n{stderr}"):
-            match = re.search(r"registered the job (\d+)|job (\d+) is already in deletion", line)
+            # running: "<user> has registered the job N for deletion"; pending: "<user> has deleted job N"
+            # (qmaster MSG_JOB_REGDELJOB_SU / MSG_JOB_DELETEJOB_SU); again: "job N is already in deletion"
+            match = re.search(r"registered the job (\d+)|has deleted job (\d+)|job (\d+) is already in deletion",
+                              line)
             if match:
-                cancelled.append(match.group(1) or match.group(2))
+                cancelled.append(next(g for g in match.groups() if g))
                 continue
             match = re.search(r'job "?(\d+)"? does not exist', line)
             if match:

@@ -149,6 +149,28 @@ def lsf_cluster(clusters) -> ClusterInfo:
     return clusters["emulsf"]
 
 
+def _added_cluster(clusters: dict[str, ClusterInfo], name: str) -> ClusterInfo:
+    """A cluster host that services.sh `up` starts, but that services started before it was added lack."""
+    if name not in clusters:
+        msg = f"the test cluster {name} is not up: bash tests/infra/services.sh host {name} (or up)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return clusters[name]
+
+
+@pytest.fixture(scope="session")
+def sge_cluster(clusters) -> ClusterInfo:
+    """The emulated Grid Engine cluster (tests/infra/emulators/sge)."""
+    return _added_cluster(clusters, "emusge")
+
+
+@pytest.fixture(scope="session")
+def torque_cluster(clusters) -> ClusterInfo:
+    """The emulated Torque cluster: the PBS emulator with PILOT_EMU_FLAVOR=torque."""
+    return _added_cluster(clusters, "emutorque")
+
+
 @pytest.fixture(scope="session")
 def unrouted_cluster(clusters) -> ClusterInfo:
     """The SLURM cluster whose compute node has no route to the fileserver."""

@@ -69,7 +69,7 @@ known_hosts: ~/.ssh/known_hosts
 use_ssh_config: false             # true: also read ~/.ssh/config for this host
 command_timeout: 120              # seconds one remote command may take
 
-# --- the batch system: slurm | pbs | lsf | local
+# --- the batch system: slurm | pbs | torque | lsf | sge | local
 scheduler: slurm
 
 # FireWorks _category values this cluster serves (one pilot serves one category).

@@ -79,8 +79,9 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # -- the scheduler first: the validators of the fields below depend on it
-    scheduler: Scheduler = Field(description="The cluster's batch system: slurm, pbs, lsf, or local "
-                                 "(pilots run as processes on this machine, no SSH).", examples=["slurm"])
+    scheduler: Scheduler = Field(description="The cluster's batch system: slurm, pbs (PBS Pro / OpenPBS), torque, "
+                                 "lsf, sge (Grid Engine), or local (pilots run as processes on this machine, no "
+                                 "SSH).", examples=["slurm"])
     # -- reaching the cluster
     host: str | None = Field(None, validate_default=True,
                              description="Login host to reach over SSH (a ~/.ssh/config alias works with "

@@ -16,7 +16,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from pilot.config.errors import describe, field_error, field_errors
-from pilot.config.units import QUEUE_RE, Scheduler, one_line, parse_memory_mb, parse_walltime, validate_name
+from pilot.config.units import (
+    QUEUE_RE,
+    Scheduler,
+    one_line,
+    parse_memory_mb,
+    parse_walltime,
+    scheduler_resource_problems,
+    validate_name,
+)
 
 __all__ = ["DEFAULT_PROFILE", "PilotResources", "check_one_form", "check_profiles", "check_resources"]
 
@@ -152,6 +160,8 @@ def check_resources(v: PilotResources, sched: Scheduler) -> list[tuple[str, str]
         if v.extra_directives:
             problems.append(("extra_directives", "scheduler local has no directives: remove them"))
         return problems
+    # what the scheduler cannot express as written (Grid Engine: slots need a parallel environment, no GPUs)
+    problems.extend(scheduler_resource_problems(sched, v.nodes, v.cores, v.gpus, v.extra_directives))
     prefix = sched.directive_prefix or ""
     for i, line in enumerate(v.extra_directives):
         if line.startswith("#"):

@@ -2,7 +2,7 @@
 names (clusters, categories, job names) and the patterns that keep hosts, queues and paths safe in job scripts.
 
 Wall-time formats come from the schedulers' documentation: SLURM sbatch(1) ``--time``, PBS ``-l walltime``,
-LSF bsub ``-W``.
+Torque qsub ``-l walltime`` (pbs_resources), LSF bsub ``-W``, Grid Engine ``-l h_rt`` (sge_types(1), TIME_SPECIFIER).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pilot.config.errors import field_error
 __all__ = [
     "ENV_NAME_RE", "HOST_RE", "JOB_NAME_RE", "NAME_RE", "PATH_RE", "PREFIX_RE", "PROXY_RE", "QUEUE_RE",
     "RESERVED_ENV", "SLURM_MAX_SIGNAL_TIME", "USER_RE", "Scheduler", "base_dir_of", "expand_path",
-    "format_walltime", "one_line", "parse_memory_mb", "parse_walltime", "validate_job_name", "validate_name",
+    "format_walltime", "one_line", "parse_memory_mb", "parse_walltime", "scheduler_resource_problems",
+    "sge_parallel_environment", "validate_job_name", "validate_name",
 ]
 
 
@@ -43,7 +44,7 @@ PROXY_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?(?P<host>[A
 #: Environment variables the pilot script sets itself (an ``env:`` entry may not override them).
 RESERVED_ENV = frozenset({
     "PILOT_CLUSTER", "PILOT_CATEGORY", "PILOT_JOB_NAME", "PILOT_JOB_ID", "PILOT_WORK_DIR", "PILOT_DEADLINE",
-    "PILOT_WALLTIME", "PILOT_START", "PILOT_EXIT_FILE", "PILOT_CORES", "PILOT_NODES",
+    "PILOT_WALLTIME", "PILOT_START", "PILOT_EXIT_FILE", "PILOT_CORES", "PILOT_NODES", "PILOT_PROFILE",
 })
 
 #: SLURM's ``--signal=...@N`` accepts at most 65535 seconds (sbatch(1)).
@@ -57,11 +58,16 @@ class Scheduler(str, Enum):
     PBS = "pbs"
     LSF = "lsf"
     LOCAL = "local"
+    TORQUE = "torque"   # Torque / old OpenPBS: #PBS directives, `-l nodes=N:ppn=C`, `qstat -f` text
+    SGE = "sge"         # Grid Engine (Son of Grid Engine, OGS, Univa/Altair): #$ directives, `qstat -xml`, `qacct`
 
     @property
     def directive_prefix(self) -> str | None:
-        """The comment prefix of this scheduler's job-script directives (``None`` for local)."""
-        return {"slurm": "#SBATCH", "pbs": "#PBS", "lsf": "#BSUB"}.get(self.value)
+        """The comment prefix of this scheduler's job-script directives (``None`` for local).
+
+        Torque reads ``#PBS`` lines like PBS Pro; Grid Engine reads ``#$`` lines (qsub(1), ``-C``).
+        """
+        return {"slurm": "#SBATCH", "pbs": "#PBS", "torque": "#PBS", "lsf": "#BSUB", "sge": "#$"}.get(self.value)
 
     @property
     def walltime_formats(self) -> str:
@@ -73,7 +79,10 @@ _WALLTIME_FORMATS = {
     Scheduler.SLURM: ('"minutes", "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM" or "D-HH:MM:SS" '
                       '(a bare number is minutes), e.g. "24:00:00"'),
     Scheduler.PBS: '"HH:MM:SS", "MM:SS" or seconds (a bare number is seconds), e.g. "24:00:00"',
+    Scheduler.TORQUE: '"HH:MM:SS", "MM:SS" or seconds (a bare number is seconds), e.g. "24:00:00"',
     Scheduler.LSF: '"HH:MM" or minutes (a bare number is minutes), e.g. "24:00"',
+    Scheduler.SGE: ('"HH:MM:SS" (an empty field is 0, "2::" is two hours) or seconds (a bare number is seconds), '
+                    'e.g. "24:00:00"'),
     Scheduler.LOCAL: '"HH:MM:SS", "MM:SS" or seconds (a bare number is seconds), e.g. "01:00:00"',
 }
 
@@ -113,8 +122,10 @@ def parse_walltime(value: str | int, scheduler: Scheduler | str) -> int:
     """Convert a wall time written in ``scheduler``'s own format to seconds.
 
     SLURM (sbatch ``--time``): ``minutes``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``.
-    PBS (``-l walltime``) and local: ``[[HH:]MM:]SS`` (a bare number is seconds).
+    PBS and Torque (``-l walltime``) and local: ``[[HH:]MM:]SS`` (a bare number is seconds).
     LSF (bsub ``-W``): ``[HH:]MM`` (a bare number is minutes).
+    Grid Engine (``-l h_rt``, sge_types(1) TIME_SPECIFIER): seconds, or exactly three fields ``H:M:S`` of which
+    any may be empty (``1::1`` is an hour and a second); ``MM:SS`` is not a Grid Engine time.
 
     Parameters
     ----------
@@ -165,6 +176,11 @@ def _parse_walltime_text(text: str, sched: Scheduler, bad: ValueError) -> int:
                              f"'D-'; write {sched.walltime_formats}")
         return days * 86400 + h * 3600 + m * 60 + s
     parts = text.split(":")
+    if sched is Scheduler.SGE:
+        # sge_types(1): "If a number would be zero it can be left out but the separating colon must remain"
+        if len(parts) != 3 or not all(p == "" or _INT_RE.match(p) for p in parts):
+            raise bad
+        parts = [p or "0" for p in parts]
     if not all(_INT_RE.match(p) for p in parts):
         raise bad
     nums = [int(p) for p in parts]
@@ -176,7 +192,7 @@ def _parse_walltime_text(text: str, sched: Scheduler, bad: ValueError) -> int:
         raise bad
     if any(n >= 60 for n in nums[1:]):
         raise ValueError(f"wall time {text!r}: minutes and seconds must be 0-59; write {sched.walltime_formats}")
-    if len(nums) == 2:          # MM:SS for SLURM, PBS and local
+    if len(nums) == 2:          # MM:SS for SLURM, PBS, Torque and local
         return nums[0] * 60 + nums[1]
     return nums[0] * 3600 + nums[1] * 60 + nums[2]
 
@@ -184,8 +200,8 @@ def _parse_walltime_text(text: str, sched: Scheduler, bad: ValueError) -> int:
 def format_walltime(seconds: int, scheduler: Scheduler | str) -> str:
     """Write ``seconds`` the way ``scheduler``'s directive expects it.
 
-    SLURM: ``HH:MM:SS`` or ``D-HH:MM:SS`` (at least a day); PBS and local: ``HH:MM:SS`` (hours may exceed 24);
-    LSF: ``H:MM`` (whole minutes, rounded up).
+    SLURM: ``HH:MM:SS`` or ``D-HH:MM:SS`` (at least a day); PBS, Torque, Grid Engine (``h_rt``) and local:
+    ``HH:MM:SS`` (hours may exceed 24); LSF: ``H:MM`` (whole minutes, rounded up).
     """
     sched = Scheduler(scheduler)
     if sched is Scheduler.LSF:
@@ -196,6 +212,53 @@ def format_walltime(seconds: int, scheduler: Scheduler | str) -> str:
     if sched is Scheduler.SLURM and h >= 24:
         return f"{h // 24}-{h % 24:02d}:{m:02d}:{s:02d}"
     return f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def sge_parallel_environment(extra_directives: list[str]) -> tuple[str, int | None] | None:
+    """The ``-pe NAME [SLOTS]`` request among a cluster's ``extra_directives`` (plain options or ``#$`` lines).
+
+    Grid Engine gives a job more than one slot only through a parallel environment, whose name is site
+    configuration (``qconf -spl`` lists them), so the cluster file names it: ``-pe smp`` (the built-in
+    template adds the slot count, nodes x cores) or ``-pe smp 16``. Returns ``(name, slots or None)``, or
+    ``None`` when there is no ``-pe``.
+    """
+    for line in extra_directives:
+        words = line.split()
+        if words[:1] == ["#$"]:
+            words = words[1:]
+        if len(words) >= 2 and words[0] == "-pe":
+            slots = words[2] if len(words) > 2 else None
+            return words[1], (int(slots) if slots is not None and _INT_RE.match(slots) else None)
+    return None
+
+
+def scheduler_resource_problems(scheduler: Scheduler | str, nodes: int, cores: int, gpus: int | None,
+                                extra_directives: list[str]) -> list[tuple[str, str]]:
+    """What a ``pilot:`` section asks that the scheduler cannot express as written, as ``(field, message)`` pairs.
+
+    Grid Engine (``sge``): slots come only through a parallel environment (see
+    :func:`sge_parallel_environment`), and it has no standard GPU request (sites define their own complex,
+    e.g. ``-l gpu=1``). Torque takes everything through ``-l nodes=N:ppn=C[:gpus=G]``; the others are checked
+    elsewhere. ``qos`` (SLURM only) is refused for every other scheduler by the cluster model.
+    """
+    sched = Scheduler(scheduler)
+    problems: list[tuple[str, str]] = []
+    if sched is not Scheduler.SGE:
+        return problems
+    if gpus is not None:
+        problems.append(("gpus", "Grid Engine has no standard GPU request: remove gpus and put your site's "
+                                 "GPU resource in extra_directives, e.g. '-l gpu=1' (qconf -sc lists them)"))
+    slots = nodes * cores
+    pe = sge_parallel_environment(extra_directives)
+    if pe is None and slots > 1:
+        problems.append(("extra_directives", f"Grid Engine gives a job {slots} slots (nodes x cores) only through "
+                                             "a parallel environment: add '-pe NAME' to extra_directives (the "
+                                             "slot count is added; qconf -spl lists the names), e.g. '-pe smp'"))
+    elif pe is not None and pe[1] is not None and pe[1] != slots:
+        problems.append(("extra_directives", f"'-pe {pe[0]} {pe[1]}' asks for {pe[1]} slots but nodes x cores is "
+                                             f"{slots}: write '-pe {pe[0]}' (the template adds {slots}) or make "
+                                             "them agree"))
+    return problems
 
 
 _MEM_RE = re.compile(r"^(\d+)\s*([KMGT]?)(?:I?B)?$", re.IGNORECASE)

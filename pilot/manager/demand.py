@@ -79,6 +79,8 @@ class PilotOffer:
         Its pilots run several Fireworks at once, as many as their cores and GPUs hold (slots).
     pin : str | None
         The cluster's FWorker name: Fireworks pinned to it (``spec._fworker``) are this offer's demand too.
+    profile : str
+        The name of the queue profile (``default`` for a cluster file's ``pilot:``).
     """
 
     cluster: str
@@ -91,6 +93,7 @@ class PilotOffer:
     gpu_work_only: bool = False
     pack: bool = False
     pin: str | None = None
+    profile: str = "default"
 
     def resources(self) -> dict[str, Any]:
         """The resource clause of its pilots' pull (:func:`pilot.fit.resources_clause`)."""

@@ -35,7 +35,8 @@ def offers_of(name: str, c: ClusterConfig) -> list[PilotOffer]:
         out.append(PilotOffer(cluster=unit_name(name, pname, several), categories=c.profile_categories(pname),
                               usable_seconds=usable, query=c.query or None, cores=float(res.cores),
                               gpus=float(res.gpus or 0), memory=None if res.memory_mb is None else float(res.memory_mb),
-                              gpu_work_only=several and bool(res.gpus), pack=res.pack, pin=c.fworker.name))
+                              gpu_work_only=several and bool(res.gpus), pack=res.pack, pin=c.fworker.name,
+                              profile=pname))
     return out
 
 
@@ -85,8 +86,8 @@ def profile_shape(c: ClusterConfig, profile: str) -> str:
         parts.append("no GPU")
     if res.memory_mb is not None:
         parts.append(f"<= {res.memory_mb} MiB")
-    hours = max(0.0, res.walltime_seconds - c.walltime_margin) / 3600
-    parts.append(f"<= {hours:.3g} h")
+    usable = max(0.0, res.walltime_seconds - c.walltime_margin)
+    parts.append(f"<= {usable / 3600:.3g} h" if usable >= 3600 else f"<= {usable / 60:.3g} min")
     if res.pack:
         parts.append("packed")
     return ", ".join(parts)

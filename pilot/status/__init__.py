@@ -42,6 +42,7 @@ from pilot.status.model import (
     RouteStatus,
     StatusOptions,
     StatusReport,
+    TooBig,
     TooLong,
     first_line,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "RouteStatus",
     "StatusOptions",
     "StatusReport",
+    "TooBig",
     "TooLong",
     "describe_launchpad",
     "error_line",

@@ -291,6 +291,14 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
                    f"{human_duration(t.usable or 0)} (spec._pilot.walltime up to {human_duration(t.longest)}), "
                    f"the most a pilot of {', '.join(t.clusters)} gives (wall time minus walltime_margin): "
                    f"no pilot will take them. Raise pilot.walltime, or split the work (fw {ids})")
+    for b in r.too_big:
+        ids = ", ".join(str(i) for i in b.fw_ids) + (" ..." if len(b.fw_ids) < b.count else "")
+        out.append(f"* category {b.category}: {_plural(b.count, 'READY Firework')} "
+                   f"ask{'s' if b.count == 1 else ''} for more cores, GPUs or memory (spec._pilot) than any queue "
+                   f"profile has: no pilot will take {'it' if b.count == 1 else 'them'}. Lower the asks, or add a "
+                   f"profile that has them (fw {ids})")
+        for shape in b.profiles:
+            out.append(f"    {shape}")
     for c in r.backed_off:
         out.append(f"* cluster {c.name} is backed off {human_until(c.backoff_until, now)} after "
                    f"{_plural(c.failures, 'failure')} in a row: {first_line(c.last_error)}")

@@ -37,6 +37,7 @@ from pilot.status.model import (
     RouteStatus,
     StatusOptions,
     StatusReport,
+    TooBig,
     TooLong,
     first_line,
 )
@@ -154,13 +155,15 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
     pending_total, pending = _pending_long(q, now, opts)
     lost = _lost_runs(q, opts)
     too_long = _too_long(q, categories, by_cluster, opts)
+    too_big = _too_big(q, categories, config, opts) if config is not None else []
     warnings = [*warnings, *_pinned(q, categories, opts, config)]
     return StatusReport(
         generated_at=now, launchpad=launchpad_info or {"host": None, "name": getattr(db, "name", None)},
         config_dir=str(config.config_dir) if config is not None else None, options=opts,
         manager=manager_info, manager_stale=stale, clusters=clusters, categories=categories,
         fizzled_total=fizzled_total, fizzled=fizzled, unserved=unserved, pending_total=pending_total,
-        pending_long=pending, lost_runs=lost, too_long=too_long, warnings=list(warnings), queries=q.count)
+        pending_long=pending, lost_runs=lost, too_long=too_long, warnings=list(warnings), queries=q.count,
+        too_big=too_big)
 
 
 def _decisions(raw: Any) -> list[dict[str, Any]]:
@@ -551,6 +554,29 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
         longest = _num(((top[0].get("spec") or {}).get("_pilot") or {}).get("walltime")) if top else None
         out.append(TooLong(category=str(cat.name), count=total, longest=longest or best, usable=best,
                            clusters=list(cat.served_by), fw_ids=[int(d["fw_id"]) for d in docs]))
+    return out
+
+
+def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts: StatusOptions) -> list[TooBig]:
+    """READY Fireworks of served categories whose resource asks fit no queue profile serving them: the
+    worker's own rule (:func:`pilot.fit.resources_clause`, as :func:`pilot.manager.profiles.offers_of` gives each
+    profile's), negated. The manager plans no pilot for them, and they wait for ever unless someone says so."""
+    from pilot.manager.profiles import offers_of, profile_shape
+
+    offers = [(name, o) for name, c in config.clusters.items() for o in offers_of(name, c)]
+    out = []
+    for cat in categories:
+        serving = [(name, o) for name, o in offers if cat.name in o.categories]
+        if cat.name in (None, OTHER_CATEGORIES) or not cat.count("READY") or not serving:
+            continue
+        query = {"state": "READY", "spec._category": cat.name, "$nor": [o.resources() for _, o in serving]}
+        total = q.count_documents("fireworks", query)
+        if not total:
+            continue
+        docs = q.find("fireworks", query, {"fw_id": 1}, sort=[("fw_id", 1)], limit=opts.limit)
+        shapes = [f"{o.cluster}: {profile_shape(config.clusters[name], o.profile)}" for name, o in serving]
+        out.append(TooBig(category=str(cat.name), count=total, fw_ids=[int(d["fw_id"]) for d in docs],
+                          profiles=shapes))
     return out
 
 

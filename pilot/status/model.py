@@ -29,6 +29,7 @@ __all__ = [
     "RouteStatus",
     "StatusOptions",
     "StatusReport",
+    "TooBig",
     "TooLong",
     "first_line",
 ]
@@ -346,6 +347,18 @@ class LostRun:
 
 
 @dataclass
+class TooBig:
+    """READY Fireworks of a category whose resource asks (``spec._pilot`` cores, GPUs, memory) no queue profile
+    of a cluster serving it has: no pilot will ever take them."""
+
+    category: str
+    count: int
+    fw_ids: list[int]
+    #: what each serving profile takes, ``CLUSTER[PROFILE]: <= 8 cores, a GPU asked, ...``
+    profiles: list[str]
+
+
+@dataclass
 class TooLong:
     """READY Fireworks of a category that need more wall time than any cluster serving it gives."""
 
@@ -377,6 +390,7 @@ class StatusReport:
     lost_runs: list[LostRun]
     too_long: list[TooLong]
     warnings: list[str] = field(default_factory=list)
+    too_big: list[TooBig] = field(default_factory=list)
     queries: int = 0
 
     @property
@@ -397,7 +411,7 @@ class StatusReport:
     def problem_count(self) -> int:
         """How many entries the "needs you" section has (0: nothing to do)."""
         return (self.fizzled_total + len(self.unserved) + self.pending_total + len(self.backed_off)
-                + len(self.lost_runs) + len(self.too_long) + (1 if self.manager_stale else 0)
+                + len(self.lost_runs) + len(self.too_long) + len(self.too_big) + (1 if self.manager_stale else 0)
                 + len(self.routes_down) + len(self.held))
 
     def to_dict(self) -> dict[str, Any]:
@@ -427,6 +441,7 @@ class StatusReport:
                          for c in self.clusters if c.hold is not None],
                 "running_under_ended_pilots": [_with_iso(asdict(x), "pilot_end_time") for x in self.lost_runs],
                 "too_long": [asdict(t) for t in self.too_long],
+                "too_big": [asdict(t) for t in self.too_big],
                 "manager_stale": stale,
             },
             "warnings": list(self.warnings),

@@ -588,7 +588,7 @@ def test_the_documented_custom_templates_render(tmp_path, files):
         assert res.returncode == 0, res.stderr
         assert ("#SBATCH --constraint=knl" in script and "module purge" in script
                 and "module load gromacs/2022\nsource ~/venvs" in script) if sched == "slurm" else \
-               ("#PBS -l nodes=1:ppn=68" in script and "select=" not in script)
+               ("#PBS -l select=1:ncpus=68\n#PBS -l place=scatter:excl" in script)
 
 
 def test_the_documented_pilot_yaml_is_what_init_writes(tmp_path):

@@ -13,6 +13,9 @@
 #                                                                                                   its node also runs an sshd)
 #   emupbs     PBS (emu)  198.51.100.65/28    198.51.100.66 / 203.0.113.177   203.0.113.178    yes
 #   emulsf     LSF (emu)  198.51.100.81/28    198.51.100.82 / 203.0.113.193   203.0.113.194    yes
+#   emusge     SGE (emu)  198.51.100.97/28    198.51.100.98 / 203.0.113.209   203.0.113.210    yes
+#   emutorque  Torque     198.51.100.113/28   198.51.100.114 / 203.0.113.225  203.0.113.226    yes
+#              (the PBS emulator with PILOT_EMU_FLAVOR=torque)
 #
 # The lower half of 203.0.113.0/24 is left alone: this workplace's package registries answer there. `up` checks
 # that no address this machine uses (its routes, its resolver's answers for the registries) falls in our ranges.
@@ -22,14 +25,18 @@
 # namespace shares. Namespaces are entered with `nsenter --net=` (not `ip netns exec`, which remounts /sys and
 # hides the cgroup mounts slurmd needs).
 #
-# Usage:  services.sh up|down|status|purge|emulators
+# Usage:  services.sh up|down|status|purge|emulators|host NAME
 #   up        (re)start everything; idempotent: stops what it owns first
+#   host NAME (re)start one cluster host (its namespaces, link, scheduler, sshd, emulator copy, its entry in
+#             clusters.json and known_hosts) and touch nothing else; the other services must be up. For a
+#             host added to CLUSTERS while the services run (`up` starts it like every other).
 #   down      stop every daemon by its PID file, delete every namespace, veth and the fileserver address
 #   status    each host with its address and each daemon with its PID
 #   purge     down, then remove everything the suite ever created (state dirs, users, keys, venvs, emulator
 #             dirs, old layouts), so that the next `up` runs as on a new machine. PURGE_PACKAGES=1 also
 #             removes the Debian packages it installed.
-#   emulators copy tests/infra/emulators into $EMU (the login nodes' PATH)
+#   emulators copy tests/infra/emulators into $EMU (the login nodes' PATH); the Torque cluster gets its own
+#             copy of the PBS emulator ($EMU/torque), so reinstalling one never swaps files under the other
 # Env:    BASE=/tmp/pilot-infra TEST_USER=pilot ACCOUNTING=1
 set -euo pipefail
 
@@ -49,7 +56,10 @@ PKGS=(munge slurmctld slurmd slurm-client openssh-server openssh-client openssl 
 if [[ $ACCOUNTING == 1 ]]; then PKGS+=(slurmdbd mariadb-server); fi
 #          name     idx scheduler routed
 TEST_NETS=(198.51.100.0/24 203.0.113.128/25)   # the ranges the clusters' addresses come from
-CLUSTERS=("pilotci 1 slurm 1" "pilotci2 2 slurm 1" "pilotci3 3 slurm 0" "emupbs 4 pbs 1" "emulsf 5 lsf 1")
+CLUSTERS=("pilotci 1 slurm 1" "pilotci2 2 slurm 1" "pilotci3 3 slurm 0" "emupbs 4 pbs 1" "emulsf 5 lsf 1"
+          "emusge 6 sge 1" "emutorque 7 torque 1")
+EMU_KINDS=(pbs lsf sge torque)   # emulated schedulers; torque is the PBS emulator's source (emu_src)
+emu_src() { [[ $1 == torque ]] && echo pbs || echo "$1"; }   # tests/infra/emulators/<dir> of a kind
 
 declare -A T   # timings
 now() { date +%s.%N; }
@@ -139,8 +149,7 @@ cluster_pidfiles() { # name scheduler -> PIDFILE:EXE specs
   echo "$d/sshd-node.pid:/usr/sbin/sshd" "$d/sshd.pid:/usr/sbin/sshd"
   case $2 in
     slurm) echo "$d/slurmd.pid:/usr/sbin/slurmd" "$d/slurmctld.pid:/usr/sbin/slurmctld" ;;
-    pbs) echo "$d/mom.pid:$EMU/pbs/lib/pbsemu.py" ;;
-    lsf) echo "$d/mom.pid:$EMU/lsf/lib/lsfemu.py" ;;
+    pbs|lsf|sge|torque) echo "$d/mom.pid:$EMU/$2/lib/$(emu_src "$2")emu.py" ;;
   esac
 }
 
@@ -234,11 +243,12 @@ purge() {
   log "purged: the next 'up' starts as on a new machine"
 }
 
-install_emulators() { # copy tests/infra/emulators/{pbs,lsf} to $EMU (the PATH of the emulated login nodes)
-  local kind
-  for kind in pbs lsf; do
+install_emulators() { # [KIND...]: copy tests/infra/emulators/<kind> to $EMU (the PATH of the emulated login nodes)
+  local kind kinds=("$@")
+  ((${#kinds[@]})) || kinds=("${EMU_KINDS[@]}")
+  for kind in "${kinds[@]}"; do
     rm -rf "${EMU:?}/$kind"; install -d -m 755 "$EMU/$kind"
-    cp -r "$REPO/tests/infra/emulators/$kind/." "$EMU/$kind/"
+    cp -r "$REPO/tests/infra/emulators/$(emu_src "$kind")/." "$EMU/$kind/"
     cp "$REPO/tests/infra/emulators/common/"*.py "$EMU/$kind/lib/"
     chmod -R a+rX "$EMU/$kind"; chmod a+rx "$EMU/$kind"/bin/*
     id -u "$TEST_USER" >/dev/null 2>&1 && install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"
@@ -246,53 +256,7 @@ install_emulators() { # copy tests/infra/emulators/{pbs,lsf} to $EMU (the PATH o
   return 0
 }
 
-case "${1:-up}" in
-  down) down; exit 0 ;;
-  status) status; exit 0 ;;
-  purge) [[ $(id -u) == 0 ]] || die "must run as root"; purge; exit 0 ;;
-  emulators) install_emulators; exit 0 ;;
-  up) ;;
-  *) die "usage: $0 up|down|status|purge|emulators" ;;
-esac
-[[ $(id -u) == 0 ]] || die "must run as root"
-T0=$(now)
-install -d -m 755 "$BASE"
-
-# ---------------------------------------------------------------- 1. packages
-t=$(now)
-missing=()
-for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
-if ((${#missing[@]})); then
-  log "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  made_policy=0   # keep maintainer scripts from starting services (no systemd / init here)
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT   # also when the install fails
-  fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >"$BASE/apt-install.log" 2>&1 \
-    || { tail -30 "$BASE/apt-install.log"; die "apt-get install failed"; }
-  ((made_policy)) && rm -f /usr/sbin/policy-rc.d
-  printf '%s\n' "${missing[@]}" >>"$PKG_RECORD"   # what the suite installed: `purge` with PURGE_PACKAGES=1 removes it
-  log "installed ${missing[*]} in $(since "$t") s"
-fi
-T[apt_install]=$(since "$t")
-
-# ---------------------------------------------------------------- 2. stop what we own
-t=$(now)
-down
-install -d -m 755 "$ST"; install -d -m 700 "$ST/ssh"
-T[stop_previous]=$(since "$t")
-
-# ---------------------------------------------------------------- 3. hosts and links
-t=$(now)
-check_addresses
-[[ $(sysctl -n net.ipv4.ip_forward) == 0 ]] || log "note: this machine forwards IPv4; the test namespaces send nothing outside their ranges"
-ip addr add "$FS_IP/32" dev "$FS_DEV"
-# catch-alls: whatever in our ranges has no more specific route (the unrouted compute node, a cluster that is
-# down) is unreachable here instead of following the default route out of the machine
-for net in "${TEST_NETS[@]}"; do ip route replace unreachable "$net"; done
+# ---------------------------------------------------------------- hosts: links, schedulers, sshd (up and host)
 net_up() { # name idx routed
   local n=$1 i=$2 routed=$3
   ip netns add "$n-login"; ip netns add "$n-node"
@@ -312,75 +276,7 @@ net_up() { # name idx routed
     in_login "$n" sysctl -qw net.ipv4.ip_forward=0
   fi
 }
-for c in "${CLUSTERS[@]}"; do read -r name idx sched routed <<<"$c"; net_up "$name" "$idx" "$routed"; done
-T[network]=$(since "$t")
 
-# ---------------------------------------------------------------- 4. munge (root namespace; its socket serves all)
-t=$(now)
-[[ -s /etc/munge/munge.key ]] || mungekey --create --keyfile=/etc/munge/munge.key
-chown munge:munge /etc/munge /etc/munge/munge.key; chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key
-install -d -o munge -g munge -m 0755 /run/munge
-install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge
-install -d -o munge -g munge -m 0755 "$ST/munge"
-runuser -u munge -- /usr/sbin/munged --pid-file="$ST/munge/munged.pid"
-for _ in $(seq 50); do [[ -s $ST/munge/munged.pid ]] && break; sleep 0.1; done
-cp "$ST/munge/munged.pid" "$ST/munged.pid"
-munge -n | unmunge >/dev/null || die "munge round trip failed"
-T[munge]=$(since "$t")
-
-# ---------------------------------------------------------------- 5. test user and keys
-t=$(now)
-id -u "$TEST_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TEST_USER"
-usermod -p '*' "$TEST_USER"   # '!' (useradd's default) = locked: sshd refuses even a key when UsePAM=no
-H=$(getent passwd "$TEST_USER" | cut -d: -f6)
-[[ -s $ST/ssh/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C "pilot-ci" -f "$ST/ssh/id_ed25519"
-install -d -o "$TEST_USER" -g "$TEST_USER" -m 700 "$H/.ssh"
-install -o "$TEST_USER" -g "$TEST_USER" -m 600 "$ST/ssh/id_ed25519.pub" "$H/.ssh/authorized_keys"
-install -d -m 755 "$KEYS"; install -m 644 "$ST/ssh/id_ed25519.pub" "$KEYS/authorized_keys.$TEST_USER"
-install -d -m 0755 /run/sshd   # privilege-separation dir, normally made by systemd
-: >"$ST/ssh/known_hosts"
-T[user_keys]=$(since "$t")
-
-# ---------------------------------------------------------------- 6. accounting: MariaDB + slurmdbd (fileserver)
-if ((ACCOUNTING)); then
-  t=$(now)
-  A=$ST/acct; install -d -m 755 "$A"; install -d -o mysql -g mysql -m 700 "$A/mysql"
-  install -d -o mysql -g mysql -m 0755 /run/mysqld
-  [[ -d $A/mysql/mysql ]] || mariadb-install-db --user=mysql --datadir="$A/mysql" >"$A/mariadb-install.log" 2>&1 \
-    || { tail -20 "$A/mariadb-install.log"; die "mariadb-install-db failed"; }
-  setsid -f /usr/sbin/mariadbd --user=mysql --datadir="$A/mysql" --skip-networking --socket=/run/mysqld/mysqld.sock \
-    --pid-file="$A/mysql/mariadb.pid" --log-error="$A/mariadb.err" </dev/null >/dev/null 2>&1
-  for _ in $(seq 300); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
-  DBPW=$(head -c 18 /dev/urandom | base64 | tr -dc A-Za-z0-9)
-  mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
-    CREATE USER IF NOT EXISTS 'slurm'@'localhost'; ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$DBPW';
-    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;" || die "mariadb not up: $(tail -5 "$A/mariadb.err")"
-  cp "$A/mysql/mariadb.pid" "$A/mariadb.pid"
-  T[mariadb]=$(since "$t"); t=$(now)
-  # slurmdbd finds slurmdbd.conf next to $SLURM_CONF; a minimal slurm.conf for the fileserver's own commands
-  install -d -o slurm -g slurm -m 755 "$A/log"
-  printf '%s\n' AuthType=auth/munge "DbdAddr=$FS_IP" "DbdHost=localhost" "DbdPort=$DBD_PORT" SlurmUser=slurm \
-    "PidFile=$A/slurmdbd.pid" "LogFile=$A/log/slurmdbd.log" StorageType=accounting_storage/mysql \
-    StorageHost=localhost "StoragePort=3306" "StorageLoc=slurm_acct_db" StorageUser=slurm "StoragePass=$DBPW" \
-    >"$A/slurmdbd.conf"
-  chown slurm:slurm "$A/slurmdbd.conf"; chmod 600 "$A/slurmdbd.conf"
-  printf '%s\n' ClusterName=fileserver SlurmctldHost=localhost AuthType=auth/munge \
-    AccountingStorageType=accounting_storage/slurmdbd "AccountingStorageHost=$FS_IP" \
-    "AccountingStoragePort=$DBD_PORT" >"$A/slurm.conf"
-  # MariaDB listens on its Unix socket only (/run/mysqld/mysqld.sock), where slurmdbd reaches it
-  SLURM_CONF=$A/slurm.conf /usr/sbin/slurmdbd
-  for _ in $(seq 300); do SLURM_CONF=$A/slurm.conf sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1 && break; sleep 0.1; done
-  have=$(SLURM_CONF=$A/slurm.conf sacctmgr -n -P list cluster format=cluster) \
-    || die "slurmdbd not answering: $(tail -5 "$A/log/slurmdbd.log")"
-  for c in "${CLUSTERS[@]}"; do
-    read -r name idx sched routed <<<"$c"
-    [[ $sched == slurm ]] || continue
-    grep -qx "$name" <<<"$have" || SLURM_CONF=$A/slurm.conf sacctmgr -i add cluster "$name" >/dev/null
-  done
-  T[slurmdbd]=$(since "$t")
-fi
-
-# ---------------------------------------------------------------- 7. per cluster: scheduler + sshd
 write_slurm_conf() { # name idx dir
   local n=$1 i=$2 d=$3 acct
   if ((ACCOUNTING)); then
@@ -450,10 +346,16 @@ start_slurm() { # name idx
 start_mom() { # name kind: the emulated scheduler's execution daemon, root, on the compute node
   local n=$1 kind=$2 d=$ST/$1
   install -d -o "$TEST_USER" -g "$TEST_USER" -m 755 "/var/tmp/pilot-emu-$kind"   # the default job table
+  if [[ $kind == torque ]]; then   # Torque job ids: <seq>.torqueemu
+    printf '{"server": "torqueemu"}\n' >"/var/tmp/pilot-emu-torque/config.json"; chmod 644 "/var/tmp/pilot-emu-torque/config.json"
+  fi
+  if [[ $kind == pbs ]]; then   # a GPU queue beside the default one: queue profiles are tested on it
+    printf '{"queues": ["workq", "gpu"]}\n' >"/var/tmp/pilot-emu-pbs/config.json"; chmod 644 "/var/tmp/pilot-emu-pbs/config.json"
+  fi
   rm -rf "$d/spool"; install -d -m 1777 "$d/spool"   # like /tmp: anyone may leave a request; no stale ones
   rm -f "$d/mom.pid"
   PILOT_EMU_EXEC_SPOOL=$d/spool PILOT_EMU_EXEC_PIDFILE=$d/mom.pid setsid -f nsenter --net="/run/netns/$n-node" \
-    /usr/bin/python3 "$EMU/$kind/lib/${kind}emu.py" mom </dev/null >>"$d/log/mom.log" 2>&1
+    /usr/bin/python3 "$EMU/$kind/lib/$(emu_src "$kind")emu.py" mom </dev/null >>"$d/log/mom.log" 2>&1
   for _ in $(seq 50); do alive_pid "$d/mom.pid" && break; sleep 0.1; done
   alive_pid "$d/mom.pid" || die "execution daemon ($n) not up: $(tail -3 "$d/log/mom.log")"
 }
@@ -491,32 +393,192 @@ start_sshd() { # name netns addr conf-name extra...: sshd in a namespace; its ho
   echo "$addr $(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$ST/ssh/known_hosts"
 }
 
-install_emulators
 EPATH=/usr/local/bin:/usr/bin:/bin
-json_clusters=()
-for c in "${CLUSTERS[@]}"; do
-  read -r name idx sched routed <<<"$c"
-  t=$(now); d=$ST/$name; install -d -m 755 "$d" "$d/log"
-  extra=()
+start_cluster() { # name idx sched routed: scheduler (or emulator) and sshd of one cluster; sets CLUSTER_JSON
+  local name=$1 idx=$2 sched=$3 routed=$4 d=$ST/$1 extra=() node_ssh="" conf="" t
+  t=$(now); install -d -m 755 "$d" "$d/log"
   case $sched in
     slurm) start_slurm "$name" "$idx"; extra=("SetEnv SLURM_CONF=$d/slurm.conf") ;;
-    pbs|lsf) start_mom "$name" "$sched"
-       extra=("SetEnv PATH=$EMU/$sched/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-$sched PILOT_EMU_EXEC_SPOOL=$d/spool") ;;
+    pbs|lsf|sge|torque) start_mom "$name" "$sched"
+       local flavor=""; [[ $sched != torque ]] || flavor=" PILOT_EMU_FLAVOR=torque"   # the PBS emulator as Torque
+       extra=("SetEnv PATH=$EMU/$sched/bin:$EPATH PILOT_EMU_STATE=/var/tmp/pilot-emu-$sched PILOT_EMU_EXEC_SPOOL=$d/spool$flavor") ;;
   esac
   # the login node's sshd answers on its inner address too, as real login nodes do: compute nodes reach it
   # there (the LaunchPad's ssh route: a pilot's `ssh -L` to the manager's forward on the login node)
   start_sshd "$name" "$name-login" "$(login_up "$idx")" sshd "ListenAddress $(login_in "$idx"):22" "${extra[@]}"
-  node_ssh=""
   if ((!routed)); then   # a compute node reached only through its login node (ProxyJump tests)
     start_sshd "$name" "$name-node" "$(node_ip "$idx")" sshd-node "${extra[@]}"
     node_ssh="$(node_ip "$idx")"
   fi
   T[$name]=$(since "$t")
-  conf=""; [[ $sched == slurm ]] && conf=$d/slurm.conf
-  json_clusters+=("$(printf '{"name": "%s", "scheduler": "%s", "host": "%s", "login_inner": "%s", "node": "%s", "routed": %s, "login_netns": "%s", "node_netns": "%s", "slurm_conf": "%s", "sshd_config": "%s", "node_sshd": "%s", "host_key": "%s"}' \
+  [[ $sched != slurm ]] || conf=$d/slurm.conf
+  CLUSTER_JSON="$(printf '{"name": "%s", "scheduler": "%s", "host": "%s", "login_inner": "%s", "node": "%s", "routed": %s, "login_netns": "%s", "node_netns": "%s", "slurm_conf": "%s", "sshd_config": "%s", "node_sshd": "%s", "host_key": "%s"}' \
     "$name" "$sched" "$(login_up "$idx")" "$(login_in "$idx")" "$(node_ip "$idx")" \
     "$( ((routed)) && echo true || echo false)" "$name-login" "$name-node" "$conf" "$d/sshd.config" "$node_ssh" \
-    "$d/ssh_host_ed25519_key")")
+    "$d/ssh_host_ed25519_key")"
+}
+
+one_host() { # name: (re)start that cluster alone, touching nothing else; the rest of the services must be up
+  [[ $(id -u) == 0 ]] || die "must run as root"
+  local want=$1 c name idx sched routed found=""
+  for c in "${CLUSTERS[@]}"; do read -r name idx sched routed <<<"$c"; [[ $name == "$want" ]] && found=$c && break; done
+  [[ -n $found ]] || die "no cluster '$want' in CLUSTERS (the table at the top of $0)"
+  [[ -s $ST/clusters.json && -s $ST/ssh/id_ed25519 ]] && id -u "$TEST_USER" >/dev/null 2>&1 \
+    || die "the services are not up ($ST/clusters.json missing): run '$0 up' first"
+  [[ $sched == slurm ]] && die "'host' starts emulated clusters only; $name (slurm) needs munge and slurmdbd: use '$0 up'"
+  read -r name idx sched routed <<<"$found"
+  # stop this host alone: its daemons by their PID files, what runs in its namespaces, its link and routes
+  stop_pids $(cluster_pidfiles "$name" "$sched")
+  kill_in_netns "$name-node"; kill_in_netns "$name-login"
+  ip link del "pfs-$name" 2>/dev/null || true
+  ip route del "$(inner_net "$idx")" 2>/dev/null || true
+  ip netns del "$name-node" 2>/dev/null || true
+  ip netns del "$name-login" 2>/dev/null || true
+  net_up "$name" "$idx" "$routed"
+  install_emulators "$sched"
+  local addr; for addr in "$(login_up "$idx")" "$(login_in "$idx")" "$(node_ip "$idx")"; do   # this host's old keys
+    sed -i "/^${addr//./\\.} /d" "$ST/ssh/known_hosts"
+  done
+  start_cluster "$name" "$idx" "$sched" "$routed"
+  chmod 644 "$ST/ssh/known_hosts"
+  python3 - "$ST/clusters.json" "$CLUSTER_JSON" <<'PY' || die "cannot update clusters.json"
+import json, os, sys
+path, entry = sys.argv[1], json.loads(sys.argv[2])
+data = json.load(open(path))
+data["clusters"] = [c for c in data["clusters"] if c["name"] != entry["name"]] + [entry]
+tmp = path + ".tmp"
+with open(tmp, "w") as fh:
+    json.dump(data, fh)
+os.chmod(tmp, 0o644)
+os.replace(tmp, path)
+PY
+  log "host $name up: $(login_up "$idx") / $(login_in "$idx"), node $(node_ip "$idx") (${T[$name]} s)"
+}
+
+
+case "${1:-up}" in
+  down) down; exit 0 ;;
+  status) status; exit 0 ;;
+  purge) [[ $(id -u) == 0 ]] || die "must run as root"; purge; exit 0 ;;
+  emulators) install_emulators; exit 0 ;;
+  host) [[ -n ${2:-} ]] || die "usage: $0 host NAME"; one_host "$2"; exit 0 ;;
+  up) ;;
+  *) die "usage: $0 up|down|status|purge|emulators|host NAME" ;;
+esac
+[[ $(id -u) == 0 ]] || die "must run as root"
+T0=$(now)
+install -d -m 755 "$BASE"
+
+# ---------------------------------------------------------------- 1. packages
+t=$(now)
+missing=()
+for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+if ((${#missing[@]})); then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  made_policy=0   # keep maintainer scripts from starting services (no systemd / init here)
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT   # also when the install fails
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >"$BASE/apt-install.log" 2>&1 \
+    || { tail -30 "$BASE/apt-install.log"; die "apt-get install failed"; }
+  ((made_policy)) && rm -f /usr/sbin/policy-rc.d
+  printf '%s\n' "${missing[@]}" >>"$PKG_RECORD"   # what the suite installed: `purge` with PURGE_PACKAGES=1 removes it
+  log "installed ${missing[*]} in $(since "$t") s"
+fi
+T[apt_install]=$(since "$t")
+
+# ---------------------------------------------------------------- 2. stop what we own
+t=$(now)
+down
+install -d -m 755 "$ST"; install -d -m 700 "$ST/ssh"
+T[stop_previous]=$(since "$t")
+
+# ---------------------------------------------------------------- 3. hosts and links
+t=$(now)
+check_addresses
+[[ $(sysctl -n net.ipv4.ip_forward) == 0 ]] || log "note: this machine forwards IPv4; the test namespaces send nothing outside their ranges"
+ip addr add "$FS_IP/32" dev "$FS_DEV"
+# catch-alls: whatever in our ranges has no more specific route (the unrouted compute node, a cluster that is
+# down) is unreachable here instead of following the default route out of the machine
+for net in "${TEST_NETS[@]}"; do ip route replace unreachable "$net"; done
+for c in "${CLUSTERS[@]}"; do read -r name idx sched routed <<<"$c"; net_up "$name" "$idx" "$routed"; done
+T[network]=$(since "$t")
+
+# ---------------------------------------------------------------- 4. munge (root namespace; its socket serves all)
+t=$(now)
+[[ -s /etc/munge/munge.key ]] || mungekey --create --keyfile=/etc/munge/munge.key
+chown munge:munge /etc/munge /etc/munge/munge.key; chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key
+install -d -o munge -g munge -m 0755 /run/munge
+install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge
+install -d -o munge -g munge -m 0755 "$ST/munge"
+runuser -u munge -- /usr/sbin/munged --pid-file="$ST/munge/munged.pid"
+for _ in $(seq 50); do [[ -s $ST/munge/munged.pid ]] && break; sleep 0.1; done
+cp "$ST/munge/munged.pid" "$ST/munged.pid"
+munge -n | unmunge >/dev/null || die "munge round trip failed"
+T[munge]=$(since "$t")
+
+# ---------------------------------------------------------------- 5. test user and keys
+t=$(now)
+id -u "$TEST_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TEST_USER"
+usermod -p '*' "$TEST_USER"   # '!' (useradd's default) = locked: sshd refuses even a key when UsePAM=no
+H=$(getent passwd "$TEST_USER" | cut -d: -f6)
+[[ -s $ST/ssh/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C "pilot-ci" -f "$ST/ssh/id_ed25519"
+install -d -o "$TEST_USER" -g "$TEST_USER" -m 700 "$H/.ssh"
+install -o "$TEST_USER" -g "$TEST_USER" -m 600 "$ST/ssh/id_ed25519.pub" "$H/.ssh/authorized_keys"
+install -d -m 755 "$KEYS"; install -m 644 "$ST/ssh/id_ed25519.pub" "$KEYS/authorized_keys.$TEST_USER"
+install -d -m 0755 /run/sshd   # privilege-separation dir, normally made by systemd
+: >"$ST/ssh/known_hosts"
+T[user_keys]=$(since "$t")
+
+# ---------------------------------------------------------------- 6. accounting: MariaDB + slurmdbd (fileserver)
+if ((ACCOUNTING)); then
+  t=$(now)
+  A=$ST/acct; install -d -m 755 "$A"; install -d -o mysql -g mysql -m 700 "$A/mysql"
+  install -d -o mysql -g mysql -m 0755 /run/mysqld
+  [[ -d $A/mysql/mysql ]] || mariadb-install-db --user=mysql --datadir="$A/mysql" >"$A/mariadb-install.log" 2>&1 \
+    || { tail -20 "$A/mariadb-install.log"; die "mariadb-install-db failed"; }
+  setsid -f /usr/sbin/mariadbd --user=mysql --datadir="$A/mysql" --skip-networking --socket=/run/mysqld/mysqld.sock \
+    --pid-file="$A/mysql/mariadb.pid" --log-error="$A/mariadb.err" </dev/null >/dev/null 2>&1
+  for _ in $(seq 300); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+  DBPW=$(head -c 18 /dev/urandom | base64 | tr -dc A-Za-z0-9)
+  mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+    CREATE USER IF NOT EXISTS 'slurm'@'localhost'; ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$DBPW';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;" || die "mariadb not up: $(tail -5 "$A/mariadb.err")"
+  cp "$A/mysql/mariadb.pid" "$A/mariadb.pid"
+  T[mariadb]=$(since "$t"); t=$(now)
+  # slurmdbd finds slurmdbd.conf next to $SLURM_CONF; a minimal slurm.conf for the fileserver's own commands
+  install -d -o slurm -g slurm -m 755 "$A/log"
+  printf '%s\n' AuthType=auth/munge "DbdAddr=$FS_IP" "DbdHost=localhost" "DbdPort=$DBD_PORT" SlurmUser=slurm \
+    "PidFile=$A/slurmdbd.pid" "LogFile=$A/log/slurmdbd.log" StorageType=accounting_storage/mysql \
+    StorageHost=localhost "StoragePort=3306" "StorageLoc=slurm_acct_db" StorageUser=slurm "StoragePass=$DBPW" \
+    >"$A/slurmdbd.conf"
+  chown slurm:slurm "$A/slurmdbd.conf"; chmod 600 "$A/slurmdbd.conf"
+  printf '%s\n' ClusterName=fileserver SlurmctldHost=localhost AuthType=auth/munge \
+    AccountingStorageType=accounting_storage/slurmdbd "AccountingStorageHost=$FS_IP" \
+    "AccountingStoragePort=$DBD_PORT" >"$A/slurm.conf"
+  # MariaDB listens on its Unix socket only (/run/mysqld/mysqld.sock), where slurmdbd reaches it
+  SLURM_CONF=$A/slurm.conf /usr/sbin/slurmdbd
+  for _ in $(seq 300); do SLURM_CONF=$A/slurm.conf sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1 && break; sleep 0.1; done
+  have=$(SLURM_CONF=$A/slurm.conf sacctmgr -n -P list cluster format=cluster) \
+    || die "slurmdbd not answering: $(tail -5 "$A/log/slurmdbd.log")"
+  for c in "${CLUSTERS[@]}"; do
+    read -r name idx sched routed <<<"$c"
+    [[ $sched == slurm ]] || continue
+    grep -qx "$name" <<<"$have" || SLURM_CONF=$A/slurm.conf sacctmgr -i add cluster "$name" >/dev/null
+  done
+  T[slurmdbd]=$(since "$t")
+fi
+
+# ---------------------------------------------------------------- 7. per cluster: scheduler + sshd
+install_emulators
+json_clusters=()
+for c in "${CLUSTERS[@]}"; do
+  read -r name idx sched routed <<<"$c"
+  start_cluster "$name" "$idx" "$sched" "$routed"
+  json_clusters+=("$CLUSTER_JSON")
 done
 chmod 644 "$ST/ssh/known_hosts"
 
@@ -558,7 +620,7 @@ python3 -c "import json,sys; json.load(open(sys.argv[1]))" "$ST/clusters.json" |
 
 T[total]=$(since "$T0")
 echo "=================== start times (s) ==================="
-for k in apt_install stop_previous network munge user_keys mariadb slurmdbd pilotci pilotci2 pilotci3 emupbs emulsf \
+for k in apt_install stop_previous network munge user_keys mariadb slurmdbd pilotci pilotci2 pilotci3 emupbs emulsf emusge emutorque \
          cluster_venv total; do
   [[ -n ${T[$k]:-} ]] && printf '  %-16s %s\n' "$k" "${T[$k]}"
 done

@@ -81,7 +81,7 @@ def test_unrouted_node_cannot_reach_the_fileserver_its_login_node_can(unrouted_c
 def test_routed_nodes_reach_the_fileserver_through_the_network(clusters, fileserver_listener):
     addr, port = fileserver_listener
     routed = [c for c in clusters.values() if c.routed]
-    assert {c.name for c in routed} == {"pilotci", "pilotci2", "emupbs", "emulsf"}
+    assert {c.name for c in routed} == {"pilotci", "pilotci2", "emupbs", "emulsf", "emusge", "emutorque"}
     for c in routed:
         assert connect_from(c.node_netns, addr, port) == "connected", c.name
         # ... and not through a loopback of their own: nothing of the fileserver listens there

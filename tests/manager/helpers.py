@@ -39,7 +39,7 @@ def local_cluster(work_dir: Path, lp_file: Path, categories: list[str], **over: 
 def ssh_cluster(info: Any, work_dir: str, lp_file: str, categories: list[str], venv: str, **over: Any) -> dict:
     """A cluster file for one of the test clusters (tests.helpers.ClusterInfo) reached over the loopback sshd."""
     sched = info.scheduler
-    walltime = {"slurm": "5", "pbs": "00:05:00", "lsf": "5"}[sched]
+    walltime = {"slurm": "5", "pbs": "00:05:00", "lsf": "5", "torque": "00:05:00", "sge": "00:05:00"}[sched]
     c: dict[str, Any] = {
         "scheduler": sched, "host": info.host, "port": info.port, "user": info.user, "identity_file": info.key,
         "known_hosts": info.known_hosts, "use_ssh_config": False, "categories": categories,

@@ -55,6 +55,11 @@ PBSE_TEXT = {PBSE_UNKJOBID: "Unknown Job Id", PBSE_BADATVAL: "Illegal attribute 
              PBSE_HISTJOBID: "Job has finished"}
 
 JOB_EXEC_KILL_WALLTIME = -29   # Exit_status of a job killed for exceeding its walltime
+JOB_EXEC_OVERLIMIT_WT = -11    # Torque's exit_status for the same (Torque 6.1 "Job exit status")
+#: PILOT_EMU_FLAVOR=torque (set by the sshd of the emulated Torque cluster) makes the commands behave like Torque
+#: 6.1: `qstat` lists finished jobs as state C while they are kept (keep_completed = the history setting), with
+#: Torque's attribute names (exit_status, start_time, comp_time), and wall time ends with exit_status -11.
+FLAVOR = os.environ.get("PILOT_EMU_FLAVOR", "pbspro")
 JOB_EXEC_FAIL1 = -1            # used by the emulator when a job's supervisor vanished (no real analogue)
 
 
@@ -171,7 +176,7 @@ class PbsPolicy:
         if job.get("lost"):
             job["exit_status"] = JOB_EXEC_FAIL1
         elif job.get("term_reason") == "walltime":
-            job["exit_status"] = JOB_EXEC_KILL_WALLTIME
+            job["exit_status"] = JOB_EXEC_OVERLIMIT_WT if job.get("flavor") == "torque" else JOB_EXEC_KILL_WALLTIME
         elif job.get("term_signal"):
             job["exit_status"] = 256 + job["term_signal"]
         else:
@@ -451,7 +456,7 @@ def _store_job(store: core.Store, settings: core.Settings, sub: Submission, fiel
         script_path.chmod(0o700)
         name = fields["name"]
         st["jobs"][jid] = {
-            "id": seq, "kind": KIND, **fields, "state": HELD if hold else QUEUED, "hold": hold,
+            "id": seq, "kind": KIND, "flavor": FLAVOR, **fields, "state": HELD if hold else QUEUED, "hold": hold,
             "ctime": now, "qtime": now, "mtime": now, "etime": now, "eligible_at": now + settings.start_delay,
             "time_scale": settings.time_scale, "kill_delay": settings.kill_delay,
             "script_text": sub.script_text, "command": sub.command, "shell": merged.get("-S"), "cwd": sub.cwd,
@@ -576,7 +581,7 @@ def _qstat_visible(req: QstatRequest, j: dict[str, Any]) -> bool:
     """Whether a job listed by queue (or with no operand) passes the filters."""
     if "-J" in req.flags:          # only array jobs, and the emulator has none
         return False
-    if j["state"] == FINISHED and not req.history:
+    if j["state"] == FINISHED and not req.history and FLAVOR != "torque":
         return False
     if req.states is not None and j["state"] not in req.states:
         return False
@@ -618,7 +623,7 @@ def _qstat_job_operand(req: QstatRequest, operand: str, jobs: dict[str, dict[str
     if job is None:
         sys.stderr.write(f"qstat: {PBSE_TEXT[PBSE_UNKJOBID]} {shown}\n")
         return [], rc(PBSE_UNKJOBID)
-    if job["state"] == FINISHED and not req.history:
+    if job["state"] == FINISHED and not req.history and FLAVOR != "torque":
         sys.stderr.write(f"qstat: {shown} {PBSE_TEXT[PBSE_HISTJOBID]}, "
                          "use -x or -H to obtain historical job information\n")
         return [], rc(PBSE_HISTJOBID)

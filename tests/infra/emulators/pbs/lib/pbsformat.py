@@ -21,6 +21,11 @@ import emucore as core  # noqa: E402
 from emucore import EXITING, FINISHED, HELD, QUEUED, RUNNING  # noqa: E402
 
 STATE_LETTER = {QUEUED: "Q", HELD: "H", RUNNING: "R", EXITING: "E", FINISHED: "F"}
+TORQUE_LETTER = {**STATE_LETTER, FINISHED: "C"}   # Torque: C = completed (kept for keep_completed seconds)
+
+
+def letter(job: dict[str, Any]) -> str:
+    return (TORQUE_LETTER if job.get("flavor") == "torque" else STATE_LETTER)[job["state"]]
 SUBSTATE = {QUEUED: 10, HELD: 20, RUNNING: 42, EXITING: 50}
 
 
@@ -63,7 +68,7 @@ def attributes(job: dict[str, Any], settings: core.Settings, now: float) -> list
     used = usage(job, now)
     if used:
         a.extend(("resources_used", k, v) for k, v in used.items())
-    a.append(("job_state", None, STATE_LETTER[job["state"]]))
+    a.append(("job_state", None, letter(job)))
     a.append(("queue", None, job["queue"]))
     a.append(("server", None, settings.server))
     if job.get("account"):
@@ -84,10 +89,11 @@ def attributes(job: dict[str, Any], settings: core.Settings, now: float) -> list
     a.append(("qtime", None, ctime_str(job["qtime"])))
     a.append(("Rerunable", None, "True" if job.get("rerunable", True) else "False"))
     a.extend(("Resource_List", k, v) for k, v in sorted(job["resources"].items()))
+    torque = job.get("flavor") == "torque"   # Torque 6.1 names: start_time, comp_time, exit_status
     if job.get("stime"):
-        a.append(("stime", None, ctime_str(job["stime"])))
+        a.append(("start_time" if torque else "stime", None, ctime_str(job["stime"])))
     if job["state"] == FINISHED and job.get("stime"):
-        a.append(("obittime", None, ctime_str(job["end_time"])))
+        a.append(("comp_time" if torque else "obittime", None, ctime_str(job["end_time"])))
     if job["state"] in (RUNNING, EXITING) and job.get("session_id"):
         a.append(("session_id", None, str(job["session_id"])))
         a.append(("jobdir", None, job["home"]))
@@ -102,7 +108,7 @@ def attributes(job: dict[str, Any], settings: core.Settings, now: float) -> list
     if job["state"] == FINISHED and job.get("stime"):
         a.append(("Stageout_status", None, "1"))
         if job.get("exit_status") is not None:
-            a.append(("Exit_status", None, str(job["exit_status"])))
+            a.append(("exit_status" if torque else "Exit_status", None, str(job["exit_status"])))
     a.append(("Submit_arguments", None, job["submit_args"]))
     if job["state"] == FINISHED:
         a.append(("history_timestamp", None, str(int(job["end_time"]))))
@@ -256,11 +262,11 @@ def default_row(job: dict[str, Any], settings: core.Settings, now: float, wide: 
     if wide:
         name = name[:14] + "*" if len(name) >= 15 else name
         return cfmt("%-30s %-15s %-15s  %8s %1s %-15s\n",
-            _trunc(jid, 30), name, _trunc(job["owner"], 15), _trunc(timeu, 8), STATE_LETTER[job["state"]],
+            _trunc(jid, 30), name, _trunc(job["owner"], 15), _trunc(timeu, 8), letter(job),
             _trunc(job["queue"], 15))
     name = name[:15] + "*" if len(name) >= 16 else name
     return cfmt("%-17s %-16s %-16s  %8s %1s %-16s\n",
-        _trunc(jid, 17), name, _trunc(job["owner"], 16), _trunc(timeu, 8), STATE_LETTER[job["state"]],
+        _trunc(jid, 17), name, _trunc(job["owner"], 16), _trunc(timeu, 8), letter(job),
         _trunc(job["queue"], 16))
 
 
@@ -300,7 +306,7 @@ def alt_row(job: dict[str, Any], settings: core.Settings, now: float, show_nodes
                                         _trunc(job["queue"], 8))
     line += cfmt("%-10.10s %6.6s %3.3s %3.3s ", _trunc(job["name"], 10), _trunc(sess, 6), _trunc(res["nodect"], 3),
                                              _trunc(res["ncpus"], 3))
-    line += cfmt("%6.6s %5.5s %1.1s %5.5s", mem, res.get("walltime", blank), STATE_LETTER[job["state"]],
+    line += cfmt("%6.6s %5.5s %1.1s %5.5s", mem, res.get("walltime", blank), letter(job),
                                          used["walltime"] if used else blank)
     extra = ""
     if show_nodes:
