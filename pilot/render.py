@@ -178,7 +178,7 @@ def template_context(cluster: ClusterConfig, cluster_name: str, category: str, j
         **worker_resources(cluster, profile),
         # one JSON argument (quoted by the template); None when the cluster file gives no FWorker query
         "fworker_query": _json(cluster.query),
-        "fworker_name": cluster.fworker.name,
+        "fworker_name": cluster.fworker.name or cluster_name,
         "fworker_env": _json(cluster.fworker.env),
     }
 

@@ -33,8 +33,9 @@ class FWorkerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, description="FWorker name: Fireworks with spec._fworker equal to it are taken "
-                             "by this cluster's pilots (and count as its demand). null: only a pilot's own "
-                             "name (CLUSTER-JOBID) pins work to it.", examples=["stampede"])
+                             "by this cluster's pilots (and count as its demand); _preserve_fworker pins a "
+                             "Firework's children to it. null: the cluster's name (its file's stem).",
+                             examples=["stampede"])
     query: dict[str, Any] = Field(default_factory=dict, description="FWorker query: a MongoDB filter on the "
                                   "fireworks collection ANDed into every pull, as in my_fworker.yaml; only "
                                   "Fireworks it matches count as demand for this cluster.",

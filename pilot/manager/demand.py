@@ -8,12 +8,15 @@ A pilot takes a Firework only when the worker's FWorker query matches it (``pilo
   the pilot has left minus its margin, or ``spec._pilot.min_walltime`` (a Firework that sizes itself to the
   time it gets, such as an MD segment with ``-maxh``) at most that. A fresh pilot has its whole usable time:
   the cluster's wall time minus ``walltime_margin``;
+* its resource asks (``spec._pilot.cores``, ``gpus``, ``memory``) fit the pilot's queue profile
+  (:func:`pilot.fit.resources_clause`; :mod:`pilot.manager.profiles`);
 * it is not pinned to another FWorker: FireWorks lets a Firework with ``spec._fworker`` go only to the FWorker
-  of that name. Pilots are named ``CLUSTER-JOBID`` (the job templates), and a job id is known only once the
-  job exists, so a pinned Firework can be taken at most by the live pilot of that name, never by a pilot
-  submitted for it: pinned Fireworks are demand nowhere;
-* the cluster file's ``fworker_query`` matches it: the worker ANDs that query into its own
-  (``pilot worker --query``), and so does the demand.
+  of that name. A cluster's pilots answer to its FWorker name (``fworker.name``, by default the cluster's name):
+  work pinned to it is that cluster's demand. Each pilot is also named ``CLUSTER-JOBID`` (the job templates),
+  and a job id is known only once the job exists, so a Firework pinned to such a name can be taken at most by
+  the live pilot of that name, never by a pilot submitted for it: it is demand nowhere;
+* the cluster file's FWorker query (``fworker.query`` or ``fworker_query``) matches it: the worker ANDs that
+  query into its own (``pilot worker --query``), and so does the demand.
 
 Counting all READY Fireworks instead made the manager submit pilots that idled out, cycle after cycle, for
 work none of them could take (issue 16: 4-hour segments on a cluster whose pilots last 90 s). The queries

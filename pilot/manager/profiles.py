@@ -35,7 +35,7 @@ def offers_of(name: str, c: ClusterConfig) -> list[PilotOffer]:
         out.append(PilotOffer(cluster=unit_name(name, pname, several), categories=c.profile_categories(pname),
                               usable_seconds=usable, query=c.query or None, cores=float(res.cores),
                               gpus=float(res.gpus or 0), memory=None if res.memory_mb is None else float(res.memory_mb),
-                              gpu_work_only=several and bool(res.gpus), pack=res.pack, pin=c.fworker.name,
+                              gpu_work_only=several and bool(res.gpus), pack=res.pack, pin=c.fworker.name or name,
                               profile=pname))
     return out
 

@@ -583,7 +583,7 @@ def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts
 def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions,
             config: Config | None = None) -> list[str]:
     """READY Fireworks of served categories pinned (``spec._fworker``) to a name no live pilot and no cluster's
-    FWorker (``fworker.name``) has.
+    FWorker (``fworker.name``, by default the cluster's name) has.
 
     FireWorks gives a pinned Firework only to the FWorker of that name; pilots are named ``CLUSTER-JOBID``, a
     name known only once the job exists, so the manager counts work pinned to such a name as demand nowhere
@@ -596,7 +596,7 @@ def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions,
         return []
     live = sorted({str(d["fworker"]) for d in q.find("pilots", live_query(),
                                                      {"fworker": 1}) if d.get("fworker")}
-                  | {str(c.fworker.name) for c in (config.clusters.values() if config else ()) if c.fworker.name})
+                  | {str(c.fworker.name or name) for name, c in (config.clusters.items() if config else ())})
     query = {"state": "READY", "spec._category": {"$in": served}, "spec._fworker": {"$nin": [None, *live]}}
     docs = q.find("fireworks", query, {"fw_id": 1, "spec._category": 1, "spec._fworker": 1}, sort=[("fw_id", 1)],
                   limit=max(opts.limit, 1) * 10)

@@ -112,6 +112,8 @@ def test_a_single_gpu_profile_takes_any_work_as_before(tmp_path, files):
                         {"st": {**stampede(files), "pilot": {"walltime": "1:00:00", "gpus": 2}}})
     script = render_pilot_script(load_config(cdir).clusters["st"], "st", "md", "fwp.md.ccc")
     assert "--gpus 2 \\" in script and "--gpu-work-only" not in script
+    # without fworker.name the pilots answer to the cluster's name (spec._fworker: st, and _preserve_fworker)
+    assert "--fworker-name st \\" in script and "--fworker-env" not in script
 
 
 def test_an_unknown_profile_is_a_render_error(tmp_path, files):
