@@ -35,6 +35,8 @@ this package, so that start-up inside a batch job stays cheap):
 * :mod:`~pilot.worker.database`: the worker's LaunchPad, its hooks, retries through connection errors;
 * :mod:`~pilot.worker.calls`: serving the Rocket's LaunchPad calls of a child;
 * :mod:`~pilot.worker.settle`: what happens to a Firework at the end of its child (requeue, archive);
+* :mod:`~pilot.worker.slots`: the cores and GPUs of a packed pilot (``--pack``), which each Firework holds (pure);
+* :mod:`~pilot.worker.packing`: the loop of a packed pilot, several Fireworks at once, each supervised as one;
 * :mod:`~pilot.worker.tunnel`: the ssh route to the LaunchPad (``launchpad_route: ssh``), :class:`Tunnel`;
 * :mod:`~pilot.worker.supervisor`: :class:`Worker`, the loop.
 

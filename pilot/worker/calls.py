@@ -34,7 +34,8 @@ class CallServer:
     """Serves the Rocket's LaunchPad calls (:data:`~pilot.worker.protocol.ROCKET_CALLS`) of the children."""
 
     def __init__(self, lp: Any, children: ChildPool, stopping: Callable[[], bool],
-                 retry: Callable[..., Any] | None = None, keep: Callable[[ChildState], bool] | None = None) -> None:
+                 retry: Callable[..., Any] | None = None, keep: Callable[[ChildState], bool] | None = None,
+                 bind: Callable[[ChildState, Any], dict[str, Any] | None] | None = None) -> None:
         self.lp = lp
         self.children = children
         #: does the process of a child whose launch was just completed take the next Firework? (told to the
@@ -45,6 +46,9 @@ class CallServer:
         #: runs a database call through connection errors (the worker's DbRetry): a Rocket's completion must
         #: outlast a short outage (an ssh route put back, a server restart), or its Firework would be lost
         self._retry = retry
+        #: in a packed pilot: the cores and GPUs a child's Firework, just checked out, holds (passed with the
+        #: checkout's answer, which the child applies before its tasks run: :mod:`pilot.worker.packing`)
+        self._bind = bind
 
     def read_calls(self, child: ChildState) -> None:
         """Read what the child sent; serve every complete call."""
@@ -163,6 +167,7 @@ class CallServer:
                 result: Any) -> None:
         """Note what a checkout or completion did, reply, and have the next child forked once a Firework runs."""
         fw_modules = None
+        bind = None
         if method == "checkout_fw":
             m_fw, launch_id = result
             if m_fw is not None:
@@ -174,10 +179,11 @@ class CallServer:
                 child.started_mono = time.monotonic()
                 LOG.info("fw %d '%s' started (launch %d, pid %d, dir %s)", m_fw.fw_id, m_fw.name, launch_id,
                          child.pid, args[1] if len(args) > 1 else kwargs.get("launch_dir"))
+                bind = self._bind(child, m_fw) if self._bind is not None else None
         elif method == "complete_launch":
             child.end_state = str(kwargs.get("state", args[2] if len(args) > 2 else "COMPLETED"))
             child.keep = self._keep is not None and self._keep(child)
-        send_reply(child.reply_fd, "ok", result, fw_modules, keep=child.keep)
+        send_reply(child.reply_fd, "ok", result, fw_modules, keep=child.keep, binding=bind)
         if (method == "checkout_fw" and child.fw_id is not None and not self.children.pending
                 and child.stop_sent_at is None and not self._stopping()):
             # the next child is forked while this Firework runs

@@ -60,7 +60,7 @@ class WorkerLink:
                 write_frame(self.call_fd, encode_call(method, args, kwargs, True))
             except BrokenPipeError:
                 raise WorkerGone("the pilot worker closed the connection to this Firework process") from None
-            kind, fw_modules, payload, keep = pickle.loads(read_frame(self.reply_fd))
+            kind, fw_modules, payload, keep, bind = pickle.loads(read_frame(self.reply_fd))
             self.served = True
             if completes is not None:
                 self.keep = keep
@@ -68,9 +68,27 @@ class WorkerLink:
             # where the worker found the task classes by name: spares this process FireWorks' package walk
             fw_serializers.SAVED_FW_MODULES.update(fw_modules)
         result = pickle.loads(payload)
+        if bind:
+            apply_binding(bind)  # before the Rocket, which goes on to run the tasks, has the checkout's answer
         if kind == "ok":
             return result
         raise result
+
+
+def apply_binding(bind: dict[str, Any]) -> None:
+    """Give this process (and so the Firework's tasks and every program they start) the cores and GPUs its
+    Firework holds in a packed pilot (:func:`pilot.worker.slots.binding`): the environment, and the CPU
+    affinity when the ids are real CPUs. Called from the thread that runs the Rocket, before its tasks: threads
+    and processes started afterwards inherit the affinity."""
+    for key, value in (bind.get("env") or {}).items():
+        os.environ[key] = value
+    cpus = bind.get("cpus")
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as exc:  # a CPU set the batch system changed meanwhile: the environment still holds
+            print(f"pilot worker: Firework process {os.getpid()} could not be bound to CPUs {cpus}: {exc}",
+                  flush=True)
 
 
 def child_launchpad(link: WorkerLink, lp_dict: dict[str, Any]) -> Any:

@@ -55,6 +55,10 @@ class ChildState:
     runs: int = 0
     #: the worker told the process, with the completion, that it takes the next Firework
     keep: bool = False
+    #: the cores and GPUs its Firework holds in a packed pilot (a :class:`pilot.worker.slots.Hold`; None: none)
+    hold: Any = None
+    #: how many of the worker's stop signals this child has been given (a packed pilot passes each to every child)
+    signals_handled: int = 0
 
     def declined(self) -> bool:
         """A warm child that exited instead of taking this Firework (:data:`CHILD_DECLINED`): not a failure, the
@@ -118,9 +122,19 @@ class ChildPool:
         """Ask the fork server for a child now (it is forked while the current Firework runs)."""
         from fireworks.utilities import fw_serializers
 
-        self.forkserver.request((self.lp_dict, self._fworker(math.inf).to_dict(), self.cfg.launch_dir,
+        self.forkserver.request((self.lp_dict, self._child_fworker(), self.cfg.launch_dir,
                                  self.cfg.fw_log_level, dict(fw_serializers.SAVED_FW_MODULES),
                                  sorted(self.task_modules), not self.cfg.fresh_process))
+
+    def _child_fworker(self) -> dict[str, Any]:
+        """The FWorker the child's Rocket holds, as a dict. Its checkout goes through the worker, which puts in
+        the pilot's own FWorker (its launches record ``CLUSTER-JOBID``), so the Rocket's own one only gives the
+        env (``_fw_env``) and the name ``_preserve_fworker`` pins a Firework's children to: the configured FWorker
+        name (the cluster's, which any of its pilots takes), not this pilot's, which may be gone by then."""
+        d = dict(self._fworker(math.inf).to_dict())
+        if self.cfg.fworker_name:
+            d["name"] = self.cfg.fworker_name
+        return d
 
     def keep_warm(self, done: ChildState) -> None:
         """Keep the process of ``done`` (its Firework is final) for the next Firework; :meth:`fork` gives it."""

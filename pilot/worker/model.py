@@ -74,6 +74,12 @@ class WorkerConfig:
     route: SshRoute | None = None
     #: a FWorker query ANDed into every pull (``--query``: the cluster file's ``fworker_query``); None: none
     query: dict[str, Any] | None = None
+    #: the configured FWorker name (``--fworker-name``, or the name in ``-w FILE``): a Firework pinned to it
+    #: (``spec._fworker``) is taken as one pinned to ``name``; launches still record ``name``. None: none
+    fworker_name: str | None = None
+    #: the FWorker env (``--fworker-env``, over the env in ``-w FILE``): FireWorks hands it to every task as
+    #: ``spec._fw_env`` (what ``env_chk``'s ``>>key<<`` looks up). None: empty
+    fworker_env: dict[str, Any] | None = None
     #: the pilot's record in the manager's ``pilots`` collection (``--record``: the batch job name); None: the
     #: worker was started by hand and writes no heartbeat
     record: str | None = None
@@ -82,6 +88,16 @@ class WorkerConfig:
     #: run every Firework in a fresh process (``--fresh-process``); default: a process that ran a short
     #: Firework cleanly takes the next one (:mod:`pilot.worker.reuse`)
     fresh_process: bool = False
+    #: CPU cores of the pilot (``--cores``): a Firework asking for more (``spec._pilot.cores``) is never taken
+    cores: int = 1
+    #: GPUs of the pilot (``--gpus``): a Firework asking for more (``spec._pilot.gpus``) is never taken
+    gpus: int = 0
+    #: MiB of memory a Firework may ask for (``--memory-mb``, ``spec._pilot.memory``); None: any
+    memory_mb: int | None = None
+    #: run several Fireworks at once, each on the cores/GPUs it asks for (``--pack``, :mod:`pilot.worker.packing`)
+    pack: bool = False
+    #: take only Fireworks asking for at least one GPU (``--gpu-work-only``: a GPU queue profile's pilots)
+    gpu_work_only: bool = False
 
     @property
     def stop_at(self) -> float | None:
@@ -112,12 +128,17 @@ class Summary:
     requeued: int = 0
     lost: int = 0
     busy: float = 0.0
+    #: a packed pilot's cores (None: one Firework at a time); its utilisation is core-seconds busy over
+    #: core-seconds elapsed, each Firework weighed by the cores it held
+    cores: int | None = None
+    core_busy: float = 0.0
 
-    def add(self, rec: LaunchRecord) -> None:
+    def add(self, rec: LaunchRecord, cores: int = 1) -> None:
         if rec.fw_id is None:
             return
         self.run += 1
         self.busy += rec.duration
+        self.core_busy += rec.duration * cores
         if rec.outcome is Outcome.COMPLETED:
             self.completed += 1
         elif rec.outcome is Outcome.FIZZLED:
@@ -130,7 +151,10 @@ class Summary:
     def line(self, name: str, reason: str) -> str:
         elapsed = max(time.monotonic() - self.started_mono, 1e-9)
         util = 100.0 * self.busy / elapsed
+        busy = f"busy {self.busy:.1f} s of {elapsed:.1f} s elapsed"
+        if self.cores is not None:
+            util = 100.0 * self.core_busy / (elapsed * max(self.cores, 1))
+            busy = f"busy {self.core_busy:.1f} core-s of {elapsed:.1f} s elapsed x {self.cores} cores"
         lost = f", {self.lost} lost" if self.lost else ""
         return (f"summary {name}: {self.run} Fireworks run ({self.completed} completed, {self.fizzled} fizzled, "
-                f"{self.requeued} requeued{lost}); busy {self.busy:.1f} s of {elapsed:.1f} s elapsed "
-                f"({util:.0f}% utilisation); stopped: {reason}")
+                f"{self.requeued} requeued{lost}); {busy} ({util:.0f}% utilisation); stopped: {reason}")

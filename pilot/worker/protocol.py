@@ -76,13 +76,14 @@ def encode_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], want
 
 
 def send_reply(fd: int, kind: str, payload: Any, fw_modules: dict[str, str] | None = None,
-               keep: bool = False) -> bool:
+               keep: bool = False, binding: dict[str, Any] | None = None) -> bool:
     """Send the worker's reply (``kind`` "ok" or "err") to a child's call; False when the child is gone.
 
     ``fw_modules``: FireWorks' SAVED_FW_MODULES of the worker, passed along with a checkout so the child is
     spared FireWorks' package walk to find the task classes by name. ``keep``, with a completion: the worker
     will serve this process's next checkout (:mod:`pilot.worker.reuse`); else the process exits after its
-    Rocket instead of asking for more.
+    Rocket instead of asking for more. ``binding``, with a checkout in a packed pilot: the cores and GPUs the
+    Firework holds (:func:`pilot.worker.slots.binding`), which the child applies before the Rocket runs the tasks.
     """
     try:
         body = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
@@ -90,7 +91,7 @@ def send_reply(fd: int, kind: str, payload: Any, fw_modules: dict[str, str] | No
         kind = "err"
         body = pickle.dumps(RuntimeError(f"pilot worker could not pass back {payload!r}: "
                                          f"{type(exc).__name__}: {exc}"))
-    data = pickle.dumps((kind, fw_modules, body, keep), protocol=pickle.HIGHEST_PROTOCOL)
+    data = pickle.dumps((kind, fw_modules, body, keep, binding), protocol=pickle.HIGHEST_PROTOCOL)
     try:
         write_frame(fd, data)
         return True

@@ -5,10 +5,14 @@ the deadline or on a stop signal.
 With a deadline, the batch system's pre-walltime signal (SIGUSR1) is only logged: SLURM sends it up to 60 s
 earlier than asked (sbatch(1), ``--signal``), LSF rounds ``-wt`` up to whole minutes, and the worker knows the
 deadline itself; stopping on the signal gave that time away (issue 18: 7 pilots instead of 5 in the wall-time
-campaign). Without a deadline (``--no-deadline``) SIGUSR1 is the only warning there is, and stops the work."""
+campaign). Without a deadline (``--no-deadline``) SIGUSR1 is the only warning there is, and stops the work.
+
+A packed pilot (``--pack``) runs several Fireworks at once: :class:`pilot.worker.packing.Packer` runs its loop
+instead of :meth:`Worker._loop`, with this worker's pull query, time, signals and stop rules, per Firework."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib
 import math
@@ -19,7 +23,7 @@ import socket
 import time
 from typing import Any
 
-from pilot.fit import fits_clause, number
+from pilot.fit import fits_clause, number, resources_clause
 from pilot.worker.calls import CallServer
 from pilot.worker.children import ChildPool, ChildState, killpg
 from pilot.worker.database import DbRetry, install_worker_hooks, load_launchpad
@@ -27,6 +31,7 @@ from pilot.worker.forkserver import ForkServerGone
 from pilot.worker.heartbeat import Heartbeat
 from pilot.worker.logs import LOG
 from pilot.worker.model import LaunchRecord, Outcome, StopReason, StopRequested, Summary, WorkerConfig, WorkerError
+from pilot.worker.packing import Packer
 from pilot.worker.protocol import EXIT_DB_UNREACHABLE, EXIT_INTERNAL, EXIT_OK
 from pilot.worker.reuse import worker_keeps
 from pilot.worker.settle import Settler, firework_final
@@ -73,6 +78,9 @@ class Worker:
     """The pilot worker: pull, run in a child, supervise, settle, repeat."""
 
     def __init__(self, config: WorkerConfig) -> None:
+        if config.pack and not config.fresh_process:
+            # a packed pilot gives each Firework a fresh process: its environment and CPU affinity are its own
+            config = dataclasses.replace(config, fresh_process=True)
         self.cfg = config
         self.summary = Summary()
         self._signals: list[int] = []
@@ -133,24 +141,29 @@ class Worker:
         """Seconds a new Firework may take: time left minus the margin."""
         return self.time_left() - self.cfg.margin
 
-    def fworker(self, available: float) -> Any:
-        """The FWorker for one pull: our name, categories, and the wall-time filter for ``available`` s."""
-        from fireworks.core.fworker import FWorker
+    def fworker(self, available: float, free: tuple[int, int] | None = None) -> Any:
+        """The FWorker for one pull: our name, categories, the wall-time filter for ``available`` s, and the
+        resources: ``free`` (cores, GPUs) a packed pilot has free now, None for the whole pilot (one slot)."""
+        from pilot.worker.fworker import PilotFWorker
 
-        query: dict[str, Any] = {}
-        if math.isfinite(available):
-            # no duration, a walltime that fits, or a min_walltime that does (a Firework that sizes itself to the
-            # deadline, an MD segment with -maxh: the tail): the rule the manager's demand counts with (pilot.fit)
-            query = fits_clause(available)
+        clauses: list[dict[str, Any]] = []
         if self.cfg.query:
             # the cluster file's fworker_query (--query), ANDed with ours. No top-level "$or" beside a "$and":
             # FireWorks' FWorker.query would then extend that "$and" list in place, at every read
-            query = {"$and": [dict(self.cfg.query), *([query] if query else [])]}
+            clauses.append(dict(self.cfg.query))
+        if math.isfinite(available):
+            # no duration, a walltime that fits, or a min_walltime that does (a Firework that sizes itself to the
+            # deadline, an MD segment with -maxh: the tail): the rule the manager's demand counts with (pilot.fit)
+            clauses.append(fits_clause(available))
+        cores, gpus = free if free is not None else (self.cfg.cores, self.cfg.gpus)
+        clauses.append(resources_clause(cores, gpus, self.cfg.memory_mb, self.cfg.gpu_work_only))
+        query: dict[str, Any] = {"$and": clauses}
         if self._crashed:
             # a Firework whose process died in this pilot is left to other pilots (no crash loop here)
             query["fw_id"] = {"$nin": sorted(self._crashed)}
         cats = list(self.cfg.categories)
-        return FWorker(name=self.cfg.name, category=cats[0] if len(cats) == 1 else cats, query=query)
+        return PilotFWorker(name=self.cfg.name, category=cats[0] if len(cats) == 1 else cats, query=query,
+                            env=dict(self.cfg.fworker_env or {}), alias=self.cfg.fworker_name)
 
     # ------------------------------------------------------------------ waiting
     def _drain_wakeups(self) -> None:
@@ -206,8 +219,14 @@ class Worker:
             _log_start(self.cfg, self.time_left())
             self._usable_at_start = self.available()
             self._start_heartbeat()
-            calls = CallServer(self.lp, self.children, self._stop_requested, self.db, self._keep_warm)
-            reason = self._loop(self.children, calls, Settler(self.cfg, self.lp, self.db, self._crashed))
+            settler = Settler(self.cfg, self.lp, self.db, self._crashed)
+            if self.cfg.pack:
+                packer = Packer(self, self.children, settler)
+                reason = packer.run(CallServer(self.lp, self.children, self._stop_requested, self.db,
+                                               bind=packer.bind))
+            else:
+                calls = CallServer(self.lp, self.children, self._stop_requested, self.db, self._keep_warm)
+                reason = self._loop(self.children, calls, settler)
         except WorkerError as exc:
             LOG.error("%s", exc)
             code, text = exc.exit_code, f"error (exit {exc.exit_code})"
