@@ -185,11 +185,11 @@ def template_context(cluster: ClusterConfig, cluster_name: str, category: str, j
 
 def worker_resources(cluster: ClusterConfig, profile: str | None) -> dict[str, Any]:
     """What the worker is told of its pilot's resources: it takes only Fireworks whose ``spec._pilot`` asks fit
-    them (:mod:`pilot.fit`). ``gpu_work_only``: a GPU profile of a cluster with several profiles takes only
-    Fireworks asking for a GPU (the manager sends the others to the CPU profiles); a cluster's one profile with
-    GPUs takes any work, as before profiles existed."""
-    res = cluster.profile(profile)
-    return {"pack": res.pack, "gpu_work_only": bool(res.gpus) and len(cluster.pilot_profiles) > 1}
+    them (:mod:`pilot.fit`). ``gpu_work_only``: a GPU profile beside CPU profiles that serve its categories takes
+    only Fireworks asking for a GPU (the manager sends the others to the CPU profiles,
+    :meth:`~pilot.config.ClusterConfig.gpu_work_only`); a cluster's one profile with GPUs takes any work."""
+    name = profile or next(iter(cluster.pilot_profiles))
+    return {"pack": cluster.profile(name).pack, "gpu_work_only": cluster.gpu_work_only(name)}
 
 
 def _json(value: dict[str, Any]) -> str | None:
@@ -244,6 +244,9 @@ def render_pilot_script(cluster: ClusterConfig, cluster_name: str, category: str
     if profile is not None and profile not in cluster.pilot_profiles:
         raise RenderError(f"{where}: profiles: cluster {cluster_name!r} has no profile {profile!r}; its profiles "
                           f"are: {', '.join(cluster.pilot_profiles)}")
+    if profile is not None and category not in cluster.profile_categories(profile):
+        raise RenderError(f"{where}: profiles.{profile}.categories: profile {profile!r} does not serve category "
+                          f"{category!r}; the profiles that do: {', '.join(cluster.profiles_for(category))}")
     if job_id_hint is not None and (not job_id_hint or any(c in job_id_hint for c in "\n\r\0")):
         raise RenderError(f"{where}: job id hint {job_id_hint!r} is not usable: pass one line of text")
 

@@ -52,6 +52,10 @@ def submit_cmd(obj: AppContext, cluster: str, category: str | None, profile: str
     if profile is not None and profile not in profiles:
         raise click.ClickException(f"cluster {cluster} has no queue profile {profile!r} (its profiles: "
                                    f"{', '.join(profiles)})")
+    if profile is not None and category not in rt.config.profile_categories(profile):
+        raise click.ClickException(f"queue profile {profile!r} of cluster {cluster} does not serve category "
+                                   f"{category!r} (the profiles that do: "
+                                   f"{', '.join(rt.config.profiles_for(category))})")
     report = CycleReport(started=0.0)
     try:
         for _ in range(count):

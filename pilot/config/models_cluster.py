@@ -57,7 +57,8 @@ class Limits(BaseModel):
     max_running: int = Field(20, ge=1, description="Most pilots of this manager on the cluster at once, queued "
                              "or running, all categories together.", examples=[20])
     min_pilots: int = Field(0, ge=0, description="Pilots kept (queued or running) for each category even when "
-                            "no Firework is READY, a warm pool; 0 submits on demand only.", examples=[0])
+                            "no Firework is READY, a warm pool; 0 submits on demand only. With several queue "
+                            "profiles: per category on the cluster, all profiles together.", examples=[0])
 
     @model_validator(mode="after")
     def _consistent(self) -> Limits:
@@ -212,6 +213,21 @@ class ClusterConfig(BaseModel):
     def profile_categories(self, name: str) -> tuple[str, ...]:
         """The categories one profile serves: its own ``categories``, else the cluster's."""
         return tuple(self.profile(name).categories or self.categories)
+
+    def profiles_for(self, category: str) -> list[str]:
+        """The profiles that serve ``category``, in the order the file lists them."""
+        return [name for name in self.pilot_profiles if category in self.profile_categories(name)]
+
+    def gpu_work_only(self, name: str) -> bool:
+        """Does profile ``name`` take only Fireworks that ask for a GPU? Yes for a profile with GPUs when every
+        category it serves is also served by a profile without GPUs, which takes the CPU work: GPU allocations are
+        then never spent on it. A cluster's only profile, or a GPU profile that alone serves a category, takes
+        any work (nothing else would)."""
+        if not self.profile(name).gpus:
+            return False
+        cpu = [p for p in self.pilot_profiles if not self.profile(p).gpus]
+        return bool(cpu) and all(any(c in self.profile_categories(p) for p in cpu)
+                                 for c in self.profile_categories(name))
 
     @property
     def walltime_seconds(self) -> int:

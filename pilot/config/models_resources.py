@@ -197,6 +197,11 @@ def check_profiles(profiles: dict[str, PilotResources], sched: Scheduler | None,
                     problems.append((f"{name}.categories[{i}]",
                                      f"category {c!r} is not one of the cluster's categories ({', '.join(cats)}): "
                                      "add it to categories, or remove it here"))
+    if isinstance(cats, list) and profiles and not problems:
+        for c in cats:
+            if not any(c in (res.categories or cats) for res in profiles.values()):
+                problems.append(("", f"no profile serves category {c!r}: add it to the categories of a profile "
+                                     "(or remove a profile's categories to serve all), or remove it from categories"))
     if problems:
         raise field_errors(problems)
     return profiles

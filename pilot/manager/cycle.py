@@ -183,9 +183,9 @@ class Manager:
         counts: dict[tuple[str, str], dict[str, int]] = {}
         for rec in self.records.live():
             rt = self.clusters.get(rec["cluster"])
-            unit = None if rt is None else unit_of_record(rec, rt.config)
-            if rt is None or unit is None:
+            if rt is None:
                 continue
+            unit = unit_of_record(rec, rt.config)
             c = counts.setdefault((unit, rec["category"]), {"p": 0, "r": 0, "rt": 0})
             if rec["state"] in PENDING_STATES:
                 # a backed-off cluster's queued pilots may never start: don't let them hold demand
@@ -219,7 +219,7 @@ class Manager:
 
         c = rt.config
         name = job_name(category, secrets.token_hex(3), prefix=self.config.pilot.job_name_prefix)
-        profile = profile or next(iter(c.pilot_profiles))
+        profile = profile or (c.profiles_for(category) or list(c.pilot_profiles))[0]
         script = render_pilot_script(c, rt.name, category, name, profile=profile)
         path = f"{c.work_dir}/scripts/{name}.sh"
         now = self.clock()

@@ -191,7 +191,8 @@ class Decision:
 
     def to_record(self) -> dict[str, Any]:
         """The decision as the manager's heartbeat keeps it, for ``pilot status`` (the last cycle's choice)."""
-        return {"cluster": self.cluster, "profile": self.profile, "category": self.category, "ready": self.ready,
+        return {"cluster": self.cluster, "unit": self.where, "profile": self.profile, "category": self.category,
+                "ready": self.ready,
                 "fits": self.ready if self.fits is None else self.fits, "slots": self.slots,
                 "pending": self.pending, "running": self.running, "submit": self.submit, "reason": self.reason,
                 "queue_wait": self.queue_wait}
@@ -299,6 +300,7 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
         counts = {k.name: pilots.get((k.name, cat), PilotCounts()) for k in serving}
         # what existing pilots (every cluster) will take: demand is never counted twice
         unserved = _Unserved.of(d, serving, here, fpp, counts)
+        floors = _Floors.of(serving, here, counts)
 
         for k in serving:
             p, h = counts[k.name], here[k.name]
@@ -313,7 +315,7 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
             # slots: a chain head each, fireworks_per_pilot of the bag each; a pilot holds h.slots of them
             heads, bag = unserved.caps(k.name, h, p, fpp[k.name])
             need = math.ceil((heads + (math.ceil(bag / fpp[k.name]) if bag > 0 else 0)) / h.slots)
-            floor = max(0, k.limits.min_pilots - (p.pending + p.running))
+            floor = floors.floor(k)
             want = max(need, floor)
             room_q, room_l = queued_room[k.cluster_name], live_room[k.cluster_name]
             n = min(want, room_q, room_l)
@@ -321,8 +323,45 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
             queued_room[k.cluster_name] -= n
             live_room[k.cluster_name] -= n
             unserved.take(n * h.slots, heads, fpp[k.name], bag)
+            floors.planned(k, n)
             decisions.append(Decision(submit=n, reason=reason, **base))
     return decisions
+
+
+@dataclass
+class _Floors:
+    """``min_pilots`` of one category, per cluster: live pilots of all its queue profiles count toward it, and the
+    pilots it still lacks go to one profile only, the first (in order of preference) whose pilots could take some
+    READY work, else the first that is available (a warm pool without work: the profiles' order decides)."""
+
+    live: dict[str, int]
+    unit: dict[str, str]
+
+    @classmethod
+    def of(cls, serving: list[ClusterView], here: dict[str, CategoryDemand],
+           counts: dict[str, PilotCounts]) -> _Floors:
+        live: dict[str, int] = {}
+        unit: dict[str, str] = {}
+        for k in serving:
+            c = k.cluster_name
+            live[c] = live.get(c, 0) + counts[k.name].pending + counts[k.name].running
+        for k in serving:
+            if k.available and here[k.name].ready > 0:
+                unit.setdefault(k.cluster_name, k.name)
+        for k in serving:
+            if k.available:
+                unit.setdefault(k.cluster_name, k.name)
+        return cls(live, unit)
+
+    def floor(self, k: ClusterView) -> int:
+        """The pilots ``k`` submits for its cluster's ``min_pilots`` (0 unless it is the profile chosen for it)."""
+        if self.unit.get(k.cluster_name) != k.name:
+            return 0
+        return max(0, k.limits.min_pilots - self.live.get(k.cluster_name, 0))
+
+    def planned(self, k: ClusterView, n: int) -> None:
+        """``n`` pilots are planned for ``k``: they count toward its cluster's floor too."""
+        self.live[k.cluster_name] = self.live.get(k.cluster_name, 0) + n
 
 
 @dataclass
@@ -363,7 +402,8 @@ class _Unserved:
             used = for_heads[k.name] = max(0, min(p.pending * slots, heads, here[k.name].chains))
             heads -= used
             free = (p.pending + p.running_with_time) * slots - used  # slots left for the bag
-            credit = min(max(0, bag), free * fpp[k.name])  # none beyond the bag
+            # none beyond the bag, nor beyond what pilots there could take (a GPU profile's pilots take no CPU work)
+            credit = min(max(0, bag), free * fpp[k.name], max(0, here[k.name].ready - here[k.name].chains))
             bag -= credit
             total -= used + credit
         return cls(max(0, heads), max(0, bag), max(0, total), for_heads)

@@ -35,7 +35,7 @@ def offers_of(name: str, c: ClusterConfig) -> list[PilotOffer]:
         out.append(PilotOffer(cluster=unit_name(name, pname, several), categories=c.profile_categories(pname),
                               usable_seconds=usable, query=c.query or None, cores=float(res.cores),
                               gpus=float(res.gpus or 0), memory=None if res.memory_mb is None else float(res.memory_mb),
-                              gpu_work_only=several and bool(res.gpus), pack=res.pack, pin=c.fworker.name or name,
+                              gpu_work_only=c.gpu_work_only(pname), pack=res.pack, pin=c.fworker.name or name,
                               profile=pname))
     return out
 
@@ -58,15 +58,14 @@ def views_of(name: str, c: ClusterConfig, records: Records, available: bool) -> 
     return views
 
 
-def unit_of_record(rec: dict[str, Any], c: ClusterConfig) -> str | None:
-    """The unit a pilot record counts for: its cluster, with its profile when the cluster has several; None when
-    its profile is gone from the cluster file (it then holds no demand of any profile)."""
+def unit_of_record(rec: dict[str, Any], c: ClusterConfig) -> str:
+    """The unit a pilot record counts for: its cluster, with its profile when the cluster has several. A record
+    whose profile is gone from the cluster file (one written before the file moved from ``pilot:`` to several
+    profiles) counts as the bare cluster: against its limits, for no profile's demand."""
     profiles = c.pilot_profiles
     profile = rec.get("profile") or DEFAULT_PROFILE
-    if len(profiles) == 1:
+    if len(profiles) == 1 or profile not in profiles:
         return str(rec["cluster"])
-    if profile not in profiles:
-        return None
     return unit_name(str(rec["cluster"]), profile, True)
 
 
@@ -76,9 +75,8 @@ def profile_shape(c: ClusterConfig, profile: str) -> str:
     if profile not in c.pilot_profiles:
         return ""
     res = c.profile(profile)
-    several = len(c.pilot_profiles) > 1
     parts = [f"<= {res.cores} cores"]
-    if res.gpus and several:   # a GPU profile beside others takes only work that asks for a GPU
+    if c.gpu_work_only(profile):   # a GPU profile beside CPU ones takes only work that asks for a GPU
         parts.append("a GPU asked" if res.gpus == 1 else f"1-{res.gpus} GPUs asked")
     elif res.gpus:
         parts.append(f"<= {res.gpus} GPU{'s' if res.gpus > 1 else ''}")

@@ -223,7 +223,7 @@ def _profile_lines(report: StatusReport, now: float) -> list[str]:
     category, how much READY work fits it, how many run at once in one of its pilots, its pilots, what the
     manager submitted and why (and, when nothing fits, what the profile takes). Empty without such clusters."""
     m = report.manager or {}
-    rows = [d for d in m.get("decisions") or () if d.get("profile") not in ("", "default")]
+    rows = [d for d in m.get("decisions") or () if d.get("unit") and d["unit"] != d.get("cluster")]
     if not rows:
         return []
     when = human_ago(m.get("last_cycle"), now) if m.get("last_cycle") is not None else "?"
@@ -234,7 +234,7 @@ def _profile_lines(report: StatusReport, now: float) -> list[str]:
         why = d["reason"]
         if why == "none fit" and d.get("shape"):
             why = f"none fit: it takes {d['shape']}"
-        table.append([f"{d['cluster']}[{d['profile']}]", d["category"], d["ready"], d["fits"], d["slots"],
+        table.append([d["unit"], d["category"], d["ready"], d["fits"], d["slots"],
                       f"{d['pending']}/{d['running']}", wait, f"{choice} ({why})"])
     return ["", f"QUEUE PROFILES (the manager's choice {when})",
             *format_table(["profile", "category", "ready", "fit", "per pilot", "pending/running", "queue wait",
@@ -295,8 +295,8 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
         ids = ", ".join(str(i) for i in b.fw_ids) + (" ..." if len(b.fw_ids) < b.count else "")
         out.append(f"* category {b.category}: {_plural(b.count, 'READY Firework')} "
                    f"ask{'s' if b.count == 1 else ''} for more cores, GPUs or memory (spec._pilot) than any queue "
-                   f"profile has: no pilot will take {'it' if b.count == 1 else 'them'}. Lower the asks, or add a "
-                   f"profile that has them (fw {ids})")
+                   f"profile has, or more time than the profiles that have them: no pilot will take "
+                   f"{'it' if b.count == 1 else 'them'}. Lower the asks, or add a profile that has them (fw {ids})")
         for shape in b.profiles:
             out.append(f"    {shape}")
     for c in r.backed_off:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pilot.checks.probes import address_of
-from pilot.fit import WALLTIME, not_fits_clause
+from pilot.fit import WALLTIME, fits_clause, not_fits_clause
 from pilot.isotime import epoch_seconds
 from pilot.launchpad.files import uri_hosts
 from pilot.manager.records import PENDING_STATES, RUNNING_STATES, ended_query, live_query
@@ -168,7 +168,7 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
 
 def _decisions(raw: Any) -> list[dict[str, Any]]:
     """The last cycle's decisions from the manager's heartbeat (an older manager wrote none: empty)."""
-    keys = {"cluster": str, "profile": str, "category": str, "reason": str, "shape": str}
+    keys = {"cluster": str, "unit": str, "profile": str, "category": str, "reason": str, "shape": str}
     counts = ("ready", "fits", "slots", "pending", "running", "submit")
     out = []
     for d in raw if isinstance(raw, list) else []:
@@ -558,9 +558,10 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
 
 
 def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts: StatusOptions) -> list[TooBig]:
-    """READY Fireworks of served categories whose resource asks fit no queue profile serving them: the
-    worker's own rule (:func:`pilot.fit.resources_clause`, as :func:`pilot.manager.profiles.offers_of` gives each
-    profile's), negated. The manager plans no pilot for them, and they wait for ever unless someone says so."""
+    """READY Fireworks of served categories that no queue profile serving them takes: the worker's own rule (wall
+    time and resources together, :mod:`pilot.fit`, as :func:`pilot.manager.profiles.offers_of` gives each
+    profile's), negated, less the ones :func:`_too_long` lists (longer than any pilot). The manager plans no
+    pilot for them, and they wait for ever unless someone says so."""
     from pilot.manager.profiles import offers_of, profile_shape
 
     offers = [(name, o) for name, c in config.clusters.items() for o in offers_of(name, c)]
@@ -569,7 +570,10 @@ def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts
         serving = [(name, o) for name, o in offers if cat.name in o.categories]
         if cat.name in (None, OTHER_CATEGORIES) or not cat.count("READY") or not serving:
             continue
-        query = {"state": "READY", "spec._category": cat.name, "$nor": [o.resources() for _, o in serving]}
+        best = max(o.usable_seconds for _, o in serving)
+        too_long = {"$and": [{WALLTIME: {"$gt": best}}, not_fits_clause(best)]}
+        takers = [{"$and": [fits_clause(o.usable_seconds), o.resources()]} for _, o in serving]
+        query = {"state": "READY", "spec._category": cat.name, "$nor": [*takers, too_long]}
         total = q.count_documents("fireworks", query)
         if not total:
             continue

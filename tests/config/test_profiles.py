@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from pilot.cli import main as cli_main
 from pilot.config import load_config
-from pilot.render import render_pilot_script
+from pilot.render import RenderError, render_pilot_script
 from tests.config import test_config
 from tests.config.test_config import problems_of, stampede, write_config
 
@@ -69,6 +69,8 @@ def test_a_pilot_section_is_the_default_profile(tmp_path, files):
     ({"profiles": {"bad name": TWO["gpu"]}}, "profiles.bad name", ["not allowed"]),
     ({"profiles": {"short": {"walltime": "00:05:00"}}, "walltime_margin": 600}, "walltime_margin",
      ["profile short", "300 s"]),
+    ({"categories": ["md", "ana"], "profiles": {"gpu": {**TWO["gpu"], "categories": ["md"]}}}, "profiles",
+     ["no profile serves category 'ana'"]),
     ({"profiles": TWO, "fworker": {"query": {"a": 1}}, "fworker_query": {"b": 2}}, "fworker.query",
      ["both fworker.query and fworker_query"]),
     ({"profiles": TWO, "fworker": {"env": {"x": float("nan")}}}, "fworker.env", ["not plain values"]),
@@ -117,8 +119,6 @@ def test_a_single_gpu_profile_takes_any_work_as_before(tmp_path, files):
 
 
 def test_an_unknown_profile_is_a_render_error(tmp_path, files):
-    from pilot.render import RenderError
-
     _, c = _load(tmp_path, files, profiles=TWO)
     with pytest.raises(RenderError, match="has no profile 'big'; its profiles are: cpu, gpu"):
         render_pilot_script(c, "gpu1", "md", "fwp.md.ddd", profile="big")
@@ -131,3 +131,15 @@ def test_config_check_lists_the_profiles(tmp_path, files):
     assert "queue profiles: gpu1: cpu (32 cores, 24 h, md, packed), gpu (1 GPU, 8 cores, 12 h, md)" in res.output
     res = CliRunner().invoke(cli_main, ["--config-dir", str(cdir), "config", "check", "--json"])
     assert json.loads(res.output)["profiles"] == {"gpu1": ["cpu", "gpu"]}
+
+
+def test_a_gpu_profile_takes_only_gpu_work_where_a_cpu_profile_serves_the_rest(tmp_path, files):
+    cpu_md = {**TWO["cpu"], "categories": ["md"]}
+    _, c = _load(tmp_path / "a", files, categories=["md", "ana"], profiles={"gpu": TWO["gpu"], "cpu": cpu_md})
+    # the GPU profile alone serves "ana": its CPU work has nowhere else to go, so the GPU pilots take any work
+    assert not c.gpu_work_only("gpu") and not c.gpu_work_only("cpu")
+    _, c = _load(tmp_path / "b", files, categories=["md", "ana"], profiles={"gpu": {**TWO["gpu"], "categories": ["md"]},
+                                                                           "cpu": TWO["cpu"]})
+    assert c.gpu_work_only("gpu")
+    with pytest.raises(RenderError, match="profile 'gpu' does not serve category 'ana'; the profiles that do: cpu"):
+        render_pilot_script(c, "gpu1", "ana", "fwp.ana.eee", profile="gpu")

@@ -259,8 +259,8 @@ def read_exit(path: Path) -> dict[str, int]:
 
 def test_the_worker_gets_the_contracted_command_line(tmp_path, keyfiles, fake_worker):
     """pilot worker --launchpad-file LP --category CAT --name CLUSTER-JOBID --record JOB_NAME --heartbeat S
-    --deadline EPOCH --margin M --idle-timeout I --cores C --grace G, with PILOT_DEADLINE exported; '~' in
-    launchpad_file is the job user's home."""
+    --deadline EPOCH --margin M --idle-timeout I --cores C --fworker-name CLUSTER --grace G, with PILOT_DEADLINE
+    exported; '~' in launchpad_file is the job user's home."""
     home = tmp_path / "home"
     c = make_cluster(tmp_path, "slurm", **keyfiles, launchpad_file="~/.pilot/my lp.yaml",
                      worker_command=f"{fake_worker} worker", walltime_margin=120, grace=30, idle_timeout=45,
@@ -275,7 +275,8 @@ def test_the_worker_gets_the_contracted_command_line(tmp_path, keyfiles, fake_wo
     assert argv[:11] == ["worker", "--launchpad-file", f"{home}/.pilot/my lp.yaml", "--category", "md",
                          "--name", "stampede-4242", "--record", "fwp.md.abc", "--heartbeat", "60"]
     assert argv[11] == "--deadline" and t0 + 5400 <= int(argv[12]) <= t1 + 5400
-    assert argv[13:] == ["--margin", "120", "--idle-timeout", "45", "--cores", "1", "--grace", "30"]
+    assert argv[13:] == ["--margin", "120", "--idle-timeout", "45", "--cores", "1", "--fworker-name", "stampede",
+                         "--grace", "30"]
     env = dict(line.split("=", 1) for line in (work / "fake-4242.env").read_text().splitlines())
     assert env["PILOT_DEADLINE"] == argv[12] and env["PILOT_JOB_ID"] == "4242" and env["PILOT_CORES"] == "1"
     assert env["PILOT_CLUSTER"] == "stampede" and env["PILOT_CATEGORY"] == "md"

@@ -358,3 +358,32 @@ def test_queue_profiles_of_one_cluster_share_its_limits():
     assert [(d.cluster, d.profile, d.submit, d.reason) for d in out] == [
         ("g", "gpu", 2, "demand"), ("g", "cpu", 1, "max_queued")]
     assert out[0].log_line().startswith("g[gpu]/md: ready=5 (2 fit)")
+
+
+def _profiles(q=10, r=20, mn=0):
+    gpu = replace(cluster("g[gpu]", fpp=1, q=q, r=r, mn=mn, wait=1.0), cluster="g", profile="gpu")
+    cpu = replace(cluster("g[cpu]", fpp=1, q=q, r=r, mn=mn, wait=2.0), cluster="g", profile="cpu")
+    return gpu, cpu
+
+
+def test_pending_pilots_of_a_profile_are_not_credited_with_work_they_cannot_take():
+    # 5 GPU pilots wait in the queue; the 10 READY Fireworks are CPU work none of them takes: 10 CPU pilots
+    gpu, cpu = _profiles(q=20, r=20)
+    fits = {("g[gpu]", "md"): CategoryDemand(ready=0), ("g[cpu]", "md"): CategoryDemand(ready=10)}
+    pilots = {("g[gpu]", "md"): PilotCounts(pending=5)}
+    out = plan({"md": CategoryDemand(ready=10, takeable=10)}, [gpu, cpu], pilots, fits=fits)
+    assert [(d.profile, d.submit, d.reason) for d in out] == [("gpu", 0, "none fit"), ("cpu", 10, "demand")]
+
+
+def test_min_pilots_is_the_clusters_and_goes_to_one_profile():
+    # min_pilots 1, no READY work: one pilot for the cluster, not one per profile
+    gpu, cpu = _profiles(mn=1)
+    out = plan({"md": CategoryDemand(ready=0)}, [gpu, cpu], {})
+    assert [(d.profile, d.submit) for d in out] == [("gpu", 1), ("cpu", 0)]
+    # with READY CPU work only, the floor goes to the profile that can take some of it
+    fits = {("g[gpu]", "md"): CategoryDemand(ready=0), ("g[cpu]", "md"): CategoryDemand(ready=1)}
+    out = plan({"md": CategoryDemand(ready=1, takeable=1)}, [gpu, cpu], {}, fits=fits)
+    assert [(d.profile, d.submit) for d in out] == [("gpu", 0), ("cpu", 1)]
+    # a live pilot of either profile counts toward the cluster's floor
+    out = plan({"md": CategoryDemand(ready=0)}, [gpu, cpu], {("g[cpu]", "md"): PilotCounts(running=1)})
+    assert [d.submit for d in out] == [0, 0]

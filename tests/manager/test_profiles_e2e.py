@@ -87,7 +87,8 @@ def test_gpu_and_cpu_work_land_on_their_profiles(world, launchpad):
     assert "QUEUE PROFILES" in text and "emupbs[gpu]" in text and "emupbs[cpu]" in text
     huge = launchpad.fireworks.find_one({"name": "huge-0"})["fw_id"]
     assert (f"* category md: 1 READY Firework asks for more cores, GPUs or memory (spec._pilot) than any queue "
-            f"profile has: no pilot will take it. Lower the asks, or add a profile that has them (fw {huge})") in text
+            f"profile has, or more time than the profiles that have them: no pilot will take it. Lower the asks, or "
+            f"add a profile that has them (fw {huge})") in text
     assert "    emupbs[cpu]: <= 4 cores, no GPU, <= 4.5 min" in text
 
 
