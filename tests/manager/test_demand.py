@@ -11,6 +11,7 @@ not from the code under test.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from fireworks import Firework, ScriptTask, Workflow
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from pilot.manager.demand import PilotOffer, gather_demand
+from pilot.manager.demand import PilotOffer, gather_demand, takeable_query
 from pilot.manager.policy import CategoryDemand, ClusterView, PilotCounts, plan
 from pilot.status.format import format_status
 from pilot.status.gather import gather_status
@@ -246,6 +247,65 @@ def test_demand_matches_what_the_worker_pulls(launchpad, tmp_path, fworker_query
     # the one taken by its minimum runs the pilot's 70 s there, not its 4 hours: the plan sizes pilots by that
     durations = (10, 69.5, 70, 70) if fworker_query else (10, 69.5, 70, 70, 10)
     assert d.by_cluster[("short", "md")].mean_duration == pytest.approx(sum(durations) / len(durations))
+
+
+def _asks(lp: Any, fworker: str | None = None, **pilot: Any) -> None:
+    spec: dict[str, Any] = {"_category": "md", "_pilot": pilot}
+    if fworker is not None:
+        spec["_fworker"] = fworker
+    lp.add_wf(Workflow([Firework([ScriptTask.from_str("true")], spec=spec, name="asks")]))
+
+
+@pytest.mark.parametrize("cores, gpus, memory, gpu_only, pack", [
+    (4, 0, None, False, False), (8, 2, 16000, False, True), (8, 2, None, True, True), (1, 0, 2000, False, False)])
+def test_demand_with_resources_and_pins_matches_what_the_worker_pulls(launchpad, tmp_path, cores, gpus, memory,
+                                                                      gpu_only, pack):
+    """A queue profile's offer counts what its pilots' worker pulls (``Worker.fworker`` with the same cores,
+    GPUs, memory and FWorker name, through FireWorks' ``FWorker.query``), and a packing pilot's slots are its
+    cores and GPUs over the asks."""
+    from pilot.worker.model import WorkerConfig
+    from pilot.worker.supervisor import Worker
+
+    lp = launchpad
+    for asks in ({}, {"cores": 1}, {"cores": 2}, {"cores": 4}, {"cores": 8}, {"cores": 16}, {"gpus": 1},
+                 {"gpus": 2, "cores": 2}, {"gpus": 4}, {"memory": 1000}, {"memory": 8000}, {"memory": 32000},
+                 {"cores": None, "gpus": None}, {"cores": "2"}):
+        _asks(lp, **asks)
+    _asks(lp, fworker="gpu1", cores=1)         # pinned to the cluster's FWorker name: its pilots take it
+    _asks(lp, fworker="gpu1-77", cores=1)      # pinned to one pilot's own name: demand nowhere
+    cfg = WorkerConfig(launchpad_file=tmp_path / "unread.yaml", categories=("md",), name="gpu1-5", deadline=None,
+                       cores=cores, gpus=gpus, memory_mb=memory, gpu_work_only=gpu_only, fworker_name="gpu1")
+    worker = Worker(cfg)
+    try:
+        fworker = worker.fworker(math.inf)
+    finally:
+        os.close(worker._wake_r)
+        os.close(worker._wake_w)
+    pulled = lp.fireworks.count_documents({**fworker.query, "state": "READY"})
+    assert 0 < pulled < 16
+    offer = PilotOffer("gpu1", ("md",), 3600.0, cores=cores, gpus=gpus, memory=memory, gpu_work_only=gpu_only,
+                       pack=pack, pin="gpu1")
+    d = gather_demand(lp.fireworks, [offer])
+    assert d.by_cluster[("gpu1", "md")].ready == d.by_category["md"].takeable == pulled
+    assert lp.fireworks.count_documents(takeable_query("md", 3600.0, None, offer)) == pulled
+    if not pack:
+        assert d.by_cluster[("gpu1", "md")].slots == 1
+
+
+def test_slots_of_a_packing_pilot_are_its_cores_over_the_asks(launchpad):
+    lp = launchpad
+    for _ in range(4):
+        _asks(lp, cores=2)       # 4 one-at-a-time Fireworks of 2 cores: 4 to a 8-core pilot
+    d = gather_demand(lp.fireworks, [PilotOffer("c", ("md",), 3600.0, cores=8, gpus=0, pack=True)])
+    assert d.by_cluster[("c", "md")].slots == 4
+    for _ in range(4):
+        _asks(lp, cores=8)       # and 4 of 8 cores, one to a pilot: 8 Fireworks need 4/4 + 4/1 = 5 pilots, 8/5 -> 1
+    d = gather_demand(lp.fireworks, [PilotOffer("c", ("md",), 3600.0, cores=8, gpus=0, pack=True)])
+    assert d.by_cluster[("c", "md")].slots == 1
+    for _ in range(24):
+        _asks(lp, cores=1)       # and 24 of 1 core, 8 to a pilot: 32 Fireworks in 1 + 4 + 3 = 8 pilots -> 4
+    d = gather_demand(lp.fireworks, [PilotOffer("c", ("md",), 3600.0, cores=8, gpus=0, pack=True)])
+    assert d.by_cluster[("c", "md")].slots == 4
 
 
 # ---------------------------------------------------------------------------------------------- the policy
