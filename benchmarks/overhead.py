@@ -103,6 +103,30 @@ def _argv(db: Database, lp: Any, which: str, cat: str, d: Path) -> list[str]:
     return [_rlaunch(), "-l", str(lp_file), "-w", str(fw_file), "rapidfire"]
 
 
+def run_measured(argv: list[str], cwd: Path, log_path: Path, timeout: float, what: str) -> tuple[float, dict[str, Any]]:
+    """Run ``argv`` in ``cwd`` (this tree's ``pilot`` first, :func:`_env`) with its output in ``log_path``, in a
+    session of its own; its wall time and the peak RSS of it and its children (:class:`PeakSampler`). A run that
+    takes longer than ``timeout`` is killed, group and all, and so is one that exits non-zero: :class:`BenchError`
+    naming ``what``."""
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=_env())
+        sampler = PeakSampler(proc.pid).start()
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+            raise BenchError(f"{what} not done in {timeout:.0f} s; log: {log_path}") from None
+        finally:
+            rss = sampler.stop()
+        wall = time.perf_counter() - t0
+    if rc != 0:
+        raise BenchError(f"{what}: exited {rc}: {log_path.read_text()[-1500:]}")
+    return wall, rss
+
+
 def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dict[str, Any]:
     lp = db.launchpad()
     cat = f"noop{short_id()}"
@@ -114,23 +138,8 @@ def run_one(db: Database, which: str, n: int, work: Path, timeout: float) -> dic
     log_path = d / "output.log"
     # CPU of the measured process tree (every process of it is waited for by its parent) and of the server
     cpu0, srv0 = resource.getrusage(resource.RUSAGE_CHILDREN), proc_cpu_s(db.server_pid)
-    with open(log_path, "wb") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=d, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=_env())
-        sampler = PeakSampler(proc.pid).start()
-        try:
-            rc = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
-            raise BenchError(f"{which}: {n} no-op Fireworks not done in {timeout:.0f} s; log: {log_path}") from None
-        finally:
-            rss = sampler.stop()
-        wall = time.perf_counter() - t0
+    wall, rss = run_measured(argv, d, log_path, timeout, f"{which}: {n} no-op Fireworks")
     cpu1, srv1 = resource.getrusage(resource.RUSAGE_CHILDREN), proc_cpu_s(db.server_pid)
-    if rc != 0:
-        raise BenchError(f"{which} exited {rc}: {log_path.read_text()[-1500:]}")
     srv = Database.stats_diff(db.server_stats(lp), before)
     states: dict[str, int] = {}
     for doc in lp.fireworks.find({}, {"state": 1}):

@@ -17,20 +17,17 @@ the two alternate and the median run of each is reported.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from benchmarks.common import BenchError, Database, PeakSampler, short_id
-from benchmarks.overhead import _env, _launch_times, _rlaunch
+from benchmarks.common import BenchError, Database, short_id
+from benchmarks.overhead import _launch_times, _rlaunch, run_measured
 
 SLOTS = 4
 SIZES = {"full": {"n": 200, "sleep": 0.5, "repeat": 3}, "quick": {"n": 40, "sleep": 0.5, "repeat": 1},
@@ -84,22 +81,7 @@ def run_one(db: Database, which: str, n: int, seconds: float, work: Path, timeou
     d.mkdir(parents=True)
     argv = _argv(db, lp, which, cat, d)
     log_path = d / "output.log"
-    with open(log_path, "wb") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=d, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=_env())
-        sampler = PeakSampler(proc.pid).start()
-        try:
-            rc = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
-            raise BenchError(f"{which}: {n} Fireworks not done in {timeout:.0f} s; log: {log_path}") from None
-        finally:
-            rss = sampler.stop()
-        wall = time.perf_counter() - t0
-    if rc != 0:
-        raise BenchError(f"{which} exited {rc}: {log_path.read_text()[-1500:]}")
+    wall, rss = run_measured(argv, d, log_path, timeout, f"{NAMES[which]}: {n} Fireworks")
     done = lp.fireworks.count_documents({"state": "COMPLETED"})
     times = _launch_times(lp)
     db.drop(lp)

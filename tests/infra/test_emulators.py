@@ -12,6 +12,7 @@ Install the current emulator files first: ``bash tests/infra/services.sh emulato
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,28 +182,30 @@ def _kill_leftovers(state_dir: Path) -> None:
                 pass
 
 
-@pytest.fixture
-def pbs(pbs_cluster, remote_tmp):
+@contextlib.contextmanager
+def emulated(cluster: ClusterInfo, remote_tmp: Path) -> Iterator[Remote]:
+    """An SSH session on an emulated cluster's login node with a private job table (``PILOT_EMU_STATE``) under
+    ``remote_tmp``, whose jobs are killed when the test ends."""
     state = remote_tmp / "state"
-    r = Remote(pbs_cluster, {"PILOT_EMU_STATE": str(state), "PILOT_EMU_START_DELAY": "0"})
+    r = Remote(cluster, {"PILOT_EMU_STATE": str(state), "PILOT_EMU_START_DELAY": "0"})
     r.state_dir, r.work = state, remote_tmp
     try:
         yield r
     finally:
         r.close()
         _kill_leftovers(state)
+
+
+@pytest.fixture
+def pbs(pbs_cluster, remote_tmp):
+    with emulated(pbs_cluster, remote_tmp) as r:
+        yield r
 
 
 @pytest.fixture
 def lsf(lsf_cluster, remote_tmp):
-    state = remote_tmp / "state"
-    r = Remote(lsf_cluster, {"PILOT_EMU_STATE": str(state), "PILOT_EMU_START_DELAY": "0"})
-    r.state_dir, r.work = state, remote_tmp
-    try:
+    with emulated(lsf_cluster, remote_tmp) as r:
         yield r
-    finally:
-        r.close()
-        _kill_leftovers(state)
 
 
 def write_script(r: Remote, name: str, text: str) -> Path:

@@ -18,7 +18,7 @@ import pytest
 
 from queue_adapters import JobState, SubmitOutcome, get_adapter
 from tests.helpers import REPO, wait_for
-from tests.infra.test_emulators import REFERENCE, Remote, _kill_leftovers, write_script
+from tests.infra.test_emulators import REFERENCE, Remote, emulated, write_script
 
 pytestmark = pytest.mark.emulated
 
@@ -89,26 +89,14 @@ def test_installed_files_match_the_repository():
 
 @pytest.fixture
 def sge(sge_cluster, remote_tmp):
-    state = remote_tmp / "state"
-    r = Remote(sge_cluster, {"PILOT_EMU_STATE": str(state), "PILOT_EMU_START_DELAY": "0"})
-    r.state_dir, r.work = state, remote_tmp
-    try:
+    with emulated(sge_cluster, remote_tmp) as r:
         yield r
-    finally:
-        r.close()
-        _kill_leftovers(state)
 
 
 @pytest.fixture
 def torque(torque_cluster, remote_tmp):
-    state = remote_tmp / "state"
-    r = Remote(torque_cluster, {"PILOT_EMU_STATE": str(state), "PILOT_EMU_START_DELAY": "0"})
-    r.state_dir, r.work = state, remote_tmp
-    try:
+    with emulated(torque_cluster, remote_tmp) as r:
         yield r
-    finally:
-        r.close()
-        _kill_leftovers(state)
 
 
 @pytest.mark.parametrize("kind, submit", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -10,6 +11,20 @@ from typing import Any
 
 import yaml
 from fireworks import Firework, LaunchPad, ScriptTask, Workflow
+
+
+def readable_lp_file(lp: LaunchPad, remote_tmp: Path) -> Path:
+    """The LaunchPad file in ``remote_tmp``, readable by the test user whose jobs run the pilots."""
+    lp_file = remote_tmp / "my_launchpad.yaml"
+    lp.to_file(str(lp_file))
+    os.chmod(lp_file, 0o644)
+    return lp_file
+
+
+def job_prefix(letter: str) -> str:
+    """A job-name prefix of the test's own (a letter and 6 random hex digits): its jobs, and only those, are
+    cancelled afterwards."""
+    return letter + os.urandom(4).hex()[:6]
 
 
 def write_config(config_dir: Path, lp_file: Path, clusters: dict[str, dict[str, Any]], poll_interval: float = 2,

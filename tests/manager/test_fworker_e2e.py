@@ -11,7 +11,6 @@ FireWorks' own ``PyTask``: ``json.dumps`` of its ``_fw_env``, kept in the launch
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from fireworks import Firework, Workflow
@@ -19,7 +18,7 @@ from fireworks.user_objects.firetasks.script_task import PyTask
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from tests.manager.helpers import run_cycles_until, ssh_cluster, write_config
+from tests.manager.helpers import job_prefix, readable_lp_file, run_cycles_until, ssh_cluster, write_config
 from tests.manager.test_slurm import scancel_all
 
 pytestmark = [pytest.mark.slurm]
@@ -29,10 +28,8 @@ ENV = {"scratch_dir": "/scratch/alice b", "nodes_per_job": 2}
 
 @pytest.fixture
 def world(launchpad, remote_tmp, slurm_cluster, cluster_venv, tmp_path):
-    lp_file = remote_tmp / "my_launchpad.yaml"
-    launchpad.to_file(str(lp_file))
-    os.chmod(lp_file, 0o644)
-    prefix = "w" + os.urandom(4).hex()[:6]
+    lp_file = readable_lp_file(launchpad, remote_tmp)
+    prefix = job_prefix("w")
     c = ssh_cluster(slurm_cluster, str(remote_tmp / "pilotci"), str(lp_file), ["md"], cluster_venv, idle_timeout=3)
     c["fworker"] = {"name": "pilotci-fw", "query": {"spec.site": {"$in": ["pilotci", "any"]}}, "env": ENV}
     mgr = Manager(load_config(write_config(tmp_path / "cfg", lp_file, {"pilotci": c}, job_name_prefix=prefix)),

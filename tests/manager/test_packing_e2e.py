@@ -14,7 +14,7 @@ from fireworks import Firework, ScriptTask, Workflow
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from tests.manager.helpers import fw_states, run_cycles_until, ssh_cluster, write_config
+from tests.manager.helpers import fw_states, job_prefix, readable_lp_file, run_cycles_until, ssh_cluster, write_config
 from tests.manager.test_slurm import scancel_all
 
 pytestmark = [pytest.mark.slurm]
@@ -22,10 +22,8 @@ pytestmark = [pytest.mark.slurm]
 
 @pytest.fixture
 def world(launchpad, remote_tmp, slurm_cluster, cluster_venv, tmp_path):
-    lp_file = remote_tmp / "my_launchpad.yaml"
-    launchpad.to_file(str(lp_file))
-    os.chmod(lp_file, 0o644)
-    prefix = "k" + os.urandom(4).hex()[:6]
+    lp_file = readable_lp_file(launchpad, remote_tmp)
+    prefix = job_prefix("k")
     c = ssh_cluster(slurm_cluster, str(remote_tmp / "pilotci"), str(lp_file), ["md"], cluster_venv, idle_timeout=3,
                     fireworks_per_pilot=1)
     c.pop("pilot")

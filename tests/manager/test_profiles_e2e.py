@@ -10,7 +10,6 @@ scheduler's job ids, never from the code under test.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ from fireworks import Firework, ScriptTask, Workflow
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
-from tests.manager.helpers import fw_states, run_cycles_until, ssh_cluster, write_config
+from tests.manager.helpers import fw_states, job_prefix, readable_lp_file, run_cycles_until, ssh_cluster, write_config
 
 pytestmark = [pytest.mark.emulated]
 
@@ -29,10 +28,8 @@ PROFILES = {"gpu": {"walltime": "00:05:00", "cores": 1, "gpus": 1, "partition": 
 
 @pytest.fixture
 def world(launchpad, remote_tmp, pbs_cluster, cluster_venv, tmp_path):
-    lp_file = remote_tmp / "my_launchpad.yaml"
-    launchpad.to_file(str(lp_file))
-    os.chmod(lp_file, 0o644)
-    prefix = "q" + os.urandom(4).hex()[:6]
+    lp_file = readable_lp_file(launchpad, remote_tmp)
+    prefix = job_prefix("q")
     c = ssh_cluster(pbs_cluster, str(remote_tmp / "emupbs"), str(lp_file), ["md"], cluster_venv, idle_timeout=2)
     c.pop("pilot")
     c["profiles"] = PROFILES
