@@ -27,13 +27,15 @@ RESOLUTIONS = ((19, 1.0), (16, 60.0), (13, 3600.0))
 Row = dict[str, Any]
 
 
-def _cores(config: Config | None, cluster: str) -> tuple[int, bool]:
+def _cores(config: Config | None, cluster: str, profile: str | None = None) -> tuple[int, bool]:
+    """Cores of one pilot of ``cluster`` (of queue ``profile``; None or one the file no longer has: its first),
+    and whether the config said so (else 1 is assumed)."""
     if config is None:
         return 1, False
     c = getattr(config, "clusters", {}).get(cluster)
     if c is None:
         return 1, False
-    res = c.profile()
+    res = c.profile(profile if profile in c.pilot_profiles else None)
     return max(1, int(res.cores) * int(res.nodes)), True
 
 
@@ -134,20 +136,21 @@ class Fold:
         run_end = end if end is not None else (self.end_now if state in RUNNING_STATES else None)
         if run_end is None:
             return  # ended without an end time: nothing certain to count
-        self._add_run(c, max(start, lo), min(run_end, until))
+        cores = _cores(self.config, name, p.get("profile"))[0] if p.get("profile") else c.cores_per_pilot
+        self._add_run(c, max(start, lo), min(run_end, until), cores)
 
-    def _add_run(self, c: ClusterThroughput, a: float, b: float) -> None:
-        """A pilot of ``c`` ran from ``a`` to ``b`` (already clipped to the window)."""
+    def _add_run(self, c: ClusterThroughput, a: float, b: float, cores: int) -> None:
+        """A pilot of ``c`` with ``cores`` (its queue profile's) ran from ``a`` to ``b`` (clipped to the window)."""
         if b <= a:
             return
         c.pilot_s += b - a
-        c.cpu_s += (b - a) * c.cores_per_pilot
+        c.cpu_s += (b - a) * cores
         self.timeline.pilots.setdefault(c.name, []).append((a, b))
         self.first = a if self.first is None else min(self.first, a)
         for d, secs in split_days(a, b):
             dd = self.day(d, c.name)
             dd.pilot_s += secs
-            dd.cpu_s += secs * c.cores_per_pilot
+            dd.cpu_s += secs * cores
 
     # ---- 2. launches that ended in the window, in groups
     def add_launch_groups(self, rows: Iterable[Row], res: float) -> None:

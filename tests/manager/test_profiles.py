@@ -62,3 +62,20 @@ def test_which_unit_a_record_counts_for(tmp_path, files):
     assert unit_of_record({"cluster": "gpu1"}, cl["gpu1"]) == "gpu1"
     assert unit_of_record({"cluster": "gpu1", "profile": "default"}, cl["gpu1"]) == "gpu1"
     assert unit_of_record({"cluster": "st", "profile": "old"}, cl["st"]) == "st"
+
+
+def test_report_counts_each_pilots_cores_by_its_profile(tmp_path, files):
+    """CPU hours in ``pilot report``: an hour of a 32-core pilot and an hour of an 8-core one of the same cluster
+    are 40 core-hours; a record without a profile (written before profiles) counts as the first profile's."""
+    from pilot.report.fold import Fold
+
+    cfg = load_config(write_config(tmp_path, {"launchpad_file": str(files["launchpad"])},
+                                   {"gpu1": {**{k: v for k, v in stampede(files).items() if k != "pilot"},
+                                             "profiles": PROFILES}}))
+    fold = Fold(cfg, since=None, until=20000.0, now=20000.0)
+    for i, profile in enumerate(("cpu", "gpu", None)):
+        rec = {"_id": f"fwp.md.{i}", "cluster": "gpu1", "state": "COMPLETED", "submit_time": 0.0,
+               "start_time": 1000.0, "end_time": 4600.0, **({"profile": profile} if profile else {})}
+        fold.add_pilot(rec)
+    c = fold.clusters["gpu1"]
+    assert c.pilot_s == 3 * 3600 and c.cpu_s == (32 + 8 + 32) * 3600
