@@ -10,14 +10,17 @@ scheduler's job ids, never from the code under test.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 from fireworks import Firework, ScriptTask, Workflow
 
 from pilot.config import load_config
 from pilot.manager.cycle import Manager
+from tests.helpers import wait_for
 from tests.manager.helpers import fw_states, job_prefix, readable_lp_file, run_cycles_until, ssh_cluster, write_config
 
 pytestmark = [pytest.mark.emulated]
@@ -101,3 +104,55 @@ def test_no_pilot_of_a_profile_whose_resources_no_ready_firework_uses(world, lau
     assert [s["profile"] for s in report.submitted] == ["cpu"]
     line = next(x for x in _status(cdir).splitlines() if "emupbs[gpu]" in x)
     assert "none (none fit: it takes <= 1 cores, a GPU asked" in line, line
+
+
+def _sacct(conf: str, job_id: str) -> tuple[str, str] | None:
+    """SLURM's own record of a job: (Partition, AllocTRES), once accounting has it."""
+    res = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "Partition,AllocTRES"], capture_output=True,
+                         text=True, env=dict(os.environ, SLURM_CONF=conf), timeout=30, check=True)
+    row = res.stdout.strip().split("|")
+    return (row[0], row[1]) if len(row) == 2 and row[0] else None
+
+
+@pytest.mark.slurm
+def test_gpu_and_cpu_partitions_of_a_real_slurm_cluster(launchpad, remote_tmp, slurm_cluster2, cluster_venv,
+                                                        tmp_path):
+    """pilotci2's node has four GPUs (device files only) and a ``gpu`` partition: GPU work runs in pilots SLURM
+    placed in that partition with a GPU allocated (sacct's own Partition and AllocTRES, and the
+    CUDA_VISIBLE_DEVICES SLURM gives the task), CPU work in pilots of ``debug`` without one."""
+    from tests.manager.test_slurm import scancel_all
+
+    info = slurm_cluster2
+    lp_file = readable_lp_file(launchpad, remote_tmp)
+    prefix = job_prefix("g")
+    c = ssh_cluster(info, str(remote_tmp / "pilotci2"), str(lp_file), ["md"], cluster_venv, idle_timeout=2)
+    c.pop("pilot")
+    c["profiles"] = {"gpu": {"walltime": "5", "cores": 1, "gpus": 1, "partition": "gpu"},
+                     "cpu": {"walltime": "5", "cores": 2, "partition": "debug"}}
+    mgr = Manager(load_config(write_config(tmp_path / "cfg", lp_file, {"pilotci2": c}, job_name_prefix=prefix)),
+                  launchpad)
+    seen = remote_tmp / "seen"
+    seen.mkdir(mode=0o777)
+    os.chmod(seen, 0o777)
+    try:
+        for name, asks in (("gpu", {"gpus": 1}), ("cpu", {"cores": 2})):
+            script = f'echo "CVD=${{CUDA_VISIBLE_DEVICES-unset}}" > {seen}/{name}'
+            launchpad.add_wf(Workflow([Firework([ScriptTask.from_str(script)], name=name,
+                                                spec={"_category": "md", "_pilot": asks})]))
+        first = mgr.run_cycle()
+        assert sorted((d.profile, d.submit) for d in first.decisions) == [("cpu", 1), ("gpu", 1)], \
+            [d.log_line() for d in first.decisions]
+        run_cycles_until(mgr, lambda: fw_states(launchpad) == {"COMPLETED": 2}, timeout=180)
+        records = {r["job_id"]: r for r in launchpad.db["pilots"].find({"job_id": {"$ne": None}})}
+        for launch in launchpad.launches.find({}, {"fw_id": 1, "fworker": 1}):
+            fw = launchpad.fireworks.find_one({"fw_id": launch["fw_id"]})
+            job_id = launch["fworker"]["name"].removeprefix("pilotci2-")
+            assert records[job_id]["profile"] == fw["name"]
+            partition, tres = wait_for(partial(_sacct, info.slurm_conf, job_id), 60, 1.0, f"sacct to know {job_id}")
+            assert partition == {"gpu": "gpu", "cpu": "debug"}[fw["name"]]
+            assert ("gres/gpu=1" in tres) == (fw["name"] == "gpu"), tres
+        assert (seen / "gpu").read_text().strip() == "CVD=0"
+        assert (seen / "cpu").read_text().strip() in ("CVD=unset", "CVD=")
+    finally:
+        mgr.close()
+        scancel_all(info.slurm_conf, info.user, prefix)
