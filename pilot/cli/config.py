@@ -277,13 +277,21 @@ def show(app: Any, cluster: str | None, as_json: bool) -> None:
         _fail_problems(e)
     if cluster:
         try:
-            data: Any = cfg.cluster(cluster).model_dump(mode="json")
+            data: Any = _cluster_settings(cfg.cluster(cluster))
         except KeyError as e:
             raise click.ClickException(str(e.args[0])) from None
     else:
         data = {"pilot": cfg.pilot.model_dump(mode="json"),
-                "clusters": {n: c.model_dump(mode="json") for n, c in cfg.clusters.items()}}
+                "clusters": {n: _cluster_settings(c) for n, c in cfg.clusters.items()}}
     click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False), nl=as_json)
+
+
+def _cluster_settings(c: ClusterConfig) -> dict[str, Any]:
+    """A cluster's effective settings, with only the form of its pilots it uses: ``pilot`` (one shape) or
+    ``profiles`` (several), not the other one empty."""
+    data = c.model_dump(mode="json")
+    data.pop("profiles" if c.pilot is not None else "pilot", None)
+    return data
 
 
 def _fail_problems(e: ConfigError) -> NoReturn:

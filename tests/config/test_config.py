@@ -527,7 +527,7 @@ def test_config_show(tmp_path, files):
     cdir = write_config(tmp_path, {}, {"stampede": stampede(files)})
     r = run_cli("--config-dir", str(cdir), "config", "show", "stampede", "--json")
     data = json.loads(r.stdout)
-    assert data["pilot"]["walltime"] == "24:00:00" and data["grace"] == 60
+    assert data["pilot"]["walltime"] == "24:00:00" and data["grace"] == 60 and "profiles" not in data
     r = run_cli("--config-dir", str(cdir), "config", "show")
     assert yaml.safe_load(r.stdout)["pilot"]["job_name_prefix"] == "fwp"
 

@@ -143,3 +143,10 @@ def test_a_gpu_profile_takes_only_gpu_work_where_a_cpu_profile_serves_the_rest(t
     assert c.gpu_work_only("gpu")
     with pytest.raises(RenderError, match="profile 'gpu' does not serve category 'ana'; the profiles that do: cpu"):
         render_pilot_script(c, "gpu1", "ana", "fwp.ana.eee", profile="gpu")
+
+
+def test_config_show_prints_the_form_the_file_uses(tmp_path, files):
+    cdir, _ = _load(tmp_path, files, profiles=TWO)
+    res = CliRunner().invoke(cli_main, ["--config-dir", str(cdir), "config", "show", "gpu1", "--json"])
+    data = json.loads(res.output)
+    assert "pilot" not in data and data["profiles"]["gpu"]["gpus"] == 1 and data["fworker"]["name"] is None
