@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pilot.manager.concurrency import ClusterPhases, Job, clock_time
 from pilot.manager.demand import Demand, PilotOffer, ensure_demand_indexes, gather_demand
+from pilot.manager.gates import Gates
 from pilot.manager.holds import Holds
 from pilot.manager.policy import CategoryDemand, ClusterView, Decision, PilotCounts, plan
 from pilot.manager.profiles import offers_of, profile_shape, unit_of_record, views_of
@@ -111,6 +112,8 @@ class Manager:
         #: the forwards of the clusters with ``launchpad_route: ssh`` (started by the first cycle)
         self.routes = RouteKeepers(config.clusters, launchpad)
         self.holds = Holds.for_manager(config, self.records, self.settings, launchpad)  # issue 16 item 13
+        #: why units get no new pilot whatever their demand: drained, maintenance, budget (issue 20)
+        self.gates = Gates([])
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -207,7 +210,8 @@ class Manager:
         now = self.clock()
         return [v for name, rt in self.clusters.items()
                 for v in views_of(name, rt.config, self.records,
-                                  rt.available(now) and self.phases.busy(name) is None)]
+                                  rt.available(now) and self.phases.busy(name) is None,
+                                  closed=lambda ask: self.gates.closed(ask, now))]
 
     # ================================================================== act
     def submit(self, rt: ClusterRuntime, category: str, report: CycleReport, profile: str | None = None) -> bool:
@@ -302,6 +306,7 @@ class Manager:
         report.demand = demand.by_category
         report.db_queries += demand.queries
         counts = self.pilot_counts(demand.by_cluster)
+        self.gates.refresh(self.clock())
         report.decisions = plan(report.demand, self.cluster_views(), counts, fits=demand.by_cluster)
         report.decisions = self.holds.gate(report.decisions, self.clock())  # holds (issue 16 item 13)
         for d in report.decisions:
@@ -340,6 +345,7 @@ class Manager:
 
     def _refresh_one(self, rt: ClusterRuntime, report: CycleReport) -> bool | None:
         answered = self.refresh_cluster(rt, report)
+        self.gates.refresh_cluster(rt, report)  # what the gates learn from the cluster (maintenance, usage)
         # only an answer resets the back-off: a cluster that was not asked has not recovered
         if answered and rt.name not in report.errors:
             rt.ok()

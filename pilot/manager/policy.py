@@ -126,6 +126,10 @@ class ClusterView:
         (:func:`unit_name`); its limits are shared by all its profiles. None: ``name`` is the cluster.
     profile : str
         The queue profile's name (``default`` for a cluster file's ``pilot:``).
+    blocked : str | None
+        Why this unit gets no new pilot this cycle whatever its demand (drained, a maintenance coming, its
+        budget spent: :mod:`pilot.manager.gates`), in words; None: it may get pilots. Its demand flows to the
+        other clusters, as from a backed-off one.
     """
 
     name: str
@@ -137,6 +141,7 @@ class ClusterView:
     queue_wait: float | None = None
     cluster: str | None = None
     profile: str = DEFAULT_PROFILE
+    blocked: str | None = None
 
     @property
     def cluster_name(self) -> str:
@@ -169,7 +174,8 @@ class Decision:
 
     ``reason`` names what bound the number: ``demand`` (exactly what the work needs), ``covered``
     (existing pilots take all the work), ``no demand``, ``none fit`` (READY work, but none that a pilot of
-    this cluster could take), ``max_queued``, ``max_running``, ``min_pilots`` or ``backed off``.
+    this cluster could take), ``max_queued``, ``max_running``, ``min_pilots`` or ``backed off``, or why the unit
+    is blocked (:attr:`ClusterView.blocked`).
     ``fits`` is how many of the ``ready`` Fireworks a fresh pilot of the cluster could take, ``chains`` how many
     of them are chain heads (a pilot each); ``fireworks_per_pilot`` is that of the other READY Fireworks.
     """
@@ -308,8 +314,8 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
                                         running=p.running, fireworks_per_pilot=fpp[k.name], fits=h.ready,
                                         chains=d.chains, profile=k.profile, slots=h.slots,
                                         unit=k.name if k.cluster else None, queue_wait=k.queue_wait)
-            if not k.available:
-                decisions.append(Decision(submit=0, reason="backed off", **base))
+            if not k.available or k.blocked:
+                decisions.append(Decision(submit=0, reason=k.blocked or "backed off", **base))
                 continue
             # of the unserved work, only what a pilot here could take (less what our pilots here will take), in
             # slots: a chain head each, fireworks_per_pilot of the bag each; a pilot holds h.slots of them
@@ -346,10 +352,10 @@ class _Floors:
             c = k.cluster_name
             live[c] = live.get(c, 0) + counts[k.name].pending + counts[k.name].running
         for k in serving:
-            if k.available and here[k.name].ready > 0:
+            if k.available and not k.blocked and here[k.name].ready > 0:
                 unit.setdefault(k.cluster_name, k.name)
         for k in serving:
-            if k.available:
+            if k.available and not k.blocked:
                 unit.setdefault(k.cluster_name, k.name)
         return cls(live, unit)
 

@@ -13,16 +13,18 @@ observed queue wait (the least loaded queue first).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pilot.manager.demand import PilotOffer
+from pilot.manager.gates import UnitAsk
 from pilot.manager.policy import DEFAULT_PROFILE, ClusterLimits, ClusterView, unit_name
 
 if TYPE_CHECKING:
     from pilot.config import ClusterConfig
     from pilot.manager.records import Records
 
-__all__ = ["offers_of", "profile_shape", "unit_of_record", "views_of"]
+__all__ = ["offers_of", "profile_shape", "unit_ask", "unit_of_record", "views_of"]
 
 
 def offers_of(name: str, c: ClusterConfig) -> list[PilotOffer]:
@@ -40,8 +42,10 @@ def offers_of(name: str, c: ClusterConfig) -> list[PilotOffer]:
     return out
 
 
-def views_of(name: str, c: ClusterConfig, records: Records, available: bool) -> list[ClusterView]:
-    """The policy's view of each queue profile of cluster ``name`` (its limits are the cluster's, shared)."""
+def views_of(name: str, c: ClusterConfig, records: Records, available: bool,
+             closed: Callable[[UnitAsk], str | None] | None = None) -> list[ClusterView]:
+    """The policy's view of each queue profile of cluster ``name`` (its limits are the cluster's, shared);
+    ``closed`` says why a profile gets no new pilot (:mod:`pilot.manager.gates`), None when it may."""
     profiles = c.pilot_profiles
     several = len(profiles) > 1
     limits = ClusterLimits(max_queued=c.limits.max_queued, max_running=c.limits.max_running,
@@ -54,8 +58,16 @@ def views_of(name: str, c: ClusterConfig, records: Records, available: bool) -> 
             usable_seconds=max(0.0, float(res.walltime_seconds) - float(c.walltime_margin)),
             fireworks_per_pilot=int(c.fireworks_per_pilot), limits=limits, available=available,
             queue_wait=statistics.median(waits) if waits else None,
-            cluster=name if several else None, profile=pname))
+            cluster=name if several else None, profile=pname,
+            blocked=closed(unit_ask(name, c, pname)) if closed is not None else None))
     return views
+
+
+def unit_ask(name: str, c: ClusterConfig, profile: str) -> UnitAsk:
+    """What a new pilot of ``profile`` on cluster ``name`` would be, as the gates judge it."""
+    res = c.profile(profile)
+    return UnitAsk(cluster=name, profile=profile, walltime=float(res.walltime_seconds),
+                   cores=int(res.nodes) * int(res.cores), account=res.account, partition=res.partition)
 
 
 def unit_of_record(rec: dict[str, Any], c: ClusterConfig) -> str:
