@@ -531,57 +531,11 @@ bash -c 'env | grep ^PILOT_ | sort > "$PILOT_WORK_DIR/w-$PILOT_JOB_ID.env"; exit
 """
 
 
-@pytest.mark.emulated
-@pytest.mark.parametrize("sched", ["pbs", "lsf"])
-def test_emulated_scheduler_accepts_the_script(tmp_path, sched, clusters, remote_tmp):
-    """qsub / bsub (tests/infra/emulators, with a private state dir) take the rendered directives and run the
-    script; the exit-code file is named by the scheduler's job id ($PBS_JOBID is "N.server")."""
-    info = clusters["emupbs" if sched == "pbs" else "emulsf"]
-    emu_bin = Path(f"/opt/pilot-emu/{sched}/bin")
-    if not (emu_bin / ("qsub" if sched == "pbs" else "bsub")).exists():
-        pytest.skip(f"the {sched} emulator is not installed in {emu_bin} (bash tests/infra/services.sh emulators)")
-    state = remote_tmp / "emu-state"
-    work = remote_tmp / "work"
-    for d in (state, work):
-        d.mkdir()
-        os.chown(d, remote_tmp.stat().st_uid, remote_tmp.stat().st_gid)
-    cdir = tmp_path / "clusters"
-    cdir.mkdir()
-    (cdir / "t.sh.j2").write_text(EMU_WORKER.replace("SCHED", sched))
-    (cdir / "c.yaml").write_text(yaml.safe_dump({
-        "scheduler": sched, "host": info.host, "port": info.port, "user": info.user, "identity_file": info.key,
-        "known_hosts": info.known_hosts, "categories": ["md"], "launchpad_file": "/nonexistent/lp.yaml",
-        "work_dir": str(work), "template": "t.sh.j2", "walltime_margin": 120, "grace": 10,
-        "pilot": {"walltime": "00:10:00" if sched == "pbs" else "0:10", "cores": 2, "memory": "100M"}}))
-    script = render_pilot_script(load_cluster(cdir / "c.yaml"), info.name, "md", f"fwp.md.{sched}1")
-    path = remote_tmp / "pilot.sh"
-    path.write_text(script)
-    path.chmod(0o644)
-    submit = f"qsub {path}" if sched == "pbs" else f"bsub < {path}"
-    env = f"PATH={emu_bin}:/usr/bin:/bin"
-    res = subprocess.run(["runuser", "-u", info.user, "--", "env", env, f"PILOT_EMU_STATE={state}", "sh", "-c",
-                          submit], check=False, capture_output=True, text=True, timeout=60, cwd=remote_tmp)
-    assert res.returncode == 0, res.stderr
-    # qsub prints the job id ("1.pbsemu"); bsub prints "Job <1> is submitted to default queue <normal>."
-    jid = res.stdout.strip() if sched == "pbs" else res.stdout.split("<", 1)[1].split(">", 1)[0]
-    exit_file = work / f"pilot-{jid}.exit"
-    wait_for(exit_file.exists, timeout=60, what=str(exit_file))
-    assert read_exit(exit_file)["exit_code"] == 6
-    env_seen = dict(line.split("=", 1) for line in (work / f"w-{jid}.env").read_text().splitlines())
-    assert env_seen["PILOT_JOB_ID"] == jid and env_seen["PILOT_CLUSTER"] == info.name
-    assert int(env_seen["PILOT_DEADLINE"]) - int(env_seen["PILOT_START"]) == 600
-    assert "worker exited with status 6" in (work / f"pilot-{jid}.err").read_text()
-
-
-@pytest.mark.emulated
-@pytest.mark.parametrize("sched", ["sge", "torque"])
-def test_emulated_sge_and_torque_accept_the_script(tmp_path, sched, request, remote_tmp):
-    """qsub -terse (Grid Engine) / qsub (the PBS emulator as Torque), with a private state dir, take the rendered
-    directives and run the script; the exit-code file is named by $JOB_ID ("N") / $PBS_JOBID ("N.server")."""
-    info = request.getfixturevalue(f"{sched}_cluster")
-    emu_bin = Path(f"/opt/pilot-emu/{sched}/bin")
-    if not (emu_bin / "qsub").exists():
-        pytest.skip(f"the {sched} emulator is not installed in {emu_bin} (tests/infra/services.sh host emu{sched})")
+def _run_on_emulator(tmp_path, remote_tmp, info, sched: str, pilot: dict, submit: list[str],
+                     env: list[str]) -> tuple[str, Path, dict[str, str]]:
+    """Render a pilot script of cluster ``info`` whose worker writes its PILOT_ variables and exits 6, submit it
+    with the emulator's ``submit`` argv (as the cluster's user, a private state dir) and wait for its exit-code
+    file: (the job id the scheduler printed, the work dir, the variables the worker saw)."""
     state, work = remote_tmp / "emu-state", remote_tmp / "work"
     for d in (state, work):
         d.mkdir()
@@ -592,27 +546,58 @@ def test_emulated_sge_and_torque_accept_the_script(tmp_path, sched, request, rem
     (cdir / "c.yaml").write_text(yaml.safe_dump({
         "scheduler": sched, "host": info.host, "port": info.port, "user": info.user, "identity_file": info.key,
         "known_hosts": info.known_hosts, "categories": ["md"], "launchpad_file": "/nonexistent/lp.yaml",
-        "work_dir": str(work), "template": "t.sh.j2", "walltime_margin": 120, "grace": 10,
-        "pilot": {"walltime": "00:10:00", "cores": 2, "memory": "100M",
-                  "extra_directives": ["-pe smp"] if sched == "sge" else []}}))
+        "work_dir": str(work), "template": "t.sh.j2", "walltime_margin": 120, "grace": 10, "pilot": pilot}))
     script = render_pilot_script(load_cluster(cdir / "c.yaml"), info.name, "md", f"fwp.md.{sched}1")
     path = remote_tmp / "pilot.sh"
     path.write_text(script)
     path.chmod(0o644)
-    env = [f"PATH={emu_bin}:/usr/bin:/bin", f"PILOT_EMU_STATE={state}", "PILOT_EMU_START_DELAY=0"]
-    env += ["PILOT_EMU_FLAVOR=torque"] if sched == "torque" else []
-    submit = ["qsub", "-terse", str(path)] if sched == "sge" else ["qsub", str(path)]
-    res = subprocess.run(["runuser", "-u", info.user, "--", "env", *env, *submit], check=False, capture_output=True,
-                         text=True, timeout=60, cwd=remote_tmp)
+    argv = [a.replace("SCRIPT", str(path)) for a in submit]
+    res = subprocess.run(["runuser", "-u", info.user, "--", "env", f"PATH=/opt/pilot-emu/{sched}/bin:/usr/bin:/bin",
+                          f"PILOT_EMU_STATE={state}", *env, *argv], check=False, capture_output=True, text=True,
+                         timeout=60, cwd=remote_tmp)
     assert res.returncode == 0, res.stderr
-    jid = res.stdout.strip()      # "1" (qsub -terse) / "1.pbsemu"
+    # qsub prints the job id ("1.pbsemu"; "1" with -terse); bsub "Job <1> is submitted to default queue <normal>."
+    jid = res.stdout.split("<", 1)[1].split(">", 1)[0] if sched == "lsf" else res.stdout.strip()
     exit_file = work / f"pilot-{jid}.exit"
     wait_for(exit_file.exists, timeout=60, what=str(exit_file))
     assert read_exit(exit_file)["exit_code"] == 6
-    env_seen = dict(line.split("=", 1) for line in (work / f"w-{jid}.env").read_text().splitlines())
+    assert "worker exited with status 6" in (work / f"pilot-{jid}.err").read_text()
+    return jid, work, dict(line.split("=", 1) for line in (work / f"w-{jid}.env").read_text().splitlines())
+
+
+def _emulator_or_skip(sched: str, command: str, how: str) -> None:
+    if not (Path(f"/opt/pilot-emu/{sched}/bin") / command).exists():
+        pytest.skip(f"the {sched} emulator is not installed in /opt/pilot-emu/{sched}/bin ({how})")
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("sched", ["pbs", "lsf"])
+def test_emulated_scheduler_accepts_the_script(tmp_path, sched, clusters, remote_tmp):
+    """qsub / bsub (tests/infra/emulators, with a private state dir) take the rendered directives and run the
+    script; the exit-code file is named by the scheduler's job id ($PBS_JOBID is "N.server")."""
+    info = clusters["emupbs" if sched == "pbs" else "emulsf"]
+    _emulator_or_skip(sched, "qsub" if sched == "pbs" else "bsub", "bash tests/infra/services.sh emulators")
+    submit = ["sh", "-c", "qsub SCRIPT" if sched == "pbs" else "bsub < SCRIPT"]
+    pilot = {"walltime": "00:10:00" if sched == "pbs" else "0:10", "cores": 2, "memory": "100M"}
+    jid, _, env_seen = _run_on_emulator(tmp_path, remote_tmp, info, sched, pilot, submit, [])
+    assert env_seen["PILOT_JOB_ID"] == jid and env_seen["PILOT_CLUSTER"] == info.name
+    assert int(env_seen["PILOT_DEADLINE"]) - int(env_seen["PILOT_START"]) == 600
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("sched", ["sge", "torque"])
+def test_emulated_sge_and_torque_accept_the_script(tmp_path, sched, request, remote_tmp):
+    """qsub -terse (Grid Engine) / qsub (the PBS emulator as Torque), with a private state dir, take the rendered
+    directives and run the script; the exit-code file is named by $JOB_ID ("N") / $PBS_JOBID ("N.server")."""
+    info = request.getfixturevalue(f"{sched}_cluster")
+    _emulator_or_skip(sched, "qsub", f"tests/infra/services.sh host emu{sched}")
+    pilot = {"walltime": "00:10:00", "cores": 2, "memory": "100M",
+             "extra_directives": ["-pe smp"] if sched == "sge" else []}
+    env = ["PILOT_EMU_START_DELAY=0", *(["PILOT_EMU_FLAVOR=torque"] if sched == "torque" else [])]
+    submit = ["qsub", "-terse", "SCRIPT"] if sched == "sge" else ["qsub", "SCRIPT"]
+    jid, _, env_seen = _run_on_emulator(tmp_path, remote_tmp, info, sched, pilot, submit, env)
     assert env_seen["PILOT_JOB_ID"] == jid and env_seen["PILOT_CORES"] == "2"
     assert int(env_seen["PILOT_DEADLINE"]) - int(env_seen["PILOT_START"]) == 600
-    assert "worker exited with status 6" in (work / f"pilot-{jid}.err").read_text()
 
 
 def test_usr1_right_after_the_start_does_not_kill_the_real_worker(tmp_path, launchpad):
