@@ -16,6 +16,8 @@ Commands built here
   for every scheduler, and nothing lost if a site's bjobs treats ``*`` literally).
 * history: the same ``bjobs -a`` for the given ids (older jobs are purged from mbatchd
   memory: "Job <N> is not found"; the pilot's exit-code file resolves those).
+* accounting: ``bjobs -o "jobid stat run_time nalloc_slot slots proj_name ..." -json -a IDS``: ``run_time`` x
+  allocated slots and the project (see :mod:`queue_adapters.accounting`).
 * cancel: ``bkill IDS``.
 
 Time stamps: LSF prints ``May 28 12:45`` (no year, local time; ``-hms`` adds seconds).  The
@@ -31,6 +33,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .accounting import Usage, duration_seconds
 from .base import (
     CancelResult,
     JobState,
@@ -69,6 +72,8 @@ LSF_STATES: dict[str, JobState] = {
 #: The ``bjobs -o`` field list of :meth:`LsfAdapter.status_command`.
 BJOBS_FIELDS = ("jobid stat job_name user queue submit_time start_time finish_time exit_code "
                 "exit_reason pend_reason delimiter='|'")
+#: The ``bjobs -o`` field list of :meth:`LsfAdapter.accounting_command`.
+ACCOUNTING_FIELDS = "jobid stat run_time nalloc_slot slots proj_name start_time finish_time delimiter='|'"
 
 # EXIT_REASON texts (bjobs -o exit_reason / "TERM_*" exit reasons of bacct(1), LSF 10.1):
 #   https://www.ibm.com/docs/en/spectrum-lsf/10.1.0?topic=bacct-termination-reasons
@@ -181,6 +186,15 @@ class LsfAdapter(QueueAdapter):
         retryable :class:`SchedulerQueryError`.  "LSF is processing your request" lines
         before the JSON are skipped.
         """
+        result: dict[str, JobStatus] = {}
+        for record in self._records(returncode, stdout, stderr):
+            status = self._record_status(record)
+            if status is not None:
+                result[status.job_id] = status
+        return result
+
+    def _records(self, returncode: int, stdout: str, stderr: str) -> list[dict[str, Any]]:
+        """The job records of ``bjobs -json`` output (not-found ones dropped); failures raise."""
         problems = [line for line in split_lines(stderr)
                     if not _NOT_FOUND.search(line) and not _is_banner(line)]
         if problems:
@@ -205,7 +219,7 @@ class LsfAdapter(QueueAdapter):
                     command="bjobs", returncode=returncode, stdout=stdout, stderr=stderr,
                     retryable=bool(_TRANSIENT.search(stdout)),
                 )
-            return {}
+            return []
         try:
             data = json.loads(stdout[start:])
         except json.JSONDecodeError as exc:
@@ -220,7 +234,7 @@ class LsfAdapter(QueueAdapter):
                 "bjobs -json output has no RECORDS list", command="bjobs",
                 returncode=returncode, stdout=stdout, stderr=stderr, retryable=False,
             )
-        result: dict[str, JobStatus] = {}
+        kept: list[dict[str, Any]] = []
         for record in records:
             if not isinstance(record, dict):
                 continue
@@ -232,10 +246,8 @@ class LsfAdapter(QueueAdapter):
                         retryable=bool(_TRANSIENT.search(str(record["ERROR"]))),
                     )
                 continue
-            status = self._record_status(record)
-            if status is not None:
-                result[status.job_id] = status
-        return result
+            kept.append(record)
+        return kept
 
     # -- history ------------------------------------------------------------------------
     def history_command(self, job_ids: Sequence[str]) -> list[str] | None:
@@ -247,6 +259,35 @@ class LsfAdapter(QueueAdapter):
     def parse_history(self, returncode: int, stdout: str, stderr: str) -> dict[str, JobStatus]:
         """Same format as :meth:`parse_status`."""
         return self.parse_status(returncode, stdout, stderr)
+
+    # -- accounting ---------------------------------------------------------------------
+    #: most ids in one accounting query (the manager splits longer lists)
+    accounting_max_ids = 200
+
+    def accounting_command(self, job_ids: Sequence[str]) -> list[str] | None:
+        """``bjobs -o "jobid stat run_time nalloc_slot slots proj_name start_time finish_time delimiter='|'"
+        -json -a IDS``; None for no ids. Jobs purged from mbatchd (older than CLEAN_PERIOD) are not found: the
+        manager reads them while they are there, every cycle, so their last numbers are the final ones."""
+        if not job_ids:
+            return None
+        return ["bjobs", "-o", ACCOUNTING_FIELDS, "-json", "-a", *_checked_ids(job_ids)]
+
+    def parse_accounting(self, returncode: int, stdout: str, stderr: str) -> dict[str, Usage]:
+        """``{job_id: Usage}``: ``RUN_TIME`` (``N second(s)``, or ``hh:mm:ss`` under ``-hms``) x ``NALLOC_SLOT``
+        (``SLOTS`` where that field is empty), ``PROJ_NAME``; final in DONE or EXIT. Errors as for
+        :meth:`parse_status` (whose record checks it shares)."""
+        out: dict[str, Usage] = {}
+        for record in self._records(returncode, stdout, stderr):
+            job_id = _field(record, "JOBID")
+            if job_id is None:
+                continue
+            cpus = duration_seconds(_field(record, "NALLOC_SLOT") or _field(record, "SLOTS")) or 0
+            seconds = duration_seconds(_field(record, "RUN_TIME")) or 0
+            final = (_field(record, "STAT") or "") in ("DONE", "EXIT")
+            out[job_id] = Usage(job_id=job_id, cpus=cpus, seconds=seconds, core_seconds=cpus * seconds,
+                                account=_field(record, "PROJ_NAME"), start=self._time(_field(record, "START_TIME")),
+                                end=self._time(_field(record, "FINISH_TIME")) if final else None, final=final)
+        return out
 
     # -- cancel -------------------------------------------------------------------------
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:

@@ -11,6 +11,8 @@ Commands built here
 * history: PBS Pro ``qstat -f -F json -x IDS`` (``-x`` includes finished jobs while the
   server keeps job history); Torque keeps completed jobs (state ``C``) for
   ``keep_completed`` seconds and shows them without ``-x`` (which means XML there).
+* accounting (PBS Pro): ``qstat -x -f -F json IDS``: ``resources_used.walltime`` x ``resources_used.ncpus``
+  and ``Account_Name`` (see :mod:`queue_adapters.accounting`); Torque has none.
 * cancel: ``qdel IDS``.
 
 Known quirks handled by the parser (see tests/fixtures/scheduler/pbs.yaml):
@@ -37,6 +39,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from .accounting import Usage, duration_seconds
 from .base import (
     CancelResult,
     JobState,
@@ -239,6 +242,36 @@ class PbsAdapter(QueueAdapter):
         history`` means no entry (the caller falls back to the exit-code file)."""
         return self._parse_qstat(returncode, stdout, stderr)
 
+    # -- accounting ---------------------------------------------------------------------
+    #: most ids in one accounting query (the manager splits longer lists)
+    accounting_max_ids = 100
+
+    def accounting_command(self, job_ids: Sequence[str]) -> list[str] | None:
+        """PBS Pro: ``qstat -x -f -F json IDS`` (running and finished jobs with ``resources_used``); None for
+        Torque (its ``resources_used`` has no core count, and finished jobs vanish after keep_completed: no
+        core-hours are read there) and for no ids."""
+        if not job_ids or self.flavor != "pbspro":
+            return None
+        return ["qstat", "-x", "-f", "-F", "json", *_checked_ids(job_ids)]
+
+    def parse_accounting(self, returncode: int, stdout: str, stderr: str) -> dict[str, Usage]:
+        """``{job_id: Usage}``: ``resources_used.walltime`` (``hh:mm:ss``) x ``resources_used.ncpus`` (or
+        ``Resource_List.ncpus`` before the job reports usage), ``Account_Name``, ``stime``/``obittime``; a job
+        not yet started has 0 seconds. A job is final in state F or X. Same errors as :meth:`parse_history`."""
+        out: dict[str, Usage] = {}
+        for job_id, attrs in self._qstat_records(returncode, stdout, stderr).items():
+            used, wanted = _resources(attrs, "resources_used"), _resources(attrs, "Resource_List")
+            cpus = _to_int(used.get("ncpus")) or _to_int(wanted.get("ncpus")) or 0
+            seconds = duration_seconds(used.get("walltime")) or 0
+            native = str(attrs.get("job_state", "")).strip()
+            final = native in _FINAL_LETTERS
+            account = attrs.get("Account_Name")
+            out[job_id] = Usage(job_id=job_id, cpus=cpus, seconds=seconds, core_seconds=cpus * seconds,
+                                account=str(account) if account not in (None, "") else None,
+                                start=self._time(attrs.get("stime")),
+                                end=self._time(attrs.get("obittime")) if final else None, final=final)
+        return out
+
     # -- cancel -------------------------------------------------------------------------
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:
         """``qdel IDS``."""
@@ -285,6 +318,12 @@ class PbsAdapter(QueueAdapter):
 
     # -- parsing internals --------------------------------------------------------------
     def _parse_qstat(self, returncode: int, stdout: str, stderr: str) -> dict[str, JobStatus]:
+        records = self._qstat_records(returncode, stdout, stderr)
+        return {job_id: self._job_status(job_id, attrs) for job_id, attrs in records.items()}
+
+    def _qstat_records(self, returncode: int, stdout: str, stderr: str) -> dict[str, dict[str, Any]]:
+        """Each job's attributes, from ``qstat -f`` JSON or text (text values are strings: ``a.b = v`` lines
+        stay dotted keys there, nested objects in JSON)."""
         problems = [line for line in split_lines(stderr) if not _GONE.search(line)]
         if problems:
             raise SchedulerQueryError(
@@ -322,10 +361,8 @@ class PbsAdapter(QueueAdapter):
                     "qstat JSON has a 'Jobs' entry that is not an object", command="qstat",
                     returncode=returncode, stdout=stdout, stderr=stderr, retryable=False,
                 )
-            records = {str(k): v for k, v in jobs.items() if isinstance(v, dict)}
-        else:
-            records = parse_qstat_text(stdout)
-        return {job_id: self._job_status(job_id, attrs) for job_id, attrs in records.items()}
+            return {str(k): v for k, v in jobs.items() if isinstance(v, dict)}
+        return dict(parse_qstat_text(stdout))
 
     def _load_json(self, text: str, returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
         for attempt in (text, repair_pbs_json(text)):
@@ -528,6 +565,15 @@ def parse_qstat_text(text: str) -> dict[str, dict[str, str]]:
 
 
 # -- helpers ----------------------------------------------------------------------------
+def _resources(attrs: dict[str, Any], name: str) -> dict[str, Any]:
+    """``resources_used`` / ``Resource_List`` of a job: a nested object in JSON, ``name.key`` in text."""
+    nested = attrs.get(name)
+    if isinstance(nested, dict):
+        return nested
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in attrs.items() if k.startswith(prefix)}
+
+
 def _to_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None

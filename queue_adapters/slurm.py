@@ -19,6 +19,9 @@ Commands built here
   CLUSTERS`` (without ``--noheader``: the ``CLUSTER: name`` lines say which cluster each job is on),
   ``sacct -M CLUSTERS -o Cluster,...``, ``scancel -M CLUSTER``. Without it the job is missing from the plain
   listing, and a pilot that runs looks gone.
+* accounting: ``env SLURM_TIME_FORMAT=%s sacct -P -X -n -o
+  JobID,Account,AllocCPUS,ElapsedRaw,CPUTimeRAW,Submit,Start,End,State -j IDS``: what each job is charged
+  (``CPUTimeRAW`` = AllocCPUS x ElapsedRaw, see :mod:`queue_adapters.accounting`).
 * cancel: ``scancel -v IDS``.  ``-v`` makes scancel name every job it works on
   (``scancel: Terminating job N``) and report per job why it could not
   (``Kill job error on job id N: ...``); without it, Slurm 22.05 prints nothing at all for
@@ -32,6 +35,7 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 
+from .accounting import Usage, duration_seconds
 from .base import (
     CancelResult,
     JobState,
@@ -124,6 +128,9 @@ _SQUEUE_FORMAT = "%i|%T|%r|%u|%V|%S|%e|%j"
 SQUEUE_COLUMNS: tuple[str | None, ...] = (
     "job_id", "state", "reason", "user", "submit", "start", "end", "name")
 _SACCT_FIELDS = "JobID,State,ExitCode,Submit,Start,End,Reason,User,JobName"
+#: The accounting query's fields (:meth:`SlurmAdapter.accounting_command`) and their meanings.
+_ACCT_FIELDS = "JobID,Account,AllocCPUS,ElapsedRaw,CPUTimeRAW,Submit,Start,End,State"
+_ACCT_COLUMNS = ("job_id", "account", "cpus", "elapsed", "core_seconds", "submit", "start", "end", "state")
 #: Meaning of the columns of :data:`_SACCT_FIELDS`.
 SACCT_COLUMNS: tuple[str | None, ...] = (
     "job_id", "state", "exit_code", "submit", "start", "end", "reason", "user", "name")
@@ -424,6 +431,68 @@ class SlurmAdapter(QueueAdapter):
                 continue
             result[status.job_id] = status
         return result
+
+    # -- accounting ---------------------------------------------------------------------
+    #: most ids in one accounting query (the manager splits longer lists)
+    accounting_max_ids = 200
+
+    def accounting_command(self, job_ids: Sequence[str]) -> list[str] | None:
+        """``env SLURM_TIME_FORMAT=%s sacct -P -X -n -o JobID,Account,AllocCPUS,ElapsedRaw,CPUTimeRAW,Submit,
+        Start,End,State -j IDS`` (``-M CLUSTERS`` and ``Cluster`` first for federated ids); None for no ids."""
+        if not job_ids:
+            return None
+        plain, clusters = split_federated(job_ids)
+        ids = ",".join(_checked_ids(plain))
+        if clusters:
+            return ["env", "SLURM_TIME_FORMAT=%s", "sacct", "-M", ",".join(clusters), "-P", "-X", "-n", "-o",
+                    f"Cluster,{_ACCT_FIELDS}", "-j", ids]
+        return ["env", "SLURM_TIME_FORMAT=%s", "sacct", "-P", "-X", "-n", "-o", _ACCT_FIELDS, "-j", ids]
+
+    def parse_accounting(self, returncode: int, stdout: str, stderr: str) -> dict[str, Usage]:
+        """Parse :meth:`accounting_command` output into ``{job_id: Usage}``.
+
+        ``core_seconds`` is ``CPUTimeRAW`` as printed (AllocCPUS x ElapsedRaw, what the site bills); a running
+        job's numbers grow until it ends (``final`` once its state is final). An empty ``Account`` (no
+        association) is None. A job id sacct lists several times (ids reused after slurmctld lost its state)
+        is the one submitted last, as in :meth:`parse_history`. Failures raise as for :meth:`parse_history`.
+        """
+        if re.search(r"accounting storage is disabled", stderr, re.IGNORECASE):
+            raise SchedulerQueryError(
+                "SLURM accounting is disabled on this cluster: no core-hours to read with sacct",
+                command="sacct", returncode=returncode, stdout=stdout, stderr=stderr, retryable=False)
+        self._check_query("sacct", returncode, stdout, stderr)
+        result: dict[str, Usage] = {}
+        submitted: dict[str, float] = {}
+        for line in split_lines(stdout):
+            cluster, line = _cluster_column(line, "|")
+            parts = line.split("|")
+            if len(parts) != len(_ACCT_COLUMNS):
+                continue
+            row = dict(zip(_ACCT_COLUMNS, (p.strip() for p in parts), strict=True))
+            usage = self._usage(row)
+            if usage is None:
+                continue  # job steps (123.batch) and junk
+            if cluster:
+                usage = dataclasses.replace(usage, job_id=f"{usage.job_id};{cluster}")
+            sub = self._time(row["submit"])
+            when = sub.timestamp() if sub else 0.0
+            if usage.job_id in submitted and when < submitted[usage.job_id]:
+                continue
+            submitted[usage.job_id] = when
+            result[usage.job_id] = usage
+        return result
+
+    def _usage(self, row: dict[str, str]) -> Usage | None:
+        if not _JOB_ID_RE.match(row["job_id"]):
+            return None
+        cpus, elapsed, core = (duration_seconds(row[k]) for k in ("cpus", "elapsed", "core_seconds"))
+        if cpus is None or elapsed is None or core is None:
+            return None
+        native = row["state"].split()[0] if row["state"].split() else ""
+        final = map_state(_ALL_STATES, native, "slurm").final
+        return Usage(job_id=row["job_id"], cpus=cpus, seconds=elapsed, core_seconds=core,
+                     account=row["account"] or None, start=self._time(row["start"]),
+                     end=self._time(row["end"]) if final else None, final=final)
 
     # -- cancel -------------------------------------------------------------------------
     def cancel_command(self, job_ids: Sequence[str]) -> list[str]:

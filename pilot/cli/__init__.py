@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "init": "pilot.cli.config:init", "config": "pilot.cli.config:config", "render": "pilot.cli.config:render",
     "md": "pilot.cli.md:md",
     "report": "pilot.cli.report:report_cmd", "demo": "pilot.cli.demo:demo_cmd",
+    "drain": "pilot.cli.drain:drain_cmd", "resume": "pilot.cli.drain:resume_cmd",
     "status": "pilot.cli.status:status", "doctor": "pilot.cli.checks:doctor", "bootstrap": "pilot.cli.checks:bootstrap",
 }
 

@@ -24,6 +24,7 @@ from pilot.config import (
     load_config,
     load_pilot_config,
 )
+from pilot.config.models_pilot import share_text
 from pilot.configdir import pilot_command, private_dir, write_private
 
 EXAMPLE_PILOT_YAML = """\
@@ -250,6 +251,7 @@ def check(app: Any, as_json: bool, no_render: bool) -> None:
             "ok": ok, "config_dir": str(app.config_dir),
             "clusters": sorted(cfg.clusters) if cfg else [], "categories": cfg.categories if cfg else [],
             "profiles": {n: list(c.pilot_profiles) for n, c in cfg.clusters.items()} if cfg else {},
+            **_campaign_json(app.config_dir, cfg, ok),
             "problems": [p.as_dict() for p in problems],
             "summary": f"{summary}: OK" if ok else _plural(len(problems), "problem"),
         }, indent=2))
@@ -259,10 +261,34 @@ def check(app: Any, as_json: bool, no_render: bool) -> None:
         if ok:
             if cfg is not None and (line := _profiles_line(cfg)):
                 click.echo(f"queue profiles: {line}")
+            for line in _campaign_lines(app.config_dir, cfg) if cfg is not None else ():
+                click.echo(line)
             click.echo(f"{summary}: OK")
         else:
             click.echo(f"{_plural(len(problems), 'problem')} in {app.config_dir}", err=True)
     sys.exit(0 if ok else 1)
+
+
+def _campaign_lines(config_dir: Path, cfg: Config) -> list[str]:
+    """What the config says of running the campaign (docs/campaign.md): the share between categories, each
+    cluster's budget, and which clusters are drained now (from the LaunchPad, when it answers at once)."""
+    from pilot.cli.drain import drained_lines
+
+    out = [f"share: {share_text(cfg.pilot.share, cfg.categories)}"] if cfg.pilot.share else []
+    out += [f"budget: {name}: {'; '.join(b.label() for b in cl.budget)}" for name, cl in cfg.clusters.items()
+            if cl.budget]
+    return out + drained_lines(config_dir, cfg)
+
+
+def _campaign_json(config_dir: Path, cfg: Config | None, ok: bool) -> dict[str, Any]:
+    """:func:`_campaign_lines` for ``--json``: weights of every category, budgets, drains."""
+    from pilot.cli.drain import drained_clusters
+
+    if cfg is None:
+        return {"share": {}, "budgets": {}, "drained": {}}
+    return {"share": {c: cfg.pilot.share.get(c, 1.0) for c in cfg.categories},
+            "budgets": {n: [b.model_dump(mode="json") for b in c.budget] for n, c in cfg.clusters.items() if c.budget},
+            "drained": drained_clusters(config_dir, cfg) if ok else {}}
 
 
 @config.command("show")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pilot.config.errors import TYPE_WORDS, ConfigError, ConfigProblem, describe, format_loc, split_loc
 from pilot.config.messages import error_message, model_at
 from pilot.config.models_cluster import ClusterConfig
-from pilot.config.models_pilot import PilotConfig
+from pilot.config.models_pilot import PilotConfig, share_problems
 from pilot.config.units import validate_name
 from pilot.configdir import PILOT_FILE, pilot_command
 
@@ -323,6 +323,9 @@ def load_config(config_dir: Path | str) -> Config:
         if cluster is not None:
             clusters[path.stem] = cluster
 
+    if isinstance(pilot_obj, PilotConfig) and not problems:   # fair share names served categories only
+        served = sorted({c for cl in clusters.values() for p in cl.pilot_profiles for c in cl.profile_categories(p)})
+        problems += [ConfigProblem(_shown(pilot_path), f, m) for f, m in share_problems(pilot_obj.share, served)]
     if problems:
         raise ConfigError(problems)
     assert isinstance(pilot_obj, PilotConfig)

@@ -21,6 +21,7 @@ from pilot.config.checks_cluster import (
     check_zone_name,
 )
 from pilot.config.errors import field_error, field_errors
+from pilot.config.models_budget import Budget, budgets_from
 from pilot.config.models_fworker import FWorkerSettings
 from pilot.config.models_resources import (
     DEFAULT_PROFILE,
@@ -177,6 +178,10 @@ class ClusterConfig(BaseModel):
                                      "pilots wanted.", examples=[1])
     limits: Limits = Field(default_factory=lambda: Limits.model_validate({}),
                            description="How many pilots may be queued/running at once.")
+    budget: list[Budget] = Field(default_factory=list, description="Core-hours this manager may spend on the "
+                                 "cluster, per account: new pilots stop when they would go over (one mapping or a "
+                                 "list; see docs/campaign.md).",
+                                 examples=[{"core_hours": 5000, "account": "chem123", "since": "2026-12-01"}])
     template: Path | None = Field(None, description="A custom Jinja2 job template (may {% extends "
                                   "\"slurm.sh.j2\" %} and override blocks); relative to the clusters/ folder. "
                                   "null uses the built-in template of the scheduler.",
@@ -507,6 +512,11 @@ class ClusterConfig(BaseModel):
             raise field_error(f"file not found: {p}; write the path of your Jinja2 template (relative paths are "
                               "relative to the clusters/ folder), or null for the built-in template")
         return p
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> list[Budget]:
+        return budgets_from(v)
 
     @model_validator(mode="after")
     def _one_form(self) -> ClusterConfig:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from pilot.config.errors import field_error
+from pilot.config.errors import field_error, field_errors
 from pilot.config.units import PREFIX_RE, base_dir_of, expand_path
 
-__all__ = ["BackoffConfig", "PilotConfig"]
+__all__ = ["BackoffConfig", "PilotConfig", "share_problems", "share_text"]
 
 
 class BackoffConfig(BaseModel):
@@ -67,6 +69,38 @@ class PilotConfig(BaseModel):
                                  "(PREFIX.CATEGORY.ID): how the manager recognises its own jobs in the queue. "
                                  "A letter, then up to 7 letters or digits.", examples=["fwp"])
 
+    share: dict[str, float] = Field(default_factory=dict, description="Fair share between categories: category "
+                                    "-> weight (a positive number); a category not listed weighs 1. When "
+                                    "categories compete for a cluster's room (max_queued, max_running), the "
+                                    "next pilot goes to the category whose live cores over its weight are "
+                                    "lowest, so pilots and core-hours follow the weights over time "
+                                    "(docs/campaign.md, \"Fair share between categories\").",
+                                    examples=[{"md": 3, "analysis": 1}])
+
+    share_window: float = Field(86400.0, ge=0, description="Seconds of history fair share counts: a "
+                                "category's pilots that ended within this time count toward what it had, with "
+                                "its live ones (0: live pilots only).", examples=[86400])
+
+    @field_validator("share", mode="before")
+    @classmethod
+    def _share(cls, v: Any) -> Any:
+        """Each weight a positive, finite number, told with the value as written (before pydantic's coercion)."""
+        if not isinstance(v, dict):
+            return v   # pydantic says a mapping is expected
+        bad = []
+        for cat, w in v.items():
+            if not isinstance(cat, str):
+                bad.append((str(cat), f"{cat!r} is not a category name: write a category the clusters serve as "
+                            f"text (quote it, '{cat}': {w}, if that is its name)"))
+                continue
+            number = isinstance(w, (int, float)) and not isinstance(w, bool)
+            if not (number and math.isfinite(w) and w > 0):
+                bad.append((str(cat), f"{w!r} is not a usable weight: write a positive number (e.g. {cat}: 1; a "
+                            f"larger weight gets a larger share), or remove {cat} to give it weight 1"))
+        if bad:
+            raise field_errors(bad)
+        return v
+
     @field_validator("launchpad_file", "log_dir")
     @classmethod
     def _paths(cls, v: Path, info: ValidationInfo) -> Path:
@@ -79,3 +113,26 @@ class PilotConfig(BaseModel):
             raise field_error(f"{v!r} is not a usable job-name prefix: write a letter followed by up to 7 letters "
                               "or digits (no '.', '-' or '_'), e.g. fwp")
         return v
+
+
+def share_problems(share: dict[str, float], served: list[str]) -> list[tuple[str, str]]:
+    """``share`` entries naming a category no cluster serves, as ``(field, fix)``: a typo there would silently
+    give the real category weight 1 (checked once all cluster files are loaded)."""
+    import difflib
+
+    out = []
+    for cat in share:
+        if cat in served:
+            continue
+        close = difflib.get_close_matches(cat, served, n=1)
+        did = f" (did you mean {close[0]!r}?)" if close else ""
+        out.append((f"share.{cat}", f"no cluster serves category {cat!r}{did}; the clusters serve: "
+                    f"{', '.join(served) or 'none'}: write one of them, or add {cat} to a cluster's categories"))
+    return out
+
+
+def share_text(share: dict[str, float], served: list[str]) -> str:
+    """The weights in words, for ``pilot config check``: ``md 3, analysis 1 (others 1)``."""
+    named = [f"{cat} {share[cat]:g}" for cat in share]
+    others = [c for c in served if c not in share]
+    return ", ".join(named) + (" (others 1)" if others else "") if named else "all 1"

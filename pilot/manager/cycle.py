@@ -37,10 +37,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pilot.manager.accounting import AccountingRefresher
+from pilot.manager.budget import BudgetGate
 from pilot.manager.concurrency import ClusterPhases, Job, clock_time
 from pilot.manager.demand import Demand, PilotOffer, ensure_demand_indexes, gather_demand
+from pilot.manager.drain import DrainGate
 from pilot.manager.gates import Gates
 from pilot.manager.holds import Holds
+from pilot.manager.maintenance import MaintenanceGate
 from pilot.manager.policy import CategoryDemand, ClusterView, Decision, PilotCounts, plan
 from pilot.manager.profiles import offers_of, profile_shape, unit_of_record, views_of
 from pilot.manager.records import PENDING_STATES, SUBMIT_FAILED, Records
@@ -53,6 +57,7 @@ from pilot.manager.runtime import (
     fworker_name,
     walltime_seconds,
 )
+from pilot.manager.share import recent_cores
 from pilot.manager.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -113,7 +118,9 @@ class Manager:
         self.routes = RouteKeepers(config.clusters, launchpad)
         self.holds = Holds.for_manager(config, self.records, self.settings, launchpad)  # issue 16 item 13
         #: why units get no new pilot whatever their demand: drained, maintenance, budget (issue 20)
-        self.gates = Gates([])
+        self.gates = Gates([DrainGate(self.records, self.settings), MaintenanceGate(self.records, self.settings)])
+        self.budget = BudgetGate(config, self.records)
+        self.gates.gates += [AccountingRefresher(self.records, self.settings), self.budget]
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -191,8 +198,9 @@ class Manager:
             unit = unit_of_record(rec, rt.config)
             c = counts.setdefault((unit, rec["category"]), {"p": 0, "r": 0, "rt": 0})
             if rec["state"] in PENDING_STATES:
-                # a backed-off cluster's queued pilots may never start: don't let them hold demand
-                if rt.available(now):
+                # a backed-off cluster's queued pilots may never start, a drained one's leave when they start:
+                # don't let them hold demand
+                if rt.available(now) and not rec.get("drain"):
                     c["p"] += 1
             else:
                 c["r"] += 1
@@ -200,7 +208,7 @@ class Manager:
                 need = max(60.0, d.mean_duration or 0.0) if d else 60.0
                 start = rec.get("start_time") or now
                 left = start + float(rec["walltime"]) - now - float(rec["margin"])
-                if left > need:
+                if left > need and not rec.get("drain"):   # a drained pilot takes no more work
                     c["rt"] += 1
         return {k: PilotCounts(pending=v["p"], running=v["r"], running_with_time=v["rt"])
                 for k, v in counts.items()}
@@ -307,8 +315,11 @@ class Manager:
         report.db_queries += demand.queries
         counts = self.pilot_counts(demand.by_cluster)
         self.gates.refresh(self.clock())
-        report.decisions = plan(report.demand, self.cluster_views(), counts, fits=demand.by_cluster)
+        report.decisions = plan(report.demand, self.cluster_views(), counts, fits=demand.by_cluster,
+                                share=self.config.pilot.share, recent=recent_cores(  # fair share: pilots ended lately
+                                    self.records, self.config.clusters, self.clock() - self.config.pilot.share_window))
         report.decisions = self.holds.gate(report.decisions, self.clock())  # holds (issue 16 item 13)
+        report.decisions = self.budget.cut(report.decisions)  # several pilots in one cycle: within the budget
         for d in report.decisions:
             (log.info if d.submit or d.ready else log.debug)(d.log_line())
         if not self.dry_run:

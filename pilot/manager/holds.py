@@ -10,7 +10,7 @@ The rule, applied once to each pilot record that reached a final scheduler state
 
 * **started** (resets the count): the pilot ran a Firework (a launch names its FWorker ``CLUSTER-JOBID``, or its
   exit record counts one), or its worker stopped normally (exit record ``IDLE``, ``NOTHING_FITS``, ``DEADLINE``,
-  ``SIGNAL``), or, without an exit record, the job COMPLETED after the worker wrote a heartbeat;
+  ``SIGNAL``, ``DRAINED``), or, without an exit record, the job COMPLETED after the worker wrote a heartbeat;
 * **failed start**: no Firework, and the worker's exit record says it failed (``ERROR``, ``INTERNAL``), or there
   is no exit record and the job exited non-zero or its worker never wrote a heartbeat (the interpreter is
   missing, ``setup:`` failed, the node cannot reach the LaunchPad);
@@ -57,7 +57,7 @@ log = logging.getLogger("pilot.manager")
 
 FAILED, STARTED, IGNORED = "failed", "started", "ignored"
 #: the worker's exit-record ``stop`` values of a normal end (:mod:`pilot.worker.heartbeat`)
-NORMAL_STOPS = ("IDLE", "NOTHING_FITS", "DEADLINE", "SIGNAL")
+NORMAL_STOPS = ("IDLE", "NOTHING_FITS", "DEADLINE", "SIGNAL", "DRAINED")
 #: lines of the last failed pilot's stderr kept in the hold, and lines the "see the rest" command shows
 TAIL_LINES = 20
 MORE_LINES = 100

@@ -38,6 +38,14 @@ clamped by the cluster's limits:
 * ``min_pilots``: a floor of live pilots per cluster and category, kept even without demand.
 
 A cluster that is backed off (failing) gets nothing; its demand flows to the next cluster.
+
+Categories share a cluster's room by **fair share** (``pilot.yaml`` ``share``, weights; 1 when not listed):
+each category walks the clusters serving it in order of preference as above, but the pilots are handed out
+one at a time, the next to the category with the fewest cores per unit of weight, counting its live pilots,
+those planned this cycle and those that ended within ``share_window`` (:mod:`pilot.manager.share`, which
+says why). A category that gets less than it wants because the room went to others says so in its reason
+(``max_queued (share md 3 : analysis 1)``). With one category, or room for all, nothing changes: each gets
+what it wants.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from pilot.manager.share import Rooms, allocate, share_note
 
 #: the profile a cluster file's ``pilot:`` makes (as :mod:`pilot.config` names it)
 DEFAULT_PROFILE = "default"
@@ -130,6 +140,8 @@ class ClusterView:
         Why this unit gets no new pilot this cycle whatever its demand (drained, a maintenance coming, its
         budget spent: :mod:`pilot.manager.gates`), in words; None: it may get pilots. Its demand flows to the
         other clusters, as from a backed-off one.
+    cores : int
+        Cores of one pilot (nodes times cores per node): what fair share counts (:mod:`pilot.manager.share`).
     """
 
     name: str
@@ -142,6 +154,7 @@ class ClusterView:
     cluster: str | None = None
     profile: str = DEFAULT_PROFILE
     blocked: str | None = None
+    cores: int = 1
 
     @property
     def cluster_name(self) -> str:
@@ -175,7 +188,9 @@ class Decision:
     ``reason`` names what bound the number: ``demand`` (exactly what the work needs), ``covered``
     (existing pilots take all the work), ``no demand``, ``none fit`` (READY work, but none that a pilot of
     this cluster could take), ``max_queued``, ``max_running``, ``min_pilots`` or ``backed off``, or why the unit
-    is blocked (:attr:`ClusterView.blocked`).
+    is blocked (:attr:`ClusterView.blocked`). ``max_queued`` and ``max_running`` are followed by the weights,
+    ``max_queued (share md 3 : analysis 1)``, when other categories took some of the cluster's room this cycle
+    (fair share, :mod:`pilot.manager.share`).
     ``fits`` is how many of the ``ready`` Fireworks a fresh pilot of the cluster could take, ``chains`` how many
     of them are chain heads (a pilot each); ``fireworks_per_pilot`` is that of the other READY Fireworks.
     """
@@ -274,7 +289,8 @@ def _rooms(clusters: list[ClusterView], pilots: dict[tuple[str, str], PilotCount
 
 def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
          pilots: dict[tuple[str, str], PilotCounts],
-         fits: dict[tuple[str, str], CategoryDemand] | None = None) -> list[Decision]:
+         fits: dict[tuple[str, str], CategoryDemand] | None = None,
+         share: dict[str, float] | None = None, recent: dict[str, float] | None = None) -> list[Decision]:
     """Decide how many pilots each cluster submits for each category.
 
     Parameters
@@ -290,48 +306,135 @@ def plan(demand: dict[str, CategoryDemand], clusters: list[ClusterView],
         (:func:`pilot.manager.demand.gather_demand`); a missing key (or None) means all of ``demand``. A
         cluster is planned only for what its pilots could take, and ``demand[c].takeable`` bounds what all
         clusters together plan for, so that no pilot is submitted for work none would take.
+    share : dict[str, float] | None
+        Fair-share weight per category (``pilot.yaml`` ``share``); a category not listed (or None) weighs 1.
+        Where categories compete for a cluster's room, it goes by weighted deficit (:mod:`pilot.manager.share`).
+    recent : dict[str, float] | None
+        Cores of each category's pilots that ended within the share window (``pilot.yaml`` ``share_window``):
+        with the live ones, what the category had lately. None: none.
 
     Returns
     -------
     list[Decision]
         One decision per (cluster, category served), in a stable order (category, then preference).
     """
-    queued_room, live_room = _rooms(clusters, pilots)
-    decisions: list[Decision] = []
-    for cat in sorted({c for k in clusters for c in k.categories}):
-        d = demand.get(cat, CategoryDemand(ready=0))
+    rooms = Rooms(*_rooms(clusters, pilots))
+    cats = [_Category.of(cat, demand.get(cat, CategoryDemand(ready=0)), clusters, pilots, fits, share)
+            for cat in sorted({c for k in clusters for c in k.categories})]
+    had = _live_cores(clusters, pilots)
+    for cat, cores in (recent or {}).items():
+        had[cat] = had.get(cat, 0.0) + cores
+    allocate(cats, rooms, had, share)
+    return [d for c in cats for d in c.decisions]
+
+
+def _live_cores(clusters: list[ClusterView], pilots: dict[tuple[str, str], PilotCounts]) -> dict[str, float]:
+    """Cores of each category's pending and running pilots on every cluster (a unit no view names: 1 a pilot)."""
+    cores = {k.name: k.cores for k in clusters}
+    out: dict[str, float] = {}
+    for (unit, cat), p in pilots.items():
+        out[cat] = out.get(cat, 0.0) + (p.pending + p.running) * cores.get(unit, 1)
+    return out
+
+
+@dataclass
+class _Category:
+    """One category's walk over the units serving it, in order of preference, one unit at a time: a unit's
+    ``need``, ``floor`` and ``want`` are worked out when the walk reaches it (after the units before it are
+    final, so that their new pilots are credited), and the unit is final when it has what it wants or its
+    cluster has no room left. :func:`pilot.manager.share.allocate` decides whose walk gets the next pilot."""
+
+    category: str
+    d: CategoryDemand
+    serving: list[ClusterView]
+    here: dict[str, CategoryDemand]
+    fpp: dict[str, int]
+    counts: dict[str, PilotCounts]
+    unserved: _Unserved
+    floors: _Floors
+    share: dict[str, float] | None
+    decisions: list[Decision] = field(default_factory=list)
+    at: int = 0
+    unit: _Unit | None = None
+
+    @classmethod
+    def of(cls, cat: str, d: CategoryDemand, clusters: list[ClusterView], pilots: dict[tuple[str, str], PilotCounts],
+           fits: dict[tuple[str, str], CategoryDemand] | None, share: dict[str, float] | None) -> _Category:
         serving = sorted((k for k in clusters if cat in k.categories), key=_preference)
         here = {k.name: (fits or {}).get((k.name, cat), d) for k in serving}
         fpp = {k.name: fireworks_per_pilot(k, here[k.name]) for k in serving}
         counts = {k.name: pilots.get((k.name, cat), PilotCounts()) for k in serving}
         # what existing pilots (every cluster) will take: demand is never counted twice
-        unserved = _Unserved.of(d, serving, here, fpp, counts)
-        floors = _Floors.of(serving, here, counts)
+        return cls(cat, d, serving, here, fpp, counts, _Unserved.of(d, serving, here, fpp, counts),
+                   _Floors.of(serving, here, counts), share)
 
-        for k in serving:
-            p, h = counts[k.name], here[k.name]
-            base: dict[str, Any] = dict(cluster=k.cluster_name, category=cat, ready=d.ready, pending=p.pending,
-                                        running=p.running, fireworks_per_pilot=fpp[k.name], fits=h.ready,
-                                        chains=d.chains, profile=k.profile, slots=h.slots,
-                                        unit=k.name if k.cluster else None, queue_wait=k.queue_wait)
-            if not k.available or k.blocked:
-                decisions.append(Decision(submit=0, reason=k.blocked or "backed off", **base))
-                continue
-            # of the unserved work, only what a pilot here could take (less what our pilots here will take), in
-            # slots: a chain head each, fireworks_per_pilot of the bag each; a pilot holds h.slots of them
-            heads, bag = unserved.caps(k.name, h, p, fpp[k.name])
-            need = math.ceil((heads + (math.ceil(bag / fpp[k.name]) if bag > 0 else 0)) / h.slots)
-            floor = floors.floor(k)
-            want = max(need, floor)
-            room_q, room_l = queued_room[k.cluster_name], live_room[k.cluster_name]
-            n = min(want, room_q, room_l)
-            reason = _reason(d, h, want, n, need, floor, room_q, room_l)
-            queued_room[k.cluster_name] -= n
-            live_room[k.cluster_name] -= n
-            unserved.take(n * h.slots, heads, fpp[k.name], bag)
-            floors.planned(k, n)
-            decisions.append(Decision(submit=n, reason=reason, **base))
-    return decisions
+    def current(self, rooms: Rooms) -> tuple[str, int] | None:
+        """The cluster (and a pilot's cores) of the unit the next pilot of this category would go to; units that
+        want no more or whose cluster is full are made final on the way. None: this category is done."""
+        while self.at < len(self.serving):
+            k = self.serving[self.at]
+            u = self.unit = self.unit or self._open(k)
+            if u is not None and u.n < u.want and rooms.free(k.cluster_name) > 0:
+                return k.cluster_name, k.cores
+            self._close(k, u, rooms)
+        return None
+
+    def left(self, rooms: Rooms) -> int:
+        k, u = self.serving[self.at], self.unit
+        assert u is not None
+        return min(u.want - u.n, rooms.free(k.cluster_name))
+
+    def place(self, rooms: Rooms, n: int) -> None:
+        k, u = self.serving[self.at], self.unit
+        assert u is not None
+        u.n += n
+        rooms.take(k.cluster_name, self.category, n)
+
+    def _base(self, k: ClusterView) -> dict[str, Any]:
+        p, h = self.counts[k.name], self.here[k.name]
+        return dict(cluster=k.cluster_name, category=self.category, ready=self.d.ready, pending=p.pending,
+                    running=p.running, fireworks_per_pilot=self.fpp[k.name], fits=h.ready, chains=self.d.chains,
+                    profile=k.profile, slots=h.slots, unit=k.name if k.cluster else None, queue_wait=k.queue_wait)
+
+    def _open(self, k: ClusterView) -> _Unit | None:
+        """What this category wants of unit ``k`` (None: a backed-off or blocked unit, which gets nothing)."""
+        if not k.available or k.blocked:
+            return None
+        p, h, fpp = self.counts[k.name], self.here[k.name], self.fpp[k.name]
+        # of the unserved work, only what a pilot here could take (less what our pilots here will take), in
+        # slots: a chain head each, fireworks_per_pilot of the bag each; a pilot holds h.slots of them
+        heads, bag = self.unserved.caps(k.name, h, p, fpp)
+        need = math.ceil((heads + (math.ceil(bag / fpp) if bag > 0 else 0)) / h.slots)
+        floor = self.floors.floor(k)
+        return _Unit(need=need, floor=floor, want=max(need, floor), heads=heads, bag=bag)
+
+    def _close(self, k: ClusterView, u: _Unit | None, rooms: Rooms) -> None:
+        """Unit ``k`` is final: record its decision, credit its new pilots, move on to the next unit."""
+        self.at, self.unit = self.at + 1, None
+        if u is None:
+            self.decisions.append(Decision(submit=0, reason=k.blocked or "backed off", **self._base(k)))
+            return
+        h, c = self.here[k.name], k.cluster_name
+        # the room there was for this unit: what is left now and what it got
+        reason = _reason(self.d, h, u.want, u.n, u.need, u.floor, rooms.queued.get(c, 0) + u.n,
+                         rooms.live.get(c, 0) + u.n)
+        if u.n < u.want:
+            reason += share_note(rooms, c, self.category, self.share)
+        self.unserved.take(u.n * h.slots, u.heads, self.fpp[k.name], u.bag)
+        self.floors.planned(k, u.n)
+        self.decisions.append(Decision(submit=u.n, reason=reason, **self._base(k)))
+
+
+@dataclass
+class _Unit:
+    """What one category wants of the unit its walk is at, and the pilots planned there so far."""
+
+    need: int
+    floor: int
+    want: int
+    heads: int
+    bag: int
+    n: int = 0
 
 
 @dataclass

@@ -59,7 +59,8 @@ def views_of(name: str, c: ClusterConfig, records: Records, available: bool,
             fireworks_per_pilot=int(c.fireworks_per_pilot), limits=limits, available=available,
             queue_wait=statistics.median(waits) if waits else None,
             cluster=name if several else None, profile=pname,
-            blocked=closed(unit_ask(name, c, pname)) if closed is not None else None))
+            blocked=closed(unit_ask(name, c, pname)) if closed is not None else None,
+            cores=int(res.nodes) * int(res.cores)))
     return views
 
 

@@ -8,12 +8,15 @@ Three collections, so that ``pilot status`` works from any machine that has the 
     name). Fields: cluster, category, job_name, job_id, state, native_state, reason, submit_time,
     start_time, end_time, exit_code, last_error, walltime, margin, fworker, reconciled; and, written by the
     pilot itself (:mod:`pilot.worker.heartbeat`): heartbeat, heartbeat_interval, host, exit {time, stop,
-    reason, code, fireworks}.
+    reason, code, fireworks}; ``drain: true`` while the pilot's cluster is drained (the worker then stops before
+    its next Firework).
 ``pilot_clusters``
     One document per cluster: reachable, last_contact, last_error, failures, backoff_until; and, for pilots that
     cannot start (:mod:`pilot.manager.holds`): failed_starts (in a row) and hold {since, until, delay, failures,
     pilot {job_name, job_id, category, state, exit_code, reason, why}, stderr_path, stderr_tail, see_more,
-    config_digest} (null when the cluster is not held).
+    config_digest} (null when the cluster is not held); drain {since, until, by} (null: not drained,
+    :mod:`pilot.manager.drain`), maintenance [{name, start, end, partition}] and maintenance_checked (SLURM maintenance
+    reservations, :mod:`pilot.manager.maintenance`).
 ``pilot_reruns``
     One document per Firework put back to READY after its pilot died under it (``_id`` = fw_id), by the manager
     or by the worker's requeue: count, history [{time, by, reason, pilot}]. One bound (``max_reruns``) for
@@ -154,6 +157,50 @@ class Records:
         """The cluster's failed starts in a row and its hold (None: not held)."""
         self.clusters.update_one({"_id": cluster}, {"$set": {"failed_starts": count, "hold": hold}}, upsert=True)
 
+    # ------------------------------------------------------------------ drain and maintenance (issue 20)
+    def drained(self) -> dict[str, dict[str, Any]]:
+        """The drained clusters: name -> ``drain`` {since, until (epoch or None), by} (:mod:`pilot.manager.drain`)."""
+        docs = self.clusters.find({"drain": {"$ne": None}}, {"drain": 1})
+        return {str(d["_id"]): d["drain"] for d in docs if isinstance(d.get("drain"), dict)}
+
+    def set_drain(self, cluster: str, drain: dict[str, Any] | None, only_since: float | None = None) -> bool:
+        """Drain ``cluster`` (``drain`` {since, until, by}) or lift its drain (None); mark its live pilots so
+        (:meth:`mark_drain`). ``only_since``: lift only the drain that began then (a drain given again meanwhile
+        stays). True when the record changed."""
+        query: dict[str, Any] = {"_id": cluster}
+        if only_since is not None:
+            query["drain.since"] = only_since
+        if drain is None:
+            res = self.clusters.update_one(query, {"$set": {"drain": None}})
+        else:
+            res = self.clusters.update_one(query, {"$set": {"drain": drain}}, upsert=True)
+        changed = bool(res.modified_count or res.upserted_id is not None)
+        if changed or only_since is None:
+            self.mark_drain(cluster, drain is not None)
+        return changed
+
+    def mark_drain(self, cluster: str, on: bool) -> int:
+        """Mark the cluster's live pilots ``drain: true`` (the worker stops before its next Firework), or take
+        the mark off; how many records changed."""
+        if on:
+            res = self.pilots.update_many({**live_query(), "cluster": cluster, "drain": {"$ne": True}},
+                                          {"$set": {"drain": True}})
+        else:
+            res = self.pilots.update_many({**live_query(), "cluster": cluster, "drain": True},
+                                          {"$unset": {"drain": ""}})
+        return int(res.modified_count)
+
+    def set_maintenance(self, cluster: str, reservations: list[dict[str, Any]], checked: float) -> None:
+        """The maintenance reservations the manager last read from the cluster ({name, start, end, partition},
+        epoch seconds), and when (:mod:`pilot.manager.maintenance`): what ``pilot status`` shows."""
+        self.clusters.update_one({"_id": cluster}, {"$set": {
+            "maintenance": reservations, "maintenance_checked": checked, "maintenance_error": None}}, upsert=True)
+
+    def set_maintenance_error(self, cluster: str, error: str, when: float) -> None:
+        """Why the manager could not read the cluster's reservations (the last ones read stay)."""
+        self.clusters.update_one({"_id": cluster}, {"$set": {"maintenance_error": error,
+                                                             "maintenance_error_time": when}}, upsert=True)
+
     # ------------------------------------------------------------------ reruns
     def rerun_count(self, fw_id: int) -> int:
         doc = self.reruns.find_one({"_id": fw_id})
@@ -166,6 +213,38 @@ class Records:
         rerun won, so the history never holds a rerun that did not happen."""
         doc = self.reruns.find_one({"_id": fw_id}, {"history": 1})
         return list(doc.get("history") or []) if doc else []
+
+    # ------------------------------------------------------------------ core-hours (issue 20, budgets)
+    def unsettled_usage(self, cluster: str, ended_since: float) -> list[dict[str, Any]]:
+        """The cluster's pilots whose core-hours are not final yet (:mod:`pilot.manager.accounting`): with a job
+        id, started or over (never-started queued ones use nothing), and not ended before ``ended_since``; the
+        ones asked about longest ago first."""
+        query = {"cluster": cluster, "job_id": {"$ne": None}, "usage.final": {"$ne": True},
+                 "state": {"$nin": [*PENDING_STATES, SUBMIT_FAILED]},
+                 "$or": [{"end_time": None}, {"end_time": {"$gte": ended_since}}]}
+        docs = list(self.pilots.find(query, {"job_id": 1, "usage": 1}))
+        return sorted(docs, key=lambda d: float((d.get("usage") or {}).get("checked") or 0.0))
+
+    def set_usage(self, job_name: str, usage: dict[str, Any] | None, checked: float) -> None:
+        """The pilot's ``usage`` {cpus, seconds, core_seconds, account, start, end, final} as the scheduler gave
+        it, and when it was asked (``usage.checked``); None: asked, not listed (the last numbers stay)."""
+        if usage is None:
+            self.pilots.update_one({"_id": job_name}, {"$set": {"usage.checked": checked}})
+        else:
+            self.update(job_name, usage={**usage, "checked": checked})
+
+    def set_accounting_state(self, cluster: str, error: str | None, when: float) -> None:
+        """How the cluster's last accounting query went (``accounting`` {ok, error, time}), for ``pilot status``."""
+        self.clusters.update_one({"_id": cluster}, {"$set": {"accounting": {"ok": error is None, "error": error,
+                                                                            "time": when}}}, upsert=True)
+
+    def with_usage(self, cluster: str | None = None) -> list[dict[str, Any]]:
+        """The pilots that have core-hours from the scheduler (of one cluster, or all): what budgets and
+        ``pilot status``/``pilot report`` add up."""
+        query: dict[str, Any] = {"usage.core_seconds": {"$ne": None}}
+        if cluster is not None:
+            query["cluster"] = cluster
+        return list(self.pilots.find(query))
 
     # ------------------------------------------------------------------ manager heartbeat
     def heartbeat(self, info: dict[str, Any], drop: tuple[str, ...] = ()) -> None:

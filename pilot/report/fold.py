@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pilot.isotime import epoch_seconds
+from pilot.manager.accounting import day_split, fold_core_hours
 from pilot.manager.records import PENDING_STATES, RUNNING_STATES
 from pilot.report.model import OTHER, ClusterThroughput, DayThroughput, ThroughputReport, Timeline
 from pilot.report.times import bin_start, split_days, utc_day
@@ -87,6 +88,8 @@ class Fold:
         self.by_job: dict[str, str] = {}
         self.running_fworkers: set[str] = set()
         self.known: set[str] = set()
+        #: the pilot records with core-hours from the scheduler (pilot.manager.accounting)
+        self.charged: list[Row] = []
         for name in sorted(getattr(config, "clusters", {}) or {}):
             self.cluster(name)
 
@@ -113,6 +116,8 @@ class Fold:
         name = str(p.get("cluster") or "?")
         c = self.cluster(name)
         self.by_job[str(p["_id"])] = name
+        if (p.get("usage") or {}).get("core_seconds") is not None:
+            self.charged.append(p)
         if p.get("fworker"):
             self.by_fworker[str(p["fworker"])] = name
         state = str(p.get("state") or "")
@@ -137,20 +142,42 @@ class Fold:
         if run_end is None:
             return  # ended without an end time: nothing certain to count
         cores = _cores(self.config, name, p.get("profile"))[0] if p.get("profile") else c.cores_per_pilot
-        self._add_run(c, max(start, lo), min(run_end, until), cores)
+        self._add_run(c, max(start, lo), min(run_end, until), cores, self._charged(p))
 
-    def _add_run(self, c: ClusterThroughput, a: float, b: float, cores: int) -> None:
-        """A pilot of ``c`` with ``cores`` (its queue profile's) ran from ``a`` to ``b`` (clipped to the window)."""
+    def _charged(self, p: Row) -> dict[str, int] | None:
+        """The pilot's core-seconds per UTC day of the window as the scheduler charged them (its ``usage``,
+        :mod:`pilot.manager.accounting`); None when it has none (the CPU hours are then estimated)."""
+        u = p.get("usage") or {}
+        if u.get("core_seconds") is None:
+            return None
+        days = day_split(u.get("start"), int(u.get("seconds") or 0), int(u["core_seconds"]),
+                         fallback=_f(p.get("end_time")) or _f(p.get("submit_time")))
+        lo = utc_day(self.since) if self.since is not None else ""
+        hi = utc_day(self.until)
+        return {d: cs for d, cs in days.items() if lo <= d <= hi}
+
+    def _add_run(self, c: ClusterThroughput, a: float, b: float, cores: int,
+                 charged: dict[str, int] | None = None) -> None:
+        """A pilot of ``c`` with ``cores`` (its queue profile's) ran from ``a`` to ``b`` (clipped to the window);
+        its CPU seconds are what the scheduler ``charged`` per day when known, else run time x cores."""
         if b <= a:
             return
         c.pilot_s += b - a
-        c.cpu_s += (b - a) * cores
+        if charged is None:
+            c.cpu_s += (b - a) * cores
+            c.cpu_estimated += 1
+        else:
+            c.cpu_s += sum(charged.values())
+            c.cpu_charged += 1
+            for d, cs in charged.items():
+                self.day(d, c.name).cpu_s += cs
         self.timeline.pilots.setdefault(c.name, []).append((a, b))
         self.first = a if self.first is None else min(self.first, a)
         for d, secs in split_days(a, b):
             dd = self.day(d, c.name)
             dd.pilot_s += secs
-            dd.cpu_s += secs * cores
+            if charged is None:
+                dd.cpu_s += secs * cores
 
     # ---- 2. launches that ended in the window, in groups
     def add_launch_groups(self, rows: Iterable[Row], res: float) -> None:
@@ -232,7 +259,8 @@ class Fold:
     def report(self, now: float, queries: int) -> ThroughputReport:
         """The report, with notes on assumed cores and on launches by FWorkers that are no pilot."""
         assumed = sorted(
-            c.name for c in self.clusters.values() if not c.cores_from_config and c.name != OTHER and c.pilot_s > 0
+            c.name for c in self.clusters.values()
+            if not c.cores_from_config and c.name != OTHER and c.pilot_s > 0 and c.cpu_estimated
         )
         if assumed:
             why = "no config dir" if self.config is None else "not in the config dir"
@@ -254,4 +282,5 @@ class Fold:
             timeline=self.timeline,
             notes=self.notes,
             queries=queries,
+            core_hours=fold_core_hours(self.charged, self.since, self.until),
         )

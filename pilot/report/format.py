@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 
+from pilot.report.corehours import core_hours_lines
 from pilot.report.model import ThroughputReport
 
 __all__ = ["format_report"]
@@ -60,6 +61,12 @@ def _window_text(r: ThroughputReport) -> str:
     return head
 
 
+#: the last line of the text report: what the columns mean
+LEGEND = ("pilots = pilots started; busy = time running Fireworks / pilot time; CPU-h = pilot-h x cores per pilot "
+          "(x1? = assumed), an estimate; 'charged' = what the scheduler charged (sacct CPUTimeRAW, PBS resources_used, "
+          "LSF run_time x slots), 'mixed' = charged where known, else the estimate")
+
+
 def format_report(r: ThroughputReport) -> str:
     """The report as aligned text tables (per cluster, then per UTC day)."""
     lines = [f"Throughput {_window_text(r)}"]
@@ -85,6 +92,8 @@ def format_report(r: ThroughputReport) -> str:
     for c in [*r.clusters, tot]:
         cpu = c.cpu_hours
         cores = "" if c.name == "total" else (f" x{c.cores_per_pilot}" if c.cores_from_config else " x1?")
+        if c.cpu_source in ("scheduler", "mixed"):
+            cores = " charged" if c.cpu_source == "scheduler" else " mixed"   # pilot.manager.accounting
         rows.append(
             [
                 c.name,
@@ -131,10 +140,7 @@ def format_report(r: ThroughputReport) -> str:
                 right={2, 3, 4, 5, 6, 7},
             )
         )
-    lines.append("")
-    lines.append(
-        "pilots = pilots started; busy = time running Fireworks / pilot time; CPU-h = pilot-h x cores "
-        "per pilot (x1? = assumed)"
-    )
+    lines.extend(core_hours_lines(r.core_hours))
+    lines += ["", LEGEND]
     lines.extend(f"note: {n}" for n in r.notes)
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from pilot.manager.accounting import CoreHours
 from pilot.report.times import iso_utc
 
 __all__ = ["OTHER", "SCHEMA_VERSION", "ClusterThroughput", "DayThroughput", "ThroughputReport", "Timeline"]
@@ -89,6 +90,16 @@ class ClusterThroughput(_PilotTime):
     pilots_pending: int = 0
     queue_waits: list[float] = field(default_factory=list)
     reruns: int = 0
+    #: pilots whose CPU seconds are what the scheduler charged (their ``usage``) / estimated (run time x cores)
+    cpu_charged: int = 0
+    cpu_estimated: int = 0
+
+    @property
+    def cpu_source(self) -> str | None:
+        """Where ``cpu_s`` comes from: ``scheduler``, ``estimate`` (run time x cores), ``mixed``; None: no pilot."""
+        if self.cpu_charged and self.cpu_estimated:
+            return "mixed"
+        return "scheduler" if self.cpu_charged else "estimate" if self.cpu_estimated else None
 
     @property
     def queue_wait_median(self) -> float | None:
@@ -111,6 +122,7 @@ class ClusterThroughput(_PilotTime):
             "busy_hours": _r(self.busy_s / 3600.0),
             "pilot_hours": _r(self.pilot_hours),
             "cpu_hours": _r(self.cpu_hours),
+            "cpu_hours_source": self.cpu_source,
             "utilisation": _r(self.utilisation),
             "pilots": {
                 "submitted": self.pilots_submitted,
@@ -190,6 +202,8 @@ class ThroughputReport:
     timeline: Timeline
     notes: list[str] = field(default_factory=list)
     queries: int = 0
+    #: core-seconds the schedulers charged, per cluster and account, by category and UTC day (exact)
+    core_hours: list[CoreHours] = field(default_factory=list)
 
     def total(self) -> ClusterThroughput:
         """All clusters summed (``cores_per_pilot`` is meaningless there: CPU seconds are summed)."""
@@ -209,6 +223,8 @@ class ThroughputReport:
                 "pilots_running",
                 "pilots_pending",
                 "reruns",
+                "cpu_charged",
+                "cpu_estimated",
             ):
                 setattr(t, attr, getattr(t, attr) + getattr(c, attr))
             for k, v in c.pilots_ended.items():
@@ -236,6 +252,7 @@ class ThroughputReport:
             "clusters": [c.to_dict() for c in self.clusters],
             "totals": totals,
             "days": [d.to_dict() for d in self.days],
+            "core_hours": [c.to_dict() for c in self.core_hours],
             "notes": list(self.notes),
         }
 

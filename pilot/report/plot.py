@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pilot.report.corehours import plot_core_hours_file
 from pilot.report.format import short_num
 from pilot.report.model import ThroughputReport
 
@@ -84,6 +85,9 @@ def plot_report(r: ThroughputReport, path: str | Path, what: str = "auto", title
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    if r.core_hours:   # stacked bars per UTC day and category, per cluster/account (pilot.report.corehours)
+        extra = plot_core_hours_file(r.core_hours, path.with_name(f"{path.stem}-core-hours{path.suffix}"))
+        r.notes.append(f"core-hour plot: {extra}")
     return path
 
 

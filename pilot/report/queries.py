@@ -49,7 +49,7 @@ class ReportQueries:
         if since is not None:
             pq["$or"] = [{"end_time": None}, {"end_time": {"$gte": since - CLOCK_SLACK_S}}]
         proj = {"cluster": 1, "state": 1, "submit_time": 1, "start_time": 1, "end_time": 1, "fworker": 1,
-                "profile": 1}
+                "profile": 1, "category": 1, "usage": 1}
         rows = list(self.db["pilots"].find(pq, proj))
         self.count += 1
         return rows

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pilot.configdir import pilot_command
+from pilot.status.gates import gate_lines, wait_lines
 from pilot.status.model import (
     OTHER_CATEGORIES,
     SHOWN_FW_STATES,
@@ -21,6 +22,8 @@ from pilot.status.model import (
     StatusReport,
     first_line,
 )
+from pilot.status.share import share_lines
+from pilot.status.usage import budget_needs, usage_lines
 
 #: The least the clusters table gives the last error, however wide the other columns are.
 MIN_ERROR_WIDTH = 12
@@ -198,7 +201,7 @@ def format_status(report: StatusReport, now: float | None = None, width: int = 1
     for w in report.warnings:
         out.append(f"warning: {w}")
 
-    out += ["", "CLUSTERS", *_clusters_lines(report, now, width)]
+    out += ["", "CLUSTERS", *_clusters_lines(report, now, width), *gate_lines(report, now)]
 
     out += ["", "CATEGORIES"]
     if report.categories:
@@ -213,6 +216,8 @@ def format_status(report: StatusReport, now: float | None = None, width: int = 1
         out.append("  (no Fireworks)")
 
     out += _profile_lines(report, now)
+    out += share_lines(report.share, format_table)  # FAIR SHARE (pilot.status.share)
+    out += usage_lines(report.usage, format_table)  # CORE-HOURS and budgets (pilot.status.usage)
     out += ["", _needs_title(report)]
     out += _needs_lines(report, now)
     return "\n".join(out) + "\n"
@@ -307,6 +312,8 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
             out.append(f"    {hint}")
         out.append(f"    check it with: {_pilot(r, f'doctor {c.name}')}")
     out += _hold_lines(r, now)
+    out += wait_lines(r)   # READY work waiting on drained clusters or a maintenance
+    out += budget_needs(r.usage)   # units a budget stopped (pilot.status.usage)
     out += _route_lines(r, now)
     if r.pending_total:
         shown = f" (the {len(r.pending_long)} oldest)" if len(r.pending_long) < r.pending_total else ""

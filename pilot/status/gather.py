@@ -24,6 +24,7 @@ from pilot.fit import WALLTIME, fits_clause, not_fits_clause
 from pilot.isotime import epoch_seconds
 from pilot.launchpad.files import uri_hosts
 from pilot.manager.records import PENDING_STATES, RUNNING_STATES, ended_query, live_query
+from pilot.status.gates import cluster_gates, gate_waits
 from pilot.status.model import (
     FW_STATES,
     OTHER_CATEGORIES,
@@ -41,6 +42,8 @@ from pilot.status.model import (
     TooLong,
     first_line,
 )
+from pilot.status.share import gather_share
+from pilot.status.usage import gather_usage
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -163,7 +166,8 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
         manager=manager_info, manager_stale=stale, clusters=clusters, categories=categories,
         fizzled_total=fizzled_total, fizzled=fizzled, unserved=unserved, pending_total=pending_total,
         pending_long=pending, lost_runs=lost, too_long=too_long, warnings=list(warnings), queries=q.count,
-        too_big=too_big)
+        gate_waits=gate_waits(manager_info), too_big=too_big, share=gather_share(q, config, manager_info, now),
+        usage=gather_usage(q, config, now, (manager_info or {}).get("decisions")))  # CORE-HOURS
 
 
 def _decisions(raw: Any) -> list[dict[str, Any]]:
@@ -314,6 +318,7 @@ def _add_cluster_records(q: _Queries, out: dict[str, ClusterStatus], now: float)
         cs.failed_starts = int(doc.get("failed_starts") or 0)
         # held back because its pilots cannot start (pilot.manager.holds)
         cs.hold = HoldStatus.from_doc(doc["hold"]) if isinstance(doc.get("hold"), dict) else None
+        cs.gates = cluster_gates(doc, now)   # drained, maintenance coming (pilot.status.gates)
 
 
 def _add_routes(out: dict[str, ClusterStatus], config: Config | None, manager: dict[str, Any] | None,

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from pilot.isotime import iso_utc
+from pilot.status.gates import ClusterGates, GateWait, gates_json
 
 __all__ = [
     "FW_STATES",
@@ -267,10 +268,14 @@ class ClusterStatus:
     route: RouteStatus | None = None
     failed_starts: int = 0
     hold: HoldStatus | None = None
+    #: drained, maintenance coming (:mod:`pilot.status.gates`); None: neither
+    gates: ClusterGates | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The cluster in the ``--json`` document."""
         d = _with_iso(asdict(self), "last_contact", "last_error_time", "backoff_until")
+        del d["gates"]
+        d.update(gates_json(self.gates))   # keys drain, maintenance
         d["route"] = self.route.to_dict() if self.route is not None else None
         d["hold"] = self.hold.to_dict() if self.hold is not None else None
         return d
@@ -392,6 +397,10 @@ class StatusReport:
     warnings: list[str] = field(default_factory=list)
     too_big: list[TooBig] = field(default_factory=list)
     queries: int = 0
+    usage: Any = None  # CORE-HOURS and budgets (pilot.status.usage.UsageSection), None: not shown
+    #: READY work waiting because its clusters are drained or under maintenance (:mod:`pilot.status.gates`)
+    gate_waits: list[GateWait] = field(default_factory=list)
+    share: dict[str, Any] | None = None  # FAIR SHARE (pilot.status.share), None: not shown
 
     @property
     def backed_off(self) -> list[ClusterStatus]:
@@ -412,7 +421,8 @@ class StatusReport:
         """How many entries the "needs you" section has (0: nothing to do)."""
         return (self.fizzled_total + len(self.unserved) + self.pending_total + len(self.backed_off)
                 + len(self.lost_runs) + len(self.too_long) + len(self.too_big) + (1 if self.manager_stale else 0)
-                + len(self.routes_down) + len(self.held))
+                + len(self.routes_down) + len(self.held)
+                + len(self.usage.stopped if self.usage is not None else ()) + len(self.gate_waits))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document (schema: ``docs/status.schema.json``); times as ISO 8601 UTC text."""
@@ -443,6 +453,10 @@ class StatusReport:
                 "too_long": [asdict(t) for t in self.too_long],
                 "too_big": [asdict(t) for t in self.too_big],
                 "manager_stale": stale,
+                "budget_stopped": list(self.usage.stopped) if self.usage is not None else [],
+                "waiting_on_gates": [w.to_dict() for w in self.gate_waits],
             },
             "warnings": list(self.warnings),
+            "core_hours": self.usage.to_dict() if self.usage is not None else None,
+            "share": self.share,
         }

@@ -89,7 +89,7 @@ class Heartbeat:
     def stop(self, stop: str, reason: str, code: int, fireworks: int) -> None:
         """Stop beating and write the exit record (one try: the worker is leaving).
 
-        ``stop`` is why, for programs: IDLE, NOTHING_FITS, DEADLINE, SIGNAL (normal ends), ERROR or INTERNAL
+        ``stop`` is why, for programs: IDLE, NOTHING_FITS, DEADLINE, SIGNAL, DRAINED (normal ends), ERROR or INTERNAL
         (the worker failed: exit ``code``); ``reason`` is the same for people; ``fireworks`` how many it ran."""
         self._stop.set()
         if self._thread is not None:

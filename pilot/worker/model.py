@@ -40,6 +40,8 @@ class StopReason(enum.Enum):
     #: READY work is there but none fits the time left; a fresh pilot would take it
     NOTHING_FITS = "READY work, but none fits the time left"
     SIGNAL = "stop signal"
+    #: the pilot's record says ``drain: true`` (``pilot drain CLUSTER``): no more Fireworks after the current one
+    DRAINED = "the cluster is drained (pilot drain): no new Firework"
 
 
 class StopRequested(Exception):

@@ -61,6 +61,7 @@ class PackHost(Protocol):
     def _drain_wakeups(self) -> None: ...
     def _log_warnings(self) -> None: ...
     def _nothing_fits(self, avail: float) -> bool: ...
+    def _drained(self, quick: bool = False) -> bool: ...
     def _handle_signals(self, child: ChildState, handled: int) -> int: ...
     def _next_stop_trigger(self) -> float | None: ...
     def _begin_stop(self, child: ChildState, grace: float, why: str) -> None: ...
@@ -107,6 +108,8 @@ class Packer:
         self.failing_since: float | None = None
         #: an error that ends the worker once the running slots are stopped
         self.error: WorkerError | None = None
+        #: the cluster is drained (``pilot drain``): no new Firework; the worker leaves when the running ones end
+        self.drained = False
 
     # ------------------------------------------------------------------ binding (asked by the CallServer)
     def bind(self, child: ChildState, m_fw: Any) -> dict[str, Any]:
@@ -153,13 +156,18 @@ class Packer:
             return None
         stopping = self.host._stop_requested()
         avail = self.host.available()
-        if stopping or avail <= 0:
+        if stopping or avail <= 0 or self.drained:
             if not self.running:
-                return StopReason.SIGNAL if stopping else StopReason.DEADLINE
+                return (StopReason.SIGNAL if stopping else StopReason.DRAINED if self.drained
+                        else StopReason.DEADLINE)
             return None
         if not self._may_start(now):
             return None
         try:
+            # before each pull (the running Fireworks are never interrupted): one read of the pilot's record
+            if self.host._drained(quick=bool(self.running)):
+                self.drained = True
+                return None if self.running else StopReason.DRAINED
             return self._start(avail)
         except StopRequested:
             return None  # the next round passes the signal to the slots

@@ -1,6 +1,7 @@
 """The worker's loop: pull a Firework that fits the time left, run it in a child, supervise it (signals, the
 deadline, the grace period), settle it, repeat; stop when idle, when READY work no longer fits the time left, at
-the deadline or on a stop signal.
+the deadline, on a stop signal, or when its cluster is drained (``pilot drain``: its record says ``drain: true``,
+read before each pull; the Firework that runs is never interrupted).
 
 With a deadline, the batch system's pre-walltime signal (SIGUSR1) is only logged: SLURM sends it up to 60 s
 earlier than asked (sbatch(1), ``--signal``), LSF rounds ``-wt`` up to whole minutes, and the worker knows the
@@ -273,6 +274,11 @@ class Worker:
             avail = self.available()
             if avail <= 0:
                 return StopReason.DEADLINE
+            try:
+                if self._drained():   # before each pull: the Firework that ran is never interrupted
+                    return StopReason.DRAINED
+            except StopRequested:
+                return StopReason.SIGNAL
             fworker = self.fworker(avail)
             if not work_hint:
                 try:
@@ -306,6 +312,34 @@ class Worker:
                 backoff = min(backoff * 2.0, 10.0)
             else:  # NO_WORK: another pilot was faster, or the work no longer fits
                 work_hint = False
+
+    def _drained(self, quick: bool = False) -> bool:
+        """Is the pilot's cluster drained (``pilot drain``: its record says ``drain: true``)? Asked before each
+        pull: one read of the record by ``_id``. A worker without a record (``--record``) is never drained.
+
+        ``quick`` (a packed pilot with Fireworks running): one short try, an outage answers "not drained" (the
+        next look asks again), as the packed loop's look for work does; otherwise retried through an outage
+        (``--db-retry-time``) like every read that looks for work, and a stop signal ends it (StopRequested)."""
+        if not self.cfg.record or self.lp is None:
+            return False
+        pilots = self.lp.db["pilots"]
+        query, fields = {"_id": self.cfg.record}, {"drain": 1, "_id": 0}
+        if quick:
+            import pymongo
+            from pymongo.errors import PyMongoError
+
+            try:
+                with pymongo.timeout(2.0):
+                    doc = pilots.find_one(query, fields)
+            except PyMongoError:
+                return False
+        else:
+            doc = self.db("checking whether the cluster is drained", pilots.find_one, query, fields, stoppable=True)
+        if doc is not None and doc.get("drain") is True:
+            LOG.info("the cluster is drained (pilot drain; record %s): no new Firework, the worker leaves",
+                     self.cfg.record)
+            return True
+        return False
 
     def _nothing_fits(self, avail: float) -> bool:
         """True when READY work of this worker is there but none fits the ``avail`` seconds left, and a fresh

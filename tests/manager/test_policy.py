@@ -82,9 +82,10 @@ def test_max_running_caps_all_live_pilots():
 def test_limits_are_shared_by_the_categories_of_one_cluster():
     c = cluster(cats=("md", "prep"), fpp=1, q=5, r=50)
     out = by_key(plan({"md": CategoryDemand(ready=4), "prep": CategoryDemand(ready=4)}, [c], {}))
-    # categories in sorted order: md takes 4 of the 5 queue slots, prep gets the last one
-    assert out[("a", "md")].submit == 4
-    assert (out[("a", "prep")].submit, out[("a", "prep")].reason) == (1, "max_queued")
+    # fair share, equal weights (docs/campaign.md): one pilot at a time to the fewest live cores, ties by name:
+    # md, prep, md, prep, md -> 3 and 2 of the 5 queue slots; both say the room went to the other by share
+    assert (out[("a", "md")].submit, out[("a", "md")].reason) == (3, "max_queued (share md 1 : prep 1)")
+    assert (out[("a", "prep")].submit, out[("a", "prep")].reason) == (2, "max_queued (share md 1 : prep 1)")
 
 
 def test_min_pilots_floor_without_demand():
@@ -387,3 +388,48 @@ def test_min_pilots_is_the_clusters_and_goes_to_one_profile():
     # a live pilot of either profile counts toward the cluster's floor
     out = plan({"md": CategoryDemand(ready=0)}, [gpu, cpu], {("g[cpu]", "md"): PilotCounts(running=1)})
     assert [d.submit for d in out] == [0, 0]
+
+
+# --------------------------------------------------------------------------- fair share (docs/campaign.md)
+weights = st.dictionaries(st.sampled_from(["md", "local", "prep"]), st.floats(0.01, 100), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), weights)
+def test_with_room_for_everybody_each_category_gets_what_it_would_alone(sc, share):
+    # nothing contested: the weights change nothing, each category plans as if it were alone
+    demand, clusters, pilots = sc
+    roomy = [replace(k, limits=replace(k.limits, max_queued=10**6, max_running=10**6)) for k in clusters]
+    out = plan(demand, roomy, pilots, share=share, recent={"md": 1000.0})
+    for cat in demand:
+        alone = [replace(k, categories=(cat,)) for k in roomy if cat in k.categories]
+        expected = [(d.cluster, d.submit, d.reason) for d in plan(demand, alone, pilots)]
+        assert [(d.cluster, d.submit, d.reason) for d in out if d.category == cat] == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), weights)
+def test_weights_never_break_the_limits(sc, share):
+    # the share only says who gets the room, never more of it
+    demand, clusters, pilots = sc
+    out = plan(demand, clusters, pilots, share=share)
+    for k in clusters:
+        new = sum(d.submit for d in out if d.cluster == k.name)
+        pend = sum(p.pending for (cn, _), p in pilots.items() if cn == k.name)
+        live = sum(p.pending + p.running for (cn, _), p in pilots.items() if cn == k.name)
+        assert new <= (max(0, min(k.limits.max_queued - pend, k.limits.max_running - live)) if k.available else 0)
+
+
+def test_the_next_pilot_goes_to_the_fewest_cores_per_weight():
+    # room for 4 pilots; md has 2 live 16-core pilots (32 cores, weight 3: 10.7 a unit), prep none (weight 1):
+    # prep 0 -> prep (16); md 10.7 < 16 -> md (48/3 = 16); tie 16 = 16 -> md by name (64/3 = 21.3);
+    # prep 16 < 21.3 -> prep: 2 and 2
+    k = replace(cluster(cats=("md", "prep"), fpp=1, q=4, r=50), cores=16)
+    pilots = {("a", "md"): PilotCounts(running=2, running_with_time=2)}
+    out = by_key(plan({"md": CategoryDemand(ready=10), "prep": CategoryDemand(ready=10)}, [k], pilots,
+                      share={"md": 3}))
+    assert (out[("a", "md")].submit, out[("a", "prep")].submit) == (2, 2)
+    # pilots of prep that ended lately count too: 64 cores of them, and md gets all 4 (prep's 64 stays above md)
+    out = by_key(plan({"md": CategoryDemand(ready=10), "prep": CategoryDemand(ready=10)}, [k], pilots,
+                      share={"md": 3}, recent={"prep": 64.0}))
+    assert (out[("a", "md")].submit, out[("a", "prep")].submit) == (4, 0)

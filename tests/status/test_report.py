@@ -331,6 +331,7 @@ def test_json_schema(local_run):
         "totals",
         "days",
         "notes",
+        "core_hours",
     }
     assert doc["days_are"] == "UTC" and doc["window"]["since"] is None and doc["config_dir"] == str(cfg_dir)
     cluster_keys = {
@@ -345,6 +346,7 @@ def test_json_schema(local_run):
         "busy_hours",
         "pilot_hours",
         "cpu_hours",
+        "cpu_hours_source",
         "utilisation",
         "pilots",
         "queue_wait_s",
