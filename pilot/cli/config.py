@@ -53,6 +53,9 @@ max_reruns: 3
 
 # Pilot jobs are named PREFIX.CATEGORY.ID; the manager counts only jobs with this prefix as its own.
 job_name_prefix: fwp
+
+# Categories that compete for a cluster's room get pilots by these weights (unlisted: 1); docs/campaign.md.
+# share: {md: 3, analysis: 1}
 """
 
 EXAMPLE_CLUSTER_YAML = """\
@@ -106,6 +109,10 @@ idle_timeout: 300                 # seconds a pilot waits for work before it exi
 fireworks_per_pilot: 1            # READY Fireworks per pilot when Fireworks give no expected duration
 limits: {max_queued: 10, max_running: 20, min_pilots: 0}
 template: null                    # a custom Jinja2 template, e.g. my-slurm.sh.j2 (next to this file)
+
+# Core-hours this manager may spend here, as the scheduler charges them; new pilots stop before it would go
+# over (docs/campaign.md). `pilot drain example` stops new pilots by hand.
+# budget: {core_hours: 5000, account: chem123, since: 2026-12-01}
 """
 
 
