@@ -118,7 +118,8 @@ class Manager:
         self.routes = RouteKeepers(config.clusters, launchpad)
         self.holds = Holds.for_manager(config, self.records, self.settings, launchpad)  # issue 16 item 13
         #: why units get no new pilot whatever their demand: drained, maintenance, budget (issue 20)
-        self.gates = Gates([DrainGate(self.records, self.settings), MaintenanceGate(self.records, self.settings)])
+        self.drain = DrainGate(self.records, self.settings)
+        self.gates = Gates([self.drain, MaintenanceGate(self.records, self.settings)])
         self.budget = BudgetGate(config, self.records)
         self.gates.gates += [AccountingRefresher(self.records, self.settings), self.budget]
 
@@ -197,10 +198,11 @@ class Manager:
                 continue
             unit = unit_of_record(rec, rt.config)
             c = counts.setdefault((unit, rec["category"]), {"p": 0, "r": 0, "rt": 0})
+            drained = rec["cluster"] in self.drain.drains   # as the gates see it this cycle (not the marks)
             if rec["state"] in PENDING_STATES:
                 # a backed-off cluster's queued pilots may never start, a drained one's leave when they start:
                 # don't let them hold demand
-                if rt.available(now) and not rec.get("drain"):
+                if rt.available(now) and not drained:
                     c["p"] += 1
             else:
                 c["r"] += 1
@@ -208,7 +210,7 @@ class Manager:
                 need = max(60.0, d.mean_duration or 0.0) if d else 60.0
                 start = rec.get("start_time") or now
                 left = start + float(rec["walltime"]) - now - float(rec["margin"])
-                if left > need and not rec.get("drain"):   # a drained pilot takes no more work
+                if left > need and not drained:   # a drained pilot takes no more work
                     c["rt"] += 1
         return {k: PilotCounts(pending=v["p"], running=v["r"], running_with_time=v["rt"])
                 for k, v in counts.items()}
@@ -230,6 +232,10 @@ class Manager:
         from queue_adapters.base import SubmitOutcome, job_name
 
         c = rt.config
+        if self.records.is_drained(rt.name, self.clock()):
+            # drained while this cycle's submissions were under way: the drain's word holds from now on
+            log.info("%s/%s: drained meanwhile: no more pilots submitted", rt.name, category)
+            return False
         name = job_name(category, secrets.token_hex(3), prefix=self.config.pilot.job_name_prefix)
         profile = profile or (c.profiles_for(category) or list(c.pilot_profiles))[0]
         script = render_pilot_script(c, rt.name, category, name, profile=profile)
@@ -313,11 +319,12 @@ class Manager:
         demand = self.gather_demand()
         report.demand = demand.by_category
         report.db_queries += demand.queries
+        self.gates.refresh(self.clock())   # before the counts: a drained cluster's pilots serve no demand
         counts = self.pilot_counts(demand.by_cluster)
-        self.gates.refresh(self.clock())
         report.decisions = plan(report.demand, self.cluster_views(), counts, fits=demand.by_cluster,
                                 share=self.config.pilot.share, recent=recent_cores(  # fair share: pilots ended lately
-                                    self.records, self.config.clusters, self.clock() - self.config.pilot.share_window))
+                                    self.records.recently_ended(self.clock() - self.config.pilot.share_window),
+                                    self.config.clusters))
         report.decisions = self.holds.gate(report.decisions, self.clock())  # holds (issue 16 item 13)
         report.decisions = self.budget.cut(report.decisions)  # several pilots in one cycle: within the budget
         for d in report.decisions:

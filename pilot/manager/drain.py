@@ -159,6 +159,7 @@ class DrainGate:
         self.drains: dict[str, dict[str, Any]] = {}
 
     def refresh(self, now: float) -> None:
+        """Read the drains, lift those whose time has come, and put the pilots' marks in step with them."""
         drains = self.records.drained()
         for name, drain in sorted(drains.items()):
             until = drain.get("until")
@@ -172,12 +173,21 @@ class DrainGate:
             if name not in self.drains:
                 log.info("%s: %s, given by %s: no new pilots; running ones leave after their current Firework",
                          name, drained_reason(name, drain, now), drain.get("by") or "?")
-            if not self.settings.dry_run:
-                self.records.mark_drain(name, True)   # pilots whose records came after the drain was given
         for name in sorted(set(self.drains) - set(drains)):
             if self.drains[name].get("until") is None or self.drains[name]["until"] > now:
                 log.info("%s: resumed: new pilots may be submitted again", name)
+        if not self.settings.dry_run:
+            self._sync_marks(set(drains))
         self.drains = drains
+
+    def _sync_marks(self, drained: set[str]) -> None:
+        """Mark the live pilots of the drained clusters (those whose records came after the drain was given),
+        then read the drains again and take the mark off every live pilot of a cluster no longer drained. In
+        that order a ``pilot resume`` given meanwhile never leaves a mark behind: if it lifted the drain before
+        the second read, the marks come off here; if after, its own unmarking comes after the marks were set."""
+        for name in sorted(drained):
+            self.records.mark_drain(name, True)
+        self.records.unmark_drain_except(set(self.records.drained()))
 
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> None:
         """Nothing to learn from the cluster: a drain lives in the database."""

@@ -92,12 +92,38 @@ class MaintenanceGate:
         self.checked: dict[str, float] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()   # refresh_cluster runs in each cluster's thread
+        self._restored = False
+
+    def _restore(self) -> None:
+        """The reservations a previous manager read (kept in the clusters' records), until the clusters answer
+        again: a restarted manager whose ``scontrol`` fails, or whose cluster is backed off, must not submit
+        into a maintenance it already knew of."""
+        self._restored = True
+        for doc in self.records.clusters.find({"maintenance": {"$type": "array"}}, {"maintenance": 1}):
+            kept = [m for m in doc["maintenance"] if isinstance(m, dict) and isinstance(m.get("start"), int | float)
+                    and m.get("name")]
+            self.reservations.setdefault(str(doc["_id"]), kept)
 
     def refresh(self, now: float) -> None:
-        """Nothing from the database: the reservations come from the clusters."""
+        """Once, at the first cycle: the reservations the manager read before it was restarted."""
+        if not self._restored:
+            self._restore()
 
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> None:
-        """Read the cluster's reservations when :attr:`interval` has passed (SLURM clusters only)."""
+        """Read the cluster's reservations when :attr:`interval` has passed (SLURM clusters only). The LaunchPad
+        failing meanwhile (what to ask, where to write the answer) is logged: the cycle's demand query reports
+        it, and the cluster is asked again next cycle."""
+        from pymongo.errors import PyMongoError
+
+        try:
+            self._read(rt, report)
+        except PyMongoError as e:
+            log.warning("%s: maintenance reservations: the LaunchPad failed (%s); asking again next cycle",
+                        rt.name, e)
+            with self._lock:
+                self.checked.pop(rt.name, None)
+
+    def _read(self, rt: ClusterRuntime, report: CycleReport) -> None:
         from pilot.transport import TransportError
         from queue_adapters.base import SchedulerQueryError
         from queue_adapters.slurm_reservations import parse_reservations, reservations_command

@@ -61,6 +61,13 @@ def live_query() -> dict[str, Any]:
                     {"state": VANISHED, "reconciled": False}]}
 
 
+def ran_and_ended_since(since: float) -> dict[str, Any]:
+    """Pilots that started and ended at ``since`` or later: what fair share remembers of the recent past
+    (:mod:`pilot.manager.share`). One that never started (a refused submission, one cancelled while queued) used
+    no room on a cluster and does not count. Served by the ``end_time`` index."""
+    return {"end_time": {"$gte": since}, "start_time": {"$ne": None}, **ended_query()}
+
+
 def ended_query() -> dict[str, Any]:
     """The filter of the records that are over: the complement of :func:`live_query`."""
     return {"$or": [{"state": {"$nin": list(LIVE_STATES)}}, {"state": VANISHED, "reconciled": True}]}
@@ -79,6 +86,8 @@ class Records:
     def ensure_indexes(self) -> None:
         self.pilots.create_index([("cluster", ASCENDING), ("state", ASCENDING)])
         self.pilots.create_index([("state", ASCENDING), ("reconciled", ASCENDING)])
+        # the pilots that ended lately (fair share's window, pilot.manager.share.recent_cores)
+        self.pilots.create_index([("end_time", ASCENDING)])
 
     # ------------------------------------------------------------------ pilots
     def add_intent(self, job_name: str, cluster: str, category: str, walltime: float, margin: float,
@@ -189,6 +198,25 @@ class Records:
             res = self.pilots.update_many({**live_query(), "cluster": cluster, "drain": True},
                                           {"$unset": {"drain": ""}})
         return int(res.modified_count)
+
+    def recently_ended(self, since: float) -> list[dict[str, Any]]:
+        """The category, cluster and profile of the pilots that ran and ended at ``since`` or later."""
+        return list(self.pilots.find(ran_and_ended_since(since), {"category": 1, "cluster": 1, "profile": 1}))
+
+    def unmark_drain_except(self, drained: set[str]) -> int:
+        """Take the drain mark off the live pilots of every cluster not in ``drained``; how many changed."""
+        res = self.pilots.update_many({**live_query(), "cluster": {"$nin": sorted(drained)}, "drain": True},
+                                      {"$unset": {"drain": ""}})
+        return int(res.modified_count)
+
+    def is_drained(self, cluster: str, now: float) -> bool:
+        """Whether ``cluster`` is drained now (one read by ``_id``): the last word before a submission."""
+        doc = self.clusters.find_one({"_id": cluster}, {"drain": 1}) or {}
+        drain = doc.get("drain")
+        if not isinstance(drain, dict):
+            return False
+        until = drain.get("until")
+        return not (isinstance(until, int | float) and until <= now)
 
     def set_maintenance(self, cluster: str, reservations: list[dict[str, Any]], checked: float) -> None:
         """The maintenance reservations the manager last read from the cluster ({name, start, end, partition},

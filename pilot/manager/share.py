@@ -141,14 +141,11 @@ def pilot_cores(rec: dict[str, Any], clusters: dict[str, ClusterConfig]) -> int:
     return int(res.nodes) * int(res.cores) if res is not None else 1
 
 
-def recent_cores(records: Any, clusters: dict[str, ClusterConfig], since: float) -> dict[str, float]:
-    """Cores of each category's pilots that ended at ``since`` or later (one query on the manager's records,
-    :class:`pilot.manager.records.Records`; :func:`pilot_cores` each)."""
-    from pilot.manager.records import ended_query  # not at the top: the policy that imports this stays pure
-
+def recent_cores(ended: Iterable[dict[str, Any]], clusters: dict[str, ClusterConfig]) -> dict[str, float]:
+    """Cores of each category's pilots in ``ended`` (the records of the pilots that ran and ended within the share
+    window: :meth:`pilot.manager.records.Records.recently_ended`), :func:`pilot_cores` each."""
     out: dict[str, float] = {}
-    query = {"$and": [ended_query(), {"end_time": {"$gte": since}}]}   # live ones count already
-    for rec in records.pilots.find(query, {"category": 1, "cluster": 1, "profile": 1}):
+    for rec in ended:
         cat = str(rec.get("category"))
         out[cat] = out.get(cat, 0.0) + pilot_cores(rec, clusters)
     return out

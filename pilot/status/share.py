@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pilot.manager.records import PENDING_STATES, ended_query, live_query
+from pilot.manager.records import PENDING_STATES, live_query, ran_and_ended_since
 from pilot.manager.share import pilot_cores, weight_of
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def gather_share(q: Any, config: Config | None, manager: dict[str, Any] | None, 
     fields = {"category": 1, "cluster": 1, "profile": 1, "state": 1}
     live = q.find("pilots", live_query(), fields)
     window = float(config.pilot.share_window)
-    ended = q.find("pilots", {"$and": [ended_query(), {"end_time": {"$gte": now - window}}]}, fields) if window else []
+    ended = q.find("pilots", ran_and_ended_since(now - window), fields) if window else []
     total_w = sum(weight_of(share, c) for c in served)
     rows: dict[str, dict[str, Any]] = {
         c: {"category": c, "weight": weight_of(share, c), "target": weight_of(share, c) / total_w,

@@ -224,3 +224,54 @@ def test_drained_emulated_cluster_gets_no_pilot_and_a_queued_one_leaves_when_it_
     assert report.submitted == [] and md_decision(report).reason == f"drained (pilot resume {name})"
     pilot_cli(cfg.config_dir, "resume", name)
     assert len(mgr.run_cycle().submitted) == 1
+
+
+def test_marks_follow_the_drains_and_a_submission_under_way_stops(launchpad, tmp_path):
+    """The gate puts the pilots' marks in step with the drains every cycle: a mark left on a cluster that is not
+    drained (a ``pilot resume`` between the manager's read and its marking) comes off, a pilot recorded after
+    the drain was given gets one; and a submission of a cycle planned before the drain stops at the drain."""
+    from pilot.manager.drain import DrainGate, drain_cluster
+    from pilot.manager.records import Records
+    from pilot.manager.runtime import CycleReport, ManagerSettings
+
+    lp_file = readable_lp_file(launchpad, tmp_path)
+    cfg = load_config(write_config(tmp_path / "cfg", lp_file, {
+        "alpha": local_cluster(tmp_path / "wa", lp_file, ["md"]),
+        "beta": local_cluster(tmp_path / "wb", lp_file, ["md"])}))
+    records = Records(launchpad.db)
+    now = time.time()
+    for name, cluster in (("p-a1", "alpha"), ("p-b1", "beta")):
+        records.add_intent(name, cluster, "md", 3600.0, 60.0, "/x.sh", now)
+    launchpad.db["pilots"].update_one({"_id": "p-b1"}, {"$set": {"drain": True}})   # stale: beta is not drained
+    drain_cluster(records, "alpha", None, now)
+    records.add_intent("p-a2", "alpha", "md", 3600.0, 60.0, "/x.sh", now)          # came after the drain
+    gate = DrainGate(records, ManagerSettings())
+    gate.refresh(now)
+    marks = {d["_id"]: d.get("drain") for d in launchpad.db["pilots"].find()}
+    assert marks == {"p-a1": True, "p-a2": True, "p-b1": None}
+    assert set(gate.drains) == {"alpha"}
+
+    mgr = Manager(cfg, launchpad)
+    try:
+        report = CycleReport(started=now)
+        assert mgr.submit(mgr.clusters["alpha"], "md", report) is False          # drained: nothing recorded
+        assert launchpad.db["pilots"].count_documents({"cluster": "alpha"}) == 2
+        assert report.errors == {} and mgr.clusters["alpha"].failures == 0      # not a failure of the cluster
+    finally:
+        mgr.close()
+
+
+def test_fair_share_remembers_only_pilots_that_ran(launchpad):
+    """A refused submission or a pilot cancelled in the queue ended without starting: it took no room on a
+    cluster, and fair share's window (Records.recently_ended) leaves it out."""
+    from pilot.manager.records import Records
+
+    records = Records(launchpad.db)
+    now = time.time()
+    for name in ("ran", "refused", "cancelled", "long-ago"):
+        records.add_intent(name, "alpha", "md", 3600.0, 60.0, "/x.sh", now - 7200)
+    records.update("ran", state="COMPLETED", start_time=now - 3000, end_time=now - 60)
+    records.update("refused", state="SUBMIT_FAILED", end_time=now - 60, reconciled=True)
+    records.update("cancelled", state="CANCELLED", end_time=now - 60)
+    records.update("long-ago", state="COMPLETED", start_time=now - 7000, end_time=now - 5000)
+    assert [r["_id"] for r in records.recently_ended(now - 3600)] == ["ran"]

@@ -9,11 +9,15 @@ import datetime as dt
 import json
 import os
 import subprocess
+from dataclasses import replace
 
 import pytest
 
 from pilot.manager.cycle import Manager
-from pilot.manager.maintenance import overlap_reason, walltime_words
+from pilot.manager.gates import UnitAsk
+from pilot.manager.maintenance import MaintenanceGate, overlap_reason, walltime_words
+from pilot.manager.records import Records
+from pilot.manager.runtime import ManagerSettings
 from tests.manager.helpers import add_sleepers
 from tests.manager.test_drain import live_jobs, pilot_cli
 from tests.manager.test_slurm import world  # noqa: F401  (the fixture of the SLURM manager tests)
@@ -90,6 +94,13 @@ def test_maintenance_blocks_the_long_profile_the_short_one_still_gets_a_pilot(wo
     assert dt.datetime.fromisoformat(r["start"]).replace(tzinfo=dt.timezone.utc).timestamp() == start
     assert cs["maintenance"]["error"] is None and cs["drain"] is None
     assert doc["needs_you"]["waiting_on_gates"] == []        # the short profile serves the work
+    # a manager started again knows of it before the cluster answers (scontrol failing, the cluster backed off):
+    # from the cluster's record, with no command run
+    gate = MaintenanceGate(Records(launchpad.db), ManagerSettings())
+    gate.refresh(now)
+    long = UnitAsk(cluster="pilotci", profile="long", walltime=3600.0, cores=1, partition="debug")
+    assert gate.closed(long, now) == by_profile["long"].reason
+    assert gate.closed(replace(long, walltime=600.0), now) is None
 
 
 @pytest.mark.slurm
