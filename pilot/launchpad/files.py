@@ -175,6 +175,7 @@ def missing_file(lpf: LaunchPadFile) -> LaunchPadUnavailable:
     that writes it (or the line of ``pilot.yaml`` to correct). Returned, not raised: ``config check`` lists
     it as one problem among others, bootstrap wraps it in its own error."""
     init = f"`{lpf.init_command}`"
+    init_uri = f"`{lpf.init_command} --uri mongodb://...`"
     other = f", or pass {lpf.option} FILE" if lpf.option else ""
     if lpf.origin == "option":
         return LaunchPadUnavailable(f"{lpf.option} {lpf.path}: no such file",
@@ -183,14 +184,14 @@ def missing_file(lpf: LaunchPadFile) -> LaunchPadUnavailable:
     if lpf.origin == "pilot.yaml":
         own = lpf.config_dir / LAUNCHPAD_FILE
         if _same_path(lpf.path, own):
-            fix = f"create it with {init} (embedded server) or {init} --uri mongodb://... (your MongoDB){other}"
+            fix = f"create it with {init} (embedded server) or {init_uri} (your MongoDB){other}"
         else:
             fix = (f"correct launchpad_file in {lpf.config_dir / PILOT_FILE}, or remove that line to use {own} "
                    f"(which {init} writes){other}")
         return LaunchPadUnavailable(f"{lpf.describe()}: {lpf.path} does not exist", fix)
     return LaunchPadUnavailable(
         f"no LaunchPad file at {lpf.path}",
-        f"create it with {init} (embedded server) or {init} --uri mongodb://... (your MongoDB){other}, "
+        f"create it with {init} (embedded server) or {init_uri} (your MongoDB){other}, "
         f"or point launchpad_file in {lpf.config_dir / PILOT_FILE} at yours")
 
 
