@@ -60,23 +60,29 @@ def test_overlap_rule():
     assert [walltime_words(s) for s in (600, 3600, 5400, 7200)] == ["10 min", "1 h", "1 h 30 min", "2 h"]
 
 
-@pytest.mark.slurm
-def test_maintenance_blocks_the_long_profile_the_short_one_still_gets_a_pilot(world, maintenance,  # noqa: F811
-                                                                               launchpad, slurm_cluster):
-    config, cluster, prefix = world
-    name, start, end = maintenance
+def long_and_short_cycle(the_world, launchpad, slurm_cluster):
+    """One manager cycle on pilotci with a 1 h profile listed before a 10 min one (without a maintenance the
+    long one gets the pilot) and two READY Fireworks: (the config, the cycle's report)."""
+    config, cluster, _prefix = the_world
     c = cluster(slurm_cluster, ["md"])
     c.pop("pilot")
-    # the long profile first: without the maintenance it would be the one to get the pilot
     c["profiles"] = {"long": {"walltime": "60", "cores": 1, "partition": "debug"},
                      "short": {"walltime": "10", "cores": 1, "partition": "debug"}}
     cfg = config({"pilotci": c})
     add_sleepers(launchpad, "md", 2, 1)
     mgr = Manager(cfg, launchpad)
     try:
-        report = mgr.run_cycle()
+        return cfg, mgr.run_cycle()
     finally:
         mgr.close()
+
+
+@pytest.mark.slurm
+def test_maintenance_blocks_the_long_profile_the_short_one_still_gets_a_pilot(world, maintenance,  # noqa: F811
+                                                                               launchpad, slurm_cluster):
+    prefix = world[2]
+    name, start, end = maintenance
+    cfg, report = long_and_short_cycle(world, launchpad, slurm_cluster)
     now = report.started
     by_profile = {d.profile: d for d in report.decisions}
     assert by_profile["long"].submit == 0
@@ -106,20 +112,9 @@ def test_maintenance_blocks_the_long_profile_the_short_one_still_gets_a_pilot(wo
 @pytest.mark.slurm
 def test_without_a_maintenance_the_long_profile_gets_the_pilot(world, launchpad, slurm_cluster):  # noqa: F811
     """The control of the test above: the same cluster file, no reservation."""
-    config, cluster, prefix = world
     if "MAINT" in scontrol(slurm_cluster.slurm_conf, "-o", "show", "reservation"):
         pytest.skip("a maintenance reservation is on the test cluster now")
-    c = cluster(slurm_cluster, ["md"])
-    c.pop("pilot")
-    c["profiles"] = {"long": {"walltime": "60", "cores": 1, "partition": "debug"},
-                     "short": {"walltime": "10", "cores": 1, "partition": "debug"}}
-    cfg = config({"pilotci": c})
-    add_sleepers(launchpad, "md", 2, 1)
-    mgr = Manager(cfg, launchpad)
-    try:
-        report = mgr.run_cycle()
-    finally:
-        mgr.close()
+    _cfg, report = long_and_short_cycle(world, launchpad, slurm_cluster)
     assert [s["profile"] for s in report.submitted] == ["long"]
     doc = launchpad.db["pilot_clusters"].find_one({"_id": "pilotci"})
     assert doc["maintenance"] == [] and doc["maintenance_checked"] >= report.started
