@@ -257,14 +257,17 @@ class PbsAdapter(QueueAdapter):
     def parse_accounting(self, returncode: int, stdout: str, stderr: str) -> dict[str, Usage]:
         """``{job_id: Usage}``: ``resources_used.walltime`` (``hh:mm:ss``) x ``resources_used.ncpus`` (or
         ``Resource_List.ncpus`` before the job reports usage), ``Account_Name``, ``stime``/``obittime``; a job
-        not yet started has 0 seconds. A job is final in state F or X. Same errors as :meth:`parse_history`."""
+        not yet started has 0 seconds. A job is final in state F or X once it reports its usage (or never
+        started). Same errors as :meth:`parse_history`."""
         out: dict[str, Usage] = {}
         for job_id, attrs in self._qstat_records(returncode, stdout, stderr).items():
             used, wanted = _resources(attrs, "resources_used"), _resources(attrs, "Resource_List")
             cpus = _to_int(used.get("ncpus")) or _to_int(wanted.get("ncpus")) or 0
             seconds = duration_seconds(used.get("walltime")) or 0
             native = str(attrs.get("job_state", "")).strip()
-            final = native in _FINAL_LETTERS
+            # a finished job that ran (stime) but reports no resources_used (its MoM lost) has no numbers to
+            # settle on: not final, so that the budget counts its run time instead of 0
+            final = native in _FINAL_LETTERS and ("walltime" in used or attrs.get("stime") in (None, ""))
             account = attrs.get("Account_Name")
             out[job_id] = Usage(job_id=job_id, cpus=cpus, seconds=seconds, core_seconds=cpus * seconds,
                                 account=str(account) if account not in (None, "") else None,

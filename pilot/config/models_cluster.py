@@ -515,8 +515,18 @@ class ClusterConfig(BaseModel):
 
     @field_validator("budget", mode="before")
     @classmethod
-    def _budget(cls, v: Any) -> list[Budget]:
-        return budgets_from(v)
+    def _budget(cls, v: Any, info: ValidationInfo) -> list[Budget]:
+        budgets = budgets_from(v)
+        named = [b.account for b in budgets if b.account]
+        silent = sorted(n for n, p in _given_profiles(info.data).items() if not p.account)
+        if named and silent:
+            # a pilot whose account the file does not name is charged to the user's default, known only once it
+            # runs: until then no budget of an account could judge it, and an account's budget would be overrun
+            which = "the pilot: section" if silent == [DEFAULT_PROFILE] else f"profile {', '.join(silent)}"
+            raise field_error(f"a budget of account {named[0]} judges the pilots charged to it, but {which} names no "
+                              f"account: write account: {named[0]} (or the account it is charged to) there, or drop "
+                              "account from the budget to cover every pilot of this file", subfield="account")
+        return budgets
 
     @model_validator(mode="after")
     def _one_form(self) -> ClusterConfig:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pilot.manager")
 
-__all__ = ["SETTLE_DAYS", "AccountingRefresher", "CoreHours", "day_split", "fold_core_hours", "utc_day"]
+__all__ = ["SETTLE_DAYS", "AccountingRefresher", "CoreHours", "day_split", "fold_core_hours", "number", "usage_of",
+           "utc_day"]
 
 #: an ended pilot whose final numbers the scheduler has not given within this many days is asked no more (its
 #: last numbers stay): the job has left the scheduler's memory (LSF's CLEAN_PERIOD, PBS's job_history_duration)
@@ -60,41 +61,92 @@ class AccountingRefresher:
 
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> None:
         """Ask the cluster's accounting about its unsettled pilots and write what it says (in the cluster's thread;
-        a failure is logged and recorded, never raised)."""
-        from pilot.transport import TransportError
+        a failure is logged and recorded, never raised: the LaunchPad failing meanwhile too)."""
+        from pymongo.errors import PyMongoError
 
         if self.settings.dry_run or rt.name in report.errors:
             return   # a cluster that just failed is not asked again this cycle: its pilots keep their numbers
+        try:
+            self._refresh(rt)
+        except PyMongoError as e:
+            log.warning("%s: core-hours: the LaunchPad failed (%s); asking again next cycle", rt.name, e)
+
+    def _refresh(self, rt: ClusterRuntime) -> None:
+        from pilot.transport import ConnectError, TransportError
+
         acct = accounting_of(rt.adapter)
         if acct is None:
             return
         now = self.settings.clock()
-        pending = self.records.unsettled_usage(rt.name, ended_since=now - SETTLE_DAYS * 86400)
+        pending = due(self.records.unsettled_usage(rt.name, ended_since=now - SETTLE_DAYS * 86400), now)
         if not pending:
             return
         names = {str(d["job_id"]): str(d["_id"]) for d in pending}
         size = int(getattr(acct, "accounting_max_ids", None) or 100)
-        error = None
-        for ids in batches(list(names), size):
-            argv = acct.accounting_command(ids)
-            if argv is None:
-                return
+        errors = []
+        for ids in (b for group in by_cluster(list(names)) for b in batches(group, size)):
             try:
+                argv = acct.accounting_command(ids)
+                if argv is None:
+                    return
                 res = rt.run(argv)
                 usage = acct.parse_accounting(res.returncode, res.stdout, res.stderr)
             except (SchedulerQueryError, TransportError, ValueError) as e:
-                error = f"accounting query failed: {e}"
-                break
-            for jid in ids:
-                got = usage.get(jid)
-                self.records.set_usage(names[jid], got.to_record() if got is not None else None, now)
+                errors.append(f"accounting query failed: {e}")
+                # asked: these go to the back of the line, the next batches are asked next cycle first
+                self.records.set_usages({names[j]: None for j in ids}, now)
+                if isinstance(e, ConnectError):
+                    break
+                continue
+            self.records.set_usages({names[j]: (usage[j].to_record() if j in usage else None) for j in ids}, now)
+        error = "; ".join(dict.fromkeys(errors)) or None
         if error:
             log.warning("%s: %s; the pilots keep their last core-hours, asking again next cycle", rt.name, error)
         self.records.set_accounting_state(rt.name, error, now)
 
 
+#: a running pilot's core-hours are read again after this many seconds: while it runs, the budget counts its whole
+#: wall time anyway (used + committed), so reading it every cycle would change nothing but the cost
+LIVE_EVERY = 600.0
+
+
+def by_cluster(job_ids: list[str]) -> list[list[str]]:
+    """The job ids in groups: those of each federated cluster (``123;clA``), and the plain ones, in their order
+    within each. A batch is made of one group, so ``sacct -M`` is asked only where its ids are."""
+    groups: dict[str, list[str]] = {}
+    for j in job_ids:
+        groups.setdefault(j.partition(";")[2], []).append(j)
+    return list(groups.values())
+
+
+def due(unsettled: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Of the unsettled pilots (longest unanswered first), those to ask now: every ended one (its final numbers),
+    a running one when its last reading is :data:`LIVE_EVERY` seconds old."""
+    out = []
+    for d in unsettled:
+        u = usage_of(d)
+        if d.get("end_time") is not None or now - float(number(u.get("checked")) or 0.0) >= LIVE_EVERY:
+            out.append(d)
+    return out
+
+
 # ====================================================================== adding it up (pure)
 DAY = 86400
+#: the longest run a pilot record is split over days for (a bigger number is not a pilot's: a damaged record)
+MAX_RUN = 366 * DAY
+
+
+def usage_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record's ``usage`` (:mod:`pilot.manager.accounting`), {} when it has none or it is not a mapping."""
+    u = rec.get("usage")
+    return u if isinstance(u, dict) else {}
+
+
+def number(value: Any) -> float | None:
+    """A finite number from a record, else None (a hand-edited or older record may hold anything)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def utc_day(t: float) -> str:
@@ -107,6 +159,7 @@ def day_split(start: float | None, seconds: int, core_seconds: int, fallback: fl
     weighted by its share of the run. The pieces add up to ``core_seconds`` exactly (the last day takes the
     rounding), so the days of a report sum to what the scheduler charged, to the second. Without a start (or
     without run time) everything is on the day of ``fallback`` (the record's end or submit time)."""
+    seconds = min(seconds, MAX_RUN)
     if start is None or seconds <= 0:
         t = start if start is not None else fallback
         return {utc_day(t if t is not None else 0.0): core_seconds} if core_seconds else {}
@@ -165,14 +218,15 @@ def fold_core_hours(recs: list[dict[str, Any]], since: float | None = None,
     lo = utc_day(since) if since is not None else None
     hi = utc_day(until) if until is not None else None
     for r in recs:
-        u = r.get("usage") or {}
-        if u.get("core_seconds") is None:
+        u = usage_of(r)
+        charged = number(u.get("core_seconds"))
+        if charged is None:
             continue
-        key = (str(r.get("cluster")), u.get("account") or None)
+        key = (str(r.get("cluster")), str(u.get("account")) if u.get("account") else None)
         row = rows.setdefault(key, CoreHours(cluster=key[0], account=key[1]))
         cat = str(r.get("category") or "")
-        days = day_split(u.get("start"), int(u.get("seconds") or 0), int(u["core_seconds"]),
-                         fallback=r.get("end_time") or r.get("submit_time"))
+        days = day_split(number(u.get("start")), int(number(u.get("seconds")) or 0), int(charged),
+                         fallback=number(r.get("end_time")) or number(r.get("submit_time")))
         counted = False
         for day, cs in days.items():
             if (lo is not None and day < lo) or (hi is not None and day > hi):

@@ -19,11 +19,10 @@ shows: ``budget spent: 4,980 of 5,000 core-h on chem123 (used 4,700, committed 2
 config: budget)``.
 
 Accounts: a pilot is charged to the account the scheduler names in its usage; before it has any, to its
-profile's ``account``; and when that is not set either, to the account the scheduler charged the profile's
-earlier pilots (the user's default account). A pilot whose account is still unknown counts against every budget
-of the cluster: it may be charged to any of them. A budget without ``account`` covers all. A *new* pilot whose
-account is unknown is judged by the budgets without ``account`` only (refusing it for another account's budget
-would never learn its account); its first pilot teaches the manager its account.
+profile's ``account``. A budget with ``account`` needs every profile of its file to name one (a config error
+otherwise: a pilot charged to the user's default account is known only once it runs). A budget without
+``account`` covers all. A pilot that ended without final numbers counts at least its cores x its run time
+(:func:`pilot_charge`); a pilot's cores are the most of its profile's and of what the scheduler allocated.
 
 A unit closed by a budget gets no pilot, and its demand flows to the other clusters. When one cycle plans several
 pilots of units a budget judges, :meth:`BudgetGate.cut` commits them one after another and cuts the plan where
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pilot.config.models_budget import Budget
+from pilot.manager.accounting import number, usage_of
 from pilot.manager.gates import UnitAsk
 from pilot.manager.profiles import unit_ask
 from pilot.manager.records import LIVE_STATES, Records
@@ -46,7 +46,11 @@ if TYPE_CHECKING:
     from pilot.manager.policy import Decision
     from pilot.manager.runtime import ClusterRuntime, CycleReport
 
-__all__ = ["BudgetGate", "BudgetState", "budget_states", "hms", "hours"]
+#: what the budget sums read of each pilot record
+RECORD_FIELDS = {"usage": 1, "profile": 1, "state": 1, "end_time": 1, "start_time": 1, "walltime": 1,
+                 "submit_time": 1}
+
+__all__ = ["BudgetGate", "BudgetState", "budget_states", "hms", "hours", "pilot_charge"]
 
 
 def hours(core_seconds: float) -> str:
@@ -131,19 +135,48 @@ def default_accounts(recs: list[dict[str, Any]]) -> dict[str | None, str]:
     profile names none)."""
     out: dict[str | None, tuple[float, str]] = {}
     for r in recs:
-        u = r.get("usage") or {}
+        u = usage_of(r)
         if u.get("account"):
-            when = float(u.get("start") or r.get("submit_time") or 0.0)
+            when = number(u.get("start")) or number(r.get("submit_time")) or 0.0
             prof = r.get("profile")
             if prof not in out or when >= out[prof][0]:
                 out[prof] = (when, str(u["account"]))
     return {k: v[1] for k, v in out.items()}
 
 
+def allocated_cpus(recs: list[dict[str, Any]]) -> dict[str | None, int]:
+    """Per profile: the most CPUs the scheduler allocated one of its pilots (SLURM bills AllocCPUS: whole cores
+    with their hardware threads, whole nodes on an exclusive partition, more than the job script asks for)."""
+    out: dict[str | None, int] = {}
+    for r in recs:
+        cpus = number(usage_of(r).get("cpus"))
+        if cpus is not None:
+            out[r.get("profile")] = max(out.get(r.get("profile"), 0), int(cpus))
+    return out
+
+
 def record_account(rec: dict[str, Any], c: ClusterConfig, defaults: dict[str | None, str]) -> str | None:
     """The account a pilot is charged to: the scheduler's, else its profile's, else the profile's default."""
-    u = rec.get("usage") or {}
-    return u.get("account") or _configured_account(c, rec.get("profile")) or defaults.get(rec.get("profile"))
+    profile = rec.get("profile")
+    return usage_of(rec).get("account") or _configured_account(c, profile) or defaults.get(profile)
+
+
+def pilot_charge(r: dict[str, Any], c: ClusterConfig) -> tuple[float | None, int, int, bool]:
+    """(start, used, committed, live) of one pilot record, in core-seconds. ``used`` is what the scheduler charged;
+    for a pilot that ended without final numbers (accounting down or absent, Torque and SGE, a job the scheduler
+    forgot), at least its cores x its run time from its own start and end times: an ended pilot never counts
+    less than it ran. ``committed``: for a live pilot, its cores x wall time less what it used. Its cores are the
+    most of its profile's and of what the scheduler allocated it."""
+    u = usage_of(r)
+    cores = max(_cores(c, r.get("profile")), int(number(u.get("cpus")) or 0))
+    used = int(number(u.get("core_seconds")) or 0)
+    start = number(u.get("start")) or number(r.get("start_time"))
+    live = r.get("state") in LIVE_STATES and r.get("end_time") is None
+    end = number(r.get("end_time"))
+    if not live and u.get("final") is not True and start is not None and end is not None and end > start:
+        used = max(used, int(cores * (end - start)))
+    committed = max(0, int(cores * (number(r.get("walltime")) or 0.0)) - used) if live else 0
+    return start, used, committed, live
 
 
 def budget_states(name: str, c: ClusterConfig, recs: list[dict[str, Any]], now: float) -> list[BudgetState]:
@@ -152,27 +185,25 @@ def budget_states(name: str, c: ClusterConfig, recs: list[dict[str, Any]], now: 
     states = [BudgetState(cluster=name, budget=b) for b in c.budget]
     if not states:
         return []
+    cpus = allocated_cpus(recs)
     for st in states:   # the pilots it judges: of its account's profiles (all profiles for a budget without one)
-        asks = [int(r.nodes) * int(r.cores) * int(r.walltime_seconds) for r in c.pilot_profiles.values()
+        asks = [max(int(r.nodes) * int(r.cores), cpus.get(p, 0)) * int(r.walltime_seconds)
+                for p, r in c.pilot_profiles.items()
                 if st.budget.account is None or (r.account is not None and st.budget.covers(r.account))]
         st.smallest = min(asks) if asks else None
     defaults = default_accounts(recs)
     for r in recs:
-        u = r.get("usage") or {}
         account = record_account(r, c, defaults)
-        spent = int(u.get("core_seconds") or 0)
-        start = u.get("start") or r.get("start_time")
-        live = r.get("state") in LIVE_STATES and r.get("end_time") is None
-        cap = _cores(c, r.get("profile")) * float(r.get("walltime") or 0.0)
+        start, spent, committed, live = pilot_charge(r, c)
         for s in states:
             if account is not None and not s.budget.covers(account):
                 continue
             since = s.budget.since_epoch
-            if spent and (since is None or (start is not None and float(start) >= since)):
+            if spent and (since is None or start is None or start >= since):
                 s.used += spent
                 s.pilots += 1
-            if live and (since is None or start is None or float(start) >= since):
-                s.committed += max(0, int(cap) - spent)
+            if live and (since is None or start is None or start >= since):
+                s.committed += committed
                 s.live += 1
     return states
 
@@ -186,25 +217,34 @@ class BudgetGate:
     clock: Any = time.time
     states: dict[str, list[BudgetState]] = field(default_factory=dict)
     defaults: dict[str, dict[str | None, str]] = field(default_factory=dict)
+    cpus: dict[str, dict[str | None, int]] = field(default_factory=dict)
 
     def refresh(self, now: float) -> None:
-        """Add up used and committed core-seconds of every budget (one query per cluster that has one)."""
+        """Add up used and committed core-seconds of every budget (one query per cluster that has one, of the
+        fields the sums need)."""
         states: dict[str, list[BudgetState]] = {}
         defaults: dict[str, dict[str | None, str]] = {}
+        cpus: dict[str, dict[str | None, int]] = {}
         for name, c in self.config.clusters.items():
             if not c.budget:
                 continue
-            recs = list(self.records.pilots.find({"cluster": name}))
+            recs = list(self.records.pilots.find({"cluster": name}, RECORD_FIELDS))
             states[name] = budget_states(name, c, recs, now)
-            defaults[name] = default_accounts(recs)
-        self.states, self.defaults = states, defaults
+            defaults[name], cpus[name] = default_accounts(recs), allocated_cpus(recs)
+        self.states, self.defaults, self.cpus = states, defaults, cpus
+
+    def _need(self, ask: UnitAsk) -> int:
+        """Core-seconds a new pilot of ``ask`` may be charged: its cores (or the most the scheduler allocated a
+        pilot of its profile) times its wall time."""
+        cores = max(int(ask.cores), self.cpus.get(ask.cluster, {}).get(ask.profile, 0))
+        return max(1, int(cores * ask.walltime))
 
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> None:
         """Nothing from the cluster: :class:`pilot.manager.accounting.AccountingRefresher` reads the usage."""
 
     def closed(self, ask: UnitAsk, now: float) -> str | None:
         """Why a new pilot of ``ask`` would go over a budget of its cluster, or None."""
-        need = int(ask.cores * ask.walltime)
+        need = self._need(ask)
         for s in self._judging(ask):
             why = s.reason(need)
             if why:
@@ -212,9 +252,8 @@ class BudgetGate:
         return None
 
     def _judging(self, ask: UnitAsk) -> list[BudgetState]:
-        """The budgets that judge a new pilot of ``ask``. An account not known yet (no ``account:`` in the
-        profile, no pilot of it charged yet) is judged by the budgets of all accounts only: refusing it for
-        another account's budget would never learn it."""
+        """The budgets that judge a new pilot of ``ask``: those of its account and those of all accounts. (A
+        profile without ``account:`` beside a budget of an account is a config error, so its account is known.)"""
         account = ask.account or self.defaults.get(ask.cluster, {}).get(ask.profile)
         return [s for s in self.states.get(ask.cluster, [])
                 if s.budget.account is None or (account is not None and s.budget.covers(account))]
@@ -231,7 +270,7 @@ class BudgetGate:
                 out.append(d)
                 continue
             ask = unit_ask(d.cluster, c, d.profile)
-            need = max(1, int(ask.cores * ask.walltime))
+            need = self._need(ask)
             judging = self._judging(ask)
             n = min([d.submit, *(max(0, left[id(s)] // need) for s in judging)])
             for s in judging:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
@@ -246,20 +246,29 @@ class Records:
     def unsettled_usage(self, cluster: str, ended_since: float) -> list[dict[str, Any]]:
         """The cluster's pilots whose core-hours are not final yet (:mod:`pilot.manager.accounting`): with a job
         id, started or over (never-started queued ones use nothing), and not ended before ``ended_since``; the
-        ones asked about longest ago first."""
+        ones answered longest ago first (a scheduler that answers only part of a batch, as OpenPBS >= 23.06
+        answers ``qstat -f ID1 ID2`` for ID1 only, reaches every pilot in turn), then those asked longest ago."""
         query = {"cluster": cluster, "job_id": {"$ne": None}, "usage.final": {"$ne": True},
                  "state": {"$nin": [*PENDING_STATES, SUBMIT_FAILED]},
                  "$or": [{"end_time": None}, {"end_time": {"$gte": ended_since}}]}
-        docs = list(self.pilots.find(query, {"job_id": 1, "usage": 1}))
-        return sorted(docs, key=lambda d: float((d.get("usage") or {}).get("checked") or 0.0))
+        docs = list(self.pilots.find(query, {"job_id": 1, "usage": 1, "end_time": 1}))
 
-    def set_usage(self, job_name: str, usage: dict[str, Any] | None, checked: float) -> None:
-        """The pilot's ``usage`` {cpus, seconds, core_seconds, account, start, end, final} as the scheduler gave
-        it, and when it was asked (``usage.checked``); None: asked, not listed (the last numbers stay)."""
-        if usage is None:
-            self.pilots.update_one({"_id": job_name}, {"$set": {"usage.checked": checked}})
-        else:
-            self.update(job_name, usage={**usage, "checked": checked})
+        def order(d: dict[str, Any]) -> tuple[float, float]:
+            u = d.get("usage")
+            if not isinstance(u, dict):
+                return 0.0, 0.0
+            return float(u.get("answered") or 0.0), float(u.get("checked") or 0.0)
+        return sorted(docs, key=order)
+
+    def set_usages(self, usages: dict[str, dict[str, Any] | None], checked: float) -> None:
+        """Each pilot's ``usage`` {cpus, seconds, core_seconds, account, start, end, final} as the scheduler gave
+        it, with when it was asked (``checked``) and answered (``answered``); None: asked, not answered (the last
+        numbers stay). One bulk write."""
+        ops = [UpdateOne({"_id": name}, {"$set": {"usage.checked": checked}} if u is None else
+                         {"$set": {"usage": {**u, "checked": checked, "answered": checked}}})
+               for name, u in usages.items()]
+        if ops:
+            self.pilots.bulk_write(ops, ordered=False)
 
     def set_accounting_state(self, cluster: str, error: str | None, when: float) -> None:
         """How the cluster's last accounting query went (``accounting`` {ok, error, time}), for ``pilot status``."""

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pilot.manager.accounting import CoreHours, fold_core_hours, utc_day
-from pilot.manager.budget import BudgetState, budget_states, hms, hours
-from pilot.manager.records import live_query
+from pilot.manager.budget import RECORD_FIELDS, BudgetState, budget_states, hms, hours
 
 if TYPE_CHECKING:
     from pilot.config import Config
@@ -52,12 +51,14 @@ def gather_usage(q: Any, config: Config | None, now: float | None = None,
     """Read the pilots with core-hours (and the live ones, for the budgets' committed part) once, and the
     clusters' accounting errors once; None when there is nothing to show (no usage, no budget)."""
     now = time.time() if now is None else now
-    query = {"$or": [{"usage.core_seconds": {"$ne": None}}, *live_query()["$or"]]}
-    recs = q.find("pilots", query, {"cluster": 1, "category": 1, "usage": 1, "profile": 1, "state": 1,
-                                    "end_time": 1, "walltime": 1, "start_time": 1, "submit_time": 1})
+    fields = {**RECORD_FIELDS, "cluster": 1, "category": 1}
+    recs = q.find("pilots", {"usage.core_seconds": {"$ne": None}}, fields)
     budgets: list[BudgetState] = []
-    for name, c in sorted((config.clusters if config is not None else {}).items()):
-        budgets += budget_states(name, c, [r for r in recs if r.get("cluster") == name], now)
+    clusters = {n: c for n, c in (config.clusters if config is not None else {}).items() if c.budget}
+    if clusters:   # the very records the budget gate reads (pilot.manager.budget.BudgetGate.refresh)
+        judged = q.find("pilots", {"cluster": {"$in": sorted(clusters)}}, fields)
+        for name, c in sorted(clusters.items()):
+            budgets += budget_states(name, c, [r for r in judged if r.get("cluster") == name], now)
     rows = fold_core_hours(recs)
     if not rows and not budgets:
         return None

@@ -12,8 +12,9 @@ from pilot.config import load_config
 from tests.config.test_config import files, problems_of, run_cli, stampede, write_config  # noqa: F401  (fixture)
 
 
-def config_with(tmp_path, files, budget):  # noqa: F811
+def config_with(tmp_path, files, budget, account="chem123"):  # noqa: F811
     c = stampede(files)
+    c["pilot"]["account"] = account
     c["budget"] = budget
     return write_config(tmp_path, {"launchpad_file": str(files["launchpad"])}, {"stampede": c})
 
@@ -78,3 +79,15 @@ def test_config_check_shows_budgets(tmp_path, files):  # noqa: F811
     data = json.loads(run_cli("--config-dir", str(cdir), "config", "check", "--no-render", "--json").stdout)
     assert data["budgets"] == {"stampede": [{"core_hours": 5000.0, "account": "chem123", "since": "2026-12-01"},
                                             {"core_hours": 250.5, "account": None, "since": None}]}
+
+
+def test_a_budget_of_an_account_needs_the_pilots_account(tmp_path, files):  # noqa: F811
+    """A pilot charged to the user's default account is known only once it runs: no budget of an account could
+    judge it before, so a budget with account: needs the file's pilots to name theirs."""
+    cdir = config_with(tmp_path, files, {"core_hours": 5000, "account": "chem123"}, account=None)
+    (problem,) = problems_of(cdir)
+    assert problem.startswith(f"{cdir / 'clusters' / 'stampede.yaml'}: budget.account: "), problem
+    assert "the pilot: section names no account: write account: chem123" in problem
+    assert "or drop account from the budget" in problem
+    cdir = config_with(tmp_path / "all", files, {"core_hours": 5000}, account=None)   # all accounts: fine
+    assert load_config(cdir).clusters["stampede"].budget[0].account is None
