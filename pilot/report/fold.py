@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pilot.isotime import epoch_seconds
-from pilot.manager.accounting import day_split, fold_core_hours
+from pilot.manager.accounting import day_split, fold_core_hours, number, usage_of
 from pilot.manager.records import PENDING_STATES, RUNNING_STATES
 from pilot.report.model import OTHER, ClusterThroughput, DayThroughput, ThroughputReport, Timeline
 from pilot.report.times import bin_start, split_days, utc_day
@@ -147,10 +147,11 @@ class Fold:
     def _charged(self, p: Row) -> dict[str, int] | None:
         """The pilot's core-seconds per UTC day of the window as the scheduler charged them (its ``usage``,
         :mod:`pilot.manager.accounting`); None when it has none (the CPU hours are then estimated)."""
-        u = p.get("usage") or {}
-        if u.get("core_seconds") is None:
+        u = usage_of(p)
+        charged = number(u.get("core_seconds"))
+        if charged is None:
             return None
-        days = day_split(u.get("start"), int(u.get("seconds") or 0), int(u["core_seconds"]),
+        days = day_split(number(u.get("start")), int(number(u.get("seconds")) or 0), int(charged),
                          fallback=_f(p.get("end_time")) or _f(p.get("submit_time")))
         lo = utc_day(self.since) if self.since is not None else ""
         hi = utc_day(self.until)
