@@ -21,6 +21,8 @@ What is modelled, and where the text comes from:
   ``MinJobAge`` (300 s, SLURM's default) as ``--states=all`` does;
 * ``sacct -P -X -n -o JobID,State,...`` prints every job ever submitted (fixture ``cap-sacct-history``;
   NODE_FAIL with exit ``1:0`` as in the ``slurm`` reference outputs);
+* ``sacct -P -X -n -o JobID,Account,AllocCPUS,...`` (the core-hours query) prints each job's ElapsedRaw and
+  CPUTimeRAW (one CPU a pilot); ``scontrol -o show reservation`` prints ``No reservations in the system``;
 * ``scancel -v`` prints on stderr as fixtures ``cap-scancel-running`` / ``cap-scancel-completed`` do;
 * ``cat WORK_DIR/pilot-ID.exit``: the file the job script's EXIT trap writes (``exit_code=``, ``end_time=``)
   when the batch shell ends normally; a job killed at its time limit or by a node failure leaves none.
@@ -43,6 +45,9 @@ from typing import Any
 MIN_JOB_AGE = 300
 SQUEUE_FORMAT = "--format=%i|%T|%r|%u|%V|%S|%e|%j"
 SACCT_FIELDS = "JobID,State,ExitCode,Submit,Start,End,Reason,User,JobName"
+#: the core-hours query (pilot.manager.accounting): one CPU a pilot here, charged to the one account
+ACCT_FIELDS = "JobID,Account,AllocCPUS,ElapsedRaw,CPUTimeRAW,Submit,Start,End,State"
+ACCOUNT = "campaign"
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
 
 
@@ -189,6 +194,10 @@ class SimSlurm:
             return self._squeue(words, now)
         if prog == "sacct" and SACCT_FIELDS in words and "-j" in words:
             return self._sacct(words[words.index("-j") + 1])
+        if prog == "sacct" and ACCT_FIELDS in words and "-j" in words:
+            return self._sacct_usage(words[words.index("-j") + 1], now)
+        if prog == "scontrol" and words[1:] == ["-o", "show", "reservation"]:
+            return 0, "No reservations in the system\n", ""   # what scontrol prints without any
         if prog == "scancel" and words[1:2] == ["-v"]:
             return self._scancel(words[2:], now)
         if prog == "cat" and len(words) == 2:
@@ -235,6 +244,20 @@ class SimSlurm:
             end = str(j.end) if j.end is not None else "Unknown"
             out.append(f"{j.id}|{state}|{j.exit_code}|{j.submit}|{start}|{end}|{j.reason}|{self.spec.user}|"
                        f"{j.info.name}\n")
+        return 0, "".join(out), ""
+
+    def _sacct_usage(self, ids_arg: str, now: int) -> tuple[int, str, str]:
+        """The core-hours query: ElapsedRaw so far (running) or in all, CPUTimeRAW = AllocCPUS x ElapsedRaw."""
+        out = []
+        for jid in ids_arg.split(","):
+            j = self.jobs.get(int(jid)) if jid.isdigit() else None
+            if j is None:
+                continue
+            elapsed = 0 if j.start is None else (j.end if j.end is not None else now) - j.start
+            start = str(j.start) if j.start is not None else ("None" if j.state in FINAL else "Unknown")
+            end = str(j.end) if j.end is not None else "Unknown"
+            state = "CANCELLED by 0" if j.state == "CANCELLED" else j.state
+            out.append(f"{j.id}|{ACCOUNT}|1|{elapsed}|{elapsed}|{j.submit}|{start}|{end}|{state}\n")
         return 0, "".join(out), ""
 
     def _scancel(self, ids: list[str], now: int) -> tuple[int, str, str]:
