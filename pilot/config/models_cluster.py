@@ -215,6 +215,11 @@ class ClusterConfig(BaseModel):
         profiles = self.pilot_profiles
         return next(iter(profiles.values())) if name is None else profiles[name]
 
+    def pilot_cores(self, profile: str | None = None) -> int:
+        """Cores of one pilot of ``profile`` (a record's): its nodes times cores; a profile the file no longer has
+        (or None): the first profile's, as :meth:`profile` gives it."""
+        return self.profile(profile if profile in self.pilot_profiles else None).total_cores
+
     def profile_categories(self, name: str) -> tuple[str, ...]:
         """The categories one profile serves: its own ``categories``, else the cluster's."""
         return tuple(self.profile(name).categories or self.categories)

@@ -69,6 +69,11 @@ class PilotResources(BaseModel):
     _walltime_seconds: int | None = PrivateAttr(None)
 
     @property
+    def total_cores(self) -> int:
+        """Cores of one pilot: nodes times cores per node (what it is charged for, at the least)."""
+        return int(self.nodes) * int(self.cores)
+
+    @property
     def walltime_seconds(self) -> int:
         """The wall time in seconds (set when the cluster, whose scheduler defines the format, validated it)."""
         if self._walltime_seconds is None:

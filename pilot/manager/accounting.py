@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pilot.fit import number as fit_number
 from pilot.manager.gates import UnitAsk
 from queue_adapters.accounting import accounting_of, batches
 from queue_adapters.base import SchedulerQueryError
@@ -143,10 +144,10 @@ def usage_of(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def number(value: Any) -> float | None:
-    """A finite number from a record, else None (a hand-edited or older record may hold anything)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+    """A finite number from a record (as :func:`pilot.fit.number` reads one, infinity left out: it sums to
+    nothing), else None: a hand-edited or older record may hold anything."""
+    v = fit_number(value)
+    return v if v is not None and math.isfinite(v) else None
 
 
 def utc_day(t: float) -> str:

@@ -115,33 +115,11 @@ class BudgetState:
                 "smallest_pilot_core_seconds": self.smallest, "spent": self.spent}
 
 
-def _cores(c: ClusterConfig, profile: str | None) -> int:
-    try:
-        res = c.profile(profile)
-    except (KeyError, ValueError):
-        return 0
-    return int(res.nodes) * int(res.cores)
-
-
 def _configured_account(c: ClusterConfig, profile: str | None) -> str | None:
     try:
         return c.profile(profile).account
     except (KeyError, ValueError):
         return None
-
-
-def default_accounts(recs: list[dict[str, Any]]) -> dict[str | None, str]:
-    """Per profile: the account the scheduler charged its latest pilot with usage (the default account when the
-    profile names none)."""
-    out: dict[str | None, tuple[float, str]] = {}
-    for r in recs:
-        u = usage_of(r)
-        if u.get("account"):
-            when = number(u.get("start")) or number(r.get("submit_time")) or 0.0
-            prof = r.get("profile")
-            if prof not in out or when >= out[prof][0]:
-                out[prof] = (when, str(u["account"]))
-    return {k: v[1] for k, v in out.items()}
 
 
 def allocated_cpus(recs: list[dict[str, Any]]) -> dict[str | None, int]:
@@ -155,10 +133,10 @@ def allocated_cpus(recs: list[dict[str, Any]]) -> dict[str | None, int]:
     return out
 
 
-def record_account(rec: dict[str, Any], c: ClusterConfig, defaults: dict[str | None, str]) -> str | None:
-    """The account a pilot is charged to: the scheduler's, else its profile's, else the profile's default."""
-    profile = rec.get("profile")
-    return usage_of(rec).get("account") or _configured_account(c, profile) or defaults.get(profile)
+def record_account(rec: dict[str, Any], c: ClusterConfig) -> str | None:
+    """The account a pilot is charged to: the scheduler's, else its profile's (a budget of an account needs the
+    profiles to name theirs: :class:`pilot.config.ClusterConfig`)."""
+    return usage_of(rec).get("account") or _configured_account(c, rec.get("profile"))
 
 
 def pilot_charge(r: dict[str, Any], c: ClusterConfig) -> tuple[float | None, int, int, bool]:
@@ -168,7 +146,7 @@ def pilot_charge(r: dict[str, Any], c: ClusterConfig) -> tuple[float | None, int
     less than it ran. ``committed``: for a live pilot, its cores x wall time less what it used. Its cores are the
     most of its profile's and of what the scheduler allocated it."""
     u = usage_of(r)
-    cores = max(_cores(c, r.get("profile")), int(number(u.get("cpus")) or 0))
+    cores = max(c.pilot_cores(r.get("profile")), int(number(u.get("cpus")) or 0))
     used = int(number(u.get("core_seconds")) or 0)
     start = number(u.get("start")) or number(r.get("start_time"))
     live = r.get("state") in LIVE_STATES and r.get("end_time") is None
@@ -187,13 +165,12 @@ def budget_states(name: str, c: ClusterConfig, recs: list[dict[str, Any]], now: 
         return []
     cpus = allocated_cpus(recs)
     for st in states:   # the pilots it judges: of its account's profiles (all profiles for a budget without one)
-        asks = [max(int(r.nodes) * int(r.cores), cpus.get(p, 0)) * int(r.walltime_seconds)
+        asks = [max(r.total_cores, cpus.get(p, 0)) * int(r.walltime_seconds)
                 for p, r in c.pilot_profiles.items()
                 if st.budget.account is None or (r.account is not None and st.budget.covers(r.account))]
         st.smallest = min(asks) if asks else None
-    defaults = default_accounts(recs)
     for r in recs:
-        account = record_account(r, c, defaults)
+        account = record_account(r, c)
         start, spent, committed, live = pilot_charge(r, c)
         for s in states:
             if account is not None and not s.budget.covers(account):
@@ -216,22 +193,20 @@ class BudgetGate:
     records: Records
     clock: Any = time.time
     states: dict[str, list[BudgetState]] = field(default_factory=dict)
-    defaults: dict[str, dict[str | None, str]] = field(default_factory=dict)
     cpus: dict[str, dict[str | None, int]] = field(default_factory=dict)
 
     def refresh(self, now: float) -> None:
         """Add up used and committed core-seconds of every budget (one query per cluster that has one, of the
         fields the sums need)."""
         states: dict[str, list[BudgetState]] = {}
-        defaults: dict[str, dict[str | None, str]] = {}
         cpus: dict[str, dict[str | None, int]] = {}
         for name, c in self.config.clusters.items():
             if not c.budget:
                 continue
             recs = list(self.records.pilots.find({"cluster": name}, RECORD_FIELDS))
             states[name] = budget_states(name, c, recs, now)
-            defaults[name], cpus[name] = default_accounts(recs), allocated_cpus(recs)
-        self.states, self.defaults, self.cpus = states, defaults, cpus
+            cpus[name] = allocated_cpus(recs)
+        self.states, self.cpus = states, cpus
 
     def _need(self, ask: UnitAsk) -> int:
         """Core-seconds a new pilot of ``ask`` may be charged: its cores (or the most the scheduler allocated a
@@ -254,9 +229,8 @@ class BudgetGate:
     def _judging(self, ask: UnitAsk) -> list[BudgetState]:
         """The budgets that judge a new pilot of ``ask``: those of its account and those of all accounts. (A
         profile without ``account:`` beside a budget of an account is a config error, so its account is known.)"""
-        account = ask.account or self.defaults.get(ask.cluster, {}).get(ask.profile)
         return [s for s in self.states.get(ask.cluster, [])
-                if s.budget.account is None or (account is not None and s.budget.covers(account))]
+                if s.budget.account is None or (ask.account is not None and s.budget.covers(ask.account))]
 
     def cut(self, decisions: list[Decision]) -> list[Decision]:
         """The decisions with each unit's submissions cut to what its budgets still take. :meth:`closed` judges

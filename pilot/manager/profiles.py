@@ -60,7 +60,7 @@ def views_of(name: str, c: ClusterConfig, records: Records, available: bool,
             queue_wait=statistics.median(waits) if waits else None,
             cluster=name if several else None, profile=pname,
             blocked=closed(unit_ask(name, c, pname)) if closed is not None else None,
-            cores=int(res.nodes) * int(res.cores)))
+            cores=res.total_cores))
     return views
 
 
@@ -68,7 +68,7 @@ def unit_ask(name: str, c: ClusterConfig, profile: str) -> UnitAsk:
     """What a new pilot of ``profile`` on cluster ``name`` would be, as the gates judge it."""
     res = c.profile(profile)
     return UnitAsk(cluster=name, profile=profile, walltime=float(res.walltime_seconds),
-                   cores=int(res.nodes) * int(res.cores), account=res.account, partition=res.partition)
+                   cores=res.total_cores, account=res.account, partition=res.partition)
 
 
 def unit_of_record(rec: dict[str, Any], c: ClusterConfig) -> str:

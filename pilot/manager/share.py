@@ -133,12 +133,10 @@ def allocate(claimants: Iterable[Claimant], rooms: Rooms, live_cores: dict[str, 
 
 
 def pilot_cores(rec: dict[str, Any], clusters: dict[str, ClusterConfig]) -> int:
-    """Cores of one pilot record: its queue profile's nodes times cores (a cluster or profile no longer
-    configured: its first profile, else 1)."""
+    """Cores of one pilot record: its queue profile's nodes times cores (a profile no longer configured: the
+    cluster's first; a cluster no longer configured: 1)."""
     cfg = clusters.get(str(rec.get("cluster")))
-    profiles = cfg.pilot_profiles if cfg is not None else {}
-    res = profiles.get(rec.get("profile") or "default") or (next(iter(profiles.values())) if profiles else None)
-    return int(res.nodes) * int(res.cores) if res is not None else 1
+    return cfg.pilot_cores(rec.get("profile")) if cfg is not None else 1
 
 
 def recent_cores(ended: Iterable[dict[str, Any]], clusters: dict[str, ClusterConfig]) -> dict[str, float]:

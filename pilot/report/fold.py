@@ -36,8 +36,7 @@ def _cores(config: Config | None, cluster: str, profile: str | None = None) -> t
     c = getattr(config, "clusters", {}).get(cluster)
     if c is None:
         return 1, False
-    res = c.profile(profile if profile in c.pilot_profiles else None)
-    return max(1, int(res.cores) * int(res.nodes)), True
+    return max(1, c.pilot_cores(profile)), True
 
 
 def _f(x: Any) -> float | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pilot.configdir import pilot_command
 from pilot.isotime import iso_utc
+from pilot.manager.accounting import number
 
 if TYPE_CHECKING:
     from pilot.status.model import StatusReport
@@ -26,10 +27,6 @@ __all__ = ["ClusterGates", "GateWait", "cluster_gates", "gate_lines", "gate_wait
 GATE_PREFIXES = ("drained", "maintenance ")
 #: no manager's reading of the reservations for this long: the list may be out of date (said so)
 STALE_CHECK = 3600.0
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def _iso(t: float | None) -> str | None:
@@ -73,18 +70,18 @@ def cluster_gates(doc: dict[str, Any], now: float) -> ClusterGates | None:
     raw = doc.get("drain")
     drain = None
     if isinstance(raw, dict):
-        until = _num(raw.get("until"))
+        until = number(raw.get("until"))
         if until is None or until > now:
-            drain = {"since": _num(raw.get("since")), "until": until, "by": str(raw.get("by") or "?")}
+            drain = {"since": number(raw.get("since")), "until": until, "by": str(raw.get("by") or "?")}
     maint = []
     for r in doc.get("maintenance") or ():
-        if not isinstance(r, dict) or _num(r.get("start")) is None:
+        if not isinstance(r, dict) or number(r.get("start")) is None:
             continue
-        end = _num(r.get("end"))
+        end = number(r.get("end"))
         if end is None or end > now:
-            maint.append({"name": str(r.get("name")), "start": _num(r.get("start")), "end": end,
+            maint.append({"name": str(r.get("name")), "start": number(r.get("start")), "end": end,
                           "partition": r.get("partition") if isinstance(r.get("partition"), str) else None})
-    checked = _num(doc.get("maintenance_checked"))
+    checked = number(doc.get("maintenance_checked"))
     error = doc.get("maintenance_error") if isinstance(doc.get("maintenance_error"), str) else None
     if drain is None and not maint and checked is None and error is None:
         return None

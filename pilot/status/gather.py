@@ -13,7 +13,6 @@ indexed look-ups with a limit.
 
 from __future__ import annotations
 
-import math
 import posixpath
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pilot.checks.probes import address_of
 from pilot.fit import WALLTIME, fits_clause, not_fits_clause
 from pilot.isotime import epoch_seconds
 from pilot.launchpad.files import uri_hosts
+from pilot.manager.accounting import number
 from pilot.manager.records import PENDING_STATES, RUNNING_STATES, ended_query, live_query
 from pilot.status.gates import cluster_gates, gate_waits
 from pilot.status.model import (
@@ -95,12 +95,6 @@ def _cat_key(value: Any) -> str | None:
     return str(value)
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def pilot_files(work_dir: str | None, job_id: str | None) -> tuple[str | None, str | None]:
     """The pilot job's output and error files: ``work_dir/pilot-<jobid>.out`` / ``.err``.
 
@@ -143,8 +137,8 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
     manager = q.find_one("pilot_manager", {"_id": "manager"})
     manager_info = None
     if manager:
-        manager_info = {"last_cycle": _num(manager.get("last_cycle")),
-                        "last_cycle_duration": _num(manager.get("last_cycle_duration")),
+        manager_info = {"last_cycle": number(manager.get("last_cycle")),
+                        "last_cycle_duration": number(manager.get("last_cycle_duration")),
                         "errors": {str(k): str(v) for k, v in (manager.get("errors") or {}).items()},
                         "decisions": _decisions(manager.get("decisions"))}
     stale = _manager_stale(manager_info, config, now, opts)
@@ -180,7 +174,7 @@ def _decisions(raw: Any) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = {k: str(d.get(k) or "") for k in keys}
         row.update({k: int(d.get(k) or 0) for k in counts})
-        row["queue_wait"] = _num(d.get("queue_wait"))
+        row["queue_wait"] = number(d.get("queue_wait"))
         out.append(row)
     return out
 
@@ -293,7 +287,7 @@ def _add_served_categories(q: _Queries, out: dict[str, ClusterStatus], now: floa
         if isinstance(cat, str) and cat not in cs.categories:
             cs.categories.append(cat)
             cs.categories.sort()
-        u = _num(row.get("usable"))
+        u = number(row.get("usable"))
         if u is not None and u > 0:
             cs.usable_walltime = max(cs.usable_walltime or 0.0, u)
 
@@ -307,11 +301,11 @@ def _add_cluster_records(q: _Queries, out: dict[str, ClusterStatus], now: float)
         cs = out.setdefault(name, ClusterStatus(name=name))
         reach = doc.get("reachable")
         cs.reachable = reach if isinstance(reach, bool) else None
-        cs.last_contact = _num(doc.get("last_contact"))
+        cs.last_contact = number(doc.get("last_contact"))
         cs.last_error = doc.get("last_error") if isinstance(doc.get("last_error"), str) else None
-        cs.last_error_time = _num(doc.get("last_error_time"))
+        cs.last_error_time = number(doc.get("last_error_time"))
         cs.failures = int(doc.get("failures") or 0)
-        cs.backoff_until = _num(doc.get("backoff_until"))
+        cs.backoff_until = number(doc.get("backoff_until"))
         cs.backed_off = bool(cs.backoff_until and cs.backoff_until > now)
         if cs.reachable and (cs.last_error_time or 0) <= (cs.last_contact or 0):
             cs.last_error = None  # an error from before the last good contact is history
@@ -362,7 +356,7 @@ def _route_status(state: dict[str, Any] | None, config_port: int | None, stale: 
         return RouteStatus(via="ssh", condition=RouteCondition.NOT_KEPT, up=False, port=config_port)
     up = state.get("up")
     error = state.get("last_error")
-    route = RouteStatus(via="ssh", condition=RouteCondition.UNKNOWN, up=None, since=_num(state.get("since")),
+    route = RouteStatus(via="ssh", condition=RouteCondition.UNKNOWN, up=None, since=number(state.get("since")),
                         last_error=error if isinstance(error, str) and error.strip() else None,
                         port=_int(state.get("port")) or config_port, connects=_int(state.get("connects")))
     if stale or not isinstance(up, bool):
@@ -498,8 +492,8 @@ def _pending_long(q: _Queries, now: float, opts: StatusOptions) -> tuple[int, li
     total = len(docs) if len(docs) < opts.limit else q.count_documents("pilots", query)
     out = [PendingPilot(job_name=str(d.get("job_name") or d.get("_id")), cluster=str(d.get("cluster")),
                         category=d.get("category"), job_id=d.get("job_id"), state=str(d.get("state")),
-                        reason=d.get("reason"), submit_time=_num(d.get("submit_time")),
-                        waiting=now - (_num(d.get("submit_time")) or now)) for d in docs]
+                        reason=d.get("reason"), submit_time=number(d.get("submit_time")),
+                        waiting=now - (number(d.get("submit_time")) or now)) for d in docs]
     return total, out
 
 
@@ -531,7 +525,7 @@ def _lost_runs(q: _Queries, opts: StatusOptions) -> list[LostRun]:
         out.append(LostRun(fw_id=int(d["fw_id"]), name=fw.get("name"), launch_id=int(d["launch_id"]),
                            fworker=str(d["fworker"]["name"]), pilot=str(p.get("job_name") or p.get("_id")),
                            cluster=str(p.get("cluster")), pilot_state=str(p.get("state")),
-                           pilot_end_time=_num(p.get("end_time"))))
+                           pilot_end_time=number(p.get("end_time"))))
         if len(out) >= opts.limit:
             break
     return out
@@ -556,7 +550,7 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
             continue
         docs = q.find("fireworks", query, {"fw_id": 1}, sort=[("fw_id", 1)], limit=opts.limit)
         top = q.find("fireworks", query, {"spec._pilot.walltime": 1}, sort=[("spec._pilot.walltime", -1)], limit=1)
-        longest = _num(((top[0].get("spec") or {}).get("_pilot") or {}).get("walltime")) if top else None
+        longest = number(((top[0].get("spec") or {}).get("_pilot") or {}).get("walltime")) if top else None
         out.append(TooLong(category=str(cat.name), count=total, longest=longest or best, usable=best,
                            clusters=list(cat.served_by), fw_ids=[int(d["fw_id"]) for d in docs]))
     return out
