@@ -188,7 +188,9 @@ def bind(plan: ListenPlan, port: int) -> socket.socket:
         if plan.family == socket.AF_INET6 and plan.wildcard:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" takes IPv4 clients too
         sock.bind(sockaddr)
-        sock.listen(128)
+        # the kernel's own cap (net.core.somaxconn): a burst of pilots starting at once would otherwise overflow a
+        # backlog of 128, and each dropped connection request costs its client a 1 s retransmission
+        sock.listen(socket.SOMAXCONN)
     except OSError:
         sock.close()
         raise

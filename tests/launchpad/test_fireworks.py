@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pymongo
@@ -70,6 +71,12 @@ def lpad(lp_file: Path, *args: str, timeout: float = 120,
     return res
 
 
+def lpads(lp_file: Path, *commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Several ``lpad`` commands that do not depend on each other, run at the same time; results in order."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: lpad(lp_file, *args), commands))
+
+
 def rlaunch(lp_file: Path, cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     cwd.mkdir(parents=True, exist_ok=True)
     res = subprocess.run(["rlaunch", "-l", str(lp_file), "-s", *args], capture_output=True, text=True,
@@ -89,7 +96,7 @@ def by_name(lp) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- lpad commands
 def test_lpad_commands(launchpad, mongo_uri, tmp_path):
-    from fireworks import Firework, FWorker, ScriptTask, Workflow
+    from fireworks import Firework, ScriptTask, Workflow
 
     lp = launchpad
     lp_file = write_lp_file(tmp_path / "my_launchpad.yaml", mongo_uri, lp.name)
@@ -106,9 +113,12 @@ def test_lpad_commands(launchpad, mongo_uri, tmp_path):
     A, B, C = ids["A"], ids["B"], ids["C"]
     assert states(lp) == {A: "READY", B: "WAITING", C: "WAITING"}
 
-    assert sorted(json.loads(lpad(lp_file, "get_fws", "-d", "ids").stdout)) == sorted([A, B, C])
-    assert lpad(lp_file, "get_fws", "-s", "READY", "-d", "count").stdout.strip() == "1"
-    wf = json.loads(lpad(lp_file, "get_wflows", "-d", "more").stdout)
+    # three queries that change nothing: at the same time (each lpad is a process start-up of its own)
+    ids_out, count_out, wf_out = lpads(lp_file, ["get_fws", "-d", "ids"], ["get_fws", "-s", "READY", "-d", "count"],
+                                       ["get_wflows", "-d", "more"])
+    assert sorted(json.loads(ids_out.stdout)) == sorted([A, B, C])
+    assert count_out.stdout.strip() == "1"
+    wf = json.loads(wf_out.stdout)
     assert wf["state"] == "READY" and sorted(wf["states"].values()) == ["READY", "WAITING", "WAITING"]
 
     rlaunch(lp_file, tmp_path / "run1", "singleshot")
@@ -144,24 +154,36 @@ def test_lpad_commands(launchpad, mongo_uri, tmp_path):
     lpad(lp_file, "resume_fws", "-i", f"{A},{B},{C}")
     assert states(lp)[A] == "READY"
 
+    # a lost run: a Firework checked out by a "rocket" that then never reports back (checked out before the
+    # rapidfire below, which leaves a RUNNING Firework without WAITING children alone: its launch ages meanwhile)
+    L, checked_out = _lost_run(lp, tmp_path / "lost")
     rlaunch(lp_file, tmp_path / "run2", "rapidfire", "--sleep", "1")
-    assert set(states(lp).values()) == {"COMPLETED"}
+    assert states(lp, [A, B, C]) == {A: "COMPLETED", B: "COMPLETED", C: "COMPLETED"}
+    assert states(lp, [L])[L] == "RUNNING"   # rapidfire did not take it
 
-    # a lost run: a Firework checked out by a "rocket" that then never reports back
-    lp.add_wf(Firework(ScriptTask.from_str("echo lost"), name="L"))
-    L = by_name(lp)["L"]
-    (tmp_path / "lost").mkdir()
-    fw, _launch_id = lp.checkout_fw(FWorker(), str(tmp_path / "lost"))
-    assert fw.fw_id == L and states(lp, [L])[L] == "RUNNING"
-    time.sleep(1.5)   # its launch is now older than detect_lostruns' --time (1 s)
+    time.sleep(max(0.0, checked_out + 1.5 - time.monotonic()))   # its launch is older than --time (1 s)
     out = lpad(lp_file, "detect_lostruns", "--time", "1", "--rerun").stdout
     assert "Lost FireWorks: 1" in out
     assert states(lp, [L])[L] == "READY"
 
-    rep = lpad(lp_file, "report").stdout
+    rep_out, all_out = lpads(lp_file, ["report"], ["get_fws", "-i", str(A), "-d", "all"])
+    rep = rep_out.stdout
     assert "Stats on fws" in rep and "COMPLETED" in rep
-    all_fws = json.loads(lpad(lp_file, "get_fws", "-i", str(A), "-d", "all").stdout)
+    all_fws = json.loads(all_out.stdout)
     assert all_fws["state"] == "COMPLETED" and all_fws["launches"][0]["state"] == "COMPLETED"
+
+
+def _lost_run(lp, launch_dir: Path) -> tuple[int, float]:
+    """A Firework checked out as a rocket would, that then never reports back: (its fw_id, when)."""
+    from fireworks import Firework, FWorker, ScriptTask
+
+    lp.add_wf(Firework(ScriptTask.from_str("echo lost"), name="L"))
+    fw_id = by_name(lp)["L"]
+    launch_dir.mkdir()
+    fw, _launch_id = lp.checkout_fw(FWorker(), str(launch_dir), fw_id=fw_id)
+    checked_out = time.monotonic()
+    assert fw.fw_id == fw_id and states(lp, [fw_id])[fw_id] == "RUNNING"
+    return fw_id, checked_out
 
 
 def test_rocket_fwactions_additions_detours_and_gridfs(launchpad, mongo_uri, tmp_path):

@@ -452,10 +452,12 @@ def test_staged_chain_over_ssh(launchpad, water, tmp_path, monkeypatch, slurm_cl
 
 # ------------------------------------------------------------------------------------------ under the pilot worker
 def start_worker(lp_file: Path, cwd: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    # --idle-timeout 0.2: a worker's work is READY when it starts (a segment's successor becomes READY as the
+    # segment completes), so the idle timeout is only how long it lingers when the work is done
     log = open(cwd / f"{name}.log", "wb")
     try:
         return subprocess.Popen([sys.executable, "-m", "pilot", "worker", "-l", str(lp_file), "-c", "md",
-                                 "--name", name, "--launch-dir", str(cwd), "--idle-timeout", "2", *extra],
+                                 "--name", name, "--launch-dir", str(cwd), "--idle-timeout", "0.2", *extra],
                                 cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **ENV})
     finally:

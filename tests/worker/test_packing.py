@@ -26,7 +26,7 @@ from pilot.worker.slots import Hold, Slots, binding, cpu_ids, firework_asks, gpu
 from tests.helpers import wait_for
 from tests.worker import test_worker
 from tests.worker.test_packing_tasks import SlotTask
-from tests.worker.test_worker import assert_nothing_running, fw_doc, launches_of
+from tests.worker.test_worker import IDLE, assert_nothing_running, fw_doc, launches_of
 
 #: the ``workers`` fixture of test_worker.py (real ``pilot worker`` subprocesses, stopped after the test)
 workers = test_worker.workers
@@ -133,7 +133,7 @@ def test_four_one_core_fireworks_run_at_once_on_their_own_cores_and_gpus(launchp
     out.mkdir()
     names = [f"one-{i}" for i in range(4)]
     ids = [add_slot(launchpad, out, n, "pack", gpus=1, seconds=2.5) for n in names]
-    w = workers(launchpad, tmp_path, ["pack"], "--no-deadline", "--idle-timeout", "1", "--cores", "4",
+    w = workers(launchpad, tmp_path, ["pack"], "--no-deadline", "--idle-timeout", IDLE, "--cores", "4",
                 "--gpus", "4", "--pack", env={"CUDA_VISIBLE_DEVICES": "3,5,7,9"})
     assert w.wait(60) == 0, w.log()
     log = w.log()
@@ -162,7 +162,7 @@ def test_a_two_core_firework_holds_two_and_one_asking_eight_is_never_taken(launc
     huge = add_slot(launchpad, out, "eight", "mixed", cores=8, priority=100, seconds=0.1)
     big = add_slot(launchpad, out, "two", "mixed", cores=2, priority=10, seconds=2.5)
     small = [add_slot(launchpad, out, f"one-{i}", "mixed", priority=5, seconds=2.5) for i in range(2)]
-    w = workers(launchpad, tmp_path, ["mixed"], "--no-deadline", "--idle-timeout", "1", "--cores", "4", "--pack")
+    w = workers(launchpad, tmp_path, ["mixed"], "--no-deadline", "--idle-timeout", IDLE, "--cores", "4", "--pack")
     assert w.wait(60) == 0, w.log()
     assert "3 Fireworks run (3 completed" in w.log(), w.log()
     assert fw_doc(launchpad, huge)["state"] == "READY" and launches_of(launchpad, huge) == []
@@ -184,14 +184,14 @@ def test_a_pilot_without_pack_takes_only_what_fits_its_cores_and_gpus(launchpad,
     plain = add_slot(launchpad, out, "plain", "solo", seconds=0.1)
     two = add_slot(launchpad, out, "two", "solo", cores=2, seconds=0.1)
     gpu = add_slot(launchpad, out, "gpu", "solo", gpus=1, seconds=0.1)
-    w = workers(launchpad, tmp_path, ["solo"], "--no-deadline", "--idle-timeout", "1")
+    w = workers(launchpad, tmp_path, ["solo"], "--no-deadline", "--idle-timeout", IDLE)
     assert w.wait(60) == 0, w.log()
     assert [fw_doc(launchpad, i)["state"] for i in (plain, two, gpu)] == ["COMPLETED", "READY", "READY"]
-    w = workers(launchpad, tmp_path, ["solo"], "--no-deadline", "--idle-timeout", "1", "--cores", "2")
+    w = workers(launchpad, tmp_path, ["solo"], "--no-deadline", "--idle-timeout", IDLE, "--cores", "2")
     assert w.wait(60) == 0, w.log()
     assert [fw_doc(launchpad, i)["state"] for i in (two, gpu)] == ["COMPLETED", "READY"]
     assert seen(out, "two")["PILOT_CORE_LIST"] is None
-    w = workers(launchpad, tmp_path, ["solo"], "--no-deadline", "--idle-timeout", "1", "--gpus", "1",
+    w = workers(launchpad, tmp_path, ["solo"], "--no-deadline", "--idle-timeout", IDLE, "--gpus", "1",
                 "--gpu-work-only")
     assert w.wait(60) == 0, w.log()
     assert fw_doc(launchpad, gpu)["state"] == "COMPLETED"
@@ -202,7 +202,7 @@ def test_memory_asks_beyond_the_pilots_are_not_taken(launchpad, tmp_path, worker
     out.mkdir()
     small = add_slot(launchpad, out, "small", "mem", memory=500, seconds=0.1)
     big = add_slot(launchpad, out, "big", "mem", memory=4000, seconds=0.1)
-    w = workers(launchpad, tmp_path, ["mem"], "--no-deadline", "--idle-timeout", "1", "--cores", "2", "--pack",
+    w = workers(launchpad, tmp_path, ["mem"], "--no-deadline", "--idle-timeout", IDLE, "--cores", "2", "--pack",
                 "--memory-mb", "1000")
     assert w.wait(60) == 0, w.log()
     assert [fw_doc(launchpad, i)["state"] for i in (small, big)] == ["COMPLETED", "READY"]
@@ -213,7 +213,7 @@ def test_gpu_work_only_pilot_takes_gpu_fireworks_only(launchpad, tmp_path, worke
     out.mkdir()
     cpu = add_slot(launchpad, out, "cpu", "gw", seconds=0.1)
     gpus = [add_slot(launchpad, out, f"gpu-{i}", "gw", gpus=1, seconds=2.0) for i in range(2)]
-    w = workers(launchpad, tmp_path, ["gw"], "--no-deadline", "--idle-timeout", "1", "--cores", "4", "--gpus",
+    w = workers(launchpad, tmp_path, ["gw"], "--no-deadline", "--idle-timeout", IDLE, "--cores", "4", "--gpus",
                 "2", "--pack", "--gpu-work-only")
     assert w.wait(60) == 0, w.log()
     assert fw_doc(launchpad, cpu)["state"] == "READY"
@@ -228,7 +228,7 @@ def test_fireworks_are_bound_to_their_cpus(launchpad, tmp_path, workers):
     out.mkdir()
     for i in range(2):
         add_slot(launchpad, out, f"b-{i}", "bind", seconds=1.5)
-    w = workers(launchpad, tmp_path, ["bind"], "--no-deadline", "--idle-timeout", "1", "--cores", "2", "--pack")
+    w = workers(launchpad, tmp_path, ["bind"], "--no-deadline", "--idle-timeout", IDLE, "--cores", "2", "--pack")
     assert w.wait(60) == 0, w.log()
     data = [seen(out, f"b-{i}") for i in range(2)]
     assert [d["affinity"] for d in data] == [sorted(core_set(d)) for d in data]     # each on its own CPU
@@ -243,7 +243,7 @@ def test_killing_one_slots_firework_requeues_only_it(launchpad, tmp_path, worker
     go = tmp_path / "go"
     names = [f"k-{i}" for i in range(4)]
     ids = {n: add_slot(launchpad, out, n, "kill", go_file=str(go), max_wait=60) for n in names}
-    w = workers(launchpad, tmp_path, ["kill"], "--no-deadline", "--idle-timeout", "1", "--cores", "4", "--pack",
+    w = workers(launchpad, tmp_path, ["kill"], "--no-deadline", "--idle-timeout", IDLE, "--cores", "4", "--pack",
                 "--grace", "5")
     wait_seen(out, names, "all four Fireworks to run")
     victim = seen(out, "k-2")["pid"]

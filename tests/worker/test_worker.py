@@ -24,6 +24,10 @@ from fireworks.user_objects.firetasks.script_task import PyTask
 from tests.helpers import REPO, EmbeddedServer, stop_process_tree, time_limit_now, wait_for
 from tests.worker.test_worker_tasks import EnvTask, IgnoreTermTask, OwnStateTask, TrapTermTask
 
+#: ``--idle-timeout`` where how long a worker waits for work is not what a test is about: all its work is READY
+#: before it starts (or comes back READY and is not taken again), so this is only how long it lingers at the end
+IDLE = "0.2"
+
 
 # --------------------------------------------------------------------------- helpers
 class WorkerProc:
@@ -122,7 +126,7 @@ def test_runs_ten_fireworks_and_exits_when_idle(launchpad, tmp_path, workers):
     ids = [add(launchpad, EnvTask(), f"env-{i}", "short") for i in range(10)]
     other = add(launchpad, EnvTask(), "other-category", "long")  # not ours: must stay READY
     w = workers(launchpad, tmp_path, ["short"], "--deadline", str(deadline), "--margin", "60",
-                "--idle-timeout", "1", "--grace", "5", "--launch-dir", str(tmp_path / "launches"),
+                "--idle-timeout", IDLE, "--grace", "5", "--launch-dir", str(tmp_path / "launches"),
                 name="pilotci-1234")
     assert w.wait(60) == 0, w.log()
     log = w.log()
@@ -161,7 +165,7 @@ def test_firework_too_long_for_the_time_left_is_not_taken(launchpad, tmp_path, w
     short_id = add(launchpad, EnvTask(), "short", "md", priority=1, walltime=5)
     open_id = add(launchpad, EnvTask(), "no-estimate", "md", priority=1)
     w = workers(launchpad, tmp_path, ["md"], "--deadline", str(time.time() + 120), "--margin", "20",
-                "--idle-timeout", "1", "--grace", "5")
+                "--idle-timeout", IDLE, "--grace", "5")
     assert w.wait(60) == 0, w.log()
     assert fw_doc(launchpad, long_id)["state"] == "READY"
     assert fw_doc(launchpad, just_over)["state"] == "READY"
@@ -179,7 +183,7 @@ def test_several_categories_are_pulled(launchpad, tmp_path, workers):
     a = add(launchpad, EnvTask(), "a", "cat-a")
     b = add(launchpad, EnvTask(), "b", "cat-b")
     c = add(launchpad, EnvTask(), "c", "cat-c")
-    w = workers(launchpad, tmp_path, ["cat-a", "cat-b"], "--no-deadline", "--idle-timeout", "1")
+    w = workers(launchpad, tmp_path, ["cat-a", "cat-b"], "--no-deadline", "--idle-timeout", IDLE)
     assert w.wait(60) == 0, w.log()
     assert [fw_doc(launchpad, i)["state"] for i in (a, b, c)] == ["COMPLETED", "COMPLETED", "READY"]
 
@@ -309,7 +313,7 @@ def test_child_crash_requeues_and_worker_continues(launchpad, tmp_path, workers)
     victim_id = add(launchpad, ScriptTask.from_str(f"echo $PPID > {pidfile}; sleep 778"), "victim", "crash",
                     priority=2)
     ok_id = add(launchpad, EnvTask(), "fine", "crash", priority=1)
-    w = workers(launchpad, tmp_path, ["crash"], "--no-deadline", "--idle-timeout", "1", "--grace", "5")
+    w = workers(launchpad, tmp_path, ["crash"], "--no-deadline", "--idle-timeout", IDLE, "--grace", "5")
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, 0.1, "the victim task's pid")
     victim_pid = int(pidfile.read_text())
     assert psutil.Process(victim_pid).cmdline()[:3] == [sys.executable, "-m", "pilot"]  # the Firework child
@@ -333,7 +337,7 @@ def _run_until(launchpad, tmp_path, workers, category: str, pidfile: Path, end: 
     """One worker takes the Firework; once its task runs, ``end`` is done to it: ``stop`` (SIGTERM to the
     worker, as scancel does) or ``crash`` (SIGKILL to the Firework's process). Returns the worker's log."""
     pidfile.unlink(missing_ok=True)
-    w = workers(launchpad, tmp_path, [category], "--no-deadline", "--idle-timeout", "1", "--grace", "30")
+    w = workers(launchpad, tmp_path, [category], "--no-deadline", "--idle-timeout", IDLE, "--grace", "30")
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60, 0.1, "the task's pid")
     os.kill(w.pid if end == "stop" else int(pidfile.read_text()), signal.SIGTERM if end == "stop" else signal.SIGKILL)
     assert w.wait(60) == 0, w.log()
@@ -380,7 +384,7 @@ def test_a_firework_stopped_past_its_walltime_never_fits_and_is_counted(launchpa
 
 def test_failing_task_fizzles_normally(launchpad, tmp_path, workers):
     fw_id = add(launchpad, ScriptTask.from_str("exit 3"), "fails", "fail")
-    w = workers(launchpad, tmp_path, ["fail"], "--no-deadline", "--idle-timeout", "1")
+    w = workers(launchpad, tmp_path, ["fail"], "--no-deadline", "--idle-timeout", IDLE)
     assert w.wait(60) == 0, w.log()
     assert fw_doc(launchpad, fw_id)["state"] == "FIZZLED"
     assert "1 Fireworks run (0 completed, 1 fizzled, 0 requeued)" in w.log()
@@ -391,7 +395,7 @@ def test_task_given_the_launchpad_uses_it(launchpad, tmp_path, workers):
     fw = Firework([OwnStateTask()], spec={"_category": "lpuser", "_add_launchpad_and_fw_id": True}, name="me")
     launchpad.add_wf(Workflow([fw]))
     fw_id = launchpad.fireworks.find_one({"name": "me"})["fw_id"]
-    w = workers(launchpad, tmp_path, ["lpuser"], "--no-deadline", "--idle-timeout", "1")
+    w = workers(launchpad, tmp_path, ["lpuser"], "--no-deadline", "--idle-timeout", IDLE)
     assert w.wait(60) == 0, w.log()
     (launch,) = launches_of(launchpad, fw_id)
     assert launch["state"] == "COMPLETED", w.log()
@@ -439,7 +443,7 @@ def test_refuses_to_start_without_deadline(launchpad, tmp_path, workers):
 
 def test_deadline_from_environment(launchpad, tmp_path, workers):
     fw_id = add(launchpad, EnvTask(), "env", "envdl")
-    w = workers(launchpad, tmp_path, ["envdl"], "--idle-timeout", "1",
+    w = workers(launchpad, tmp_path, ["envdl"], "--idle-timeout", IDLE,
                 env={"PILOT_DEADLINE": str(int(time.time()) + 1000)})
     assert w.wait(60) == 0, w.log()
     (launch,) = launches_of(launchpad, fw_id)
@@ -526,7 +530,7 @@ def test_a_fireworks_completion_outlasts_a_database_outage(tmp_path, workers):
     try:
         lp = outage_launchpad(server, "outage")
         fw_id = add(lp, ScriptTask.from_str(f"until [ -e {go} ]; do sleep 0.1; done"), "through-outage", "outage")
-        w = workers(lp, tmp_path, ["outage"], "--no-deadline", "--idle-timeout", "1", "--db-retry-time", "60")
+        w = workers(lp, tmp_path, ["outage"], "--no-deadline", "--idle-timeout", IDLE, "--db-retry-time", "60")
         # running, and the Rocket's pings before its task (FireWorks' checkpoint) written: nothing of it is held
         wait_for(lambda: "checkpoint" in ((running_launch(lp, fw_id) or {}).get("state_history") or [{}])[-1], 60,
                  0.1, "the Firework's task to start")
@@ -579,7 +583,7 @@ def test_slurm_time_limit_kills_pilot_mid_firework(launchpad, slurm_cluster, clu
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip().split(";")[0]
     try:
-        wait_for(lambda: running_launch(launchpad, fw_id), 120, 0.5, "the Firework to run inside the job")
+        wait_for(lambda: running_launch(launchpad, fw_id), 120, 0.2, "the Firework to run inside the job")
         assert running_launch(launchpad, fw_id)["fworker"]["name"] == f"{slurm_cluster.name}-{job_id}"
         lower = _slurm(slurm_cluster, *time_limit_now(job_id))
         assert lower.returncode == 0, lower.stderr
@@ -588,11 +592,11 @@ def test_slurm_time_limit_kills_pilot_mid_firework(launchpad, slurm_cluster, clu
             out = _slurm(slurm_cluster, "squeue", "-h", "-j", job_id, "-o", "%T").stdout.strip()
             return out == "" or out in ("COMPLETED", "TIMEOUT", "FAILED", "CANCELLED")
 
-        wait_for(job_done, 240, 1.0, f"SLURM job {job_id} to hit its time limit")
+        wait_for(job_done, 240, 0.3, f"SLURM job {job_id} to hit its time limit")
     finally:
         _slurm(slurm_cluster, "scancel", job_id)
     state = wait_for(lambda: _slurm(slurm_cluster, "sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State").stdout
-                     .strip(), 60, 1.0, "sacct to know the job")
+                     .strip(), 60, 0.3, "sacct to know the job")
     assert state == "TIMEOUT", state  # the documented SLURM state for a job killed at its time limit
     log = (remote_tmp / "worker.log").read_text()
     doc = fw_doc(launchpad, fw_id)

@@ -137,11 +137,11 @@ def test_slurm_usr1_is_logged_and_the_pilot_goes_by_its_deadline(launchpad, slur
     job_id = _sbatch(slurm_cluster, path, remote_tmp)
     try:
         wait_for(lambda: _slurm(slurm_cluster, "squeue", "-h", "-j", job_id, "-o", "%T").stdout.strip()
-                 in ("", "COMPLETED", "TIMEOUT", "FAILED", "CANCELLED"), 240, 1.0, f"SLURM job {job_id} to end")
+                 in ("", "COMPLETED", "TIMEOUT", "FAILED", "CANCELLED"), 240, 0.3, f"SLURM job {job_id} to end")
     finally:
         _slurm(slurm_cluster, "scancel", job_id)
     state = wait_for(lambda: _slurm(slurm_cluster, "sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State").stdout
-                     .strip(), 60, 1.0, "sacct to know the job")
+                     .strip(), 60, 0.3, "sacct to know the job")
     log = (remote_tmp / f"pilot-{job_id}.err").read_text()
     # the worker left by itself, before SLURM's time limit: COMPLETED, not TIMEOUT (sacct(1) job states)
     assert state == "COMPLETED", (state, log)
