@@ -189,6 +189,8 @@ class ClusterInfo:
     sshd_config: str = ""     # the login node's sshd_config (private sshds are modelled on it)
     host_key: str = ""        # the login node's host key (private key file; .pub beside it)
     node_sshd: str = ""       # address of the compute node's sshd, "" if it has none
+    otp_port: int | None = None   # the login node's sshd that also asks for a TOTP code (issue 21), if any
+    otp_seed: str = ""        # the file with that code's base32 seed (root's alone)
 
     def ssh_kwargs(self) -> dict[str, object]:
         return dict(host=self.host, port=self.port, user=self.user, identity_file=self.key,
@@ -218,7 +220,8 @@ def load_clusters() -> dict[str, ClusterInfo]:
             known_hosts=data["known_hosts"], scheduler=c["scheduler"], venv=data["venv"],
             slurm_conf=c.get("slurm_conf") or None, login_netns=c["login_netns"], node_netns=c["node_netns"],
             login_inner=c["login_inner"], node=c["node"], routed=bool(c["routed"]), sshd_config=c["sshd_config"],
-            host_key=c["host_key"], node_sshd=c.get("node_sshd", ""))
+            host_key=c["host_key"], node_sshd=c.get("node_sshd", ""), otp_port=c.get("otp_port"),
+            otp_seed=data.get("otp_seed", "") if c.get("otp_port") else "")
     return out
 
 

@@ -56,6 +56,10 @@ job_name_prefix: fwp
 
 # Categories that compete for a cluster's room get pilots by these weights (unlisted: 1); docs/campaign.md.
 # share: {md: 3, analysis: 1}
+
+# Tell a person when something needs them (a FIZZLED Firework, a cluster down, a budget nearly spent, a login that
+# lapsed), by e-mail and/or a chat webhook; docs/notifications.md.
+# notify: {webhook: {url_file: ~/.pilot/webhook-url}}
 """
 
 EXAMPLE_CLUSTER_YAML = """\
@@ -71,6 +75,7 @@ proxy_jump: null                  # or "alice@gateway.example.org:22"
 strict_host_key_checking: true    # the host key must be in known_hosts (ssh-keyscan, check the fingerprint)
 known_hosts: ~/.ssh/known_hosts
 use_ssh_config: false             # true: also read ~/.ssh/config for this host
+control_path: null                # one-time-password logins: ~/.ssh/pilot-%C, then `pilot connect NAME`
 command_timeout: 120              # seconds one remote command may take
 
 # --- the batch system: slurm | pbs | torque | lsf | sge | local
@@ -284,18 +289,24 @@ def _campaign_lines(config_dir: Path, cfg: Config) -> list[str]:
     out = [f"share: {share_text(cfg.pilot.share, cfg.categories)}"] if cfg.pilot.share else []
     out += [f"budget: {name}: {'; '.join(b.label() for b in cl.budget)}" for name, cl in cfg.clusters.items()
             if cl.budget]
-    return out + drained_lines(config_dir, cfg)
+    out += cfg.pilot.notify.summary() if cfg.pilot.notify is not None else []   # without secrets
+    from pilot.cli.connect import login_lines
+
+    return out + drained_lines(config_dir, cfg) + login_lines(config_dir, cfg)
 
 
 def _campaign_json(config_dir: Path, cfg: Config | None, ok: bool) -> dict[str, Any]:
-    """:func:`_campaign_lines` for ``--json``: weights of every category, budgets, drains."""
+    """:func:`_campaign_lines` for ``--json``: weights of every category, budgets, drains, logins."""
+    from pilot.cli.connect import login_states
     from pilot.cli.drain import drained_clusters
 
     if cfg is None:
-        return {"share": {}, "budgets": {}, "drained": {}}
+        return {"share": {}, "budgets": {}, "drained": {}, "notify": None, "logins": {}}
     return {"share": {c: cfg.pilot.share.get(c, 1.0) for c in cfg.categories},
+            "notify": cfg.pilot.notify.to_public() if cfg.pilot.notify is not None else None,
             "budgets": {n: [b.model_dump(mode="json") for b in c.budget] for n, c in cfg.clusters.items() if c.budget},
-            "drained": drained_clusters(config_dir, cfg) if ok else {}}
+            "drained": drained_clusters(config_dir, cfg) if ok else {},
+            "logins": login_states(cfg) if ok else {}}
 
 
 @config.command("show")

@@ -7,14 +7,18 @@ the model reads as the list of fields it is.
 
 from __future__ import annotations
 
+import getpass
+import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
 from pilot.config.errors import field_error
 from pilot.config.units import HOST_RE, PROXY_RE, USER_RE, Scheduler, expand_path
 
-__all__ = ["check_fworker_query", "check_host", "check_known_hosts", "check_ssh_field", "check_use_ssh_config",
-           "check_zone_name"]
+__all__ = ["check_control_path", "check_fworker_query", "check_host", "check_known_hosts", "check_ssh_field",
+           "check_use_ssh_config", "check_zone_name"]
 
 
 def check_zone_name(v: str) -> str:
@@ -35,6 +39,35 @@ def check_zone_name(v: str) -> str:
     raise field_error(f"{v!r} is not a time zone name{hint}: write an IANA name such as Europe/Berlin, "
                       "America/Chicago or UTC (the zone the cluster's scheduler prints its times in), or "
                       "null for this machine's zone")
+
+
+#: Longest Unix socket path (``sun_path`` holds 108 bytes with its NUL) less the 17 characters OpenSSH adds to
+#: the name of the socket it is making (``.`` and 16 random letters) before renaming it into place.
+MAX_CONTROL_PATH = 107 - 17
+
+
+def check_control_path(v: str | None, sched: Scheduler | None, data: dict[str, Any]) -> str | None:
+    """``control_path``: an absolute or ``~/`` path short enough for a Unix socket (with ``%C``, ssh's 40-hex-digit
+    hash of the connection, counted at its length), refused for ``local``."""
+    if v is None:
+        return v
+    if sched is Scheduler.LOCAL:
+        raise field_error("scheduler local runs pilots on this machine without SSH: remove control_path")
+    if not (v.startswith(("/", "~/"))):
+        raise field_error(f"{v!r} is relative: write an absolute path or one under ~/, e.g. ~/.ssh/pilot-%C")
+    unknown = sorted(set(re.findall(r"%[^CdhijLlnpru%]", v)))
+    if unknown:
+        raise field_error(f"{v!r} has {', '.join(unknown)}, which ssh does not know in a ControlPath: use %C (a hash "
+                          "of host, port and user), %h, %p, %r, %d, %u, %l, %L, %i, %j or %%")
+    host = data.get("host") or "host"
+    fill = {"%C": "0" * 40, "%r": data.get("user") or getpass.getuser(), "%h": host, "%n": host, "%p": "65535",
+            "%%": "%", "%d": os.path.expanduser("~"), "%u": getpass.getuser(), "%l": socket.gethostname(),
+            "%L": socket.gethostname().split(".")[0], "%i": str(os.getuid()), "%j": data.get("proxy_jump") or ""}
+    sample = re.sub(r"%[CdhijLlnpru%]", lambda m: fill[m.group(0)], os.path.expanduser(v))
+    if len(sample) > MAX_CONTROL_PATH:
+        raise field_error(f"{v!r} becomes a socket path of {len(sample)} characters here, more than a Unix socket "
+                          f"takes ({MAX_CONTROL_PATH} with ssh's suffix): use a shorter one, e.g. ~/.ssh/pilot-%C")
+    return v
 
 
 def check_host(v: str | None, sched: Scheduler | None) -> str | None:

@@ -326,10 +326,32 @@ def load_config(config_dir: Path | str) -> Config:
     if isinstance(pilot_obj, PilotConfig) and not problems:   # fair share names served categories only
         served = sorted({c for cl in clusters.values() for p in cl.pilot_profiles for c in cl.profile_categories(p)})
         problems += [ConfigProblem(_shown(pilot_path), f, m) for f, m in share_problems(pilot_obj.share, served)]
+    problems += [ConfigProblem(_shown(stems[n]), "control_path", m) for n, m in shared_control_paths(clusters)]
     if problems:
         raise ConfigError(problems)
     assert isinstance(pilot_obj, PilotConfig)
     return Config(pilot=pilot_obj, clusters=dict(sorted(clusters.items())), config_dir=config_dir)
+
+
+def shared_control_paths(clusters: dict[str, ClusterConfig]) -> list[tuple[str, str]]:
+    """(cluster, message) for each cluster whose ``control_path`` names the socket of another cluster's login:
+    a command sent through a socket reaches whichever host its master logged in to, so two clusters on one
+    socket would run each other's ``sbatch`` and ``squeue``. The same host, port and user may share one."""
+    seen: dict[str, tuple[str, tuple[object, ...]]] = {}
+    out = []
+    for name, c in sorted(clusters.items()):
+        if not c.control_path:
+            continue
+        who = (c.host, c.port, c.user)
+        # the tokens that stand for the destination, filled in: what is left is the file both would use
+        filled = "\0".join(map(str, who)).replace("\\", "\\\\")
+        key = re.sub(r"(%[Chprn])", filled + r"\1", os.path.expanduser(c.control_path))
+        if key in seen and seen[key][1] != who:
+            out.append((name, f"{c.control_path!r} is also the control_path of cluster {seen[key][0]}, which logs "
+                              "in elsewhere: commands would reach whichever host the socket's login went to. Give "
+                              "each cluster its own (put %C in the name: ~/.ssh/pilot-%C)"))
+        seen.setdefault(key, (name, who))
+    return out
 
 
 def current_user() -> str:

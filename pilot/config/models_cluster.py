@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from pilot.config.checks_cluster import (
+    check_control_path,
     check_fworker_query,
     check_host,
     check_known_hosts,
@@ -105,6 +106,11 @@ class ClusterConfig(BaseModel):
     known_hosts: Path = Field(Path("~/.ssh/known_hosts"), validate_default=True,
                               description="known_hosts file with the cluster's host key ('~' is expanded).",
                               examples=["~/.ssh/known_hosts"])
+    control_path: str | None = Field(None, description="For a cluster that asks for a one-time password (TOTP, "
+                                     "Duo) at each login: the OpenSSH ControlMaster socket that `pilot connect` "
+                                     "opens (asking for the code once) and everything else uses without a code; "
+                                     "ssh's tokens work (%C, %h, %p, %r). null: keys alone log in.",
+                                     examples=["~/.ssh/pilot-%C"])
     use_ssh_config: bool = Field(False, description="Also read ~/.ssh/config for this host (HostName, User, "
                                  "Port, IdentityFile, ProxyJump, UserKnownHostsFile) where this file leaves "
                                  "the value unset; the file must exist.", examples=[False])
@@ -320,6 +326,11 @@ class ClusterConfig(BaseModel):
     def _known_hosts(cls, v: Path, info: ValidationInfo) -> Path:
         return check_known_hosts(v, cls._sched(info), info.data)
 
+    @field_validator("control_path")
+    @classmethod
+    def _control_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return check_control_path(v, cls._sched(info), info.data)
+
     @field_validator("use_ssh_config")
     @classmethod
     def _ssh_config(cls, v: bool, info: ValidationInfo) -> bool:
@@ -370,6 +381,10 @@ class ClusterConfig(BaseModel):
         if v.is_ssh and cls._sched(info) is Scheduler.LOCAL:
             raise field_error("scheduler local runs pilots on this machine, which reaches the LaunchPad itself: "
                               "remove launchpad_route (or write launchpad_route: direct)")
+        if v.is_ssh and info.data.get("control_path"):
+            raise field_error("launchpad_route: ssh keeps a forward on a connection of its own, which a cluster "
+                              "with one-time-password logins (control_path) cannot open unattended: use "
+                              "launchpad_route: direct, or a cluster without control_path")
         return v
 
     @field_validator("work_dir")

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pilot.config.errors import field_error, field_errors
+from pilot.config.models_notify import NotifyConfig
 from pilot.config.units import PREFIX_RE, base_dir_of, expand_path
 
 __all__ = ["BackoffConfig", "PilotConfig", "share_problems", "share_text"]
@@ -80,6 +81,10 @@ class PilotConfig(BaseModel):
     share_window: float = Field(86400.0, ge=0, description="Seconds of history fair share counts: a "
                                 "category's pilots that ended within this time count toward what it had, with "
                                 "its live ones (0: live pilots only).", examples=[86400])
+
+    notify: NotifyConfig | None = Field(None, description="Messages to a person (e-mail, chat webhook) when a "
+                                        "Firework FIZZLED, a cluster stays unreachable, a budget is nearly spent, "
+                                        "a login lapsed (docs/notifications.md); null: none.")
 
     @field_validator("share", mode="before")
     @classmethod

@@ -62,6 +62,7 @@ from pilot.manager.tracking import Tracker
 
 if TYPE_CHECKING:
     from pilot.config import ClusterConfig, Config
+    from pilot.notify.notifier import Notifier
 
 log = logging.getLogger("pilot.manager")
 
@@ -122,6 +123,11 @@ class Manager:
         self.gates = Gates([self.drain, MaintenanceGate(self.records, self.settings)])
         self.budget = BudgetGate(config, self.records)
         self.gates.gates += [AccountingRefresher(self.records, self.settings), self.budget]
+        #: messages to a person (pilot.yaml notify:, docs/notifications.md); None: not configured
+        self.notifier: Notifier | None = None
+        if config.pilot.notify is not None and not dry_run:
+            from pilot.notify.notifier import Notifier
+            self.notifier = Notifier(config, launchpad.db)
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -220,7 +226,7 @@ class Manager:
         now = self.clock()
         return [v for name, rt in self.clusters.items()
                 for v in views_of(name, rt.config, self.records,
-                                  rt.available(now) and self.phases.busy(name) is None,
+                                  rt.usable(now) and self.phases.busy(name) is None,
                                   closed=lambda ask: self.gates.closed(ask, now))]
 
     # ================================================================== act
@@ -248,7 +254,7 @@ class Manager:
         except TransportError as e:
             # the script did not arrive (an SFTP deadline, a full or hung work_dir): nothing reached the scheduler
             self.records.update(name, state=SUBMIT_FAILED, last_error=str(e), end_time=now, reconciled=True)
-            rt.fail(str(e), report)
+            rt.fail(e, report)
             return False
         try:
             ad = rt.adapter
@@ -257,12 +263,12 @@ class Manager:
         except ConnectError as e:
             # nothing reached the scheduler
             self.records.update(name, state=SUBMIT_FAILED, last_error=str(e), end_time=now, reconciled=True)
-            rt.fail(str(e), report)
+            rt.fail(e, report)
             return False
         except TransportError as e:
             # the command may have run: keep the intent, reconcile by job name next cycle
             self.records.update(name, last_error=f"submission outcome unknown: {e}")
-            rt.fail(str(e), report)
+            rt.fail(e, report)
             return False
         if os.environ.get("PILOT_FAULT") == "kill-after-submit":
             # fault injection for the tests: die like `kill -9` between the scheduler's answer and the record
@@ -272,6 +278,7 @@ class Manager:
             # SUBMITTED always carries the job id (str() only says so to the type checker)
             self.records.update(name, job_id=result.job_id, state="PENDING",
                                 fworker=fworker_name(rt.name, str(result.job_id)))
+            self.records.submission_accepted(rt.name)
             report.submitted.append({"cluster": rt.name, "category": category, "job_id": result.job_id,
                                      "job_name": name, "profile": profile})
             shown = rt.name if len(c.pilot_profiles) == 1 else f"{rt.name}[{profile}]"
@@ -283,6 +290,7 @@ class Manager:
                         rt.name, category, name, result.reason)
             return False
         self.records.update(name, state=SUBMIT_FAILED, last_error=result.reason, end_time=now, reconciled=True)
+        self.records.submission_refused(rt.name, result.reason or "refused (no reason given)", now)
         msg = f"submission refused: {result.reason}"
         if result.retryable:
             rt.fail(msg, report)
@@ -338,6 +346,8 @@ class Manager:
                                     "errors": report.errors, **({"routes": routes} if routes else {}),
                                     "decisions": self._choices(report.decisions)},
                                    drop=() if routes else ("routes",))
+            if self.notifier is not None:   # never raises: a failed notification is logged, the cycle goes on
+                self.notifier.cycle(self.clock(), self.budget.states)
         return report
 
     def _choices(self, decisions: list[Decision]) -> list[dict[str, Any]]:

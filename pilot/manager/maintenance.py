@@ -124,12 +124,12 @@ class MaintenanceGate:
                 self.checked.pop(rt.name, None)
 
     def _read(self, rt: ClusterRuntime, report: CycleReport) -> None:
-        from pilot.transport import TransportError
+        from pilot.transport import LoginRequired, TransportError
         from queue_adapters.base import SchedulerQueryError
         from queue_adapters.slurm_reservations import parse_reservations, reservations_command
 
-        if getattr(rt.config.scheduler, "value", rt.config.scheduler) != "slurm":
-            return
+        if getattr(rt.config.scheduler, "value", rt.config.scheduler) != "slurm" or rt.name in report.errors:
+            return   # (a cluster that already failed this cycle is asked again next cycle)
         now = self.settings.clock()
         with self._lock:
             last = self.checked.get(rt.name)
@@ -144,8 +144,10 @@ class MaintenanceGate:
             res = rt.run(argv)
             found = parse_reservations(res.returncode, res.stdout, res.stderr, rt.adapter.tz)
         except TransportError as e:
-            # the cluster did not answer: a failure like any other command's (backed off, reported)
-            rt.fail(f"maintenance reservations ({' '.join(argv)}): {e}", report)
+            # the cluster did not answer: a failure like any other command's (backed off, reported; a lapsed
+            # one-time-password login stays "needs login")
+            rt.fail(f"maintenance reservations ({' '.join(argv)}): {e}", report,
+                    needs_login=isinstance(e, LoginRequired))
             self._failed(rt.name, f"{' '.join(argv)}: {e}", now)
             return
         except SchedulerQueryError as e:

@@ -131,13 +131,33 @@ class Records:
 
     # ------------------------------------------------------------------ clusters
     def cluster_ok(self, cluster: str, now: float) -> None:
+        """Reachable: the outage (``down_since``) and a lapsed login (``needs_login``) are over."""
         self.clusters.update_one({"_id": cluster}, {"$set": {
-            "reachable": True, "last_contact": now, "failures": 0, "backoff_until": None}}, upsert=True)
+            "reachable": True, "last_contact": now, "failures": 0, "backoff_until": None, "down_since": None,
+            "needs_login": False}}, upsert=True)
 
-    def cluster_failed(self, cluster: str, error: str, failures: int, backoff_until: float, now: float) -> None:
+    def cluster_failed(self, cluster: str, error: str, failures: int, backoff_until: float, now: float,
+                       needs_login: bool = False) -> None:
+        """Unreachable since ``down_since`` (the first failure of this outage, kept across failures: how long a
+        cluster has been down decides when a person hears of it); ``needs_login``: its one-time-password login
+        lapsed (``pilot connect`` opens a new one)."""
         self.clusters.update_one({"_id": cluster}, {"$set": {
             "reachable": False, "last_error": error, "last_error_time": now, "failures": failures,
-            "backoff_until": backoff_until}}, upsert=True)
+            "backoff_until": backoff_until, "needs_login": needs_login}}, upsert=True)
+        # a separate update: $min on a field that is null would keep the null (null sorts before numbers)
+        self.clusters.update_one({"_id": cluster, "down_since": {"$in": [None]}}, {"$set": {"down_since": now}})
+
+    def submission_refused(self, cluster: str, reason: str, now: float) -> None:
+        """The scheduler refused a submission: ``refusing_since`` (kept across refusals in a row) and the reason. A
+        cluster that answers its status query but refuses every ``sbatch`` (an account or QOS gone) is not
+        unreachable, yet needs a person just the same (:mod:`pilot.notify`)."""
+        self.clusters.update_one({"_id": cluster}, {"$set": {"last_refusal": reason}}, upsert=True)
+        self.clusters.update_one({"_id": cluster, "refusing_since": {"$in": [None]}},
+                                 {"$set": {"refusing_since": now}})
+
+    def submission_accepted(self, cluster: str) -> None:
+        """A submission went through: the refusals in a row are over."""
+        self.clusters.update_one({"_id": cluster, "refusing_since": {"$ne": None}}, {"$set": {"refusing_since": None}})
 
     def cluster_state(self, cluster: str) -> dict[str, Any]:
         return self.clusters.find_one({"_id": cluster}) or {}

@@ -107,6 +107,7 @@ class ClusterRuntime:
     failures: int = 0
     backoff_until: float = 0.0
     last_error: str | None = None
+    needs_login: bool = False            # its one-time-password login lapsed (pilot connect): no new pilots
     calls: int = 0                       # scheduler/SSH commands run (for benchmarks and status)
     transport_factory: TransportFactory | None = field(default=None, kw_only=True, repr=False)
     backoff: BackoffConfig = field(kw_only=True, repr=False)
@@ -117,10 +118,17 @@ class ClusterRuntime:
     _health: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def available(self, now: float) -> bool:
+        """Not backed off: the manager may talk to it (a cluster that needs login is asked every cycle)."""
         return now >= self.backoff_until
 
+    def usable(self, now: float) -> bool:
+        """It may get new pilots: not backed off, and not waiting for a person's login."""
+        return self.available(now) and not self.needs_login
+
     def restore(self, state: dict[str, Any]) -> None:
-        """Take over a backoff from the cluster's record (a failing cluster stays backed off across restarts)."""
+        """Take over a backoff from the cluster's record (a failing cluster stays backed off across restarts), and
+        a lapsed login (it stays "needs login" until the login is back)."""
+        self.needs_login = state.get("needs_login") is True and state.get("reachable") is False
         if state.get("backoff_until"):
             self.backoff_until = float(state["backoff_until"])
             self.failures = int(state.get("failures") or 0)
@@ -152,20 +160,39 @@ class ClusterRuntime:
         """Where failures and recoveries are written: nowhere without records or in a dry run."""
         return None if self.settings.dry_run else self.records
 
-    def fail(self, error: str, report: CycleReport) -> None:
-        """The cluster failed: back off (``initial * factor ** (failures - 1)``, at most ``max``), report, record."""
+    def fail(self, error: str | BaseException, report: CycleReport, *, needs_login: bool | None = None) -> None:
+        """The cluster failed: back off (``initial * factor ** (failures - 1)``, at most ``max``), report, record.
+
+        A lapsed one-time-password login (:class:`~pilot.transport.LoginRequired`) is recorded as "needs login" and
+        not backed off: asking costs nothing there (no network, no failed login at the centre), and the cluster
+        should be back in the cycle right after someone runs ``pilot connect``. ``needs_login`` None: judged from
+        the error's type.
+        """
+        from pilot.transport.errors import LoginRequired
+
+        if needs_login is None:
+            needs_login = isinstance(error, LoginRequired)
+        error = str(error)
         now = self.settings.clock()
         b = self.backoff
         with self._health:
             self.failures += 1
-            delay = min(float(b.max), float(b.initial) * float(b.factor) ** (self.failures - 1))
+            # the exponent is capped: a weekend of failures would overflow a float
+            grown = float(b.initial) * float(b.factor) ** min(self.failures - 1, 60)
+            delay = 0.0 if needs_login else min(float(b.max), grown)
             self.backoff_until = now + delay
             self.last_error = error
+            self.needs_login = needs_login
         report.errors[self.name] = error
-        log.warning("%s: %s; backing off for %.0f s (failure %d in a row)", self.name, error, delay, self.failures)
+        if needs_login:
+            log.warning("%s: needs login: run `pilot connect %s` (failure %d in a row)", self.name, self.name,
+                        self.failures)
+        else:
+            log.warning("%s: %s; backing off for %.0f s (failure %d in a row)", self.name, error, delay,
+                        self.failures)
         records = self._recorder()
         if records is not None:
-            records.cluster_failed(self.name, error, self.failures, self.backoff_until, now)
+            records.cluster_failed(self.name, error, self.failures, self.backoff_until, now, needs_login=needs_login)
 
     def ok(self) -> None:
         """The cluster answered: forget its failures and record it reachable."""
@@ -173,6 +200,7 @@ class ClusterRuntime:
             failures, self.failures = self.failures, 0
             self.backoff_until = 0.0
             self.last_error = None
+            self.needs_login = False
         if failures:
             log.info("%s: reachable again after %d failure(s)", self.name, failures)
         records = self._recorder()

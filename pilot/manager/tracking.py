@@ -64,6 +64,19 @@ class Tracker:
         return self.settings.clock()
 
     # ================================================================== queue status -> records
+    def _check_login(self, rt: ClusterRuntime, report: CycleReport) -> bool | None:
+        """Whether the cluster's one-time-password login (its ControlMaster) is still open; when not, the cluster
+        fails with "needs login"."""
+        from pilot.transport import LoginRequired
+
+        try:
+            rt.connect().check_login()
+        except LoginRequired as e:
+            rt.fail(e, report)
+            return False
+        # an open login is no contact with the cluster: only a login that lapsed and is back counts as recovery
+        return True if rt.needs_login else None
+
     def refresh_cluster(self, rt: ClusterRuntime, report: CycleReport) -> bool | None:
         """One status query for the cluster; update our pilots' records.
 
@@ -75,8 +88,9 @@ class Tracker:
 
         live = self.records.live(rt.name)
         if not live:
-            # nothing of ours to look at: the cluster's health shows when we submit to it
-            return None
+            # nothing of ours to look at: the cluster's health shows when we submit to it -- but a lapsed
+            # one-time-password login shows at once (a local question to the ssh master), since a person must act
+            return self._check_login(rt, report) if rt.config.control_path else None
         ad = rt.adapter
         # a federated SLURM id (``123;clusterB``) is only listed by a query naming its cluster (-M)
         federated = sorted({str(r["job_id"]) for r in live if ";" in str(r.get("job_id") or "")})
@@ -84,7 +98,7 @@ class Tracker:
             res = rt.run(ad.status_command(job_ids=federated or None, user=rt.config.user))
             statuses = ad.parse_status(res.returncode, res.stdout, res.stderr)
         except (TransportError, SchedulerQueryError) as e:
-            rt.fail(str(e), report)
+            rt.fail(e, report)
             return False
         by_name = {s.name: s for s in statuses.values() if s.name}
         now = self.clock()

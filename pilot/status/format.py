@@ -22,6 +22,7 @@ from pilot.status.model import (
     StatusReport,
     first_line,
 )
+from pilot.status.notify import notification_lines
 from pilot.status.share import share_lines
 from pilot.status.usage import budget_needs, usage_lines
 
@@ -122,6 +123,8 @@ def _served(cat: CategoryStatus, by_name: dict[str, ClusterStatus]) -> str:
 
 
 def _reach(c: ClusterStatus) -> str:
+    if c.needs_login:
+        return "NEEDS LOGIN"
     if c.reachable is None:
         return "not yet"
     return "yes" if c.reachable else "NO"
@@ -218,6 +221,7 @@ def format_status(report: StatusReport, now: float | None = None, width: int = 1
     out += _profile_lines(report, now)
     out += share_lines(report.share, format_table)  # FAIR SHARE (pilot.status.share)
     out += usage_lines(report.usage, format_table)  # CORE-HOURS and budgets (pilot.status.usage)
+    out += notification_lines(report.notifications, now, human_ago, format_table)  # NOTIFICATIONS
     out += ["", _needs_title(report)]
     out += _needs_lines(report, now)
     return "\n".join(out) + "\n"
@@ -311,6 +315,10 @@ def _needs_lines(r: StatusReport, now: float) -> list[str]:
         if hint:
             out.append(f"    {hint}")
         out.append(f"    check it with: {_pilot(r, f'doctor {c.name}')}")
+    for c in r.needs_login:
+        out.append(f"* cluster {c.name} needs login: its one-time-password login ended"
+                   + (f" {human_ago(c.down_since, now)}" if c.down_since else "")
+                   + f"; run {_pilot(r, f'connect {c.name}')} (the manager takes it up on its next cycle)")
     out += _hold_lines(r, now)
     out += wait_lines(r)   # READY work waiting on drained clusters or a maintenance
     out += budget_needs(r.usage)   # units a budget stopped (pilot.status.usage)

@@ -42,6 +42,7 @@ from pilot.status.model import (
     TooLong,
     first_line,
 )
+from pilot.status.notify import gather_notifications
 from pilot.status.share import gather_share
 from pilot.status.usage import gather_usage
 
@@ -161,7 +162,8 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
         fizzled_total=fizzled_total, fizzled=fizzled, unserved=unserved, pending_total=pending_total,
         pending_long=pending, lost_runs=lost, too_long=too_long, warnings=list(warnings), queries=q.count,
         gate_waits=gate_waits(manager_info), too_big=too_big, share=gather_share(q, config, manager_info, now),
-        usage=gather_usage(q, config, now, (manager_info or {}).get("decisions")))  # CORE-HOURS
+        usage=gather_usage(q, config, now, (manager_info or {}).get("decisions")),  # CORE-HOURS
+        notifications=gather_notifications(q, config))  # NOTIFICATIONS
 
 
 def _decisions(raw: Any) -> list[dict[str, Any]]:
@@ -307,6 +309,8 @@ def _add_cluster_records(q: _Queries, out: dict[str, ClusterStatus], now: float)
         cs.failures = int(doc.get("failures") or 0)
         cs.backoff_until = number(doc.get("backoff_until"))
         cs.backed_off = bool(cs.backoff_until and cs.backoff_until > now)
+        cs.needs_login = cs.reachable is False and doc.get("needs_login") is True
+        cs.down_since = number(doc.get("down_since")) if cs.reachable is False else None
         if cs.reachable and (cs.last_error_time or 0) <= (cs.last_contact or 0):
             cs.last_error = None  # an error from before the last good contact is history
         cs.failed_starts = int(doc.get("failed_starts") or 0)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pilot.isotime import iso_utc
 from pilot.status.gates import ClusterGates, GateWait, gates_json
+from pilot.status.notify import notifications_json
 
 __all__ = [
     "FW_STATES",
@@ -242,6 +243,10 @@ class ClusterStatus:
         Failures in a row.
     backed_off : bool
         The manager leaves the cluster alone until ``backoff_until``.
+    needs_login : bool
+        Its one-time-password login (``control_path``) has ended: a person must run ``pilot connect``.
+    down_since : float | None
+        Epoch seconds: the first failure of the outage it is in (None: reachable).
     pilots : PilotCounts
     route : RouteStatus | None
         Its LaunchPad route, for ``launchpad_route: ssh`` (``None``: direct).
@@ -264,6 +269,8 @@ class ClusterStatus:
     failures: int = 0
     backoff_until: float | None = None
     backed_off: bool = False
+    needs_login: bool = False
+    down_since: float | None = None
     pilots: PilotCounts = field(default_factory=PilotCounts)
     route: RouteStatus | None = None
     failed_starts: int = 0
@@ -273,7 +280,7 @@ class ClusterStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The cluster in the ``--json`` document."""
-        d = _with_iso(asdict(self), "last_contact", "last_error_time", "backoff_until")
+        d = _with_iso(asdict(self), "last_contact", "last_error_time", "backoff_until", "down_since")
         del d["gates"]
         d.update(gates_json(self.gates))   # keys drain, maintenance
         d["route"] = self.route.to_dict() if self.route is not None else None
@@ -401,10 +408,16 @@ class StatusReport:
     #: READY work waiting because its clusters are drained or under maintenance (:mod:`pilot.status.gates`)
     gate_waits: list[GateWait] = field(default_factory=list)
     share: dict[str, Any] | None = None  # FAIR SHARE (pilot.status.share), None: not shown
+    notifications: dict[str, Any] | None = None  # NOTIFICATIONS (pilot.status.notify), None: not shown
 
     @property
     def backed_off(self) -> list[ClusterStatus]:
         return [c for c in self.clusters if c.backed_off]
+
+    @property
+    def needs_login(self) -> list[ClusterStatus]:
+        """The clusters whose one-time-password login has ended (``pilot connect`` is the fix)."""
+        return [c for c in self.clusters if c.needs_login]
 
     @property
     def held(self) -> list[ClusterStatus]:
@@ -421,7 +434,7 @@ class StatusReport:
         """How many entries the "needs you" section has (0: nothing to do)."""
         return (self.fizzled_total + len(self.unserved) + self.pending_total + len(self.backed_off)
                 + len(self.lost_runs) + len(self.too_long) + len(self.too_big) + (1 if self.manager_stale else 0)
-                + len(self.routes_down) + len(self.held)
+                + len(self.routes_down) + len(self.held) + len(self.needs_login)
                 + len(self.usage.stopped if self.usage is not None else ()) + len(self.gate_waits))
 
     def to_dict(self) -> dict[str, Any]:
@@ -446,6 +459,7 @@ class StatusReport:
                                  "items": [_with_iso(asdict(p), "submit_time") for p in self.pending_long]},
                 "backed_off": [{"cluster": c.name, "until": _iso(c.backoff_until), "failures": c.failures,
                                 "error": c.last_error} for c in self.backed_off],
+                "needs_login": [{"cluster": c.name, "since": _iso(c.down_since)} for c in self.needs_login],
                 "held": [{"cluster": c.name, "until": _iso(c.hold.until), "failures": c.hold.failures,
                           "stderr_tail": c.hold.stderr_tail, "see_more": c.hold.see_more}
                          for c in self.clusters if c.hold is not None],
@@ -459,4 +473,6 @@ class StatusReport:
             "warnings": list(self.warnings),
             "core_hours": self.usage.to_dict() if self.usage is not None else None,
             "share": self.share,
+            # NOTIFICATIONS (pilot.status.notify): only when shown (docs/status.schema.json)
+            **({"notifications": notifications_json(self.notifications)} if self.notifications is not None else {}),
         }

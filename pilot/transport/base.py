@@ -197,6 +197,11 @@ class Transport(ABC):
     def sha256(self, path: str) -> str:
         """The SHA-256 of a file's content as 64 lowercase hex digits."""
 
+    def check_login(self) -> str:
+        """Whether the login this transport needs is open: what it says, or :class:`LoginRequired`. Only a
+        login a person opens (one-time passwords) can lapse; the others have nothing to check."""
+        return "no login to check"
+
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:  # noqa: B027 -- a no-op by default (LocalTransport holds nothing to release)
         """Release resources (for SSH: this object's share of the pooled connection)."""

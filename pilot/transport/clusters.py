@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pilot.config import ClusterConfig
     from pilot.transport.base import Transport
+    from pilot.transport.ssh_master import MasterSettings
     from queue_adapters.base import QueueAdapter
 
 
@@ -30,6 +31,10 @@ def transport_for(name: str, cluster: ClusterConfig) -> Transport:
 
     if _scheduler(cluster) == "local" or not cluster.host:
         return LocalTransport()
+    if getattr(cluster, "control_path", None):
+        from pilot.transport.ssh_mux import ControlMasterTransport
+
+        return ControlMasterTransport(master_settings(cluster), name=name, sftp_timeout=float(cluster.command_timeout))
     return SSHTransport(
         host=cluster.host, user=cluster.user, port=cluster.port,
         identity_file=os.path.expanduser(cluster.identity_file) if cluster.identity_file else None,
@@ -37,6 +42,22 @@ def transport_for(name: str, cluster: ClusterConfig) -> Transport:
         strict_host_key_checking=cluster.strict_host_key_checking, proxy_jump=cluster.proxy_jump,
         use_ssh_config=cluster.use_ssh_config, connect_timeout=float(cluster.connect_timeout), name=name,
         sftp_timeout=float(cluster.command_timeout))
+
+
+def master_settings(cluster: ClusterConfig) -> MasterSettings:
+    """How OpenSSH reaches a cluster with one-time-password logins through its ``control_path``
+    (:mod:`pilot.transport.ssh_master`): the same host, user, key, known_hosts and jump host as the cluster file."""
+    from pilot.transport.ssh_master import MasterSettings
+
+    kh = os.path.expanduser(str(cluster.known_hosts)) if cluster.known_hosts else None
+    if cluster.use_ssh_config and kh == os.path.expanduser("~/.ssh/known_hosts"):
+        kh = None   # the default: the ssh config's UserKnownHostsFile (or ssh's own default) decides
+    return MasterSettings(
+        host=str(cluster.host), user=cluster.user, port=cluster.port, control_path=str(cluster.control_path),
+        identity_file=str(cluster.identity_file) if cluster.identity_file else None, known_hosts=kh,
+        strict=cluster.strict_host_key_checking, proxy_jump=cluster.proxy_jump,
+        ssh_config="~/.ssh/config" if cluster.use_ssh_config else None,
+        connect_timeout=float(cluster.connect_timeout))
 
 
 def _scheduler(cluster: Any) -> str:

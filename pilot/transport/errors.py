@@ -113,6 +113,14 @@ class ConnectError(TransportError):
     default_retryable = True
 
 
+class LoginRequired(ConnectError):
+    """A cluster that needs a person's login (a one-time password) has no open login: nothing was sent.
+
+    Retryable: once someone runs ``pilot connect CLUSTER`` the next call goes through. Its own class so that the
+    manager can tell "needs login" (a person must act, at once) from "unreachable" (wait and retry).
+    """
+
+
 class ConnectionLost(TransportError):
     """The connection broke while the command was running: it may have run. Retryable, ``may_have_run``.
 

@@ -40,7 +40,7 @@ KILL_REQUEST_TIMEOUT = 3.0
 # sends KILL if the group still exists after $2 tenths of a second. The script itself returns at once, so
 # the timed-out call returns within its timeout plus one round trip. Arguments: $1 = process group id,
 # $2 = number of 0.1 s polls before KILL. Prints "term" (signal sent) or "gone" (group already ended).
-_KILL_SCRIPT = (
+KILL_SCRIPT = (
     'pg=$1; polls=$2\n'
     'kill -s TERM -- "-$pg" 2>/dev/null || { echo gone; exit 0; }\n'
     '(\n'
@@ -222,7 +222,7 @@ class SSHCommands(SSHTransportBase):
         if pgid is None:
             return "its process group id never arrived, so nothing was killed on the host; the channel was closed"
         polls = max(1, int(self.kill_grace * 10))
-        cmd = shlex.join(["sh", "-c", _KILL_SCRIPT, "pilot-kill", str(pgid), str(polls)])
+        cmd = shlex.join(["sh", "-c", KILL_SCRIPT, "pilot-kill", str(pgid), str(polls)])
         try:
             # short: the script returns at once; if the host does not answer, the connection is likely dead
             chan = transport.open_session(timeout=KILL_REQUEST_TIMEOUT)

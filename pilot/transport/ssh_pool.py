@@ -28,6 +28,23 @@ log = logging.getLogger("pilot.transport")
 MAX_CHANNELS_PER_CONNECTION = 8
 
 
+class SecondFactorRequired(paramiko.AuthenticationException):
+    """The host took the key and asks for a second factor as well (a one-time password: keyboard-interactive)."""
+
+
+class _NoPromptTransport(paramiko.Transport):
+    """A paramiko transport that never asks a person for anything.
+
+    When a host accepts the key and then asks for keyboard-interactive, paramiko's client falls back to
+    ``auth_interactive_dumb``, which prints the host's prompt and reads the answer with ``input()``: a daemon
+    would block on (or fail reading) its stdin, ``pilot doctor`` would prompt in the middle of its checks. Such a
+    cluster is reached through a login a person opened (``control_path``, ``pilot connect``) instead.
+    """
+
+    def auth_interactive_dumb(self, username: str, handler: Any = None, submethods: str = "") -> list[str]:
+        raise SecondFactorRequired("the host accepted the key and asks for a second factor (keyboard-interactive)")
+
+
 class Connection:
     """One (possibly jumped) SSH connection shared by every SSHTransport with the same settings."""
 
@@ -94,7 +111,8 @@ class Connection:
                            key_filename=list(ep.identity_files) or None,  # type: ignore[arg-type]  # a list works too
                            timeout=s.connect_timeout, banner_timeout=s.connect_timeout + 1,
                            auth_timeout=s.connect_timeout + 1, channel_timeout=s.connect_timeout,
-                           allow_agent=s.allow_agent, look_for_keys=not ep.identity_files, sock=sock)
+                           allow_agent=s.allow_agent, look_for_keys=not ep.identity_files, sock=sock,
+                           transport_factory=_NoPromptTransport)  # type: ignore[arg-type]  # the class is the factory
         except BaseException as exc:
             client.close()
             if expired.is_set() and isinstance(exc, Exception) and not isinstance(exc, TimeoutError):
@@ -269,6 +287,14 @@ def connect_error(exc: BaseException, ep: Endpoint, role: str, settings: Setting
             f"the private key for {where} is encrypted and no passphrase is available", host=ep.hostname,
             label=label, stderr_tail=detail,
             hint="load the key into ssh-agent (`ssh-add KEYFILE`); passphrases are never stored")
+    if isinstance(exc, SecondFactorRequired):
+        # the label is "NAME (user@host:port)" when the transport has a name of its own (a cluster's)
+        name = label.split(" (", 1)[0] if " (" in label else "CLUSTER"
+        return AuthenticationError(
+            f"{where} accepted the key and asks for a one-time password (a second factor) as well", host=ep.hostname,
+            label=label, stderr_tail=detail,
+            hint=f"add `control_path: ~/.ssh/pilot-%C` to the cluster file of {name} and log in once with "
+                 f"`pilot connect {name}` (it asks for the code); the manager then uses that login")
     if isinstance(exc, paramiko.AuthenticationException):
         keys = ", ".join(ep.identity_files) or "the default keys in ~/.ssh and the ssh-agent"
         return AuthenticationError(

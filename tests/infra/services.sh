@@ -17,6 +17,10 @@
 #   emutorque  Torque     198.51.100.113/28   198.51.100.114 / 203.0.113.225  203.0.113.226    yes
 #              (the PBS emulator with PILOT_EMU_FLAVOR=torque)
 #
+# pilotci2's login node has a second sshd on :2222 that asks for a one-time password after the key, as national
+# centres do (AuthenticationMethods publickey,keyboard-interactive; PAM's pam_oath checks a TOTP code; issue 21).
+# Its PAM service is its own (/etc/pam.d/pilot-sshd-otp): sshd names it after the program, started as a link.
+#
 # The lower half of 203.0.113.0/24 is left alone: this workplace's package registries answer there. `up` checks
 # that no address this machine uses (its routes, its resolver's answers for the registries) falls in our ranges.
 #
@@ -52,7 +56,9 @@ ACCOUNTING=${ACCOUNTING:-1}
 FS_IP=198.51.100.1
 FS_DEV=lo   # the fileserver's address sits on its loopback device (no dummy interfaces in every kernel)
 DBD_PORT=6819
-PKGS=(munge slurmctld slurmd slurm-client openssh-server openssh-client openssl python3-venv python3-pip procps iproute2 util-linux)
+PKGS=(munge slurmctld slurmd slurm-client openssh-server openssh-client openssl python3-venv python3-pip procps iproute2 util-linux
+      libpam-oath)
+OTP_CLUSTER=pilotci2 OTP_PORT=2222 OTP_PAM=pilot-sshd-otp   # the TOTP-protected sshd (see above)
 if [[ $ACCOUNTING == 1 ]]; then PKGS+=(slurmdbd mariadb-server); fi
 #          name     idx scheduler routed
 TEST_NETS=(198.51.100.0/24 203.0.113.128/25)   # the ranges the clusters' addresses come from
@@ -146,7 +152,7 @@ wait_tcp() { # netns-or-"" host port seconds
 # ---------------------------------------------------------------- down / status
 cluster_pidfiles() { # name scheduler -> PIDFILE:EXE specs
   local d=$ST/$1
-  echo "$d/sshd-node.pid:/usr/sbin/sshd" "$d/sshd.pid:/usr/sbin/sshd"
+  echo "$d/sshd-node.pid:/usr/sbin/sshd" "$d/sshd.pid:/usr/sbin/sshd" "$d/sshd-otp.pid:/usr/sbin/sshd"
   case $2 in
     slurm) echo "$d/slurmd.pid:/usr/sbin/slurmd" "$d/slurmctld.pid:/usr/sbin/slurmctld" ;;
     pbs|lsf|sge|torque) echo "$d/mom.pid:$EMU/$2/lib/$(emu_src "$2")emu.py" ;;
@@ -192,7 +198,7 @@ status() {
     read -r name idx sched routed <<<"$c"
     local up=down; [[ -e /run/netns/$name-login ]] && up=up
     printf '%-22s %-32s %s\n' "$name-login [$up]" "$(login_up "$idx") / $(login_in "$idx")" \
-      "$(for pf in "$ST/$name/sshd.pid" "$ST/$name/slurmctld.pid"; do daemon_state "$pf"; done)"
+      "$(for pf in "$ST/$name/sshd.pid" "$ST/$name/sshd-otp.pid" "$ST/$name/slurmctld.pid"; do daemon_state "$pf"; done)"
     printf '%-22s %-32s %s\n' "$name-node" "$(node_ip "$idx") ($( ((routed)) && echo routed || echo 'no route to fileserver'))" \
       "$(for pf in "$ST/$name/slurmd.pid" "$ST/$name/mom.pid" "$ST/$name/sshd-node.pid"; do daemon_state "$pf"; done)"
   done
@@ -216,6 +222,7 @@ purge() {
   fi
   # what today's layout left: state, keys, venvs, emulator dirs
   rm -rf "$BASE" /tmp/pilot-infra "$VENV" "$EMU" /var/tmp/pilot-emu-* /tmp/pilot-venv.lock /tmp/pilot-apt.log "$KEYS"
+  rm -f "/etc/pam.d/$OTP_PAM"
   rm -rf /tmp/pilot-remote-* /tmp/pilot-lpserver-* /tmp/pilot-bench-* /tmp/pilot-sshd-*
   if id -u "$TEST_USER" >/dev/null 2>&1; then
     pkill -KILL -u "$TEST_USER" 2>/dev/null || true
@@ -371,10 +378,19 @@ start_mom() { # name kind: the emulated scheduler's execution daemon, root, on t
   alive_pid "$d/mom.pid" || die "execution daemon ($n) not up: $(tail -3 "$d/log/mom.log")"
 }
 
-write_sshd_conf() { # file addr pidfile hostkey extra...
-  local f=$1 addr=$2 pf=$3 hk=$4; shift 4
+write_sshd_conf() { # file addr pidfile hostkey extra...  (SSHD_OTP=1: key, then a one-time password)
+  local f=$1 addr=$2 pf=$3 hk=$4 port=22 pam=no kbd=no; shift 4
+  if [[ ${SSHD_OTP:-0} == 1 ]]; then port=$OTP_PORT pam=yes kbd="yes
+AuthenticationMethods publickey,keyboard-interactive:pam"
+    # OpenSSH 9.8 and newer name the PAM service in the config (before, sshd took its program name)
+    if [[ $(/usr/sbin/sshd -V 2>&1) =~ OpenSSH_([0-9]+)\.([0-9]+) ]] \
+       && (( BASH_REMATCH[1] > 9 || (BASH_REMATCH[1] == 9 && BASH_REMATCH[2] >= 8) )); then
+      kbd+="
+PAMServiceName $OTP_PAM"
+    fi
+  fi
   cat >"$f" <<EOF
-ListenAddress $addr:22
+ListenAddress $addr:$port
 HostKey $hk
 PidFile $pf
 AllowUsers $TEST_USER
@@ -382,9 +398,9 @@ PubkeyAuthentication yes
 # the usual file, and a root-owned copy: a test that upsets a home directory cannot lock every later test out
 AuthorizedKeysFile .ssh/authorized_keys $KEYS/authorized_keys.%u
 PasswordAuthentication no
-KbdInteractiveAuthentication no
+KbdInteractiveAuthentication $kbd
 PermitRootLogin no
-UsePAM no
+UsePAM $pam
 StrictModes yes
 MaxStartups 100:30:200
 MaxSessions 50
@@ -402,6 +418,16 @@ start_sshd() { # name netns addr conf-name extra...: sshd in a namespace; its ho
   nsenter --net="/run/netns/$ns" /usr/sbin/sshd -f "$d/$which.config" -E "$d/log/$which.log"
   wait_tcp "$ns" "$addr" 22 10 || die "$which ($n, $addr) not listening: $(tail -3 "$d/log/$which.log")"
   echo "$addr $(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$ST/ssh/known_hosts"
+}
+
+start_otp_sshd() { # name addr extra...: the login node's second sshd, key + TOTP code (pam_oath), on $OTP_PORT
+  local n=$1 addr=$2 d=$ST/$1; shift 2
+  SSHD_OTP=1 write_sshd_conf "$d/sshd-otp.config" "$addr" "$d/sshd-otp.pid" "$d/ssh_host_ed25519_key" "$@"
+  ln -sfn /usr/sbin/sshd "$d/$OTP_PAM"   # sshd's PAM service is its program name: /etc/pam.d/$OTP_PAM
+  "$d/$OTP_PAM" -t -f "$d/sshd-otp.config"
+  nsenter --net="/run/netns/$n-login" "$d/$OTP_PAM" -f "$d/sshd-otp.config" -E "$d/log/sshd-otp.log"
+  wait_tcp "$n-login" "$addr" "$OTP_PORT" 10 || die "sshd-otp ($n, $addr:$OTP_PORT) not listening: $(tail -3 "$d/log/sshd-otp.log")"
+  echo "[$addr]:$OTP_PORT $(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >>"$ST/ssh/known_hosts"
 }
 
 EPATH=/usr/local/bin:/usr/bin:/bin
@@ -422,11 +448,13 @@ start_cluster() { # name idx sched routed: scheduler (or emulator) and sshd of o
     node_ssh="$(node_ip "$idx")"
   fi
   T[$name]=$(since "$t")
+  local otp=null
+  if [[ $name == "$OTP_CLUSTER" ]]; then start_otp_sshd "$name" "$(login_up "$idx")" "${extra[@]}"; otp=$OTP_PORT; fi
   [[ $sched != slurm ]] || conf=$d/slurm.conf
-  CLUSTER_JSON="$(printf '{"name": "%s", "scheduler": "%s", "host": "%s", "login_inner": "%s", "node": "%s", "routed": %s, "login_netns": "%s", "node_netns": "%s", "slurm_conf": "%s", "sshd_config": "%s", "node_sshd": "%s", "host_key": "%s"}' \
+  CLUSTER_JSON="$(printf '{"name": "%s", "scheduler": "%s", "host": "%s", "login_inner": "%s", "node": "%s", "routed": %s, "login_netns": "%s", "node_netns": "%s", "slurm_conf": "%s", "sshd_config": "%s", "node_sshd": "%s", "host_key": "%s", "otp_port": %s}' \
     "$name" "$sched" "$(login_up "$idx")" "$(login_in "$idx")" "$(node_ip "$idx")" \
     "$( ((routed)) && echo true || echo false)" "$name-login" "$name-node" "$conf" "$d/sshd.config" "$node_ssh" \
-    "$d/ssh_host_ed25519_key")"
+    "$d/ssh_host_ed25519_key" "$otp")"
 }
 
 one_host() { # name: (re)start that cluster alone, touching nothing else; the rest of the services must be up
@@ -541,6 +569,20 @@ install -d -o "$TEST_USER" -g "$TEST_USER" -m 700 "$H/.ssh"
 install -o "$TEST_USER" -g "$TEST_USER" -m 600 "$ST/ssh/id_ed25519.pub" "$H/.ssh/authorized_keys"
 install -d -m 755 "$KEYS"; install -m 644 "$ST/ssh/id_ed25519.pub" "$KEYS/authorized_keys.$TEST_USER"
 install -d -m 0755 /run/sshd   # privilege-separation dir, normally made by systemd
+# the TOTP seed of the one-time-password sshd: root's alone (the tests read it to make codes, as an authenticator
+# app would); pam_oath reads the hex form and keeps the last code used beside it, so no code works twice
+install -d -m 700 "$KEYS/otp"
+[[ -s $KEYS/otp/$TEST_USER.seed ]] || (umask 077; python3 -c 'import base64, os; print(base64.b32encode(os.urandom(20)).decode(), end="")' \
+  >"$KEYS/otp/$TEST_USER.seed")
+(umask 077; printf 'HOTP/T30/6 %s - %s\n' "$TEST_USER" \
+  "$(python3 -c 'import base64, sys; print(base64.b32decode(open(sys.argv[1]).read()).hex())' "$KEYS/otp/$TEST_USER.seed")" \
+  >"$KEYS/otp/users.oath")
+cat >"/etc/pam.d/$OTP_PAM" <<EOF
+# fireworks-pilot's test suite (tests/infra/services.sh): the one-time-password sshd of test cluster $OTP_CLUSTER
+auth     requisite  pam_oath.so usersfile=$KEYS/otp/users.oath window=4 digits=6
+account  required   pam_permit.so
+session  required   pam_permit.so
+EOF
 : >"$ST/ssh/known_hosts"
 T[user_keys]=$(since "$t")
 
@@ -622,6 +664,7 @@ T[cluster_venv]=$(since "$t")
 
 ( IFS=,; cat >"$ST/clusters.json" <<EOF
 {"user": "$TEST_USER", "port": 22, "key": "$ST/ssh/id_ed25519", "known_hosts": "$ST/ssh/known_hosts",
+ "otp_seed": "$KEYS/otp/$TEST_USER.seed",
  "venv": "$VENV", "accounting": $ACCOUNTING, "fileserver": "$FS_IP",
  "clusters": [${json_clusters[*]}]}
 EOF

@@ -43,7 +43,7 @@ EXEMPT = {
 
 #: Rooms: the longest matching module prefix names a module's room.
 ROOMS = (
-    "pilot.cli", "pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager",
+    "pilot.cli", "pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager", "pilot.notify",
     "pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched",
     "pilot.worker", "pilot.isotime", "pilot.configdir", "pilot.redact", "pilot.ssh_route", "pilot.rerun_protocol",
     "pilot.fit",
@@ -65,15 +65,17 @@ PROTOCOL = "pilot.rerun_protocol"
 ALLOWED: dict[str, set[str]] = {
     "pilot.cli": {"pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager", "pilot.render",
                   "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched", "pilot.worker",
-                  "queue_adapters", "tasks"} | LEAVES,
+                  "pilot.notify", "queue_adapters", "tasks"} | LEAVES,
     "pilot.demo": {"pilot.report", "pilot.manager", "pilot.transport", "pilot.config", "pilot.launchpad",
                    "pilot.localsched", "tasks", "pilot", "pilot.configdir", "pilot.redact"},
-    "pilot.status": {"pilot.manager", "pilot.checks", "pilot.config", "pilot.launchpad"} | LEAVES,
+    "pilot.status": {"pilot.manager", "pilot.checks", "pilot.config", "pilot.launchpad", "pilot.notify"} | LEAVES,
     "pilot.report": {"pilot.manager", "pilot.config", "pilot.launchpad"} | LEAVES,
     "pilot.checks": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "queue_adapters",
                      "pilot", "pilot.configdir", "pilot.redact"},
     "pilot.manager": {"pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "queue_adapters",
-                      "pilot", "pilot.configdir", "pilot.redact", "pilot.fit", PROTOCOL},
+                      "pilot", "pilot.configdir", "pilot.redact", "pilot.fit", PROTOCOL, "pilot.notify"},
+    #: notifications (issue 21): the manager calls them; they read the config and the LaunchPad's documents
+    "pilot.notify": {"pilot.config", "pilot.launchpad"} | LEAVES,
     "pilot.render": {"pilot.config", "pilot"},
     "pilot.transport": {"queue_adapters"},
     "pilot.config": {"pilot.configdir", "pilot.ssh_route"},
