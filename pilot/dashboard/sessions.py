@@ -1,0 +1,88 @@
+"""Sessions of the dashboard: a login exchanges a token for a session cookie; each session has its CSRF token.
+
+Why in memory: one process serves the dashboard, a restart asking everyone to log in again is cheap, and
+nothing secret is ever written to disk. A session id and a CSRF token are 32 random bytes each; the id travels
+only in the ``HttpOnly; SameSite=Strict`` cookie (``Secure`` under TLS), the CSRF token only in the pages'
+hidden form fields, and both are compared in constant time (:func:`hmac.compare_digest`).
+
+A session lives :data:`IDLE_S` after its last request and :data:`MAX_S` at most; it ends at once when the token
+that opened it is removed (``pilot dashboard token remove``): each request checks the token name is still
+there.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["COOKIE", "IDLE_S", "MAX_S", "Session", "Sessions"]
+
+#: The cookie's name.
+COOKIE = "pilot_dashboard"
+#: A session not used for this long ends (seconds).
+IDLE_S = 8 * 3600.0
+#: No session lives longer than this (seconds).
+MAX_S = 7 * 86400.0
+
+
+@dataclass
+class Session:
+    """A logged-in browser: which token name it used, its CSRF token, and its times."""
+
+    sid: str
+    name: str
+    csrf: str
+    created: float
+    seen: float
+
+
+class Sessions:
+    """The live sessions (thread safe: the server answers each request in its own thread).
+
+    Parameters
+    ----------
+    token_names : callable
+        The names of the tokens still stored (a removed token ends its sessions).
+    """
+
+    def __init__(self, token_names: Callable[[], set[str]]) -> None:
+        self._token_names = token_names
+        self._lock = threading.Lock()
+        self._by_id: dict[str, Session] = {}
+
+    def open(self, name: str) -> Session:
+        now = time.time()
+        s = Session(secrets.token_urlsafe(32), name, secrets.token_urlsafe(32), now, now)
+        with self._lock:
+            self._by_id[s.sid] = s
+        return s
+
+    def get(self, sid: str | None) -> Session | None:
+        """The session of a cookie value, or None (unknown, expired, or its token removed)."""
+        if not sid:
+            return None
+        now = time.time()
+        with self._lock:
+            found = None
+            for known, s in list(self._by_id.items()):
+                if now - s.seen > IDLE_S or now - s.created > MAX_S:
+                    del self._by_id[known]
+                elif hmac.compare_digest(known.encode(), sid.encode()):
+                    found = s
+        if found is None or found.name not in self._token_names():
+            return None
+        found.seen = now
+        return found
+
+    def close(self, sid: str | None) -> None:
+        if sid:
+            with self._lock:
+                self._by_id.pop(sid, None)
+
+    @staticmethod
+    def csrf_ok(session: Session, given: str | None) -> bool:
+        return bool(given) and hmac.compare_digest(session.csrf.encode(), str(given).encode())
