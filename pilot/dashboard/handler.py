@@ -51,12 +51,17 @@ def _local(path: str | None) -> str:
     if not path or not path.startswith("/") or path.startswith("//") or "\\" in path or any(
             ord(ch) < 32 for ch in path):
         return "/"
-    return path
+    # percent-encoded: a header carries Latin-1 only, and a path of other letters must not end the request
+    return quote(path, safe="/?&=%:@!$'()*+,;~-._")
+
+
+#: The last page number a list accepts (a huge one would overflow the database's 64-bit skip).
+MAX_PAGE = 100_000
 
 
 def _int(text: str | None, default: int = 1) -> int:
     try:
-        return max(1, int(text or default))
+        return min(MAX_PAGE, max(1, int(text or default)))
     except ValueError:
         return default
 
@@ -217,8 +222,28 @@ class Handler(BaseHTTPRequestHandler):
                    cluster=query.get("cluster", ""), back=_local(query.get("back")))
 
     # ------------------------------------------------------------------ POST
+    def _body_refused(self) -> bool:
+        """Answer a body this server does not read (chunked, no length, over :data:`MAX_FORM`) and close: a form cut
+        short must never be acted on, and unread bytes must not be taken for the next request."""
+        if self.headers.get("Transfer-Encoding"):
+            status, why = HTTPStatus.NOT_IMPLEMENTED, "chunked bodies are not accepted: send Content-Length"
+        else:
+            try:
+                n = int(self.headers.get("Content-Length") or -1)
+            except ValueError:
+                n = -1
+            if 0 <= n <= MAX_FORM:
+                return False
+            status = HTTPStatus.LENGTH_REQUIRED if n < 0 else HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            why = "a form needs a Content-Length" if n < 0 else f"a form may have at most {MAX_FORM} bytes"
+        self.close_connection = True
+        self._json(status, {"error": why})
+        return True
+
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
         path = urlsplit(self.path).path
+        if self._body_refused():
+            return
         form = self._form()
         if path == "/login":
             return self._login(form)
@@ -243,6 +268,10 @@ class Handler(BaseHTTPRequestHandler):
             ok, status = False, HTTPStatus.SERVICE_UNAVAILABLE
             why = short_reason(error_text(e, self.dash.write_lp))
             message = f"not done: the LaunchPad database did not answer: {why}"
+        except Exception:  # a bug must not drop the request: log it (traceback), say so
+            log.exception("action %s on %s failed", form.get("action"), form.get("target"))
+            ok, status = False, HTTPStatus.INTERNAL_SERVER_ERROR
+            message = "not done: the action failed unexpectedly (the dashboard's log has the details)"
         log.info("action %s on %s by %s: %s", form.get("action"), form.get("target"), session.name, message)
         self._html("done.html", status=status, session=session, ok=ok, message=message, back=_local(form.get("back")))
 
@@ -252,6 +281,9 @@ class Handler(BaseHTTPRequestHandler):
             log.warning("failed login from %s", self.client_address[0])
             return self._html("login.html", status=HTTPStatus.UNAUTHORIZED, error="that token is not valid",
                               next=_local(form.get("next")))
+        old = self._cookie()
+        if old:
+            self.dash.sessions.close(old)   # a new login never keeps the session id the browser came with
         session = self.dash.sessions.open(name)
         log.info("login by %s from %s", name, self.client_address[0])
         self._redirect(_local(form.get("next")), {"Set-Cookie": self._set_cookie(session.sid, int(IDLE_S))})

@@ -133,6 +133,8 @@ def firework_detail(db: Any, fw_id: int) -> dict[str, Any] | None:
     if fw.get("state") == "FIZZLED":
         last = next((x for x in launches if x["launch_id"] == (current[-1] if current else None)), None)
         error = "no launch recorded" if last is None else error_line(last["stored_data"])
+    for x in launches:   # the error line is what a page shows; whole stack traces stay in the LaunchPad
+        x.pop("stored_data", None)
     info = {"fw_id": fw["fw_id"], "name": fw.get("name"), "state": fw.get("state"),
             "category": (fw.get("spec") or {}).get("_category"), "created_on": fw.get("created_on"),
             "updated_on": fw.get("updated_on")}

@@ -128,6 +128,16 @@ class DashboardServer(ThreadingHTTPServer):
         self.ssl_context = ssl_context
         super().__init__(address, Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (or broke TLS) is one log line; anything else keeps its traceback."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError)):
+            log.info("%s: connection ended: %s", client_address[0], type(exc).__name__)
+            return
+        log.exception("request from %s failed", client_address[0])
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.ssl_context is not None:
             from pilot.launchpad.tls import handshake

@@ -19,13 +19,10 @@ __all__ = ["load_rows", "normalise_rows", "series"]
 
 def load_rows(db: Any, config: Any = None) -> list[dict[str, Any]] | None:
     """The trajectory rows of the LaunchPad (``pilot.report.trajectory_rows``: the numbers of
-    ``pilot report --json``'s ``trajectory.days``), or None when this ``pilot report`` cannot give them."""
-    import pilot.report
+    ``pilot report --json``'s ``trajectory.days``)."""
+    from pilot.report import trajectory_rows
 
-    fn = getattr(pilot.report, "trajectory_rows", None)
-    if not callable(fn):
-        return None
-    return normalise_rows(fn(db, config=config))
+    return normalise_rows(trajectory_rows(db, config=config))
 
 
 def _day(value: Any) -> str | None:

@@ -396,17 +396,12 @@ def test_throughput_page(env):
     status, _, page = c.get("/throughput")
     api = json.loads(c.get("/api/throughput")[2])
     assert status == 200
-    import importlib
-
-    if not hasattr(importlib.import_module("pilot.report"), "trajectory_rows"):
-        assert 'data-testid="throughput-unavailable"' in page and api["available"] is False
-    else:
-        res = pilot(env.cfg, "report", "--json")
-        assert res.returncode == 0, res.stderr
-        days = json.loads(res.stdout)["trajectory"]["days"]
-        assert api["available"] is True and 'data-testid="plot-cumulative"' in page
-        assert [(r["day"], r["cluster"], r["segments"], r["ns"]) for r in api["rows"]] == \
-            [(r["day"], r["cluster"], r["segments"], r["ns"]) for r in days]
+    res = pilot(env.cfg, "report", "--json")
+    assert res.returncode == 0, res.stderr
+    days = json.loads(res.stdout)["trajectory"]["days"]
+    assert api["available"] is True and 'data-testid="plot-cumulative"' in page
+    assert [(r["day"], r["cluster"], r["segments"], r["ns"]) for r in api["rows"]] == \
+        [(r["day"], r["cluster"], r["segments"], r["ns"]) for r in days]
     for asset in ("/static/uPlot.iife.min.js", "/static/uPlot.min.css", "/static/throughput.js"):
         assert c.get(asset)[0] == 200
     assert c.get("/static/../app.py")[0] == 404
