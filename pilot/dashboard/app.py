@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 
 from pilot.dashboard import queries, throughput, views
-from pilot.dashboard.sessions import Sessions
+from pilot.dashboard.sessions import LoginThrottle, Sessions
 from pilot.dashboard.tokens import TokenStore
 
 __all__ = ["Dashboard", "TEMPLATES", "STATIC"]
@@ -74,6 +74,7 @@ class Dashboard:
     def __post_init__(self) -> None:
         self.tokens = TokenStore(self.config_dir)
         self.sessions = Sessions(self.tokens.names)
+        self.logins = LoginThrottle()
         self.env = make_env()
         self._throughput_lock = threading.Lock()
         self._throughput_refresh = threading.Lock()   # held by the one computation under way

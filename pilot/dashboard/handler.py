@@ -276,9 +276,17 @@ class Handler(BaseHTTPRequestHandler):
         self._html("done.html", status=status, session=session, ok=ok, message=message, back=_local(form.get("back")))
 
     def _login(self, form: dict[str, str]) -> None:
+        addr = str(self.client_address[0])
+        wait = self.dash.logins.wait(addr)
+        if wait > 0:
+            log.warning("login from %s refused: too many wrong tokens lately", addr)
+            self.close_connection = True
+            return self._send(HTTPStatus.TOO_MANY_REQUESTS, b"too many wrong tokens: wait a minute",
+                              "text/plain; charset=utf-8", {"Retry-After": str(int(wait) + 1)})
         name = self.dash.tokens.verify(form.get("token", ""))
         if name is None:
-            log.warning("failed login from %s", self.client_address[0])
+            self.dash.logins.failed(addr)
+            log.warning("failed login from %s", addr)
             return self._html("login.html", status=HTTPStatus.UNAUTHORIZED, error="that token is not valid",
                               next=_local(form.get("next")))
         old = self._cookie()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["COOKIE", "IDLE_S", "MAX_S", "Session", "Sessions"]
+__all__ = ["COOKIE", "IDLE_S", "MAX_S", "LoginThrottle", "Session", "Sessions"]
 
 #: The cookie's name.
 COOKIE = "pilot_dashboard"
@@ -86,3 +86,32 @@ class Sessions:
     @staticmethod
     def csrf_ok(session: Session, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(session.csrf.encode(), str(given).encode())
+
+
+class LoginThrottle:
+    """Wrong logins per client address: after :attr:`limit` within :attr:`window` seconds, that address waits (HTTP
+    429) until the oldest of them is out of the window. Tokens are 256-bit, so this guards the machine (scrypt's
+    cost), not the tokens."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, addr: str, now: float | None = None) -> float:
+        """Seconds ``addr`` must wait before its next try (0: it may try now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [t for t in self._failures.get(addr, []) if now - t < self.window]
+            if recent:
+                self._failures[addr] = recent
+            else:
+                self._failures.pop(addr, None)
+            return 0.0 if len(recent) < self.limit else self.window - (now - recent[0])
+
+    def failed(self, addr: str, now: float | None = None) -> None:
+        with self._lock:
+            self._failures.setdefault(addr, []).append(time.monotonic() if now is None else now)
+            if len(self._failures) > 10_000:   # a flood from many addresses: forget the oldest entries
+                for key in list(self._failures)[:5_000]:
+                    del self._failures[key]

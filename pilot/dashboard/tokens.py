@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ __all__ = ["TOKENS_FILE", "TokenError", "TokenInfo", "TokenStore"]
 TOKENS_FILE = "dashboard-tokens.json"
 #: scrypt cost: n=2**14, r=8, p=1 (the parameters RFC 7914 suggests for interactive logins; ~16 MiB, ~50 ms)
 _N, _R, _P = 2 ** 14, 8, 1
+#: scrypt checks at once: each takes 16 MiB and tens of ms, so a flood of logins (before any login) must queue
+#: here instead of taking the machine's memory
+_SCRYPT_SLOTS = threading.BoundedSemaphore(2)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -117,12 +121,14 @@ class TokenStore:
         except TokenError:
             return None
         if entry is None:
-            _hash(secret, b"\0" * 16)   # the same work as for a known name: the time says nothing about names
+            with _SCRYPT_SLOTS:
+                _hash(secret, b"\0" * 16)   # the same work as for a known name: the time says nothing about names
             return None
         try:
             salt = base64.b64decode(entry["salt"])
             want = base64.b64decode(entry["hash"])
-            got = _hash(secret, salt, int(entry["n"]), int(entry["r"]), int(entry["p"]))
+            with _SCRYPT_SLOTS:
+                got = _hash(secret, salt, int(entry["n"]), int(entry["r"]), int(entry["p"]))
         except (KeyError, ValueError, TypeError):
             return None
         return name if hmac.compare_digest(got, want) else None

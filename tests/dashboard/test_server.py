@@ -242,6 +242,34 @@ def test_login_cookie_and_headers(env):
     assert c.get("/api/overview")[0] == 401
 
 
+def test_a_flood_of_wrong_tokens_is_slowed_and_a_cut_form_never_acted_on(env):
+    """Five wrong tokens within a minute, then the address waits (429 with Retry-After), even with the right one;
+    a form longer than the server reads, or one without a length, is refused before anything is parsed."""
+    c = env.client()
+    for _ in range(5):
+        assert c.post("/login", {"token": env.token + "x"})[0] == 401
+    status, hdrs, _ = c.post("/login", {"token": env.token})
+    assert status == 429 and 0 < int(hdrs["retry-after"]) <= 61 and c.cookie is None
+    other = env.client()
+    other.cookie = None
+    env.dash.logins = type(env.dash.logins)()   # a new minute (the throttle keeps its own clock)
+    other.login(env.token)
+    big = {"action": "drain", "target": "loc", "csrf": other.csrf(), "pad": "x" * 20_000}
+    status, _, body = other.post("/action", big)
+    assert status == 413 and "at most" in body
+    assert Records(env.lp.db).drained() == {}
+    conn = http.client.HTTPConnection("127.0.0.1", other.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/action")
+        conn.putheader("Cookie", str(other.cookie))
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        conn.send(b"0\r\n\r\n")
+        assert conn.getresponse().status == 501
+    finally:
+        conn.close()
+
+
 def test_forged_post_without_csrf_is_refused(env):
     c = env.client()
     c.login(env.token)
