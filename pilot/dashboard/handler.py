@@ -20,6 +20,8 @@ import json
 import logging
 import mimetypes
 import re
+import socket
+import threading
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler
@@ -40,6 +42,8 @@ __all__ = ["Handler"]
 
 #: At most this many bytes of a form are read.
 MAX_FORM = 16 * 1024
+#: Seconds a client has for a request's first line and headers.
+HEADER_DEADLINE_S = 10.0
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(js|css)$")
@@ -72,6 +76,34 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "pilot-dashboard"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    _header_timer: threading.Timer | None = None
+
+    # ------------------------------------------------------------------ a deadline for the request line and headers
+    def handle_one_request(self) -> None:
+        """One request of the connection, whose request line and headers must arrive within
+        :data:`HEADER_DEADLINE_S` (a socket timeout bounds each read only: a client sending a byte now and then
+        would hold its thread for ever). An idle kept-alive connection ends by the same rule."""
+        timer = threading.Timer(HEADER_DEADLINE_S, self._too_slow)
+        timer.daemon = True
+        self._header_timer = timer
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if self._header_timer is not None:
+            self._header_timer.cancel()   # the request line and the headers are in
+        return ok
+
+    def _too_slow(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)   # the blocked read returns; the request ends
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ plumbing
     @property

@@ -117,6 +117,10 @@ def tls_context(config_dir: Path, host: str, names: list[str]) -> ssl.SSLContext
     return ctx
 
 
+#: Connections served at once (each has a thread); browsers open about 6 per tab.
+MAX_CONNECTIONS = 64
+
+
 class DashboardServer(ThreadingHTTPServer):
     """One thread per request; TLS (when given) handshaken in that thread."""
 
@@ -126,7 +130,27 @@ class DashboardServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.dashboard = dashboard
         self.ssl_context = ssl_context
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, at most :data:`MAX_CONNECTIONS` at once: one more is closed at once (a flood of
+        connections, before any login, costs no more threads than that)."""
+        if not self._slots.acquire(blocking=False):
+            log.warning("%s: connection refused: %d connections open already", client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (or broke TLS) is one log line; anything else keeps its traceback."""

@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import ssl
 import stat
 import subprocess
@@ -268,6 +269,57 @@ def test_a_flood_of_wrong_tokens_is_slowed_and_a_cut_form_never_acted_on(env):
         assert conn.getresponse().status == 501
     finally:
         conn.close()
+
+
+def _cut(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` within ``within`` seconds (a byte sent now and then meanwhile)."""
+    end = time.monotonic() + within
+    sock.settimeout(0.2)
+    while time.monotonic() < end:
+        try:
+            sock.sendall(b"X")
+            if sock.recv(100) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_a_slow_or_crowding_client_costs_bounded_time_and_threads(env, monkeypatch):
+    """Before any login: a client that sends its headers a byte at a time is cut at the header deadline, and
+    connections past the server's cap are closed at once while the others are served."""
+    import pilot.dashboard.handler as handler
+    import pilot.dashboard.server as server_mod
+
+    monkeypatch.setattr(handler, "HEADER_DEADLINE_S", 1.0)
+    slow = socket.create_connection(("127.0.0.1", env.port), timeout=5)
+    try:
+        slow.sendall(b"GET / HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        assert _cut(slow, 6) and time.monotonic() - t0 < 4
+    finally:
+        slow.close()
+    monkeypatch.setattr(handler, "HEADER_DEADLINE_S", 8.0)
+    monkeypatch.setattr(server_mod, "MAX_CONNECTIONS", 3)
+    server = make_server(env.dash, "127.0.0.1", 0)
+    thread = serve_in_thread(server)
+    idle = [socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+        with extra:
+            assert _cut(extra, 2)   # the fourth is closed at once
+        for sock in idle:
+            sock.close()
+        wait_for(lambda: Client(server.server_address[1]).get("/login")[0] == 200, 10, what="a free slot")
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def test_forged_post_without_csrf_is_refused(env):
