@@ -9,6 +9,7 @@ the LaunchPad's secrets, as the manager scrubs a held cluster's stderr tail.
 from __future__ import annotations
 
 import posixpath
+import threading
 from typing import Any
 
 __all__ = ["TAIL_LINES", "pilot_log_tail"]
@@ -17,6 +18,16 @@ __all__ = ["TAIL_LINES", "pilot_log_tail"]
 TAIL_LINES = 100
 #: Seconds the ``tail`` on the cluster may take.
 TIMEOUT_S = 20.0
+
+# one log tail per cluster at a time: reloads and open tabs must not become a stream of SSH logins at the centre
+# (its MaxStartups, fail2ban), which the manager's own connection would pay for
+_busy: dict[str, threading.Lock] = {}
+_busy_guard = threading.Lock()
+
+
+def _cluster_lock(cluster: str) -> threading.Lock:
+    with _busy_guard:
+        return _busy.setdefault(cluster, threading.Lock())
 
 
 def _work_dir(config: Any, rec: dict[str, Any]) -> str | None:
@@ -36,7 +47,7 @@ def pilot_log_tail(config: Any, db: Any, job_name: str, secrets: list[str]) -> d
     """
     from pilot.redact import scrub
     from pilot.status.gather import pilot_files
-    from pilot.transport import TransportError
+    from pilot.transport import ConnectError, TransportError
     from pilot.transport.clusters import transport_for
 
     rec = db["pilots"].find_one({"_id": job_name}, {"cluster": 1, "job_id": 1, "script_path": 1, "state": 1})
@@ -51,11 +62,18 @@ def pilot_log_tail(config: Any, db: Any, job_name: str, secrets: list[str]) -> d
     if not paths:
         out["error"] = "the pilot has no job id yet: no output files"
         return out
+    lock = _cluster_lock(str(rec["cluster"]))
+    if not lock.acquire(blocking=False):
+        out["error"] = f"another log tail of {rec['cluster']} is under way: try again in a moment"
+        return out
     transport = transport_for(str(rec["cluster"]), config.clusters[rec["cluster"]])
     try:
         for path in paths:
             try:
-                res = transport.run(["tail", "-n", str(TAIL_LINES), path], timeout=TIMEOUT_S)
+                res = transport.run(["tail", "-n", str(TAIL_LINES), "--", path], timeout=TIMEOUT_S)
+            except ConnectError as e:   # nothing reached the cluster: the next file would fail the same way
+                out["files"].append({"path": path, "text": None, "error": scrub(str(e), secrets)})
+                break
             except TransportError as e:
                 out["files"].append({"path": path, "text": None, "error": scrub(str(e), secrets)})
                 continue
@@ -66,4 +84,5 @@ def pilot_log_tail(config: Any, db: Any, job_name: str, secrets: list[str]) -> d
                 out["files"].append({"path": path, "text": scrub(res.stdout, secrets), "error": None})
     finally:
         transport.close()
+        lock.release()
     return out
