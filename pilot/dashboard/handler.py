@@ -16,6 +16,7 @@ Rules (docs/dashboard.md, "Security"):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mimetypes
@@ -290,7 +291,9 @@ class Handler(BaseHTTPRequestHandler):
         if path != "/action":
             return self._json(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"})
         try:
-            with self.dash.action_lock:
+            # LaunchPad changes one at a time; a cancel (an SSH command to its cluster, up to its timeouts) takes
+            # no lock: an unreachable cluster must not hold up every rerun and drain
+            with self.dash.action_lock if form.get("action") != "cancel" else contextlib.nullcontext():
                 res = run_action(form.get("action", ""), form.get("target", ""), self.dash.config,
                                  self.dash.write_lp, f"dashboard:{session.name}", cluster=form.get("cluster"))
             ok, message, status = True, res.message, HTTPStatus.OK
