@@ -73,7 +73,7 @@ class Dashboard:
 
     def __post_init__(self) -> None:
         self.tokens = TokenStore(self.config_dir)
-        self.sessions = Sessions(self.tokens.names)
+        self.sessions = Sessions(self.tokens.stamps)
         self.logins = LoginThrottle()
         self.env = make_env()
         self._throughput_lock = threading.Lock()

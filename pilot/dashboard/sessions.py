@@ -38,6 +38,7 @@ class Session:
     csrf: str
     created: float
     seen: float
+    stamp: str = ""   # which token of that name opened it (a token added again for the name ends this session)
 
 
 class Sessions:
@@ -45,18 +46,20 @@ class Sessions:
 
     Parameters
     ----------
-    token_names : callable
-        The names of the tokens still stored (a removed token ends its sessions).
+    token_stamps : callable
+        Name -> a stamp of each token stored now (:meth:`pilot.dashboard.tokens.TokenStore.stamps`): a token
+        removed, or replaced after a leak (``token add`` again), ends the sessions it opened.
     """
 
-    def __init__(self, token_names: Callable[[], set[str]]) -> None:
-        self._token_names = token_names
+    def __init__(self, token_stamps: Callable[[], dict[str, str]]) -> None:
+        self._token_stamps = token_stamps
         self._lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
 
     def open(self, name: str) -> Session:
         now = time.time()
-        s = Session(secrets.token_urlsafe(32), name, secrets.token_urlsafe(32), now, now)
+        s = Session(secrets.token_urlsafe(32), name, secrets.token_urlsafe(32), now, now,
+                    self._token_stamps().get(name, ""))
         with self._lock:
             self._by_id[s.sid] = s
         return s
@@ -73,7 +76,7 @@ class Sessions:
                     del self._by_id[known]
                 elif hmac.compare_digest(known.encode(), sid.encode()):
                     found = s
-        if found is None or found.name not in self._token_names():
+        if found is None or self._token_stamps().get(found.name) != found.stamp:
             return None
         found.seen = now
         return found

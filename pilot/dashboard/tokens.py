@@ -111,6 +111,11 @@ class TokenStore:
     def names(self) -> set[str]:
         return set(self._load())
 
+    def stamps(self) -> dict[str, str]:
+        """Name -> its token's salt: a value that changes whenever a token is made for the name (the salt is not
+        secret; it tells one token of a name from the next)."""
+        return {n: str(d.get("salt") or "") for n, d in self._load().items()}
+
     def verify(self, token: str) -> str | None:
         """The name a token belongs to, or None (a wrong, malformed or removed token)."""
         name, dot, secret = token.strip().partition(".")

@@ -191,6 +191,12 @@ def test_token_store_keeps_only_a_salted_hash(env):
     assert store.verify(second) is None
     status, hdrs, _ = c.get("/")
     assert status == 303 and hdrs["location"].startswith("/login")
+    # a token made again for a name (after a leak) ends the sessions the old one opened
+    leaked = env.client()
+    leaked.login(env.token)
+    assert leaked.get("/")[0] == 200
+    assert pilot(env.cfg, "dashboard", "token", "add", "alice").returncode == 0
+    assert leaked.get("/")[0] == 303
     bad = pilot(env.cfg, "dashboard", "token", "add", "no spaces")
     assert bad.returncode == 1 and "use 1-64 letters" in bad.stderr
 
