@@ -33,7 +33,7 @@ from pymongo.errors import PyMongoError
 
 from pilot.dashboard.actions import ACTIONS, ActionError, run_action
 from pilot.dashboard.app import STATIC, Dashboard
-from pilot.dashboard.sessions import COOKIE, IDLE_S, Session
+from pilot.dashboard.sessions import COOKIE, Session
 from pilot.launchpad.files import short_reason
 from pilot.redact import error_text
 
@@ -126,6 +126,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
+        if self._tls():
+            self.send_header("Strict-Transport-Security", "max-age=31536000")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -171,10 +173,15 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(min(max(n, 0), MAX_FORM)).decode("utf-8", "replace")
         return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
 
-    def _set_cookie(self, value: str, max_age: int) -> str:
-        # Secure whenever this server speaks TLS (the server knows; a flag elsewhere could disagree)
-        secure = "; Secure" if getattr(self.server, "ssl_context", None) is not None else ""
-        return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    def _tls(self) -> bool:
+        return getattr(self.server, "ssl_context", None) is not None
+
+    def _set_cookie(self, value: str, max_age: int | None = None) -> str:
+        """The session cookie: Secure whenever this server speaks TLS (the server knows; a flag elsewhere could
+        disagree); without ``max_age`` it lasts while the browser runs, and the server ends an idle session."""
+        secure = "; Secure" if self._tls() else ""
+        age = f"; Max-Age={max_age}" if max_age is not None else ""
+        return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{age}{secure}"
 
     # ------------------------------------------------------------------ GET
     def do_HEAD(self) -> None:  # noqa: N802 - the base class's name
@@ -329,7 +336,7 @@ class Handler(BaseHTTPRequestHandler):
             self.dash.sessions.close(old)   # a new login never keeps the session id the browser came with
         session = self.dash.sessions.open(name)
         log.info("login by %s from %s", name, self.client_address[0])
-        self._redirect(_local(form.get("next")), {"Set-Cookie": self._set_cookie(session.sid, int(IDLE_S))})
+        self._redirect(_local(form.get("next")), {"Set-Cookie": self._set_cookie(session.sid)})
 
 
 def _api_doc(page: str, ctx: dict[str, Any]) -> dict[str, Any]:
