@@ -27,9 +27,12 @@ if TYPE_CHECKING:
 @click.option("--read-launchpad-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A read-only LaunchPad file that pages read with (default: CONFIG_DIR/launchpad-viewer.yaml "
                    "when it exists; else the one above).")
+@click.option("--single-role", is_flag=True,
+              help="Off loopback, read pages with the LaunchPad file that acts (without it, a read-only file is "
+                   "required there).")
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, tls: bool, tls_names: tuple[str, ...],
-              launchpad_file: Path | None, read_launchpad_file: Path | None) -> None:
+              launchpad_file: Path | None, read_launchpad_file: Path | None, single_role: bool) -> None:
     """Serve the web dashboard (overview, clusters, Fireworks, throughput; actions behind a confirmation).
 
     Every page needs a login: make a token with `pilot dashboard token add NAME`. From a laptop:
@@ -37,13 +40,25 @@ def dashboard(ctx: click.Context, host: str, port: int, tls: bool, tls_names: tu
     """
     if ctx.invoked_subcommand is not None:
         return
-    from pilot.dashboard.server import DashboardError, check_address, make_server, open_dashboard, tls_context
+    from pilot.dashboard.server import (
+        DashboardError,
+        check_address,
+        is_loopback,
+        make_server,
+        open_dashboard,
+        tls_context,
+    )
 
     app: AppContext = ctx.obj
     try:
         check_address(host, tls, app.config_dir)
         ssl_ctx = tls_context(app.config_dir, host, list(tls_names)) if tls else None
         dash = open_dashboard(app.config_dir, launchpad_file, read_launchpad_file, tls=tls)
+        if dash.single_role and not single_role and not is_loopback(host):
+            raise DashboardError(
+                f"{host} is reachable from other machines, so pages must read with a read-only LaunchPad user: add "
+                "one (`pilot launchpad user add viewer --role read` writes CONFIG_DIR/launchpad-viewer.yaml) or name "
+                "its file with --read-launchpad-file; or pass --single-role to read with the file that acts")
         server = make_server(dash, host, port, ssl_ctx)
     except DashboardError as e:
         raise click.ClickException(str(e)) from None

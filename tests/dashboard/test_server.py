@@ -514,6 +514,9 @@ def test_other_addresses_need_tls(env):
         make_server(env.dash, "0.0.0.0", 0)
     res = pilot(env.cfg, "dashboard", "--host", "0.0.0.0", "--port", "0")
     assert res.returncode == 1 and "needs TLS" in res.stderr
+    # reachable from other machines: pages read with a read-only user, or the person says --single-role
+    res = pilot(env.cfg, "dashboard", "--host", "0.0.0.0", "--port", "0", "--tls")
+    assert res.returncode == 1 and "read-only LaunchPad user" in res.stderr and "--single-role" in res.stderr
 
 
 def test_tls_with_the_launchpads_ca(env):
@@ -526,7 +529,8 @@ def test_tls_with_the_launchpads_ca(env):
         c = Client(server.server_address[1], tls=client_ctx)
         c.login(env.token)
         assert "Secure" in c.set_cookies[0]
-        assert c.get("/")[0] == 200
+        status, hdrs, _ = c.get("/")
+        assert status == 200 and hdrs["strict-transport-security"].startswith("max-age=")
         with pytest.raises(ssl.SSLError):   # a client that does not trust the CA
             Client(server.server_address[1], tls=ssl.create_default_context()).get("/")
     finally:
