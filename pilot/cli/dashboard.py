@@ -71,12 +71,29 @@ def dashboard(ctx: click.Context, host: str, port: int, tls: bool, tls_names: tu
     bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
     scheme = "https" if tls else "http"
     click.echo(f"pilot dashboard on {scheme}://{bound_host}:{bound_port}/ (Ctrl-C to stop)")
+    _stop_on_sigterm(server)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         click.echo("")
     finally:
         server.server_close()
+        # an action under way finishes first (a rerun half done is worse than a slower stop), then the clients go
+        if dash.action_lock.acquire(timeout=30):
+            dash.action_lock.release()
+        for lp in {id(dash.read_lp): dash.read_lp, id(dash.write_lp): dash.write_lp}.values():
+            lp.connection.close()
+
+
+def _stop_on_sigterm(server: object) -> None:
+    """SIGTERM (``kill PID``, a service manager) stops the server as Ctrl-C does: serve_forever returns."""
+    import signal
+    import threading
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()   # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 @dashboard.group("token")
