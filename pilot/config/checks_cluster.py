@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pilot.config.errors import field_error
-from pilot.config.units import HOST_RE, PROXY_RE, USER_RE, Scheduler, expand_path
+from pilot.config.units import HOST_RE, PROXY_RE, USER_RE, Scheduler, existing_file, expand_path
 
 __all__ = ["check_control_path", "check_fworker_query", "check_host", "check_known_hosts", "check_ssh_field",
            "check_use_ssh_config", "check_zone_name"]
@@ -98,11 +98,8 @@ def check_ssh_field(name: str, v: Any, sched: Scheduler | None) -> Any:
     if name == "user" and not USER_RE.match(v):
         raise field_error(f"{v!r} is not a user name: write the login name only, e.g. alice")
     if name == "identity_file":
-        p = expand_path(v, None)
-        if not p.is_file():
-            raise field_error(f"file not found: {p}; write the path of your private key "
-                              "(e.g. ~/.ssh/id_ed25519), or null to use your SSH agent / ~/.ssh/config")
-        return p
+        return existing_file(v, None, "write the path of your private key (e.g. ~/.ssh/id_ed25519), or null to "
+                                      "use your SSH agent / ~/.ssh/config")
     if name == "proxy_jump":
         m = PROXY_RE.match(v)
         if not m or (m.group("port") and not 1 <= int(m.group("port")) <= 65535):

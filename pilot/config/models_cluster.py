@@ -39,6 +39,7 @@ from pilot.config.units import (
     SLURM_MAX_SIGNAL_TIME,
     Scheduler,
     base_dir_of,
+    existing_file,
     expand_path,
     one_line,
     validate_name,
@@ -527,11 +528,9 @@ class ClusterConfig(BaseModel):
     def _template(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is None:
             return v
-        p = expand_path(v, base_dir_of(info))
-        if not p.is_file():
-            raise field_error(f"file not found: {p}; write the path of your Jinja2 template (relative paths are "
-                              "relative to the clusters/ folder), or null for the built-in template")
-        return p
+        return existing_file(v, base_dir_of(info), "write the path of your Jinja2 template (relative paths are "
+                                                   "relative to the clusters/ folder), or null for the built-in "
+                                                   "template")
 
     @field_validator("budget", mode="before")
     @classmethod

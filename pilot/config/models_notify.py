@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from pilot.config.errors import describe, field_error, field_errors
-from pilot.config.units import base_dir_of, expand_path, parse_walltime
+from pilot.config.units import base_dir_of, existing_file, expand_path, parse_walltime
 
 __all__ = ["EVENT_KINDS", "EmailSettings", "NotifyConfig", "SmtpTls", "WebhookSettings", "is_loopback",
            "read_secret_file"]
@@ -83,11 +83,8 @@ def _private_file(v: Path | None, info: ValidationInfo, what: str, example: str)
 def _ca(v: Path | None, info: ValidationInfo) -> Path | None:
     if v is None:
         return None
-    p = expand_path(v, base_dir_of(info))
-    if not p.is_file():
-        raise field_error(f"file not found: {p}; name the PEM file of the CA that signed the server's certificate, "
-                          "or leave ca_file out to use the system's CAs")
-    return p
+    return existing_file(v, base_dir_of(info), "name the PEM file of the CA that signed the server's certificate, "
+                                               "or leave ca_file out to use the system's CAs")
 
 
 def read_secret_file(path: Path) -> str:

@@ -298,6 +298,15 @@ def expand_path(path: str | os.PathLike[str], base: Path | None) -> Path:
     return p
 
 
+def existing_file(path: str | os.PathLike[str], base: Path | None, fix: str) -> Path:
+    """``path`` expanded (:func:`expand_path`) when it names an existing file; else the field error
+    ``file not found: PATH; FIX`` (the one wording every file field of the config uses)."""
+    p = expand_path(path, base)
+    if not p.is_file():
+        raise field_error(f"file not found: {p}; {fix}")
+    return p
+
+
 def base_dir_of(info: ValidationInfo) -> Path | None:
     """The folder relative paths are relative to (``base_dir`` in the validation context, set by loading)."""
     ctx = info.context or {}

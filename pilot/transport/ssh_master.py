@@ -26,7 +26,7 @@ from pilot.transport.errors import TransportConfigError
 CONTROL_TIMEOUT = 10.0
 
 __all__ = ["CONTROL_TIMEOUT", "MasterSettings", "client_argv", "close_master", "master_alive", "master_argv",
-           "open_master", "run_ssh", "socket_path"]
+           "no_ssh_client", "open_master", "run_ssh", "socket_path"]
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,19 @@ class MasterSettings:
         return argv
 
 
+def no_ssh_client(host: str, label: str | None = None) -> TransportConfigError:
+    """The error for a machine without the OpenSSH client, which clusters with ``control_path`` need."""
+    return TransportConfigError("the OpenSSH client (ssh) is not installed here", host=host, label=label,
+                                hint="install it (Debian: apt install openssh-client); clusters with "
+                                     "control_path are reached through it")
+
+
 def run_ssh(argv: list[str], timeout: float = CONTROL_TIMEOUT, **kw: Any) -> subprocess.CompletedProcess[Any]:
     """``subprocess.run`` of an ``ssh`` argv; no ssh client on this machine is a config error that says so."""
     try:
         return subprocess.run(argv, timeout=timeout, **kw)
     except FileNotFoundError as exc:
-        raise TransportConfigError("the OpenSSH client (ssh) is not installed here", host=argv[-1],
-                                   hint="install it (Debian: apt install openssh-client); clusters with "
-                                        "control_path are reached through it") from exc
+        raise no_ssh_client(argv[-1]) from exc
 
 
 @functools.lru_cache(maxsize=64)

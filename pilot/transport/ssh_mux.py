@@ -28,12 +28,11 @@ from pilot.transport.errors import (
     ConnectionLost,
     LoginRequired,
     RemotePathError,
-    TransportConfigError,
     TransportError,
 )
 from pilot.transport.ssh_base import home_relative
 from pilot.transport.ssh_commands import KILL_REQUEST_TIMEOUT, KILL_SCRIPT, command_line
-from pilot.transport.ssh_master import MasterSettings, client_argv, master_alive
+from pilot.transport.ssh_master import MasterSettings, client_argv, master_alive, no_ssh_client
 
 log = logging.getLogger("pilot.transport")
 
@@ -82,9 +81,7 @@ class ControlMasterTransport(Transport):
             proc = subprocess.Popen(client_argv(self.settings) + [line], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         except FileNotFoundError as exc:
-            raise TransportConfigError("the OpenSSH client (ssh) is not installed here", host=self.host,
-                                       label=self.label, hint="install it (Debian: apt install openssh-client)"
-                                       ) from exc
+            raise no_ssh_client(self.host, self.label) from exc
         try:
             out, err = proc.communicate(stdin or b"", timeout=timeout)
         except subprocess.TimeoutExpired as exc:

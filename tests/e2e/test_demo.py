@@ -162,14 +162,14 @@ def test_demo_at_its_default_sizes(demo_dir):
 def _second_demo_reuses_the_directory_and_the_running_server(demo_dir: Path, sims_before: int) -> None:
     """Part of the test above (a demo of its own would cost the suite a demo's start-up for nothing). It is also
     the suite's ``--engine auto`` demo: GROMACS where ``gmx`` is on the PATH (tests/run.sh installs it), else
-    OpenMM (``pilot demo --help``); 2 s segments, about 2 of them (the run is sized to 1.5 segments, and a busier
-    machine only adds segments), so that each chain restarts from a checkpoint at least once."""
+    OpenMM (``pilot demo --help``); 2 s segments, about 3 of them, so that each chain restarts from a checkpoint
+    at least once (with 2, a loaded machine has seen a chain finish in one segment)."""
     engine, label = ("gromacs", "GROMACS") if shutil.which("gmx") else ("openmm", "OpenMM")
     before = (demo_dir / "pilot.yaml").read_text(), (demo_dir / "clusters" / "local.yaml").read_text()
     lp = LaunchPad.from_file(str(demo_dir / "my_launchpad.yaml"))
     lp.strm_lvl = "ERROR"
     old = set(md_chains(lp))
-    res = pilot(demo_dir, "demo", "--engine", "auto", "--sims", "2", "--segments", "2", "--segment-seconds", "2",
+    res = pilot(demo_dir, "demo", "--engine", "auto", "--sims", "2", "--segments", "3", "--segment-seconds", "2",
                 timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "using the running embedded LaunchPad server" in res.stdout
