@@ -8,7 +8,9 @@ an MD segment's ``steps_done`` and ``dt_ps`` in its stored data, so that the thr
 add up; one in 50 FIZZLED, with an error), the next 1 % is RUNNING under running pilots, the newest 27 % are
 READY; one pilot record per 50 launches of a category, spread over the last 14 days. The documents are inserted
 with pymongo ``insert_many`` in FireWorks' own shapes (built from ``to_db_dict()`` of a real Firework, Workflow
-and Launch, as benchmarks/scale.py does), not by one ``add_wf`` each: 100,000 take about 20 s.
+and Launch, as benchmarks/scale.py does), not by one ``add_wf`` each: 100,000 take about 20 s. Then the indexes
+the manager creates at its start (:func:`pilot.manager.demand.ensure_demand_indexes`), as any LaunchPad a manager
+has served has them (``--no-manager-indexes``: a LaunchPad no manager has seen yet).
 
 Then ``pilot dashboard`` runs as its own process (its peak RSS is its own) on 127.0.0.1 with a token made by
 ``pilot dashboard token add``; this process logs in over HTTP and GETs each page once (timed as "first GET":
@@ -270,7 +272,8 @@ def time_in_browser(dash: DashboardProcess, token: str, pages: list[tuple[str, s
 
 
 def run(n: int = 100_000, repeat: int = 5, log: Callable[[str], None] = print,
-        pages: tuple[tuple[str, str], ...] = PAGES, browser: bool = False) -> dict[str, Any]:
+        pages: tuple[tuple[str, str], ...] = PAGES, browser: bool = False,
+        manager_indexes: bool = True) -> dict[str, Any]:
     db = Database().start()
     tmp = Path(tempfile.mkdtemp(prefix="pilot-bench-dash-"))
     dash: DashboardProcess | None = None
@@ -280,12 +283,21 @@ def run(n: int = 100_000, repeat: int = 5, log: Callable[[str], None] = print,
         log(f"inserting a campaign of {n:,} Fireworks")
         out["campaign"] = gen = generate(lp, n, log=log)
         log(f"  {gen['insert_s']:.1f} s: {gen['by_state']}, {gen['launches']:,} launches, {gen['pilots']:,} pilots")
+        if manager_indexes:   # what the manager's first cycle leaves in a campaign's LaunchPad
+            from pilot.manager.demand import ensure_demand_indexes
+
+            ensure_demand_indexes(lp.fireworks)
+        out["manager_indexes"] = manager_indexes
         cfg = write_config_dir(tmp, lp)
         token = make_token(cfg)
         t0 = time.perf_counter()
         dash = DashboardProcess(cfg, tmp / "dashboard.log").start()
         out["dashboard_start_s"] = time.perf_counter() - t0
         dash.login(token)
+        t0 = time.perf_counter()
+        dash.request("GET", "/throughput")   # waits for the rows the server began computing at its start
+        out["throughput_warm_up_s"] = time.perf_counter() - t0
+        log(f"  the throughput rows were ready after {out['throughput_warm_up_s']:.1f} s more")
         deep = max(1, gen["by_state"].get("COMPLETED", 0) // 50 // 2)
         todo = [(label, path.format(fw=gen["a_fizzled_fw_id"], deep=deep)) for label, path in pages]
         out["load_before"] = loadavg()
@@ -337,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generate-only", action="store_true", help="only insert the campaign and time that")
     ap.add_argument("--browser", action="store_true",
                     help="also load each page in headless Chromium (Debian's chromium + chromium-driver)")
+    ap.add_argument("--no-manager-indexes", dest="manager_indexes", action="store_false",
+                    help="leave out the indexes the manager creates (a LaunchPad no manager has served yet)")
     a = ap.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -352,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             db.stop()
         return 0
-    res = run(a.n, a.repeat, log, browser=a.browser)
+    res = run(a.n, a.repeat, log, browser=a.browser, manager_indexes=a.manager_indexes)
     print(table(res))
     res.update({"machine": machine_info(), "source": source_state(), "date": dt.datetime.now(dt.timezone.utc)
                 .isoformat(timespec="seconds")})

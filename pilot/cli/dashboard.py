@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs --tls.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
-@click.option("--tls", is_flag=True, help="Serve HTTPS with a certificate from the LaunchPad's CA "
-              "(CONFIG_DIR/lpserver/tls, as `pilot launchpad init --host` makes it).")
+@click.option("--tls", is_flag=True, help="Serve HTTPS with a certificate of its own (dashboard.pem) from the "
+              "LaunchPad's CA (CONFIG_DIR/lpserver/tls, as `pilot launchpad init --host` makes it).")
 @click.option("--tls-name", "tls_names", multiple=True, metavar="NAME",
               help="Another name (or address) the certificate must hold: the one the laptop's browser uses.")
 @click.option("--launchpad-file", "-l", type=click.Path(dir_okay=False, path_type=Path), default=None,

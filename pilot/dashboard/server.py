@@ -101,17 +101,28 @@ def open_dashboard(config_dir: Path, launchpad_file: Path | None = None, read_la
                      tls=tls, warnings=warnings, launchpad_info=describe_launchpad(read_lp))
 
 
+#: The dashboard's certificate and key, beside the LaunchPad server's in ``CONFIG_DIR/lpserver/tls``
+DASHBOARD_PEM = "dashboard.pem"
+
+
 def tls_context(config_dir: Path, host: str, names: list[str]) -> ssl.SSLContext:
-    """A server context with the LaunchPad's CA-issued certificate, valid for ``host`` and ``names``."""
+    """A server context with a certificate of its own (:data:`DASHBOARD_PEM`: the LaunchPad server's key is
+    never served by a second program) from the LaunchPad's CA, valid for ``host`` and ``names``. One CA: a
+    browser, like the pilots, trusts ``ca.pem`` once. Without a LaunchPad CA (a MongoDB of one's own) one is
+    made, and said so."""
     from pilot.launchpad.control import SERVER_DIR
     from pilot.launchpad.tls import TLSSetupError, ensure_certificates, normalize_name, server_context
 
     wanted = [n for n in (normalize_name(x) for x in [host, *names, socket.gethostname()]) if n]
     try:
-        files = ensure_certificates(config_dir / SERVER_DIR, [n for n in wanted if n not in ("0.0.0.0", "::")])
+        files = ensure_certificates(config_dir / SERVER_DIR, [n for n in wanted if n not in ("0.0.0.0", "::")],
+                                    server_file=DASHBOARD_PEM)
         ctx = server_context(files)
     except TLSSetupError as e:
         raise DashboardError(f"TLS: {e}") from None
+    if files.new_ca:
+        log.warning("TLS: no LaunchPad CA in %s yet: made one (%s); the browser must trust it", files.ca.parent,
+                    files.ca)
     log.info("TLS: certificate %s for %s, from the CA %s (SHA-256 %s): the laptop's browser trusts that CA",
              files.server, ", ".join(files.names), files.ca, files.ca_fingerprint)
     return ctx

@@ -3,9 +3,9 @@ trajectory, and each cluster's cumulative trajectory, shaped for uPlot.
 
 The rows come from ``pilot report`` (``pilot.report.trajectory_rows``), one row per cluster and UTC day:
 ``{cluster, day, segments, core_hours, ns, ns_unknown_segments}`` (``ns`` None: only segments of unknown length
-that day). Where that function is missing the page says "not yet available" (:func:`load_rows` returns None):
-the dashboard never computes trajectory lengths of its own. :func:`series` is pure: rows in, the arrays uPlot
-draws out.
+that day); the row of launches by no pilot (``(not a pilot)``: other FWorkers) is no cluster and is left out, as
+the report's headline leaves it out. The dashboard never computes trajectory lengths of its own. :func:`series`
+is pure: rows in, the arrays uPlot draws out.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, is_dataclass
 from typing import Any
+
+from pilot.report.trajectory import is_cluster
 
 __all__ = ["load_rows", "normalise_rows", "series"]
 
@@ -51,7 +53,7 @@ def normalise_rows(raw: Any) -> list[dict[str, Any]]:
         if d is None:
             continue
         day = _day(d.get("day"))
-        if not d.get("cluster") or day is None:
+        if not d.get("cluster") or day is None or not is_cluster(str(d["cluster"])):
             continue
         ns = d.get("ns")
         out.append({"cluster": str(d["cluster"]), "day": day, "segments": int(_num(d.get("segments"))),

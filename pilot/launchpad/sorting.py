@@ -144,19 +144,27 @@ def _entry_key(entry: Any) -> tuple[Any, ...]:
     return fast_key({"v": entry}, path=["v"])
 
 
-def entry_sorted_keys(cs: TrackedCollectionStore, q: dict[str, Any], sort: dict[str, Any]) -> list[Any] | None:
+#: a sort slot that stands for ``_id`` (not among the index's fields: the store keys documents by it)
+ID_SLOT = -1
+
+
+def entry_sorted_keys(cs: TrackedCollectionStore, q: dict[str, Any], sort: dict[str, Any],
+                      exact: bool = False) -> list[Any] | None:
     """Keys of the candidates for ``q`` sorted by ``sort`` from the index entries alone (no document decoded),
-    or None when a sort field is not indexed or a candidate's entry is not a plain value."""
+    or None when a sort field is not indexed or a candidate's entry is not a plain value. ``exact``: the
+    candidates by MongoDB's equality (see :meth:`~pilot.launchpad.planner.Planner.plan`), for a filter the index
+    alone decides: then they are the matches."""
     _check_sort(sort)
     fields = list(sort.items())
-    slots = [cs.field_slot(k) for k, _d in fields]
+    slots = [ID_SLOT if k == "_id" else cs.field_slot(k) for k, _d in fields]   # _id: the store's own key
     if not fields or any(s is None for s in slots) or any(type(d) not in (int, float, Int64) for _k, d in fields):
         return None
-    keys, checks = cs.plan(q)
+    keys, checks = cs.plan(q, exact=exact)
     rows: list[tuple[Any, list[Any]]] = []
     try:
         for key in cs.positions(keys, checks):
-            rows.append((key, [_entry_key(cs.entry(key, s)) for s in slots if s is not None]))
+            rows.append((key, [fast_key({"v": cs.id_at(key)}, ["v"]) if s == ID_SLOT else _entry_key(cs.entry(key, s))
+                               for s in slots if s is not None]))
     except NoFastKey:
         return None
     for i in range(len(fields) - 1, -1, -1):

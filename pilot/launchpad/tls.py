@@ -236,8 +236,9 @@ def _issue_server(path: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePriv
     write_private(path, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM), fsync=True)
 
 
-def ensure_certificates(data_dir: Path, names: Iterable[str]) -> TLSFiles:
-    """Make sure ``DATA/tls`` holds a CA and a server certificate valid for every one of ``names``.
+def ensure_certificates(data_dir: Path, names: Iterable[str], server_file: str = SERVER_PEM) -> TLSFiles:
+    """Make sure ``DATA/tls`` holds a CA and a server certificate (``server_file``: the LaunchPad server's by
+    default; the dashboard has its own, with its own key, from the same CA) valid for every one of ``names``.
 
     The CA is reused. A server certificate that lacks a name is reissued with the names it had plus the new
     ones: a name clients were given keeps working when a later start forgets an option (remove
@@ -255,7 +256,7 @@ def ensure_certificates(data_dir: Path, names: Iterable[str]) -> TLSFiles:
         loaded = _load_ca(d)
         new_ca = loaded is None
         ca, ca_key = loaded if loaded is not None else _make_ca(d)
-        server = d / SERVER_PEM
+        server = d / server_file
         ok, had = _server_cert_ok(server, ca, set(wanted))
         sans = wanted + sorted(had - set(wanted))
         if not ok:

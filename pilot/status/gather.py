@@ -43,6 +43,7 @@ from pilot.status.model import (
     first_line,
 )
 from pilot.status.notify import gather_notifications
+from pilot.status.shapes import Groups, longer_than, may_hold, pinned_elsewhere, ready_groups, too_big_for
 from pilot.status.share import gather_share
 from pilot.status.usage import gather_usage
 
@@ -152,9 +153,10 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
                 if c.count("READY") and not c.served_by]
     pending_total, pending = _pending_long(q, now, opts)
     lost = _lost_runs(q, opts)
-    too_long = _too_long(q, categories, by_cluster, opts)
-    too_big = _too_big(q, categories, config, opts) if config is not None else []
-    warnings = [*warnings, *_pinned(q, categories, opts, config)]
+    groups = _ready_groups(q, categories)
+    too_long = _too_long(q, categories, by_cluster, opts, groups)
+    too_big = _too_big(q, categories, config, opts, groups) if config is not None else []
+    warnings = [*warnings, *_pinned(q, categories, opts, config, groups)]
     return StatusReport(
         generated_at=now, launchpad=launchpad_info or {"host": None, "name": getattr(db, "name", None)},
         config_dir=str(config.config_dir) if config is not None else None, options=opts,
@@ -535,8 +537,20 @@ def _lost_runs(q: _Queries, opts: StatusOptions) -> list[LostRun]:
     return out
 
 
+def _ready_groups(q: _Queries, categories: list[CategoryStatus]) -> Groups:
+    """The READY Fireworks of the served categories grouped by shape (:mod:`pilot.status.shapes`: which of
+    the filters below need to run), or None."""
+    served = [str(c.name) for c in categories
+              if c.name not in (None, OTHER_CATEGORIES) and c.served_by and c.count("READY")]
+    if not served:
+        return None
+    groups = ready_groups(q.db, served)
+    q.count += 1 if groups is None else 2   # the list of indexes, and the aggregation
+    return groups
+
+
 def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str, ClusterStatus],
-              opts: StatusOptions) -> list[TooLong]:
+              opts: StatusOptions, groups: Groups = None) -> list[TooLong]:
     out = []
     for cat in categories:
         if cat.name in (None, OTHER_CATEGORIES) or not cat.count("READY") or not cat.served_by:
@@ -546,6 +560,8 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
         if not known or len(known) < len(usables):
             continue  # a serving cluster of unknown wall time might take them
         best = max(known)
+        if not may_hold(groups, str(cat.name), lambda g, best=best: longer_than(g, best)):
+            continue
         # a walltime longer than every pilot's, and no fit for the longest pilot by the workers' own rule (not
         # one that sizes itself to a pilot's time: a min_walltime that fits)
         query = {"state": "READY", "spec._category": cat.name, WALLTIME: {"$gt": best}, **not_fits_clause(best)}
@@ -560,7 +576,8 @@ def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str,
     return out
 
 
-def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts: StatusOptions) -> list[TooBig]:
+def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts: StatusOptions,
+             groups: Groups = None) -> list[TooBig]:
     """READY Fireworks of served categories that no queue profile serving them takes: the worker's own rule (wall
     time and resources together, :mod:`pilot.fit`, as :func:`pilot.manager.profiles.offers_of` gives each
     profile's), negated, less the ones :func:`_too_long` lists (longer than any pilot). The manager plans no
@@ -574,6 +591,9 @@ def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts
         if cat.name in (None, OTHER_CATEGORIES) or not cat.count("READY") or not serving:
             continue
         best = max(o.usable_seconds for _, o in serving)
+        offers_here = [o for _, o in serving]
+        if not may_hold(groups, str(cat.name), lambda g, s=offers_here, b=best: too_big_for(g, s, b)):
+            continue
         too_long = {"$and": [{WALLTIME: {"$gt": best}}, not_fits_clause(best)]}
         takers = [{"$and": [fits_clause(o.usable_seconds), o.resources()]} for _, o in serving]
         query = {"state": "READY", "spec._category": cat.name, "$nor": [*takers, too_long]}
@@ -588,7 +608,7 @@ def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts
 
 
 def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions,
-            config: Config | None = None) -> list[str]:
+            config: Config | None = None, groups: Groups = None) -> list[str]:
     """READY Fireworks of served categories pinned (``spec._fworker``) to a name no live pilot and no cluster's
     FWorker (``fworker.name``, by default the cluster's name) has.
 
@@ -604,6 +624,9 @@ def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions,
     live = sorted({str(d["fworker"]) for d in q.find("pilots", live_query(),
                                                      {"fworker": 1}) if d.get("fworker")}
                   | {str(c.fworker.name or name) for name, c in (config.clusters.items() if config else ())})
+    served = [c for c in served if may_hold(groups, c, lambda g: pinned_elsewhere(g, live))]
+    if not served:
+        return []
     query = {"state": "READY", "spec._category": {"$in": served}, "spec._fworker": {"$nin": [None, *live]}}
     docs = q.find("fireworks", query, {"fw_id": 1, "spec._category": 1, "spec._fworker": 1}, sort=[("fw_id", 1)],
                   limit=max(opts.limit, 1) * 10)

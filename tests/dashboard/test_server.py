@@ -499,7 +499,8 @@ def test_throughput_series_by_hand():
     rows = normalise_rows([{"cluster": "b", "day": "2026-12-03", "segments": 2, "core_hours": 8.0, "ns": 5.0},
                            {"cluster": "a", "day": "2026-12-01", "segments": 1, "core_hours": 4.0, "ns": 10.0},
                            {"cluster": "a", "day": "2026-12-03", "segments": 3, "core_hours": 12.0, "ns": None,
-                            "ns_unknown_segments": 3}])
+                            "ns_unknown_segments": 3},
+                           {"cluster": "(not a pilot)", "day": "2026-12-04", "segments": 1, "ns": 7.0}])
     s = series(rows)
     assert s["days"] == ["2026-12-01", "2026-12-02", "2026-12-03"]
     assert s["x"] == [1796083200.0, 1796169600.0, 1796256000.0]   # `date -u -d 2026-12-01 +%s` and the next days
@@ -520,11 +521,20 @@ def test_other_addresses_need_tls(env):
 
 
 def test_tls_with_the_launchpads_ca(env):
-    ctx = tls_context(env.cfg, "127.0.0.1", [])
+    from pilot.launchpad.tls import ensure_certificates
+
+    lp_files = ensure_certificates(env.cfg / "lpserver", ["127.0.0.1"])   # as `pilot launchpad init --host` does
+    lp_pem = lp_files.server.read_bytes()
+    ctx = tls_context(env.cfg, "127.0.0.1", ["dash.example.org"])
+    # the LaunchPad server's certificate and key are left alone: the dashboard has its own, from the same CA
+    assert lp_files.server.read_bytes() == lp_pem
+    own = lp_files.server.parent / "dashboard.pem"
+    assert own.stat().st_mode & 0o777 == 0o600 and own.read_bytes() != lp_pem
     server = make_server(env.dash, "127.0.0.1", 0, ctx)
     thread = serve_in_thread(server)
     try:
         ca = env.cfg / "lpserver" / "tls" / "ca.pem"
+        assert ca == lp_files.ca
         client_ctx = ssl.create_default_context(cafile=str(ca))
         c = Client(server.server_address[1], tls=client_ctx)
         c.login(env.token)

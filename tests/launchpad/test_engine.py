@@ -205,6 +205,29 @@ def test_sort_over_mixed_types_follows_bson_order(db):
     assert [d["_id"] for d in db.m.find().sort("v", -1)] == [2, 4, 0, 3, 5, 1]
 
 
+def test_sorted_find_on_indexed_fields_follows_bson_order(db):
+    """A filter the index decides, sorted by indexed fields (the embedded server answers it from the index
+    entries, decoding only what it sends): null and missing first, then numbers of any type by value, strings,
+    ObjectIds, booleans, dates (MongoDB manual, "Comparison/Sort Order"); ``_id`` breaks ties; equality is
+    MongoDB's (``state: 1`` is not ``state: true``); skip and limit count in that order."""
+    db.s.create_index("state")
+    db.s.create_index("v")
+    oid = ObjectId("0123456789ab0123456789ab")
+    when = datetime.datetime(2024, 1, 2)
+    values = {0: 3, 1: None, 2: 2.5, 3: Int64(2), 4: "x", 5: oid, 6: True, 7: when, 8: 2, 10: 3.0}
+    db.s.insert_many([{"_id": i, "state": 1, "v": v} for i, v in values.items()] +
+                     [{"_id": 9, "state": 1}, {"_id": 11, "state": True, "v": 0}, {"_id": 12, "state": 2, "v": 0}])
+    up = [1, 9, 3, 8, 2, 0, 10, 4, 5, 6, 7]
+    assert [d["_id"] for d in db.s.find({"state": 1}).sort([("v", 1), ("_id", 1)])] == up
+    # descending, ties (3 == 3.0, 2 == Int64(2), null and missing) still by _id ascending
+    assert [d["_id"] for d in db.s.find({"state": 1}).sort([("v", -1), ("_id", 1)])] == \
+        [7, 6, 5, 4, 0, 10, 2, 3, 8, 1, 9]
+    # 12, 10 skipped
+    assert [d["_id"] for d in db.s.find({"state": {"$in": [1, 2]}}, {"v": 1}).sort("_id", -1).skip(2).limit(3)] == \
+        [9, 8, 7]
+    assert [d["_id"] for d in db.s.find({"state": True}).sort("v", 1)] == [11]
+
+
 def test_a_long_write_lets_a_reader_in_and_journals_in_execution_order(monkeypatch):
     """An update_many over 3,000 documents yields between documents to a waiting reader: the reader is answered
     before the write ends and sees whole documents (some updated, some not), and the journal holds every
