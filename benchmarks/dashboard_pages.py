@@ -6,7 +6,10 @@ A LaunchPad of N Fireworks (N = 100,000 by default) in the shape a real campaign
 workflows over 4 categories, each served by one of 4 clusters; the oldest 72 % have run (each with its launch:
 an MD segment's ``steps_done`` and ``dt_ps`` in its stored data, so that the throughput page has trajectory to
 add up; one in 50 FIZZLED, with an error), the next 1 % is RUNNING under running pilots, the newest 27 % are
-READY; one pilot record per 50 launches of a category, spread over the last 14 days. The documents are inserted
+READY; one pilot record per 50 launches of a category, spread over the last 14 days. Each asks
+(``spec._pilot``) for an MD segment's 20 minutes and 4 cores, which the clusters' pilots take; a few of each
+category ask for a day (work no pilot takes: ``pilot status`` then runs its filters), a few give their time as
+an array (values an index holds as no single value). The documents are inserted
 with pymongo ``insert_many`` in FireWorks' own shapes (built from ``to_db_dict()`` of a real Firework, Workflow
 and Launch, as benchmarks/scale.py does), not by one ``add_wf`` each: 100,000 take about 20 s. Then the indexes
 the manager creates at its start (:func:`pilot.manager.demand.ensure_demand_indexes`), as any LaunchPad a manager
@@ -66,6 +69,8 @@ DAYS = 14
 #: The campaign's progress: the oldest 72 % of the Fireworks ran (one in 50 of them FIZZLED), the next 1 % runs
 #: now, the newest 27 % are READY.
 DONE_SHARE, RUNNING_SHARE, FIZZLE_EVERY = 0.72, 0.01, 50
+#: of each category's Fireworks, one in STUCK_EVERY waits for ever (too long), one in ODD_EVERY has an odd value
+STUCK_EVERY, ODD_EVERY = 2500, 5000
 #: Pages timed, in order: (label, path). ``{fw}`` is a FIZZLED Firework's id, ``{deep}`` a page number far in.
 PAGES = (("overview", "/"),
          ("overview JSON (polled)", "/api/overview"),
@@ -88,6 +93,19 @@ def _templates() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     launch = Launch("COMPLETED", "/scratch", FWorker("w"), host="node01", ip="203.0.113.10",
                     action=FWAction(stored_data={}), launch_id=1, fw_id=1, state_history=history)
     return fw.to_db_dict(), Workflow([fw], name="seg").to_db_dict(), launch.to_db_dict()
+
+
+def asks_of(j: int) -> dict[str, Any]:
+    """``spec._pilot`` of the ``j``-th Firework: an MD segment's expected time and cores, which the clusters'
+    pilots take; one in :data:`STUCK_EVERY` of each category asks for a day (longer than any pilot: ``pilot
+    status`` lists it, so its filters run), and one in :data:`ODD_EVERY` gives its time as an array (a value
+    the database's index holds as no single value)."""
+    k = j // len(CATEGORIES)
+    if k % STUCK_EVERY == STUCK_EVERY - 1:
+        return {"walltime": 86400, "cores": 4}
+    if k % ODD_EVERY == ODD_EVERY // 2:
+        return {"walltime": [600, 1200], "cores": 4}
+    return {"walltime": 1200, "min_walltime": 600, "cores": 4}
 
 
 def state_of(j: int, n: int) -> str:
@@ -163,8 +181,8 @@ def generate(lp: Any, n: int, now: float | None = None, log: Callable[[str], Non
             t_end = now - span + span * (j + 1) / n
             if state == "RUNNING":   # started within the last segment's time, runs now
                 t_end = now - runtime * (j % 10) / 10
-            fw = {**fw_t, "fw_id": i, "name": f"seg-{cat}-{i}", "state": state,
-                  "spec": {**fw_t["spec"], "_category": cat}, "created_on": _iso(now - span - 3600),
+            fw = {**fw_t, "fw_id": i, "name": f"seg-{cat}-{i}", "state": state, "created_on": _iso(now - span - 3600),
+                  "spec": {**fw_t["spec"], "_category": cat, "_pilot": asks_of(j)},
                   "updated_on": _iso(t_end), "launches": [], "archived_launches": []}
             if state != "READY":
                 job = j // (FW_PER_PILOT * len(CATEGORIES)) * len(CATEGORIES) + j % len(CATEGORIES)
@@ -295,6 +313,9 @@ def run(n: int = 100_000, repeat: int = 5, log: Callable[[str], None] = print,
         out["dashboard_start_s"] = time.perf_counter() - t0
         dash.login(token)
         t0 = time.perf_counter()
+        dash.request("GET", "/")   # while the server computes the throughput rows (as every 5 minutes)
+        out["overview_during_throughput_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         dash.request("GET", "/throughput")   # waits for the rows the server began computing at its start
         out["throughput_warm_up_s"] = time.perf_counter() - t0
         log(f"  the throughput rows were ready after {out['throughput_warm_up_s']:.1f} s more")
@@ -333,7 +354,11 @@ def table(res: dict[str, Any]) -> str:
         out += fmt_table(["page", "path", "response s", "load s", "load max s"],
                          [[r["page"], r["path"], r["response_median_s"], r["load_median_s"], r["load_max_s"]]
                           for r in res["browser"]])
-    out += (f"\n`pilot status --json` on the same LaunchPad (a new process): {res.get('pilot_status_json_s', 0):.2f} s"
+    out += (f"\nthe overview while the dashboard computed the throughput rows: "
+            f"{res.get('overview_during_throughput_s', 0):.2f} s (the rows took "
+            f"{res.get('throughput_warm_up_s', 0):.1f} s more); the manager's demand indexes "
+            f"{'present' if res.get('manager_indexes') else 'absent'}"
+            f"\n`pilot status --json` on the same LaunchPad (a new process): {res.get('pilot_status_json_s', 0):.2f} s"
             f"\ndashboard peak RSS {res['dashboard_peak_rss_mib']} MiB, database server peak RSS "
             f"{res['server_peak_rss_mib']} MiB; dashboard started in {res['dashboard_start_s']:.2f} s; load average "
             f"{res['load_before']} before, {res['load_after']} after (goal, issue 22: every page under 1 s with "

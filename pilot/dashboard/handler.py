@@ -3,8 +3,8 @@
 Rules (docs/dashboard.md, "Security"):
 
 * every page and every JSON endpoint needs a session: without one, ``GET /api/...`` answers **401** (JSON),
-  a page answers **303** to ``/login`` (a browser shows the login form), and any ``POST`` but the login
-  answers **401**;
+  a page answers **401** with the login form as its body (a browser shows the form in place of the page, and
+  the login leads back to it), and any ``POST`` but the login answers **401**;
 * every ``POST`` with a session needs the session's CSRF token in the form field ``csrf``: without it, or with
   another, **403**;
 * actions are ``POST /action`` only, after a confirm page (``GET /confirm``) that changes nothing;
@@ -198,7 +198,9 @@ class Handler(BaseHTTPRequestHandler):
         if session is None:
             if path.startswith("/api/"):
                 return self._json(HTTPStatus.UNAUTHORIZED, {"error": "log in first: POST /login with a token"})
-            return self._redirect("/login?next=" + quote(self.path, safe="/"))   # back to it, query and all
+            # refused (401), with the login form as the body: a browser shows it in place, and the login leads
+            # back to this page, query and all
+            return self._html("login.html", status=HTTPStatus.UNAUTHORIZED, error=None, next=_local(self.path))
         try:
             self._route_get(path, query, session)
         except PyMongoError as e:   # the database is down or refuses: say so, without its URI or password

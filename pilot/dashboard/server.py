@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import ssl
@@ -21,6 +20,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from pilot.config.models_notify import is_loopback
 from pilot.dashboard.app import Dashboard
 from pilot.dashboard.handler import Handler
 
@@ -36,15 +36,6 @@ READ_LAUNCHPAD_FILE = "launchpad-viewer.yaml"
 
 class DashboardError(Exception):
     """The dashboard cannot start as asked; the message says what to do."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_address(host: str, tls: bool, config_dir: Path) -> None:

@@ -160,12 +160,17 @@ def entry_sorted_keys(cs: TrackedCollectionStore, q: dict[str, Any], sort: dict[
     if not fields or any(s is None for s in slots) or any(type(d) not in (int, float, Int64) for _k, d in fields):
         return None
     keys, checks = cs.plan(q, exact=exact)
+    seen = (cs.epoch, cs.layout)
     rows: list[tuple[Any, list[Any]]] = []
     try:
         for key in cs.positions(keys, checks):
+            if (cs.epoch, cs.layout) != seen:   # an index changed during a pause: the slots name other fields
+                return None
             rows.append((key, [fast_key({"v": cs.id_at(key)}, ["v"]) if s == ID_SLOT else _entry_key(cs.entry(key, s))
                                for s in slots if s is not None]))
     except NoFastKey:
+        return None
+    if exact and not cs.exact(q):   # a value the index cannot judge was written during a pause: match it
         return None
     for i in range(len(fields) - 1, -1, -1):
         rows.sort(key=partial(_column, i=i), reverse=fields[i][1] < 0)

@@ -17,13 +17,16 @@ FireWorks passes to ``MongoClient`` through a LaunchPad file's ``mongoclient_kwa
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import logging
+import os
 import re
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,6 +239,18 @@ def _issue_server(path: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePriv
     write_private(path, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM), fsync=True)
 
 
+@contextlib.contextmanager
+def _locked(d: Path) -> Iterator[None]:
+    """An exclusive lock on ``d/.lock`` (0600) while the TLS files are read and made: two programs that start
+    together would each make a CA, and a ``ca.key`` of one could end beside the ``ca.pem`` of the other."""
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing releases the lock
+
+
 def ensure_certificates(data_dir: Path, names: Iterable[str], server_file: str = SERVER_PEM) -> TLSFiles:
     """Make sure ``DATA/tls`` holds a CA and a server certificate (``server_file``: the LaunchPad server's by
     default; the dashboard has its own, with its own key, from the same CA) valid for every one of ``names``.
@@ -253,14 +268,15 @@ def ensure_certificates(data_dir: Path, names: Iterable[str], server_file: str =
     wanted = list(dict.fromkeys(names))
     try:
         private_dir(d)
-        loaded = _load_ca(d)
-        new_ca = loaded is None
-        ca, ca_key = loaded if loaded is not None else _make_ca(d)
-        server = d / server_file
-        ok, had = _server_cert_ok(server, ca, set(wanted))
-        sans = wanted + sorted(had - set(wanted))
-        if not ok:
-            _issue_server(server, ca, ca_key, sans)
+        with _locked(d):   # the LaunchPad server and the dashboard may start at once: one CA, made once
+            loaded = _load_ca(d)
+            new_ca = loaded is None
+            ca, ca_key = loaded if loaded is not None else _make_ca(d)
+            server = d / server_file
+            ok, had = _server_cert_ok(server, ca, set(wanted))
+            sans = wanted + sorted(had - set(wanted))
+            if not ok:
+                _issue_server(server, ca, ca_key, sans)
     except OSError as exc:
         raise TLSSetupError(f"cannot write the TLS files in {d}: {exc.strerror or exc}") from exc
     fingerprint = ca.fingerprint(hashes.SHA256()).hex()

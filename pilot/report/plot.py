@@ -15,7 +15,7 @@ from typing import Any
 from pilot.report.corehours import plot_core_hours_file
 from pilot.report.format import short_num
 from pilot.report.model import ThroughputReport
-from pilot.report.trajectory import cumulative_ns, display_unit, headline, span_text
+from pilot.report.trajectory import cumulative_ns, display_unit, headline, running_sums, span_text
 
 #: A matplotlib ``Axes``: typed ``Any`` because its stubs refuse the datetimes it plots (and converts) fine.
 Axes = Any
@@ -123,18 +123,7 @@ def _axis_span(r: ThroughputReport) -> tuple[float, float]:
 
 def _cumulative(r: ThroughputReport, names: list[str], all_t: list[float], idx: int) -> list[list[int]]:
     """Per cluster, the completions (field ``idx`` of the timeline's entries) summed up to each time."""
-    cum_rows = []
-    for n in names:
-        series = r.timeline.completions.get(n, [])
-        j, acc = 0, 0
-        ys: list[int] = []
-        for t in all_t:
-            while j < len(series) and series[j][0] <= t:
-                acc += int(series[j][idx])
-                j += 1
-            ys.append(acc)
-        cum_rows.append(ys)
-    return cum_rows
+    return [[int(v) for v in running_sums(r.timeline.completions.get(n, []), all_t, idx)] for n in names]
 
 
 def _completions_panel(

@@ -36,6 +36,7 @@ __all__ = [
     "headline",
     "is_cluster",
     "ns_text",
+    "running_sums",
     "span_text",
     "trajectory_lines",
     "trajectory_section",
@@ -205,15 +206,17 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int
 def cumulative_ns(report: ThroughputReport, names: Sequence[str], times: Sequence[float]) -> list[list[float]]:
     """Per cluster of ``names``, its trajectory (ns) completed up to each of ``times`` (sorted): the figure's
     stacked areas."""
-    out = []
-    for n in names:
-        series = report.timeline.trajectory.get(n, [])
-        j, acc = 0, 0.0
-        ys: list[float] = []
-        for t in times:
-            while j < len(series) and series[j][0] <= t:
-                acc += series[j][1]
-                j += 1
-            ys.append(acc)
-        out.append(ys)
+    return [running_sums(report.timeline.trajectory.get(n, []), times) for n in names]
+
+
+def running_sums(series: Sequence[Sequence[Any]], times: Sequence[float], idx: int = 1) -> list[float]:
+    """The sum of field ``idx`` of ``series``' entries (``(time, ...)``, sorted by time) up to each of ``times``
+    (sorted): a cumulative curve sampled where the figure draws it."""
+    j, acc = 0, 0.0
+    out: list[float] = []
+    for t in times:
+        while j < len(series) and series[j][0] <= t:
+            acc += series[j][idx]
+            j += 1
+        out.append(acc)
     return out

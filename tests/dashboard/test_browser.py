@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -185,13 +186,13 @@ def dashboard_of(tmp_path: Path) -> Iterator[Callable[[Path], tuple[DashboardPro
 
 
 def log_in(driver: Any, dash: DashboardProcess, token: str, path: str = "/") -> None:
-    """Open ``path``: the dashboard sends a browser without a session to its login form; type the token there
-    and submit, which must lead back to ``path``."""
+    """Open ``path``: the dashboard answers a browser without a session with its login form in place of the
+    page (HTTP 401); type the token there and submit, which must lead to ``path`` itself."""
     driver.get(dash.url + path)
-    wait_until(driver, lambda d: urlsplit(d.current_url).path == "/login", what="the redirect to the login form")
-    by_testid(driver, "login-token").send_keys(token)
+    wait_visible(driver, '[data-testid="login-token"]').send_keys(token)
     by_testid(driver, "login-submit").click()
-    wait_until(driver, lambda d: urlsplit(d.current_url).path == path, what=f"the way back to {path}")
+    wait_until(driver, lambda d: not elements(d, '[data-testid="login-token"]')
+               and urlsplit(d.current_url).path == path, what=f"{path} after the login")
 
 
 def status_json(config_dir: Path) -> dict[str, Any]:
@@ -255,8 +256,7 @@ def test_login_pages_and_throughput_of_a_generated_campaign(browser, launchpad, 
 
     # a wrong token is refused on the form; the right one leads to the overview
     browser.get(dash.url + "/")
-    wait_until(browser, lambda d: urlsplit(d.current_url).path == "/login", what="the login form")
-    by_testid(browser, "login-token").send_keys("tester." + "x" * 43)
+    wait_visible(browser, '[data-testid="login-token"]').send_keys("tester." + "x" * 43)
     by_testid(browser, "login-submit").click()
     wait_visible(browser, '[data-testid="login-error"]')
     log_in(browser, dash, token)
@@ -347,6 +347,14 @@ def test_a_real_campaign_live_and_a_rerun(browser, world, launchpad, slurm_clust
         browser.get(f"{dash.url}/cluster/pilotci")
         for rec in launchpad.db["pilots"].find({"cluster": "pilotci"}, {"job_name": 1, "job_id": 1}):
             assert str(rec["job_id"]) in by_testid(browser, f"pilot-{rec['job_name']}").text
+        # a pilot's output, read over SSH when its page opens: what `tail` prints of the file the SLURM job wrote
+        rec = launchpad.db["pilots"].find_one({"cluster": "pilotci"}, sort=[("submit_time", 1)])
+        out = remote_tmp / "pilotci" / f"pilot-{rec['job_id']}.out"   # world's work_dir; the templates' name
+        want = subprocess.run(["tail", "-n", "100", str(out)], capture_output=True, text=True, check=True).stdout
+        browser.get(f"{dash.url}/pilot/{rec['job_name']}/log")
+        shown = by_testid(browser, "log-out").text
+        assert want.strip() and [ln.rstrip() for ln in shown.strip().splitlines()] == \
+            [ln.rstrip() for ln in want.strip().splitlines()]
 
         # no pilot left to take it: the rerun's READY stays READY for the LaunchPad to show
         run_cycles_until(mgr, lambda: launchpad.db["pilots"].count_documents(
