@@ -88,8 +88,25 @@ def open_dashboard(config_dir: Path, launchpad_file: Path | None = None, read_la
     if single:
         log.warning("one LaunchPad file (%s): the dashboard reads with the credential that acts; add a read-only "
                     "user (`pilot launchpad user add viewer --role read`) to read with that one", lpf.path)
+    _index_for_status(write_lp)
     return Dashboard(config_dir=config_dir, config=config, read_lp=read_lp, write_lp=write_lp, single_role=single,
                      tls=tls, warnings=warnings, launchpad_info=describe_launchpad(read_lp))
+
+
+def _index_for_status(lp: Any) -> None:
+    """Create the manager's demand indexes if no manager has yet (:func:`pilot.manager.demand.ensure_demand_indexes`,
+    with the credential that acts): the overview's status reads its waiting-work groups from them
+    (:mod:`pilot.status.shapes`: 0.3 s instead of 1.3 s at 100,000 Fireworks). Without the right, a warning."""
+    from pymongo.errors import PyMongoError
+
+    from pilot.manager.demand import ensure_demand_indexes
+
+    try:
+        why = ensure_demand_indexes(lp.fireworks)
+    except PyMongoError as exc:
+        why = f"could not index the LaunchPad's fireworks ({type(exc).__name__}): the overview will be slower"
+    if why:
+        log.warning("%s", why)
 
 
 #: The dashboard's certificate and key, beside the LaunchPad server's in ``CONFIG_DIR/lpserver/tls``

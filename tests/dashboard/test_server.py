@@ -560,6 +560,15 @@ def test_tls_with_the_launchpads_ca(env):
         thread.join(10)
 
 
+def test_the_dashboard_makes_the_indexes_its_overview_reads(env):
+    """Before any manager ran: the dashboard (with the credential that acts) creates the manager's demand indexes,
+    which the overview's status reads its waiting-work groups from (pilot/status/shapes.py)."""
+    from pilot.manager.demand import DEMAND_INDEXES
+
+    leads = {spec["key"][0][0] for spec in env.lp.fireworks.index_information().values()}
+    assert set(DEMAND_INDEXES) <= leads
+
+
 def test_no_token_no_server(tmp_path, env):
     os.remove(env.cfg / TOKENS_FILE)
     with pytest.raises(DashboardError, match="pilot dashboard token add NAME"):
