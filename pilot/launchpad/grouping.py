@@ -16,8 +16,8 @@ with every path indexed. A document whose entry for a path is not one plain valu
 a value the index does not hold) is decoded and its value made a key that groups as MongoDB groups (numbers by
 value, booleans apart from numbers, arrays and sub-documents element by element): one such Firework must not
 send a 28,000-Firework count to the general path (2.6 s), which moreover groups with Python's ``==`` (``True ==
-1``). Values it cannot key exactly (a path through an array, NaN, binary data, ...) still send the command
-there. An entry ``None`` means missing
+1``; NaN groups with NaN). Values it cannot key exactly (a path through an array, binary data, ...) still send
+the command there. An entry ``None`` means missing
 or null (:mod:`pilot.launchpad.index`); MongoDB tells those apart in a group key (``{w: "$a"}`` omits ``w`` when
 ``a`` is missing, keeps ``w: null`` when it is null), so such a document is decoded, unless the path is wrapped
 in ``$ifNull: [..., null]``, where both are null.
@@ -25,6 +25,7 @@ in ``$ifNull: [..., null]``, where both are null.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,14 +139,29 @@ def _key_of(value: Any) -> Any:
         return _Array(tuple(_key_of(v) for v in value))
     if isinstance(value, dict):
         return _Doc(tuple((str(k), _key_of(v)) for k, v in value.items()))
+    if _is_nan(value):   # MongoDB groups every NaN together, double and Decimal128 alike
+        return NAN_KEY
     if isinstance(value, Decimal128):   # equal to the int or float of its value (Python hashes them alike)
         d = value.to_decimal()
         if not d.is_finite():
-            raise _NotPlain("a Decimal128 NaN or infinity")
+            raise _NotPlain("a Decimal128 infinity")
         return d
     if not eligible(value):
         raise _NotPlain(f"a value of type {type(value).__name__}")
     return tag(value)
+
+
+class _NaN:
+    """The group key of every NaN (Python's NaN equals nothing, itself included)."""
+
+
+NAN_KEY = _NaN()
+
+
+def _is_nan(value: Any) -> bool:
+    if type(value) is float:
+        return math.isnan(value)
+    return isinstance(value, Decimal128) and value.to_decimal().is_nan()
 
 
 def _value_of(key: Any) -> Any:
@@ -156,6 +172,8 @@ def _value_of(key: Any) -> Any:
         return {k: _value_of(v) for k, v in key.fields}
     if isinstance(key, Decimal):
         return Decimal128(key)
+    if key is NAN_KEY:
+        return math.nan
     return untag(key)
 
 
@@ -284,6 +302,8 @@ def _count_by_position(cs: TrackedCollectionStore, flt: dict[str, Any], slots: l
     for pos in cs.positions(cand, checks):
         if (cs.epoch, cs.layout) != seen:
             raise _NotPlain("the collection or its indexes changed during a pause")
+        if any(cs.entry(pos, slot) is UNINDEXED for slot, _tags in checks):   # passes the checks unjudged
+            raise _NotPlain("a document changed to a value the index does not hold")
         counts[tuple(_key_value(cs, pos, cs.entry(pos, s), p) for s, p in zip(slots, parts, strict=True))] += 1
     return counts
 

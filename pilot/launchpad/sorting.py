@@ -166,6 +166,8 @@ def entry_sorted_keys(cs: TrackedCollectionStore, q: dict[str, Any], sort: dict[
         for key in cs.positions(keys, checks):
             if (cs.epoch, cs.layout) != seen:   # an index changed during a pause: the slots name other fields
                 return None
+            if exact and any(cs.entry(key, slot) is UNINDEXED for slot, _tags in checks):
+                return None   # written during a pause with a value the index cannot judge: it passed unjudged
             rows.append((key, [fast_key({"v": cs.id_at(key)}, ["v"]) if s == ID_SLOT else _entry_key(cs.entry(key, s))
                                for s in slots if s is not None]))
     except NoFastKey:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import ipaddress
 import logging
@@ -239,16 +240,39 @@ def _issue_server(path: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePriv
     write_private(path, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM), fsync=True)
 
 
+#: flock's errors on a file system without file locks (Lustre mounted without -o flock, some NFS setups)
+_NO_LOCKS = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL})
+
+
+def _lock_fd(d: Path) -> int | None:
+    """``d/.lock`` opened (made 0600 when missing; read-only in a directory we may not write, where nothing
+    will be made either), or None when it can be neither."""
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            return os.open(d / ".lock", flags, 0o600)
+        except OSError:
+            continue
+    return None
+
+
 @contextlib.contextmanager
 def _locked(d: Path) -> Iterator[None]:
-    """An exclusive lock on ``d/.lock`` (0600) while the TLS files are read and made: two programs that start
-    together would each make a CA, and a ``ca.key`` of one could end beside the ``ca.pem`` of the other."""
-    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """An exclusive lock on ``d/.lock`` while the TLS files are read and made: two programs that start together
+    (the LaunchPad server and the dashboard) would each make a CA, and a ``ca.key`` of one could end beside the
+    ``ca.pem`` of the other. Without file locks (or the file) the files are read and made unlocked, as before."""
+    fd = _lock_fd(d)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise
+                log.info("TLS files in %s: no file locks here (%s); going on without", d, exc.strerror)
         yield
     finally:
-        os.close(fd)   # closing releases the lock
+        if fd is not None:
+            os.close(fd)   # closing releases the lock
 
 
 def ensure_certificates(data_dir: Path, names: Iterable[str], server_file: str = SERVER_PEM) -> TLSFiles:

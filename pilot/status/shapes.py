@@ -22,6 +22,7 @@ the embedded server cannot group), no groups are read: every category is a suspe
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -150,7 +151,8 @@ def narrowed(query: dict[str, Any], groups: Groups, categories: Sequence[str], t
     index hands over only the few that may match (a day-long segment among 7,000 that fit). It drops none the
     filter matches: each of those is in a group that passes ``test`` (the predicates never say "no" where the
     filter says "yes", and a group they cannot judge leaves ``query`` as it is), and holds its group's value.
-    Missing or null (no equality the index answers exactly), arrays and sub-documents leave ``query`` as it is.
+    Missing or null (no equality the index answers exactly), arrays, sub-documents and the values of
+    :func:`_exactly_found` leave ``query`` as it is.
     """
     if groups is None:
         return query
@@ -163,6 +165,18 @@ def narrowed(query: dict[str, Any], groups: Groups, categories: Sequence[str], t
                 flagged.append(g)
     for attr, path in fields:
         values = [getattr(g, attr) for g in flagged]
-        if values and all(v is not None and not isinstance(v, list | dict) for v in values):
+        if values and all(_exactly_found(v, strings_only=attr == "fworker") for v in values):
             return {**query, "$and": [*query.get("$and", []), {path: {"$in": values}}]}
     return query
+
+
+def _exactly_found(value: Any, strings_only: bool) -> bool:
+    """Does ``$in: [value]`` find every Firework of the group ``value`` stands for, on MongoDB and on the embedded
+    server? Strings, booleans and finite numbers of Python's own types do; NaN never equals itself there, and a
+    group's one value stands for all the numbers equal to it, of every type (``1`` for ``Decimal128("1")``, which
+    the embedded server's ``$in: [1]`` does not find). A pin's group stands for numbers too: strings only there."""
+    if type(value) is str:
+        return True
+    if strings_only:
+        return False
+    return type(value) in (bool, int) or (type(value) is float and math.isfinite(value))
