@@ -435,5 +435,5 @@ def _segment_result(a: Attempt, progress: float, target: float, finished: bool, 
         engine="gromacs", name="md", run_dir=str(a.task["run_dir"]), segment=a.seg,
         outcome=(Outcome.FINISHED if finished else Outcome.CONTINUE).value, stop_reason=reason.value,
         start_step=int(a.p0), checkpoint_step=int(progress), target_step=int(target),
-        steps_done=int(progress) - int(a.p0), wall_time_s=now - a.start, ns_per_day=None,
+        steps_done=int(progress) - int(a.p0), dt_ps=0.002, wall_time_s=now - a.start, ns_per_day=None,
         time_limit_s=round(a.limit, 3), returncode=None if a.no_time else 0, sigterm=False, host="sim").to_dict()

@@ -83,6 +83,18 @@ def read_state_step(path: Path) -> int | None:
     return int(m.group(1))
 
 
+def integrator_step_ps(xml_head: str) -> float | None:
+    """The step size (ps) of a serialized OpenMM ``Integrator`` (its ``stepSize`` attribute), from the file's head.
+
+    ``None`` for a variable-step integrator (``VariableLangevinIntegrator``, ``VariableVerletIntegrator``):
+    its ``stepSize`` is only the current step, so steps x stepSize is not the trajectory's length.
+    """
+    if re.search(r'type="Variable\w*Integrator"', xml_head):
+        return None
+    m = _STEP_SIZE.search(xml_head)
+    return float(m.group(1)) if m else None
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
@@ -340,9 +352,8 @@ class OpenMMSegmentTask(MDSegmentTask):
                                {"missing": missing})
         nsteps = int(self["nsteps"])
         step = read_state_step(self._names(run_dir)["state"])
-        m = _STEP_SIZE.search(inputs[1].read_text(errors="replace")[:4096])
         return Prepared(checkpoint_step=step, initial_step=0, target_step=nsteps,
-                        dt_ps=float(m.group(1)) if m else None)
+                        dt_ps=integrator_step_ps(inputs[1].read_text(errors="replace")[:4096]))
 
     def run_engine(self, run_dir: Path, prepared: Prepared, limit_s: float, stop: StopFlag) -> EngineRun:
         t_start = time.monotonic()

@@ -121,7 +121,14 @@ class Decision:
 
 @dataclass
 class SegmentResult:
-    """What a segment records in its Firework's ``stored_data`` and passes on in ``update_spec``."""
+    """What a segment records in its Firework's ``stored_data`` and passes on in ``update_spec``.
+
+    ``steps_done`` (checkpoint step after minus before, or minus the initial step on a fresh start) and
+    ``dt_ps`` (the engine's time step: the .tpr's ``dt`` for GROMACS, the integrator's ``stepSize`` for
+    OpenMM) give the trajectory the segment added, exactly: ``steps_done * dt_ps / 1000`` ns; ``pilot report``
+    sums it per cluster and day (:mod:`pilot.report.trajectory`). ``dt_ps`` is ``None`` when the engine's
+    input did not say; records written before it existed have no ``dt_ps`` at all (unknown, not zero).
+    """
 
     engine: str
     name: str
@@ -139,6 +146,7 @@ class SegmentResult:
     returncode: int | None
     sigterm: bool
     host: str
+    dt_ps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -441,7 +449,7 @@ class MDSegmentTask(FiretaskBase):
             ns_per_day=None if ns_per_day is None else round(ns_per_day, 3),
             time_limit_s=None if limit is None else round(limit, 3),
             returncode=run.returncode if run is not None else None, sigterm=stop.is_set(),
-            host=os.uname().nodename)
+            host=os.uname().nodename, dt_ps=prepared.dt_ps)
         log.info("%s: %s (%s): %s; steps %s -> %s of %s in %.1f s", self.describe(), decision.outcome.value,
                  decision.reason.value, decision.why, before, after, target, wall)
         if decision.outcome is Outcome.FAILED:

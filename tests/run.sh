@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs the whole suite on a fresh Debian 12 machine (README: "Run the tests").
-#   - as root: installs the system packages (GROMACS, SLURM, munge, MariaDB, OpenSSH) and starts the real test
-#     services (tests/infra/services.sh), then stops them by PID when pytest ends;
+#   - as root: installs the system packages (GROMACS, Chromium and its driver, SLURM, munge, MariaDB, OpenSSH)
+#     and starts the real test services (tests/infra/services.sh), then stops them by PID when pytest ends;
 #   - installs this package with its test extra (and the md extra: OpenMM, matplotlib);
 #   - runs ruff and mypy (a finding stops the run), then pytest with any arguments you pass
 #     (e.g. tests/run.sh -k launchpad -x).
@@ -13,7 +13,9 @@ PY=${PYTHON:-python3}
 log() { printf '[run.sh %s] %s\n' "$(date +%T)" "$*"; }
 
 if [[ $(id -u) == 0 ]]; then
-  SYS_PKGS=(gromacs)
+  # chromium + chromium-driver: the dashboard's browser tests (tests/dashboard; Selenium drives Debian's
+  # /usr/bin/chromedriver, never a downloaded one)
+  SYS_PKGS=(gromacs chromium chromium-driver)
   missing=()
   for p in "${SYS_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
   if ((${#missing[@]})); then

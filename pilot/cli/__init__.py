@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "md": "pilot.cli.md:md",
     "report": "pilot.cli.report:report_cmd", "demo": "pilot.cli.demo:demo_cmd",
     "drain": "pilot.cli.drain:drain_cmd", "resume": "pilot.cli.drain:resume_cmd",
-    "notify": "pilot.cli.notify:notify",
+    "notify": "pilot.cli.notify:notify", "dashboard": "pilot.cli.dashboard:dashboard",
     "connect": "pilot.cli.connect:connect_cmd", "disconnect": "pilot.cli.connect:disconnect_cmd",
     "status": "pilot.cli.status:status", "doctor": "pilot.cli.checks:doctor", "bootstrap": "pilot.cli.checks:bootstrap",
 }

@@ -80,23 +80,22 @@ def submit_cmd(obj: AppContext, cluster: str, category: str | None, profile: str
 @click.pass_obj
 def cancel_cmd(obj: AppContext, cluster: str, job_ids: tuple[str, ...], all_: bool) -> None:
     """Cancel pilots on CLUSTER: the given JOB_IDS, or --all of ours (never other jobs of the user)."""
+    from pilot.manager.cancel import cancel_pilots
     from pilot.transport import TransportError
 
     if bool(job_ids) == all_:
         raise click.UsageError("give JOB_IDS or --all (one of the two)")
     mgr, rt = _manager(obj, cluster)
     try:
-        ids = list(job_ids) if job_ids else [r["job_id"] for r in mgr.records.live(cluster) if r.get("job_id")]
-        if not ids:
-            click.echo(f"no live pilots on {cluster}")
-            return
-        try:
-            res = rt.run(rt.adapter.cancel_command(ids))
-        except TransportError as e:
-            raise click.ClickException(str(e)) from None
-        result = rt.adapter.parse_cancel(res.returncode, res.stdout, res.stderr, ids)
+        outcome = cancel_pilots(mgr.records, rt, list(job_ids) if job_ids else None)
+    except TransportError as e:
+        raise click.ClickException(str(e)) from None
     finally:
         mgr.close()
+    result = outcome.result
+    if result is None:
+        click.echo(f"no live pilots on {cluster}")
+        return
     for jid in result.cancelled:
         click.echo(f"{jid}\tcancelled")
     for jid in result.already_gone:

@@ -63,8 +63,8 @@ def _report_sources(config_dir: Path, launchpad_file: Path | None = None
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     metavar="FILE.png",
-    help="Also write the throughput figure: cumulative segments (or Fireworks) per cluster, and pilots "
-    "running over time.",
+    help="Also write the throughput figure: cumulative segments (or Fireworks) per cluster, the cumulative "
+    "trajectory per cluster (when segments recorded it), and pilots running over time.",
 )
 @click.option(
     "--plot-what",

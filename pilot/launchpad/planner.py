@@ -59,6 +59,10 @@ class Planner:
         except ValueError:
             return None
 
+    def id_at(self, pos: int) -> Any:
+        """The ``_id`` of the document at ``pos`` (the store's key for it), without decoding it."""
+        return self._by_pos.get(pos)
+
     def pinned(self) -> bool:
         return bool(self._pinned)
 

@@ -26,7 +26,7 @@ from mongomock.filtering import filter_applies
 
 from pilot.launchpad.commands import Command, CommandBase, CommandError, Reply, Sequences
 from pilot.launchpad.grouping import group_counts
-from pilot.launchpad.sorting import sorted_keys
+from pilot.launchpad.sorting import entry_sorted_keys, sorted_keys
 from pilot.launchpad.store import TrackedCollectionStore, encode, matcher
 
 
@@ -79,8 +79,11 @@ class ReadCommands(CommandBase):
         """The encoded matches of ``flt`` in sort/natural order, produced as they are consumed."""
         coll = self.coll(cs.db_name, cs.name)
         if sort:
-            match = matcher(flt)
-            keys = sorted_keys(cs, cs.scan(flt, match), sort)  # keys and sort values only, no documents
+            # a filter the index alone decides, sorted by indexed fields: the index entries give the matches in
+            # order, and only the page a cursor sends is read (a list page of 70,000 Fireworks: no decoding)
+            keys = entry_sorted_keys(cs, flt, sort, exact=True) if cs.exact(flt) else None
+            if keys is None:
+                keys = sorted_keys(cs, cs.scan(flt, matcher(flt)), sort)  # keys and sort values only, no documents
             pairs: Iterator[tuple[Any, dict[str, Any] | None]] = ((k, None) for k in keys)
         elif projection is None and cs.exact(flt):
             pairs = ((k, None) for k in cs.positions(*cs.plan(flt, exact=True)))  # the index alone decides: no decoding

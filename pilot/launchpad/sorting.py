@@ -144,20 +144,35 @@ def _entry_key(entry: Any) -> tuple[Any, ...]:
     return fast_key({"v": entry}, path=["v"])
 
 
-def entry_sorted_keys(cs: TrackedCollectionStore, q: dict[str, Any], sort: dict[str, Any]) -> list[Any] | None:
+#: a sort slot that stands for ``_id`` (not among the index's fields: the store keys documents by it)
+ID_SLOT = -1
+
+
+def entry_sorted_keys(cs: TrackedCollectionStore, q: dict[str, Any], sort: dict[str, Any],
+                      exact: bool = False) -> list[Any] | None:
     """Keys of the candidates for ``q`` sorted by ``sort`` from the index entries alone (no document decoded),
-    or None when a sort field is not indexed or a candidate's entry is not a plain value."""
+    or None when a sort field is not indexed or a candidate's entry is not a plain value. ``exact``: the
+    candidates by MongoDB's equality (see :meth:`~pilot.launchpad.planner.Planner.plan`), for a filter the index
+    alone decides: then they are the matches."""
     _check_sort(sort)
     fields = list(sort.items())
-    slots = [cs.field_slot(k) for k, _d in fields]
+    slots = [ID_SLOT if k == "_id" else cs.field_slot(k) for k, _d in fields]   # _id: the store's own key
     if not fields or any(s is None for s in slots) or any(type(d) not in (int, float, Int64) for _k, d in fields):
         return None
-    keys, checks = cs.plan(q)
+    keys, checks = cs.plan(q, exact=exact)
+    seen = (cs.epoch, cs.layout)
     rows: list[tuple[Any, list[Any]]] = []
     try:
         for key in cs.positions(keys, checks):
-            rows.append((key, [_entry_key(cs.entry(key, s)) for s in slots if s is not None]))
+            if (cs.epoch, cs.layout) != seen:   # an index changed during a pause: the slots name other fields
+                return None
+            if exact and any(cs.entry(key, slot) is UNINDEXED for slot, _tags in checks):
+                return None   # written during a pause with a value the index cannot judge: it passed unjudged
+            rows.append((key, [fast_key({"v": cs.id_at(key)}, ["v"]) if s == ID_SLOT else _entry_key(cs.entry(key, s))
+                               for s in slots if s is not None]))
     except NoFastKey:
+        return None
+    if exact and not cs.exact(q):   # a value the index cannot judge was written during a pause: match it
         return None
     for i in range(len(fields) - 1, -1, -1):
         rows.sort(key=partial(_column, i=i), reverse=fields[i][1] < 0)

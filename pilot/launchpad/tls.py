@@ -17,13 +17,17 @@ FireWorks passes to ``MongoClient`` through a LaunchPad file's ``mongoclient_kwa
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
+import fcntl
 import ipaddress
 import logging
+import os
 import re
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,8 +240,44 @@ def _issue_server(path: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePriv
     write_private(path, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM), fsync=True)
 
 
-def ensure_certificates(data_dir: Path, names: Iterable[str]) -> TLSFiles:
-    """Make sure ``DATA/tls`` holds a CA and a server certificate valid for every one of ``names``.
+#: flock's errors on a file system without file locks (Lustre mounted without -o flock, some NFS setups)
+_NO_LOCKS = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL})
+
+
+def _lock_fd(d: Path) -> int | None:
+    """``d/.lock`` opened (made 0600 when missing; read-only in a directory we may not write, where nothing
+    will be made either), or None when it can be neither."""
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            return os.open(d / ".lock", flags, 0o600)
+        except OSError:
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def _locked(d: Path) -> Iterator[None]:
+    """An exclusive lock on ``d/.lock`` while the TLS files are read and made: two programs that start together
+    (the LaunchPad server and the dashboard) would each make a CA, and a ``ca.key`` of one could end beside the
+    ``ca.pem`` of the other. Without file locks (or the file) the files are read and made unlocked, as before."""
+    fd = _lock_fd(d)
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise
+                log.info("TLS files in %s: no file locks here (%s); going on without", d, exc.strerror)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)   # closing releases the lock
+
+
+def ensure_certificates(data_dir: Path, names: Iterable[str], server_file: str = SERVER_PEM) -> TLSFiles:
+    """Make sure ``DATA/tls`` holds a CA and a server certificate (``server_file``: the LaunchPad server's by
+    default; the dashboard has its own, with its own key, from the same CA) valid for every one of ``names``.
 
     The CA is reused. A server certificate that lacks a name is reissued with the names it had plus the new
     ones: a name clients were given keeps working when a later start forgets an option (remove
@@ -252,14 +292,15 @@ def ensure_certificates(data_dir: Path, names: Iterable[str]) -> TLSFiles:
     wanted = list(dict.fromkeys(names))
     try:
         private_dir(d)
-        loaded = _load_ca(d)
-        new_ca = loaded is None
-        ca, ca_key = loaded if loaded is not None else _make_ca(d)
-        server = d / SERVER_PEM
-        ok, had = _server_cert_ok(server, ca, set(wanted))
-        sans = wanted + sorted(had - set(wanted))
-        if not ok:
-            _issue_server(server, ca, ca_key, sans)
+        with _locked(d):   # the LaunchPad server and the dashboard may start at once: one CA, made once
+            loaded = _load_ca(d)
+            new_ca = loaded is None
+            ca, ca_key = loaded if loaded is not None else _make_ca(d)
+            server = d / server_file
+            ok, had = _server_cert_ok(server, ca, set(wanted))
+            sans = wanted + sorted(had - set(wanted))
+            if not ok:
+                _issue_server(server, ca, ca_key, sans)
     except OSError as exc:
         raise TLSSetupError(f"cannot write the TLS files in {d}: {exc.strerror or exc}") from exc
     fingerprint = ca.fingerprint(hashes.SHA256()).hex()

@@ -268,8 +268,14 @@ def read_groups(coll: CountingCollection, categories: Iterable[str]) -> dict[str
     """Run :func:`demand_pipeline` once: its groups per category."""
     coll.queries += 1
     wanted = set(categories)
+    return groups_of(coll.coll.aggregate(demand_pipeline(wanted)), wanted)
+
+
+def groups_of(rows: Iterable[Mapping[str, Any]], wanted: set[str]) -> dict[str, list[Group]]:
+    """The rows of :func:`demand_pipeline` as :class:`Group` objects per category of ``wanted`` (``pilot status``
+    reads the same aggregation: :mod:`pilot.status.shapes`)."""
     out: dict[str, list[Group]] = {}
-    for row in coll.coll.aggregate(demand_pipeline(wanted)):
+    for row in rows:
         key = row["_id"]
         group = Group(key["s"], key.get("w"), key.get("f"), int(row["n"]), key.get("m"), key.get("k"),
                       key.get("cr"), key.get("g"), key.get("mem"))
@@ -368,4 +374,4 @@ def _takeable(coll: CountingCollection, cat: str, serving: list[PilotOffer], rea
 
 
 __all__ = ["DEMAND_INDEXES", "DURATION_SAMPLE", "Demand", "PilotOffer", "demand_pipeline", "ensure_demand_indexes",
-           "gather_demand", "takeable_query"]
+           "gather_demand", "groups_of", "takeable_query"]

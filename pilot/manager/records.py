@@ -88,6 +88,8 @@ class Records:
         self.pilots.create_index([("state", ASCENDING), ("reconciled", ASCENDING)])
         # the pilots that ended lately (fair share's window, pilot.manager.share.recent_cores)
         self.pilots.create_index([("end_time", ASCENDING)])
+        # a cluster's pilots newest first (the dashboard's cluster page, pilot.dashboard.queries)
+        self.pilots.create_index([("cluster", ASCENDING), ("submit_time", ASCENDING), ("_id", ASCENDING)])
 
     # ------------------------------------------------------------------ pilots
     def add_intent(self, job_name: str, cluster: str, category: str, walltime: float, margin: float,

@@ -186,8 +186,9 @@ class Fold:
         # the config's clusters and every pilot record's: an unknown FWorker CLUSTER-JOBID belongs to one
         self.known = set(self.clusters)
         bins: dict[tuple[str, str], list[int]] = {}
+        ps_bins: dict[tuple[str, str], float] = {}
         for row in rows:
-            self._add_launch_group(row, bins)
+            self._add_launch_group(row, bins, ps_bins)
         for (cname, bin_key), (nseg, nfw) in bins.items():
             t_bin = bin_start(bin_key)
             if t_bin is None:
@@ -195,10 +196,17 @@ class Fold:
             self.timeline.completions.setdefault(cname, []).append((t_bin + res, nseg, nfw))
             if self.since is None:
                 self.first = t_bin if self.first is None else min(self.first, t_bin)
+        for (cname, bin_key), ps in ps_bins.items():
+            t_bin = bin_start(bin_key)
+            if t_bin is not None and ps > 0:
+                self.timeline.trajectory.setdefault(cname, []).append((t_bin + res, ps / 1000.0))
         for series in self.timeline.completions.values():
             series.sort()
+        for trajectory in self.timeline.trajectory.values():
+            trajectory.sort()
 
-    def _add_launch_group(self, row: Row, bins: dict[tuple[str, str], list[int]]) -> None:
+    def _add_launch_group(self, row: Row, bins: dict[tuple[str, str], list[int]],
+                          ps_bins: dict[tuple[str, str], float]) -> None:
         key = row.get("_id") or {}
         cname = cluster_of_worker(key.get("w"), self.by_fworker, self.known)
         c = self.cluster(cname)
@@ -219,6 +227,13 @@ class Fold:
                 dd.segments += n
                 cnt[0] += n
                 c.steps += int(_f(row.get("steps")) or 0)
+                # the trajectory: steps x dt_ps summed by the database (ps); segments without dt_ps counted
+                ps, nodt = _f(row.get("ps")) or 0.0, int(_f(row.get("nodt")) or 0)
+                c.ns += ps / 1000.0
+                dd.ns += ps / 1000.0
+                c.ns_unknown += nodt
+                dd.ns_unknown += nodt
+                ps_bins[(cname, bin_key)] = ps_bins.get((cname, bin_key), 0.0) + ps
                 if key.get("fin"):
                     c.runs_finished += n
                     dd.runs_finished += n

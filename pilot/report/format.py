@@ -1,4 +1,5 @@
-"""``pilot report`` as text: aligned tables per cluster, then per UTC day (pure)."""
+"""``pilot report`` as text: aligned tables per cluster, then per UTC day, then the trajectory per day and
+cluster (:mod:`pilot.report.trajectory`) and the charged core-hours (:mod:`pilot.report.corehours`) (pure)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 
 from pilot.report.corehours import core_hours_lines
 from pilot.report.model import ThroughputReport
+from pilot.report.trajectory import trajectory_lines
 
 __all__ = ["format_report"]
 
@@ -140,6 +142,7 @@ def format_report(r: ThroughputReport) -> str:
                 right={2, 3, 4, 5, 6, 7},
             )
         )
+    lines.extend(trajectory_lines(r))
     lines.extend(core_hours_lines(r.core_hours))
     lines += ["", LEGEND]
     lines.extend(f"note: {n}" for n in r.notes)

@@ -1,5 +1,6 @@
 """The ``pilot report`` result: per cluster, per UTC day, the timeline the plot draws, and the ``--json``
-document (:meth:`ThroughputReport.to_dict`, ``schema_version`` 1).
+document (:meth:`ThroughputReport.to_dict`, ``schema_version`` 1; its ``trajectory`` section is
+:func:`pilot.report.trajectory.trajectory_section`'s).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from pilot.manager.accounting import CoreHours
 from pilot.report.times import iso_utc
+from pilot.report.trajectory import trajectory_section
 
 __all__ = ["OTHER", "SCHEMA_VERSION", "ClusterThroughput", "DayThroughput", "ThroughputReport", "Timeline"]
 
@@ -54,6 +56,9 @@ class ClusterThroughput(_PilotTime):
     segments, runs_finished, fireworks, fizzled, steps : int
         COMPLETED launches with MD segment data; of those, the ones that finished their run; all COMPLETED
         launches; FIZZLED launches; MD steps done by the segments.
+    ns, ns_unknown : float, int
+        Nanoseconds of trajectory the segments added (``steps_done x dt_ps / 1000`` of each segment record), and
+        the segments that advanced without a ``dt_ps`` in their record (older records: not in ``ns``).
     busy_s : float
         Seconds pilots spent running Fireworks (ended launches' ``runtime_secs``; running ones up to now).
     pilot_s : float
@@ -80,6 +85,8 @@ class ClusterThroughput(_PilotTime):
     fireworks: int = 0
     fizzled: int = 0
     steps: int = 0
+    ns: float = 0.0
+    ns_unknown: int = 0
     busy_s: float = 0.0
     pilot_s: float = 0.0
     cpu_s: float = 0.0
@@ -142,7 +149,7 @@ class ClusterThroughput(_PilotTime):
 
 @dataclass
 class DayThroughput(_PilotTime):
-    """One cluster on one UTC day."""
+    """One cluster on one UTC day (``ns``, ``ns_unknown``: as :class:`ClusterThroughput`'s)."""
 
     day: str
     cluster: str
@@ -150,6 +157,8 @@ class DayThroughput(_PilotTime):
     runs_finished: int = 0
     fireworks: int = 0
     fizzled: int = 0
+    ns: float = 0.0
+    ns_unknown: int = 0
     busy_s: float = 0.0
     pilot_s: float = 0.0
     cpu_s: float = 0.0
@@ -181,11 +190,14 @@ class Timeline:
         Per cluster, sorted ``(bin end, segments, fireworks)`` completed in that bin.
     pilots : dict[str, list[tuple[float, float]]]
         Per cluster, the ``(start, end)`` of each pilot's run, clipped to the window.
+    trajectory : dict[str, list[tuple[float, float]]]
+        Per cluster, sorted ``(bin end, ns)``: the trajectory the segments completed in that bin added.
     """
 
     resolution_s: float = 1.0
     completions: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
     pilots: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    trajectory: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -215,6 +227,8 @@ class ThroughputReport:
                 "fireworks",
                 "fizzled",
                 "steps",
+                "ns",
+                "ns_unknown",
                 "busy_s",
                 "pilot_s",
                 "cpu_s",
@@ -253,6 +267,7 @@ class ThroughputReport:
             "totals": totals,
             "days": [d.to_dict() for d in self.days],
             "core_hours": [c.to_dict() for c in self.core_hours],
+            "trajectory": trajectory_section(self),
             "notes": list(self.notes),
         }
 

@@ -62,9 +62,17 @@ class ReportQueries:
 
     def launch_groups(self, match: dict[str, Any], prefix: int) -> list[Row]:
         """The launches of ``match`` in one aggregation, grouped by FWorker, time bin (the first ``prefix``
-        characters of ``time_end``), state, segment or not, and finished run or not."""
+        characters of ``time_end``), state, segment or not, and finished run or not.
+
+        Each group also sums the trajectory its segments added, ``steps_done x dt_ps`` in ps (``ps``; a record
+        without ``dt_ps`` adds nothing there: ``$multiply`` of a missing field is null, which ``$sum`` skips),
+        and counts the segments that advanced without a ``dt_ps`` (``nodt``: older records, trajectory unknown).
+        """
         missing = None
-        is_seg = {"$cond": [{"$eq": [{"$ifNull": ["$action.stored_data.steps_done", missing]}, missing]}, 0, 1]}
+        steps, dt = "$action.stored_data.steps_done", "$action.stored_data.dt_ps"
+        is_seg = {"$cond": [{"$eq": [{"$ifNull": [steps, missing]}, missing]}, 0, 1]}
+        no_dt = {"$cond": [{"$and": [{"$eq": [{"$ifNull": [dt, missing]}, missing]},
+                                     {"$gt": [{"$ifNull": [steps, 0]}, 0]}]}, 1, 0]}
         pipeline = [
             {"$match": match},
             {
@@ -78,7 +86,9 @@ class ReportQueries:
                     },
                     "n": {"$sum": 1},
                     "busy": {"$sum": "$runtime_secs"},
-                    "steps": {"$sum": "$action.stored_data.steps_done"},
+                    "steps": {"$sum": steps},
+                    "ps": {"$sum": {"$multiply": [steps, dt]}},
+                    "nodt": {"$sum": no_dt},
                 }
             },
         ]

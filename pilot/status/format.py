@@ -29,7 +29,7 @@ from pilot.status.usage import budget_needs, usage_lines
 #: The least the clusters table gives the last error, however wide the other columns are.
 MIN_ERROR_WIDTH = 12
 
-__all__ = ["format_status", "format_table", "human_ago", "human_clock", "human_duration", "human_until",
+__all__ = ["format_status", "format_table", "human_ago", "human_clock", "human_duration", "human_until", "needs_lines",
            "short_duration"]
 
 
@@ -223,7 +223,7 @@ def format_status(report: StatusReport, now: float | None = None, width: int = 1
     out += usage_lines(report.usage, format_table)  # CORE-HOURS and budgets (pilot.status.usage)
     out += notification_lines(report.notifications, now, human_ago, format_table)  # NOTIFICATIONS
     out += ["", _needs_title(report)]
-    out += _needs_lines(report, now)
+    out += needs_lines(report, now)
     return "\n".join(out) + "\n"
 
 
@@ -264,7 +264,7 @@ def _pilot(r: StatusReport, args: str) -> str:
     return pilot_command(r.config_dir, args) if r.config_dir else f"pilot {args}"
 
 
-def _needs_lines(r: StatusReport, now: float) -> list[str]:
+def needs_lines(r: StatusReport, now: float) -> list[str]:
     out: list[str] = []
     if r.manager_stale:
         last = r.manager_stale.get("last_cycle")

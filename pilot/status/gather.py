@@ -8,7 +8,9 @@ MongoDB each is an index scan, and on the embedded server (:mod:`pilot.launchpad
 document an aggregation reads) a ``count`` reads no document at all, where one ``$group`` over 100,000
 Fireworks would hold the server's lock for many seconds and stall every pilot. The pilot records are
 aggregated after a selective ``$match`` (live pilots, pilots ended recently). The problem lists are
-indexed look-ups with a limit.
+indexed look-ups with a limit; the lists of READY work no pilot takes (:mod:`pilot.status.waiting`) run their
+filters only where the manager's demand groups say they may find something, narrowed to the values those
+groups hold (:mod:`pilot.status.shapes`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pilot.checks.probes import address_of
-from pilot.fit import WALLTIME, fits_clause, not_fits_clause
 from pilot.isotime import epoch_seconds
 from pilot.launchpad.files import uri_hosts
 from pilot.manager.accounting import number
@@ -38,13 +39,12 @@ from pilot.status.model import (
     RouteStatus,
     StatusOptions,
     StatusReport,
-    TooBig,
-    TooLong,
     first_line,
 )
 from pilot.status.notify import gather_notifications
 from pilot.status.share import gather_share
 from pilot.status.usage import gather_usage
+from pilot.status.waiting import pinned_warnings, ready_groups_of, too_big_items, too_long_items
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -152,9 +152,10 @@ def gather_status(db: Database[Any], config: Config | None = None, now: float | 
                 if c.count("READY") and not c.served_by]
     pending_total, pending = _pending_long(q, now, opts)
     lost = _lost_runs(q, opts)
-    too_long = _too_long(q, categories, by_cluster, opts)
-    too_big = _too_big(q, categories, config, opts) if config is not None else []
-    warnings = [*warnings, *_pinned(q, categories, opts, config)]
+    groups = ready_groups_of(q, categories)   # READY work no pilot takes (pilot/status/waiting.py)
+    too_long = too_long_items(q, categories, by_cluster, opts, groups)
+    too_big = too_big_items(q, categories, config, opts, groups) if config is not None else []
+    warnings = [*warnings, *pinned_warnings(q, categories, opts, config, groups)]
     return StatusReport(
         generated_at=now, launchpad=launchpad_info or {"host": None, "name": getattr(db, "name", None)},
         config_dir=str(config.config_dir) if config is not None else None, options=opts,
@@ -532,93 +533,6 @@ def _lost_runs(q: _Queries, opts: StatusOptions) -> list[LostRun]:
                            pilot_end_time=number(p.get("end_time"))))
         if len(out) >= opts.limit:
             break
-    return out
-
-
-def _too_long(q: _Queries, categories: list[CategoryStatus], clusters: dict[str, ClusterStatus],
-              opts: StatusOptions) -> list[TooLong]:
-    out = []
-    for cat in categories:
-        if cat.name in (None, OTHER_CATEGORIES) or not cat.count("READY") or not cat.served_by:
-            continue
-        usables = [clusters[n].usable_walltime for n in cat.served_by if n in clusters]
-        known = [u for u in usables if u is not None]
-        if not known or len(known) < len(usables):
-            continue  # a serving cluster of unknown wall time might take them
-        best = max(known)
-        # a walltime longer than every pilot's, and no fit for the longest pilot by the workers' own rule (not
-        # one that sizes itself to a pilot's time: a min_walltime that fits)
-        query = {"state": "READY", "spec._category": cat.name, WALLTIME: {"$gt": best}, **not_fits_clause(best)}
-        total = q.count_documents("fireworks", query)
-        if not total:
-            continue
-        docs = q.find("fireworks", query, {"fw_id": 1}, sort=[("fw_id", 1)], limit=opts.limit)
-        top = q.find("fireworks", query, {"spec._pilot.walltime": 1}, sort=[("spec._pilot.walltime", -1)], limit=1)
-        longest = number(((top[0].get("spec") or {}).get("_pilot") or {}).get("walltime")) if top else None
-        out.append(TooLong(category=str(cat.name), count=total, longest=longest or best, usable=best,
-                           clusters=list(cat.served_by), fw_ids=[int(d["fw_id"]) for d in docs]))
-    return out
-
-
-def _too_big(q: _Queries, categories: list[CategoryStatus], config: Config, opts: StatusOptions) -> list[TooBig]:
-    """READY Fireworks of served categories that no queue profile serving them takes: the worker's own rule (wall
-    time and resources together, :mod:`pilot.fit`, as :func:`pilot.manager.profiles.offers_of` gives each
-    profile's), negated, less the ones :func:`_too_long` lists (longer than any pilot). The manager plans no
-    pilot for them, and they wait for ever unless someone says so."""
-    from pilot.manager.profiles import offers_of, profile_shape
-
-    offers = [(name, o) for name, c in config.clusters.items() for o in offers_of(name, c)]
-    out = []
-    for cat in categories:
-        serving = [(name, o) for name, o in offers if cat.name in o.categories]
-        if cat.name in (None, OTHER_CATEGORIES) or not cat.count("READY") or not serving:
-            continue
-        best = max(o.usable_seconds for _, o in serving)
-        too_long = {"$and": [{WALLTIME: {"$gt": best}}, not_fits_clause(best)]}
-        takers = [{"$and": [fits_clause(o.usable_seconds), o.resources()]} for _, o in serving]
-        query = {"state": "READY", "spec._category": cat.name, "$nor": [*takers, too_long]}
-        total = q.count_documents("fireworks", query)
-        if not total:
-            continue
-        docs = q.find("fireworks", query, {"fw_id": 1}, sort=[("fw_id", 1)], limit=opts.limit)
-        shapes = [f"{o.cluster}: {profile_shape(config.clusters[name], o.profile)}" for name, o in serving]
-        out.append(TooBig(category=str(cat.name), count=total, fw_ids=[int(d["fw_id"]) for d in docs],
-                          profiles=shapes))
-    return out
-
-
-def _pinned(q: _Queries, categories: list[CategoryStatus], opts: StatusOptions,
-            config: Config | None = None) -> list[str]:
-    """READY Fireworks of served categories pinned (``spec._fworker``) to a name no live pilot and no cluster's
-    FWorker (``fworker.name``, by default the cluster's name) has.
-
-    FireWorks gives a pinned Firework only to the FWorker of that name; pilots are named ``CLUSTER-JOBID``, a
-    name known only once the job exists, so the manager counts work pinned to such a name as demand nowhere
-    (:mod:`pilot.manager.demand`) and it waits for ever unless someone says so: here, as one line each. Work
-    pinned to a cluster's FWorker name is that cluster's demand, and not listed.
-    """
-    served = [str(c.name) for c in categories
-              if c.name not in (None, OTHER_CATEGORIES) and c.served_by and c.count("READY")]
-    if not served:
-        return []
-    live = sorted({str(d["fworker"]) for d in q.find("pilots", live_query(),
-                                                     {"fworker": 1}) if d.get("fworker")}
-                  | {str(c.fworker.name or name) for name, c in (config.clusters.items() if config else ())})
-    query = {"state": "READY", "spec._category": {"$in": served}, "spec._fworker": {"$nin": [None, *live]}}
-    docs = q.find("fireworks", query, {"fw_id": 1, "spec._category": 1, "spec._fworker": 1}, sort=[("fw_id", 1)],
-                  limit=max(opts.limit, 1) * 10)
-    by_cat: dict[str, list[dict[str, Any]]] = {}
-    for d in docs:
-        by_cat.setdefault(str((d.get("spec") or {}).get("_category")), []).append(d)
-    out = []
-    for cat, items in sorted(by_cat.items()):
-        names = sorted({str((d.get("spec") or {}).get("_fworker")) for d in items})
-        ids = ", ".join(str(d["fw_id"]) for d in items[:opts.limit]) + (" ..." if len(items) > opts.limit else "")
-        more = " or more" if len(docs) >= max(opts.limit, 1) * 10 else ""
-        out.append(f"category {cat}: {len(items)}{more} READY "
-                   f"Firework(s) pinned to FWorker {', '.join(names)} (spec._fworker), which no live pilot is "
-                   "named (pilots are CLUSTER-JOBID): no pilot will take them and none is submitted for them. "
-                   f"Remove spec._fworker, or run them with that FWorker (fw {ids})")
     return out
 
 

@@ -205,6 +205,29 @@ def test_sort_over_mixed_types_follows_bson_order(db):
     assert [d["_id"] for d in db.m.find().sort("v", -1)] == [2, 4, 0, 3, 5, 1]
 
 
+def test_sorted_find_on_indexed_fields_follows_bson_order(db):
+    """A filter the index decides, sorted by indexed fields (the embedded server answers it from the index
+    entries, decoding only what it sends): null and missing first, then numbers of any type by value, strings,
+    ObjectIds, booleans, dates (MongoDB manual, "Comparison/Sort Order"); ``_id`` breaks ties; equality is
+    MongoDB's (``state: 1`` is not ``state: true``); skip and limit count in that order."""
+    db.s.create_index("state")
+    db.s.create_index("v")
+    oid = ObjectId("0123456789ab0123456789ab")
+    when = datetime.datetime(2024, 1, 2)
+    values = {0: 3, 1: None, 2: 2.5, 3: Int64(2), 4: "x", 5: oid, 6: True, 7: when, 8: 2, 10: 3.0}
+    db.s.insert_many([{"_id": i, "state": 1, "v": v} for i, v in values.items()] +
+                     [{"_id": 9, "state": 1}, {"_id": 11, "state": True, "v": 0}, {"_id": 12, "state": 2, "v": 0}])
+    up = [1, 9, 3, 8, 2, 0, 10, 4, 5, 6, 7]
+    assert [d["_id"] for d in db.s.find({"state": 1}).sort([("v", 1), ("_id", 1)])] == up
+    # descending, ties (3 == 3.0, 2 == Int64(2), null and missing) still by _id ascending
+    assert [d["_id"] for d in db.s.find({"state": 1}).sort([("v", -1), ("_id", 1)])] == \
+        [7, 6, 5, 4, 0, 10, 2, 3, 8, 1, 9]
+    # 12, 10 skipped
+    assert [d["_id"] for d in db.s.find({"state": {"$in": [1, 2]}}, {"v": 1}).sort("_id", -1).skip(2).limit(3)] == \
+        [9, 8, 7]
+    assert [d["_id"] for d in db.s.find({"state": True}).sort("v", 1)] == [11]
+
+
 def test_a_long_write_lets_a_reader_in_and_journals_in_execution_order(monkeypatch):
     """An update_many over 3,000 documents yields between documents to a waiting reader: the reader is answered
     before the write ends and sees whole documents (some updated, some not), and the journal holds every
@@ -414,11 +437,52 @@ def test_grouped_counts_come_from_the_index_unless_a_value_is_not_plain():
         assert sum(r["n"] for r in group_counts(cs, {"s": {"$in": ["R"]}}, stage) or []) == 9
         assert group_counts(cs, {"s": {"$in": ["R"]}}, [{"$group": {"_id": "$x", "n": {"$sum": 1}}}]) is None
         assert group_counts(cs, {"s": {"$regex": "R"}}, stage) is None   # not an exact match on the index
-    for bad in ([], [60], {"h": 1}):
-        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": 99, "s": "R", "w": bad}})
+    # an array or a sub-document is read from its document, and the rest still from the index
+    for odd in ([], [60], {"h": 1}):
+        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": 99, "s": "R", "w": odd}})
         b.tracker.collect()
         with b.lock.shared():
-            assert group_counts(cs, {"s": {"$in": ["R"]}}, stage) is None, bad
+            out = group_counts(cs, {"s": {"$in": ["R"]}}, stage)
+        assert out is not None and {"_id": {"w": odd}, "n": 1} in out and sum(r["n"] for r in out) == 10, odd
+    # what it cannot key exactly goes to the general path: a path through an array, binary data, infinity
+    through = [{"$group": {"_id": {"h": {"$ifNull": ["$w.h", None]}}, "n": {"$sum": 1}}}]
+    b.apply({"op": "index", "db": "t", "c": "c", "name": "w.h_1", "spec": {"key": [("w.h", 1)]}})
+    for odd, pipeline in (([{"h": 1}], through), (bson.Binary(b"60"), stage), (bson.Decimal128("Infinity"), stage)):
+        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": 99, "s": "R", "w": odd}})
+        b.tracker.collect()
+        with b.lock.shared():
+            assert group_counts(cs, {"s": {"$in": ["R"]}}, pipeline) is None, odd
+
+
+def _canon(v: Any) -> Any:
+    """A value with MongoDB's group equality as Python equality (True is not 1; 1 is 1.0; order counts)."""
+    if isinstance(v, float) and v != v:
+        return ("NaN",)   # NaN equals nothing in Python; MongoDB groups every NaN together
+    if isinstance(v, bson.Decimal128):
+        return ("number", float(v.to_decimal()))
+    if isinstance(v, list):
+        return ("array", tuple(_canon(x) for x in v))
+    if isinstance(v, dict):
+        return ("doc", tuple((k, _canon(x)) for k, x in v.items()))
+    return _kind(v)
+
+
+def test_grouped_counts_of_arrays_and_sub_documents_follow_mongodb(db):
+    """Arrays group by their elements in order, sub-documents by their fields in order, numbers of every type
+    (Decimal128 too) by value, and booleans apart from numbers, also inside arrays and beside them (MongoDB
+    manual, "Comparison/Sort Order": arrays and embedded documents compare element by element, field by field)."""
+    coll = db["fws"]
+    for f in ("s", "w"):
+        coll.create_index(f)
+    values = [0, False, [600, 700], [600.0, Int64(700)], [700, 600], [], {"a": 1, "b": True}, {"a": 1.0, "b": True},
+              {"b": True, "a": 1}, [True], [1], 1, True, None, bson.Decimal128("1"), [bson.Decimal128("600"), 700],
+              float("nan"), float("nan")]
+    coll.insert_many([{"_id": i, "s": "R", "w": v} for i, v in enumerate(values)] + [{"_id": 99, "s": "R"}])
+    pipeline = [{"$match": {"s": "R"}}, {"$group": {"_id": {"w": {"$ifNull": ["$w", None]}}, "n": {"$sum": 1}}}]
+    got = {_canon(r["_id"]["w"]): r["n"] for r in coll.aggregate(pipeline)}
+    assert got == {_canon(0): 1, _canon(False): 1, _canon([600, 700]): 3, _canon([700, 600]): 1, _canon([]): 1,
+                   _canon({"a": 1, "b": True}): 2, _canon({"b": True, "a": 1}): 1, _canon([True]): 1,
+                   _canon([1]): 1, _canon(1): 2, _canon(True): 1, _canon(None): 2, _canon(float("nan")): 2}
 
 
 def test_the_managers_demand_aggregation_is_answered_from_the_index():
@@ -483,6 +547,89 @@ def test_a_grouped_count_lets_writers_in_and_counts_what_still_matches(monkeypat
     with b.lock.shared():
         out = grouping.group_counts(cs, {"state": {"$in": ["READY"]}}, stage)
     assert out == [{"_id": "READY", "n": 198}] and calls["n"] >= 2
+
+
+@pytest.mark.parametrize("moved_to", [[["R"]], "D"])
+def test_a_grouped_count_that_decodes_recounts_what_still_matches(monkeypatch, moved_to):
+    """The count that decodes documents (here for an array in the grouped field) pauses for writers too; a
+    Firework moved out of the $match meanwhile is not counted: to a plain value, the index's check drops it; to
+    one the index cannot judge (``s: [["R"]]``, which ``s: "R"`` does not match), the general path answers."""
+    from pilot.launchpad import grouping, planner
+    from pilot.launchpad.backend import Backend
+
+    b = Backend()
+    b.apply({"op": "create", "db": "t", "c": "c"})
+    for f in ("s", "w"):
+        b.apply({"op": "index", "db": "t", "c": "c", "name": f"{f}_1", "spec": {"key": [(f, 1)]}})
+    for i in range(6):
+        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": i, "s": "R", "w": [1] if i == 0 else 5}})
+    b.tracker.collect()
+    cs = b.cstore("t", "c")
+    monkeypatch.setattr(planner, "SCAN_CHUNK", 2)
+    done = []
+
+    def pause() -> bool:
+        if done:
+            return False
+        done.append(moved_to)
+        b.lock.release_shared()
+        try:
+            _write(b, "update", {"updates": [{"q": {"_id": 5}, "u": {"$set": {"s": moved_to}}}]})
+        finally:
+            b.lock.acquire_shared()
+        return True
+
+    monkeypatch.setattr(cs, "pause", pause)
+    with b.lock.shared():
+        out = grouping.group_counts(cs, {"s": {"$in": ["R"]}}, [{"$group": {"_id": "$w", "n": {"$sum": 1}}}])
+    assert done
+    if moved_to == "D":
+        assert sorted((repr(r["_id"]), r["n"]) for r in out or []) == [("5", 4), ("[1]", 1)]
+    else:
+        assert out is None
+
+
+@pytest.mark.parametrize("write", ["drop an index", "write a value the index cannot judge"])
+def test_a_sorted_find_changed_during_a_pause_is_answered_by_the_general_path(monkeypatch, write):
+    """A sorted find on a filter the index decides is answered from the index entries (no document decoded)
+    only while they mean what they meant: after a pause in which a writer dropped an index (the slots then
+    name other fields: v's order would come out as w's) or set ``b: [[1]]`` on a document not yet visited
+    (which ``{"b": 1}`` does not match, and which the index cannot judge), the general path answers."""
+    from pilot.launchpad import planner
+    from pilot.launchpad.backend import Backend
+    from pilot.launchpad.sorting import entry_sorted_keys
+
+    b = Backend()
+    b.apply({"op": "create", "db": "t", "c": "c"})
+    for f in ("a", "b", "v", "w"):
+        b.apply({"op": "index", "db": "t", "c": "c", "name": f"{f}_1", "spec": {"key": [(f, 1)]}})
+    for i in range(6):
+        b.apply({"op": "put", "db": "t", "c": "c", "doc": {"_id": i, "a": 1, "b": 1, "v": i, "w": -i}})
+    b.tracker.collect()
+    cs = b.cstore("t", "c")
+    with b.lock.shared():
+        assert entry_sorted_keys(cs, {"b": 1}, {"v": 1}, exact=True) == [cs._pos[i] for i in range(6)]
+    monkeypatch.setattr(planner, "SCAN_CHUNK", 2)
+    done = []
+
+    def pause() -> bool:
+        if done:
+            return False
+        done.append(write)
+        b.lock.release_shared()
+        try:
+            if write == "drop an index":
+                _write(b, "dropindexes", {"index": "a_1"})
+            else:   # a Firework the scan has not reached yet
+                _write(b, "update", {"updates": [{"q": {"_id": 4}, "u": {"$set": {"b": [[1]]}}}]})
+        finally:
+            b.lock.acquire_shared()
+        return True
+
+    monkeypatch.setattr(cs, "pause", pause)
+    with b.lock.shared():
+        assert entry_sorted_keys(cs, {"b": 1}, {"v": 1}, exact=True) is None
+    assert done
 
 
 @pytest.mark.parametrize("drop_at", [1, 3])   # while counting entries; while reading the documents

@@ -214,7 +214,7 @@ def test_tls_files_are_private_and_the_ca_is_reused_when_a_name_is_added(serve, 
     srv = serve(address, "--tls-name", "a.example.org", data=data)
     tls_dir = data / "tls"
     assert stat.S_IMODE(data.stat().st_mode) == 0o700 and stat.S_IMODE(tls_dir.stat().st_mode) == 0o700
-    assert sorted(p.name for p in tls_dir.iterdir()) == ["ca.key", "ca.pem", "server.pem"]
+    assert sorted(p.name for p in tls_dir.iterdir()) == [".lock", "ca.key", "ca.pem", "server.pem"]
     for p in tls_dir.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     fp = ca_fingerprint(tls_dir / "ca.pem")
@@ -239,6 +239,29 @@ def test_tls_files_are_private_and_the_ca_is_reused_when_a_name_is_added(serve, 
     # a client holding the CA copy from the first start still verifies the server
     with pymongo.MongoClient(tls_uri(srv), serverSelectionTimeoutMS=10000) as c:
         assert c.admin.command("ping")["ok"] == 1.0
+
+
+def test_programs_that_start_together_make_one_ca(tmp_path):
+    """The LaunchPad server and the dashboard may make their certificates at the same moment on a fresh config
+    dir: every certificate must come from the one CA left in ca.pem/ca.key (openssl verifies each)."""
+    code = ("import sys, time; from pathlib import Path; from pilot.launchpad.tls import ensure_certificates\n"
+            "t = float(sys.argv[2]); time.sleep(max(0.0, t - time.time()))\n"
+            "ensure_certificates(Path(sys.argv[1]), ['127.0.0.1'], server_file=sys.argv[3])")
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(start), f"s{i}.pem"],
+                              stderr=subprocess.PIPE, text=True) for i in range(8)]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    tls_dir = tmp_path / "tls"
+    for i in range(8):
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(tls_dir / "ca.pem"), str(tls_dir / f"s{i}.pem")],
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert verify.returncode == 0, (i, verify.stdout, verify.stderr)
+    key_pub = subprocess.run(["openssl", "pkey", "-in", str(tls_dir / "ca.key"), "-pubout"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+    cert_pub = subprocess.run(["openssl", "x509", "-in", str(tls_dir / "ca.pem"), "-noout", "-pubkey"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout
+    assert key_pub == cert_pub   # the CA key beside the CA certificate is its own
 
 
 def test_a_damaged_ca_is_not_replaced_silently(serve, address, tmp_path):

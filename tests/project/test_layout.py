@@ -43,8 +43,8 @@ EXEMPT = {
 
 #: Rooms: the longest matching module prefix names a module's room.
 ROOMS = (
-    "pilot.cli", "pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager", "pilot.notify",
-    "pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched",
+    "pilot.cli", "pilot.dashboard", "pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager",
+    "pilot.notify", "pilot.render", "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched",
     "pilot.worker", "pilot.isotime", "pilot.configdir", "pilot.redact", "pilot.ssh_route", "pilot.rerun_protocol",
     "pilot.fit",
     "queue_adapters",
@@ -65,7 +65,10 @@ PROTOCOL = "pilot.rerun_protocol"
 ALLOWED: dict[str, set[str]] = {
     "pilot.cli": {"pilot.demo", "pilot.status", "pilot.report", "pilot.checks", "pilot.manager", "pilot.render",
                   "pilot.transport", "pilot.config", "pilot.launchpad", "pilot.localsched", "pilot.worker",
-                  "pilot.notify", "queue_adapters", "tasks"} | LEAVES,
+                  "pilot.notify", "pilot.dashboard", "queue_adapters", "tasks"} | LEAVES,
+    #: the web dashboard (issue 22): the views of status and report, the manager's own actions
+    "pilot.dashboard": {"pilot.status", "pilot.report", "pilot.manager", "pilot.config", "pilot.launchpad",
+                        "pilot.transport"} | LEAVES,
     "pilot.demo": {"pilot.report", "pilot.manager", "pilot.transport", "pilot.config", "pilot.launchpad",
                    "pilot.localsched", "tasks", "pilot", "pilot.configdir", "pilot.redact"},
     "pilot.status": {"pilot.manager", "pilot.checks", "pilot.config", "pilot.launchpad", "pilot.notify"} | LEAVES,

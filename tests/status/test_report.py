@@ -140,13 +140,17 @@ def run_report(cfg_dir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def check_png(path: Path) -> None:
-    """A real figure: the expected size, many colours, the first cluster's colour (C0) over a real area."""
+def check_png(path: Path, trajectory: bool | None = None) -> None:
+    """A real figure: the expected size, many colours, the first cluster's colour (C0) over a real area.
+
+    ``trajectory``: whether the figure has the trajectory panel (segments that recorded their time step:
+    10 x 9 in) or not (10 x 6.5 in); None: either."""
     import matplotlib.image as mpimg
     import numpy as np
 
     img = mpimg.imread(str(path))
-    assert img.shape[:2] == (650, 1000), img.shape  # figsize 10 x 6.5 in at 100 dpi
+    heights = {None: (650, 900), True: (900,), False: (650,)}[trajectory]
+    assert img.shape[1] == 1000 and img.shape[0] in heights, img.shape  # figsize 10 x 6.5 (9) in at 100 dpi
     rgb = (img[:, :, :3] * 255).round().astype(int)
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20
     c0 = np.array([0x1F, 0x77, 0xB4])  # matplotlib's first colour, the stacked area
@@ -332,6 +336,7 @@ def test_json_schema(local_run):
         "days",
         "notes",
         "core_hours",
+        "trajectory",
     }
     assert doc["days_are"] == "UTC" and doc["window"]["since"] is None and doc["config_dir"] == str(cfg_dir)
     cluster_keys = {
@@ -427,7 +432,7 @@ def test_text_table_and_plot(local_run, tmp_path):
     assert row[1:6] == [str(e["started"]), str(e["segments"]), "1", str(e["fireworks"]), str(e["fizzled"])]
     assert row[8] == f"x{CORES}"  # cores from the config
     assert f"wrote {png}" in res.stdout
-    check_png(png)
+    check_png(png, trajectory=True)   # the OpenMM segments recorded their time step
 
 
 def test_status_and_report_take_an_optional_config_by_one_rule(tmp_path):
@@ -597,7 +602,7 @@ def test_report_on_two_slurm_clusters(
         assert c["utilisation"] == pytest.approx(e["busy_s"] / e["pilot_s"], abs=1e-3)
         assert c["queue_wait_s"]["max"] == pytest.approx(max(e["waits"]), abs=1e-3)
     assert by["alpha"]["cpu_hours"] == pytest.approx(2 * by["alpha"]["pilot_hours"], abs=1e-4)
-    check_png(tmp_path / "slurm.png")
+    check_png(tmp_path / "slurm.png", trajectory=False)   # sleepers: no MD segment
 
 
 def test_report_reads_the_database_in_a_fixed_number_of_commands(local_run, mongo_uri):

@@ -337,6 +337,19 @@ def spawn_detached(argv: list[str], log_path: Path) -> None:
         os._exit(127)
 
 
+def _exec_retrying(argv: list[str], env: dict[str, str]) -> None:
+    """execve, again for up to 2 s while the kernel says ETXTBSY: a job script that a process forked meanwhile
+    (another job's start, holding the copy's write descriptor until its own exec) still has open for writing
+    cannot be executed yet. A real batch system's execution daemon has the same race and waits it out too."""
+    for attempt in range(40):
+        try:
+            os.execve(argv[0], argv, env)
+        except OSError as exc:
+            if exc.errno != errno.ETXTBSY or attempt == 39:
+                raise
+            time.sleep(0.05)
+
+
 # --------------------------------------------------------------------------- execution host
 # Real PBS and LSF start jobs on the execution host through a root daemon (pbs_mom, sbatchd), not on the
 # login node where qsub/bsub ran.  The test clusters put that host in its own network namespace: with
@@ -538,7 +551,7 @@ class Supervisor:
                 os.closerange(w + 1, 65536)
                 for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_DFL)  # the supervisor ignores some; exec keeps SIG_IGN
-                os.execve(spec["argv"][0], spec["argv"], spec["env"])
+                _exec_retrying(spec["argv"], spec["env"])
             except BaseException as exc:  # noqa: BLE001 - report anything to the supervisor and the job
                 for fd in (w, 2):
                     with contextlib.suppress(OSError):
