@@ -14,6 +14,7 @@ import hashlib
 import html
 import http.client
 import json
+import logging
 import os
 import re
 import socket
@@ -226,6 +227,25 @@ def test_api_and_posts_refused_without_a_session(env):
     # a wrong token: 401 and no cookie
     status, _, body = c.post("/login", {"token": env.token + "x"})
     assert status == 401 and c.cookie is None and "not valid" in body
+
+
+def test_no_token_session_or_csrf_token_in_the_log(env, caplog):
+    """The log has a line per request and per login/action, never the token, the session id or the CSRF token,
+    also not for a wrong token, a forged form or a query string that carries a secret."""
+    caplog.set_level(logging.DEBUG)
+    c = env.client()
+    c.post("/login", {"token": env.token + "x"})   # a wrong token (one character more)
+    c.login(env.token)
+    sid = c.cookie.split("=", 1)[1]
+    csrf = c.csrf()
+    c.get("/?token=" + env.token)
+    c.post("/action", {"action": "drain", "target": "loc", "csrf": "forged-" + csrf})
+    c.act("drain", "loc")
+    c.act("resume", "loc")
+    text = caplog.text
+    assert "login by alice" in text and "drain" in text   # the log said something: the search looked at it
+    for secret in (env.token.split(".", 1)[1], sid, csrf):
+        assert secret not in text
 
 
 def test_login_cookie_and_headers(env):
