@@ -71,7 +71,7 @@ def number(value: Any) -> float | None:
     return None if math.isnan(out) else out
 
 
-def _elements(value: Any) -> list[Any]:
+def elements(value: Any) -> list[Any]:
     """What a query on a field compares: its value, or each element of an array (one level, as MongoDB)."""
     return list(value) if isinstance(value, list) else [value]
 
@@ -81,7 +81,7 @@ def fits(walltime: Any, min_walltime: Any, usable: float) -> bool:
     seconds? The same answer as :func:`fits_clause` from the database, for the same values."""
     if walltime is None or (isinstance(walltime, list) and any(v is None for v in walltime)):
         return True
-    for value in (*_elements(walltime), *_elements(min_walltime)):
+    for value in (*elements(walltime), *elements(min_walltime)):
         secs = number(value)
         if secs is not None and secs <= usable:
             return True
@@ -115,12 +115,12 @@ def _at_most(value: Any, limit: float) -> bool:
     """``{f: null}`` or ``{f: {"$lte": limit}}``, as the database answers it (one level into arrays)."""
     if value is None or (isinstance(value, list) and any(v is None for v in value)):
         return True
-    return any((secs := number(v)) is not None and secs <= limit for v in _elements(value))
+    return any((secs := number(v)) is not None and secs <= limit for v in elements(value))
 
 
 def _at_least(value: Any, least: float) -> bool:
     """``{f: {"$gte": least}}`` as the database answers it (null and missing never match)."""
-    return any((n := number(v)) is not None and n >= least for v in _elements(value))
+    return any((n := number(v)) is not None and n >= least for v in elements(value))
 
 
 def fits_resources(asks: tuple[Any, Any, Any], cores: float, gpus: float, memory: float | None = None,
@@ -140,7 +140,7 @@ def fits_resources(asks: tuple[Any, Any, Any], cores: float, gpus: float, memory
 
 def _at_most_number(value: Any, limit: float) -> bool:
     """``{f: {"$lte": limit}}`` alone (null does not match)."""
-    return any((n := number(v)) is not None and n <= limit for v in _elements(value))
+    return any((n := number(v)) is not None and n <= limit for v in elements(value))
 
 
 def asked(value: Any, default: int) -> int:
@@ -150,5 +150,5 @@ def asked(value: Any, default: int) -> int:
     return default if n is None or n < 0 else int(math.ceil(n)) if math.isfinite(n) else default
 
 
-__all__ = ["CORES", "GPUS", "MEMORY", "MIN_WALLTIME", "WALLTIME", "asked", "fits", "fits_clause", "fits_resources",
-           "not_fits_clause", "number", "resources_clause"]
+__all__ = ["CORES", "GPUS", "MEMORY", "MIN_WALLTIME", "WALLTIME", "asked", "elements", "fits", "fits_clause",
+           "fits_resources", "not_fits_clause", "number", "resources_clause"]

@@ -32,6 +32,7 @@ from pilot.fit import (
     MEMORY,
     MIN_WALLTIME,
     WALLTIME,
+    elements,
     fits,
     fits_clause,
     fits_resources,
@@ -119,13 +120,9 @@ def _unjudged(g: Group) -> bool:
     return False
 
 
-def _elements(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
-
-
 def longer_than(g: Group, best: float) -> bool:
     """:func:`too_long_query` for one group."""
-    longer = any((n := number(v)) is not None and n > best for v in _elements(g.walltime))
+    longer = any((n := number(v)) is not None and n > best for v in elements(g.walltime))
     return longer and not fits(g.walltime, g.min_walltime, best)
 
 
@@ -139,7 +136,7 @@ def too_big_for(g: Group, serving: Sequence[PilotOffer], best: float) -> bool:
 
 def pinned_elsewhere(g: Group, live: Sequence[str]) -> bool:
     """:func:`pinned_query` for one group (an array pin matches when none of its elements is null or live)."""
-    return all(v is not None and v not in live for v in _elements(g.fworker))
+    return all(v is not None and v not in live for v in elements(g.fworker))
 
 
 def narrowed(query: dict[str, Any], groups: Groups, categories: Sequence[str], test: Callable[[Group], bool],
